@@ -1,0 +1,1 @@
+"""Activities: every side effect of an operation (store, executors, audit) happens here."""

@@ -1,0 +1,37 @@
+"""Audit trail: every step writes an event to the store and to the ``keyturn.audit`` logger.
+
+Details carry ids and outcomes only; a SIEM handler attached to the logger receives the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlmodel import Session
+
+from store.models import AuditEvent
+
+log = logging.getLogger("keyturn.audit")
+
+
+def record(
+    session: Session,
+    event: str,
+    *,
+    operation_id: str | None = None,
+    credential_id: str | None = None,
+    **detail: Any,
+) -> None:
+    session.add(
+        AuditEvent(
+            event=event, operation_id=operation_id, credential_id=credential_id, detail=detail
+        )
+    )
+    log.info(
+        "%s operation=%s credential=%s %s",
+        event,
+        operation_id,
+        credential_id,
+        " ".join(f"{k}={v}" for k, v in detail.items()),
+    )

@@ -1,0 +1,178 @@
+"""Executor-facing activities: run the change, probe which secret logs in.
+
+They run on the task queue of the device's zone. Every call is recorded as an attempt with its
+redacted transcript; an ExecutorError becomes an ApplicationError whose type is the error's kind,
+so the workflow's retry policy can tell retryable failures from the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.jobs import Job, load_job
+from executors.base import (
+    Account,
+    AuthenticationFailed,
+    ConnectFailed,
+    ExecutorError,
+    LoginRequest,
+    OutcomeUnknown,
+    RunRequest,
+    get_executor,
+    redact,
+)
+from store.engine import session_scope
+from store.models import Attempt, Device, utcnow
+from store.vault import Vault
+from workflows.contracts import ChangeOutcome, ProbeOutcome, StepInput
+
+_T = TypeVar("_T")
+
+
+class ExecutorActivities:
+    def __init__(self, engine: Engine, vault: Vault) -> None:
+        self._engine = engine
+        self._vault = vault
+
+    @activity.defn(name="keyturn.change")
+    async def change(self, step: StepInput) -> ChangeOutcome:
+        job = await asyncio.to_thread(load_job, self._engine, self._vault, step.operation_id)
+        if job.pending_password is None:
+            raise ApplicationError("operation has no pending secret", non_retryable=True)
+        executor = get_executor(job.device.executor)
+        number = activity.info().attempt
+
+        may_have_sent = number > 1 and await asyncio.to_thread(
+            self._previous_may_have_sent, step, number
+        )
+        pending_account = Account(job.credential.username, job.pending_password)
+
+        async def attempt() -> tuple[str, ChangeOutcome]:
+            # A retry after an attempt that may have reached the target first asks whether the
+            # pending secret is already live, so the change is never applied twice.
+            if may_have_sent:
+                probe = await executor.check_login(LoginRequest(job.target, pending_account))
+                if probe.ok:
+                    return "pending secret already live (probe)", ChangeOutcome(
+                        already_applied=True
+                    )
+            try:
+                result = await executor.run(
+                    RunRequest(
+                        job.target, job.connecting_account, job.change_template, job.context()
+                    )
+                )
+            except AuthenticationFailed as exc:
+                if not may_have_sent:
+                    raise
+                # An earlier attempt may have changed the secret we just failed to log in with.
+                raise OutcomeUnknown(exc.device, exc.step, exc.cause, exc.transcript) from None
+            await self._pin_learned_key(job, result.learned_host_key)
+            return result.transcript, ChangeOutcome(already_applied=False)
+
+        return await self._recorded(job, "change", number, attempt)
+
+    @activity.defn(name="keyturn.probe")
+    async def probe(self, step: StepInput) -> ProbeOutcome:
+        """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
+        job = await asyncio.to_thread(load_job, self._engine, self._vault, step.operation_id)
+        executor = get_executor(job.device.executor)
+        username = job.credential.username
+
+        async def attempt() -> tuple[str, ProbeOutcome]:
+            transcripts = []
+            if job.pending_password is not None:
+                pending = await executor.check_login(
+                    LoginRequest(
+                        job.target,
+                        Account(username, job.pending_password),
+                        job.verify_template,
+                        job.context(),
+                    )
+                )
+                transcripts.append(f"[pending] {'logs in' if pending.ok else 'refused'}")
+                transcripts.append(pending.transcript)
+                await self._pin_learned_key(job, pending.learned_host_key)
+                if pending.ok:
+                    return "\n".join(transcripts), ProbeOutcome(True, None)
+            current = await executor.check_login(
+                LoginRequest(job.target, Account(username, job.current_password), None, None)
+            )
+            transcripts.append(f"[current] {'logs in' if current.ok else 'refused'}")
+            await self._pin_learned_key(job, current.learned_host_key)
+            return "\n".join(transcripts), ProbeOutcome(False, current.ok)
+
+        step_name = "verify" if job.operation.kind == "change" else "probe"
+        return await self._recorded(job, step_name, activity.info().attempt, attempt)
+
+    async def _recorded(
+        self,
+        job: Job,
+        step: str,
+        number: int,
+        body: Callable[[], Awaitable[tuple[str, _T]]],
+    ) -> _T:
+        attempt_id = await asyncio.to_thread(self._start_attempt, job.operation.id, step, number)
+        try:
+            transcript, outcome = await body()
+        except ExecutorError as exc:
+            await asyncio.to_thread(
+                self._finish_attempt, attempt_id, exc.kind, str(exc), exc.transcript
+            )
+            raise ApplicationError(
+                redact(str(exc), job.secrets), type=exc.kind, non_retryable=not exc.retryable
+            ) from None
+        except Exception as exc:
+            detail = redact(f"{type(exc).__name__}: {exc}", job.secrets)
+            await asyncio.to_thread(self._finish_attempt, attempt_id, "error", detail, "")
+            raise ApplicationError(detail, type="InternalError") from None
+        await asyncio.to_thread(self._finish_attempt, attempt_id, "succeeded", None, transcript)
+        return outcome
+
+    def _start_attempt(self, operation_id: str, step: str, number: int) -> str:
+        with session_scope(self._engine) as session:
+            attempt = Attempt(operation_id=operation_id, step=step, number=number)
+            session.add(attempt)
+            return attempt.id
+
+    def _finish_attempt(
+        self, attempt_id: str, outcome: str, detail: str | None, transcript: str
+    ) -> None:
+        with session_scope(self._engine) as session:
+            attempt = session.get(Attempt, attempt_id)
+            assert attempt is not None
+            attempt.outcome = outcome
+            attempt.detail = detail
+            attempt.transcript = transcript
+            attempt.finished_at = utcnow()
+            session.add(attempt)
+
+    def _previous_may_have_sent(self, step: StepInput, number: int) -> bool:
+        """False only when the previous attempt provably never reached the target."""
+        with Session(self._engine) as session:
+            previous = session.exec(
+                select(Attempt)
+                .where(Attempt.operation_id == step.operation_id, Attempt.step == "change")
+                .where(Attempt.number < number)
+                .order_by(col(Attempt.number).desc())
+            ).first()
+        return previous is None or previous.outcome != ConnectFailed.kind
+
+    async def _pin_learned_key(self, job: Job, key: str | None) -> None:
+        if key:
+            await asyncio.to_thread(self._pin_key, job.device.id, key)
+
+    def _pin_key(self, device_id: str, key: str) -> None:
+        """Trust on first use: the first key seen is pinned; later connections must match it."""
+        with session_scope(self._engine) as session:
+            device = session.get(Device, device_id)
+            if device is not None and not device.host_keys:
+                device.host_keys = [key]
+                session.add(device)

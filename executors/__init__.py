@@ -1,0 +1,1 @@
+"""Executors: one plugin per protocol, found through the ``keyturn.executors`` entry points."""

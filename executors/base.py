@@ -1,0 +1,168 @@
+"""The executor interface every protocol plugin implements, its errors and its registry.
+
+Small on purpose, like Vault's database plugin interface: connect with an account, run a
+template, tell whether a login works. Everything protocol-specific stays inside the plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from templating import TemplateContext
+
+ENTRY_POINT_GROUP = "keyturn.executors"
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect: the device, as the executor needs it."""
+
+    name: str
+    address: str
+    port: int
+    host_keys: tuple[str, ...] = ()
+    trust_on_first_use: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who connects. The password is a secret: kept out of repr."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    target: Target
+    account: Account
+    template: str
+    context: TemplateContext
+
+
+@dataclass(frozen=True)
+class LoginRequest:
+    target: Target
+    account: Account
+    template: str | None = None  # the verify template to run once logged in, if any
+    context: TemplateContext | None = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    transcript: str  # already redacted
+    learned_host_key: str | None = None  # trust-on-first-use: the key to pin from now on
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    ok: bool
+    transcript: str = ""
+    learned_host_key: str | None = None
+
+
+class ExecutorError(Exception):
+    """Base of every executor failure. ``kind`` is stable: it becomes the activity error type."""
+
+    kind: ClassVar[str] = "ExecutorError"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, device: str, step: str, cause: str, transcript: str = "") -> None:
+        self.device = device
+        self.step = step
+        self.cause = cause
+        self.transcript = transcript
+        super().__init__(f"{device}: {step}: {cause}")
+
+
+class ConnectFailed(ExecutorError):
+    """Could not reach or open a session on the target; nothing was sent. Safe to retry."""
+
+    kind = "ConnectFailed"
+    retryable = True
+
+
+class AuthenticationFailed(ExecutorError):
+    """The target refused the account's secret. Retrying would only spend the lockout budget."""
+
+    kind = "AuthenticationFailed"
+
+
+class TemplateFailed(ExecutorError):
+    """The template could not be rendered or did not match what the target said."""
+
+    kind = "TemplateFailed"
+
+
+class HostKeyMismatch(ExecutorError):
+    """The target's host key is not the pinned one: possibly not the host we think it is."""
+
+    kind = "HostKeyMismatch"
+
+
+class ChangeRejected(ExecutorError):
+    """The target answered and refused the new secret (a password-quality rule, say)."""
+
+    kind = "ChangeRejected"
+
+
+class OutcomeUnknown(ExecutorError):
+    """The change may or may not have happened (connection lost after sending it): probe."""
+
+    kind = "OutcomeUnknown"
+    retryable = True
+
+
+NON_RETRYABLE_KINDS = tuple(
+    cls.kind for cls in (AuthenticationFailed, TemplateFailed, HostKeyMismatch, ChangeRejected)
+)
+
+
+@runtime_checkable
+class Executor(Protocol):
+    name: ClassVar[str]
+    syntax: ClassVar[str]  # a short description of the template syntax, for GET /v1/executors
+    # Shipped template names used when a credential names none: "change", "change-as-admin"
+    # (when the credential has an auth credential) and "verify".
+    default_templates: ClassVar[dict[str, str]]
+
+    def validate(self, template: str) -> None:
+        """Raise templating.TemplateSyntaxProblem (with its line) if the template is unusable."""
+
+    async def run(self, request: RunRequest) -> RunResult:
+        """Connect with request.account and run the template; raise an ExecutorError on failure."""
+
+    async def check_login(self, request: LoginRequest) -> LoginResult:
+        """Does the account log in? ok=False only for a refused secret; other errors raise."""
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """Replace every secret in a transcript; longest first so one inside another is covered."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+@cache
+def registry() -> dict[str, Executor]:
+    """Installed executors by name. Keyturn's own register through the same entry points."""
+    found: dict[str, Executor] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.load()()
+    return found
+
+
+def get_executor(name: str) -> Executor:
+    try:
+        return registry()[name]
+    except KeyError:
+        known = ", ".join(sorted(registry())) or "none"
+        raise LookupError(f"no executor named {name!r} is installed (installed: {known})") from None

@@ -1,0 +1,225 @@
+"""The ssh executor: log in with a password over SSH and drive commands with expect-style steps.
+
+Host keys are always checked: against the device's pinned keys, or (trust on first use, only when
+nothing is pinned yet) accepted once and returned so the caller pins them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+import asyncssh
+
+from executors.base import (
+    Account,
+    AuthenticationFailed,
+    ConnectFailed,
+    HostKeyMismatch,
+    LoginRequest,
+    LoginResult,
+    RunRequest,
+    RunResult,
+    Target,
+    TemplateFailed,
+    redact,
+)
+from executors.ssh_script import SYNTAX, Step, validate_script
+from executors.ssh_session import ScriptRunner
+from templating import TemplateContext, TemplateSyntaxProblem
+
+_KEYSCAN_TIMEOUT = 5.0
+_CLOSE_WAIT = 5.0
+
+
+class SshExecutor:
+    name: ClassVar[str] = "ssh"
+    syntax: ClassVar[str] = SYNTAX
+    # Shipped templates (executors/shipped.py) used when a credential names none.
+    default_templates: ClassVar[dict[str, str]] = {
+        "change": "ssh/linux-passwd",
+        "change-as-admin": "ssh/linux-chpasswd",
+        "verify": "ssh/verify-login",
+    }
+
+    def validate(self, template: str) -> None:
+        validate_script(template)
+
+    async def run(self, request: RunRequest) -> RunResult:
+        steps = self._steps(request.target, request.template)
+        secrets = (*request.context.secrets, request.account.password)
+        conn, learned = await _connect(request.target, request.account, secrets)
+        async with _closing(conn):
+            transcript = await self._run_steps(
+                conn, request.target, request.context, secrets, steps
+            )
+        return RunResult(transcript=transcript, learned_host_key=learned)
+
+    async def check_login(self, request: LoginRequest) -> LoginResult:
+        steps = None
+        if request.template is not None:
+            if request.context is None:
+                raise TemplateFailed(
+                    request.target.name, "template", "a verify template needs a context"
+                )
+            steps = self._steps(request.target, request.template)
+        secrets = (*(request.context.secrets if request.context else ()), request.account.password)
+        try:
+            conn, learned = await _connect(request.target, request.account, secrets)
+        except AuthenticationFailed:
+            return LoginResult(ok=False)
+        async with _closing(conn):
+            transcript = ""
+            if steps is not None and request.context is not None:
+                transcript = await self._run_steps(
+                    conn, request.target, request.context, secrets, steps
+                )
+        return LoginResult(ok=True, transcript=transcript, learned_host_key=learned)
+
+    def _steps(self, target: Target, template: str) -> list[Step]:
+        # Checked before connecting: a broken template must not cost a login on the target.
+        try:
+            return validate_script(template)
+        except TemplateSyntaxProblem as exc:
+            raise TemplateFailed(target.name, "template", str(exc)) from None
+
+    async def _run_steps(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        target: Target,
+        context: TemplateContext,
+        secrets: tuple[str, ...],
+        steps: list[Step],
+    ) -> str:
+        runner = ScriptRunner(conn, target.name, context, secrets, target.read_timeout)
+        return await runner.run(steps)
+
+
+@contextlib.asynccontextmanager
+async def _closing(
+    conn: asyncssh.SSHClientConnection,
+) -> AsyncIterator[asyncssh.SSHClientConnection]:
+    try:
+        yield conn
+    finally:
+        conn.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_WAIT):
+                await conn.wait_closed()
+
+
+_KeyLists = tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey], list[asyncssh.SSHKey]]
+
+
+def _known_hosts(target: Target) -> _KeyLists | None:
+    """The pinned keys as asyncssh's (trusted, CA, revoked) lists; None means accept (TOFU)."""
+    if not target.host_keys:
+        if target.trust_on_first_use:
+            return None
+        raise HostKeyMismatch(
+            target.name,
+            "host key",
+            "no host key is pinned for this device and trust_on_first_use is off: pin the key "
+            f"shown by `ssh-keyscan -p {target.port} {target.address}` (after checking it out of "
+            "band), or enable trust_on_first_use",
+        )
+    keys = []
+    for number, line in enumerate(target.host_keys, start=1):
+        try:
+            keys.append(asyncssh.import_public_key(line.strip()))
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise HostKeyMismatch(
+                target.name,
+                "host key",
+                f"pinned host key #{number} is not an OpenSSH public key line "
+                f"('ssh-ed25519 AAAA… [comment]'): {exc}",
+            ) from None
+    return keys, [], []
+
+
+async def _connect(
+    target: Target, account: Account, secrets: tuple[str, ...]
+) -> tuple[asyncssh.SSHClientConnection, str | None]:
+    """Open an authenticated connection, classifying every way that can fail."""
+    known_hosts = _known_hosts(target)
+    where = f"{target.address}:{target.port}"
+    try:
+        conn = await asyncssh.connect(
+            host=target.address,
+            port=target.port,
+            username=account.username,
+            password=account.password,
+            known_hosts=known_hosts,
+            connect_timeout=target.connect_timeout,
+            # Only the password we were given: no keys or agent of the worker's own user, and no
+            # ~/.ssh/config of the worker host changing where or how we connect.
+            client_keys=None,
+            agent_path=None,
+            config=None,
+            # asyncssh tries the password once: when password auth refuses it, it does not retry
+            # it through keyboard-interactive, so one check costs the lockout budget one failure.
+            preferred_auth="password,keyboard-interactive",
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        offered = await _offered_key(target)
+        raise HostKeyMismatch(
+            target.name,
+            "host key",
+            f"the host key offered by {where}{offered} is not a pinned one: the host may not be "
+            "the one you think. If it was legitimately re-keyed, pin the key shown by "
+            f"`ssh-keyscan -p {target.port} {target.address}` after checking it out of band",
+        ) from None
+    except asyncssh.KeyExchangeFailed as exc:
+        if known_hosts is not None and "host key" in str(exc).lower():
+            # The server has no key of any pinned type: for our purposes, a different host key.
+            raise HostKeyMismatch(
+                target.name,
+                "host key",
+                f"{where} offers no host key of a pinned type ({exc}); pin the key shown by "
+                f"`ssh-keyscan -p {target.port} {target.address}` after checking it out of band",
+            ) from None
+        raise _connect_failed(target, exc, secrets) from None
+    except asyncssh.PermissionDenied:
+        raise AuthenticationFailed(
+            target.name,
+            "login",
+            f"{where} refused the password of {account.username!r}: check the credential "
+            "(reconcile it if it drifted); not retried, to spare the lockout budget",
+        ) from None
+    except (OSError, asyncssh.Error) as exc:  # TimeoutError (connect_timeout) is an OSError too
+        raise _connect_failed(target, exc, secrets) from None
+    learned = None
+    if known_hosts is None:
+        key = conn.get_server_host_key()
+        if key is not None:
+            learned = key.export_public_key().decode().strip()
+    return conn, learned
+
+
+def _connect_failed(target: Target, exc: BaseException, secrets: tuple[str, ...]) -> ConnectFailed:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        reason = f"no answer within {target.connect_timeout:g}s"
+    return ConnectFailed(
+        target.name,
+        "connect",
+        redact(
+            f"cannot open an SSH session to {target.address}:{target.port}: {reason}; check the "
+            "address/port, that sshd is running and that the network path is open",
+            secrets,
+        ),
+    )
+
+
+async def _offered_key(target: Target) -> str:
+    """Best effort: the fingerprint the server offers, to put in the mismatch message."""
+    try:
+        async with asyncio.timeout(_KEYSCAN_TIMEOUT):
+            key = await asyncssh.get_server_host_key(target.address, target.port, config=None)
+    except Exception:  # only decoration for an error message; never mask the real error
+        return ""
+    if key is None:
+        return ""
+    return f" ({key.get_algorithm()} {key.get_fingerprint()})"

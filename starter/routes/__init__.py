@@ -1,0 +1,1 @@
+"""Thin routes: validate, call the store or the service, shape the answer."""

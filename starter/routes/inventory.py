@@ -1,0 +1,221 @@
+"""Devices, policies, templates and credentials: what operations act on."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import asyncssh
+from fastapi import APIRouter
+from sqlmodel import col, select
+
+from activities.jobs import latest_template
+from executors.base import Executor, get_executor, registry
+from starter.deps import DB, State
+from starter.problems import Problem, invalid, not_found
+from starter.schemas import (
+    CredentialIn,
+    CredentialOut,
+    DeviceIn,
+    DeviceOut,
+    ExecutorOut,
+    PolicyIn,
+    PolicyOut,
+    TemplateIn,
+    TemplateOut,
+)
+from store.models import Credential, Device, Policy, Template
+from store.vault import Vault
+from templating import TemplateSyntaxProblem
+
+router = APIRouter()
+
+# Templates that need a privileged account refer to it; used to insist one is given.
+_AUTH_TAGS = ("auth_password", "AUTH_PASSWORD", "auth_username", "AUTH_USER")
+
+
+@router.get("/executors", response_model=list[ExecutorOut])
+def list_executors() -> list[ExecutorOut]:
+    return [ExecutorOut(name=name, syntax=ex.syntax) for name, ex in sorted(registry().items())]
+
+
+@router.post("/devices", status_code=201, response_model=DeviceOut)
+def create_device(body: DeviceIn, db: DB) -> Device:
+    _known_executor(body.executor)
+    if body.executor == "ssh":
+        if not body.host_keys and not body.trust_on_first_use:
+            raise invalid(
+                "host_keys",
+                "pin the host's public key (ssh-keyscan prints it) or set trust_on_first_use",
+            )
+        for index, line in enumerate(body.host_keys):
+            try:
+                asyncssh.import_public_key(line)
+            except (asyncssh.KeyImportError, ValueError):
+                raise invalid(
+                    f"host_keys.{index}", "not an OpenSSH public key ('ssh-ed25519 AAAA…')"
+                ) from None
+    if db.exec(select(Device).where(Device.name == body.name)).first():
+        raise Problem(409, f"a device named {body.name!r} exists; choose another name")
+    device = Device(**body.model_dump())
+    db.add(device)
+    db.commit()
+    return device
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+def list_devices(db: DB) -> list[Device]:
+    return list(db.exec(select(Device).order_by(col(Device.created_at))))
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut)
+def get_device(device_id: str, db: DB) -> Device:
+    return db.get(Device, device_id) or _raise(not_found("device", device_id))
+
+
+@router.post("/policies", status_code=201, response_model=PolicyOut)
+def create_policy(body: PolicyIn, db: DB) -> Policy:
+    if db.exec(select(Policy).where(Policy.name == body.name)).first():
+        raise Problem(409, f"a policy named {body.name!r} exists; choose another name")
+    policy = Policy(**body.model_dump())
+    db.add(policy)
+    db.commit()
+    return policy
+
+
+@router.get("/policies", response_model=list[PolicyOut])
+def list_policies(db: DB) -> list[Policy]:
+    return list(db.exec(select(Policy).order_by(col(Policy.created_at))))
+
+
+@router.get("/policies/{policy_id}", response_model=PolicyOut)
+def get_policy(policy_id: str, db: DB) -> Policy:
+    return db.get(Policy, policy_id) or _raise(not_found("policy", policy_id))
+
+
+@router.post("/templates", status_code=201, response_model=TemplateOut)
+def create_template(body: TemplateIn, db: DB) -> Template:
+    """A new template, or a new version of one of yours. Shipped templates cannot be replaced."""
+    executor = _known_executor(body.executor)
+    try:
+        executor.validate(body.body)
+    except TemplateSyntaxProblem as exc:
+        raise Problem(
+            422,
+            f"template does not parse: {exc}",
+            errors=[{"field": "body", "line": exc.line, "message": exc.message}],
+        ) from None
+    latest = db.exec(
+        select(Template).where(Template.name == body.name).order_by(col(Template.version).desc())
+    ).first()
+    if latest is not None and latest.shipped:
+        raise Problem(409, f"{body.name!r} is a shipped template; save yours under another name")
+    if latest is not None and latest.executor != body.executor:
+        raise invalid("executor", f"{body.name!r} is a template of executor {latest.executor!r}")
+    template = Template(**body.model_dump(), version=latest.version + 1 if latest else 1)
+    db.add(template)
+    db.commit()
+    return template
+
+
+@router.get("/templates", response_model=list[TemplateOut])
+def list_templates(db: DB) -> list[Template]:
+    return list(db.exec(select(Template).order_by(col(Template.name), col(Template.version))))
+
+
+@router.post("/credentials", status_code=201, response_model=CredentialOut)
+def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
+    device = db.get(Device, body.device_id)
+    if device is None:
+        raise invalid("device_id", f"no device with id {body.device_id!r}")
+    if body.policy_id and db.get(Policy, body.policy_id) is None:
+        raise invalid("policy_id", f"no policy with id {body.policy_id!r}")
+    auth = None
+    if body.auth_credential_id:
+        auth = db.get(Credential, body.auth_credential_id)
+        if auth is None:
+            raise invalid(
+                "auth_credential_id", f"no credential with id {body.auth_credential_id!r}"
+            )
+        if auth.device_id != device.id:
+            raise invalid("auth_credential_id", "the auth credential must be on the same device")
+    executor = _known_executor(device.executor)
+    change_name = body.change_template or _default_template(executor, "change", auth is not None)
+    verify_name = body.verify_template or _default_template(executor, "verify", False)
+    change = _template_for("change_template", change_name, device.executor, "change", db)
+    _template_for("verify_template", verify_name, device.executor, "verify", db)
+    if auth is None and any(tag in change.body for tag in _AUTH_TAGS):
+        raise invalid(
+            "auth_credential_id",
+            f"template {change_name!r} connects with a privileged account: give auth_credential_id",
+        )
+    credential = Credential(
+        device_id=device.id,
+        username=body.username,
+        profile=body.profile,
+        change_template=change_name,
+        verify_template=verify_name,
+        auth_credential_id=body.auth_credential_id,
+        policy_id=body.policy_id,
+    )
+    db.add(credential)
+    db.flush()
+    version = app.vault.add(db, credential.id, body.password.get_secret_value(), "current")  # type: ignore[arg-type]
+    db.commit()
+    return _credential_out(credential, version.id)
+
+
+@router.get("/credentials", response_model=list[CredentialOut])
+def list_credentials(db: DB) -> list[CredentialOut]:
+    rows = db.exec(select(Credential).order_by(col(Credential.created_at)))
+    return [_credential_out(c, _current_id(db, c.id)) for c in rows]
+
+
+@router.get("/credentials/{credential_id}", response_model=CredentialOut)
+def get_credential(credential_id: str, db: DB) -> CredentialOut:
+    credential = db.get(Credential, credential_id) or _raise(not_found("credential", credential_id))
+    return _credential_out(credential, _current_id(db, credential.id))
+
+
+def _credential_out(credential: Credential, current_version_id: str | None) -> CredentialOut:
+    return CredentialOut(**credential.model_dump(), current_version_id=current_version_id)
+
+
+def _current_id(db: DB, credential_id: str) -> str | None:
+    current = Vault.current(db, credential_id)
+    return current.id if current else None
+
+
+def _known_executor(name: str) -> Executor:
+    try:
+        return get_executor(name)
+    except LookupError as exc:
+        raise invalid("executor", str(exc)) from None
+
+
+def _default_template(executor: Executor, kind: str, privileged: bool) -> str:
+    defaults = executor.default_templates
+    key = "change-as-admin" if kind == "change" and privileged else kind
+    name = defaults.get(key)
+    if name is None:
+        raise invalid(f"{kind}_template", f"executor has no default {key} template; name one")
+    return name
+
+
+def _template_for(field: str, name: str, executor: str, kind: str, db: DB) -> Template:
+    try:
+        template = latest_template(db, name)
+    except LookupError:
+        raise invalid(
+            field, f"no template named {name!r}; list them with GET /v1/templates"
+        ) from None
+    if template.executor != executor:
+        raise invalid(
+            field, f"{name!r} is a {template.executor} template, the device uses {executor}"
+        )
+    if template.kind != kind:
+        raise invalid(field, f"{name!r} is a {template.kind} template, not a {kind} template")
+    return template
+
+
+def _raise(problem: Problem) -> NoReturn:
+    raise problem

@@ -1,0 +1,66 @@
+"""Operations: request one (202 at once, the work runs as a workflow) and follow it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from sqlmodel import col, select
+
+from starter.deps import DB, State
+from starter.problems import not_found
+from starter.schemas import AttemptOut, OperationAccepted, OperationIn, OperationOut
+from starter.service import request_operation
+from store.models import Attempt, Credential, Operation
+
+router = APIRouter()
+
+
+@router.post(
+    "/credentials/{credential_id}/operations",
+    status_code=202,
+    response_model=OperationAccepted,
+    responses={200: {"description": "an operation of this kind was running: joined it"}},
+)
+async def create_operation(
+    credential_id: str, body: OperationIn, db: DB, app: State, response: Response
+) -> OperationAccepted:
+    credential = db.get(Credential, credential_id)
+    if credential is None:
+        raise not_found("credential", credential_id)
+    operation, joined = await request_operation(
+        app.engine, app.client, app.settings, credential, body.kind, body.trigger
+    )
+    if joined:
+        response.status_code = 200
+    return OperationAccepted(
+        operation_id=operation.id,
+        workflow_id=operation.workflow_id,
+        status=operation.status,
+        joined=joined,
+    )
+
+
+@router.get("/operations/{operation_id}", response_model=OperationOut)
+def get_operation(operation_id: str, db: DB) -> OperationOut:
+    operation = db.get(Operation, operation_id)
+    if operation is None:
+        raise not_found("operation", operation_id)
+    attempts = db.exec(
+        select(Attempt)
+        .where(Attempt.operation_id == operation_id)
+        .order_by(col(Attempt.started_at))
+    )
+    return OperationOut(
+        **operation.model_dump(), attempts=[AttemptOut(**a.model_dump()) for a in attempts]
+    )
+
+
+@router.get("/credentials/{credential_id}/operations", response_model=list[OperationOut])
+def list_operations(credential_id: str, db: DB) -> list[OperationOut]:
+    if db.get(Credential, credential_id) is None:
+        raise not_found("credential", credential_id)
+    operations = db.exec(
+        select(Operation)
+        .where(Operation.credential_id == credential_id)
+        .order_by(col(Operation.created_at))
+    )
+    return [get_operation(op.id, db) for op in operations]

@@ -1,0 +1,1 @@
+"""The store: SQLModel tables, the engine, secrets encrypted at rest, password generation."""

@@ -1,0 +1,128 @@
+"""Render template text in a Jinja2 sandbox.
+
+StrictUndefined turns a misspelt tag into an error instead of an empty string, which on a
+password change would silently set the wrong password. Segura-style ``[#NEW_PASSWORD#]`` tags are
+rewritten to Jinja expressions on the same line, so error line numbers stay true.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+SEGURA_TAGS = {
+    "USERNAME": "username",
+    "CURRENT_PASSWORD": "current_password",
+    "NEW_PASSWORD": "new_password",
+    "AUTH_USER": "auth_username",
+    "AUTH_PASSWORD": "auth_password",
+    "HOSTNAME": "hostname",
+    "IP": "address",
+    "PORT": "port",
+}
+_SEGURA_TAG = re.compile(r"\[#([A-Z_]+)#\]")
+
+
+class TemplateSyntaxProblem(ValueError):
+    """A template that cannot be used; ``line`` is 1-based within the template's text."""
+
+    def __init__(self, message: str, line: int | None) -> None:
+        self.message = message
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+@dataclass(frozen=True)
+class TemplateContext:
+    """What a template can refer to. Secrets live here only inside an activity's memory."""
+
+    username: str
+    current_password: str
+    new_password: str
+    hostname: str
+    address: str
+    port: int
+    auth_username: str = ""
+    auth_password: str = field(default="", repr=False)
+    values: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never print secrets, even by accident in a traceback
+        return f"TemplateContext(username={self.username!r}, hostname={self.hostname!r})"
+
+    def as_mapping(self) -> dict[str, Any]:
+        return {
+            "username": self.username,
+            "current_password": self.current_password,
+            "new_password": self.new_password,
+            "auth_username": self.auth_username,
+            "auth_password": self.auth_password,
+            "hostname": self.hostname,
+            "address": self.address,
+            "port": self.port,
+            "values": self.values,
+        }
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.current_password, self.new_password, self.auth_password) if s)
+
+
+def _shell_word(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _regex_literal(value: object) -> str:
+    return re.escape(str(value))
+
+
+@lru_cache(maxsize=1)
+def _environment() -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
+    env.filters["shell"] = _shell_word
+    env.filters["regex"] = _regex_literal
+    return env
+
+
+def _translate_segura_tags(text: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = SEGURA_TAGS.get(match.group(1))
+        return "{{ " + name + " }}" if name else match.group(0)
+
+    return _SEGURA_TAG.sub(replace, text)
+
+
+@lru_cache(maxsize=1024)
+def _compile(text: str) -> jinja2.Template:
+    try:
+        return _environment().from_string(_translate_segura_tags(text))
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateSyntaxProblem(exc.message or "syntax error", exc.lineno) from None
+
+
+def check_syntax(text: str, first_line: int = 1) -> None:
+    """Raise TemplateSyntaxProblem (with the line, offset by ``first_line``) if text won't parse."""
+    try:
+        _compile(text)
+    except TemplateSyntaxProblem as exc:
+        line = exc.line + first_line - 1 if exc.line else first_line
+        raise TemplateSyntaxProblem(exc.message, line) from None
+
+
+def render(text: str, context: TemplateContext, line: int = 1) -> str:
+    """Render one piece of template text; an undefined name is a TemplateSyntaxProblem."""
+    try:
+        return _compile(text).render(context.as_mapping())
+    except TemplateSyntaxProblem as exc:
+        raise TemplateSyntaxProblem(exc.message, line) from None
+    except jinja2.UndefinedError as exc:
+        raise TemplateSyntaxProblem(str(exc.message), line) from None
+    except jinja2.TemplateError as exc:
+        raise TemplateSyntaxProblem(str(exc), line) from None

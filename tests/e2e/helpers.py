@@ -1,0 +1,76 @@
+"""Registering things through the API, and reading the vault back, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+from sqlmodel import Session, select
+
+from store.models import Attempt, SecretVersion
+from store.vault import Vault
+from tests.e2e.conftest import Stack
+from tests.servers.sshd import Sshd
+
+FAST_RETRIES = {"max_attempts": 3, "retry_interval_seconds": 0.3, "backoff": 1.0}
+
+
+async def ssh_device(stack: Stack, sshd: Sshd, **overrides: Any) -> dict[str, Any]:
+    body = {
+        "name": f"host-{secrets.token_hex(4)}",
+        "address": "127.0.0.1",
+        "port": sshd.port,
+        "executor": "ssh",
+        "host_keys": [sshd.host_key_line],
+        **overrides,
+    }
+    return await stack.post("/v1/devices", body)
+
+
+async def policy(stack: Stack, **overrides: Any) -> dict[str, Any]:
+    body = {"name": f"policy-{secrets.token_hex(4)}", **FAST_RETRIES, **overrides}
+    return await stack.post("/v1/policies", body)
+
+
+async def credential(
+    stack: Stack, device_id: str, username: str, password: str, **extra: Any
+) -> dict[str, Any]:
+    body = {"device_id": device_id, "username": username, "password": password, **extra}
+    return await stack.post("/v1/credentials", body)
+
+
+def current_secret(stack: Stack, credential_id: str) -> str:
+    """The vault's current secret, decrypted the way an activity does."""
+    vault = Vault(stack.settings.master_key_bytes)
+    with Session(stack.engine) as session:
+        version = Vault.current(session, credential_id)
+        assert version is not None
+        return vault.reveal(version)
+
+
+def versions(stack: Stack, credential_id: str) -> list[tuple[str, str]]:
+    with Session(stack.engine) as session:
+        rows = session.exec(
+            select(SecretVersion).where(SecretVersion.credential_id == credential_id)
+        )
+        return sorted((v.id, v.state) for v in rows)
+
+
+async def wait_for_attempts(stack: Stack, operation_id: str, count: int, within: float) -> None:
+    """Wait until the store has recorded ``count`` finished change attempts (polls the store)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        with Session(stack.engine) as session:
+            finished = session.exec(
+                select(Attempt).where(
+                    Attempt.operation_id == operation_id,
+                    Attempt.step == "change",
+                    Attempt.outcome != "running",
+                )
+            ).all()
+        if len(finished) >= count:
+            return
+        assert loop.time() < deadline, f"only {len(finished)} attempts after {within}s"
+        await asyncio.sleep(0.05)

@@ -1,0 +1,75 @@
+"""Neither the old nor the new password appears in workflow history, logs or the database file."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from google.protobuf.json_format import ParseDict
+from temporalio.api.common.v1 import Payload
+
+from keyturn.codec import EncryptionCodec
+from tests.e2e.conftest import Stack
+from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.servers.sshd import Sshd, Users
+
+OLD = "Zq8!old-secret-that-must-not-leak"
+
+
+def _payloads(node: Any) -> list[dict[str, Any]]:
+    """Every Payload message inside a history event, found by its shape."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        if "metadata" in node and "data" in node:
+            found.append(node)
+        for value in node.values():
+            found += _payloads(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _payloads(value)
+    return found
+
+
+async def test_no_secret_in_history_logs_or_database(
+    stack: Stack, sshd: Sshd, ssh_users: Users, keyturn_logs: pytest.LogCaptureFixture
+) -> None:
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd)
+    pol = await policy(stack)
+    cred = await credential(stack, device["id"], user, OLD, policy_id=pol["id"])
+    accepted = await stack.post(
+        f"/v1/credentials/{cred['id']}/operations", {"kind": "change"}, expect=202
+    )
+    handle = stack.client.get_workflow_handle(accepted["workflow_id"])
+    await handle.result()
+    new = current_secret(stack, cred["id"])
+    assert new != OLD and await ssh_users.password_works(user, new)
+    secrets = [OLD.encode(), new.encode()]
+
+    # History as Temporal stores it (encrypted payloads) ...
+    history = await handle.fetch_history()
+    raw = json.dumps(history.to_json_dict()).encode()
+    assert all(s not in raw for s in secrets)
+    # ... and decrypted, which proves the payloads themselves carry ids only.
+    codec = EncryptionCodec(stack.settings.master_key_bytes)
+    encoded = [ParseDict(p, Payload()) for p in _payloads(history.to_json_dict())]
+    assert encoded, "the history has payloads to check"
+    decoded = await codec.decode(encoded)
+    assert any(cred["id"].encode() in p.data for p in decoded)  # the decoding worked
+    assert all(s not in p.data for p in decoded for s in secrets)
+
+    # Logs of the whole run, at DEBUG.
+    logged = "\n".join(r.getMessage() for r in keyturn_logs.records) + keyturn_logs.text
+    assert keyturn_logs.records, "logging was captured"
+    assert OLD not in logged and new not in logged
+
+    # The API's view of the operation (transcripts included).
+    op = await stack.get(f"/v1/operations/{accepted['operation_id']}")
+    assert OLD not in json.dumps(op) and new not in json.dumps(op)
+
+    # The database files, byte for byte (the WAL holds recent writes).
+    files = [stack.db_path, stack.db_path.with_name(stack.db_path.name + "-wal")]
+    content = b"".join(f.read_bytes() for f in files if f.exists())
+    assert cred["id"].encode() in content  # the file really holds this credential
+    assert all(s not in content for s in secrets)

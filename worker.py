@@ -1,0 +1,89 @@
+"""The Keyturn worker: ``python worker.py``.
+
+Polls the main task queue (workflows and store activities) and the task queue of each zone this
+worker serves (executor activities), and shuts down gracefully on SIGINT/SIGTERM: running
+activities get a grace period to finish before the worker exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.executor_steps import ExecutorActivities
+from activities.store_steps import StoreActivities
+from keyturn.settings import Settings
+from keyturn.temporal import connect
+from store.engine import make_engine
+from store.seed import seed_shipped_templates
+from store.vault import Vault
+from workflows.operation import OperationWorkflow
+
+GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+
+
+def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
+    vault = Vault(settings.master_key_bytes)
+    store = StoreActivities(engine, vault, settings.task_queue)
+    executor = ExecutorActivities(engine, vault)
+    # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="keyturn-store")
+    workers = [
+        Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=[OperationWorkflow],
+            activities=[store.prepare, store.commit, store.finish],
+            activity_executor=pool,
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        )
+    ]
+    workers += [
+        Worker(
+            client,
+            task_queue=settings.zone_task_queue(zone),
+            activities=[executor.change, executor.probe],
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        )
+        for zone in settings.zones
+    ]
+    return workers
+
+
+async def run_workers(workers: list[Worker], stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set, then shut every worker down gracefully."""
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.gather(*(w.shutdown() for w in workers))
+    for task in done:
+        if task is not stopper:
+            task.result()  # a worker that died on its own: surface why
+    stopper.cancel()
+
+
+async def main(settings: Settings | None = None) -> None:
+    settings = settings or Settings()
+    engine = make_engine(settings.resolved_database_url)
+    seed_shipped_templates(engine)
+    client = await connect(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    logging.getLogger("keyturn").info(
+        "worker serving %s and zones %s", settings.task_queue, ", ".join(settings.zones)
+    )
+    await run_workers(build_workers(client, settings, engine), stop)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(main())

@@ -1,0 +1,206 @@
+"""The operation workflow: the change protocol of DESIGN.md, as durable orchestration.
+
+prepare (store) → change (executor, retried per policy) → verify (executor) → commit (store).
+When a change fails in a way that leaves the outcome open, the workflow probes before deciding,
+so the vault only ever moves to a secret the target has been seen to accept.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from executors.base import (
+        NON_RETRYABLE_KINDS,
+        AuthenticationFailed,
+        ConnectFailed,
+        HostKeyMismatch,
+    )
+    from keyturn.temporal import SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_STATUS, SA_TRIGGER
+    from workflows.contracts import (
+        WORKFLOW_NAME,
+        ChangeOutcome,
+        FinishInput,
+        OperationInput,
+        OperationPlan,
+        OperationResult,
+        ProbeOutcome,
+        StepInput,
+    )
+
+_R = TypeVar("_R")
+STORE_TIMEOUT = timedelta(seconds=30)
+# Store activities retry until the store answers: losing a commit is never an option.
+STORE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+)
+
+# Failures that prove the change never reached the target: no probe needed.
+NOTHING_SENT = (ConnectFailed.kind, HostKeyMismatch.kind, AuthenticationFailed.kind)
+
+
+def initial_search_attributes(op: OperationInput) -> TypedSearchAttributes:
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SA_CREDENTIAL, op.credential_id),
+            SearchAttributePair(SA_DEVICE, op.device_id),
+            SearchAttributePair(SA_KIND, op.kind),
+            SearchAttributePair(SA_TRIGGER, op.trigger),
+            SearchAttributePair(SA_STATUS, "scheduled"),
+        ]
+    )
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class OperationWorkflow:
+    def __init__(self) -> None:
+        self._status = "scheduled"
+        self._step = "queued"
+
+    @workflow.query
+    def status(self) -> dict[str, str]:
+        return {"status": self._status, "step": self._step}
+
+    @workflow.run
+    async def run(self, op: OperationInput) -> OperationResult:
+        step = StepInput(op.operation_id)
+        self._move("running", "prepare")
+        plan: OperationPlan = await workflow.execute_activity(
+            "keyturn.prepare",
+            step,
+            result_type=OperationPlan,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        if op.kind == "change":
+            finish = await self._change(step, plan)
+        else:
+            finish = await self._verify(step, plan)
+        self._step = "finish"
+        if finish is None:
+            await self._store("keyturn.commit", step)
+            result = OperationResult(op.operation_id, "succeeded", "verified")
+        else:
+            await self._store("keyturn.finish", finish)
+            result = OperationResult(
+                op.operation_id, finish.status, finish.resolution, finish.error_type, finish.error
+            )
+        self._move(result.status, "done")
+        return result
+
+    async def _change(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
+        """None means: commit. Otherwise the terminal state to record."""
+        self._step = "change"
+        try:
+            await self._executor("keyturn.change", step, plan, ChangeOutcome)
+        except ActivityError as err:
+            kind, message = _cause(err)
+            if kind in NOTHING_SENT:
+                return FinishInput(
+                    step.operation_id,
+                    "failed",
+                    "nothing was sent to the target",
+                    kind,
+                    message,
+                    pending_version_fate="failed",
+                )
+            # The change may have been applied: ask the target before deciding.
+            return await self._after_probe(step, plan, kind, message)
+        self._step = "verify"
+        return await self._after_probe(step, plan, None, None)
+
+    async def _after_probe(
+        self, step: StepInput, plan: OperationPlan, kind: str | None, message: str | None
+    ) -> FinishInput | None:
+        try:
+            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+        except ActivityError as err:
+            probe_kind, probe_message = _cause(err)
+            return FinishInput(
+                step.operation_id,
+                "failed",
+                "outcome unknown: the target could not be probed",
+                kind or probe_kind,
+                message or probe_message,
+                out_of_sync=True,
+            )
+        if probe.pending_works:
+            return None  # the target has the new secret: commit it
+        if probe.current_works:
+            return FinishInput(
+                step.operation_id,
+                "failed",
+                "probe: the current secret still logs in",
+                kind or "ChangeNotApplied",
+                message or "the change reported success but the new secret does not log in",
+                pending_version_fate="failed",
+            )
+        # Neither secret logs in: keep every version for recovery, flag the credential.
+        return FinishInput(
+            step.operation_id,
+            "failed",
+            "probe: neither the pending nor the current secret logs in",
+            kind or "OutOfSync",
+            message or "neither the new nor the old secret logs in",
+            out_of_sync=True,
+        )
+
+    async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput:
+        self._step = "verify"
+        try:
+            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+        except ActivityError as err:
+            kind, message = _cause(err)
+            return FinishInput(
+                step.operation_id, "failed", "the target could not be reached", kind, message
+            )
+        if probe.current_works:
+            return FinishInput(step.operation_id, "succeeded", "the current secret logs in")
+        return FinishInput(
+            step.operation_id,
+            "failed",
+            "the current secret is refused",
+            "OutOfSync",
+            "the vault's current secret does not log in",
+            out_of_sync=True,
+        )
+
+    async def _executor(
+        self, name: str, step: StepInput, plan: OperationPlan, result_type: type[_R]
+    ) -> _R:
+        result: _R = await workflow.execute_activity(
+            name,
+            step,
+            result_type=result_type,
+            task_queue=plan.zone_task_queue,
+            start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=plan.retry_interval_seconds),
+                backoff_coefficient=max(plan.backoff, 1.0),
+                maximum_attempts=plan.max_attempts,
+                non_retryable_error_types=list(NON_RETRYABLE_KINDS),
+            ),
+        )
+        return result
+
+    async def _store(self, name: str, arg: object) -> None:
+        await workflow.execute_activity(
+            name, arg, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
+        )
+
+    def _move(self, status: str, step: str) -> None:
+        self._status = status
+        self._step = step
+        workflow.upsert_search_attributes([SA_STATUS.value_set(status)])
+
+
+def _cause(err: ActivityError) -> tuple[str, str]:
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type or "ApplicationError", cause.message
+    return type(cause).__name__ if cause else "ActivityError", str(cause or err)
