@@ -20,7 +20,7 @@ from temporalio.worker import Worker
 from activities.executor_steps import ExecutorActivities
 from activities.store_steps import StoreActivities
 from keyturn.settings import Settings
-from keyturn.temporal import connect
+from keyturn.temporal import connect, ensure_search_attributes
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
@@ -74,6 +74,7 @@ async def main(settings: Settings | None = None) -> None:
     engine = make_engine(settings.resolved_database_url)
     seed_shipped_templates(engine)
     client = await connect(settings)
+    await ensure_search_attributes(client, settings.temporal_namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

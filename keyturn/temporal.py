@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
+from temporalio.service import RPCError, RPCStatusCode
 
 from keyturn.codec import data_converter
 from keyturn.settings import Settings
@@ -25,3 +30,23 @@ async def connect(settings: Settings) -> Client:
         tls=settings.temporal_tls,
         data_converter=data_converter(settings.master_key_bytes),
     )
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> None:
+    """Register Keyturn's search attributes on a cluster that lacks them (the dev server gets them
+    on its command line). A cluster that forbids it (Temporal Cloud) is told once, in the log."""
+    request = AddSearchAttributesRequest(
+        namespace=namespace,
+        search_attributes={
+            key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in SEARCH_ATTRIBUTES
+        },
+    )
+    try:
+        await client.operator_service.add_search_attributes(request)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.ALREADY_EXISTS:
+            logging.getLogger("keyturn").warning(
+                "could not register search attributes (%s); register %s as Keyword",
+                exc.message,
+                ", ".join(k.name for k in SEARCH_ATTRIBUTES),
+            )

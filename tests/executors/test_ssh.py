@@ -1,0 +1,486 @@
+"""SshExecutor against a real OpenSSH server with throwaway users (no Temporal involved)."""
+
+from __future__ import annotations
+
+import string
+import time
+
+import asyncssh
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from executors.base import (
+    Account,
+    AuthenticationFailed,
+    ChangeRejected,
+    ConnectFailed,
+    ExecutorError,
+    HostKeyMismatch,
+    LoginRequest,
+    OutcomeUnknown,
+    RunRequest,
+    Target,
+    TemplateFailed,
+    get_executor,
+)
+from executors.shipped import shipped_templates
+from executors.ssh import SshExecutor
+from executors.ssh_script import Step, parse_script
+from templating import TemplateContext, TemplateSyntaxProblem
+from tests.servers.sshd import Sshd, Users
+
+TEMPLATES = {template.name: template.body for template in shipped_templates()}
+EXECUTOR = SshExecutor()
+
+# Printable ASCII without tab/newline/etc. (a password is typed on one line), space kept.
+ALPHABET = "".join(c for c in string.printable if c == " " or c not in string.whitespace)
+# The characters that break naive quoting: shell, regex, template comment, directive separator.
+SPECIALS = "'\"\\$; #:"
+plain_passwords = st.text(alphabet=ALPHABET, min_size=12, max_size=40)
+special_passwords = st.text(alphabet=ALPHABET, min_size=4, max_size=32).flatmap(
+    lambda base: st.permutations(list(base + SPECIALS)).map("".join)
+)
+passwords = st.one_of(plain_passwords, special_passwords)
+
+
+def target(sshd: Sshd, **overrides: object) -> Target:
+    fields: dict[str, object] = {
+        "name": "test-host",
+        "address": "127.0.0.1",
+        "port": sshd.port,
+        "host_keys": (sshd.host_key_line,),
+        "connect_timeout": 5.0,
+        "read_timeout": 10.0,
+    }
+    fields.update(overrides)
+    return Target(**fields)  # type: ignore[arg-type]
+
+
+def context(
+    sshd: Sshd, username: str, current: str, new: str, auth_user: str = "", auth_password: str = ""
+) -> TemplateContext:
+    return TemplateContext(
+        username=username,
+        current_password=current,
+        new_password=new,
+        hostname="test-host",
+        address="127.0.0.1",
+        port=sshd.port,
+        auth_username=auth_user,
+        auth_password=auth_password,
+    )
+
+
+def assert_no_secret(texts: list[str], *secrets: str) -> None:
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text, f"a secret leaked into {text!r}"
+
+
+def error_texts(exc: ExecutorError) -> list[str]:
+    return [str(exc), exc.cause, exc.transcript, repr(exc)]
+
+
+async def self_change(sshd: Sshd, user: str, current: str, new: str) -> str:
+    result = await EXECUTOR.run(
+        RunRequest(
+            target(sshd),
+            Account(user, current),
+            TEMPLATES["ssh/linux-passwd"],
+            context(sshd, user, current, new),
+        )
+    )
+    return result.transcript
+
+
+async def admin_change(
+    sshd: Sshd, admin: str, admin_password: str, user: str, current: str, new: str
+) -> str:
+    result = await EXECUTOR.run(
+        RunRequest(
+            target(sshd),
+            Account(admin, admin_password),
+            TEMPLATES["ssh/linux-chpasswd"],
+            context(sshd, user, current, new, admin, admin_password),
+        )
+    )
+    return result.transcript
+
+
+# --- the shipped change templates ---------------------------------------------------------------
+
+
+def test_registered_through_the_entry_point() -> None:
+    assert isinstance(get_executor("ssh"), SshExecutor)
+
+
+def test_shipped_templates_are_valid() -> None:
+    shipped = {template.name: template for template in shipped_templates()}
+    assert {"ssh/linux-passwd", "ssh/linux-chpasswd", "ssh/verify-login"} <= set(shipped)
+    assert shipped["ssh/linux-passwd"].kind == "change"
+    assert shipped["ssh/verify-login"].kind == "verify"
+    for template in shipped.values():
+        assert template.executor == "ssh"
+        EXECUTOR.validate(template.body)
+    for name in SshExecutor.default_templates.values():
+        assert name in shipped
+
+
+async def test_self_change_with_passwd(sshd: Sshd, ssh_users: Users) -> None:
+    current, new = "Current-pass-1234", "Brand-new-pass-5678"
+    user = ssh_users.create(current)
+
+    transcript = await self_change(sshd, user, current, new)
+
+    assert await ssh_users.password_works(user, new)
+    assert not await ssh_users.password_works(user, current)
+    assert "$ passwd" in transcript
+    assert "> ***" in transcript
+    assert_no_secret([transcript], current, new)
+
+
+async def test_admin_change_with_chpasswd(sshd: Sshd, ssh_users: Users) -> None:
+    admin_password, current, new = "Admin-pass-1234", "Current-pass-1234", "Brand-new-pass-5678"
+    admin = ssh_users.create(admin_password)
+    ssh_users.make_admin(admin)
+    user = ssh_users.create(current)
+
+    transcript = await admin_change(sshd, admin, admin_password, user, current, new)
+
+    assert await ssh_users.password_works(user, new)
+    assert not await ssh_users.password_works(user, current)
+    assert await ssh_users.password_works(admin, admin_password)  # the admin is untouched
+    assert f"> {user}:***" in transcript
+    assert_no_secret([transcript], admin_password, current, new)
+
+
+# Empirically (Debian 12, pam_unix "obscure yescrypt"), passwd as a non-root user rejects a new
+# password only when it equals the old one ("The password has not been changed.") or is shorter
+# than 6: case changes, rotations, palindromes and near-copies of the old one are all accepted.
+# So two independent draws need only to differ; assume() discards the (rare) equal pair instead
+# of narrowing the strategies, so every accepted example really exercises both passwords.
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(current=passwords, new=passwords, admin_password=passwords)
+@pytest.mark.parametrize("template", ["ssh/linux-passwd", "ssh/linux-chpasswd"])
+async def test_any_printable_password_round_trips(
+    sshd: Sshd, template: str, current: str, new: str, admin_password: str
+) -> None:
+    assume(new != current)
+    users = Users(sshd)  # per example: the function-scoped fixture would outlive the examples
+    try:
+        user = users.create(current)
+        if template == "ssh/linux-passwd":
+            transcript = await self_change(sshd, user, current, new)
+        else:
+            admin = users.create(admin_password)
+            users.make_admin(admin)
+            transcript = await admin_change(sshd, admin, admin_password, user, current, new)
+        assert await users.password_works(user, new)
+        assert not await users.password_works(user, current)
+        assert_no_secret([transcript], current, new, admin_password)
+    finally:
+        users.cleanup()
+
+
+# --- refusals and failures -----------------------------------------------------------------------
+
+
+async def test_wrong_current_password_is_authentication_failed(
+    sshd: Sshd, ssh_users: Users
+) -> None:
+    current, wrong, new = "Current-pass-1234", "Wrong-pass-0000", "Brand-new-pass-5678"
+    user = ssh_users.create(current)
+
+    with pytest.raises(AuthenticationFailed) as caught:
+        await self_change(sshd, user, wrong, new)
+
+    assert caught.value.step == "login"
+    assert await ssh_users.password_works(user, current)
+    assert not await ssh_users.password_works(user, new)
+    assert_no_secret(error_texts(caught.value), current, wrong, new)
+
+
+async def test_passwd_refusing_the_new_password_is_change_rejected(
+    sshd: Sshd, ssh_users: Users
+) -> None:
+    current = "Current-pass-1234"
+    user = ssh_users.create(current)
+
+    with pytest.raises(ChangeRejected) as caught:
+        await self_change(sshd, user, current, current)  # pam_unix refuses reusing the password
+
+    assert "has not been changed" in caught.value.cause
+    assert await ssh_users.password_works(user, current)
+    assert_no_secret(error_texts(caught.value), current)
+
+
+async def test_wrong_sudo_password_is_authentication_failed(sshd: Sshd, ssh_users: Users) -> None:
+    admin_password, wrong, current, new = "Admin-pass-1234", "Wrong-1234", "Cur-1234", "New-1234"
+    admin = ssh_users.create(admin_password)
+    ssh_users.make_admin(admin)
+    user = ssh_users.create(current)
+
+    with pytest.raises(AuthenticationFailed) as caught:
+        await EXECUTOR.run(
+            RunRequest(
+                target(sshd),
+                Account(admin, admin_password),
+                TEMPLATES["ssh/linux-chpasswd"],
+                context(sshd, user, current, new, admin, wrong),
+            )
+        )
+
+    assert "line 7" in str(caught.value)  # the authfail: line
+    assert "Sorry, try again" in caught.value.cause
+    assert await ssh_users.password_works(user, current)
+    assert_no_secret(error_texts(caught.value), admin_password, wrong, current, new)
+
+
+async def test_host_key_mismatch(sshd: Sshd, ssh_users: Users) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    other_key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+
+    with pytest.raises(HostKeyMismatch) as caught:
+        await EXECUTOR.check_login(
+            LoginRequest(target(sshd, host_keys=(other_key,)), Account(user, password))
+        )
+
+    assert not caught.value.retryable
+    assert "ssh-keyscan" in caught.value.cause
+    assert_no_secret(error_texts(caught.value), password)
+
+
+async def test_no_pinned_key_without_tofu_is_refused(sshd: Sshd, ssh_users: Users) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+
+    with pytest.raises(HostKeyMismatch, match="trust_on_first_use"):
+        await EXECUTOR.check_login(
+            LoginRequest(target(sshd, host_keys=()), Account(user, password))
+        )
+
+
+async def test_trust_on_first_use_returns_the_key(sshd: Sshd, ssh_users: Users) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+
+    result = await EXECUTOR.check_login(
+        LoginRequest(
+            target(sshd, host_keys=(), trust_on_first_use=True),
+            Account(user, password),
+            TEMPLATES["ssh/verify-login"],
+            context(sshd, user, password, ""),
+        )
+    )
+
+    assert result.ok
+    assert result.learned_host_key == sshd.host_key_line
+    assert f"< {user}" in result.transcript
+
+
+async def test_check_login(sshd: Sshd, ssh_users: Users) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+
+    good = await EXECUTOR.check_login(LoginRequest(target(sshd), Account(user, password)))
+    bad = await EXECUTOR.check_login(LoginRequest(target(sshd), Account(user, "not-it-1234")))
+
+    assert good.ok
+    assert good.learned_host_key is None  # a pinned key is not "learned"
+    assert not bad.ok
+
+
+async def test_stopped_server_is_connect_failed(sshd: Sshd, ssh_users: Users) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    sshd.stop()
+    try:
+        with pytest.raises(ConnectFailed) as caught:
+            await self_change(sshd, user, password, "Brand-new-pass-5678")
+    finally:
+        sshd.start()
+
+    assert caught.value.retryable
+    assert "check the address/port" in caught.value.cause
+    assert_no_secret(error_texts(caught.value), password, "Brand-new-pass-5678")
+
+
+async def test_expect_that_never_matches_times_out_naming_the_line(
+    sshd: Sshd, ssh_users: Users
+) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    template = "timeout: 1\nexec: echo hello\n# wait for something that never comes\nexpect: bye\n"
+
+    started = time.monotonic()
+    with pytest.raises(TemplateFailed) as caught:
+        await EXECUTOR.run(
+            RunRequest(
+                target(sshd), Account(user, password), template, context(sshd, user, password, "")
+            )
+        )
+
+    assert time.monotonic() - started < 5
+    assert caught.value.step == "line 4 (expect)"
+    assert "'bye'" in caught.value.cause
+    assert "hello" in caught.value.cause  # the tail of the output, to compare with the pattern
+
+
+async def test_timeout_after_a_secret_was_sent_is_outcome_unknown(
+    sshd: Sshd, ssh_users: Users
+) -> None:
+    # cat echoes the secret back: it must be redacted in the output tail and the transcript.
+    password, new = "Current-pass-1234", "Brand'new $pass#5678"
+    user = ssh_users.create(password)
+    template = "timeout: 1\nexec: cat\nsend: {{ new_password }}\nexpect: never-printed\n"
+
+    with pytest.raises(OutcomeUnknown) as caught:
+        await EXECUTOR.run(
+            RunRequest(
+                target(sshd), Account(user, password), template, context(sshd, user, password, new)
+            )
+        )
+
+    assert "< ***" in caught.value.transcript
+    assert_no_secret(error_texts(caught.value), password, new)
+
+
+async def test_connection_lost_before_and_after_a_secret(sshd: Sshd, ssh_users: Users) -> None:
+    password, new = "Current-pass-1234", "Brand-new-pass-5678"
+    user = ssh_users.create(password)
+    # Killing the session's sshd process ($PPID of the command) drops the connection.
+    before = "exec: kill -KILL $PPID\nexpect: never\n"
+    after = "exec: read line; kill -KILL $PPID\nsend: {{ new_password }}\nexpect: never\n"
+    request_context = context(sshd, user, password, new)
+
+    with pytest.raises(ConnectFailed):
+        await EXECUTOR.run(
+            RunRequest(target(sshd), Account(user, password), before, request_context)
+        )
+    with pytest.raises(OutcomeUnknown) as caught:
+        await EXECUTOR.run(
+            RunRequest(target(sshd), Account(user, password), after, request_context)
+        )
+    assert_no_secret(error_texts(caught.value), password, new)
+
+
+async def test_exit_status(sshd: Sshd, ssh_users: Users) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    request_context = context(sshd, user, password, "")
+
+    async def run(template: str) -> None:
+        await EXECUTOR.run(
+            RunRequest(target(sshd), Account(user, password), template, request_context)
+        )
+
+    await run("exec: exit 3\nexit: 3\n")
+    with pytest.raises(ChangeRejected, match="status 1, expected 0"):
+        await run("exec: false\nexit: 0\n")
+    with pytest.raises(TemplateFailed, match="status 127"):
+        await run("exec: no-such-command-here\nexit: 0\n")
+    with pytest.raises(ChangeRejected, match="line 3 .fail.*denied by policy"):
+        await run("exec: echo 'denied by policy'\nfail: denied\nexit: 0\n")
+
+
+async def test_secrets_in_commands_are_masked_even_when_quoted(
+    sshd: Sshd, ssh_users: Users
+) -> None:
+    # shell-quoting changes the secret's text ('it'"'"'s'), so plain redaction would miss it.
+    password, new = "Current-pass-1234", "it's a $ecret"
+    user = ssh_users.create(password)
+    template = "exec: printf '%s\\n' {{ new_password | shell }}\nexpect: {{ new_password | regex }}\nexit: 0\n"
+
+    result = await EXECUTOR.run(
+        RunRequest(
+            target(sshd), Account(user, password), template, context(sshd, user, password, new)
+        )
+    )
+
+    assert "$ printf '%s\\n' '***'" in result.transcript
+    assert "< ***" in result.transcript
+    assert_no_secret([result.transcript], password, new, "it'\"'\"'s")
+
+
+async def test_secret_with_directive_syntax_is_sent_literally(sshd: Sshd, ssh_users: Users) -> None:
+    # Parsing happens before rendering: a password that looks like script lines stays one send.
+    password, new = "Current-pass-1234", "x # exit: 1 expect: y"
+    user = ssh_users.create(password)
+    template = 'exec: read line; test "$line" = {{ new_password | shell }}\nsend: {{ new_password }}\nexit: 0\n'
+
+    await EXECUTOR.run(
+        RunRequest(
+            target(sshd), Account(user, password), template, context(sshd, user, password, new)
+        )
+    )
+
+
+# --- validate() and the parser -------------------------------------------------------------------
+
+
+def test_parse_script() -> None:
+    text = "# kind: change\n\nspawn: passwd\n  expect: (?i)new: \nsend: {{ new_password }}\neof:\n"
+    assert parse_script(text) == [
+        Step(3, "spawn", "passwd"),
+        Step(4, "expect", "(?i)new: "),
+        Step(5, "send", "{{ new_password }}"),
+        Step(6, "eof", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("template", "line", "message"),
+    [
+        ("exec: id\nfrobnicate: x\n", 2, "unknown directive"),
+        ("exec: id\n\nsend:\n", 3, "needs an argument"),
+        ("exec: id\njust some words\n", 2, "directive: argument"),
+        ("# c\nexec: id\nsend: {{ new_password \n", 3, ""),
+        ("exec: id\nexpect: (unclosed\n", 2, "invalid regular expression"),
+        ("exec: id\nfail: [z-a]\n", 2, "invalid regular expression"),
+        ("exec: id\nauthfail: *oops\n", 2, "invalid regular expression"),
+        ("expect: x\nexec: id\n", 1, "before any exec"),
+        ("exec: id\nexit: 0\nsend: x\n", 3, "after exit"),
+        ("exec: id\nexit: zero\n", 2, "integer"),
+        ("timeout: -1\nexec: id\n", 1, "positive number"),
+        ("exec: id\neof: now\n", 2, "no argument"),
+        ("# only a comment\n", None, "runs nothing"),
+    ],
+)
+def test_validate_rejects_with_the_line(template: str, line: int | None, message: str) -> None:
+    with pytest.raises(TemplateSyntaxProblem) as caught:
+        EXECUTOR.validate(template)
+    assert caught.value.line == line
+    assert message in caught.value.message
+
+
+async def test_run_rejects_a_bad_template_before_connecting(sshd: Sshd) -> None:
+    # Port 1 would be ConnectFailed: TemplateFailed proves nothing was attempted on the target.
+    with pytest.raises(TemplateFailed, match="line 2"):
+        await EXECUTOR.run(
+            RunRequest(
+                target(sshd, port=1),
+                Account("nobody", "pw-123456"),
+                "exec: id\nexpect: (\n",
+                context(sshd, "nobody", "pw-123456", ""),
+            )
+        )
+
+
+async def test_undefined_tag_at_run_time_names_the_line(sshd: Sshd, ssh_users: Users) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    with pytest.raises(TemplateFailed, match="line 2"):
+        await EXECUTOR.run(
+            RunRequest(
+                target(sshd),
+                Account(user, password),
+                "exec: cat\nsend: {{ new_pasword }}\n",
+                context(sshd, user, password, "x"),
+            )
+        )
