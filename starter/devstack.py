@@ -72,6 +72,15 @@ async def wait_for_temporal(settings: Settings, server: asyncio.subprocess.Proce
             await asyncio.sleep(0.2)  # poll interval while the server boots
 
 
+async def _until_listening(api: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    """Say "running" only once the API accepts connections; a failed start raises its error."""
+    while not api.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the HTTP API stopped before it started listening")
+        await asyncio.sleep(0.05)  # uvicorn offers a flag, not an event, for "started"
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -97,6 +106,9 @@ async def run_dev(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        api_task = asyncio.create_task(api.serve())
+        workers = asyncio.create_task(run_workers(build_workers(client, settings, engine), stop))
+        await _until_listening(api, api_task)
         host = settings.temporal_address.rpartition(":")[0] or "127.0.0.1"
         print(
             "Keyturn is running\n"
@@ -109,8 +121,7 @@ async def run_dev(settings: Settings) -> None:
             "Press Ctrl-C to stop.",
             flush=True,
         )
-        api_task = asyncio.create_task(api.serve())
-        await run_workers(build_workers(client, settings, engine), stop)
+        await workers
         api.should_exit = True
         await api_task
     finally:

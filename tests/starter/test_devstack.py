@@ -1,0 +1,103 @@
+"""``keyturn dev`` as a user runs it: starts everything, keeps data across restarts, stops cleanly.
+
+Runs the real command in a subprocess on free ports, with its own data directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+READY = "Press Ctrl-C to stop."
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def dev_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KEYTURN_DATA_DIR": str(tmp_path / "var"),
+        "KEYTURN_TEMPORAL_ADDRESS": f"127.0.0.1:{_free_port()}",
+        "KEYTURN_TEMPORAL_UI_PORT": str(_free_port()),
+        "KEYTURN_API_PORT": str(_free_port()),
+    }
+
+
+class DevStack:
+    def __init__(self, env: dict[str, str]) -> None:
+        keyturn = Path(sys.executable).parent / "keyturn"
+        self.process = subprocess.Popen(
+            [str(keyturn), "dev"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # blocks until the stack says it is ready (or exits)
+            self.output.append(line)
+            if READY in line:
+                break
+        assert any(READY in line for line in self.output), "".join(self.output)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=60)
+
+
+@pytest.fixture
+def start_dev(dev_env: dict[str, str]) -> Iterator[type[DevStack]]:
+    started: list[DevStack] = []
+
+    class Tracked(DevStack):
+        def __init__(self, env: dict[str, str]) -> None:
+            super().__init__(env)
+            started.append(self)
+
+    yield Tracked
+    for stack in started:
+        if stack.process.poll() is None:
+            stack.process.kill()
+
+
+def test_dev_stack_starts_persists_and_stops(
+    dev_env: dict[str, str], start_dev: type[DevStack]
+) -> None:
+    api = f"http://127.0.0.1:{dev_env['KEYTURN_API_PORT']}"
+    first = start_dev(dev_env)
+    printed = "".join(first.output)
+    token = (Path(dev_env["KEYTURN_DATA_DIR"]) / "admin.token").read_text().strip()
+    assert token in printed and f"{api}/docs" in printed
+    assert f":{dev_env['KEYTURN_TEMPORAL_UI_PORT']}" in printed
+    headers = {"Authorization": f"Bearer {token}"}
+    device = httpx.post(
+        f"{api}/v1/devices",
+        headers=headers,
+        json={"name": "web-1", "address": "127.0.0.1", "port": 22, "trust_on_first_use": True},
+    )
+    assert device.status_code == 201, device.text
+    assert httpx.get(f"{api}/docs").status_code == 200
+    ui = httpx.get(f"http://127.0.0.1:{dev_env['KEYTURN_TEMPORAL_UI_PORT']}/")
+    assert ui.status_code == 200
+    assert first.stop() == 0
+
+    second = start_dev(dev_env)
+    devices = httpx.get(f"{api}/v1/devices", headers=headers).json()
+    assert [d["id"] for d in devices] == [device.json()["id"]]
+    assert second.stop() == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{api}/v1/devices", headers=headers)
