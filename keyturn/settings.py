@@ -65,7 +65,13 @@ class Settings(BaseSettings):
         if self.master_key:
             raw = base64.b64decode(self.master_key)
         else:
-            raw = base64.b64decode(self._master_key_path().read_bytes().strip())
+            path = self._master_key_path()
+            if not path.exists():
+                raise FileNotFoundError(
+                    f"no master key at {path}: set KEYTURN_MASTER_KEY (base64 of 32 bytes) or "
+                    "KEYTURN_MASTER_KEY_FILE, or run `keyturn dev` once to generate one"
+                )
+            raw = base64.b64decode(path.read_bytes().strip())
         if len(raw) != 32:
             raise ValueError("KEYTURN_MASTER_KEY must be the base64 encoding of exactly 32 bytes")
         return raw

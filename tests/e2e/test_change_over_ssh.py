@@ -148,7 +148,7 @@ async def test_target_back_before_the_last_attempt_succeeds(stack: Stack, ssh_us
             client_keys=None,
             agent_path=None,
         ) as conn:
-            assert (await conn.run("id -un", check=True)).stdout.strip() == user
+            assert str((await conn.run("id -un", check=True)).stdout).strip() == user
     finally:
         flaky.close()
 

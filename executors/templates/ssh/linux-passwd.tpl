@@ -9,6 +9,6 @@ expect: (?i)new password:
 send: {{ new_password }}
 expect: (?i)retype new password:|re-enter new password:
 send: {{ new_password }}
-fail: (?i)bad password|password unchanged|do not match|new password:|manipulation error
+fail: (?i)bad password|password unchanged|has not been changed|choose a longer|do not match|new password:|manipulation error
 expect: (?i)password updated successfully|all authentication tokens updated successfully
 exit: 0
