@@ -1,0 +1,43 @@
+"""Settings: KEYTURN_ variables, Temporal's own variables, the generated local files."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from keyturn.settings import Settings
+
+
+def test_temporal_environment_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "temporal.example:7233")
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "pam")
+    settings = Settings()
+    assert (settings.temporal_address, settings.temporal_namespace) == (
+        "temporal.example:7233",
+        "pam",
+    )
+    monkeypatch.setenv("KEYTURN_TEMPORAL_ADDRESS", "keyturn.example:7233")
+    assert Settings().temporal_address == "keyturn.example:7233"  # Keyturn's own wins
+
+
+def test_first_run_generates_a_private_master_key_and_token(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "var")
+    with pytest.raises(FileNotFoundError, match="KEYTURN_MASTER_KEY"):
+        _ = settings.master_key_bytes
+    settings.ensure_local_files()
+    key_file = tmp_path / "var" / "master.key"
+    assert len(base64.b64decode(key_file.read_bytes())) == 32
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    token = settings.resolved_admin_token
+    Settings(data_dir=tmp_path / "var").ensure_local_files()  # a second run keeps both
+    again = Settings(data_dir=tmp_path / "var")
+    assert again.resolved_admin_token == token
+    assert again.master_key_bytes == base64.b64decode(key_file.read_bytes())
+    assert again.resolved_database_url == f"sqlite:///{(tmp_path / 'var' / 'keyturn.db')}"
+
+
+def test_a_malformed_master_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        _ = Settings(master_key=base64.b64encode(b"short").decode()).master_key_bytes
