@@ -7,12 +7,13 @@ so the vault only ever moves to a secret the target has been seen to accept.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from executors.base import (
@@ -77,13 +78,24 @@ class OperationWorkflow:
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
-        if op.kind == "change":
-            finish = await self._change(step, plan)
-        else:
-            finish = await self._verify(step, plan)
+        try:
+            if op.kind == "change":
+                finish = await self._change(step, plan)
+            else:
+                finish = await self._verify(step, plan)
+        except asyncio.CancelledError:
+            # Canceled (API or Web UI) before the commit began: record it, keep every secret
+            # version as it is (a pending one may be live on the target), and end as canceled.
+            await self._store(
+                "keyturn.finish",
+                FinishInput(op.operation_id, "canceled", f"canceled during {self._step}"),
+            )
+            self._move("canceled", "done")
+            raise
         self._step = "finish"
         if finish is None:
-            await self._store("keyturn.commit", step)
+            # Shielded: a cancel request arriving now waits for the commit to land.
+            await asyncio.shield(self._store("keyturn.commit", step))
             result = OperationResult(op.operation_id, "succeeded", "verified")
         else:
             await self._store("keyturn.finish", finish)
@@ -99,6 +111,7 @@ class OperationWorkflow:
         try:
             await self._executor("keyturn.change", step, plan, ChangeOutcome)
         except ActivityError as err:
+            _reraise_cancel(err)
             kind, message = _cause(err)
             if kind in NOTHING_SENT:
                 return FinishInput(
@@ -120,6 +133,7 @@ class OperationWorkflow:
         try:
             probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
         except ActivityError as err:
+            _reraise_cancel(err)
             probe_kind, probe_message = _cause(err)
             return FinishInput(
                 step.operation_id,
@@ -155,6 +169,7 @@ class OperationWorkflow:
         try:
             probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
         except ActivityError as err:
+            _reraise_cancel(err)
             kind, message = _cause(err)
             return FinishInput(
                 step.operation_id, "failed", "the target could not be reached", kind, message
@@ -197,6 +212,12 @@ class OperationWorkflow:
         self._status = status
         self._step = step
         workflow.upsert_search_attributes([SA_STATUS.value_set(status)])
+
+
+def _reraise_cancel(err: ActivityError) -> None:
+    """An activity interrupted by a cancel request is a cancel, not a target failure."""
+    if is_cancelled_exception(err):
+        raise asyncio.CancelledError() from err
 
 
 def _cause(err: ActivityError) -> tuple[str, str]:

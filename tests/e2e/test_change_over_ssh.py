@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncssh
 import pytest
+from temporalio.client import WorkflowFailureError
 
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
@@ -199,3 +200,34 @@ async def test_verify_operation_reports_sync_state(
 
     assert op["status"] == "failed" and op["error_type"] == "OutOfSync"
     assert (await stack.get(f"/v1/credentials/{cred['id']}"))["sync_state"] == "out_of_sync"
+
+
+async def test_a_canceled_operation_is_recorded_as_canceled(stack: Stack, ssh_users: Users) -> None:
+    down = Sshd()
+    down.start()
+    down.stop()
+    try:
+        user = ssh_users.create(OLD)
+        device = await ssh_device(stack, down)
+        pol = await policy(stack, max_attempts=50, retry_interval_seconds=0.5, backoff=1.0)
+        cred = await credential(stack, device["id"], user, OLD, policy_id=pol["id"])
+        accepted = await stack.post(
+            f"/v1/credentials/{cred['id']}/operations", {"kind": "change"}, expect=202
+        )
+        await wait_for_attempts(stack, accepted["operation_id"], 1, within=30)
+        handle = stack.client.get_workflow_handle(accepted["workflow_id"])
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+        op = await stack.get(f"/v1/operations/{accepted['operation_id']}")
+        assert op["status"] == "canceled"
+        assert current_secret(stack, cred["id"]) == OLD
+        # A new request after a cancel starts a fresh operation.
+        again = await stack.post(
+            f"/v1/credentials/{cred['id']}/operations", {"kind": "change"}, expect=202
+        )
+        assert again["operation_id"] != accepted["operation_id"]
+        await stack.client.get_workflow_handle(again["workflow_id"]).cancel()
+    finally:
+        down.close()
