@@ -23,7 +23,7 @@ from store.models import (
     SyncState,
     utcnow,
 )
-from store.passwords import PasswordRules, generate_password
+from store.passwords import generate_password
 from store.vault import Vault
 from workflows.contracts import FinishInput, OperationPlan, StepInput
 
@@ -51,18 +51,10 @@ class StoreActivities:
             assert device is not None
             policy = policy_for(session, credential)
             if operation.kind == "change" and operation.pending_version_id is None:
-                rules = PasswordRules(
-                    length=policy.length,
-                    lowercase=policy.lowercase,
-                    uppercase=policy.uppercase,
-                    digits=policy.digits,
-                    symbols=policy.symbols,
-                    exclude=policy.exclude,
-                )
                 pending = self._vault.add(
                     session,
                     credential.id,
-                    generate_password(rules),
+                    generate_password(policy.password_rules()),
                     SecretState.PENDING,
                     operation_id=operation.id,
                 )

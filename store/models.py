@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from store.passwords import PasswordRules
+
 
 def new_id() -> str:
     return uuid.uuid4().hex
@@ -73,6 +75,11 @@ class Policy(SQLModel, table=True):
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 30.0
     created_at: datetime = Field(default_factory=utcnow)
+
+    def password_rules(self) -> PasswordRules:
+        return PasswordRules(
+            self.length, self.lowercase, self.uppercase, self.digits, self.symbols, self.exclude
+        )
 
 
 class Template(SQLModel, table=True):
