@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from executors.shipped import shipped_templates
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from executors.shipped import shipped_templates
 from store.models import Template
 
 
