@@ -43,15 +43,12 @@ class ExecutorActivities:
 
     @activity.defn(name="keyturn.change")
     async def change(self, step: StepInput) -> ChangeOutcome:
-        job = await asyncio.to_thread(load_job, self._engine, self._vault, step.operation_id)
+        job, attempt_id, may_have_sent = await asyncio.to_thread(
+            self._begin, step.operation_id, "change", activity.info().attempt
+        )
         if job.pending_password is None:
             raise ApplicationError("operation has no pending secret", non_retryable=True)
         executor = get_executor(job.device.executor)
-        number = activity.info().attempt
-
-        may_have_sent = number > 1 and await asyncio.to_thread(
-            self._previous_may_have_sent, step, number
-        )
         pending_account = Account(job.credential.username, job.pending_password)
 
         async def attempt() -> tuple[str, ChangeOutcome]:
@@ -77,12 +74,14 @@ class ExecutorActivities:
             await self._pin_learned_key(job, result.learned_host_key)
             return result.transcript, ChangeOutcome(already_applied=False)
 
-        return await self._recorded(job, "change", number, attempt)
+        return await self._recorded(job, attempt_id, attempt)
 
     @activity.defn(name="keyturn.probe")
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
-        job = await asyncio.to_thread(load_job, self._engine, self._vault, step.operation_id)
+        job, attempt_id, _ = await asyncio.to_thread(
+            self._begin, step.operation_id, None, activity.info().attempt
+        )
         executor = get_executor(job.device.executor)
         username = job.credential.username
 
@@ -109,17 +108,24 @@ class ExecutorActivities:
             await self._pin_learned_key(job, current.learned_host_key)
             return "\n".join(transcripts), ProbeOutcome(False, current.ok)
 
-        step_name = "verify" if job.operation.kind == "change" else "probe"
-        return await self._recorded(job, step_name, activity.info().attempt, attempt)
+        return await self._recorded(job, attempt_id, attempt)
+
+    def _begin(self, operation_id: str, step: str | None, number: int) -> tuple[Job, str, bool]:
+        """Load the job and open its attempt row in one trip to the store's thread pool.
+
+        Also answers, for a retried change, whether the previous attempt may have reached the
+        target. A probe is recorded as "verify" within a change, "probe" in a verify operation.
+        """
+        job = load_job(self._engine, self._vault, operation_id)
+        step = step or ("verify" if job.operation.kind == "change" else "probe")
+        may_have_sent = (
+            step == "change" and number > 1 and self._previous_may_have_sent(operation_id, number)
+        )
+        return job, self._start_attempt(operation_id, step, number), may_have_sent
 
     async def _recorded(
-        self,
-        job: Job,
-        step: str,
-        number: int,
-        body: Callable[[], Awaitable[tuple[str, _T]]],
+        self, job: Job, attempt_id: str, body: Callable[[], Awaitable[tuple[str, _T]]]
     ) -> _T:
-        attempt_id = await asyncio.to_thread(self._start_attempt, job.operation.id, step, number)
         try:
             transcript, outcome = await body()
         except ExecutorError as exc:
@@ -154,12 +160,12 @@ class ExecutorActivities:
             attempt.finished_at = utcnow()
             session.add(attempt)
 
-    def _previous_may_have_sent(self, step: StepInput, number: int) -> bool:
+    def _previous_may_have_sent(self, operation_id: str, number: int) -> bool:
         """False only when the previous attempt provably never reached the target."""
         with Session(self._engine) as session:
             previous = session.exec(
                 select(Attempt)
-                .where(Attempt.operation_id == step.operation_id, Attempt.step == "change")
+                .where(Attempt.operation_id == operation_id, Attempt.step == "change")
                 .where(Attempt.number < number)
                 .order_by(col(Attempt.number).desc())
             ).first()

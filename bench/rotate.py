@@ -3,9 +3,9 @@
     sudo .venv/bin/python bench/rotate.py [--changes N] [--users M] [--concurrency C]
 
 Run from the repository root, as root (it creates throwaway Linux users and starts sshd). It is
-self-contained: its own sshd on a loopback port, M throwaway users, an in-memory Temporal dev
-server, a SQLite store in a temp dir, a Keyturn worker and the HTTP starter in process. Everything
-is removed at the end, also on errors and Ctrl-C.
+self-contained: its own sshd on a loopback port, 2 × M throwaway users, an in-memory Temporal
+dev server, a SQLite store in a temp dir, a Keyturn worker and the HTTP starter in process.
+Everything is removed at the end, also on errors and Ctrl-C.
 
 Both paths do the same work per change, the change protocol's change and verify steps:
 
@@ -15,12 +15,19 @@ Both paths do the same work per change, the change protocol's change and verify 
 - keyturn: ``POST /v1/credentials/{id}/operations {"kind": "change"}`` through the in-process API,
   then wait for the operation's workflow result (prepare → change → verify → commit).
 
-The same N changes are spread over the same M users by C lanes; lane k owns users k, k+C, … and
-changes them round-robin, so a user never has two changes in flight (Keyturn allows one
-operation per credential). The raw path runs first; Keyturn then takes over the users with the
-passwords the raw path left, and at the end the vault's current secret of every user is checked
-to log in independently of Keyturn. Each path gets a warm-up (one change per user by default)
-before its measured phase. The last line printed is ``ratio keyturn/raw: X.XX`` (changes/s).
+The same N changes are spread over M users by C lanes; lane k owns users k, k+C, … and changes
+them round-robin, so a user never has two changes in flight (Keyturn allows one operation per
+credential). Each path has its own M users, so the whole stack is up for both: warm-up of both
+paths (one change per user by default), then R alternating rounds of N/R changes per path (raw,
+Keyturn, raw, Keyturn, …), so both see the same drift in the machine's load; a path's time is the
+sum of its rounds. At the end the vault's current secret of every Keyturn user is checked to log
+in, independently of Keyturn.
+
+The report (stdout, after cleanup) breaks Keyturn's time down per operation from the client's
+clock, the store's Attempt rows and the workflow histories, gives the raw path's per-step times,
+the store statements per operation and the CPU per change of this process, the Temporal server,
+the rest (sshd, passwd) and the whole machine. Its last line is ``ratio keyturn/raw: X.XX``, the
+ratio of changes per second. Progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,6 +83,7 @@ from workflows.contracts import WORKFLOW_NAME, OperationResult  # noqa: E402
 DEFAULT_CHANGES = 60
 DEFAULT_USERS = 6
 DEFAULT_CONCURRENCY = 3
+DEFAULT_ROUNDS = 3
 
 # One set of password rules for both paths: the Keyturn policy below and the raw generator.
 RULES = PasswordRules(length=24, lowercase=True, uppercase=True, digits=True, symbols=True)
@@ -91,6 +99,7 @@ POLICY = {
     "retry_interval_seconds": 0.2,
     "backoff": 1.0,
 }
+WORKER_STOP_SECONDS = 5.0
 STEP_TIMEOUT = 30.0  # per raw step (connect + run); generous, a healthy step takes milliseconds
 
 # What the shipped ssh templates do, so the raw path does the same work on the target.
@@ -108,7 +117,6 @@ REFUSED = re.compile(
 )
 
 _S = TypeVar("_S")
-log = logging.getLogger("bench.rotate")
 
 
 class BenchFailed(RuntimeError):
@@ -138,10 +146,19 @@ async def run_phase(
             samples.append(await change(mine[j % len(mine)]))
 
     started = time.perf_counter()
-    async with asyncio.TaskGroup() as group:
-        for k in range(min(concurrency, changes)):
-            group.create_task(lane(k))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for k in range(min(concurrency, changes)):
+                group.create_task(lane(k))
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None  # the first failure says why; the rest were cancelled
     return time.perf_counter() - started, samples
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` near-equal sizes, larger first, empty parts dropped."""
+    sizes = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+    return [size for size in sizes if size]
 
 
 # -- raw asyncssh path --------------------------------------------------------------------------
@@ -328,15 +345,15 @@ class StoreCounter:
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _process_cpu(pid: int, with_children: bool) -> float:
-    """CPU seconds of a process (all its threads), plus its reaped children's if asked."""
+def _process_cpu(pid: int) -> float:
+    """CPU seconds of a process, all its threads."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     fields = text[text.rindex(")") + 2 :].split()  # fields[0] is field 3 (state) of proc(5)
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return (utime + stime + (cutime + cstime if with_children else 0)) / TICK
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / TICK
 
 
 def _children(name: str) -> list[int]:
@@ -356,29 +373,41 @@ def _children(name: str) -> list[int]:
     return found
 
 
-def _machine_busy() -> float:
-    """CPU seconds all CPUs spent not idle since boot (first line of /proc/stat)."""
+def _machine() -> tuple[float, float]:
+    """CPU seconds all CPUs spent busy, and stolen by the hypervisor, since boot (/proc/stat)."""
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = values[:7]  # steal is not our use
-    return (user + nice + system + irq + softirq) / TICK
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return (user + nice + system + irq + softirq) / TICK, steal / TICK
 
 
 @dataclass(frozen=True)
 class CpuUse:
     own: float
-    sshd: float  # the listener and every connection it forked and reaped (sshd, bash, passwd)
     temporal: float
     machine: float
+    steal: float  # time a virtual machine's CPUs were runnable but the host ran something else
 
     def line(self, label: str, changes: int, seconds: float) -> str:
-        other = self.machine - self.own - self.sshd - self.temporal
-        busy = self.machine / (seconds * (os.cpu_count() or 1))
-        per = [self.own, self.sshd, self.temporal, other, self.machine]
+        # The rest is the target's work: sshd and everything it forks per connection (bash,
+        # passwd, unix_chkpwd), some of it reaped by init, hence only countable as a remainder.
+        # Other processes would land there too: compare the two lines.
+        rest = self.machine - self.own - self.temporal
+        available = seconds * (os.cpu_count() or 1)
+        busy, stolen = self.machine / available, self.steal / available
+        per = [self.own, self.temporal, rest, self.machine]
         cells = "".join(
             f"{v / changes * 1000:>{w}.1f}" for v, w in zip(per, CPU_WIDTHS, strict=True)
         )
-        return f"{label:<28}{cells}   {busy:.0%} of all CPUs busy"
+        return f"{label:<28}{cells}   {busy:.0%} of all CPUs busy, {stolen:.0%} stolen"
+
+    def __add__(self, other: CpuUse) -> CpuUse:
+        return CpuUse(
+            self.own + other.own,
+            self.temporal + other.temporal,
+            self.machine + other.machine,
+            self.steal + other.steal,
+        )
 
     @staticmethod
     def header() -> str:
@@ -386,33 +415,33 @@ class CpuUse:
         return f"{'CPU per change (ms)':<28}{cells}"
 
 
-CPU_COLUMNS = ("this process", "sshd+passwd", "temporal server", "other", "machine")
+CPU_COLUMNS = ("this process", "temporal server", "sshd, passwd, rest", "whole machine")
 CPU_WIDTHS = tuple(len(t) + 2 for t in CPU_COLUMNS)
 
 
 class CpuMeter:
-    """CPU used from construction to ``used()``, by this process, sshd, Temporal, everything."""
+    """CPU used from construction to ``used()``: this process, the Temporal server, all CPUs."""
 
     def __init__(self) -> None:
-        self._sshd = _children("sshd")
         self._temporal = _children("temporal")
         self._start = self._read()
 
     def _read(self) -> CpuUse:
+        machine, steal = _machine()
         return CpuUse(
-            own=_process_cpu(os.getpid(), with_children=False),
-            sshd=sum(_process_cpu(pid, with_children=True) for pid in self._sshd),
-            temporal=sum(_process_cpu(pid, with_children=False) for pid in self._temporal),
-            machine=_machine_busy(),
+            own=_process_cpu(os.getpid()),
+            temporal=sum(_process_cpu(pid) for pid in self._temporal),
+            machine=machine,
+            steal=steal,
         )
 
     def used(self) -> CpuUse:
         end, start = self._read(), self._start
         return CpuUse(
             end.own - start.own,
-            end.sshd - start.sshd,
             end.temporal - start.temporal,
             end.machine - start.machine,
+            end.steal - start.steal,
         )
 
 
@@ -570,9 +599,6 @@ async def temporal_timeline(client: Client, samples: Sequence[KeyturnSample]) ->
 
 @dataclass
 class Figures:
-    changes: int
-    users: int
-    concurrency: int
     lines: list[str] = field(default_factory=list)
     load: float = field(default_factory=lambda: os.getloadavg()[0])
 
@@ -609,6 +635,19 @@ async def register(api: httpx.AsyncClient, sshd: Sshd, passwords: dict[str, str]
     return credentials
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point fd 1 at stderr while a child process is spawned, so stdout carries only the report."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @contextlib.asynccontextmanager
 async def keyturn_stack(
     settings: Settings, env: WorkflowEnvironment, engine: Engine
@@ -626,7 +665,15 @@ async def keyturn_stack(
             yield api
     finally:
         stop.set()
-        await workers
+        # Graceful, but bounded: after Ctrl-C in a terminal the dev server got the SIGINT too and
+        # is gone, and the worker would retry reporting its last activities for a while.
+        try:
+            async with asyncio.timeout(WORKER_STOP_SECONDS):
+                await asyncio.shield(workers)
+        except TimeoutError:
+            workers.cancel()
+            with contextlib.suppress(BaseException):
+                await workers
 
 
 async def run(args: argparse.Namespace, sshd: Sshd, users: Users) -> Figures:
@@ -634,7 +681,7 @@ async def run(args: argparse.Namespace, sshd: Sshd, users: Users) -> Figures:
     me = asyncio.current_task()
     assert me is not None
     loop.add_signal_handler(signal.SIGTERM, me.cancel)  # SIGINT: asyncio.run cancels us itself
-    figures = Figures(args.changes, args.users, args.concurrency)
+    figures = Figures()
     out = figures.lines
     n, c = args.changes, args.concurrency
 
@@ -649,12 +696,13 @@ async def run(args: argparse.Namespace, sshd: Sshd, users: Users) -> Figures:
     key = secrets.token_bytes(32)
     progress("starting the Temporal dev server, the worker and the API")
     async with contextlib.AsyncExitStack() as stack:
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=temporal_cli(),
-            search_attributes=SEARCH_ATTRIBUTES,
-            data_converter=data_converter(key),
-            ui=False,
-        )
+        with _stdout_to_stderr():  # the dev server prints a banner on its stdout
+            env = await WorkflowEnvironment.start_local(
+                dev_server_existing_path=temporal_cli(),
+                search_attributes=SEARCH_ATTRIBUTES,
+                data_converter=data_converter(key),
+                ui=False,
+            )
         stack.push_async_callback(env.shutdown)
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyturn-bench-")))
         settings = Settings(
@@ -677,17 +725,27 @@ async def run(args: argparse.Namespace, sshd: Sshd, users: Users) -> Figures:
         await run_phase(args.warmup, raw_users, c, raw.change)
         await run_phase(args.warmup, kt_users, c, keyturn.change)
 
-        progress(f"raw: {n} changes")
-        cpu = CpuMeter()
-        raw_seconds, raw_samples = await run_phase(n, raw_users, c, raw.change)
-        raw_cpu = cpu.used()
-        progress(f"raw: {raw_seconds:.2f} s; keyturn: {n} changes")
-        before = counter.snapshot()
-        cpu = CpuMeter()
-        kt_seconds, kt_samples = await run_phase(n, kt_users, c, keyturn.change)
-        kt_cpu = cpu.used()
-        store_ops = counter.snapshot() - before
-        progress(f"keyturn: {kt_seconds:.2f} s; checking the vault, reading the timelines")
+        # Alternate the paths in rounds, so both see the same drift in the machine's load.
+        raw_seconds = kt_seconds = 0.0
+        raw_samples: list[RawSample] = []
+        kt_samples: list[KeyturnSample] = []
+        raw_cpu = kt_cpu = CpuUse(0.0, 0.0, 0.0, 0.0)
+        store_ops: Counter[str] = Counter()
+        for number, size in enumerate(split(n, args.rounds), start=1):
+            progress(f"round {number}/{args.rounds}: {size} changes per path")
+            cpu = CpuMeter()
+            seconds, raw_round = await run_phase(size, raw_users, c, raw.change)
+            raw_cpu += cpu.used()
+            raw_seconds += seconds
+            raw_samples += raw_round
+            before = counter.snapshot()
+            cpu = CpuMeter()
+            seconds, kt_round = await run_phase(size, kt_users, c, keyturn.change)
+            kt_cpu += cpu.used()
+            kt_seconds += seconds
+            kt_samples += kt_round
+            store_ops += counter.snapshot() - before
+        progress(f"raw {raw_seconds:.2f} s, keyturn {kt_seconds:.2f} s; checking the vault")
 
         # Independent check: the vault's current secret logs every user in.
         vault = Vault(settings.master_key_bytes)
@@ -714,7 +772,8 @@ async def run(args: argparse.Namespace, sshd: Sshd, users: Users) -> Figures:
         kt_cpu.line("  keyturn", n, kt_seconds),
         "",
         f"N={n} changes, M={args.users} users per path, C={c} in flight, "
-        f"warm-up {args.warmup} per path, password length {RULES.length}, "
+        f"warm-up {args.warmup} per path, {args.rounds} alternating rounds, "
+        f"password length {RULES.length}, "
         f"{os.cpu_count()} CPUs, load average at start {figures.load:.2f}",
         f"raw asyncssh: {raw_seconds:7.2f} s  {raw_rate:6.2f} changes/s",
         f"keyturn:      {kt_seconds:7.2f} s  {kt_rate:6.2f} changes/s",
@@ -734,9 +793,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=int, default=None, metavar="W", help="changes per path before measuring"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        metavar="R",
+        help="measure in R alternating rounds of N/R changes per path (raw, keyturn, raw, …)",
+    )
     args = parser.parse_args(argv)
-    if min(args.changes, args.users, args.concurrency) < 1:
-        parser.error("--changes, --users and --concurrency must be at least 1")
+    if min(args.changes, args.users, args.concurrency, args.rounds) < 1:
+        parser.error("--changes, --users, --concurrency and --rounds must be at least 1")
     if args.users < args.concurrency:
         parser.error("--users must be at least --concurrency: a user has one change in flight")
     if args.warmup is None:
@@ -763,17 +829,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     sshd = Sshd()
     users = Users(sshd)
     try:
-        sshd.start()
-        figures = asyncio.run(run(args, sshd, users))
-    except KeyboardInterrupt:
-        print("[rotate] interrupted; cleaned up", file=sys.stderr)
-        return 130
-    except asyncio.CancelledError:
-        print("[rotate] terminated; cleaned up", file=sys.stderr)
-        return 143
-    finally:
-        users.cleanup()
-        sshd.close()
+        try:
+            sshd.start()
+            figures = asyncio.run(run(args, sshd, users))
+        finally:
+            users.cleanup()
+            sshd.close()
+    except BenchFailed as exc:
+        progress(f"failed: {exc} (users removed, sshd, worker and Temporal stopped)")
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:  # Ctrl-C, or SIGTERM
+        progress("interrupted: users removed, sshd, worker and Temporal stopped")
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
     progress(f"wall time {time.perf_counter() - started:.1f} s")
     print("\n".join(figures.lines), flush=True)
     return 0
