@@ -6,6 +6,7 @@ template, tell whether a login works. Everything protocol-specific stays inside 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -132,6 +133,7 @@ class Executor(Protocol):
     # Shipped template names used when a credential names none: "change", "change-as-admin"
     # (when the credential has an auth credential) and "verify".
     default_templates: ClassVar[dict[str, str]]
+    default_port: ClassVar[int]  # used when a device gives no port
 
     def validate(self, template: str) -> None:
         """Raise templating.TemplateSyntaxProblem (with its line) if the template is unusable."""
@@ -156,7 +158,10 @@ def registry() -> dict[str, Executor]:
     """Installed executors by name. Keyturn's own register through the same entry points."""
     found: dict[str, Executor] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.load()()
+        try:
+            found[ep.name] = ep.load()()
+        except Exception:  # one broken plugin must not take every executor down with it
+            logging.getLogger("keyturn").exception("executor plugin %r failed to load", ep.name)
     return found
 
 

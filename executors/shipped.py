@@ -1,7 +1,7 @@
 """Templates shipped with the executors (``executors/templates/<executor>/<name>.tpl``).
 
 The store seeds them so a fresh install can change Linux passwords out of the box. Each file
-starts with a ``# kind: <operation kind>`` header line.
+starts with a ``# kind: <operation kind>`` header line (``-- kind:`` in SQL templates).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from importlib.resources import files
 
 _PACKAGE = "executors"
 _SUFFIX = ".tpl"
-_KIND = re.compile(r"^#\s*kind:\s*(\S+)\s*$", re.MULTILINE)
+_KIND = re.compile(r"^(?:#|--)\s*kind:\s*(\S+)\s*$", re.MULTILINE)  # "#" or SQL "--"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class SshExecutor:
         "change-as-admin": "ssh/linux-chpasswd",
         "verify": "ssh/verify-login",
     }
+    default_port: ClassVar[int] = 22
 
     def validate(self, template: str) -> None:
         validate_script(template)

@@ -21,7 +21,7 @@ class _In(BaseModel):
 class DeviceIn(_In):
     name: str = Name
     address: str = Field(min_length=1, max_length=255)
-    port: int = Field(default=22, ge=1, le=65535)
+    port: int | None = Field(default=None, ge=1, le=65535, description="executor's default")
     executor: str = Field(default="ssh", min_length=1, max_length=50)
     zone: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")
     profile: str = Field(default="default", min_length=1, max_length=100)
@@ -163,3 +163,7 @@ class OperationOut(BaseModel):
 class ExecutorOut(BaseModel):
     name: str
     syntax: str
+    default_port: int
+    default_templates: dict[str, str]
+    operation_kinds: list[str] = Field(description="kinds its shipped templates cover")
+    templates: list[str] = Field(description="its shipped templates")

@@ -8,13 +8,15 @@ rewritten to Jinja expressions on the same line, so error line numbers stay true
 from __future__ import annotations
 
 import re
-import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
+
+from templating.escaping import FILTERS, Escape, Escaped
 
 SEGURA_TAGS = {
     "USERNAME": "username",
@@ -73,22 +75,29 @@ class TemplateContext:
         return tuple(s for s in (self.current_password, self.new_password, self.auth_password) if s)
 
 
-def _shell_word(value: object) -> str:
-    return shlex.quote(str(value))
+def _regex_literal(value: object) -> Escaped:
+    return Escaped(re.escape(str(value)))
 
 
-def _regex_literal(value: object) -> str:
-    return re.escape(str(value))
-
-
-@lru_cache(maxsize=1)
-def _environment() -> SandboxedEnvironment:
+@lru_cache(maxsize=32)
+def _environment(escape: Escape | None) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
-        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        finalize=_finalizer(escape),
     )
-    env.filters["shell"] = _shell_word
+    env.filters.update(FILTERS)
     env.filters["regex"] = _regex_literal
     return env
+
+
+def _finalizer(escape: Escape | None) -> Callable[[object], object]:
+    """Every ``{{ }}`` output passes here: escaped for the executor's context unless a filter
+    already escaped it. StrictUndefined raises before this for a misspelt name."""
+    if escape is None:
+        return lambda value: value
+    return lambda value: value if isinstance(value, Escaped) else escape(value)
 
 
 def _translate_segura_tags(text: str) -> str:
@@ -100,9 +109,9 @@ def _translate_segura_tags(text: str) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _compile(text: str) -> jinja2.Template:
+def _compile(text: str, escape: Escape | None = None) -> jinja2.Template:
     try:
-        return _environment().from_string(_translate_segura_tags(text))
+        return _environment(escape).from_string(_translate_segura_tags(text))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateSyntaxProblem(exc.message or "syntax error", exc.lineno) from None
 
@@ -116,13 +125,17 @@ def check_syntax(text: str, first_line: int = 1) -> None:
         raise TemplateSyntaxProblem(exc.message, line) from None
 
 
-def render(text: str, context: TemplateContext, line: int = 1) -> str:
-    """Render one piece of template text; an undefined name is a TemplateSyntaxProblem."""
+def render(text: str, context: TemplateContext, line: int = 1, escape: Escape | None = None) -> str:
+    """Render template text; every tag is passed through ``escape`` (templating.escaping) unless
+    a filter escaped it already. An undefined name or a bad value is a TemplateSyntaxProblem
+    naming ``line`` (the line of ``text`` within its template)."""
     try:
-        return _compile(text).render(context.as_mapping())
+        return _compile(text, escape).render(context.as_mapping())
     except TemplateSyntaxProblem as exc:
         raise TemplateSyntaxProblem(exc.message, line) from None
     except jinja2.UndefinedError as exc:
         raise TemplateSyntaxProblem(str(exc.message), line) from None
     except jinja2.TemplateError as exc:
+        raise TemplateSyntaxProblem(str(exc), line) from None
+    except ValueError as exc:  # an escape refused a value (a NUL in SQL, say); says which rule
         raise TemplateSyntaxProblem(str(exc), line) from None

@@ -10,6 +10,7 @@ from sqlmodel import col, select
 
 from activities.jobs import latest_template
 from executors.base import Executor, get_executor, registry
+from executors.shipped import shipped_templates
 from starter.deps import DB, State
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
@@ -35,12 +36,23 @@ _AUTH_TAGS = ("auth_password", "AUTH_PASSWORD", "auth_username", "AUTH_USER")
 
 @router.get("/executors", response_model=list[ExecutorOut])
 def list_executors() -> list[ExecutorOut]:
-    return [ExecutorOut(name=name, syntax=ex.syntax) for name, ex in sorted(registry().items())]
+    shipped = shipped_templates()
+    return [
+        ExecutorOut(
+            name=name,
+            syntax=executor.syntax,
+            default_port=executor.default_port,
+            default_templates=executor.default_templates,
+            operation_kinds=sorted({t.kind for t in shipped if t.executor == name}),
+            templates=[t.name for t in shipped if t.executor == name],
+        )
+        for name, executor in sorted(registry().items())
+    ]
 
 
 @router.post("/devices", status_code=201, response_model=DeviceOut)
 def create_device(body: DeviceIn, db: DB) -> Device:
-    _known_executor(body.executor)
+    executor = _known_executor(body.executor)
     if body.executor == "ssh":
         if not body.host_keys and not body.trust_on_first_use:
             raise invalid(
@@ -56,7 +68,7 @@ def create_device(body: DeviceIn, db: DB) -> Device:
                 ) from None
     if db.exec(select(Device).where(Device.name == body.name)).first():
         raise Problem(409, f"a device named {body.name!r} exists; choose another name")
-    device = Device(**body.model_dump())
+    device = Device(**body.model_dump(exclude={"port"}), port=body.port or executor.default_port)
     db.add(device)
     db.commit()
     return device
