@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass
 from importlib.resources import files
 
-_PACKAGE = "executors"
+from executors.base import registry
+
 _SUFFIX = ".tpl"
 _KIND = re.compile(r"^(?:#|--)\s*kind:\s*(\S+)\s*$", re.MULTILINE)  # "#" or SQL "--"
 
@@ -24,19 +25,29 @@ class ShippedTemplate:
 
 
 def shipped_templates() -> list[ShippedTemplate]:
-    """Every shipped template, sorted by name. A file without a kind header is a packaging bug."""
+    """Every installed executor's shipped templates, sorted by name.
+
+    An executor ships its templates as package data in ``<its top-level package>/templates/
+    <executor name>/*.tpl``: Keyturn's own (package ``executors``) and a third-party plugin's are
+    found the same way. A file without a kind header is a packaging bug.
+    """
     found: list[ShippedTemplate] = []
-    root = files(_PACKAGE).joinpath("templates")
-    for executor_dir in root.iterdir():
-        if not executor_dir.is_dir():
+    for name, executor in registry().items():
+        package = type(executor).__module__.split(".")[0]
+        directory = files(package).joinpath("templates", name)
+        if not directory.is_dir():
             continue
-        for entry in executor_dir.iterdir():
-            if not entry.name.endswith(_SUFFIX):
-                continue
-            body = entry.read_text(encoding="utf-8")
-            name = f"{executor_dir.name}/{entry.name.removesuffix(_SUFFIX)}"
-            kind = _KIND.search(body)
-            if kind is None:
-                raise ValueError(f"shipped template {name} has no '# kind: <kind>' header line")
-            found.append(ShippedTemplate(name, executor_dir.name, kind.group(1), body))
+        for entry in directory.iterdir():
+            if entry.name.endswith(_SUFFIX):
+                found.append(
+                    _read(name, entry.name.removesuffix(_SUFFIX), entry.read_text("utf-8"))
+                )
     return sorted(found, key=lambda template: template.name)
+
+
+def _read(executor: str, stem: str, body: str) -> ShippedTemplate:
+    name = f"{executor}/{stem}"
+    kind = _KIND.search(body)
+    if kind is None:
+        raise ValueError(f"shipped template {name} has no '# kind: <kind>' header line")
+    return ShippedTemplate(name, executor, kind.group(1), body)

@@ -13,7 +13,6 @@ import shlex
 from collections.abc import Callable
 
 from ldap3.utils.conv import escape_filter_chars
-from ldap3.utils.dn import escape_rdn
 
 
 class Escaped(str):
@@ -59,8 +58,21 @@ def sql_ident(value: str) -> str:
 
 @_escaped
 def ldap_dn(value: str) -> str:
-    """One RDN value of an LDAP distinguished name (RFC 4514)."""
-    return str(escape_rdn(value))
+    """One RDN value of an LDAP distinguished name (RFC 4514). Every special character is
+    escaped wherever it stands (RFC 4514 only requires '#' and spaces at the ends, but ldap3's
+    own DN parser refuses a bare '#' anywhere, and escaping more is always valid)."""
+    out = []
+    for index, char in enumerate(value):
+        if char in _DN_SPECIAL or (char == " " and index in (0, len(value) - 1)):
+            out.append("\\" + char)
+        elif char == "\x00":
+            out.append("\\00")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+_DN_SPECIAL = frozenset(',+"\\<>;=#')
 
 
 @_escaped

@@ -1,0 +1,2 @@
+# kind: change
+set-password: {{ new_password }}
