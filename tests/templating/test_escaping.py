@@ -6,9 +6,9 @@ PowerShell's single-quoted strings (language spec §2.3.5.2), quote by quote."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 import re
 import subprocess
+from collections.abc import Iterator
 
 import psycopg
 import pymysql
