@@ -8,7 +8,8 @@ so the workflow's retry policy can tell retryable failures from the rest.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
@@ -28,12 +29,31 @@ from executors.base import (
     get_executor,
     redact,
 )
+from keyturn import failpoints
 from store.engine import session_scope
 from store.models import Attempt, Device, utcnow
 from store.vault import Vault
 from workflows.contracts import ChangeOutcome, ProbeOutcome, StepInput
 
 _T = TypeVar("_T")
+HEARTBEAT_EVERY_SECONDS = 2.0
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while an executor call runs, so a worker that dies mid-call is noticed within
+    the heartbeat timeout rather than the whole step timeout, and the attempt is retried."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_EVERY_SECONDS)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 class ExecutorActivities:
@@ -74,7 +94,9 @@ class ExecutorActivities:
             await self._pin_learned_key(job, result.learned_host_key)
             return result.transcript, ChangeOutcome(already_applied=False)
 
-        return await self._recorded(job, attempt_id, attempt)
+        outcome = await self._recorded(job, attempt_id, attempt)
+        failpoints.reach(failpoints.AFTER_CHANGE)
+        return outcome
 
     @activity.defn(name="keyturn.probe")
     async def probe(self, step: StepInput) -> ProbeOutcome:
@@ -127,7 +149,8 @@ class ExecutorActivities:
         self, job: Job, attempt_id: str, body: Callable[[], Awaitable[tuple[str, _T]]]
     ) -> _T:
         try:
-            transcript, outcome = await body()
+            async with _heartbeating():
+                transcript, outcome = await body()
         except ExecutorError as exc:
             await asyncio.to_thread(
                 self._finish_attempt, attempt_id, exc.kind, str(exc), exc.transcript

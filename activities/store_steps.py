@@ -11,6 +11,7 @@ from temporalio import activity
 
 from activities import audit
 from activities.jobs import policy_for
+from keyturn import failpoints
 from keyturn.settings import zone_task_queue
 from store.engine import session_scope
 from store.models import (
@@ -77,7 +78,7 @@ class StoreActivities:
                     trigger=operation.trigger,
                 )
             session.add(operation)
-            return OperationPlan(
+            plan = OperationPlan(
                 zone_task_queue=zone_task_queue(self._task_queue, device.zone),
                 max_attempts=policy.max_attempts,
                 retry_interval_seconds=policy.retry_interval_seconds,
@@ -85,6 +86,8 @@ class StoreActivities:
                 step_timeout_seconds=policy.connect_timeout_seconds
                 + 4 * policy.read_timeout_seconds,
             )
+        failpoints.reach(failpoints.AFTER_PREPARE)
+        return plan
 
     @activity.defn(name="keyturn.commit")
     def commit(self, step: StepInput) -> None:
@@ -110,6 +113,8 @@ class StoreActivities:
                 credential_id=credential.id,
                 kind=operation.kind,
             )
+            session.flush()  # the statements are sent; the transaction is not yet committed
+            failpoints.reach(failpoints.DURING_COMMIT)
 
     @activity.defn(name="keyturn.finish")
     def finish(self, result: FinishInput) -> None:

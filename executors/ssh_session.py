@@ -29,6 +29,7 @@ from executors.base import (
     redact,
 )
 from executors.ssh_script import Step, compile_pattern, parse_exit_status, parse_timeout
+from keyturn import failpoints
 from templating import TemplateContext, TemplateSyntaxProblem, render
 
 _T = TypeVar("_T")
@@ -228,6 +229,8 @@ class ScriptRunner:
                 await process.stdin.drain()
         except TimeoutError:
             raise self._timeout_error(step, "the target stopped reading input") from None
+        if self._secret_sent:
+            failpoints.reach(failpoints.CHANGE_SENT)
 
     async def _exit(self, step: Step, expected: int) -> None:
         process = self._require_process(step)

@@ -35,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 _R = TypeVar("_R")
+# Executor activities heartbeat every 2 s: a worker lost mid-call is retried after this long.
+EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
 # Store steps are local activities: short, idempotent, and on the workflow's own worker, so they
 # cost no task-queue round trip (bench/rotate.py measured 31 → 21 history events per change).
@@ -196,6 +198,7 @@ class OperationWorkflow:
             result_type=result_type,
             task_queue=plan.zone_task_queue,
             start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
+            heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=plan.retry_interval_seconds),
                 backoff_coefficient=max(plan.backoff, 1.0),

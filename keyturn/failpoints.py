@@ -1,0 +1,32 @@
+"""Failpoints: named places where a test can make this process die, to prove recovery.
+
+Off unless ``KEYTURN_FAILPOINTS`` names them (comma-separated) — tests set it on a worker they
+run as a subprocess. Each named point fires once per marker directory
+(``KEYTURN_FAILPOINTS_DIR``), so the restarted worker gets past it. The process dies with
+SIGKILL: no cleanup, no graceful shutdown, exactly like a crash or an OOM kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+# The points, in protocol order (DESIGN.md, "The change protocol").
+AFTER_PREPARE = "after-prepare"
+CHANGE_SENT = "change-sent"  # the new secret is on the wire, the answer not yet read
+AFTER_CHANGE = "after-change"  # the change succeeded, verify has not started
+DURING_COMMIT = "during-commit"  # inside the commit transaction, before it is committed
+ALL = (AFTER_PREPARE, CHANGE_SENT, AFTER_CHANGE, DURING_COMMIT)
+
+
+def reach(name: str) -> None:
+    armed = os.environ.get("KEYTURN_FAILPOINTS", "")
+    if not armed or name not in armed.split(","):
+        return
+    marker = Path(os.environ.get("KEYTURN_FAILPOINTS_DIR", ".")) / f"failpoint-{name}"
+    try:
+        marker.touch(exist_ok=False)
+    except FileExistsError:
+        return  # fired once already: let the restarted worker through
+    os.kill(os.getpid(), signal.SIGKILL)
