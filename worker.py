@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.coordination import CoordinationActivities
 from activities.executor_steps import ExecutorActivities
 from activities.store_steps import StoreActivities
 from keyturn.settings import Settings
@@ -32,6 +33,7 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
     vault = Vault(settings.master_key_bytes)
     store = StoreActivities(engine, vault, settings.task_queue)
+    coordination = CoordinationActivities(engine)
     executor = ExecutorActivities(engine, vault)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="keyturn-store")
@@ -40,7 +42,15 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
             client,
             task_queue=settings.task_queue,
             workflows=[OperationWorkflow],
-            activities=[store.prepare, store.commit, store.finish],
+            activities=[
+                store.prepare,
+                store.commit,
+                store.finish,
+                coordination.acquire_slot,
+                coordination.release_slot,
+                coordination.plan_children,
+                coordination.child_not_started,
+            ],
             activity_executor=pool,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )

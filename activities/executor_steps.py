@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
@@ -18,12 +19,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.jobs import Job, load_job
+from activities.lockout import Budget, BudgetSpent, LockoutLedger
 from executors.base import (
     Account,
     AuthenticationFailed,
     ConnectFailed,
     ExecutorError,
     LoginRequest,
+    LoginResult,
     OutcomeUnknown,
     RunRequest,
     get_executor,
@@ -36,6 +39,7 @@ from store.vault import Vault
 from workflows.contracts import ChangeOutcome, ProbeOutcome, StepInput
 
 _T = TypeVar("_T")
+_L = TypeVar("_L")
 HEARTBEAT_EVERY_SECONDS = 2.0
 
 
@@ -60,11 +64,12 @@ class ExecutorActivities:
     def __init__(self, engine: Engine, vault: Vault) -> None:
         self._engine = engine
         self._vault = vault
+        self._ledger = LockoutLedger(engine)
 
     @activity.defn(name="keyturn.change")
     async def change(self, step: StepInput) -> ChangeOutcome:
         job, attempt_id, may_have_sent = await asyncio.to_thread(
-            self._begin, step.operation_id, "change", activity.info().attempt
+            self._begin, step, "change", activity.info().attempt
         )
         if job.pending_password is None:
             raise ApplicationError("operation has no pending secret", non_retryable=True)
@@ -75,16 +80,21 @@ class ExecutorActivities:
             # A retry after an attempt that may have reached the target first asks whether the
             # pending secret is already live, so the change is never applied twice.
             if may_have_sent:
-                probe = await executor.check_login(LoginRequest(job.target, pending_account))
+                probe = await self._login(
+                    job,
+                    pending_account,
+                    lambda: executor.check_login(LoginRequest(job.target, pending_account)),
+                )
                 if probe.ok:
                     return "pending secret already live (probe)", ChangeOutcome(
                         already_applied=True
                     )
+            request = RunRequest(
+                job.target, job.connecting_account, job.change_template, job.context()
+            )
             try:
-                result = await executor.run(
-                    RunRequest(
-                        job.target, job.connecting_account, job.change_template, job.context()
-                    )
+                result = await self._login(
+                    job, job.connecting_account, lambda: executor.run(request)
                 )
             except AuthenticationFailed as exc:
                 if not may_have_sent:
@@ -102,7 +112,7 @@ class ExecutorActivities:
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
         job, attempt_id, _ = await asyncio.to_thread(
-            self._begin, step.operation_id, None, activity.info().attempt
+            self._begin, step, None, activity.info().attempt
         )
         executor = get_executor(job.device.executor)
         username = job.credential.username
@@ -110,21 +120,17 @@ class ExecutorActivities:
         async def attempt() -> tuple[str, ProbeOutcome]:
             transcripts = []
             if job.pending_password is not None:
-                pending = await executor.check_login(
-                    LoginRequest(
-                        job.target,
-                        Account(username, job.pending_password),
-                        job.verify_template,
-                        job.context(),
-                    )
-                )
+                account = Account(username, job.pending_password)
+                request = LoginRequest(job.target, account, job.verify_template, job.context())
+                pending = await self._login(job, account, lambda: executor.check_login(request))
                 transcripts.append(f"[pending] {'logs in' if pending.ok else 'refused'}")
                 transcripts.append(pending.transcript)
                 await self._pin_learned_key(job, pending.learned_host_key)
                 if pending.ok:
                     return "\n".join(transcripts), ProbeOutcome(True, None)
-            current = await executor.check_login(
-                LoginRequest(job.target, Account(username, job.current_password), None, None)
+            account = Account(username, job.current_password)
+            current = await self._login(
+                job, account, lambda: executor.check_login(LoginRequest(job.target, account))
             )
             transcripts.append(f"[current] {'logs in' if current.ok else 'refused'}")
             await self._pin_learned_key(job, current.learned_host_key)
@@ -132,14 +138,36 @@ class ExecutorActivities:
 
         return await self._recorded(job, attempt_id, attempt)
 
-    def _begin(self, operation_id: str, step: str | None, number: int) -> tuple[Job, str, bool]:
+    async def _login(self, job: Job, account: Account, call: Callable[[], Awaitable[_L]]) -> _L:
+        """One login that may be refused, charged to the account's lockout budget: a refusal
+        keeps the charge; success or a failure before authentication gives it back."""
+        budget = Budget(
+            job.device.id,
+            account.username,
+            job.policy.lockout_budget,
+            timedelta(seconds=job.policy.lockout_window_seconds),
+        )
+        charge = await asyncio.to_thread(self._ledger.reserve, budget)
+        refused = False
+        try:
+            result = await call()
+            refused = isinstance(result, LoginResult) and not result.ok
+            return result
+        except AuthenticationFailed:
+            refused = True
+            raise
+        finally:
+            await asyncio.to_thread(self._ledger.settle, charge, failed=refused)
+
+    def _begin(self, step_input: StepInput, step: str | None, number: int) -> tuple[Job, str, bool]:
         """Load the job and open its attempt row in one trip to the store's thread pool.
 
         Also answers, for a retried change, whether the previous attempt may have reached the
         target. A probe is recorded as "verify" within a change, "probe" in a verify operation.
         """
-        job = load_job(self._engine, self._vault, operation_id)
-        step = step or ("verify" if job.operation.kind == "change" else "probe")
+        operation_id = step_input.operation_id
+        job = load_job(self._engine, self._vault, operation_id, step_input.via_reconcile)
+        step = step or ("probe" if job.operation.kind == "verify" else "verify")
         may_have_sent = (
             step == "change" and number > 1 and self._previous_may_have_sent(operation_id, number)
         )
@@ -151,6 +179,14 @@ class ExecutorActivities:
         try:
             async with _heartbeating():
                 transcript, outcome = await body()
+        except BudgetSpent as exc:
+            await asyncio.to_thread(
+                self._finish_attempt, attempt_id, "LockoutBudgetSpent", str(exc), ""
+            )
+            # Retryable, after the window frees a login: the wait is Temporal's, durable.
+            raise ApplicationError(
+                str(exc), type="LockoutBudgetSpent", next_retry_delay=exc.retry_after
+            ) from None
         except ExecutorError as exc:
             await asyncio.to_thread(
                 self._finish_attempt, attempt_id, exc.kind, str(exc), exc.transcript

@@ -8,7 +8,7 @@ from typing import TypeVar
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from executors.base import Account, Target
+from executors.base import Account, Target, get_executor
 from store.models import Credential, Device, Operation, Policy, SecretVersion, Template
 from store.vault import Vault
 from templating import TemplateContext
@@ -84,11 +84,14 @@ def target_for(device: Device, policy: Policy) -> Target:
     )
 
 
-def load_job(engine: Engine, vault: Vault, operation_id: str) -> Job:
+def load_job(engine: Engine, vault: Vault, operation_id: str, via_reconcile: bool = False) -> Job:
+    """Everything one executor call needs. ``via_reconcile``: connect with the credential's
+    reconcile credential and run the executor's privileged change template, to take control
+    of an account whose current secret no longer works."""
     with Session(engine, expire_on_commit=False) as session:
-        operation = _get(session, Operation, operation_id)
-        credential = _get(session, Credential, operation.credential_id)
-        device = _get(session, Device, credential.device_id)
+        operation = get_or_raise(session, Operation, operation_id)
+        credential = get_or_raise(session, Credential, operation.credential_id)
+        device = get_or_raise(session, Device, credential.device_id)
         policy = policy_for(session, credential)
         current = Vault.current(session, credential.id)
         if current is None:
@@ -98,28 +101,37 @@ def load_job(engine: Engine, vault: Vault, operation_id: str) -> Job:
             if operation.pending_version_id
             else None
         )
-        auth_account = None
-        if credential.auth_credential_id:
-            auth = _get(session, Credential, credential.auth_credential_id)
-            auth_secret = Vault.current(session, auth.id)
-            if auth_secret is None:
-                raise LookupError(f"auth credential {auth.id} has no current secret")
-            auth_account = Account(auth.username, vault.reveal(auth_secret))
+        change_template = credential.change_template
+        privileged_id = credential.auth_credential_id
+        if via_reconcile:
+            if credential.reconcile_credential_id is None:
+                raise LookupError(f"credential {credential.id} has no reconcile credential")
+            privileged_id = credential.reconcile_credential_id
+            change_template = get_executor(device.executor).default_templates["change-as-admin"]
         return Job(
             operation=operation,
             credential=credential,
             device=device,
             policy=policy,
             target=target_for(device, policy),
-            change_template=latest_template(session, credential.change_template).body,
+            change_template=latest_template(session, change_template).body,
             verify_template=latest_template(session, credential.verify_template).body,
             current_password=vault.reveal(current),
             pending_password=vault.reveal(pending) if pending else None,
-            auth_account=auth_account,
+            auth_account=_account(session, vault, privileged_id) if privileged_id else None,
         )
 
 
-def _get(session: Session, model: type[_Row], key: str) -> _Row:
+def _account(session: Session, vault: Vault, credential_id: str) -> Account:
+    credential = get_or_raise(session, Credential, credential_id)
+    secret = Vault.current(session, credential.id)
+    if secret is None:
+        raise LookupError(f"credential {credential.id} has no current secret")
+    return Account(credential.username, vault.reveal(secret))
+
+
+def get_or_raise(session: Session, model: type[_Row], key: str) -> _Row:
+    """The row, or a LookupError that names what is missing."""
     row = session.get(model, key)
     if row is None:
         raise LookupError(f"{model.__name__.lower()} {key} not found")

@@ -26,7 +26,7 @@ from store.models import (
 )
 from store.passwords import generate_password
 from store.vault import Vault
-from workflows.contracts import FinishInput, OperationPlan, StepInput
+from workflows.contracts import CommitInput, FinishInput, OperationPlan, StepInput
 
 
 class StoreActivities:
@@ -51,7 +51,7 @@ class StoreActivities:
             device = session.get(Device, credential.device_id)
             assert device is not None
             policy = policy_for(session, credential)
-            if operation.kind == "change" and operation.pending_version_id is None:
+            if operation.kind in ("change", "reconcile") and operation.pending_version_id is None:
                 pending = self._vault.add(
                     session,
                     credential.id,
@@ -85,12 +85,15 @@ class StoreActivities:
                 backoff=policy.backoff,
                 step_timeout_seconds=policy.connect_timeout_seconds
                 + 4 * policy.read_timeout_seconds,
+                can_reconcile=credential.reconcile_credential_id is not None,
+                auto_reconcile=credential.auto_reconcile
+                and credential.reconcile_credential_id is not None,
             )
         failpoints.reach(failpoints.AFTER_PREPARE)
         return plan
 
     @activity.defn(name="keyturn.commit")
-    def commit(self, step: StepInput) -> None:
+    def commit(self, step: CommitInput) -> None:
         """One transaction: pending → current, current → previous, operation succeeded."""
         with session_scope(self._engine) as session:
             operation = session.get(Operation, step.operation_id)
@@ -104,6 +107,7 @@ class StoreActivities:
                 Vault.promote(session, credential.id, operation.pending_version_id)
             credential.sync_state = SyncState.IN_SYNC
             operation.status = OperationStatus.SUCCEEDED
+            operation.resolution = step.resolution
             operation.finished_at = utcnow()
             session.add_all([credential, operation])
             audit.record(
@@ -112,6 +116,7 @@ class StoreActivities:
                 operation_id=operation.id,
                 credential_id=credential.id,
                 kind=operation.kind,
+                resolution=step.resolution,
             )
             session.flush()  # the statements are sent; the transaction is not yet committed
             failpoints.reach(failpoints.DURING_COMMIT)
@@ -130,6 +135,7 @@ class StoreActivities:
             operation.status = OperationStatus(result.status)
             operation.error_type = result.error_type
             operation.error = result.error
+            operation.resolution = result.resolution
             operation.finished_at = utcnow()
             if result.pending_version_fate == SecretState.FAILED and operation.pending_version_id:
                 pending = session.get(SecretVersion, operation.pending_version_id)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from store.passwords import PasswordRules
 
 Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]*$")
-OperationKind = Literal["change", "verify"]
+OperationKind = Literal["change", "verify", "reconcile"]
 Trigger = Literal["manual", "expiry", "view", "session-start", "session-end", "a2a"]
 
 
@@ -28,6 +28,7 @@ class DeviceIn(_In):
     host_keys: list[str] = Field(default_factory=list, max_length=20)
     trust_on_first_use: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+    max_concurrent_operations: int | None = Field(default=None, ge=1, le=1000)
 
 
 class DeviceOut(BaseModel):
@@ -41,6 +42,7 @@ class DeviceOut(BaseModel):
     host_keys: list[str]
     trust_on_first_use: bool
     options: dict[str, Any]
+    max_concurrent_operations: int | None
     created_at: datetime
 
 
@@ -57,6 +59,14 @@ class PolicyIn(_In):
     backoff: float = Field(default=2.0, ge=1.0, le=10.0)
     connect_timeout_seconds: float = Field(default=10.0, ge=0.5, le=300)
     read_timeout_seconds: float = Field(default=30.0, ge=0.5, le=600)
+    lockout_budget: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="failed logins Keyturn may cause per account per window",
+    )
+    lockout_window_seconds: float = Field(default=900.0, ge=1, le=86400)
+    max_concurrent_operations: int = Field(default=2, ge=1, le=1000, description="per device")
 
     @model_validator(mode="after")
     def _rules_can_produce_a_password(self) -> PolicyIn:
@@ -101,6 +111,9 @@ class CredentialIn(_In):
     auth_credential_id: str | None = None
     policy_id: str | None = None
     profile: str = Field(default="default", min_length=1, max_length=100)
+    parent_id: str | None = None
+    reconcile_credential_id: str | None = None
+    auto_reconcile: bool = False
 
     @field_validator("username")
     @classmethod
@@ -108,6 +121,15 @@ class CredentialIn(_In):
         if any(not c.isprintable() for c in value):
             raise ValueError("must contain printable characters only")
         return value
+
+
+class CredentialPatch(_In):
+    """Links that may change after creation; an absent field is left as it is, null clears it."""
+
+    parent_id: str | None = None
+    reconcile_credential_id: str | None = None
+    auto_reconcile: bool | None = None
+    policy_id: str | None = None
 
 
 class CredentialOut(BaseModel):
@@ -119,6 +141,9 @@ class CredentialOut(BaseModel):
     verify_template: str
     auth_credential_id: str | None
     policy_id: str | None
+    parent_id: str | None
+    reconcile_credential_id: str | None
+    auto_reconcile: bool
     sync_state: str
     current_version_id: str | None = None
     created_at: datetime
@@ -146,6 +171,13 @@ class AttemptOut(BaseModel):
     transcript: str
 
 
+class ChildOut(BaseModel):
+    operation_id: str
+    credential_id: str
+    kind: str
+    status: str
+
+
 class OperationOut(BaseModel):
     id: str
     credential_id: str
@@ -153,11 +185,15 @@ class OperationOut(BaseModel):
     trigger: str
     status: str
     workflow_id: str
+    resolution: str | None
     error_type: str | None
     error: str | None
+    parent_operation_id: str | None
+    credential_out_of_sync: bool = Field(description="the vault's secret no longer logs in")
     created_at: datetime
     finished_at: datetime | None
     attempts: list[AttemptOut]
+    children: list[ChildOut]
 
 
 class ExecutorOut(BaseModel):

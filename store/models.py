@@ -57,6 +57,7 @@ class Device(SQLModel, table=True):
     host_keys: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     trust_on_first_use: bool = False
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    max_concurrent_operations: int | None = None  # overrides the policy's cap for this device
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -74,6 +75,9 @@ class Policy(SQLModel, table=True):
     backoff: float = 2.0
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 30.0
+    lockout_budget: int = 3  # failed logins Keyturn may cause per account per window
+    lockout_window_seconds: float = 900.0
+    max_concurrent_operations: int = 2  # per device, whatever triggered them
     created_at: datetime = Field(default_factory=utcnow)
 
     def password_rules(self) -> PasswordRules:
@@ -106,6 +110,7 @@ class Credential(SQLModel, table=True):
     policy_id: str | None = Field(default=None, foreign_key="policy.id")
     parent_id: str | None = Field(default=None, foreign_key="credential.id", index=True)
     reconcile_credential_id: str | None = Field(default=None, foreign_key="credential.id")
+    auto_reconcile: bool = False
     sync_state: SyncState = SyncState.IN_SYNC
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -129,6 +134,8 @@ class Operation(SQLModel, table=True):
     status: OperationStatus = OperationStatus.SCHEDULED
     workflow_id: str = Field(index=True)
     pending_version_id: str | None = None
+    parent_operation_id: str | None = Field(default=None, index=True)
+    resolution: str | None = None
     error: str | None = None
     error_type: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -154,3 +161,35 @@ class AuditEvent(SQLModel, table=True):
     operation_id: str | None = Field(default=None, index=True)
     credential_id: str | None = Field(default=None, index=True)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class LoginCharge(SQLModel, table=True):
+    """One login Keyturn makes with a secret that may be refused, charged to the lockout budget.
+
+    ``reserved`` while the login is in flight (so concurrent logins cannot overspend), then
+    ``failed`` (counts until it leaves the window) or deleted (the login worked, or never
+    reached authentication)."""
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    device_id: str = Field(index=True)
+    username: str = Field(index=True)
+    state: str = "reserved"
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class AccountLock(SQLModel, table=True):
+    """A row per (device, account) that budget checks update first: the write lock it takes
+    serialises concurrent checks on SQLite and PostgreSQL alike."""
+
+    device_id: str = Field(primary_key=True)
+    username: str = Field(primary_key=True)
+    touched: int = 0
+
+
+class DeviceSlot(SQLModel, table=True):
+    """A per-device concurrency slot held by one running operation (primary key = the slot)."""
+
+    device_id: str = Field(primary_key=True)
+    slot: int = Field(primary_key=True)
+    operation_id: str = Field(index=True)
+    acquired_at: datetime = Field(default_factory=utcnow)

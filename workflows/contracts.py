@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WORKFLOW_NAME = "KeyturnOperation"
-OPERATION_KINDS = ("change", "verify")
+OPERATION_KINDS = ("change", "verify", "reconcile")
 
 
 def operation_workflow_id(kind: str, credential_id: str) -> str:
@@ -34,11 +34,34 @@ class OperationPlan:
     retry_interval_seconds: float
     backoff: float
     step_timeout_seconds: float
+    can_reconcile: bool = False  # a reconcile credential is set
+    auto_reconcile: bool = False  # ... and the credential asks for it to be used on its own
 
 
 @dataclass(frozen=True)
 class StepInput:
     operation_id: str
+    via_reconcile: bool = False  # connect with the reconcile credential and its template
+
+
+@dataclass(frozen=True)
+class ChildStart:
+    """A chained operation to start once the parent's change is committed."""
+
+    operation: OperationInput
+    workflow_id: str
+
+
+@dataclass(frozen=True)
+class ChildrenRequest:
+    operation_id: str
+    reason: str  # "parent-changed": the credential's children; "reconcile": itself
+
+
+@dataclass(frozen=True)
+class ChildNotStarted:
+    operation_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -52,6 +75,12 @@ class ProbeOutcome:
 
     pending_works: bool
     current_works: bool | None  # None: not asked, because pending worked
+
+
+@dataclass(frozen=True)
+class CommitInput:
+    operation_id: str
+    resolution: str
 
 
 @dataclass(frozen=True)
@@ -72,3 +101,4 @@ class OperationResult:
     resolution: str
     error_type: str | None = None
     error: str | None = None
+    children: tuple[str, ...] = ()  # operation ids of the chained operations started

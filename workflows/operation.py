@@ -8,12 +8,19 @@ so the vault only ever moves to a secret the target has been seen to accept.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    WorkflowAlreadyStartedError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from executors.base import (
@@ -26,6 +33,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         WORKFLOW_NAME,
         ChangeOutcome,
+        ChildNotStarted,
+        ChildrenRequest,
+        ChildStart,
+        CommitInput,
         FinishInput,
         OperationInput,
         OperationPlan,
@@ -41,6 +52,12 @@ STORE_TIMEOUT = timedelta(seconds=30)
 # Store steps are local activities: short, idempotent, and on the workflow's own worker, so they
 # cost no task-queue round trip (bench/rotate.py measured 31 → 21 history events per change).
 # They retry until the store answers: losing a commit is never an option.
+# Waiting for a device slot is a durable retry loop: no attempt limit, short steady interval.
+SLOT_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=1.5,
+    maximum_interval=timedelta(seconds=3),
+)
 STORE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
 )
@@ -66,6 +83,7 @@ class OperationWorkflow:
     def __init__(self) -> None:
         self._status = "scheduled"
         self._step = "queued"
+        self._resolution = "verified: the new secret logs in"
 
     @workflow.query
     def status(self) -> dict[str, str]:
@@ -73,7 +91,7 @@ class OperationWorkflow:
 
     @workflow.run
     async def run(self, op: OperationInput) -> OperationResult:
-        step = StepInput(op.operation_id)
+        step = StepInput(op.operation_id, via_reconcile=op.kind == "reconcile")
         self._move("running", "prepare")
         plan: OperationPlan = await workflow.execute_local_activity(
             "keyturn.prepare",
@@ -83,10 +101,7 @@ class OperationWorkflow:
             retry_policy=STORE_RETRY,
         )
         try:
-            if op.kind == "change":
-                finish = await self._change(step, plan)
-            else:
-                finish = await self._verify(step, plan)
+            finish = await self._on_device(op, step, plan)
         except asyncio.CancelledError:
             # Canceled (API or Web UI) before the commit began: record it, keep every secret
             # version as it is (a pending one may be live on the target), and end as canceled.
@@ -97,17 +112,87 @@ class OperationWorkflow:
             self._move("canceled", "done")
             raise
         self._step = "finish"
+        children: tuple[str, ...] = ()
         if finish is None:
             # Shielded: a cancel request arriving now waits for the commit to land.
-            await asyncio.shield(self._store("keyturn.commit", step))
-            result = OperationResult(op.operation_id, "succeeded", "verified")
+            await asyncio.shield(
+                self._store("keyturn.commit", CommitInput(op.operation_id, self._resolution))
+            )
+            result = OperationResult(op.operation_id, "succeeded", self._resolution)
+            if op.kind != "verify":
+                children = await self._start_children(op, "parent-changed")
         else:
             await self._store("keyturn.finish", finish)
             result = OperationResult(
                 op.operation_id, finish.status, finish.resolution, finish.error_type, finish.error
             )
+            if finish.out_of_sync and plan.auto_reconcile and op.kind == "verify":
+                children = await self._start_children(op, "reconcile")
         self._move(result.status, "done")
-        return result
+        return dataclasses.replace(result, children=children)
+
+    async def _on_device(
+        self, op: OperationInput, step: StepInput, plan: OperationPlan
+    ) -> FinishInput | None:
+        """The executor steps, holding one of the device's concurrency slots throughout."""
+        self._step = "waiting for a device slot"
+        await workflow.execute_activity(
+            "keyturn.acquire_slot",
+            step,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=SLOT_RETRY,
+        )
+        try:
+            if op.kind == "verify":
+                return await self._verify(step, plan)
+            finish = await self._change(step, plan)
+            if (
+                finish is not None
+                and finish.error_type == AuthenticationFailed.kind
+                and plan.auto_reconcile
+                and not step.via_reconcile
+            ):
+                # The current secret is refused: take control back with the reconcile account,
+                # reusing the same pending secret.
+                step = dataclasses.replace(step, via_reconcile=True)
+                finish = await self._change(step, plan)
+                self._resolution = "reconciled: " + self._resolution
+            return finish
+        finally:
+            await self._store("keyturn.release_slot", step)
+
+    async def _start_children(self, op: OperationInput, reason: str) -> tuple[str, ...]:
+        """Start chained operations (ABANDON): their outcome never changes this one's."""
+        self._step = "children"
+        starts: list[ChildStart] = await workflow.execute_local_activity(
+            "keyturn.plan_children",
+            ChildrenRequest(op.operation_id, reason),
+            result_type=list[ChildStart],
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        started = []
+        for child in starts:
+            try:
+                await workflow.start_child_workflow(
+                    WORKFLOW_NAME,
+                    child.operation,
+                    id=child.workflow_id,
+                    task_queue=workflow.info().task_queue,
+                    parent_close_policy=ParentClosePolicy.ABANDON,
+                    search_attributes=initial_search_attributes(child.operation),
+                    memo={"operation_id": child.operation.operation_id},
+                )
+                started.append(child.operation.operation_id)
+            except WorkflowAlreadyStartedError:
+                await self._store(
+                    "keyturn.child_not_started",
+                    ChildNotStarted(
+                        child.operation.operation_id,
+                        f"an operation of this kind was already running ({child.workflow_id})",
+                    ),
+                )
+        return tuple(started)
 
     async def _change(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
         """None means: commit. Otherwise the terminal state to record."""
@@ -148,6 +233,8 @@ class OperationWorkflow:
                 out_of_sync=True,
             )
         if probe.pending_works:
+            if kind is not None:
+                self._resolution = f"probe after {kind}: the new secret logs in, adopted"
             return None  # the target has the new secret: commit it
         if probe.current_works:
             return FinishInput(

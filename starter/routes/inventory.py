@@ -16,6 +16,7 @@ from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
     CredentialIn,
     CredentialOut,
+    CredentialPatch,
     DeviceIn,
     DeviceOut,
     ExecutorOut,
@@ -68,7 +69,10 @@ def create_device(body: DeviceIn, db: DB) -> Device:
                 ) from None
     if db.exec(select(Device).where(Device.name == body.name)).first():
         raise Problem(409, f"a device named {body.name!r} exists; choose another name")
-    device = Device(**body.model_dump(exclude={"port"}), port=body.port or executor.default_port)
+    default_port = executor.default_port
+    if body.options.get("scheme") == "http":  # e.g. WinRM: 5985 over http, 5986 over https
+        default_port = getattr(executor, "http_port", default_port)
+    device = Device(**body.model_dump(exclude={"port"}), port=body.port or default_port)
     db.add(device)
     db.commit()
     return device
@@ -139,8 +143,6 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
     device = db.get(Device, body.device_id)
     if device is None:
         raise invalid("device_id", f"no device with id {body.device_id!r}")
-    if body.policy_id and db.get(Policy, body.policy_id) is None:
-        raise invalid("policy_id", f"no policy with id {body.policy_id!r}")
     auth = None
     if body.auth_credential_id:
         auth = db.get(Credential, body.auth_credential_id)
@@ -168,12 +170,59 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
         verify_template=verify_name,
         auth_credential_id=body.auth_credential_id,
         policy_id=body.policy_id,
+        parent_id=body.parent_id,
+        reconcile_credential_id=body.reconcile_credential_id,
+        auto_reconcile=body.auto_reconcile,
     )
+    _check_links(db, credential)
     db.add(credential)
     db.flush()
     version = app.vault.add(db, credential.id, body.password.get_secret_value(), "current")  # type: ignore[arg-type]
     db.commit()
     return _credential_out(credential, version.id)
+
+
+@router.patch("/credentials/{credential_id}", response_model=CredentialOut)
+def update_credential(credential_id: str, body: CredentialPatch, db: DB) -> CredentialOut:
+    credential = db.get(Credential, credential_id) or _raise(not_found("credential", credential_id))
+    for field, value in body.model_dump(exclude_unset=True).items():
+        if field == "auto_reconcile" and value is None:
+            raise invalid(field, "must be true or false")
+        setattr(credential, field, value)
+    _check_links(db, credential)
+    db.add(credential)
+    db.commit()
+    return _credential_out(credential, _current_id(db, credential.id))
+
+
+def _check_links(db: DB, credential: Credential) -> None:
+    """Parent and reconcile links must name existing credentials, and parents form no cycle."""
+    if credential.policy_id and db.get(Policy, credential.policy_id) is None:
+        raise invalid("policy_id", f"no policy with id {credential.policy_id!r}")
+    if credential.reconcile_credential_id:
+        reconcile = db.get(Credential, credential.reconcile_credential_id)
+        if reconcile is None:
+            raise invalid(
+                "reconcile_credential_id",
+                f"no credential with id {credential.reconcile_credential_id!r}",
+            )
+        if reconcile.device_id != credential.device_id or reconcile.id == credential.id:
+            raise invalid(
+                "reconcile_credential_id",
+                "must be another credential on the same device (a privileged account)",
+            )
+    if credential.auto_reconcile and not credential.reconcile_credential_id:
+        raise invalid("auto_reconcile", "needs a reconcile_credential_id to reconcile with")
+    seen = {credential.id}
+    parent_id = credential.parent_id
+    while parent_id:
+        if parent_id in seen:
+            raise invalid("parent_id", "this parent link would make a cycle of credentials")
+        seen.add(parent_id)
+        parent = db.get(Credential, parent_id)
+        if parent is None:
+            raise invalid("parent_id", f"no credential with id {parent_id!r}")
+        parent_id = parent.parent_id
 
 
 @router.get("/credentials", response_model=list[CredentialOut])

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Response
 from sqlmodel import col, select
 
 from starter.deps import DB, State
-from starter.problems import not_found
-from starter.schemas import AttemptOut, OperationAccepted, OperationIn, OperationOut
+from starter.problems import Problem, invalid, not_found
+from starter.schemas import AttemptOut, ChildOut, OperationAccepted, OperationIn, OperationOut
 from starter.service import request_operation
-from store.models import Attempt, Credential, Operation
+from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
 
 router = APIRouter()
 
@@ -26,6 +26,8 @@ async def create_operation(
     credential = db.get(Credential, credential_id)
     if credential is None:
         raise not_found("credential", credential_id)
+    if body.kind == "reconcile" and not credential.reconcile_credential_id:
+        raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
     operation, joined = await request_operation(
         app.engine, app.client, app.settings, credential, body.kind, body.trigger
     )
@@ -49,9 +51,34 @@ def get_operation(operation_id: str, db: DB) -> OperationOut:
         .where(Attempt.operation_id == operation_id)
         .order_by(col(Attempt.started_at))
     )
-    return OperationOut(
-        **operation.model_dump(), attempts=[AttemptOut(**a.model_dump()) for a in attempts]
+    children = db.exec(
+        select(Operation)
+        .where(Operation.parent_operation_id == operation_id)
+        .order_by(col(Operation.created_at))
     )
+    credential = db.get(Credential, operation.credential_id)
+    return OperationOut(
+        **operation.model_dump(),
+        credential_out_of_sync=credential is not None
+        and credential.sync_state == SyncState.OUT_OF_SYNC,
+        attempts=[AttemptOut(**a.model_dump()) for a in attempts],
+        children=[
+            ChildOut(operation_id=c.id, credential_id=c.credential_id, kind=c.kind, status=c.status)
+            for c in children
+        ],
+    )
+
+
+@router.post("/operations/{operation_id}/cancel", status_code=202, response_model=OperationOut)
+async def cancel_operation(operation_id: str, db: DB, app: State) -> OperationOut:
+    """Ask the operation to stop. It stops between steps, never in the middle of a commit."""
+    operation = db.get(Operation, operation_id)
+    if operation is None:
+        raise not_found("operation", operation_id)
+    if OperationStatus(operation.status).terminal:
+        raise Problem(409, f"operation {operation_id} has ended ({operation.status})")
+    await app.client.get_workflow_handle(operation.workflow_id).cancel()
+    return get_operation(operation_id, db)
 
 
 @router.get("/credentials/{credential_id}/operations", response_model=list[OperationOut])

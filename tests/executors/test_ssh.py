@@ -23,6 +23,7 @@ from executors.base import (
     Target,
     TemplateFailed,
     get_executor,
+    registry,
 )
 from executors.shipped import shipped_templates
 from executors.ssh import SshExecutor
@@ -116,15 +117,17 @@ def test_registered_through_the_entry_point() -> None:
 
 
 def test_shipped_templates_are_valid() -> None:
+    """Every installed executor's shipped templates validate, and its defaults exist."""
     shipped = {template.name: template for template in shipped_templates()}
     assert {"ssh/linux-passwd", "ssh/linux-chpasswd", "ssh/verify-login"} <= set(shipped)
     assert shipped["ssh/linux-passwd"].kind == "change"
     assert shipped["ssh/verify-login"].kind == "verify"
     for template in shipped.values():
-        assert template.executor == "ssh"
-        EXECUTOR.validate(template.body)
-    for name in SshExecutor.default_templates.values():
-        assert name in shipped
+        get_executor(template.executor).validate(template.body)
+    for name, executor in registry().items():
+        for purpose, template_name in executor.default_templates.items():
+            assert template_name in shipped, (name, template_name)
+            assert shipped[template_name].kind == purpose.removesuffix("-as-admin")
 
 
 async def test_self_change_with_passwd(sshd: Sshd, ssh_users: Users) -> None:

@@ -1,0 +1,102 @@
+"""The lockout budget: how many failed logins Keyturn may cause per account per window.
+
+Targets lock accounts after a few failed logins; probes, verifies and retries must never be the
+reason. Every login that may be refused is reserved first and settled after: a reservation
+counts against the budget while in flight, so concurrent operations cannot overspend it, and a
+login that worked (or never reached authentication) gives its reservation back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from store.engine import session_scope
+from store.models import AccountLock, LoginCharge, utcnow
+
+
+@dataclass(frozen=True)
+class Budget:
+    device_id: str
+    username: str
+    limit: int
+    window: timedelta
+
+
+class BudgetSpent(Exception):
+    """No login may be tried before ``retry_after``; the message names account and window."""
+
+    def __init__(self, budget: Budget, retry_after: timedelta) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            f"lockout budget spent: {budget.limit} failed logins for {budget.username!r} within "
+            f"{budget.window.total_seconds():g}s; the next login may be tried in "
+            f"{retry_after.total_seconds():.0f}s"
+        )
+
+
+class LockoutLedger:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def reserve(self, budget: Budget) -> str:
+        """A charge id for one login, or BudgetSpent when the window has no room left."""
+        for _ in range(3):  # the first reservation for an account may race to create its lock row
+            try:
+                return self._reserve(budget)
+            except IntegrityError:
+                continue
+        return self._reserve(budget)
+
+    def _reserve(self, budget: Budget) -> str:
+        now = utcnow()
+        with session_scope(self._engine) as session:
+            # Write first: the row lock (PostgreSQL) or write lock (SQLite) this takes makes the
+            # count below and the insert one atomic step per account.
+            locked = session.execute(
+                update(AccountLock)
+                .where(
+                    col(AccountLock.device_id) == budget.device_id,
+                    col(AccountLock.username) == budget.username,
+                )
+                .values(touched=col(AccountLock.touched) + 1)
+            )
+            if locked.rowcount == 0:  # type: ignore[attr-defined]
+                session.add(AccountLock(device_id=budget.device_id, username=budget.username))
+                session.flush()
+            charges = session.exec(
+                select(LoginCharge).where(
+                    LoginCharge.device_id == budget.device_id,
+                    LoginCharge.username == budget.username,
+                    col(LoginCharge.at) >= now - budget.window,
+                )
+            ).all()
+            if len(charges) >= budget.limit:
+                oldest = min(_aware(c.at) for c in charges)
+                raise BudgetSpent(budget, max(oldest + budget.window - now, timedelta(seconds=1)))
+            charge = LoginCharge(device_id=budget.device_id, username=budget.username, at=now)
+            session.add(charge)
+            return charge.id
+
+    def settle(self, charge_id: str, *, failed: bool) -> None:
+        """A refused login keeps its charge until it leaves the window; any other gives it back."""
+        with session_scope(self._engine) as session:
+            charge = session.get(LoginCharge, charge_id)
+            if charge is None:
+                return
+            if failed:
+                charge.state = "failed"
+                charge.at = utcnow()
+                session.add(charge)
+            else:
+                session.delete(charge)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite and PostgreSQL (timestamp without time zone) hand back naive UTC datetimes."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

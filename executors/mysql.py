@@ -1,0 +1,277 @@
+"""The mysql executor (MySQL and MariaDB): log in with PyMySQL and run SQL statement templates.
+
+PyMySQL is blocking, so every call runs in a thread (asyncio.to_thread), each bounded by the
+target's connect/read/write timeouts so a thread never outlives its call by much.
+
+Escaping depends on the session's sql_mode: by default a backslash escapes the next character in
+a literal (``mysql_literal`` doubles backslashes and escapes quotes), but with
+NO_BACKSLASH_ESCAPES a backslash is a plain character (``sql_literal``: quotes doubled only).
+The executor reads @@SESSION.sql_mode before rendering each statement that has tags, rather than
+forcing a sql_mode of its own: the template runs under the server's rules (strictness, password
+checks) and a template that changes sql_mode itself is still escaped right. The connection
+character set is utf8mb4, which is also what keeps the backslash escape safe (the multi-byte
+escaping attacks need GBK/Big5/SJIS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import pymysql
+from pymysql.connections import Connection
+
+from executors.base import (
+    Account,
+    AuthenticationFailed,
+    ConnectFailed,
+    LoginRequest,
+    LoginResult,
+    RunRequest,
+    RunResult,
+    Target,
+    TemplateFailed,
+    redact,
+)
+from executors.sql_script import (
+    SYNTAX,
+    Statement,
+    StatementFailure,
+    StatementResult,
+    StatementRunner,
+    validate_script,
+)
+from templating import TemplateContext, TemplateSyntaxProblem
+from templating.escaping import Escape, mysql_literal, sql_literal
+
+_ACCESS_DENIED = 1045
+_DB_ACCESS_DENIED = (1044, 1049)  # no access to / no such database: the login itself worked
+# Client-side codes (can't connect, lost, gone away, …) and server states where the statement
+# may not have run: lock wait timeout, deadlock, too many connections, query interrupted.
+_LOST = frozenset({2002, 2003, 2005, 2006, 2013, 2055, 1040, 1053, 1205, 1213, 1317, 3024})
+# The SQL is wrong for this server: syntax, unknown column/table/function, wrong arguments.
+_TEMPLATE = frozenset({1054, 1064, 1146, 1149, 1305, 1582, 1583, 1584, 1193})
+_DEFAULT_ACCOUNT_HOST = "%"
+
+
+class MysqlExecutor:
+    name: ClassVar[str] = "mysql"
+    syntax: ClassVar[str] = SYNTAX.replace(
+        "{{ username | sql_ident }} for an identifier", "{{ username }}@{{ values.host }} account"
+    )
+    default_templates: ClassVar[dict[str, str]] = {
+        "change": "mysql/set-password-self",
+        "change-as-admin": "mysql/alter-user-admin",
+        "verify": "mysql/verify-login",
+    }
+    default_port: ClassVar[int] = 3306
+
+    def validate(self, template: str) -> None:
+        validate_script(template)
+
+    async def run(self, request: RunRequest) -> RunResult:
+        statements = _statements(request.target, request.template)
+        secrets = (*request.context.secrets, request.account.password)
+        conn = await _connect(request.target, request.account, secrets)
+        async with _closing(conn):
+            transcript = await _run(conn, request.target, request.context, secrets, statements)
+        return RunResult(transcript=transcript)
+
+    async def check_login(self, request: LoginRequest) -> LoginResult:
+        statements = None
+        if request.template is not None:
+            if request.context is None:
+                raise TemplateFailed(
+                    request.target.name, "template", "a verify template needs a context"
+                )
+            statements = _statements(request.target, request.template)
+        secrets = (*(request.context.secrets if request.context else ()), request.account.password)
+        try:
+            conn = await _connect(request.target, request.account, secrets)
+        except AuthenticationFailed:
+            return LoginResult(ok=False)
+        async with _closing(conn):
+            transcript = ""
+            if statements is not None and request.context is not None:
+                transcript = await _run(
+                    conn, request.target, request.context, secrets, statements, verify=True
+                )
+        return LoginResult(ok=True, transcript=transcript)
+
+
+def _statements(target: Target, template: str) -> list[Statement]:
+    # Checked before connecting: a broken template must not cost a login on the target.
+    try:
+        return validate_script(template)
+    except TemplateSyntaxProblem as exc:
+        raise TemplateFailed(target.name, "template", str(exc)) from None
+
+
+def with_account_host(target: Target, context: TemplateContext) -> TemplateContext:
+    """``values.host``: the host part of the account ('user'@'host'), from the device option
+    ``account_host`` unless the context already has one (default '%')."""
+    host = target.options.get("account_host", _DEFAULT_ACCOUNT_HOST)
+    if "host" in context.values or not isinstance(host, str):
+        return context
+    return dataclasses.replace(context, values={**context.values, "host": host})
+
+
+async def _run(
+    conn: Connection[Any],
+    target: Target,
+    context: TemplateContext,
+    secrets: tuple[str, ...],
+    statements: list[Statement],
+    verify: bool = False,
+) -> str:
+    session = _Session(conn, target)
+    context = with_account_host(target, context)
+    runner = StatementRunner(session, target.name, context, secrets, verify=verify)
+    return await runner.run(statements)
+
+
+class _Session:
+    def __init__(self, conn: Connection[Any], target: Target) -> None:
+        self._conn = conn
+        self._target = target
+
+    async def escape(self) -> Escape:
+        result = await self._query("SELECT @@SESSION.sql_mode")
+        modes = (result.first_value or "").upper().split(",")
+        return sql_literal if "NO_BACKSLASH_ESCAPES" in modes else mysql_literal
+
+    async def execute(self, sql: str) -> StatementResult:
+        return await self._query(sql)
+
+    async def _query(self, sql: str) -> StatementResult:
+        try:
+            return await asyncio.to_thread(_execute, self._conn, sql)
+        except pymysql.MySQLError as exc:
+            raise _classified(exc) from None
+        except OSError as exc:  # the socket failed under PyMySQL
+            raise StatementFailure("lost", str(exc) or type(exc).__name__) from None
+
+
+def _execute(conn: Connection[Any], sql: str) -> StatementResult:
+    with conn.cursor() as cursor:
+        count = cursor.execute(sql)
+        row = cursor.fetchone() if cursor.description else None
+    first = None
+    if row:
+        value = row[0]
+        first = "NULL" if value is None else _text(value)
+    return StatementResult(f"OK, {count} row(s)", first)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _code_and_message(exc: pymysql.MySQLError) -> tuple[int | None, str]:
+    args = exc.args
+    code = args[0] if args and isinstance(args[0], int) else None
+    message = str(args[1]) if len(args) > 1 else (str(exc) or type(exc).__name__)
+    return code, message
+
+
+def _classified(exc: pymysql.MySQLError) -> StatementFailure:
+    code, message = _code_and_message(exc)
+    if code == 1064:
+        # "… near '<the rest of the statement, cut at 80 characters>'": the cut can leave part
+        # of a secret that redaction would not recognise, so that excerpt is never quoted.
+        message = message.split(" near '", 1)[0] + " (the statement is in the transcript)"
+    shown = f"{message} [error {code}]" if code is not None else message
+    if code is None or code in _LOST or isinstance(exc, pymysql.err.InterfaceError):
+        return StatementFailure("lost", shown)
+    if code in _TEMPLATE:
+        return StatementFailure("template", shown)
+    return StatementFailure("rejected", shown)
+
+
+def _ssl_context(target: Target) -> ssl.SSLContext | None:
+    wanted = target.options.get("ssl", False)
+    if not isinstance(wanted, bool):
+        raise TemplateFailed(target.name, "options", "the device option 'ssl' must be a boolean")
+    if not wanted:
+        return None
+    # Verified TLS: the server's certificate must chain to a trusted CA and name the address.
+    return ssl.create_default_context()
+
+
+def _open(target: Target, account: Account, database: str | None) -> Connection[Any]:
+    return pymysql.connect(
+        host=target.address,
+        port=target.port,
+        user=account.username,
+        # As UTF-8 bytes: PyMySQL would encode a str password as latin-1, and the server hashed
+        # the password from the utf8mb4 bytes of the statement that set it.
+        password=account.password.encode("utf-8"),
+        database=database,
+        charset="utf8mb4",
+        connect_timeout=target.connect_timeout,
+        read_timeout=target.read_timeout,
+        write_timeout=target.read_timeout,
+        ssl=_ssl_context(target),
+        autocommit=True,
+        # No option files of the worker's user changing where or how we connect.
+        read_default_file=None,
+        local_infile=False,
+    )
+
+
+async def _connect(target: Target, account: Account, secrets: tuple[str, ...]) -> Connection[Any]:
+    database = target.options.get("database")
+    if database is not None and (not isinstance(database, str) or not database):
+        raise TemplateFailed(
+            target.name, "options", "the device option 'database' must be a non-empty string"
+        )
+    where = f"{target.address}:{target.port}"
+    try:
+        return await asyncio.to_thread(_open, target, account, database)
+    except pymysql.MySQLError as exc:
+        code, message = _code_and_message(exc)
+        if code == _ACCESS_DENIED:
+            raise AuthenticationFailed(
+                target.name,
+                "login",
+                f"{where} refused the password of {account.username!r}: check the credential "
+                "(reconcile it if it drifted) and the account's host part; not retried, to "
+                "spare the lockout budget",
+            ) from None
+        if code in _DB_ACCESS_DENIED:
+            raise TemplateFailed(
+                target.name,
+                "connect",
+                f"{where}: {message}: fix the device option 'database' (or grant access to it)",
+            ) from None
+        raise _connect_failed(target, f"{message} [error {code}]", secrets) from None
+    except OSError as exc:
+        raise _connect_failed(target, str(exc) or type(exc).__name__, secrets) from None
+
+
+def _connect_failed(target: Target, reason: str, secrets: tuple[str, ...]) -> ConnectFailed:
+    return ConnectFailed(
+        target.name,
+        "connect",
+        redact(
+            f"cannot open a MySQL session to {target.address}:{target.port}: {reason}; check "
+            "the address/port, that the server is running and that the network path is open",
+            secrets,
+        ),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _closing(conn: Connection[Any]) -> AsyncIterator[Connection[Any]]:
+    try:
+        yield conn
+    finally:
+        # close() sends COM_QUIT on the socket, bounded by write_timeout: a thread, like the rest.
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(conn.close)

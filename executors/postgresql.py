@@ -1,0 +1,297 @@
+"""The postgresql executor: log in with psycopg 3 (async) and run SQL statement templates.
+
+Literals are escaped with ``sql_literal`` (quotes doubled, backslashes plain). That is only right
+while ``standard_conforming_strings`` is on; with it off, ``\\'`` would end a literal early. It is
+on by default since 9.1, but a role or database can turn it off, so the session asks for it in
+the startup packet and checks the server's report before anything is rendered.
+
+Beware: ``ALTER ROLE … PASSWORD '…'`` carries the password in clear text, and a server with
+``log_statement = 'ddl'`` or ``'all'`` (or ``log_min_error_statement`` catching a failure) writes
+it to the server log. Turning that off per session (``SET log_statement``) needs a superuser, so
+Keyturn does not try; harden the server's logging instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import math
+import os
+import socket
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg import AsyncConnection
+
+from executors.base import (
+    Account,
+    AuthenticationFailed,
+    ConnectFailed,
+    LoginRequest,
+    LoginResult,
+    RunRequest,
+    RunResult,
+    Target,
+    TemplateFailed,
+    redact,
+)
+from executors.sql_script import (
+    SYNTAX,
+    Statement,
+    StatementFailure,
+    StatementResult,
+    StatementRunner,
+    validate_script,
+)
+from templating import TemplateContext, TemplateSyntaxProblem
+from templating.escaping import Escape, sql_literal
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_CLOSE_WAIT = 5.0
+# How a refused login reads. libpq reports connection failures as text only (no SQLSTATE), so
+# these are the server's English messages for 28P01/28000 (plus libpq's own for no password).
+# A server with a non-English lc_messages needs lc_messages = 'C' to be recognised.
+_AUTH_FAILURES = (
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "pg_hba.conf rejects connection",
+    "is not permitted to log in",
+    "no password supplied",
+)
+# SQLSTATE classes where the statement may not have run because of the connection or the
+# server's state: connection exception, transaction rollback, resources, operator intervention,
+# system error. A retry (after a probe) may well succeed.
+_TRANSIENT_CLASSES = ("08", "40", "53", "55", "57", "58")
+# Classes that say the SQL itself is wrong for this server: fix the template.
+_TEMPLATE_CLASSES = ("42", "0A", "26", "34", "3F", "25", "2B", "3D")
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+class PostgresqlExecutor:
+    name: ClassVar[str] = "postgresql"
+    syntax: ClassVar[str] = SYNTAX
+    default_templates: ClassVar[dict[str, str]] = {
+        "change": "postgresql/alter-role-self",
+        "change-as-admin": "postgresql/alter-role-admin",
+        "verify": "postgresql/verify-login",
+    }
+    default_port: ClassVar[int] = 5432
+
+    def validate(self, template: str) -> None:
+        validate_script(template)
+
+    async def run(self, request: RunRequest) -> RunResult:
+        statements = _statements(request.target, request.template)
+        secrets = (*request.context.secrets, request.account.password)
+        conn = await _connect(request.target, request.account, secrets)
+        async with _closing(conn):
+            transcript = await _run(conn, request.target, request.context, secrets, statements)
+        return RunResult(transcript=transcript)
+
+    async def check_login(self, request: LoginRequest) -> LoginResult:
+        statements = None
+        if request.template is not None:
+            if request.context is None:
+                raise TemplateFailed(
+                    request.target.name, "template", "a verify template needs a context"
+                )
+            statements = _statements(request.target, request.template)
+        secrets = (*(request.context.secrets if request.context else ()), request.account.password)
+        try:
+            conn = await _connect(request.target, request.account, secrets)
+        except AuthenticationFailed:
+            return LoginResult(ok=False)
+        async with _closing(conn):
+            transcript = ""
+            if statements is not None and request.context is not None:
+                transcript = await _run(
+                    conn, request.target, request.context, secrets, statements, verify=True
+                )
+        return LoginResult(ok=True, transcript=transcript)
+
+
+def _statements(target: Target, template: str) -> list[Statement]:
+    # Checked before connecting: a broken template must not cost a login on the target.
+    try:
+        return validate_script(template)
+    except TemplateSyntaxProblem as exc:
+        raise TemplateFailed(target.name, "template", str(exc)) from None
+
+
+async def _run(
+    conn: AsyncConnection[Any],
+    target: Target,
+    context: TemplateContext,
+    secrets: tuple[str, ...],
+    statements: list[Statement],
+    verify: bool = False,
+) -> str:
+    session = _Session(conn, target)
+    runner = StatementRunner(session, target.name, context, secrets, verify=verify)
+    return await runner.run(statements)
+
+
+class _Session:
+    def __init__(self, conn: AsyncConnection[Any], target: Target) -> None:
+        self._conn = conn
+        self._target = target
+
+    async def escape(self) -> Escape:
+        # Asked for in the startup packet; the server reports the value it actually uses.
+        if self._conn.info.parameter_status("standard_conforming_strings") != "on":
+            raise StatementFailure(
+                "template",
+                "standard_conforming_strings is off for this session and could not be turned "
+                "on, so literals cannot be escaped safely",
+            )
+        return sql_literal
+
+    async def execute(self, sql: str) -> StatementResult:
+        try:
+            async with asyncio.timeout(self._target.read_timeout):
+                cursor = await self._conn.execute(sql, prepare=False)
+                row = await cursor.fetchone() if cursor.description else None
+        except TimeoutError:
+            raise StatementFailure(
+                "lost", f"no answer within {self._target.read_timeout:g}s"
+            ) from None
+        except psycopg.Error as exc:
+            raise _classified(exc) from None
+        status = cursor.statusmessage or "OK"
+        first = None if row is None or not row else ("NULL" if row[0] is None else str(row[0]))
+        return StatementResult(status, first)
+
+
+def _classified(exc: psycopg.Error) -> StatementFailure:
+    state = exc.sqlstate or ""
+    # The primary message only: psycopg's str() adds a "LINE 1: …" excerpt of the statement.
+    message = exc.diag.message_primary or str(exc).strip() or type(exc).__name__
+    if exc.diag.message_hint:
+        message = f"{message} (hint: {exc.diag.message_hint})"
+    if state:
+        message = f"{message} [SQLSTATE {state}]"
+    if not state or state[:2] in _TRANSIENT_CLASSES:
+        # No SQLSTATE: the client lost the connection (psycopg.OperationalError and the like).
+        return StatementFailure("lost", message)
+    if state[:2] in _TEMPLATE_CLASSES and state != _INSUFFICIENT_PRIVILEGE:
+        return StatementFailure("template", message)
+    return StatementFailure("rejected", message)
+
+
+def _options(target: Target) -> tuple[str, str]:
+    database = target.options.get("database", "postgres")
+    sslmode = target.options.get("sslmode", "prefer")
+    if not isinstance(database, str) or not database:
+        raise TemplateFailed(
+            target.name, "options", "the device option 'database' must be a non-empty string"
+        )
+    if sslmode not in SSLMODES:
+        raise TemplateFailed(
+            target.name,
+            "options",
+            f"the device option 'sslmode' is {sslmode!r}; use one of {', '.join(SSLMODES)}",
+        )
+    return database, str(sslmode)
+
+
+async def _hostaddr(target: Target) -> str | None:
+    """One resolved address, so that libpq makes exactly one login attempt.
+
+    Given a name with several addresses, psycopg tries each in turn, and a refused password
+    would cost the lockout budget once per address.
+    """
+    if target.address.startswith("/"):
+        return None  # a Unix socket directory
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(target.address))
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(target.connect_timeout):
+            infos = await loop.getaddrinfo(target.address, target.port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError) as exc:
+        raise ConnectFailed(
+            target.name,
+            "connect",
+            f"cannot resolve {target.address!r}: {exc or 'timed out'}; check the device address",
+        ) from None
+    return str(infos[0][4][0])
+
+
+async def _connect(
+    target: Target, account: Account, secrets: tuple[str, ...]
+) -> AsyncConnection[Any]:
+    database, sslmode = _options(target)
+    hostaddr = await _hostaddr(target)
+    where = f"{target.address}:{target.port}"
+    params: dict[str, Any] = {
+        "host": target.address,
+        "port": target.port,
+        "user": account.username,
+        "password": account.password,
+        "dbname": database,
+        "sslmode": sslmode,
+        # libpq takes whole seconds, at least 2.
+        "connect_timeout": max(2, math.ceil(target.connect_timeout)),
+        # Settings in force before the first statement; see the module docstring for why.
+        "options": (
+            "-c standard_conforming_strings=on "
+            f"-c statement_timeout={max(1, int(target.read_timeout * 1000))}"
+        ),
+        "client_encoding": "UTF8",  # so non-ASCII passwords reach the server as UTF-8
+        "application_name": "keyturn",
+        "autocommit": True,  # each statement commits on its own, as in psql
+        # Only what we were given: no ~/.pgpass of the worker's user filling in a password.
+        "passfile": os.devnull,
+    }
+    if hostaddr is not None:
+        params["hostaddr"] = hostaddr
+    try:
+        async with asyncio.timeout(target.connect_timeout + 1):
+            return await AsyncConnection.connect(**params)
+    except TimeoutError:
+        reason = f"no answer within {target.connect_timeout:g}s"
+        raise _connect_failed(target, reason, secrets) from None
+    except psycopg.Error as exc:
+        text = str(exc)
+        lowered = text.lower()
+        if any(pattern in lowered for pattern in _AUTH_FAILURES):
+            raise AuthenticationFailed(
+                target.name,
+                "login",
+                f"{where} refused the login of {account.username!r}: check the credential "
+                "(reconcile it if it drifted) and pg_hba.conf; not retried, to spare the "
+                "lockout budget",
+            ) from None
+        if "database" in lowered and "does not exist" in lowered:
+            raise TemplateFailed(
+                target.name,
+                "connect",
+                f"{where} has no database {database!r}: fix the device option 'database'",
+            ) from None
+        raise _connect_failed(target, text, secrets) from None
+
+
+def _connect_failed(target: Target, reason: str, secrets: tuple[str, ...]) -> ConnectFailed:
+    reason = " ".join(reason.split())  # libpq's messages span lines
+    return ConnectFailed(
+        target.name,
+        "connect",
+        redact(
+            f"cannot open a PostgreSQL session to {target.address}:{target.port}: {reason}; "
+            "check the address/port, that the server is running and that the network path is "
+            "open",
+            secrets,
+        ),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _closing(conn: AsyncConnection[Any]) -> AsyncIterator[AsyncConnection[Any]]:
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_CLOSE_WAIT):
+                await conn.close()

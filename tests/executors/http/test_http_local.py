@@ -1,0 +1,180 @@
+"""HttpExecutor against a tiny real API on loopback (tests/executors/http/local_api.py).
+
+RabbitMQ does not do OAuth 2.0 without its OAuth plugin and an identity provider, serves no TLS
+in this setup and has no password policy, so those paths run against this server instead: an
+OAuth 2.0 client-credentials token endpoint and a protected API, over TLS when asked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from executors.base import (
+    Account,
+    AuthenticationFailed,
+    ChangeRejected,
+    ConnectFailed,
+    ExecutorError,
+    HostKeyMismatch,
+    LoginRequest,
+    OutcomeUnknown,
+    RunRequest,
+    Target,
+)
+from executors.http import HttpExecutor
+from templating import TemplateContext
+from tests.executors.http.local_api import LocalApi
+
+EXECUTOR = HttpExecutor()
+OAUTH = {"auth": "oauth2_client_credentials", "token_url": "/token", "scope": "accounts"}
+
+CHANGE = """# kind: change
+request: PUT /api/accounts/{{ username }}
+body: {"password": {{ new_password }}}
+expect: 204
+"""
+VERIFY = """# kind: verify
+request: GET /api/me
+check: $.name == {{ username }}
+"""
+
+
+def target(api: LocalApi, **options: object) -> Target:
+    return Target(
+        name="local-api",
+        address="127.0.0.1",
+        port=0,
+        options={"base_url": api.base_url, **options},
+        connect_timeout=2.0,
+        read_timeout=1.0,
+    )
+
+
+def context(username: str, current: str, new: str) -> TemplateContext:
+    return TemplateContext(
+        username=username,
+        current_password=current,
+        new_password=new,
+        hostname="local-api",
+        address="127.0.0.1",
+        port=0,
+    )
+
+
+def assert_no_secret(exc: ExecutorError, *secrets: str) -> None:
+    for text in (str(exc), exc.cause, exc.transcript, repr(exc)):
+        for secret in secrets:
+            assert secret not in text, f"a secret leaked into {text!r}"
+
+
+async def change(api: LocalApi, template: str, current: str, new: str, **options: object) -> str:
+    result = await EXECUTOR.run(
+        RunRequest(
+            target(api, **options), Account("app", current), template, context("app", current, new)
+        )
+    )
+    return result.transcript
+
+
+async def logs_in(api: LocalApi, password: str, **options: object) -> bool:
+    result = await EXECUTOR.check_login(
+        LoginRequest(
+            target(api, **options), Account("app", password), VERIFY, context("app", "", "")
+        )
+    )
+    return result.ok
+
+
+async def test_oauth2_client_credentials_change_then_verify(local_api: LocalApi) -> None:
+    local_api.accounts["app"] = "Client-secret-1"
+
+    transcript = await change(local_api, CHANGE, "Client-secret-1", "Client-secret-2", **OAUTH)
+
+    assert local_api.accounts["app"] == "Client-secret-2"
+    assert await logs_in(local_api, "Client-secret-2", **OAUTH)
+    assert not await logs_in(local_api, "Client-secret-1", **OAUTH)
+    assert local_api.requests[:2] == [("POST", "/token"), ("PUT", "/api/accounts/app")]
+    assert "Client-secret" not in transcript
+    for token in local_api.tokens:
+        assert token not in transcript
+
+
+async def test_oauth2_client_secret_in_the_body(local_api: LocalApi) -> None:
+    local_api.accounts["app"] = "Client-secret-1"
+    assert await logs_in(local_api, "Client-secret-1", **OAUTH, client_auth="body")
+
+
+async def test_oauth2_refused_client_is_authentication_failed(local_api: LocalApi) -> None:
+    local_api.accounts["app"] = "Client-secret-1"
+    with pytest.raises(AuthenticationFailed) as caught:
+        await change(local_api, CHANGE, "wrong-secret", "Client-secret-2", **OAUTH)
+    assert local_api.accounts["app"] == "Client-secret-1"
+    assert "token request" in str(caught.value)
+    assert_no_secret(caught.value, "wrong-secret", "Client-secret-2")
+
+
+async def test_bearer_auth_uses_the_password_as_token(local_api: LocalApi) -> None:
+    local_api.tokens["Api-key-12345"] = "app"
+    assert await logs_in(local_api, "Api-key-12345", auth="bearer")
+    assert not await logs_in(local_api, "Api-key-other", auth="bearer")
+
+
+async def test_refused_password_is_change_rejected_and_redacted(local_api: LocalApi) -> None:
+    # The API echoes the refused password in its 422 answer; the error quotes the body redacted.
+    local_api.accounts["app"] = "Current-pass-1"
+    with pytest.raises(ChangeRejected) as caught:
+        await change(local_api, CHANGE, "Current-pass-1", "Sh0rt!")
+    assert "422" in str(caught.value) and "too short" in str(caught.value)
+    assert "***" in str(caught.value)
+    assert_no_secret(caught.value, "Current-pass-1", "Sh0rt!")
+    assert local_api.accounts["app"] == "Current-pass-1"
+
+
+async def test_connection_dropped_after_the_secret_was_sent_is_outcome_unknown(
+    local_api: LocalApi,
+) -> None:
+    local_api.accounts["app"] = "Current-pass-1"
+    template = 'request: POST /api/drop\nbody: {"password": {{ new_password }}}\n'
+    with pytest.raises(OutcomeUnknown) as caught:
+        await change(local_api, template, "Current-pass-1", "New-pass-12345")
+    assert caught.value.retryable and "probe" in str(caught.value)
+    assert_no_secret(caught.value, "Current-pass-1", "New-pass-12345")
+
+
+async def test_timeout_before_any_secret_is_connect_failed(local_api: LocalApi) -> None:
+    local_api.accounts["app"] = "Current-pass-1"
+    with pytest.raises(ConnectFailed, match="no answer"):
+        await change(local_api, "request: GET /api/hang\n", "Current-pass-1", "New-pass-12345")
+
+
+async def test_timeout_after_the_secret_was_sent_is_outcome_unknown(local_api: LocalApi) -> None:
+    local_api.accounts["app"] = "Current-pass-1"
+    template = 'request: POST /api/hang\nbody: {"password": {{ new_password }}}\n'
+    with pytest.raises(OutcomeUnknown, match="no answer"):
+        await change(local_api, template, "Current-pass-1", "New-pass-12345")
+
+
+async def test_failure_after_an_accepted_change_is_outcome_unknown(local_api: LocalApi) -> None:
+    # The change went through; a later step failing must not make the workflow drop the secret.
+    local_api.accounts["app"] = "Current-pass-1"
+    template = CHANGE + "request: GET /api/missing\nauth: none\n"
+    with pytest.raises(OutcomeUnknown):
+        await change(local_api, template, "Current-pass-1", "New-pass-12345")
+    assert local_api.accounts["app"] == "New-pass-12345"
+
+
+async def test_tls_is_verified_by_default(tls_api: LocalApi) -> None:
+    tls_api.accounts["app"] = "Current-pass-1"
+    with pytest.raises(HostKeyMismatch) as caught:
+        await logs_in(tls_api, "Current-pass-1")
+    assert "ca_file" in str(caught.value) and not caught.value.retryable
+    assert tls_api.requests == []  # refused before any request, so no credential went out
+
+
+async def test_tls_with_the_private_ca_works(tls_api: LocalApi) -> None:
+    tls_api.accounts["app"] = "Current-pass-1"
+    assert tls_api.ca_file is not None
+    ca = str(tls_api.ca_file)
+    await change(tls_api, CHANGE, "Current-pass-1", "New-pass-12345", ca_file=ca)
+    assert await logs_in(tls_api, "New-pass-12345", ca_file=ca)
+    assert not await logs_in(tls_api, "Current-pass-1", ca_file=ca)

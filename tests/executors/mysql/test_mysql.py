@@ -1,0 +1,274 @@
+"""MysqlExecutor against the machine's real MariaDB (no Temporal involved)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from executors.base import (
+    Account,
+    AuthenticationFailed,
+    ChangeRejected,
+    ConnectFailed,
+    ExecutorError,
+    LoginRequest,
+    RunRequest,
+    Target,
+    TemplateFailed,
+    get_executor,
+)
+from executors.mysql import MysqlExecutor
+from executors.shipped import shipped_templates
+from templating import TemplateContext, TemplateSyntaxProblem
+from tests.servers.mysql import MysqlServer, MysqlUsers
+
+TEMPLATES = {t.name: t.body for t in shipped_templates()}
+EXECUTOR = MysqlExecutor()
+SPECIALS = "'\"\\%$; {}é ßж_-"
+# utf8mb4 text without NUL; surrogates can't be encoded at all.
+ALPHABET = st.characters(codec="utf-8", exclude_characters="\x00")
+passwords = st.text(alphabet=ALPHABET, min_size=1, max_size=24).flatmap(
+    lambda base: st.permutations(list(base + SPECIALS)).map("".join)
+)
+NO_BACKSLASH_FIRST = (
+    "SET SESSION sql_mode = CONCAT(@@SESSION.sql_mode, ',NO_BACKSLASH_ESCAPES');\n"
+    "SET PASSWORD = PASSWORD({{ new_password }});\n"
+)
+
+
+def target(server: MysqlServer, **overrides: object) -> Target:
+    fields: dict[str, object] = {
+        "name": "mysql-test",
+        "address": server.host,
+        "port": server.port,
+        "connect_timeout": 5.0,
+        "read_timeout": 10.0,
+    }
+    fields.update(overrides)
+    return Target(**fields)  # type: ignore[arg-type]
+
+
+def context(
+    server: MysqlServer, user: str, current: str, new: str, auth: str = "", auth_pw: str = ""
+) -> TemplateContext:
+    return TemplateContext(
+        username=user,
+        current_password=current,
+        new_password=new,
+        hostname="mysql-test",
+        address=server.host,
+        port=server.port,
+        auth_username=auth,
+        auth_password=auth_pw,
+    )
+
+
+async def change(
+    server: MysqlServer,
+    user: str,
+    current: str,
+    new: str,
+    template: str = "",
+    **target_fields: object,
+) -> str:
+    result = await EXECUTOR.run(
+        RunRequest(
+            target(server, **target_fields),
+            Account(user, current),
+            template or TEMPLATES["mysql/set-password-self"],
+            context(server, user, current, new),
+        )
+    )
+    return result.transcript
+
+
+async def verify(server: MysqlServer, user: str, password: str) -> bool:
+    result = await EXECUTOR.check_login(
+        LoginRequest(
+            target(server),
+            Account(user, password),
+            TEMPLATES["mysql/verify-login"],
+            context(server, user, password, password),
+        )
+    )
+    return result.ok
+
+
+def assert_no_secret(texts: list[str], *secrets: str) -> None:
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text, f"a secret leaked into {text!r}"
+
+
+def error_texts(exc: ExecutorError) -> list[str]:
+    return [str(exc), exc.cause, exc.transcript, repr(exc)]
+
+
+def test_registered_and_shipped_templates_valid() -> None:
+    assert isinstance(get_executor("mysql"), MysqlExecutor)
+    shipped = {t.name: t for t in shipped_templates() if t.executor == "mysql"}
+    assert set(MysqlExecutor.default_templates.values()) <= set(shipped)
+    assert shipped["mysql/set-password-self"].kind == "change"
+    assert shipped["mysql/alter-user-admin"].kind == "change"
+    assert shipped["mysql/verify-login"].kind == "verify"
+    for template in shipped.values():
+        EXECUTOR.validate(template.body)
+
+
+async def test_change_then_verify(mysql_server: MysqlServer, mysql_users: MysqlUsers) -> None:
+    current, new = "Current-pass-1234", "Brand-new-pass-5678"
+    user = mysql_users.create(current)
+
+    transcript = await change(mysql_server, user, current, new)
+
+    assert await verify(mysql_server, user, new)
+    assert not await verify(mysql_server, user, current)  # the old secret is refused
+    assert await mysql_users.password_works(user, new)
+    assert not await mysql_users.password_works(user, current)
+    assert "> SET PASSWORD = PASSWORD('***');" in transcript
+    assert_no_secret([transcript], current, new)
+
+
+async def test_change_as_admin_with_account_host(
+    mysql_server: MysqlServer, mysql_users: MysqlUsers
+) -> None:
+    admin_pw, current, new = "Adm1n'pw\\", "Current-1", "New-secret-2"
+    admin = mysql_users.create(admin_pw, admin=True)
+    user = mysql_users.create(current, host="127.0.0.1")
+    await EXECUTOR.run(
+        RunRequest(
+            target(mysql_server, options={"account_host": "127.0.0.1"}),
+            Account(admin, admin_pw),
+            TEMPLATES["mysql/alter-user-admin"],
+            context(mysql_server, user, current, new, admin, admin_pw),
+        )
+    )
+    assert await mysql_users.password_works(user, new)
+    assert not await mysql_users.password_works(user, current)
+    assert await mysql_users.password_works(admin, admin_pw)
+
+
+async def test_admin_change_of_a_missing_account_is_rejected(
+    mysql_server: MysqlServer, mysql_users: MysqlUsers
+) -> None:
+    admin = mysql_users.create("Adm1n-pw", admin=True)
+    user = mysql_users.create("Current-1")  # exists as user@'%', not user@'10.9.9.9'
+    with pytest.raises(ChangeRejected) as caught:
+        await EXECUTOR.run(
+            RunRequest(
+                target(mysql_server, options={"account_host": "10.9.9.9"}),
+                Account(admin, "Adm1n-pw"),
+                TEMPLATES["mysql/alter-user-admin"],
+                context(mysql_server, user, "Current-1", "New-secret-2", admin, "Adm1n-pw"),
+            )
+        )
+    assert "10.9.9.9" in str(caught.value)
+    assert_no_secret(error_texts(caught.value), "New-secret-2", "Adm1n-pw")
+
+
+async def test_wrong_current_password(mysql_server: MysqlServer, mysql_users: MysqlUsers) -> None:
+    current, wrong, new = "Right-pass-1", "Wrong-pass-2", "New-pass-3"
+    user = mysql_users.create(current)
+    with pytest.raises(AuthenticationFailed) as caught:
+        await change(mysql_server, user, wrong, new)
+    assert "refused the password" in str(caught.value) and "mysql-test" in str(caught.value)
+    assert_no_secret(error_texts(caught.value), current, wrong, new)
+    assert await mysql_users.password_works(user, current)
+    assert not await mysql_users.password_works(user, new)
+    login = await EXECUTOR.check_login(LoginRequest(target(mysql_server), Account(user, wrong)))
+    assert not login.ok
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(old=passwords, new=passwords, no_backslash_escapes=st.booleans())
+async def test_any_password_changes_literally(
+    mysql_server: MysqlServer,
+    mysql_users: MysqlUsers,
+    old: str,
+    new: str,
+    no_backslash_escapes: bool,
+) -> None:
+    if old == new:
+        new += "x"
+    user = mysql_users.create(old)
+    template = NO_BACKSLASH_FIRST if no_backslash_escapes else ""
+    transcript = await change(mysql_server, user, old, new, template)
+    assert await mysql_users.password_works(user, new)
+    assert not await mysql_users.password_works(user, old)
+    assert_no_secret([transcript], old, new)
+
+
+async def test_injection_in_password_and_username(
+    mysql_server: MysqlServer, mysql_users: MysqlUsers
+) -> None:
+    victim = mysql_users.create("Victim-pass-1")
+    evil_user = f"x\\'; DROP USER {victim}; --"
+    evil_pw = f"x\\'); DROP USER '{victim}'@'%'; --"
+    mysql_users.create("Start-pass-1", name=evil_user)
+    admin = mysql_users.create("Adm1n-pw", admin=True)
+    accounts_before = mysql_users.accounts()
+
+    await change(mysql_server, evil_user, "Start-pass-1", evil_pw)
+    assert await verify(mysql_server, evil_user, evil_pw)
+    await EXECUTOR.run(  # the username lands in an account name too
+        RunRequest(
+            target(mysql_server),
+            Account(admin, "Adm1n-pw"),
+            TEMPLATES["mysql/alter-user-admin"],
+            context(mysql_server, evil_user, evil_pw, evil_pw + "2", admin, "Adm1n-pw"),
+        )
+    )
+
+    assert mysql_users.accounts() == accounts_before
+    assert await mysql_users.password_works(evil_user, evil_pw + "2")
+    assert await mysql_users.password_works(victim, "Victim-pass-1")
+
+
+async def test_syntax_error_never_quotes_the_statement(
+    mysql_server: MysqlServer, mysql_users: MysqlUsers
+) -> None:
+    user = mysql_users.create("Pass-word-1")
+    secret = "a-rather-long-secret-that-the-server-would-cut-in-the-middle-0123456789"
+    with pytest.raises(TemplateFailed) as caught:
+        await change(
+            mysql_server, user, "Pass-word-1", secret, "SET PASSWORD = {{ new_password }} x;\n"
+        )
+    assert "1064" in str(caught.value) and "line 1 (statement)" in str(caught.value)
+    assert "a-rather" not in str(caught.value)
+    assert_no_secret(error_texts(caught.value), secret, "Pass-word-1")
+
+
+async def test_stopped_server_is_connect_failed(mysql_server: MysqlServer) -> None:
+    # Nothing listens on port 1: the same as a stopped server, without stopping the shared one.
+    with pytest.raises(ConnectFailed) as caught:
+        await change(mysql_server, "nobody", "Pass-word-1", "New-pass-2", port=1)
+    assert caught.value.retryable and "mysql-test" in str(caught.value)
+    assert_no_secret(error_texts(caught.value), "Pass-word-1", "New-pass-2")
+
+
+async def test_read_timeout_after_a_secret_is_outcome_unknown(
+    mysql_server: MysqlServer, mysql_users: MysqlUsers
+) -> None:
+    user = mysql_users.create("Pass-word-1")
+    template = "SELECT LENGTH({{ new_password }});\nSELECT SLEEP(5);\n"
+    with pytest.raises(ExecutorError) as caught:
+        await change(mysql_server, user, "Pass-word-1", "Secret-77", template, read_timeout=0.5)
+    assert caught.value.kind == "OutcomeUnknown" and "line 2" in str(caught.value)
+    assert_no_secret(error_texts(caught.value), "Secret-77", "Pass-word-1")
+
+
+@pytest.mark.parametrize(
+    ("template", "line"),
+    [
+        ("SET PASSWORD = PASSWORD({{ new_password }})\n", 1),
+        ("-- kind: change\nSELECT 1;\n-- expect: [\n", 3),
+        ("SELECT 1;\nSELECT {% if %};\n", 2),
+    ],
+)
+def test_validate_rejects_bad_templates(template: str, line: int) -> None:
+    with pytest.raises(TemplateSyntaxProblem) as caught:
+        EXECUTOR.validate(template)
+    assert caught.value.line == line

@@ -1,0 +1,131 @@
+"""The machine's MariaDB (or MySQL) server, and throwaway accounts to log in as.
+
+The server is not started here: it runs as a system service (see README / scripts/setup-test-deps).
+The tests log in as an administrator (root@127.0.0.1 without a password by default; override with
+KEYTURN_TEST_MYSQL_HOST/PORT/USER/PASSWORD) to create ``kt_<random>``@'%' accounts, and drop them
+at cleanup. The server has no anonymous accounts, which would otherwise shadow '%' accounts for
+logins from localhost (MariaDB matches the most specific host first, then user).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import pymysql
+from pymysql.connections import Connection
+
+READY_DEADLINE = 30.0
+_ACCESS_DENIED = 1045
+
+
+@dataclass
+class MysqlServer:
+    host: str = field(
+        default_factory=lambda: os.environ.get("KEYTURN_TEST_MYSQL_HOST", "127.0.0.1")
+    )
+    port: int = field(
+        default_factory=lambda: int(os.environ.get("KEYTURN_TEST_MYSQL_PORT", "3306"))
+    )
+    admin_user: str = field(
+        default_factory=lambda: os.environ.get("KEYTURN_TEST_MYSQL_USER", "root")
+    )
+    admin_password: str = field(
+        default_factory=lambda: os.environ.get("KEYTURN_TEST_MYSQL_PASSWORD", ""), repr=False
+    )
+    ready_seconds: float | None = None
+
+    def admin(self) -> Connection:
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=self.admin_user,
+            password=self.admin_password.encode(),
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def wait_ready(self) -> None:
+        """Poll until the administrator can log in (the service may still be starting)."""
+        began = time.monotonic()
+        deadline = began + READY_DEADLINE
+        while True:
+            try:
+                self.admin().close()
+                break
+            except pymysql.err.OperationalError as exc:
+                if exc.args and exc.args[0] == _ACCESS_DENIED:
+                    raise
+                if time.monotonic() > deadline:
+                    where = f"{self.host}:{self.port}"
+                    raise RuntimeError(f"MariaDB at {where} is not up: {exc}") from None
+                time.sleep(0.1)
+        self.ready_seconds = time.monotonic() - began
+
+
+class MysqlUsers:
+    """Throwaway accounts; every one created is dropped at cleanup."""
+
+    def __init__(self, server: MysqlServer) -> None:
+        self._server = server
+        self._accounts: list[tuple[str, str]] = []
+
+    def create(
+        self, password: str, name: str | None = None, host: str = "%", admin: bool = False
+    ) -> str:
+        name = name or f"kt_{secrets.token_hex(6)}"
+        conn = self._server.admin()
+        try:
+            with conn.cursor() as cursor:
+                # PyMySQL's %s parameters quote (and escape for the session) every value.
+                cursor.execute("CREATE USER %s@%s IDENTIFIED BY %s", (name, host, password))
+                self._accounts.append((name, host))
+                if admin:
+                    cursor.execute("GRANT CREATE USER ON *.* TO %s@%s", (name, host))
+        finally:
+            conn.close()
+        return name
+
+    def accounts(self) -> set[tuple[str, str]]:
+        conn = self._server.admin()
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT User, Host FROM mysql.user")
+                return {(str(user), str(host)) for user, host in cursor.fetchall()}
+        finally:
+            conn.close()
+
+    def _works(self, name: str, password: str) -> bool:
+        try:
+            conn = pymysql.connect(
+                host=self._server.host,
+                port=self._server.port,
+                user=name,
+                password=password.encode("utf-8"),
+                charset="utf8mb4",
+                connect_timeout=5,
+            )
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] == _ACCESS_DENIED:
+                return False
+            raise
+        conn.close()
+        return True
+
+    async def password_works(self, name: str, password: str) -> bool:
+        """Does ``password`` log ``name`` in (independently of Keyturn)?"""
+        return await asyncio.to_thread(self._works, name, password)
+
+    def cleanup(self) -> None:
+        conn = self._server.admin()
+        try:
+            with conn.cursor() as cursor:
+                for name, host in self._accounts:
+                    cursor.execute("DROP USER IF EXISTS %s@%s", (name, host))
+        finally:
+            conn.close()
+        self._accounts.clear()
