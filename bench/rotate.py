@@ -98,6 +98,9 @@ POLICY = {
     "max_attempts": 3,
     "retry_interval_seconds": 0.2,
     "backoff": 1.0,
+    # The raw path has no per-device cap; lift Keyturn's (default 2) above any --concurrency so
+    # the figures compare orchestration, not a deliberate queue.
+    "max_concurrent_operations": 1000,
 }
 WORKER_STOP_SECONDS = 5.0
 STEP_TIMEOUT = 30.0  # per raw step (connect + run); generous, a healthy step takes milliseconds

@@ -136,7 +136,8 @@ class OperationWorkflow:
     ) -> FinishInput | None:
         """The executor steps, holding one of the device's concurrency slots throughout."""
         self._step = "waiting for a device slot"
-        await workflow.execute_activity(
+        # Local: the wait is a retry loop the worker drives with durable timers once it is long.
+        await workflow.execute_local_activity(
             "keyturn.acquire_slot",
             step,
             start_to_close_timeout=STORE_TIMEOUT,
