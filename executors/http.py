@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import httpx
 
 from executors.base import (
-    REDACTED,
     Account,
     AuthenticationFailed,
     ChangeRejected,
@@ -37,6 +36,7 @@ from executors.base import (
     TemplateFailed,
     redact,
 )
+from executors.common import masked, parse_template, request_secrets
 from executors.http_script import (
     SYNTAX,
     Request,
@@ -85,7 +85,7 @@ class HttpExecutor:
         validate_script(template)
 
     async def run(self, request: RunRequest) -> RunResult:
-        requests = _requests(request.target, request.template)
+        requests = parse_template(request.target, request.template, validate_script)
         settings = settings_for(request.target)
         session = Session(request.target, settings, request.account, request.context)
         return RunResult(transcript=await session.run(requests))
@@ -95,25 +95,18 @@ class HttpExecutor:
         settings = settings_for(target)
         context = request.context or _bare_context(target, account)
         if request.template is not None:
-            requests = _requests(target, request.template)
+            requests = parse_template(target, request.template, validate_script)
         elif settings.login_path is not None:
             requests = [Request(line=1, method="GET", path=Source(1, settings.login_path))]
         else:
-            requests = _requests(target, _shipped(self.default_templates["verify"]))
+            shipped = _shipped(self.default_templates["verify"])
+            requests = parse_template(target, shipped, validate_script)
         session = Session(target, settings, account, context)
         try:
             transcript = await session.run(requests)
         except AuthenticationFailed as exc:
             return LoginResult(ok=False, transcript=exc.transcript)
         return LoginResult(ok=True, transcript=transcript)
-
-
-def _requests(target: Target, template: str) -> list[Request]:
-    # Checked before connecting: a broken template must not cost a login on the target.
-    try:
-        return validate_script(template)
-    except TemplateSyntaxProblem as exc:
-        raise TemplateFailed(target.name, "template", str(exc)) from None
 
 
 def _bare_context(target: Target, account: Account) -> TemplateContext:
@@ -201,17 +194,6 @@ _UNAVAILABLE = (502, 503, 504)  # the target (or its proxy) is not serving: noth
 _REFUSED_CLIENT = ("invalid_client", "unauthorized_client", "invalid_grant")
 
 
-def _masked(context: TemplateContext) -> TemplateContext:
-    """The context with every secret replaced by ``***``, to render what the transcript shows
-    (a rendering through the mask also hides secrets that went through an escape)."""
-    return dataclasses.replace(
-        context,
-        current_password=REDACTED if context.current_password else "",
-        new_password=REDACTED if context.new_password else "",
-        auth_password=REDACTED if context.auth_password else "",
-    )
-
-
 @dataclass(frozen=True)
 class _Rendered:
     url: str
@@ -238,8 +220,8 @@ class Session:
         self._settings = settings
         self._account = account
         self._context = context
-        self._masked_context = _masked(context)
-        self._secrets = (*context.secrets, account.password)
+        self._masked_context = masked(context)
+        self._secrets = request_secrets(context, account)
         self._lines: list[str] = []
         self._maybe_changed = False
         self._authenticated = False  # an authenticated request has had an answer

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 import ssl
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from ldap3.extend.standard.modifyPassword import ModifyPassword
 from ldap3.extend.standard.whoAmI import WhoAmI
 
 from executors.base import (
-    REDACTED,
     Account,
     AuthenticationFailed,
     ChangeRejected,
@@ -38,6 +36,7 @@ from executors.base import (
     TemplateFailed,
     redact,
 )
+from executors.common import masked, parse_template, request_secrets
 from executors.ldap_script import (
     ESCAPES,
     SYNTAX,
@@ -142,7 +141,7 @@ class LdapExecutor:
         validate_script(template)
 
     async def run(self, request: RunRequest) -> RunResult:
-        operations = _operations(request.target, request.template)
+        operations = parse_template(request.target, request.template, validate_script)
         settings = Settings.from_target(request.target)
         transcript = await asyncio.to_thread(
             _session, request.target, settings, request.account, operations, request.context
@@ -156,7 +155,7 @@ class LdapExecutor:
                 raise TemplateFailed(
                     request.target.name, "template", "a verify template needs a context"
                 )
-            operations = _operations(request.target, request.template)
+            operations = parse_template(request.target, request.template, validate_script)
         settings = Settings.from_target(request.target)
         try:
             transcript = await asyncio.to_thread(
@@ -167,14 +166,6 @@ class LdapExecutor:
         return LoginResult(ok=True, transcript=transcript)
 
 
-def _operations(target: Target, template: str) -> list[Operation]:
-    # Checked before connecting: a broken template must not cost a bind on the target.
-    try:
-        return validate_script(template)
-    except TemplateSyntaxProblem as exc:
-        raise TemplateFailed(target.name, "template", str(exc)) from None
-
-
 def _session(
     target: Target,
     settings: Settings,
@@ -183,7 +174,7 @@ def _session(
     context: TemplateContext | None,
 ) -> str:
     """One blocking LDAP session, run in a worker thread. Returns the redacted transcript."""
-    secrets = (*(context.secrets if context else ()), account.password)
+    secrets = request_secrets(context, account)
     transcript = Transcript(secrets)
     bind_dn = settings.dn_of(account.username)
     conn = _connect(target, settings, bind_dn, account.password, transcript, secrets)
@@ -310,17 +301,6 @@ class Transcript:
         return redact("\n".join(self._lines), self._secrets)
 
 
-def _masked(context: LdapContext) -> LdapContext:
-    """The context with every secret replaced by ``***``: renders what the transcript shows, and
-    tells which arguments carry a secret (those whose real and masked renderings differ)."""
-    return dataclasses.replace(
-        context,
-        current_password=REDACTED if context.current_password else "",
-        new_password=REDACTED if context.new_password else "",
-        auth_password=REDACTED if context.auth_password else "",
-    )
-
-
 class OperationRunner:
     """Runs parsed operations on one bound connection (in the session's thread)."""
 
@@ -335,7 +315,7 @@ class OperationRunner:
         self._conn = conn
         self._target = target
         self._context = context
-        self._masked_context = _masked(context)
+        self._masked_context = masked(context)
         self._secrets = secrets
         self._transcript = transcript
         self._secret_sent = False

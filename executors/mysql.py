@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 import pymysql
@@ -29,23 +30,18 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ConnectFailed,
-    LoginRequest,
-    LoginResult,
-    RunRequest,
-    RunResult,
     Target,
     TemplateFailed,
     redact,
 )
 from executors.sql_script import (
     SYNTAX,
-    Statement,
+    SqlExecutor,
+    SqlSession,
     StatementFailure,
     StatementResult,
-    StatementRunner,
-    validate_script,
 )
-from templating import TemplateContext, TemplateSyntaxProblem
+from templating import TemplateContext
 from templating.escaping import Escape, mysql_literal, sql_literal
 
 _ACCESS_DENIED = 1045
@@ -58,7 +54,8 @@ _TEMPLATE = frozenset({1054, 1064, 1146, 1149, 1305, 1582, 1583, 1584, 1193})
 _DEFAULT_ACCOUNT_HOST = "%"
 
 
-class MysqlExecutor:
+# A string: PyMySQL's Connection is generic in its type stubs only, not at run time.
+class MysqlExecutor(SqlExecutor["Connection[Any]"]):
     name: ClassVar[str] = "mysql"
     syntax: ClassVar[str] = SYNTAX.replace(
         "{{ username | sql_ident }} for an identifier", "{{ username }}@{{ values.host }} account"
@@ -70,45 +67,19 @@ class MysqlExecutor:
     }
     default_port: ClassVar[int] = 3306
 
-    def validate(self, template: str) -> None:
-        validate_script(template)
+    async def _connect(
+        self, target: Target, account: Account, secrets: tuple[str, ...]
+    ) -> Connection[Any]:
+        return await _connect(target, account, secrets)
 
-    async def run(self, request: RunRequest) -> RunResult:
-        statements = _statements(request.target, request.template)
-        secrets = (*request.context.secrets, request.account.password)
-        conn = await _connect(request.target, request.account, secrets)
-        async with _closing(conn):
-            transcript = await _run(conn, request.target, request.context, secrets, statements)
-        return RunResult(transcript=transcript)
+    def _closing(self, conn: Connection[Any]) -> AbstractAsyncContextManager[Connection[Any]]:
+        return _closing(conn)
 
-    async def check_login(self, request: LoginRequest) -> LoginResult:
-        statements = None
-        if request.template is not None:
-            if request.context is None:
-                raise TemplateFailed(
-                    request.target.name, "template", "a verify template needs a context"
-                )
-            statements = _statements(request.target, request.template)
-        secrets = (*(request.context.secrets if request.context else ()), request.account.password)
-        try:
-            conn = await _connect(request.target, request.account, secrets)
-        except AuthenticationFailed:
-            return LoginResult(ok=False)
-        async with _closing(conn):
-            transcript = ""
-            if statements is not None and request.context is not None:
-                transcript = await _run(
-                    conn, request.target, request.context, secrets, statements, verify=True
-                )
-        return LoginResult(ok=True, transcript=transcript)
+    def _session(self, conn: Connection[Any], target: Target) -> SqlSession:
+        return _Session(conn, target)
 
-
-def _statements(target: Target, template: str) -> list[Statement]:
-    # Checked before connecting: a broken template must not cost a login on the target.
-    try:
-        return validate_script(template)
-    except TemplateSyntaxProblem as exc:
-        raise TemplateFailed(target.name, "template", str(exc)) from None
+    def _context(self, target: Target, context: TemplateContext) -> TemplateContext:
+        return with_account_host(target, context)
 
 
 def with_account_host(target: Target, context: TemplateContext) -> TemplateContext:
@@ -118,20 +89,6 @@ def with_account_host(target: Target, context: TemplateContext) -> TemplateConte
     if "host" in context.values or not isinstance(host, str):
         return context
     return dataclasses.replace(context, values={**context.values, "host": host})
-
-
-async def _run(
-    conn: Connection[Any],
-    target: Target,
-    context: TemplateContext,
-    secrets: tuple[str, ...],
-    statements: list[Statement],
-    verify: bool = False,
-) -> str:
-    session = _Session(conn, target)
-    context = with_account_host(target, context)
-    runner = StatementRunner(session, target.name, context, secrets, verify=verify)
-    return await runner.run(statements)
 
 
 class _Session:

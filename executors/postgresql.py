@@ -20,6 +20,7 @@ import math
 import os
 import socket
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 import psycopg
@@ -29,23 +30,16 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ConnectFailed,
-    LoginRequest,
-    LoginResult,
-    RunRequest,
-    RunResult,
     Target,
     TemplateFailed,
     redact,
 )
 from executors.sql_script import (
-    SYNTAX,
-    Statement,
+    SqlExecutor,
+    SqlSession,
     StatementFailure,
     StatementResult,
-    StatementRunner,
-    validate_script,
 )
-from templating import TemplateContext, TemplateSyntaxProblem
 from templating.escaping import Escape, sql_literal
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -69,9 +63,8 @@ _TEMPLATE_CLASSES = ("42", "0A", "26", "34", "3F", "25", "2B", "3D")
 _INSUFFICIENT_PRIVILEGE = "42501"
 
 
-class PostgresqlExecutor:
+class PostgresqlExecutor(SqlExecutor[AsyncConnection[Any]]):
     name: ClassVar[str] = "postgresql"
-    syntax: ClassVar[str] = SYNTAX
     default_templates: ClassVar[dict[str, str]] = {
         "change": "postgresql/alter-role-self",
         "change-as-admin": "postgresql/alter-role-admin",
@@ -79,58 +72,18 @@ class PostgresqlExecutor:
     }
     default_port: ClassVar[int] = 5432
 
-    def validate(self, template: str) -> None:
-        validate_script(template)
+    async def _connect(
+        self, target: Target, account: Account, secrets: tuple[str, ...]
+    ) -> AsyncConnection[Any]:
+        return await _connect(target, account, secrets)
 
-    async def run(self, request: RunRequest) -> RunResult:
-        statements = _statements(request.target, request.template)
-        secrets = (*request.context.secrets, request.account.password)
-        conn = await _connect(request.target, request.account, secrets)
-        async with _closing(conn):
-            transcript = await _run(conn, request.target, request.context, secrets, statements)
-        return RunResult(transcript=transcript)
+    def _closing(
+        self, conn: AsyncConnection[Any]
+    ) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+        return _closing(conn)
 
-    async def check_login(self, request: LoginRequest) -> LoginResult:
-        statements = None
-        if request.template is not None:
-            if request.context is None:
-                raise TemplateFailed(
-                    request.target.name, "template", "a verify template needs a context"
-                )
-            statements = _statements(request.target, request.template)
-        secrets = (*(request.context.secrets if request.context else ()), request.account.password)
-        try:
-            conn = await _connect(request.target, request.account, secrets)
-        except AuthenticationFailed:
-            return LoginResult(ok=False)
-        async with _closing(conn):
-            transcript = ""
-            if statements is not None and request.context is not None:
-                transcript = await _run(
-                    conn, request.target, request.context, secrets, statements, verify=True
-                )
-        return LoginResult(ok=True, transcript=transcript)
-
-
-def _statements(target: Target, template: str) -> list[Statement]:
-    # Checked before connecting: a broken template must not cost a login on the target.
-    try:
-        return validate_script(template)
-    except TemplateSyntaxProblem as exc:
-        raise TemplateFailed(target.name, "template", str(exc)) from None
-
-
-async def _run(
-    conn: AsyncConnection[Any],
-    target: Target,
-    context: TemplateContext,
-    secrets: tuple[str, ...],
-    statements: list[Statement],
-    verify: bool = False,
-) -> str:
-    session = _Session(conn, target)
-    runner = StatementRunner(session, target.name, context, secrets, verify=verify)
-    return await runner.run(statements)
+    def _session(self, conn: AsyncConnection[Any], target: Target) -> SqlSession:
+        return _Session(conn, target)
 
 
 class _Session:

@@ -15,18 +15,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import ClassVar, Generic, Literal, Protocol, TypeVar
 
 from executors.base import (
-    REDACTED,
+    Account,
+    AuthenticationFailed,
     ChangeRejected,
     ConnectFailed,
     ExecutorError,
+    LoginRequest,
+    LoginResult,
     OutcomeUnknown,
+    RunRequest,
+    RunResult,
+    Target,
     TemplateFailed,
     redact,
 )
+from executors.common import masked, parse_template, request_secrets, verify_template
 from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, render
 from templating.escaping import Escape, Escaped, mysql_literal, sql_literal
 
@@ -131,16 +140,6 @@ def compile_expect(pattern: str, line: int) -> re.Pattern[str]:
 def regex_escape(value: object) -> str:
     """The context escape of an expect: line: a tag matches its value literally."""
     return value if isinstance(value, Escaped) else Escaped(re.escape(str(value)))
-
-
-def masked(context: TemplateContext) -> TemplateContext:
-    """The context with every secret replaced by ``***``: what the transcript shows."""
-    return dataclasses.replace(
-        context,
-        current_password=REDACTED if context.current_password else "",
-        new_password=REDACTED if context.new_password else "",
-        auth_password=REDACTED if context.auth_password else "",
-    )
 
 
 def secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
@@ -297,3 +296,72 @@ class StatementRunner:
 
     def _error(self, cls: type[ExecutorError], step: str, cause: str) -> ExecutorError:
         return cls(self._device, step, redact(cause, self._secrets), self.transcript())
+
+
+# -- the executor ---------------------------------------------------------------------------
+
+Connection = TypeVar("Connection")
+
+
+class SqlExecutor(ABC, Generic[Connection]):
+    """run and check_login of the SQL executors, which differ only in their driver: how a
+    connection opens (raising AuthenticationFailed for a refused login), closes, and becomes a
+    session the StatementRunner can drive."""
+
+    syntax: ClassVar[str] = SYNTAX
+
+    def validate(self, template: str) -> None:
+        validate_script(template)
+
+    async def run(self, request: RunRequest) -> RunResult:
+        statements = parse_template(request.target, request.template, validate_script)
+        secrets = request_secrets(request.context, request.account)
+        conn = await self._connect(request.target, request.account, secrets)
+        async with self._closing(conn):
+            transcript = await self._run(conn, request.target, request.context, secrets, statements)
+        return RunResult(transcript=transcript)
+
+    async def check_login(self, request: LoginRequest) -> LoginResult:
+        verify = verify_template(request, validate_script)
+        secrets = request_secrets(request.context, request.account)
+        try:
+            conn = await self._connect(request.target, request.account, secrets)
+        except AuthenticationFailed:
+            return LoginResult(ok=False)
+        async with self._closing(conn):
+            transcript = ""
+            if verify is not None:
+                statements, context = verify
+                transcript = await self._run(
+                    conn, request.target, context, secrets, statements, verify=True
+                )
+        return LoginResult(ok=True, transcript=transcript)
+
+    async def _run(
+        self,
+        conn: Connection,
+        target: Target,
+        context: TemplateContext,
+        secrets: tuple[str, ...],
+        statements: list[Statement],
+        verify: bool = False,
+    ) -> str:
+        session = self._session(conn, target)
+        context = self._context(target, context)
+        runner = StatementRunner(session, target.name, context, secrets, verify=verify)
+        return await runner.run(statements)
+
+    def _context(self, target: Target, context: TemplateContext) -> TemplateContext:
+        """The context the statements render in; a driver may add values of its own."""
+        return context
+
+    @abstractmethod
+    async def _connect(
+        self, target: Target, account: Account, secrets: tuple[str, ...]
+    ) -> Connection: ...
+
+    @abstractmethod
+    def _closing(self, conn: Connection) -> AbstractAsyncContextManager[Connection]: ...
+
+    @abstractmethod
+    def _session(self, conn: Connection, target: Target) -> SqlSession: ...

@@ -23,12 +23,12 @@ from executors.base import (
     RunRequest,
     RunResult,
     Target,
-    TemplateFailed,
     redact,
 )
+from executors.common import parse_template, request_secrets, verify_template
 from executors.ssh_script import SYNTAX, Step, validate_script
 from executors.ssh_session import ScriptRunner
-from templating import TemplateContext, TemplateSyntaxProblem
+from templating import TemplateContext
 
 _KEYSCAN_TIMEOUT = 5.0
 _CLOSE_WAIT = 5.0
@@ -49,8 +49,8 @@ class SshExecutor:
         validate_script(template)
 
     async def run(self, request: RunRequest) -> RunResult:
-        steps = self._steps(request.target, request.template)
-        secrets = (*request.context.secrets, request.account.password)
+        steps = parse_template(request.target, request.template, validate_script)
+        secrets = request_secrets(request.context, request.account)
         conn, learned = await _connect(request.target, request.account, secrets)
         async with _closing(conn):
             transcript = await self._run_steps(
@@ -59,32 +59,18 @@ class SshExecutor:
         return RunResult(transcript=transcript, learned_host_key=learned)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
-        steps = None
-        if request.template is not None:
-            if request.context is None:
-                raise TemplateFailed(
-                    request.target.name, "template", "a verify template needs a context"
-                )
-            steps = self._steps(request.target, request.template)
-        secrets = (*(request.context.secrets if request.context else ()), request.account.password)
+        verify = verify_template(request, validate_script)
+        secrets = request_secrets(request.context, request.account)
         try:
             conn, learned = await _connect(request.target, request.account, secrets)
         except AuthenticationFailed:
             return LoginResult(ok=False)
         async with _closing(conn):
             transcript = ""
-            if steps is not None and request.context is not None:
-                transcript = await self._run_steps(
-                    conn, request.target, request.context, secrets, steps
-                )
+            if verify is not None:
+                steps, context = verify
+                transcript = await self._run_steps(conn, request.target, context, secrets, steps)
         return LoginResult(ok=True, transcript=transcript, learned_host_key=learned)
-
-    def _steps(self, target: Target, template: str) -> list[Step]:
-        # Checked before connecting: a broken template must not cost a login on the target.
-        try:
-            return validate_script(template)
-        except TemplateSyntaxProblem as exc:
-            raise TemplateFailed(target.name, "template", str(exc)) from None
 
     async def _run_steps(
         self,

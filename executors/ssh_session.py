@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from typing import TypeVar
 import asyncssh
 
 from executors.base import (
-    REDACTED,
     AuthenticationFailed,
     ChangeRejected,
     ConnectFailed,
@@ -28,6 +26,7 @@ from executors.base import (
     TemplateFailed,
     redact,
 )
+from executors.common import masked
 from executors.ssh_script import Step, compile_pattern, parse_exit_status, parse_timeout
 from keyturn import failpoints
 from templating import TemplateContext, TemplateSyntaxProblem, render
@@ -85,20 +84,6 @@ class _FailPattern:
     error: type[ExecutorError]
 
 
-def _masked(context: TemplateContext) -> TemplateContext:
-    """The context with every secret replaced by ``***``, to render what the transcript shows.
-
-    Rendering through the mask (rather than redacting the real rendering) also hides secrets that
-    went through a filter, e.g. ``{{ new_password | shell }}`` quoted or ``| regex`` escaped.
-    """
-    return dataclasses.replace(
-        context,
-        current_password=REDACTED if context.current_password else "",
-        new_password=REDACTED if context.new_password else "",
-        auth_password=REDACTED if context.auth_password else "",
-    )
-
-
 class ScriptRunner:
     """Runs one template on one connection. One instance per run; not reusable."""
 
@@ -113,7 +98,7 @@ class ScriptRunner:
         self._conn = conn
         self._device = device
         self._context = context
-        self._masked_context = _masked(context)
+        self._masked_context = masked(context)
         self._secrets = secrets
         self._timeout = timeout
         self.transcript = Transcript(secrets)

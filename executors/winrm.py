@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import math
 import re
 import time
@@ -41,7 +40,6 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from executors.base import (
-    REDACTED,
     Account,
     AuthenticationFailed,
     ChangeRejected,
@@ -57,6 +55,7 @@ from executors.base import (
     TemplateFailed,
     redact,
 )
+from executors.common import masked, request_secrets, verify_template
 from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, escaping, render
 
 SYNTAX = (
@@ -171,13 +170,10 @@ class WinrmExecutor:
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
         options = Options.parse(request.target)
-        script = None
-        if request.template is not None:
-            if request.context is None:
-                raise TemplateFailed(
-                    request.target.name, "template", "a verify template needs a context"
-                )
-            script = Script.render(request.target, request.template, request.context)
+        # Not parsed by verify_template (str keeps it as is): Script.render checks and renders
+        # it in one go, with the context.
+        verify = verify_template(request, str)
+        script = Script.render(request.target, *verify) if verify is not None else None
         secrets = _secrets(request.context, request.account)
         session = _Session(request.target, options, request.account, secrets)
         try:
@@ -196,7 +192,7 @@ class WinrmExecutor:
 def _secrets(context: TemplateContext | None, account: Account) -> tuple[str, ...]:
     """Every secret, raw and as a PowerShell literal's inside: PowerShell echoes the offending
     source line in its errors, where a quote in a secret appears doubled."""
-    raw = [*(context.secrets if context else ()), account.password]
+    raw = request_secrets(context, account)
     quoted = [escaping.powershell(secret)[1:-1] for secret in raw if secret]
     return tuple(dict.fromkeys(s for s in (*raw, *quoted) if s))
 
@@ -223,16 +219,6 @@ def validate_script(text: str) -> None:
             )
 
 
-def _masked(context: TemplateContext) -> TemplateContext:
-    """The context with each secret replaced by ``***``: what the transcript shows."""
-    return dataclasses.replace(
-        context,
-        current_password=REDACTED if context.current_password else "",
-        new_password=REDACTED if context.new_password else "",
-        auth_password=REDACTED if context.auth_password else "",
-    )
-
-
 @dataclass(frozen=True)
 class Script:
     text: str  # as sent: preamble + rendered template
@@ -249,7 +235,7 @@ class Script:
             problem = _locate(template, context, exc)
             raise TemplateFailed(target.name, "template", str(problem)) from None
         try:
-            shown = render(template, _masked(context), escape=escaping.powershell)
+            shown = render(template, masked(context), escape=escaping.powershell)
         except TemplateSyntaxProblem:
             shown = "(script with a secret, not shown)"
         bears = text != shown or any(s in text for s in context.secrets)

@@ -11,28 +11,21 @@ import pytest
 
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret
-from tests.servers.rabbitmq import BASE_URL, RabbitMQ, RabbitUsers
+from tests.servers.rabbitmq import BASE_URL, RabbitMQ, RabbitUsers, running_rabbitmq, users_on
 
 OLD = "Old-pass w0rd;$#'\"\\x%/é"
 
 
 @pytest.fixture(scope="module")
 def rabbitmq() -> Iterator[RabbitMQ]:
-    server = RabbitMQ()
-    server.wait_ready()
-    try:
+    with running_rabbitmq() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def rabbit_users(rabbitmq: RabbitMQ) -> Iterator[RabbitUsers]:
-    users = RabbitUsers(rabbitmq)
-    try:
+    with users_on(rabbitmq) as users:
         yield users
-    finally:
-        users.cleanup()
 
 
 async def http_device(stack: Stack) -> dict[str, Any]:

@@ -9,24 +9,21 @@ import pytest
 
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy
-from tests.servers.slapd import SUFFIX, Slapd, Users
+from tests.servers.slapd import SUFFIX, Slapd, Users, running_slapd, users_on
 
 OLD = "Old-pass w0rd;$#'\"\\x é"
 
 
 @pytest.fixture(scope="module")
 def slapd() -> Iterator[Slapd]:
-    server = Slapd()
-    server.start()
-    yield server
-    server.close()
+    with running_slapd() as server:
+        yield server
 
 
 @pytest.fixture
 def ldap_users(slapd: Slapd) -> Iterator[Users]:
-    users = Users(slapd)
-    yield users
-    users.cleanup()
+    with users_on(slapd) as users:
+        yield users
 
 
 async def test_change_through_the_api(stack: Stack, slapd: Slapd, ldap_users: Users) -> None:

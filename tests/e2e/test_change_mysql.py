@@ -9,25 +9,20 @@ import pytest
 
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy
-from tests.servers.mysql import MysqlServer, MysqlUsers
+from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, users_on
 
 OLD = "Old-pass w0rd;$'\"\\x é"
 
 
 @pytest.fixture(scope="module")
 def mysql_server() -> MysqlServer:
-    server = MysqlServer()
-    server.wait_ready()
-    return server
+    return ready_server()
 
 
 @pytest.fixture
 def mysql_users(mysql_server: MysqlServer) -> Iterator[MysqlUsers]:
-    users = MysqlUsers(mysql_server)
-    try:
+    with users_on(mysql_server) as users:
         yield users
-    finally:
-        users.cleanup()
 
 
 async def test_change_through_the_api(

@@ -9,28 +9,21 @@ import pytest
 
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy
-from tests.servers.postgresql import PostgresCluster, Roles
+from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 
 OLD = "Old-pass w0rd;$'\"\\x é"
 
 
 @pytest.fixture(scope="module")
 def pg_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    try:
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
 def pg_roles(pg_cluster: PostgresCluster) -> Iterator[Roles]:
-    roles = Roles(pg_cluster)
-    try:
+    with roles_on(pg_cluster) as roles:
         yield roles
-    finally:
-        roles.cleanup()
 
 
 async def test_change_through_the_api(

@@ -16,19 +16,15 @@ from executors.base import Account, LoginRequest, Target
 from executors.winrm import WinrmExecutor
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy
-from tests.servers.wsman_peer import WsmanPeer
+from tests.servers.wsman_peer import WsmanPeer, running_peer
 
 OLD = "Old-pass w0rd;$#'‘\"\\x`"
 
 
 @pytest.fixture(scope="module")
 def wsman() -> Iterator[WsmanPeer]:
-    peer = WsmanPeer()
-    peer.start()
-    try:
+    with running_peer() as peer:
         yield peer
-    finally:
-        peer.close()
 
 
 async def test_change_over_winrm_through_the_api(stack: Stack, wsman: WsmanPeer) -> None:

@@ -15,7 +15,6 @@ from executors.base import (
     AuthenticationFailed,
     ChangeRejected,
     ConnectFailed,
-    ExecutorError,
     HostKeyMismatch,
     LoginRequest,
     OutcomeUnknown,
@@ -29,6 +28,7 @@ from executors.shipped import shipped_templates
 from executors.ssh import SshExecutor
 from executors.ssh_script import Step, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
+from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
 from tests.servers.sshd import Sshd, Users
 
 TEMPLATES = {template.name: template.body for template in shipped_templates()}
@@ -46,41 +46,17 @@ passwords = st.one_of(plain_passwords, special_passwords)
 
 
 def target(sshd: Sshd, **overrides: object) -> Target:
-    fields: dict[str, object] = {
-        "name": "test-host",
-        "address": "127.0.0.1",
-        "port": sshd.port,
-        "host_keys": (sshd.host_key_line,),
-        "connect_timeout": 5.0,
-        "read_timeout": 10.0,
-    }
-    fields.update(overrides)
-    return Target(**fields)  # type: ignore[arg-type]
+    # The pinned key as a default that a test can override.
+    fields: dict[str, object] = {"host_keys": (sshd.host_key_line,), **overrides}
+    return make_target("test-host", "127.0.0.1", sshd.port, **fields)
 
 
 def context(
     sshd: Sshd, username: str, current: str, new: str, auth_user: str = "", auth_password: str = ""
 ) -> TemplateContext:
-    return TemplateContext(
-        username=username,
-        current_password=current,
-        new_password=new,
-        hostname="test-host",
-        address="127.0.0.1",
-        port=sshd.port,
-        auth_username=auth_user,
-        auth_password=auth_password,
+    return make_context(
+        "test-host", "127.0.0.1", sshd.port, username, current, new, auth_user, auth_password
     )
-
-
-def assert_no_secret(texts: list[str], *secrets: str) -> None:
-    for text in texts:
-        for secret in secrets:
-            assert secret not in text, f"a secret leaked into {text!r}"
-
-
-def error_texts(exc: ExecutorError) -> list[str]:
-    return [str(exc), exc.cause, exc.transcript, repr(exc)]
 
 
 async def self_change(sshd: Sshd, user: str, current: str, new: str) -> str:

@@ -13,6 +13,8 @@ import asyncio
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pymysql
@@ -129,3 +131,22 @@ class MysqlUsers:
         finally:
             conn.close()
         self._accounts.clear()
+
+
+# The bodies of the fixtures that the executor tests and the end-to-end tests each declare (at
+# their own scope).
+
+
+def ready_server() -> MysqlServer:
+    server = MysqlServer()
+    server.wait_ready()
+    return server
+
+
+@contextmanager
+def users_on(server: MysqlServer) -> Iterator[MysqlUsers]:
+    users = MysqlUsers(server)
+    try:
+        yield users
+    finally:
+        users.cleanup()

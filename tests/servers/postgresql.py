@@ -17,6 +17,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -228,3 +230,26 @@ class Roles:
             for name in self._roles:
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
         self._roles.clear()
+
+
+# The bodies of the fixtures that the executor tests and the end-to-end tests each declare (at
+# their own scope): started before, cleaned up after, even when the test failed.
+
+
+@contextmanager
+def running_cluster() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@contextmanager
+def roles_on(cluster: PostgresCluster) -> Iterator[Roles]:
+    roles = Roles(cluster)
+    try:
+        yield roles
+    finally:
+        roles.cleanup()

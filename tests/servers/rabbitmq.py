@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -104,3 +106,26 @@ class RabbitUsers:
         for name in self._created:
             self._rabbitmq.delete_user(name)
         self._created.clear()
+
+
+# The bodies of the fixtures that the executor tests and the end-to-end tests each declare (at
+# their own scope).
+
+
+@contextmanager
+def running_rabbitmq() -> Iterator[RabbitMQ]:
+    server = RabbitMQ()
+    server.wait_ready()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextmanager
+def users_on(server: RabbitMQ) -> Iterator[RabbitUsers]:
+    users = RabbitUsers(server)
+    try:
+        yield users
+    finally:
+        users.cleanup()

@@ -22,6 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ldap3
@@ -275,3 +277,26 @@ class Users:
         finally:
             conn.unbind()
         self._created.clear()
+
+
+# The bodies of the fixtures that the executor tests and the end-to-end tests each declare (at
+# their own scope).
+
+
+@contextmanager
+def running_slapd() -> Iterator[Slapd]:
+    server = Slapd()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextmanager
+def users_on(server: Slapd) -> Iterator[Users]:
+    users = Users(server)
+    try:
+        yield users
+    finally:
+        users.cleanup()

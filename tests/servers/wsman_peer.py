@@ -26,7 +26,8 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
@@ -641,3 +642,14 @@ def _encoded_command(words: list[str]) -> str | None:
 
 def _is_bootstrap(script: str | None) -> bool:
     return script is not None and "$input | Out-String" in script
+
+
+@contextmanager
+def running_peer() -> Iterator[WsmanPeer]:
+    """The body of the fixtures that the executor tests and the end-to-end tests each declare."""
+    peer = WsmanPeer()
+    peer.start()
+    try:
+        yield peer
+    finally:
+        peer.close()

@@ -9,26 +9,19 @@ from pathlib import Path
 import pytest
 
 from tests.executors.http.local_api import LocalApi
-from tests.servers.rabbitmq import RabbitMQ, RabbitUsers
+from tests.servers.rabbitmq import RabbitMQ, RabbitUsers, running_rabbitmq, users_on
 
 
 @pytest.fixture(scope="session")
 def rabbitmq() -> Iterator[RabbitMQ]:
-    server = RabbitMQ()
-    server.wait_ready()
-    try:
+    with running_rabbitmq() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 def rabbit_users(rabbitmq: RabbitMQ) -> Iterator[RabbitUsers]:
-    users = RabbitUsers(rabbitmq)
-    try:
+    with users_on(rabbitmq) as users:
         yield users
-    finally:
-        users.cleanup()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from executors.http import HttpExecutor
 from executors.http_script import parse_json_path
 from executors.shipped import shipped_templates
 from templating import TemplateContext, TemplateSyntaxProblem
+from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
 from tests.servers.rabbitmq import BASE_URL, RabbitMQ, RabbitUsers
 
 TEMPLATES = {template.name: template.body for template in shipped_templates()}
@@ -40,39 +41,15 @@ passwords = st.one_of(
 
 
 def target(**options: object) -> Target:
-    return Target(
-        name="rabbit-test",
-        address="127.0.0.1",
-        port=15672,
-        options={"base_url": BASE_URL, **options},
-        connect_timeout=5.0,
-        read_timeout=10.0,
-    )
+    return make_target("rabbit-test", "127.0.0.1", 15672, options={"base_url": BASE_URL, **options})
 
 
 def context(
     username: str, current: str, new: str, auth_user: str = "", auth_password: str = ""
 ) -> TemplateContext:
-    return TemplateContext(
-        username=username,
-        current_password=current,
-        new_password=new,
-        hostname="rabbit-test",
-        address="127.0.0.1",
-        port=15672,
-        auth_username=auth_user,
-        auth_password=auth_password,
+    return make_context(
+        "rabbit-test", "127.0.0.1", 15672, username, current, new, auth_user, auth_password
     )
-
-
-def assert_no_secret(texts: list[str], *secrets: str) -> None:
-    for text in texts:
-        for secret in secrets:
-            assert secret not in text, f"a secret leaked into {text!r}"
-
-
-def error_texts(exc: ExecutorError) -> list[str]:
-    return [str(exc), exc.cause, exc.transcript, repr(exc)]
 
 
 async def admin_change(admin: str, admin_password: str, user: str, current: str, new: str) -> str:

@@ -23,6 +23,8 @@ from executors.base import (
 )
 from executors.http import HttpExecutor
 from templating import TemplateContext
+from tests.executors.helpers import assert_no_secret as assert_no_secrets_in
+from tests.executors.helpers import error_texts
 from tests.executors.http.local_api import LocalApi
 
 EXECUTOR = HttpExecutor()
@@ -62,9 +64,7 @@ def context(username: str, current: str, new: str) -> TemplateContext:
 
 
 def assert_no_secret(exc: ExecutorError, *secrets: str) -> None:
-    for text in (str(exc), exc.cause, exc.transcript, repr(exc)):
-        for secret in secrets:
-            assert secret not in text, f"a secret leaked into {text!r}"
+    assert_no_secrets_in(error_texts(exc), *secrets)
 
 
 async def change(api: LocalApi, template: str, current: str, new: str, **options: object) -> str:

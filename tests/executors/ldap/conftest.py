@@ -6,20 +6,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers.slapd import Slapd, Users
+from tests.servers.slapd import Slapd, Users, running_slapd, users_on
 
 
 @pytest.fixture(scope="session")
 def slapd() -> Iterator[Slapd]:
-    server = Slapd()
-    server.start()
-    print(f"\nslapd answered {server.start_seconds:.3f}s after start")  # noqa: T201 (for -s)
-    yield server
-    server.close()
+    with running_slapd() as server:
+        print(f"\nslapd answered {server.start_seconds:.3f}s after start")  # noqa: T201 (for -s)
+        yield server
 
 
 @pytest.fixture
 def ldap_users(slapd: Slapd) -> Iterator[Users]:
-    users = Users(slapd)
-    yield users
-    users.cleanup()
+    with users_on(slapd) as users:
+        yield users

@@ -22,6 +22,7 @@ from executors.base import (
 from executors.ldap import LdapExecutor
 from executors.ldap_script import canonical_dn, encode_value, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
+from tests.executors.helpers import make_context, make_target
 from tests.servers.slapd import ADMIN_DN, ADMIN_PASSWORD, MIN_LENGTH, SUFFIX, Slapd, Users
 
 TEMPLATES = Path(__file__).parents[3] / "executors" / "templates" / "ldap"
@@ -34,10 +35,10 @@ def template(name: str) -> str:
 
 
 def target(slapd: Slapd, **options: object) -> Target:
-    return Target(
-        name="dir-1",
-        address="127.0.0.1",
-        port=slapd.port,
+    return make_target(
+        "dir-1",
+        "127.0.0.1",
+        slapd.port,
         options={"base_dn": SUFFIX, **options},
         connect_timeout=5,
         read_timeout=10.5,
@@ -45,15 +46,9 @@ def target(slapd: Slapd, **options: object) -> Target:
 
 
 def context(username: str, current: str, new: str, auth_password: str = "") -> TemplateContext:
-    return TemplateContext(
-        username=username,
-        current_password=current,
-        new_password=new,
-        hostname="dir-1",
-        address="127.0.0.1",
-        port=389,
-        auth_username=ADMIN_DN if auth_password else "",
-        auth_password=auth_password,
+    auth_username = ADMIN_DN if auth_password else ""
+    return make_context(
+        "dir-1", "127.0.0.1", 389, username, current, new, auth_username, auth_password
     )
 
 

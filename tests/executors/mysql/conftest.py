@@ -6,20 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers.mysql import MysqlServer, MysqlUsers
+from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, users_on
 
 
 @pytest.fixture(scope="session")
 def mysql_server() -> MysqlServer:
-    server = MysqlServer()
-    server.wait_ready()
-    return server
+    return ready_server()
 
 
 @pytest.fixture
 def mysql_users(mysql_server: MysqlServer) -> Iterator[MysqlUsers]:
-    users = MysqlUsers(mysql_server)
-    try:
+    with users_on(mysql_server) as users:
         yield users
-    finally:
-        users.cleanup()

@@ -21,6 +21,7 @@ from executors.base import (
 from executors.mysql import MysqlExecutor
 from executors.shipped import shipped_templates
 from templating import TemplateContext, TemplateSyntaxProblem
+from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
 from tests.servers.mysql import MysqlServer, MysqlUsers
 
 TEMPLATES = {t.name: t.body for t in shipped_templates()}
@@ -38,30 +39,13 @@ NO_BACKSLASH_FIRST = (
 
 
 def target(server: MysqlServer, **overrides: object) -> Target:
-    fields: dict[str, object] = {
-        "name": "mysql-test",
-        "address": server.host,
-        "port": server.port,
-        "connect_timeout": 5.0,
-        "read_timeout": 10.0,
-    }
-    fields.update(overrides)
-    return Target(**fields)  # type: ignore[arg-type]
+    return make_target("mysql-test", server.host, server.port, **overrides)
 
 
 def context(
     server: MysqlServer, user: str, current: str, new: str, auth: str = "", auth_pw: str = ""
 ) -> TemplateContext:
-    return TemplateContext(
-        username=user,
-        current_password=current,
-        new_password=new,
-        hostname="mysql-test",
-        address=server.host,
-        port=server.port,
-        auth_username=auth,
-        auth_password=auth_pw,
-    )
+    return make_context("mysql-test", server.host, server.port, user, current, new, auth, auth_pw)
 
 
 async def change(
@@ -93,16 +77,6 @@ async def verify(server: MysqlServer, user: str, password: str) -> bool:
         )
     )
     return result.ok
-
-
-def assert_no_secret(texts: list[str], *secrets: str) -> None:
-    for text in texts:
-        for secret in secrets:
-            assert secret not in text, f"a secret leaked into {text!r}"
-
-
-def error_texts(exc: ExecutorError) -> list[str]:
-    return [str(exc), exc.cause, exc.transcript, repr(exc)]
 
 
 def test_registered_and_shipped_templates_valid() -> None:

@@ -6,24 +6,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers.postgresql import PostgresCluster, Roles
+from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
-    cluster.start()
-    try:
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
 def pg_roles(pg_cluster: PostgresCluster) -> Iterator[Roles]:
-    roles = Roles(pg_cluster)
-    try:
-        yield roles
-    finally:
-        pg_cluster.start()  # a test may stop the cluster (to see ConnectFailed)
-        roles.cleanup()
+    with roles_on(pg_cluster) as roles:
+        try:
+            yield roles
+        finally:
+            pg_cluster.start()  # a test may stop the cluster (to see ConnectFailed)

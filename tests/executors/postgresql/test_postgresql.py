@@ -22,6 +22,7 @@ from executors.postgresql import PostgresqlExecutor
 from executors.shipped import shipped_templates
 from executors.sql_script import parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
+from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
 from tests.servers.postgresql import PostgresCluster, Roles
 
 TEMPLATES = {t.name: t.body for t in shipped_templates()}
@@ -35,30 +36,13 @@ passwords = st.text(alphabet=ALPHABET, min_size=1, max_size=24).flatmap(
 
 
 def target(cluster: PostgresCluster, **overrides: object) -> Target:
-    fields: dict[str, object] = {
-        "name": "pg-test",
-        "address": "127.0.0.1",
-        "port": cluster.port,
-        "connect_timeout": 5.0,
-        "read_timeout": 10.0,
-    }
-    fields.update(overrides)
-    return Target(**fields)  # type: ignore[arg-type]
+    return make_target("pg-test", "127.0.0.1", cluster.port, **overrides)
 
 
 def context(
     cluster: PostgresCluster, user: str, current: str, new: str, auth: str = "", auth_pw: str = ""
 ) -> TemplateContext:
-    return TemplateContext(
-        username=user,
-        current_password=current,
-        new_password=new,
-        hostname="pg-test",
-        address="127.0.0.1",
-        port=cluster.port,
-        auth_username=auth,
-        auth_password=auth_pw,
-    )
+    return make_context("pg-test", "127.0.0.1", cluster.port, user, current, new, auth, auth_pw)
 
 
 async def self_change(cluster: PostgresCluster, user: str, current: str, new: str) -> str:
@@ -83,16 +67,6 @@ async def verify(cluster: PostgresCluster, user: str, password: str) -> bool:
         )
     )
     return result.ok
-
-
-def assert_no_secret(texts: list[str], *secrets: str) -> None:
-    for text in texts:
-        for secret in secrets:
-            assert secret not in text, f"a secret leaked into {text!r}"
-
-
-def error_texts(exc: ExecutorError) -> list[str]:
-    return [str(exc), exc.cause, exc.transcript, repr(exc)]
 
 
 def test_registered_and_shipped_templates_valid() -> None:

@@ -12,17 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers.wsman_peer import WsmanPeer
+from tests.servers.wsman_peer import WsmanPeer, running_peer
 
 
 @pytest.fixture(scope="session")
 def wsman_server() -> Iterator[WsmanPeer]:
-    server = WsmanPeer()
-    server.start()
-    try:
+    with running_peer() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from executors.base import (
 from executors.shipped import shipped_templates
 from executors.winrm import BOOTSTRAP, PREAMBLE, WinrmExecutor, decode_stderr
 from templating import TemplateContext, TemplateSyntaxProblem, escaping
+from tests.executors.helpers import make_context, make_target
 from tests.servers.wsman_peer import WsmanPeer, lex
 
 TEMPLATES = {t.name: t.body for t in shipped_templates() if t.executor == "winrm"}
@@ -47,12 +48,11 @@ passwords = st.text(
 
 
 def target(peer: WsmanPeer, **options: object) -> Target:
-    return Target(
-        name="win-host",
-        address="127.0.0.1",
-        port=peer.port,
+    return make_target(
+        "win-host",
+        "127.0.0.1",
+        peer.port,
         options={"transport": "basic", "scheme": "http", **options},
-        connect_timeout=5.0,
         read_timeout=5.0,
     )
 
@@ -60,16 +60,7 @@ def target(peer: WsmanPeer, **options: object) -> Target:
 def context(
     username: str, current: str, new: str, auth: str = "", auth_pw: str = ""
 ) -> TemplateContext:
-    return TemplateContext(
-        username=username,
-        current_password=current,
-        new_password=new,
-        hostname="win-host",
-        address="127.0.0.1",
-        port=5985,
-        auth_username=auth,
-        auth_password=auth_pw,
-    )
+    return make_context("win-host", "127.0.0.1", 5985, username, current, new, auth, auth_pw)
 
 
 def admin_request(peer: WsmanPeer, user: str, new: str, **options: object) -> RunRequest:

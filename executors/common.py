@@ -1,0 +1,61 @@
+"""Small pieces every executor shares: the secrets of a request, parsing a template before
+connecting, the verify template of a login check, the masked context of a transcript.
+
+Kept out of base.py so that the plugin interface stays readable on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import TypeVar
+
+from executors.base import REDACTED, Account, LoginRequest, Target, TemplateFailed
+from templating import TemplateContext, TemplateSyntaxProblem
+
+Parsed = TypeVar("Parsed")
+Context = TypeVar("Context", bound=TemplateContext)
+
+
+def request_secrets(context: TemplateContext | None, account: Account) -> tuple[str, ...]:
+    """Everything a transcript or an error must never show: the context's secrets (a login
+    check may have no context) and the password the account connects with."""
+    return (*(context.secrets if context else ()), account.password)
+
+
+def parse_template(target: Target, template: str, parse: Callable[[str], Parsed]) -> Parsed:
+    """``parse(template)``, its syntax problem raised as TemplateFailed.
+
+    Called before connecting: a broken template must not cost a login on the target.
+    """
+    try:
+        return parse(template)
+    except TemplateSyntaxProblem as exc:
+        raise TemplateFailed(target.name, "template", str(exc)) from None
+
+
+def verify_template(
+    request: LoginRequest, parse: Callable[[str], Parsed]
+) -> tuple[Parsed, TemplateContext] | None:
+    """A login check's verify template, parsed, with the context it renders in; None when the
+    check is a bare login. Raises TemplateFailed before connecting, like parse_template."""
+    if request.template is None:
+        return None
+    if request.context is None:
+        raise TemplateFailed(request.target.name, "template", "a verify template needs a context")
+    return parse_template(request.target, request.template, parse), request.context
+
+
+def masked(context: Context) -> Context:
+    """The context with every secret replaced by ``***``, to render what the transcript shows.
+
+    Rendering through the mask (rather than redacting the real rendering) also hides secrets
+    that went through an escape or a filter; and a field whose real and masked renderings
+    differ is one that carries a secret.
+    """
+    return dataclasses.replace(
+        context,
+        current_password=REDACTED if context.current_password else "",
+        new_password=REDACTED if context.new_password else "",
+        auth_password=REDACTED if context.auth_password else "",
+    )
