@@ -36,7 +36,7 @@ from keyturn import failpoints
 from store.engine import session_scope
 from store.models import Attempt, Device, utcnow
 from store.vault import Vault
-from workflows.contracts import ChangeOutcome, ProbeOutcome, StepInput
+from workflows.contracts import NOTHING_SENT_DETAIL, ChangeOutcome, ProbeOutcome, StepInput
 
 _T = TypeVar("_T")
 _L = TypeVar("_L")
@@ -104,7 +104,7 @@ class ExecutorActivities:
             await self._pin_learned_key(job, result.learned_host_key)
             return result.transcript, ChangeOutcome(already_applied=False)
 
-        outcome = await self._recorded(job, attempt_id, attempt)
+        outcome = await self._recorded(job, attempt_id, attempt, may_have_sent=may_have_sent)
         failpoints.reach(failpoints.AFTER_CHANGE)
         return outcome
 
@@ -174,8 +174,15 @@ class ExecutorActivities:
         return job, self._start_attempt(operation_id, step, number), may_have_sent
 
     async def _recorded(
-        self, job: Job, attempt_id: str, body: Callable[[], Awaitable[tuple[str, _T]]]
+        self,
+        job: Job,
+        attempt_id: str,
+        body: Callable[[], Awaitable[tuple[str, _T]]],
+        *,
+        may_have_sent: bool = True,
     ) -> _T:
+        """Run one attempt and record it. ``may_have_sent``: whether an earlier attempt may
+        have reached the target, which decides what a spent lockout budget means."""
         try:
             async with _heartbeating():
                 transcript, outcome = await body()
@@ -185,7 +192,10 @@ class ExecutorActivities:
             )
             # Retryable, after the window frees a login: the wait is Temporal's, durable.
             raise ApplicationError(
-                str(exc), type="LockoutBudgetSpent", next_retry_delay=exc.retry_after
+                str(exc),
+                *([] if may_have_sent else [NOTHING_SENT_DETAIL]),
+                type="LockoutBudgetSpent",
+                next_retry_delay=exc.retry_after,
             ) from None
         except ExecutorError as exc:
             await asyncio.to_thread(

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 WORKFLOW_NAME = "KeyturnOperation"
 OPERATION_KINDS = ("change", "verify", "reconcile")
+# An activity failure carrying this detail provably never reached the target in any attempt.
+NOTHING_SENT_DETAIL = "nothing-sent"
 
 
 def operation_workflow_id(kind: str, credential_id: str) -> str:

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from keyturn.temporal import SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_STATUS, SA_TRIGGER
     from workflows.contracts import (
+        NOTHING_SENT_DETAIL,
         WORKFLOW_NAME,
         ChangeOutcome,
         ChildNotStarted,
@@ -203,7 +204,7 @@ class OperationWorkflow:
         except ActivityError as err:
             _reraise_cancel(err)
             kind, message = _cause(err)
-            if kind in NOTHING_SENT:
+            if kind in NOTHING_SENT or _details(err) == [NOTHING_SENT_DETAIL]:
                 return FinishInput(
                     step.operation_id,
                     "failed",
@@ -311,6 +312,11 @@ def _reraise_cancel(err: ActivityError) -> None:
     """An activity interrupted by a cancel request is a cancel, not a target failure."""
     if is_cancelled_exception(err):
         raise asyncio.CancelledError() from err
+
+
+def _details(err: ActivityError) -> list[object]:
+    cause = err.cause
+    return list(cause.details) if isinstance(cause, ApplicationError) else []
 
 
 def _cause(err: ActivityError) -> tuple[str, str]:

@@ -37,6 +37,9 @@ async def test_the_lockout_budget_is_never_exceeded(
         "LockoutBudgetSpent",
     ]
     assert "lockout budget spent" in results[-1]["error"]
+    # The change was stopped before any login: nothing was sent, so nothing is probed either.
+    assert [a["step"] for a in results[-1]["attempts"]] == ["change"]
+    assert results[-1]["resolution"] == "nothing was sent to the target"
     assert _failed_logins(sshd, user) == 2  # the budget, and not one more
     assert await ssh_users.password_works(user, OLD)  # the account is not locked by Keyturn
 
