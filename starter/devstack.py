@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import signal
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,16 @@ def temporal_cli() -> str:
             f"{candidate} is missing: install Keyturn with its dependencies (make run does)"
         )
     return str(candidate)
+
+
+def _die_with_parent() -> None:
+    """Linux: the dev server gets SIGTERM if ``keyturn dev`` itself is killed (even with
+    SIGKILL), so no orphaned Temporal server keeps the ports and the SQLite file."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def dev_server_command(settings: Settings) -> list[str]:
@@ -89,7 +100,9 @@ class _Server(uvicorn.Server):
 
 async def run_dev(settings: Settings) -> None:
     settings.ensure_local_files()
-    server = await asyncio.create_subprocess_exec(*dev_server_command(settings))
+    server = await asyncio.create_subprocess_exec(
+        *dev_server_command(settings), preexec_fn=_die_with_parent
+    )
     try:
         client = await wait_for_temporal(settings, server)
         engine = make_engine(settings.resolved_database_url)

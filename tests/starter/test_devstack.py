@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,6 +73,24 @@ def start_dev(dev_env: dict[str, str]) -> Iterator[type[DevStack]]:
     for stack in started:
         if stack.process.poll() is None:
             stack.process.kill()
+
+
+def test_killing_keyturn_dev_leaves_no_temporal_server_behind(
+    dev_env: dict[str, str], start_dev: type[DevStack]
+) -> None:
+    stack = start_dev(dev_env)
+    port = int(dev_env["KEYTURN_TEMPORAL_ADDRESS"].rpartition(":")[2])
+    stack.process.kill()  # SIGKILL: no cleanup of its own
+    stack.process.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _listening(port):  # the dev server follows its parent down
+        assert time.monotonic() < deadline, "the Temporal dev server outlived keyturn dev"
+        time.sleep(0.1)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_dev_stack_starts_persists_and_stops(
