@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -25,6 +25,7 @@ from executors.base import (
     AuthenticationFailed,
     ConnectFailed,
     ExecutorError,
+    HostKeyMismatch,
     LoginRequest,
     LoginResult,
     OutcomeUnknown,
@@ -77,6 +78,22 @@ class ExecutorActivities:
         pending_account = Account(job.credential.username, job.pending_password)
 
         async def attempt() -> tuple[str, ChangeOutcome]:
+            try:
+                return await attempt_once()
+            except (ConnectFailed, AuthenticationFailed, HostKeyMismatch) as exc:
+                if not may_have_sent:
+                    raise
+                # An earlier attempt may have changed the secret: whatever stops this one says
+                # nothing about that, so the outcome stays unknown and the workflow must probe
+                # (never conclude "nothing was sent" and fail the pending secret).
+                raise OutcomeUnknown(
+                    exc.device,
+                    exc.step,
+                    f"{exc.cause} (an earlier attempt may have applied the change)",
+                    exc.transcript,
+                ) from None
+
+        async def attempt_once() -> tuple[str, ChangeOutcome]:
             # A retry after an attempt that may have reached the target first asks whether the
             # pending secret is already live, so the change is never applied twice.
             if may_have_sent:
@@ -92,15 +109,7 @@ class ExecutorActivities:
             request = RunRequest(
                 job.target, job.connecting_account, job.change_template, job.context()
             )
-            try:
-                result = await self._login(
-                    job, job.connecting_account, lambda: executor.run(request)
-                )
-            except AuthenticationFailed as exc:
-                if not may_have_sent:
-                    raise
-                # An earlier attempt may have changed the secret we just failed to log in with.
-                raise OutcomeUnknown(exc.device, exc.step, exc.cause, exc.transcript) from None
+            result = await self._login(job, job.connecting_account, lambda: executor.run(request))
             await self._pin_learned_key(job, result.learned_host_key)
             return result.transcript, ChangeOutcome(already_applied=False)
 
@@ -213,6 +222,18 @@ class ExecutorActivities:
 
     def _start_attempt(self, operation_id: str, step: str, number: int) -> str:
         with session_scope(self._engine) as session:
+            # An earlier attempt still "running" was cut off by a lost worker: say so.
+            for lost in session.exec(
+                select(Attempt).where(
+                    Attempt.operation_id == operation_id,
+                    Attempt.step == step,
+                    Attempt.outcome == "running",
+                )
+            ):
+                lost.outcome = "WorkerLost"
+                lost.detail = "the worker running this attempt stopped before it finished"
+                lost.finished_at = utcnow()
+                session.add(lost)
             attempt = Attempt(operation_id=operation_id, step=step, number=number)
             session.add(attempt)
             return attempt.id
@@ -230,15 +251,18 @@ class ExecutorActivities:
             session.add(attempt)
 
     def _previous_may_have_sent(self, operation_id: str, number: int) -> bool:
-        """False only when the previous attempt provably never reached the target."""
+        """False only when every earlier attempt provably never reached the target.
+
+        Not just the latest: after an attempt that changed the secret and died unrecorded, a
+        ConnectFailed retry proves nothing about the attempt before it."""
         with Session(self._engine) as session:
-            previous = session.exec(
-                select(Attempt)
+            outcomes = session.exec(
+                select(Attempt.outcome)
                 .where(Attempt.operation_id == operation_id, Attempt.step == "change")
                 .where(Attempt.number < number)
-                .order_by(col(Attempt.number).desc())
-            ).first()
-        return previous is None or previous.outcome != ConnectFailed.kind
+            ).all()
+        # Fewer rows than earlier attempts: one died before recording itself; assume the worst.
+        return len(outcomes) < number - 1 or any(o != ConnectFailed.kind for o in outcomes)
 
     async def _pin_learned_key(self, job: Job, key: str | None) -> None:
         if key:

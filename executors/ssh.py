@@ -139,7 +139,10 @@ async def _connect(
             username=account.username,
             password=account.password,
             known_hosts=known_hosts,
-            connect_timeout=target.connect_timeout,
+            # The TCP connect gets connect_timeout; the handshake and the login get read_timeout
+            # more: a target refusing a password can take seconds to say so (PAM's failure
+            # delay), and a refusal cut short would be taken for "no answer" (ConnectFailed).
+            connect_timeout=target.connect_timeout + target.read_timeout,
             # Only the password we were given: no keys or agent of the worker's own user, and no
             # ~/.ssh/config of the worker host changing where or how we connect.
             client_keys=None,

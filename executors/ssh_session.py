@@ -214,8 +214,8 @@ class ScriptRunner:
                 await process.stdin.drain()
         except TimeoutError:
             raise self._timeout_error(step, "the target stopped reading input") from None
-        if self._secret_sent:
-            failpoints.reach(failpoints.CHANGE_SENT)
+        if self._context.new_password and self._context.new_password in text:
+            failpoints.reach(failpoints.CHANGE_SENT)  # the new secret is on the wire
 
     async def _exit(self, step: Step, expected: int) -> None:
         process = self._require_process(step)

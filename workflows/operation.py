@@ -200,7 +200,7 @@ class OperationWorkflow:
         """None means: commit. Otherwise the terminal state to record."""
         self._step = "change"
         try:
-            await self._executor("keyturn.change", step, plan, ChangeOutcome)
+            outcome = await self._executor("keyturn.change", step, plan, ChangeOutcome)
         except ActivityError as err:
             _reraise_cancel(err)
             kind, message = _cause(err)
@@ -215,6 +215,8 @@ class OperationWorkflow:
                 )
             # The change may have been applied: ask the target before deciding.
             return await self._after_probe(step, plan, kind, message)
+        if outcome.already_applied:
+            self._resolution = "probe on retry: the new secret logs in (already live), adopted"
         self._step = "verify"
         return await self._after_probe(step, plan, None, None)
 
