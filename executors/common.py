@@ -7,7 +7,7 @@ Kept out of base.py so that the plugin interface stays readable on its own.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from executors.base import REDACTED, Account, LoginRequest, Target, TemplateFailed
@@ -15,6 +15,33 @@ from templating import TemplateContext, TemplateSyntaxProblem
 
 Parsed = TypeVar("Parsed")
 Context = TypeVar("Context", bound=TemplateContext)
+
+
+def directive_lines(text: str, directives: Iterable[str]) -> list[tuple[int, str, str]]:
+    """``(line number, directive, argument)`` for each ``directive: argument`` line of a
+    line-based template; blank and ``#`` lines are skipped. Pure, no rendering.
+
+    Only the one space after the colon is syntax; anything further belongs to the argument
+    (sending leading spaces must stay possible). Lines are split on "\n" only, as Jinja counts
+    them: str.splitlines() would also split on form feeds and Unicode separators and make the
+    line numbers in error messages wrong.
+    """
+    known = frozenset(directives)
+    found = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r")
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        directive, colon, rest = line.lstrip().partition(":")
+        directive = directive.strip()
+        if not colon:
+            raise TemplateSyntaxProblem(f"expected 'directive: argument', got {stripped!r}", number)
+        if directive not in known:
+            names = ", ".join(sorted(known))
+            raise TemplateSyntaxProblem(f"unknown directive {directive!r} (known: {names})", number)
+        found.append((number, directive, rest[1:] if rest.startswith(" ") else rest))
+    return found
 
 
 def request_secrets(context: TemplateContext | None, account: Account) -> tuple[str, ...]:

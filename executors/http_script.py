@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from executors.common import directive_lines
 from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, render
 from templating.escaping import json_value
 
@@ -170,20 +171,7 @@ def as_value(found: Any) -> str:
 def parse_script(text: str) -> list[Request]:
     """Split a template into requests; blank and ``#`` lines are skipped. Pure, no rendering."""
     requests: list[Request] = []
-    # Split on "\n" only, as Jinja counts lines, so error line numbers stay true.
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        directive, colon, rest = line.lstrip().partition(":")
-        directive = directive.strip()
-        if not colon:
-            raise TemplateSyntaxProblem(f"expected 'directive: argument', got {stripped!r}", number)
-        if directive not in DIRECTIVES:
-            known = ", ".join(sorted(DIRECTIVES))
-            raise TemplateSyntaxProblem(f"unknown directive {directive!r} (known: {known})", number)
-        argument = rest[1:] if rest.startswith(" ") else rest
+    for number, directive, argument in directive_lines(text, DIRECTIVES):
         if not argument.strip():
             raise TemplateSyntaxProblem(f"{directive}: needs an argument", number)
         if directive == "request":

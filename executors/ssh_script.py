@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from executors.common import directive_lines
 from templating import TemplateSyntaxProblem, check_syntax
 
 PROCESS_DIRECTIVES = frozenset({"exec", "spawn"})
@@ -46,23 +47,7 @@ def has_tags(argument: str) -> bool:
 def parse_script(text: str) -> list[Step]:
     """Split a template into steps; blank and ``#`` lines are skipped. Pure, no rendering."""
     steps: list[Step] = []
-    # Split on "\n" only, like Jinja counts lines: str.splitlines() would also split on form
-    # feeds and Unicode separators and make the line numbers in error messages wrong.
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.rstrip("\r")
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        directive, colon, rest = line.lstrip().partition(":")
-        directive = directive.strip()
-        if not colon:
-            raise TemplateSyntaxProblem(f"expected 'directive: argument', got {stripped!r}", number)
-        if directive not in DIRECTIVES:
-            known = ", ".join(sorted(DIRECTIVES))
-            raise TemplateSyntaxProblem(f"unknown directive {directive!r} (known: {known})", number)
-        # Only the one space after the colon is syntax; anything further belongs to the argument
-        # (a send: of leading spaces must stay possible).
-        argument = rest[1:] if rest.startswith(" ") else rest
+    for number, directive, argument in directive_lines(text, DIRECTIVES):
         if directive in NO_ARGUMENT:
             if argument.strip():
                 raise TemplateSyntaxProblem(f"{directive}: takes no argument", number)
