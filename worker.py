@@ -18,13 +18,16 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.coordination import CoordinationActivities
+from activities.device_slots import DeviceSlotActivities
 from activities.executor_steps import ExecutorActivities
+from activities.gate import GateActivities
 from activities.store_steps import StoreActivities
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
+from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
@@ -34,6 +37,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     vault = Vault(settings.master_key_bytes)
     store = StoreActivities(engine, vault, settings.task_queue)
     coordination = CoordinationActivities(engine)
+    gate = GateActivities(engine, client)
+    slots = DeviceSlotActivities(client, settings.task_queue)
     executor = ExecutorActivities(engine, vault)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="keyturn-store")
@@ -41,15 +46,23 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[OperationWorkflow],
+            workflows=[OperationWorkflow, DeviceSlotsWorkflow],
             activities=[
+                gate.register,
+                gate.leave_gate,
+                gate.check_gate,
+                slots.request_device_slot,
+                slots.release_device_slot,
+                slots.workflows_running,
                 store.prepare,
                 store.commit,
+                store.note_late_cancel,
                 store.finish,
-                coordination.acquire_slot,
-                coordination.release_slot,
                 coordination.plan_children,
                 coordination.child_not_started,
+                # Only operations started before the gate and device-slot workflows use these.
+                coordination.acquire_slot,
+                coordination.release_slot,
             ],
             activity_executor=pool,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

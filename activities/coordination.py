@@ -11,8 +11,8 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import audit
 from activities.jobs import get_or_raise, policy_for
+from store import audit
 from store.engine import session_scope
 from store.models import (
     Credential,
@@ -20,6 +20,7 @@ from store.models import (
     DeviceSlot,
     Operation,
     OperationStatus,
+    new_id,
     utcnow,
 )
 from workflows.contracts import (
@@ -95,14 +96,10 @@ class CoordinationActivities:
 
     @activity.defn(name="keyturn.plan_children")
     def plan_children(self, request: ChildrenRequest) -> list[ChildStart]:
-        """Create the chained operations' rows; the workflow then starts them (ABANDON)."""
-        with session_scope(self._engine) as session:
+        """The chained operations to start (ABANDON). Each registers its own row when it
+        starts, so a child that could not start leaves no row behind."""
+        with Session(self._engine) as session:
             parent = get_or_raise(session, Operation, request.operation_id)
-            existing = session.exec(
-                select(Operation).where(Operation.parent_operation_id == parent.id)
-            ).all()
-            if existing:  # a retry: the rows were made by an earlier run of this activity
-                return [_start(session, op) for op in existing]
             if request.reason == "reconcile":
                 targets = [(get_or_raise(session, Credential, parent.credential_id), "reconcile")]
             else:
@@ -112,46 +109,35 @@ class CoordinationActivities:
                     .order_by(col(Credential.created_at))
                 ).all()
                 targets = [(child, "change") for child in children]
-            made = []
-            for credential, kind in targets:
-                trigger = "out-of-sync" if kind == "reconcile" else "parent-changed"
-                child = Operation(
-                    credential_id=credential.id,
-                    kind=kind,
-                    trigger=trigger,
-                    workflow_id=operation_workflow_id(kind, credential.id),
-                    parent_operation_id=parent.id,
+            return [
+                ChildStart(
+                    OperationInput(
+                        credential_id=credential.id,
+                        kind=kind,
+                        trigger="out-of-sync" if kind == "reconcile" else "parent-changed",
+                        operation_id=new_id(),
+                        device_id=credential.device_id,
+                        parent_operation_id=parent.id,
+                    ),
+                    operation_workflow_id(kind, credential.id),
                 )
-                session.add(child)
-                session.flush()
-                audit.record(
-                    session,
-                    "operation.chained",
-                    operation_id=child.id,
-                    credential_id=credential.id,
-                    parent_operation_id=parent.id,
-                    kind=kind,
-                )
-                made.append(_start(session, child))
-            return made
+                for credential, kind in targets
+            ]
 
     @activity.defn(name="keyturn.child_not_started")
     def child_not_started(self, request: ChildNotStarted) -> None:
+        """A chained operation joined one of its kind already running on that credential."""
         with session_scope(self._engine) as session:
-            operation = get_or_raise(session, Operation, request.operation_id)
-            if operation.status == OperationStatus.SCHEDULED:
+            operation = session.get(Operation, request.operation_id)
+            if operation is not None and operation.status == OperationStatus.SCHEDULED:
+                # A row made before registration existed (an operation started by an older
+                # Keyturn): it never ran.
                 operation.status = OperationStatus.CANCELED
                 operation.error_type = "AlreadyRunning"
                 operation.error = request.reason
                 operation.finished_at = utcnow()
                 session.add(operation)
+            audit.record(session, "operation.chain_joined", operation_id=request.operation_id,
+                         reason=request.reason)
 
 
-def _start(session: Session, operation: Operation) -> ChildStart:
-    credential = get_or_raise(session, Credential, operation.credential_id)
-    return ChildStart(
-        OperationInput(
-            operation.id, credential.id, credential.device_id, operation.kind, operation.trigger
-        ),
-        operation.workflow_id,
-    )

@@ -61,6 +61,11 @@ async def _heartbeating() -> AsyncIterator[None]:
         task.cancel()
 
 
+def _attempt_number(step: StepInput) -> int:
+    """The workflow numbers attempts; operations started before it did use Temporal's count."""
+    return step.attempt or activity.info().attempt
+
+
 class ExecutorActivities:
     def __init__(self, engine: Engine, vault: Vault) -> None:
         self._engine = engine
@@ -70,7 +75,7 @@ class ExecutorActivities:
     @activity.defn(name="keyturn.change")
     async def change(self, step: StepInput) -> ChangeOutcome:
         job, attempt_id, may_have_sent = await asyncio.to_thread(
-            self._begin, step, "change", activity.info().attempt
+            self._begin, step, "change", _attempt_number(step)
         )
         if job.pending_password is None:
             raise ApplicationError("operation has no pending secret", non_retryable=True)
@@ -121,7 +126,7 @@ class ExecutorActivities:
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
         job, attempt_id, _ = await asyncio.to_thread(
-            self._begin, step, None, activity.info().attempt
+            self._begin, step, None, _attempt_number(step)
         )
         executor = get_executor(job.device.executor)
         username = job.credential.username
@@ -213,6 +218,18 @@ class ExecutorActivities:
             raise ApplicationError(
                 redact(str(exc), job.secrets), type=exc.kind, non_retryable=not exc.retryable
             ) from None
+        except asyncio.CancelledError:
+            # The operation was canceled: the executor has stopped; say so before going.
+            await asyncio.shield(
+                asyncio.to_thread(
+                    self._finish_attempt,
+                    attempt_id,
+                    "canceled",
+                    "the operation was canceled while this attempt ran",
+                    "",
+                )
+            )
+            raise
         except Exception as exc:
             detail = redact(f"{type(exc).__name__}: {exc}", job.secrets)
             await asyncio.to_thread(self._finish_attempt, attempt_id, "error", detail, "")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from activities import audit
 from activities.jobs import policy_for
 from keyturn import failpoints
 from keyturn.settings import zone_task_queue
+from store import audit
 from store.engine import session_scope
 from store.models import (
     Credential,
@@ -26,7 +27,13 @@ from store.models import (
 )
 from store.passwords import generate_password
 from store.vault import Vault
-from workflows.contracts import CommitInput, FinishInput, OperationPlan, StepInput
+from workflows.contracts import (
+    CommitInput,
+    CommitOutcome,
+    FinishInput,
+    OperationPlan,
+    StepInput,
+)
 
 
 class StoreActivities:
@@ -45,12 +52,16 @@ class StoreActivities:
         with session_scope(self._engine) as session:
             operation = session.get(Operation, step.operation_id)
             if operation is None:
-                raise LookupError(f"operation {step.operation_id} not found")
+                raise _no_such_operation(step.operation_id)
             credential = session.get(Credential, operation.credential_id)
             assert credential is not None
             device = session.get(Device, credential.device_id)
             assert device is not None
             policy = policy_for(session, credential)
+            if operation.base_version_id is None:
+                # What commit compares against: the vault's current version as of now.
+                current = Vault.current(session, credential.id)
+                operation.base_version_id = current.id if current else None
             if operation.kind in ("change", "reconcile") and operation.pending_version_id is None:
                 pending = self._vault.add(
                     session,
@@ -67,7 +78,7 @@ class StoreActivities:
                     credential_id=credential.id,
                     version_id=pending.id,
                 )
-            if operation.status == OperationStatus.SCHEDULED:
+            if operation.status in (OperationStatus.SCHEDULED, OperationStatus.QUEUED):
                 operation.status = OperationStatus.RUNNING
                 audit.record(
                     session,
@@ -88,38 +99,85 @@ class StoreActivities:
                 can_reconcile=credential.reconcile_credential_id is not None,
                 auto_reconcile=credential.auto_reconcile
                 and credential.reconcile_credential_id is not None,
+                device_id=device.id,
+                device_capacity=device.max_concurrent_operations
+                or policy.max_concurrent_operations,
             )
         failpoints.reach(failpoints.AFTER_PREPARE)
         return plan
 
     @activity.defn(name="keyturn.commit")
-    def commit(self, step: CommitInput) -> None:
-        """One transaction: pending → current, current → previous, operation succeeded."""
+    def commit(self, step: CommitInput) -> CommitOutcome:
+        """One transaction: pending → current, current → previous, operation ended.
+
+        A compare-and-set: unless ``adopt`` (a probe has just shown the target has the pending
+        secret), it commits only if the vault's current version is still the one prepare read,
+        so a newer secret is never overwritten without asking the target first.
+        """
         with session_scope(self._engine) as session:
             operation = session.get(Operation, step.operation_id)
             if operation is None:
-                raise LookupError(f"operation {step.operation_id} not found")
-            if operation.status == OperationStatus.SUCCEEDED:
-                return  # already committed by an earlier run of this activity
+                raise _no_such_operation(step.operation_id)
+            status = OperationStatus(step.status)
+            if operation.status == status and operation.finished_at is not None:
+                return CommitOutcome(True)  # already committed by an earlier run of this step
             credential = session.get(Credential, operation.credential_id)
             assert credential is not None
+            current = Vault.current(session, credential.id)
+            current_id = current.id if current else None
+            if (
+                not step.adopt
+                and operation.base_version_id is not None
+                and current_id != operation.base_version_id
+            ):
+                detail = (
+                    f"the vault's current secret moved from version {operation.base_version_id} "
+                    f"to {current_id} while this operation ran"
+                )
+                audit.record(
+                    session,
+                    "operation.commit_refused",
+                    operation_id=operation.id,
+                    credential_id=credential.id,
+                    expected_version_id=operation.base_version_id,
+                    current_version_id=current_id,
+                )
+                return CommitOutcome(False, detail)
             if operation.pending_version_id:
                 Vault.promote(session, credential.id, operation.pending_version_id)
             credential.sync_state = SyncState.IN_SYNC
-            operation.status = OperationStatus.SUCCEEDED
+            operation.status = status
             operation.resolution = step.resolution
             operation.finished_at = utcnow()
             session.add_all([credential, operation])
             audit.record(
                 session,
-                "operation.succeeded",
+                f"operation.{status}",
                 operation_id=operation.id,
                 credential_id=credential.id,
                 kind=operation.kind,
                 resolution=step.resolution,
+                committed_version_id=operation.pending_version_id,
             )
             session.flush()  # the statements are sent; the transaction is not yet committed
             failpoints.reach(failpoints.DURING_COMMIT)
+        return CommitOutcome(True)
+
+    @activity.defn(name="keyturn.note_late_cancel")
+    def note_late_cancel(self, step: CommitInput) -> None:
+        """A cancel arrived once the commit had begun: the operation stands, and says so."""
+        with session_scope(self._engine) as session:
+            operation = session.get(Operation, step.operation_id)
+            if operation is None:
+                return
+            operation.resolution = step.resolution
+            session.add(operation)
+            audit.record(
+                session,
+                "operation.cancel_too_late",
+                operation_id=operation.id,
+                credential_id=operation.credential_id,
+            )
 
     @activity.defn(name="keyturn.finish")
     def finish(self, result: FinishInput) -> None:
@@ -127,7 +185,7 @@ class StoreActivities:
         with session_scope(self._engine) as session:
             operation = session.get(Operation, result.operation_id)
             if operation is None:
-                raise LookupError(f"operation {result.operation_id} not found")
+                raise _no_such_operation(result.operation_id)
             if OperationStatus(operation.status).terminal:
                 return
             credential = session.get(Credential, operation.credential_id)
@@ -157,3 +215,12 @@ class StoreActivities:
                 resolution=result.resolution,
                 error_type=result.error_type,
             )
+
+
+def _no_such_operation(operation_id: str) -> ApplicationError:
+    """Retrying cannot make a missing row appear: fail the workflow with a clear error."""
+    return ApplicationError(
+        f"operation {operation_id} is not in the store (was it deleted?)",
+        type="NotRegistrable",
+        non_retryable=True,
+    )

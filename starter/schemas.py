@@ -157,7 +157,7 @@ class OperationIn(_In):
 class OperationAccepted(BaseModel):
     operation_id: str
     workflow_id: str
-    status: str
+    status: str = Field(description="queued when another operation on the credential is ahead")
     joined: bool = Field(description="true when an operation of this kind was already running")
 
 
@@ -183,7 +183,13 @@ class OperationOut(BaseModel):
     credential_id: str
     kind: str
     trigger: str
-    status: str
+    status: str = Field(
+        description="queued (behind another operation on the credential), scheduled (accepted, "
+        "not started), running, succeeded, failed or canceled"
+    )
+    waiting_for: str | None = Field(
+        None, description="while queued: the operation ahead of this one on the credential"
+    )
     workflow_id: str
     resolution: str | None
     error_type: str | None

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
-from store import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from store.migrations import migrate
 
 
 def make_engine(url: str) -> Engine:
@@ -22,7 +22,7 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    SQLModel.metadata.create_all(engine)
+    migrate(engine)
     return engine
 
 

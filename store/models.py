@@ -29,6 +29,7 @@ class SecretState(enum.StrEnum):
 
 
 class OperationStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting behind another operation on the same credential (the gate)
     SCHEDULED = "scheduled"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -140,6 +141,16 @@ class Operation(SQLModel, table=True):
     error_type: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    # The credential's gate (store/gate.py): one operation at a time per credential, FIFO.
+    run_id: str | None = None  # the workflow run this operation is, so it can be signalled
+    gate_seq: int = 0  # order of registration on the credential
+    gate_state: str | None = None  # "queued" | "holding" while in the gate; None once left
+    waiting_for: str | None = None  # the operation ahead of this one while it is queued
+    base_version_id: str | None = None  # the current version prepare read: commit's CAS
+    # Template versions pinned when the operation was requested (saving a new one later does
+    # not change what an operation in flight runs).
+    change_template_id: str | None = None
+    verify_template_id: str | None = None
 
 
 class Attempt(SQLModel, table=True):
@@ -186,8 +197,26 @@ class AccountLock(SQLModel, table=True):
     touched: int = 0
 
 
+class CredentialGate(SQLModel, table=True):
+    """A row per credential that gate steps update first: the write lock it takes serialises
+    registering and leaving on SQLite and PostgreSQL alike, and ``seq`` orders registrations."""
+
+    credential_id: str = Field(primary_key=True)
+    seq: int = 0
+
+
+class SchemaVersion(SQLModel, table=True):
+    """The store's schema version, moved only by store/migrations.py."""
+
+    id: int = Field(default=1, primary_key=True)
+    version: int
+
+
 class DeviceSlot(SQLModel, table=True):
-    """A per-device concurrency slot held by one running operation (primary key = the slot)."""
+    """A per-device concurrency slot held by one running operation (primary key = the slot).
+
+    Only operations started before the device-slot workflow (workflows/device_slots.py) existed
+    use this table; it goes once no such operation can still be running."""
 
     device_id: str = Field(primary_key=True)
     slot: int = Field(primary_key=True)

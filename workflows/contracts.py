@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WORKFLOW_NAME = "KeyturnOperation"
+DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
 OPERATION_KINDS = ("change", "verify", "reconcile")
 # An activity failure carrying this detail provably never reached the target in any attempt.
 NOTHING_SENT_DETAIL = "nothing-sent"
@@ -18,13 +19,85 @@ def operation_workflow_id(kind: str, credential_id: str) -> str:
     return f"keyturn-{kind}-{credential_id}"
 
 
+def device_slots_workflow_id(device_id: str) -> str:
+    """One semaphore workflow per device, alive only while operations use or wait for it."""
+    return f"keyturn-slots-{device_id}"
+
+
 @dataclass(frozen=True)
 class OperationInput:
+    """What starts an operation. Only the credential and the kind are needed: a program with
+    nothing but a Temporal client can start one, and it behaves as one requested through the
+    API (the workflow registers its own row and queues at the credential's gate)."""
+
+    credential_id: str
+    kind: str = "change"
+    trigger: str = "manual"
+    operation_id: str = ""  # empty: the workflow names the operation itself
+    device_id: str = ""  # informative; the store's credential is what counts
+    parent_operation_id: str | None = None  # set on a chained operation
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The operation as registered at its credential's gate."""
+
+    operation_id: str
+    device_id: str
+    queued: bool  # another operation on the credential is ahead: wait for its signal
+    waiting_for: str | None
+    order_key: str  # when it was requested: device slots are granted in this order
+
+
+@dataclass(frozen=True)
+class RegisterInput:
     operation_id: str
     credential_id: str
-    device_id: str
     kind: str
-    trigger: str = "manual"
+    trigger: str
+    workflow_id: str
+    run_id: str
+    parent_operation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowRef:
+    """A workflow run to signal."""
+
+    workflow_id: str
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    operation_id: str
+
+
+@dataclass(frozen=True)
+class SlotRequest:
+    """Ask the device's semaphore workflow for a slot; it signals ``slot_granted`` back."""
+
+    device_id: str
+    token: str  # unique per acquisition: releases and duplicate requests are idempotent
+    holder: WorkflowRef
+    capacity: int
+    order_key: str
+
+
+@dataclass(frozen=True)
+class SlotRelease:
+    device_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class SlotsState:
+    """The semaphore's whole state, carried across continue-as-new."""
+
+    device_id: str
+    capacity: int = 1
+    holders: tuple[SlotRequest, ...] = ()
+    waiters: tuple[SlotRequest, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,12 +111,15 @@ class OperationPlan:
     step_timeout_seconds: float
     can_reconcile: bool = False  # a reconcile credential is set
     auto_reconcile: bool = False  # ... and the credential asks for it to be used on its own
+    device_id: str = ""
+    device_capacity: int = 0  # operations allowed on the device at once (0: not known)
 
 
 @dataclass(frozen=True)
 class StepInput:
     operation_id: str
     via_reconcile: bool = False  # connect with the reconcile credential and its template
+    attempt: int = 0  # the workflow's attempt number (0: Temporal's, for older workflows)
 
 
 @dataclass(frozen=True)
@@ -83,6 +159,16 @@ class ProbeOutcome:
 class CommitInput:
     operation_id: str
     resolution: str
+    # Compare-and-set: commit only if the vault's current version is still the one prepare
+    # read. ``adopt``: a probe has just shown the pending secret is what the target has.
+    adopt: bool = False
+    status: str = "succeeded"  # "canceled" when a cancel came after the change was sent
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    committed: bool
+    detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,23 @@
 """The operation workflow: the change protocol of DESIGN.md, as durable orchestration.
 
-prepare (store) → change (executor, retried per policy) → verify (executor) → commit (store).
-When a change fails in a way that leaves the outcome open, the workflow probes before deciding,
-so the vault only ever moves to a secret the target has been seen to accept.
+register → wait for the credential's gate → prepare (store) → change (executor, retried per
+policy) → verify (executor) → commit (store, compare-and-set) → children → leave the gate.
+
+- One writer per credential: every operation registers at its credential's gate (store/gate.py)
+  and, if another is ahead, waits for that one's signal; leaving signals the next. No workflow
+  per credential outlives the operations in flight.
+- Device slots come from the device's semaphore workflow (workflows/device_slots.py): taken
+  before an executor call, given back before sleeping between attempts, so an operation waiting
+  out a retry interval or a lockout window holds no slot. Waiting records no timer and no retry.
+- When a change fails in a way that leaves the outcome open, or a cancel arrives after the new
+  secret may have been sent, the workflow probes before deciding, so the vault only ever moves to
+  a secret the target has been seen to accept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 from datetime import timedelta
 from typing import TypeVar
@@ -17,10 +27,12 @@ from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttri
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
+    FailureError,
+    TimeoutError,
     WorkflowAlreadyStartedError,
     is_cancelled_exception,
 )
-from temporalio.workflow import ParentClosePolicy
+from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from executors.base import (
@@ -33,48 +45,60 @@ with workflow.unsafe.imports_passed_through():
     from workflows.contracts import (
         NOTHING_SENT_DETAIL,
         WORKFLOW_NAME,
+        Admission,
         ChangeOutcome,
         ChildNotStarted,
         ChildrenRequest,
         ChildStart,
         CommitInput,
+        CommitOutcome,
         FinishInput,
+        GateCheck,
         OperationInput,
         OperationPlan,
         OperationResult,
         ProbeOutcome,
+        RegisterInput,
+        SlotRelease,
+        SlotRequest,
         StepInput,
+        WorkflowRef,
     )
+    from workflows.legacy.operation_v1 import LegacyOperation
 
 _R = TypeVar("_R")
-# Executor activities heartbeat every 2 s: a worker lost mid-call is retried after this long.
+# Histories without this marker were started before the gate: they replay LegacyOperation.
+GATE_PATCH = "one-writer-gate"
+# Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
 # Store steps are local activities: short, idempotent, and on the workflow's own worker, so they
-# cost no task-queue round trip (bench/rotate.py measured 31 → 21 history events per change).
-# They retry until the store answers: losing a commit is never an option.
-# Waiting for a device slot is a durable retry loop: no attempt limit, short steady interval.
-SLOT_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=1.5,
-    maximum_interval=timedelta(seconds=3),
-)
+# cost no task-queue round trip. They retry until the store answers (losing a commit is never an
+# option), except for errors that say retrying cannot help.
 STORE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=["NotRegistrable", "ConfigurationError"],
 )
+# A queued operation asks whether the one ahead still lives this often: it is signalled when its
+# turn comes, so this only matters if the one ahead was terminated without leaving.
+GATE_CHECK_INTERVAL = timedelta(minutes=5)
+VERIFIED = "verified: the new secret logs in"
 
 # Failures that prove the change never reached the target: no probe needed.
 NOTHING_SENT = (ConnectFailed.kind, HostKeyMismatch.kind, AuthenticationFailed.kind)
 
 
-def initial_search_attributes(op: OperationInput) -> TypedSearchAttributes:
+def initial_search_attributes(
+    op: OperationInput, status: str = "scheduled"
+) -> TypedSearchAttributes:
     return TypedSearchAttributes(
         [
             SearchAttributePair(SA_CREDENTIAL, op.credential_id),
             SearchAttributePair(SA_DEVICE, op.device_id),
             SearchAttributePair(SA_KIND, op.kind),
             SearchAttributePair(SA_TRIGGER, op.trigger),
-            SearchAttributePair(SA_STATUS, "scheduled"),
+            SearchAttributePair(SA_STATUS, status),
         ]
     )
 
@@ -82,68 +106,160 @@ def initial_search_attributes(op: OperationInput) -> TypedSearchAttributes:
 @workflow.defn(name=WORKFLOW_NAME)
 class OperationWorkflow:
     def __init__(self) -> None:
+        self._legacy: LegacyOperation | None = None
         self._status = "scheduled"
-        self._step = "queued"
-        self._resolution = "verified: the new secret logs in"
+        self._step = "register"
+        self._resolution = VERIFIED
+        self._operation_id = ""
+        self._device_id = ""
+        self._order_key = ""
+        self._waiting_for: str | None = None
+        self._gate_open = False
+        self._granted: set[str] = set()  # device slot tokens granted to this operation
+        self._slot: str | None = None  # the device slot token held (or asked for) now
+        self._slots_asked = 0
+        self._may_have_sent = False  # a change activity was started: the pending may be live
+        self._canceled = False
+        self._late_cancel = False
 
     @workflow.query
-    def status(self) -> dict[str, str]:
-        return {"status": self._status, "step": self._step}
+    def status(self) -> dict[str, str | None]:
+        if self._legacy is not None:
+            return dict(self._legacy.status())
+        return {
+            "status": self._status,
+            "step": self._step,
+            "operation_id": self._operation_id,
+            "waiting_for": self._waiting_for,
+        }
+
+    @workflow.signal(name="gate_open")
+    def gate_open(self) -> None:
+        """The operation ahead on the credential has left the gate: this one's turn."""
+        self._gate_open = True
+
+    @workflow.signal(name="slot_granted")
+    def slot_granted(self, token: str) -> None:
+        self._granted.add(token)
 
     @workflow.run
     async def run(self, op: OperationInput) -> OperationResult:
-        step = StepInput(op.operation_id, via_reconcile=op.kind == "reconcile")
-        self._move("running", "prepare")
-        plan: OperationPlan = await workflow.execute_local_activity(
-            "keyturn.prepare",
-            step,
-            result_type=OperationPlan,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
+        if not workflow.patched(GATE_PATCH):
+            self._legacy = LegacyOperation()
+            return await self._legacy.run(op)
+        info = workflow.info()
+        self._operation_id = op.operation_id or workflow.uuid4().hex
+        admission: Admission = await self._call(
+            "keyturn.register",
+            RegisterInput(
+                self._operation_id,
+                op.credential_id,
+                op.kind,
+                op.trigger,
+                info.workflow_id,
+                info.run_id,
+                op.parent_operation_id,
+            ),
+            Admission,
         )
+        self._device_id = admission.device_id
+        self._order_key = admission.order_key
+        self._status = "queued" if admission.queued else "running"
+        # Started with the SDK alone, the workflow has no search attributes or memo yet.
+        workflow.upsert_search_attributes(
+            [
+                SA_CREDENTIAL.value_set(op.credential_id),
+                SA_DEVICE.value_set(admission.device_id),
+                SA_KIND.value_set(op.kind),
+                SA_TRIGGER.value_set(op.trigger),
+                SA_STATUS.value_set(self._status),
+            ]
+        )
+        if workflow.memo_value("operation_id", None, type_hint=str) != self._operation_id:
+            workflow.upsert_memo({"operation_id": self._operation_id})
         try:
+            result = await self._gated(op, admission)
+        finally:
+            follower: WorkflowRef | None = await self._call(
+                "keyturn.leave_gate", GateCheck(self._operation_id), WorkflowRef | None  # type: ignore[arg-type]
+            )
+            if follower is not None:
+                await self._signal(follower, "gate_open")
+        if self._canceled:
+            raise asyncio.CancelledError(result.resolution)
+        return result
+
+    async def _gated(self, op: OperationInput, admission: Admission) -> OperationResult:
+        step = StepInput(self._operation_id, via_reconcile=op.kind == "reconcile")
+        if admission.queued:
+            try:
+                await self._wait_for_turn(admission)
+            except asyncio.CancelledError:
+                self._canceled = True
+                queued = FinishInput(
+                    self._operation_id,
+                    "canceled",
+                    f"canceled while queued behind operation {self._waiting_for}",
+                )
+                await self._store("keyturn.finish", queued)
+                self._move("canceled", "done")
+                return _result(queued)
+        if admission.queued:
+            self._move("running", "prepare")
+        self._step = "prepare"
+        plan: OperationPlan | None = None
+        finish: FinishInput | None
+        try:
+            plan = await self._call("keyturn.prepare", step, OperationPlan)
             finish = await self._on_device(op, step, plan)
         except asyncio.CancelledError:
-            # Canceled (API or Web UI) before the commit began: record it, keep every secret
-            # version as it is (a pending one may be live on the target), and end as canceled.
-            await self._store(
-                "keyturn.finish",
-                FinishInput(op.operation_id, "canceled", f"canceled during {self._step}"),
-            )
-            self._move("canceled", "done")
-            raise
-        self._step = "finish"
+            self._canceled = True
+            finish = await self._after_cancel(step, plan)
         children: tuple[str, ...] = ()
         if finish is None:
-            # Shielded: a cancel request arriving now waits for the commit to land.
-            await asyncio.shield(
-                self._store("keyturn.commit", CommitInput(op.operation_id, self._resolution))
-            )
-            result = OperationResult(op.operation_id, "succeeded", self._resolution)
-            if op.kind != "verify":
-                children = await self._start_children(op, "parent-changed")
+            assert plan is not None
+            # Once the commit begins nothing stops it: a cancel now is answered "too late".
+            committing = asyncio.ensure_future(self._commit_and_chain(op, step, plan))
+            while True:
+                try:
+                    finish, children = await asyncio.shield(committing)
+                    break
+                except asyncio.CancelledError:
+                    if committing.done():
+                        raise
+                    self._late_cancel = True
         else:
             await self._store("keyturn.finish", finish)
-            result = OperationResult(
-                op.operation_id, finish.status, finish.resolution, finish.error_type, finish.error
-            )
-            if finish.out_of_sync and plan.auto_reconcile and op.kind == "verify":
+            if finish.out_of_sync and plan and plan.auto_reconcile and op.kind == "verify":
                 children = await self._start_children(op, "reconcile")
+        if finish is None:
+            status = "canceled" if self._canceled else "succeeded"
+            if self._late_cancel:
+                self._resolution += " (a cancel arrived after the commit had begun: too late)"
+                await self._store(
+                    "keyturn.note_late_cancel", CommitInput(self._operation_id, self._resolution)
+                )
+            result = OperationResult(self._operation_id, status, self._resolution)
+        else:
+            result = _result(finish)
         self._move(result.status, "done")
         return dataclasses.replace(result, children=children)
+
+    async def _wait_for_turn(self, admission: Admission) -> None:
+        self._waiting_for = admission.waiting_for
+        self._step = f"queued behind operation {admission.waiting_for}"
+        while not self._gate_open:
+            try:
+                await workflow.wait_condition(lambda: self._gate_open, timeout=GATE_CHECK_INTERVAL)
+            except builtins.TimeoutError:
+                if await self._call("keyturn.check_gate", GateCheck(self._operation_id), bool):
+                    self._gate_open = True
+        self._waiting_for = None
 
     async def _on_device(
         self, op: OperationInput, step: StepInput, plan: OperationPlan
     ) -> FinishInput | None:
-        """The executor steps, holding one of the device's concurrency slots throughout."""
-        self._step = "waiting for a device slot"
-        # Local: the wait is a retry loop the worker drives with durable timers once it is long.
-        await workflow.execute_local_activity(
-            "keyturn.acquire_slot",
-            step,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=SLOT_RETRY,
-        )
+        """The executor steps. None means: commit. Device slots are given back at the end."""
         try:
             if op.kind == "verify":
                 return await self._verify(step, plan)
@@ -161,22 +277,133 @@ class OperationWorkflow:
                 self._resolution = "reconciled: " + self._resolution
             return finish
         finally:
-            await self._store("keyturn.release_slot", step)
+            await self._drop_slot()
+
+    async def _after_cancel(
+        self, step: StepInput, plan: OperationPlan | None
+    ) -> FinishInput | None:
+        """A cancel stopped the device steps. If the new secret may have reached the target,
+        ask the target which secret it has, so vault and target agree before the operation
+        ends canceled. None: the new secret is live, commit it (as canceled)."""
+        reason = f"canceled during {self._step}"
+        if plan is None or not self._may_have_sent:
+            return FinishInput(
+                self._operation_id,
+                "canceled",
+                f"{reason}: nothing was sent to the target",
+                pending_version_fate="failed",
+            )
+        self._step = "probe after cancel"
+        try:
+            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+        except ActivityError as err:
+            kind, message = _cause(err)
+            return FinishInput(
+                self._operation_id,
+                "canceled",
+                f"{reason}; the target could not be probed",
+                kind,
+                message,
+                out_of_sync=True,
+            )
+        finally:
+            await self._drop_slot()
+        if probe.pending_works:
+            self._resolution = f"{reason}; probe: the new secret logs in, adopted"
+            return None
+        if probe.current_works:
+            return FinishInput(
+                self._operation_id,
+                "canceled",
+                f"{reason}; probe: the current secret still logs in",
+                pending_version_fate="failed",
+            )
+        return FinishInput(
+            self._operation_id,
+            "canceled",
+            f"{reason}; probe: neither the pending nor the current secret logs in",
+            "OutOfSync",
+            "neither the new nor the old secret logs in",
+            out_of_sync=True,
+        )
+
+    async def _commit_and_chain(
+        self, op: OperationInput, step: StepInput, plan: OperationPlan
+    ) -> tuple[FinishInput | None, tuple[str, ...]]:
+        self._step = "commit"
+        status = "canceled" if self._canceled else "succeeded"
+        outcome: CommitOutcome = await self._call(
+            "keyturn.commit",
+            CommitInput(self._operation_id, self._resolution, status=status),
+            CommitOutcome,
+        )
+        if not outcome.committed:
+            finish = await self._after_moved_current(step, plan, outcome.detail, status)
+            if finish is not None:
+                await self._store("keyturn.finish", finish)
+                return finish, ()
+        if self._canceled or op.kind == "verify":
+            return None, ()
+        return None, await self._start_children(op, "parent-changed")
+
+    async def _after_moved_current(
+        self, step: StepInput, plan: OperationPlan, detail: str, status: str
+    ) -> FinishInput | None:
+        """Commit found the vault's current secret is no longer the one prepare read: never
+        overwrite it blindly; adopt whichever secret the target accepts."""
+        try:
+            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+        except ActivityError as err:
+            kind, message = _cause(err)
+            return FinishInput(
+                self._operation_id,
+                "failed",
+                f"{detail}; the target could not be probed",
+                kind,
+                message,
+                out_of_sync=True,
+            )
+        finally:
+            await self._drop_slot()
+        if probe.pending_works:
+            self._resolution = f"{detail}; probe: the new secret logs in, adopted"
+            await self._call(
+                "keyturn.commit",
+                CommitInput(self._operation_id, self._resolution, adopt=True, status=status),
+                CommitOutcome,
+            )
+            return None
+        if probe.current_works:
+            return FinishInput(
+                self._operation_id,
+                "failed",
+                f"{detail}; probe: the newer current secret logs in, kept",
+                "CurrentMoved",
+                detail,
+                pending_version_fate="failed",
+            )
+        return FinishInput(
+            self._operation_id,
+            "failed",
+            f"{detail}; probe: neither the pending nor the current secret logs in",
+            "OutOfSync",
+            detail,
+            out_of_sync=True,
+        )
 
     async def _start_children(self, op: OperationInput, reason: str) -> tuple[str, ...]:
-        """Start chained operations (ABANDON): their outcome never changes this one's."""
+        """Start chained operations (ABANDON): their outcome never changes this one's. Each
+        registers itself and queues at its own credential's gate."""
         self._step = "children"
-        starts: list[ChildStart] = await workflow.execute_local_activity(
+        starts: list[ChildStart] = await self._call(
             "keyturn.plan_children",
-            ChildrenRequest(op.operation_id, reason),
-            result_type=list[ChildStart],
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
+            ChildrenRequest(self._operation_id, reason),
+            list[ChildStart],
         )
         started = []
         for child in starts:
             try:
-                await workflow.start_child_workflow(
+                handle = await workflow.start_child_workflow(
                     WORKFLOW_NAME,
                     child.operation,
                     id=child.workflow_id,
@@ -185,13 +412,29 @@ class OperationWorkflow:
                     search_attributes=initial_search_attributes(child.operation),
                     memo={"operation_id": child.operation.operation_id},
                 )
+                # Registered now (the child does it too, idempotently), so the parent lists
+                # its children the moment it ends.
+                await self._call(
+                    "keyturn.register",
+                    RegisterInput(
+                        child.operation.operation_id,
+                        child.operation.credential_id,
+                        child.operation.kind,
+                        child.operation.trigger,
+                        child.workflow_id,
+                        handle.first_execution_run_id or "",
+                        self._operation_id,
+                    ),
+                    Admission,
+                )
                 started.append(child.operation.operation_id)
             except WorkflowAlreadyStartedError:
                 await self._store(
                     "keyturn.child_not_started",
                     ChildNotStarted(
                         child.operation.operation_id,
-                        f"an operation of this kind was already running ({child.workflow_id})",
+                        f"an operation of this kind was already running ({child.workflow_id}); "
+                        "it covers this change",
                     ),
                 )
         return tuple(started)
@@ -202,7 +445,6 @@ class OperationWorkflow:
         try:
             outcome = await self._executor("keyturn.change", step, plan, ChangeOutcome)
         except ActivityError as err:
-            _reraise_cancel(err)
             kind, message = _cause(err)
             if kind in NOTHING_SENT or _details(err) == [NOTHING_SENT_DETAIL]:
                 return FinishInput(
@@ -226,7 +468,6 @@ class OperationWorkflow:
         try:
             probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
         except ActivityError as err:
-            _reraise_cancel(err)
             probe_kind, probe_message = _cause(err)
             return FinishInput(
                 step.operation_id,
@@ -264,7 +505,6 @@ class OperationWorkflow:
         try:
             probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
         except ActivityError as err:
-            _reraise_cancel(err)
             kind, message = _cause(err)
             return FinishInput(
                 step.operation_id, "failed", "the target could not be reached", kind, message
@@ -283,25 +523,96 @@ class OperationWorkflow:
     async def _executor(
         self, name: str, step: StepInput, plan: OperationPlan, result_type: type[_R]
     ) -> _R:
-        result: _R = await workflow.execute_activity(
-            name,
-            step,
-            result_type=result_type,
-            task_queue=plan.zone_task_queue,
-            start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
-            heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
-            retry_policy=RetryPolicy(
-                initial_interval=timedelta(seconds=plan.retry_interval_seconds),
-                backoff_coefficient=max(plan.backoff, 1.0),
-                maximum_attempts=plan.max_attempts,
-                non_retryable_error_types=list(NON_RETRYABLE_KINDS),
+        """One executor step, retried per the policy by this workflow (not by Temporal), so the
+        device slot can be given back while it sleeps between attempts. A cancel waits for the
+        executor to stop (the attempt is recorded) and surfaces as CancelledError."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._take_slot(plan)
+            if name == "keyturn.change":
+                self._may_have_sent = True
+            try:
+                result: _R = await workflow.execute_activity(
+                    name,
+                    dataclasses.replace(step, attempt=attempt),
+                    result_type=result_type,
+                    task_queue=plan.zone_task_queue,
+                    start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
+                    heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+                return result
+            except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise asyncio.CancelledError() from err
+                delay = _retry_delay(err, plan, attempt)
+                if delay is None:
+                    raise
+            # Never hold a device slot while sleeping (retry interval or lockout window).
+            await self._drop_slot()
+            self._step = f"{name.removeprefix('keyturn.')}: retry in {delay.total_seconds():g}s"
+            await workflow.sleep(delay)
+
+    async def _take_slot(self, plan: OperationPlan) -> None:
+        """Wait for one of the device's slots. No timer, no retry, no polling: the semaphore
+        workflow signals when it is this operation's turn."""
+        if self._slot is not None:
+            return
+        self._slots_asked += 1
+        token = f"{self._operation_id}/{self._slots_asked}"
+        self._slot = token
+        info = workflow.info()
+        await self._store(
+            "keyturn.request_device_slot",
+            SlotRequest(
+                plan.device_id or self._device_id,
+                token,
+                WorkflowRef(info.workflow_id, info.run_id),
+                plan.device_capacity,
+                self._order_key,
             ),
+        )
+        if token not in self._granted:
+            step, self._step = self._step, "waiting for a device slot"
+            await workflow.wait_condition(lambda: token in self._granted)
+            self._step = step
+
+    async def _drop_slot(self) -> None:
+        if self._slot is None:
+            return
+        token, self._slot = self._slot, None
+        self._granted.discard(token)
+        await self._store("keyturn.release_device_slot", SlotRelease(self._device_id, token))
+
+    async def _signal(self, ref: WorkflowRef, signal: str) -> None:
+        try:
+            await workflow.get_external_workflow_handle(ref.workflow_id, run_id=ref.run_id).signal(
+                signal
+            )
+        except FailureError:
+            # Its workflow has ended (terminated): the next operation's gate check finds it.
+            workflow.logger.warning("could not signal %s: it has ended", ref.workflow_id)
+
+    async def _call(self, name: str, arg: object, result_type: type[_R]) -> _R:
+        result: _R = await workflow.execute_local_activity(
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         return result
 
     async def _store(self, name: str, arg: object) -> None:
         await workflow.execute_local_activity(
-            name, arg, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
+            name,
+            arg,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
 
     def _move(self, status: str, step: str) -> None:
@@ -310,10 +621,25 @@ class OperationWorkflow:
         workflow.upsert_search_attributes([SA_STATUS.value_set(status)])
 
 
-def _reraise_cancel(err: ActivityError) -> None:
-    """An activity interrupted by a cancel request is a cancel, not a target failure."""
-    if is_cancelled_exception(err):
-        raise asyncio.CancelledError() from err
+def _result(finish: FinishInput) -> OperationResult:
+    return OperationResult(
+        finish.operation_id, finish.status, finish.resolution, finish.error_type, finish.error
+    )
+
+
+def _retry_delay(err: ActivityError, plan: OperationPlan, attempt: int) -> timedelta | None:
+    """How long to wait before the next attempt, or None when there is none to make."""
+    if attempt >= plan.max_attempts:
+        return None
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        if cause.non_retryable or cause.type in NON_RETRYABLE_KINDS:
+            return None
+        if cause.next_retry_delay is not None:  # e.g. the lockout window's end
+            return cause.next_retry_delay
+    elif not isinstance(cause, TimeoutError):  # a lost worker times out: retry; anything else
+        return None
+    return timedelta(seconds=plan.retry_interval_seconds * max(plan.backoff, 1.0) ** (attempt - 1))
 
 
 def _details(err: ActivityError) -> list[object]:

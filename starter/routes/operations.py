@@ -28,16 +28,16 @@ async def create_operation(
         raise not_found("credential", credential_id)
     if body.kind == "reconcile" and not credential.reconcile_credential_id:
         raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
-    operation, joined = await request_operation(
+    requested = await request_operation(
         app.engine, app.client, app.settings, credential, body.kind, body.trigger
     )
-    if joined:
+    if requested.joined:
         response.status_code = 200
     return OperationAccepted(
-        operation_id=operation.id,
-        workflow_id=operation.workflow_id,
-        status=operation.status,
-        joined=joined,
+        operation_id=requested.operation_id,
+        workflow_id=requested.workflow_id,
+        status=requested.status,
+        joined=requested.joined,
     )
 
 
@@ -57,8 +57,11 @@ def get_operation(operation_id: str, db: DB) -> OperationOut:
         .order_by(col(Operation.created_at))
     )
     credential = db.get(Credential, operation.credential_id)
+    fields = operation.model_dump()
+    if operation.status != OperationStatus.QUEUED:
+        fields["waiting_for"] = None  # who it waited for matters only while it waits
     return OperationOut(
-        **operation.model_dump(),
+        **fields,
         credential_out_of_sync=credential is not None
         and credential.sync_state == SyncState.OUT_OF_SYNC,
         attempts=[AttemptOut(**a.model_dump()) for a in attempts],

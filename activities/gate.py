@@ -1,0 +1,102 @@
+"""Activities of the credential gate (store/gate.py): register, leave, and the rare check that
+the operation ahead still lives."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy.engine import Engine
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from store import gate
+from store.engine import session_scope
+from store.models import Credential
+from workflows.contracts import Admission, GateCheck, RegisterInput, WorkflowRef
+
+
+class GateActivities:
+    def __init__(self, engine: Engine, client: Client) -> None:
+        self._engine = engine
+        self._client = client
+
+    @activity.defn(name="keyturn.register")
+    def register(self, request: RegisterInput) -> Admission:
+        try:
+            return register_operation(self._engine, request)
+        except gate.NotRegistrable as exc:
+            raise ApplicationError(str(exc), type="NotRegistrable", non_retryable=True) from None
+
+    @activity.defn(name="keyturn.leave_gate")
+    def leave_gate(self, check: GateCheck) -> WorkflowRef | None:
+        with session_scope(self._engine) as session:
+            follower = gate.leave(session, check.operation_id)
+            return WorkflowRef(follower.workflow_id, follower.run_id) if follower else None
+
+    @activity.defn(name="keyturn.check_gate")
+    async def check_gate(self, check: GateCheck) -> bool:
+        """Has this queued operation's turn come? Only if the one ahead left, or its workflow
+        ended without leaving (terminated): then it is recorded as failed and passes the gate on."""
+        ahead = await asyncio.to_thread(self._ahead, check.operation_id)
+        if ahead is None:
+            return True
+        if await workflow_running(self._client, ahead):
+            return False
+        return await asyncio.to_thread(self._abandon, check.operation_id, ahead)
+
+    def _ahead(self, operation_id: str) -> WorkflowRef | None:
+        with session_scope(self._engine) as session:
+            if gate.holds(session, operation_id):
+                return None
+            ahead = gate.ahead_of(session, operation_id)
+            return WorkflowRef(ahead.workflow_id, ahead.run_id) if ahead else None
+
+    def _abandon(self, operation_id: str, ahead: WorkflowRef) -> bool:
+        with session_scope(self._engine) as session:
+            before = gate.ahead_of(session, operation_id)
+            if before is not None and before.run_id == ahead.run_id:
+                gate.abandon(
+                    session, before.id, "its workflow ended without recording an outcome"
+                )
+            return gate.holds(session, operation_id)
+
+
+def register_operation(engine: Engine, request: RegisterInput) -> Admission:
+    """Register at the gate (idempotent); used by the API and by the workflow alike."""
+    with session_scope(engine) as session:
+        operation = gate.register(
+            session,
+            gate.Registration(
+                request.operation_id,
+                request.credential_id,
+                request.kind,
+                request.trigger,
+                request.workflow_id,
+                request.run_id or None,
+                request.parent_operation_id,
+            ),
+        )
+        credential = session.get(Credential, operation.credential_id)
+        assert credential is not None
+        session.flush()
+        return Admission(
+            operation_id=operation.id,
+            device_id=credential.device_id,
+            queued=operation.gate_state == gate.QUEUED,
+            waiting_for=operation.waiting_for,
+            order_key=f"{operation.created_at.isoformat()}/{operation.id}",
+        )
+
+
+async def workflow_running(client: Client, ref: WorkflowRef) -> bool:
+    """Whether that workflow run is still running; a run Temporal no longer knows is not."""
+    try:
+        handle = client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id)
+        description = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return description.status == WorkflowExecutionStatus.RUNNING

@@ -1,0 +1,189 @@
+"""The credential gate: one operation at a time per credential, in the order they were requested.
+
+Registering an operation appends it to its credential's queue in one transaction: it either
+holds the gate at once or waits for the operation registered just before it (``waiting_for``).
+Leaving hands the gate to the one waiting for it — whose workflow the leaver then signals — or,
+for an operation that leaves while still queued (canceled), links its follower to the operation
+it was itself waiting for. Both steps update the credential's ``CredentialGate`` row first, so
+they are serialised per credential on SQLite and PostgreSQL alike.
+
+Nothing here lives longer than the operations in flight: an idle credential has no state but
+one counter row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from store import audit
+from store.models import (
+    Credential,
+    CredentialGate,
+    Operation,
+    OperationStatus,
+    utcnow,
+)
+
+QUEUED = "queued"
+HOLDING = "holding"
+
+
+class NotRegistrable(Exception):
+    """The request can never become an operation (unknown credential, say): not retried."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    operation_id: str
+    credential_id: str
+    kind: str
+    trigger: str
+    workflow_id: str
+    run_id: str | None
+    parent_operation_id: str | None = None
+
+
+def register(session: Session, request: Registration) -> Operation:
+    """The operation's row, created and queued at the credential's gate if it is new.
+
+    Idempotent: the API and the workflow both register (whichever comes first creates the row),
+    so a request is never an operation without its workflow, nor a workflow without its row.
+    """
+    credential = session.get(Credential, request.credential_id)
+    if credential is None:
+        raise NotRegistrable(f"credential {request.credential_id} does not exist")
+    seq = _lock(session, credential.id)
+    existing = session.get(Operation, request.operation_id)
+    if existing is not None:
+        if existing.run_id is None and request.run_id:
+            existing.run_id = request.run_id
+            session.add(existing)
+        return existing
+    ahead = _tail(session, credential.id)
+    operation = Operation(
+        id=request.operation_id,
+        credential_id=credential.id,
+        kind=request.kind,
+        trigger=request.trigger,
+        workflow_id=request.workflow_id,
+        run_id=request.run_id,
+        parent_operation_id=request.parent_operation_id,
+        gate_seq=seq,
+        gate_state=QUEUED if ahead else HOLDING,
+        waiting_for=ahead.id if ahead else None,
+        status=OperationStatus.QUEUED if ahead else OperationStatus.SCHEDULED,
+    )
+    session.add(operation)
+    audit.record(
+        session,
+        "operation.requested",
+        operation_id=operation.id,
+        credential_id=credential.id,
+        kind=operation.kind,
+        trigger=operation.trigger,
+        waiting_for=operation.waiting_for,
+        parent_operation_id=operation.parent_operation_id,
+    )
+    return operation
+
+
+def leave(session: Session, operation_id: str) -> Operation | None:
+    """Leave the gate; the operation that now holds it and must be told, if any.
+
+    Idempotent: leaving again answers the same follower, so a retried step signals it again
+    (harmless) rather than never.
+    """
+    operation = session.get(Operation, operation_id)
+    if operation is None:
+        return None
+    _lock(session, operation.credential_id)
+    follower = session.exec(
+        select(Operation).where(
+            Operation.waiting_for == operation.id, col(Operation.gate_state).is_not(None)
+        )
+    ).first()
+    was = operation.gate_state
+    if was is not None:
+        operation.gate_state = None
+        session.add(operation)
+    if follower is None:
+        return None
+    if was == QUEUED:
+        # Left before its turn: its follower now waits for whatever it was waiting for.
+        follower.waiting_for = operation.waiting_for
+        session.add(follower)
+        return None
+    if follower.gate_state == QUEUED:
+        follower.gate_state = HOLDING
+        session.add(follower)
+    return follower
+
+
+def holds(session: Session, operation_id: str) -> bool:
+    operation = session.get(Operation, operation_id)
+    return operation is not None and operation.gate_state == HOLDING
+
+
+def ahead_of(session: Session, operation_id: str) -> Operation | None:
+    operation = session.get(Operation, operation_id)
+    if operation is None or operation.waiting_for is None:
+        return None
+    return session.get(Operation, operation.waiting_for)
+
+
+def abandon(session: Session, operation_id: str, reason: str) -> Operation | None:
+    """An operation whose workflow ended without leaving (terminated from the Web UI, say):
+    record it as failed and hand the gate on. The operation that now holds it, if any."""
+    operation = session.get(Operation, operation_id)
+    if operation is None:
+        return None
+    if not OperationStatus(operation.status).terminal:
+        operation.status = OperationStatus.FAILED
+        operation.error_type = "WorkflowEnded"
+        operation.error = reason
+        operation.finished_at = utcnow()
+        session.add(operation)
+        audit.record(
+            session,
+            "operation.abandoned",
+            operation_id=operation.id,
+            credential_id=operation.credential_id,
+            reason=reason,
+        )
+    return leave(session, operation_id)
+
+
+def _tail(session: Session, credential_id: str) -> Operation | None:
+    """The last operation in the credential's queue: the one a new request waits for."""
+    return session.exec(
+        select(Operation)
+        .where(Operation.credential_id == credential_id, col(Operation.gate_state).is_not(None))
+        .order_by(col(Operation.gate_seq).desc())
+    ).first()
+
+
+def _lock(session: Session, credential_id: str) -> int:
+    """Write first: the lock this takes makes the gate step atomic per credential. Returns the
+    credential's next registration number."""
+    for _ in range(3):  # the first registration on a credential may race to create its row
+        bumped = session.execute(
+            update(CredentialGate)
+            .where(col(CredentialGate.credential_id) == credential_id)
+            .values(seq=col(CredentialGate.seq) + 1)
+        )
+        if bumped.rowcount:  # type: ignore[attr-defined]
+            gate = session.get(CredentialGate, credential_id)
+            assert gate is not None
+            session.refresh(gate)
+            return gate.seq
+        try:
+            with session.begin_nested():
+                session.add(CredentialGate(credential_id=credential_id, seq=1))
+            return 1
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"could not lock the gate of credential {credential_id}")

@@ -1,0 +1,63 @@
+"""Schema migrations: a store created by an earlier Keyturn is brought up to date at startup.
+
+A fresh store is created whole by ``create_all`` and stamped with the latest version. An existing
+one is at version 1 (the schema before versions were recorded) or at the version it records, and
+each later step runs once, in order, in one transaction with the version it reaches. Steps only
+add (columns, enum values): a process of the previous release keeps working against a migrated
+store while a rolling upgrade finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
+
+from store.models import SchemaVersion
+
+
+def _v2_one_writer_per_credential(conn: Connection) -> None:
+    """The credential gate, commit's compare-and-set and pinned template versions."""
+    columns = {
+        "run_id": "VARCHAR",
+        "gate_seq": "INTEGER NOT NULL DEFAULT 0",
+        "gate_state": "VARCHAR",
+        "waiting_for": "VARCHAR",
+        "base_version_id": "VARCHAR",
+        "change_template_id": "VARCHAR",
+        "verify_template_id": "VARCHAR",
+    }
+    present = {c["name"] for c in inspect(conn).get_columns("operation")}
+    for name, ddl in columns.items():
+        if name not in present:
+            conn.execute(text(f"ALTER TABLE operation ADD COLUMN {name} {ddl}"))
+    if conn.dialect.name == "postgresql":
+        # SQLAlchemy stores enum members by name; PostgreSQL keeps them in a native enum type.
+        conn.execute(text("ALTER TYPE operationstatus ADD VALUE IF NOT EXISTS 'QUEUED'"))
+
+
+# STEPS[n] takes a store from version n + 1 to n + 2.
+STEPS: tuple[Callable[[Connection], None], ...] = (_v2_one_writer_per_credential,)
+LATEST = len(STEPS) + 1
+
+
+def migrate(engine: Engine) -> int:
+    """Create what is missing and run every step the store has not had; the version reached."""
+    existed = inspect(engine).has_table("operation")
+    SQLModel.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two processes starting together (worker and API) migrate one after the other.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7419)"))
+        row = conn.execute(text("SELECT version FROM schemaversion WHERE id = 1")).first()
+        version = int(row[0]) if row else (1 if existed else LATEST)
+        for step in STEPS[version - 1 :]:
+            step(conn)
+        table = SchemaVersion.__table__  # type: ignore[attr-defined]
+        if row is None:
+            conn.execute(table.insert().values(id=1, version=LATEST))
+        elif version != LATEST:
+            conn.execute(table.update().where(table.c.id == 1).values(version=LATEST))
+    return LATEST
