@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from executors.base import (
         NON_RETRYABLE_KINDS,
         AuthenticationFailed,
+        ConfigurationError,
         ConnectFailed,
         HostKeyMismatch,
     )
@@ -64,7 +65,12 @@ STORE_RETRY = RetryPolicy(
 )
 
 # Failures that prove the change never reached the target: no probe needed.
-NOTHING_SENT = (ConnectFailed.kind, HostKeyMismatch.kind, AuthenticationFailed.kind)
+NOTHING_SENT = (
+    ConnectFailed.kind,
+    HostKeyMismatch.kind,
+    AuthenticationFailed.kind,
+    ConfigurationError.kind,
+)
 
 
 def initial_search_attributes(op: OperationInput) -> TypedSearchAttributes:
