@@ -18,14 +18,16 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.jobs import Job, load_job
+from activities.jobs import Job, get_or_raise, load_job
 from activities.lockout import Budget, BudgetSpent, LockoutLedger
 from executors.base import (
     Account,
     AuthenticationFailed,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
     HostKeyMismatch,
+    LoginProgress,
     LoginRequest,
     LoginResult,
     OutcomeUnknown,
@@ -35,7 +37,7 @@ from executors.base import (
 )
 from keyturn import failpoints
 from store.engine import session_scope
-from store.models import Attempt, Device, utcnow
+from store.models import Attempt, Device, Operation, utcnow
 from store.vault import Vault
 from workflows.contracts import NOTHING_SENT_DETAIL, ChangeOutcome, ProbeOutcome, StepInput
 
@@ -85,18 +87,18 @@ class ExecutorActivities:
         async def attempt() -> tuple[str, ChangeOutcome]:
             try:
                 return await attempt_once()
-            except (ConnectFailed, AuthenticationFailed, HostKeyMismatch) as exc:
+            except (
+                ConnectFailed,
+                AuthenticationFailed,
+                HostKeyMismatch,
+                ConfigurationError,
+            ) as exc:
                 if not may_have_sent:
                     raise
                 # An earlier attempt may have changed the secret: whatever stops this one says
                 # nothing about that, so the outcome stays unknown and the workflow must probe
                 # (never conclude "nothing was sent" and fail the pending secret).
-                raise OutcomeUnknown(
-                    exc.device,
-                    exc.step,
-                    f"{exc.cause} (an earlier attempt may have applied the change)",
-                    exc.transcript,
-                ) from None
+                raise _may_have_applied(exc) from None
 
         async def attempt_once() -> tuple[str, ChangeOutcome]:
             # A retry after an attempt that may have reached the target first asks whether the
@@ -153,8 +155,15 @@ class ExecutorActivities:
         return await self._recorded(job, attempt_id, attempt)
 
     async def _login(self, job: Job, account: Account, call: Callable[[], Awaitable[_L]]) -> _L:
-        """One login that may be refused, charged to the account's lockout budget: a refusal
-        keeps the charge; success or a failure before authentication gives it back."""
+        """One login that may be refused, charged to the account's lockout budget.
+
+        The charge is kept unless the login is known not to have counted as a failure on the
+        target: it is given back when the login worked (or the failure came after it was
+        accepted) and when the secret never reached the target (ExecutorError.login). A
+        refusal keeps it, and so does a failure whose login outcome is unknown, which also
+        stops the step: retrying could lock the account. An exception the executor did not
+        classify (or a cancellation mid-call) is such a failure.
+        """
         budget = Budget(
             job.device.id,
             account.username,
@@ -162,30 +171,64 @@ class ExecutorActivities:
             timedelta(seconds=job.policy.lockout_window_seconds),
         )
         charge = await asyncio.to_thread(self._ledger.reserve, budget)
-        refused = False
+        failed = True  # until the call's outcome says otherwise
         try:
             result = await call()
-            refused = isinstance(result, LoginResult) and not result.ok
+            failed = isinstance(result, LoginResult) and not result.ok
             return result
-        except AuthenticationFailed:
-            refused = True
+        except ExecutorError as exc:
+            failed = exc.login in (LoginProgress.REFUSED, LoginProgress.UNKNOWN)
             raise
+        except Exception as exc:
+            raise ExecutorError(
+                job.device.name,
+                "login",
+                redact(
+                    f"unexpected {type(exc).__name__} from the {job.device.executor} executor: "
+                    f"{exc}; whether the target counted a failed login is unknown, so the "
+                    "login stays charged to the lockout budget and is not retried",
+                    (*job.secrets, account.password),
+                ),
+                login=LoginProgress.UNKNOWN,
+            ) from exc
         finally:
-            await asyncio.to_thread(self._ledger.settle, charge, failed=refused)
+            await asyncio.to_thread(self._ledger.settle, charge, failed=failed)
 
     def _begin(self, step_input: StepInput, step: str | None, number: int) -> tuple[Job, str, bool]:
-        """Load the job and open its attempt row in one trip to the store's thread pool.
+        """Open the attempt row and load the job, in one trip to the store's thread pool.
 
         Also answers, for a retried change, whether the previous attempt may have reached the
         target. A probe is recorded as "verify" within a change, "probe" in a verify operation.
+        The attempt is opened first so that a job that cannot be loaded is recorded too: a
+        ConfigurationError as such (not retried), anything else as an internal error. Before
+        a retry of a change that may have reached the target, it is OutcomeUnknown instead:
+        "nothing was sent" would fail a pending secret that may be live.
         """
         operation_id = step_input.operation_id
-        job = load_job(self._engine, self._vault, operation_id, step_input.via_reconcile)
-        step = step or ("probe" if job.operation.kind == "verify" else "verify")
+        with Session(self._engine) as session:
+            kind = get_or_raise(session, Operation, operation_id).kind
+        step = step or ("probe" if kind == "verify" else "verify")
         may_have_sent = (
             step == "change" and number > 1 and self._previous_may_have_sent(operation_id, number)
         )
-        return job, self._start_attempt(operation_id, step, number), may_have_sent
+        attempt_id = self._start_attempt(operation_id, step, number)
+        try:
+            job = load_job(
+                self._engine,
+                self._vault,
+                operation_id,
+                step_input.via_reconcile,
+                for_change=step == "change",
+            )
+        except ExecutorError as exc:  # ConfigurationError (an executor's check_target may say more)
+            error: ExecutorError = _may_have_applied(exc) if may_have_sent else exc
+            self._finish_attempt(attempt_id, error.kind, str(error), "")
+            raise _failure(error, ()) from None
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            self._finish_attempt(attempt_id, "error", detail, "")
+            raise ApplicationError(detail, type="InternalError") from None
+        return job, attempt_id, may_have_sent
 
     async def _recorded(
         self,
@@ -215,9 +258,7 @@ class ExecutorActivities:
             await asyncio.to_thread(
                 self._finish_attempt, attempt_id, exc.kind, str(exc), exc.transcript
             )
-            raise ApplicationError(
-                redact(str(exc), job.secrets), type=exc.kind, non_retryable=not exc.retryable
-            ) from None
+            raise _failure(exc, job.secrets) from None
         except asyncio.CancelledError:
             # The operation was canceled: the executor has stopped; say so before going.
             await asyncio.shield(
@@ -292,3 +333,22 @@ class ExecutorActivities:
             if device is not None and not device.host_keys:
                 device.host_keys = [key]
                 session.add(device)
+
+
+def _failure(exc: ExecutorError, secrets: tuple[str, ...]) -> ApplicationError:
+    """The activity error of an executor failure: its kind as the type, retryable only when
+    the kind allows it and the login's outcome is known (ExecutorError.may_retry)."""
+    return ApplicationError(
+        redact(str(exc), secrets), type=exc.kind, non_retryable=not exc.may_retry
+    )
+
+
+def _may_have_applied(exc: ExecutorError) -> OutcomeUnknown:
+    """A failure of a retried change whose earlier attempt may have applied it."""
+    return OutcomeUnknown(
+        exc.device,
+        exc.step,
+        f"{exc.cause} (an earlier attempt may have applied the change)",
+        exc.transcript,
+        login=exc.login,
+    )

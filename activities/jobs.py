@@ -1,17 +1,31 @@
-"""Load everything an executor call needs, in one read, and decrypt secrets in memory only."""
+"""Load everything an executor call needs, in one read, and decrypt secrets in memory only.
+
+Everything that can be checked before connecting is checked here, and a problem is raised as
+ConfigurationError naming what to fix: a template that is missing, of another executor or
+kind, or does not parse; device options the executor refuses; a privileged account that is
+missing or has no current secret. Such a job never reaches a target, so it costs no login.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from executors.base import Account, Target, get_executor
+from executors.base import (
+    Account,
+    ConfigurationError,
+    Executor,
+    Target,
+    check_target,
+    get_executor,
+)
 from store.models import Credential, Device, Operation, Policy, SecretVersion, Template
 from store.vault import Vault
-from templating import TemplateContext
+from templating import TemplateContext, TemplateSyntaxProblem
 
 DEFAULT_POLICY = Policy(name="(default)")
 _Row = TypeVar("_Row")
@@ -19,7 +33,11 @@ _Row = TypeVar("_Row")
 
 @dataclass(frozen=True)
 class Job:
-    """One operation's executor view. Lives only inside an activity; never serialised."""
+    """One operation's executor view. Lives only inside an activity; never serialised.
+
+    A job loaded for a probe (``for_change=False``) has no change template ("") and no auth
+    account: a login check needs neither.
+    """
 
     operation: Operation
     credential: Credential
@@ -54,10 +72,13 @@ class Job:
         return self.context().secrets
 
 
-def latest_template(session: Session, name: str) -> Template:
-    template = session.exec(
-        select(Template).where(Template.name == name).order_by(col(Template.version).desc())
-    ).first()
+def latest_template(session: Session, name: str, as_of: datetime | None = None) -> Template:
+    """The newest version of a template; ``as_of``: the newest saved by then. An operation runs
+    the versions current when it was requested, whatever is saved while it waits or runs."""
+    query = select(Template).where(Template.name == name)
+    if as_of is not None:
+        query = query.where(col(Template.created_at) <= as_of)
+    template = session.exec(query.order_by(col(Template.version).desc())).first()
     if template is None:
         raise LookupError(f"template {name!r} does not exist")
     return template
@@ -84,50 +105,186 @@ def target_for(device: Device, policy: Policy) -> Target:
     )
 
 
-def load_job(engine: Engine, vault: Vault, operation_id: str, via_reconcile: bool = False) -> Job:
+def load_job(
+    engine: Engine,
+    vault: Vault,
+    operation_id: str,
+    via_reconcile: bool = False,
+    *,
+    for_change: bool = True,
+) -> Job:
     """Everything one executor call needs. ``via_reconcile``: connect with the credential's
     reconcile credential and run the executor's privileged change template, to take control
-    of an account whose current secret no longer works."""
+    of an account whose current secret no longer works. ``for_change``: load (and check) the
+    change template and the connecting account too, not only what a login check needs.
+
+    Raises ConfigurationError for anything that cannot work (see the module docstring)."""
     with Session(engine, expire_on_commit=False) as session:
         operation = get_or_raise(session, Operation, operation_id)
         credential = get_or_raise(session, Credential, operation.credential_id)
         device = get_or_raise(session, Device, credential.device_id)
         policy = policy_for(session, credential)
+        executor = _executor(device)
+        target = target_for(device, policy)
+        check_target(executor, target)
         current = Vault.current(session, credential.id)
         if current is None:
-            raise LookupError(f"credential {credential.id} has no current secret")
+            raise _problem(
+                device,
+                "secret",
+                f"credential {credential.id} ({credential.username!r}) has no current secret: "
+                "give it one (create the credential again with its password)",
+            )
         pending = (
             session.get(SecretVersion, operation.pending_version_id)
             if operation.pending_version_id
             else None
         )
-        change_template = credential.change_template
-        privileged_id = credential.auth_credential_id
-        if via_reconcile:
-            if credential.reconcile_credential_id is None:
-                raise LookupError(f"credential {credential.id} has no reconcile credential")
-            privileged_id = credential.reconcile_credential_id
-            change_template = get_executor(device.executor).default_templates["change-as-admin"]
+        verify_body = _template_body(
+            session,
+            executor,
+            (device, credential, operation),
+            "verify_template",
+            credential.verify_template,
+        )
+        change_body = ""
+        auth_account = None
+        if for_change:
+            change_name, field = credential.change_template, "change_template"
+            privileged_id, role = credential.auth_credential_id, "auth_credential_id"
+            if via_reconcile:
+                if credential.reconcile_credential_id is None:
+                    raise _problem(
+                        device,
+                        "reconcile",
+                        f"credential {credential.id} ({credential.username!r}) has no "
+                        "reconcile_credential_id: set one (a privileged account on the same "
+                        f"device) with PATCH /v1/credentials/{credential.id} to reconcile it",
+                    )
+                privileged_id, role = credential.reconcile_credential_id, "reconcile_credential_id"
+                change_name = executor.default_templates.get("change-as-admin", "")
+                field = "change-as-admin template"
+                if not change_name:
+                    raise _problem(
+                        device,
+                        "reconcile",
+                        f"executor {device.executor!r} names no change-as-admin template, so "
+                        f"credential {credential.id} ({credential.username!r}) cannot be "
+                        "reconciled",
+                    )
+            change_body = _template_body(
+                session, executor, (device, credential, operation), field, change_name
+            )
+            if privileged_id:
+                auth_account = _account(session, vault, device, credential, role, privileged_id)
         return Job(
             operation=operation,
             credential=credential,
             device=device,
             policy=policy,
-            target=target_for(device, policy),
-            change_template=latest_template(session, change_template).body,
-            verify_template=latest_template(session, credential.verify_template).body,
+            target=target,
+            change_template=change_body,
+            verify_template=verify_body,
             current_password=vault.reveal(current),
             pending_password=vault.reveal(pending) if pending else None,
-            auth_account=_account(session, vault, privileged_id) if privileged_id else None,
+            auth_account=auth_account,
         )
 
 
-def _account(session: Session, vault: Vault, credential_id: str) -> Account:
-    credential = get_or_raise(session, Credential, credential_id)
-    secret = Vault.current(session, credential.id)
+def _problem(device: Device, step: str, cause: str) -> ConfigurationError:
+    return ConfigurationError(device.name, step, cause)
+
+
+def _executor(device: Device) -> Executor:
+    try:
+        return get_executor(device.executor)
+    except LookupError as exc:
+        raise _problem(
+            device,
+            "executor",
+            f"device {device.name!r} uses executor {device.executor!r}: {exc}; install it on "
+            f"the workers of zone {device.zone!r}",
+        ) from None
+
+
+def _template_body(
+    session: Session,
+    executor: Executor,
+    rows: tuple[Device, Credential, Operation],
+    field: str,
+    name: str,
+) -> str:
+    """The version of a credential's template current when the operation was requested,
+    checked: it exists, is of the device's executor and of the right kind, and parses.
+    ``field`` says where the name comes from."""
+    device, credential, operation = rows
+    kind = "verify" if field == "verify_template" else "change"
+    whose = f"credential {credential.id} ({credential.username!r})"
+    try:
+        template = latest_template(session, name, as_of=operation.created_at)
+    except LookupError:
+        usable = _usable(session, device.executor, kind)
+        raise _problem(
+            device,
+            field,
+            f"{whose}: {field} names template {name!r}, which does not exist: save a template "
+            f"of that name (POST /v1/templates) or use one of the {device.executor} {kind} "
+            f"templates ({usable})",
+        ) from None
+    if template.executor != device.executor or template.kind != kind:
+        usable = _usable(session, device.executor, kind)
+        raise _problem(
+            device,
+            field,
+            f"{whose}: {field} names {name!r}, a {template.executor} {template.kind} template, "
+            f"but device {device.name!r} needs a {device.executor} {kind} template ({usable})",
+        )
+    try:
+        executor.validate(template.body)
+    except TemplateSyntaxProblem as exc:
+        raise _problem(
+            device,
+            field,
+            f"{whose}: template {name!r} (version {template.version}) does not parse for the "
+            f"{device.executor} executor: {exc}; save a corrected version",
+        ) from None
+    return template.body
+
+
+def _usable(session: Session, executor: str, kind: str) -> str:
+    names = session.exec(
+        select(Template.name)
+        .where(Template.executor == executor, Template.kind == kind)
+        .distinct()
+        .order_by(col(Template.name))
+    ).all()
+    return ", ".join(names) or "none is saved"
+
+
+def _account(
+    session: Session,
+    vault: Vault,
+    device: Device,
+    credential: Credential,
+    role: str,
+    privileged_id: str,
+) -> Account:
+    """The privileged account a change connects with (auth or reconcile credential)."""
+    whose = f"credential {credential.id} ({credential.username!r})"
+    privileged = session.get(Credential, privileged_id)
+    if privileged is None:
+        raise _problem(
+            device, role, f"{whose}: {role} {privileged_id} names no credential: set another"
+        )
+    secret = Vault.current(session, privileged.id)
     if secret is None:
-        raise LookupError(f"credential {credential.id} has no current secret")
-    return Account(credential.username, vault.reveal(secret))
+        raise _problem(
+            device,
+            role,
+            f"{whose}: its {role} {privileged.id} ({privileged.username!r}) has no current "
+            "secret, so it cannot log in: give that credential its password, or set another",
+        )
+    return Account(privileged.username, vault.reveal(secret))
 
 
 def get_or_raise(session: Session, model: type[_Row], key: str) -> _Row:

@@ -3,7 +3,8 @@
 Targets lock accounts after a few failed logins; probes, verifies and retries must never be the
 reason. Every login that may be refused is reserved first and settled after: a reservation
 counts against the budget while in flight, so concurrent operations cannot overspend it, and a
-login that worked (or never reached authentication) gives its reservation back.
+login that worked (or never reached the target) gives its reservation back. A login whose
+verdict is unknown keeps it, like a refused one (activities.executor_steps decides which).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class LockoutLedger:
             return charge.id
 
     def settle(self, charge_id: str, *, failed: bool) -> None:
-        """A refused login keeps its charge until it leaves the window; any other gives it back."""
+        """``failed``: the login was refused, or may have been (its verdict is unknown); its
+        charge is kept until it leaves the window. Any other login gives its charge back."""
         with session_scope(self._engine) as session:
             charge = session.get(LoginCharge, charge_id)
             if charge is None:

@@ -6,6 +6,7 @@ template, tell whether a login works. Everything protocol-specific stays inside 
 
 from __future__ import annotations
 
+import enum
 import logging
 from dataclasses import dataclass, field
 from functools import cache
@@ -69,31 +70,80 @@ class LoginResult:
     learned_host_key: str | None = None
 
 
+class LoginProgress(enum.Enum):
+    """How far a failed executor call got in logging in with the account's secret.
+
+    What the lockout budget needs to know: a login the target may have counted as a failure
+    keeps its charge. Executors set it from the protocol state they hold (connection opened,
+    TLS done, the authentication call answered), never from the text of an error.
+    """
+
+    # The secret never reached the target: no connection, the TLS or protocol handshake did
+    # not complete, or a problem was found before connecting.
+    NOT_ATTEMPTED = "not attempted"
+    REFUSED = "refused"  # the target answered and refused the secret
+    ACCEPTED = "accepted"  # the target accepted the secret; what failed came after
+    UNKNOWN = "unknown"  # the secret may have reached the target; its verdict is not known
+
+
 class ExecutorError(Exception):
-    """Base of every executor failure. ``kind`` is stable: it becomes the activity error type."""
+    """Base of every executor failure. ``kind`` is stable: it becomes the activity error type.
+
+    ``login`` says how far this failure got in logging in (LoginProgress); the class gives a
+    default that an executor overrides per instance where it knows better.
+    """
 
     kind: ClassVar[str] = "ExecutorError"
     retryable: ClassVar[bool] = False
+    default_login: ClassVar[LoginProgress] = LoginProgress.UNKNOWN
 
-    def __init__(self, device: str, step: str, cause: str, transcript: str = "") -> None:
+    def __init__(
+        self,
+        device: str,
+        step: str,
+        cause: str,
+        transcript: str = "",
+        *,
+        login: LoginProgress | None = None,
+    ) -> None:
         self.device = device
         self.step = step
         self.cause = cause
         self.transcript = transcript
+        self.login = login if login is not None else self.default_login
         super().__init__(f"{device}: {step}: {cause}")
+
+    @property
+    def may_retry(self) -> bool:
+        """Whether the activity may be retried: the kind allows it and the login's outcome is
+        known. A login of unknown outcome may have counted as a failure on the target, and
+        repeating it could lock the account."""
+        return self.retryable and self.login is not LoginProgress.UNKNOWN
+
+
+class ConfigurationError(ExecutorError):
+    """Keyturn's own configuration cannot work (an unknown template, a bad device option, a
+    missing privileged account…), found before connecting: nothing was sent, no login was
+    tried. The message says what to fix. Retrying would only fail the same way."""
+
+    kind = "ConfigurationError"
+    default_login = LoginProgress.NOT_ATTEMPTED
 
 
 class ConnectFailed(ExecutorError):
-    """Could not reach or open a session on the target; nothing was sent. Safe to retry."""
+    """Could not reach or open a session on the target; nothing of the change was sent. Safe
+    to retry, unless the secret may have been sent and its verdict is unknown (``login``)."""
 
     kind = "ConnectFailed"
     retryable = True
+    default_login = LoginProgress.NOT_ATTEMPTED
 
 
 class AuthenticationFailed(ExecutorError):
     """The target refused the account's secret. Retrying would only spend the lockout budget."""
 
     kind = "AuthenticationFailed"
+    default_login = LoginProgress.REFUSED
 
 
 class TemplateFailed(ExecutorError):
@@ -106,6 +156,7 @@ class HostKeyMismatch(ExecutorError):
     """The target's host key is not the pinned one: possibly not the host we think it is."""
 
     kind = "HostKeyMismatch"
+    default_login = LoginProgress.NOT_ATTEMPTED
 
 
 class ChangeRejected(ExecutorError):
@@ -122,12 +173,24 @@ class OutcomeUnknown(ExecutorError):
 
 
 NON_RETRYABLE_KINDS = tuple(
-    cls.kind for cls in (AuthenticationFailed, TemplateFailed, HostKeyMismatch, ChangeRejected)
+    cls.kind
+    for cls in (
+        AuthenticationFailed,
+        TemplateFailed,
+        HostKeyMismatch,
+        ChangeRejected,
+        ConfigurationError,
+    )
 )
 
 
 @runtime_checkable
 class Executor(Protocol):
+    """The plugin interface. An executor may also define ``check_target(target) -> None``,
+    raising ConfigurationError for device settings (``options``) that cannot work: it is called
+    before any connection (see ``check_target`` below), so that a misconfigured device costs no
+    login. Executors without it are simply not asked."""
+
     name: ClassVar[str]
     syntax: ClassVar[str]  # a short description of the template syntax, for GET /v1/executors
     # Shipped template names used when a credential names none: "change", "change-as-admin"
@@ -143,6 +206,13 @@ class Executor(Protocol):
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
         """Does the account log in? ok=False only for a refused secret; other errors raise."""
+
+
+def check_target(executor: Executor, target: Target) -> None:
+    """The executor's optional ``check_target``: ConfigurationError for unusable settings."""
+    check = getattr(executor, "check_target", None)
+    if check is not None:
+        check(target)
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from executors.base import REDACTED, Account, LoginRequest, Target, TemplateFailed
+from executors.base import REDACTED, Account, ConfigurationError, LoginRequest, Target
 from templating import TemplateContext, TemplateSyntaxProblem
 
 Parsed = TypeVar("Parsed")
@@ -51,25 +51,29 @@ def request_secrets(context: TemplateContext | None, account: Account) -> tuple[
 
 
 def parse_template(target: Target, template: str, parse: Callable[[str], Parsed]) -> Parsed:
-    """``parse(template)``, its syntax problem raised as TemplateFailed.
+    """``parse(template)``, its syntax problem raised as ConfigurationError.
 
     Called before connecting: a broken template must not cost a login on the target.
     """
     try:
         return parse(template)
     except TemplateSyntaxProblem as exc:
-        raise TemplateFailed(target.name, "template", str(exc)) from None
+        raise ConfigurationError(
+            target.name, "template", f"{exc}; fix the template (it does not parse)"
+        ) from None
 
 
 def verify_template(
     request: LoginRequest, parse: Callable[[str], Parsed]
 ) -> tuple[Parsed, TemplateContext] | None:
     """A login check's verify template, parsed, with the context it renders in; None when the
-    check is a bare login. Raises TemplateFailed before connecting, like parse_template."""
+    check is a bare login. Raises ConfigurationError before connecting, like parse_template."""
     if request.template is None:
         return None
     if request.context is None:
-        raise TemplateFailed(request.target.name, "template", "a verify template needs a context")
+        raise ConfigurationError(
+            request.target.name, "template", "a verify template needs a context"
+        )
     return parse_template(request.target, request.template, parse), request.context
 
 

@@ -24,9 +24,11 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
     HostKeyMismatch,
+    LoginProgress,
     LoginRequest,
     LoginResult,
     OutcomeUnknown,
@@ -84,6 +86,9 @@ class HttpExecutor:
     def validate(self, template: str) -> None:
         validate_script(template)
 
+    def check_target(self, target: Target) -> None:
+        settings_for(target)
+
     async def run(self, request: RunRequest) -> RunResult:
         requests = parse_template(request.target, request.template, validate_script)
         settings = settings_for(request.target)
@@ -99,12 +104,14 @@ class HttpExecutor:
         elif settings.login_path is not None:
             requests = [Request(line=1, method="GET", path=Source(1, settings.login_path))]
         else:
-            shipped = _shipped(self.default_templates["verify"])
+            shipped = _shipped(target, self.default_templates["verify"])
             requests = parse_template(target, shipped, validate_script)
         session = Session(target, settings, account, context)
         try:
             transcript = await session.run(requests)
         except AuthenticationFailed as exc:
+            if exc.login is not LoginProgress.REFUSED:
+                raise
             return LoginResult(ok=False, transcript=exc.transcript)
         return LoginResult(ok=True, transcript=transcript)
 
@@ -122,20 +129,29 @@ def _bare_context(target: Target, account: Account) -> TemplateContext:
     )
 
 
-def _shipped(name: str) -> str:
+def _shipped(target: Target, name: str) -> str:
     from executors.shipped import shipped_templates  # reads package files: only when needed
 
     for template in shipped_templates():
         if template.name == name:
             return template.body
-    raise LookupError(f"shipped template {name!r} is missing from the package")
+    raise ConfigurationError(
+        target.name,
+        "template",
+        f"the shipped template {name!r} is missing from the installed package: reinstall "
+        "Keyturn, or give the device a 'login_path' option",
+    )
 
 
 def settings_for(target: Target) -> HttpSettings:
     options: dict[str, Any] = dict(target.options)
 
-    def bad(message: str) -> TemplateFailed:
-        return TemplateFailed(target.name, "device options", f"{message}; fix the device's options")
+    def bad(message: str) -> ConfigurationError:
+        return ConfigurationError(
+            target.name,
+            "device options",
+            f"device {target.name!r}: {message}; fix the device's options",
+        )
 
     def text(key: str, default: str = "") -> str:
         value = options.get(key, default)
@@ -225,6 +241,9 @@ class Session:
         self._lines: list[str] = []
         self._maybe_changed = False
         self._authenticated = False  # an authenticated request has had an answer
+        # How far the account's login got: its credentials go out with each authenticated
+        # request (or the token request); an expected answer to one means they were accepted.
+        self._login = LoginProgress.NOT_ATTEMPTED
         self._token: str | None = None
 
     # -- the sequence ------------------------------------------------------------------------
@@ -260,10 +279,14 @@ class Session:
         prior = self._maybe_changed
         if rendered.bears_secret:
             self._maybe_changed = True  # set before sending: once on the wire, it is uncertain
+        prior_login = self._login
+        if authenticated:
+            self._credentials_out()
         response = await self._send(
             client,
             request,
             prior,
+            prior_login,
             client.build_request(
                 request.method,
                 rendered.url,
@@ -276,16 +299,24 @@ class Session:
         self._check_status(request, response, authenticated, prior, rendered.bears_secret)
         if authenticated:
             self._authenticated = True
+            self._login = LoginProgress.ACCEPTED
         self._read(request, response)
 
     async def _send(
-        self, client: httpx.AsyncClient, request: Request, prior: bool, built: httpx.Request
+        self,
+        client: httpx.AsyncClient,
+        request: Request,
+        prior: bool,
+        prior_login: LoginProgress,
+        built: httpx.Request,
     ) -> httpx.Response:
         try:
             return await client.send(built)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            # No connection was opened, so this request never left: only earlier ones count.
+            # No connection was opened (TCP or TLS did not complete), so this request never
+            # left: only earlier ones count.
             self._maybe_changed = prior
+            self._login = prior_login
             raise self._transport_error(request.label, exc) from None
         except httpx.TransportError as exc:
             raise self._transport_error(request.label, exc) from None
@@ -395,9 +426,12 @@ class Session:
         else:
             headers["Authorization"] = _basic(account.username, account.password)
         self._lines.append(f"> POST {url} (client credentials of {account.username!r})")
+        prior_login = self._login
+        self._credentials_out()
         try:
             response = await client.post(url, data=data, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            self._login = prior_login  # never left
             raise self._transport_error(step, exc) from None
         except httpx.TransportError as exc:
             raise self._transport_error(step, exc) from None
@@ -418,6 +452,7 @@ class Session:
                 f"the token endpoint answered {response.status_code} without an access_token: "
                 f"{self._quote(response)}; check token_url and scope",
             )
+        self._login = LoginProgress.ACCEPTED  # the endpoint took the client's secret
         return token
 
     # -- answers -----------------------------------------------------------------------------
@@ -500,12 +535,19 @@ class Session:
 
     # -- errors ------------------------------------------------------------------------------
 
+    def _credentials_out(self) -> None:
+        """A request carrying the account's credentials is about to go out: until an answer
+        shows them accepted, a failure leaves the login's outcome unknown."""
+        if self._login is not LoginProgress.ACCEPTED:
+            self._login = LoginProgress.UNKNOWN
+
     def _error(self, cls: type[ExecutorError], step: str, cause: str) -> ExecutorError:
         return cls(
             device=self._target.name,
             step=step,
             cause=redact(cause, self._secrets),
             transcript=self.transcript(),
+            login=None if issubclass(cls, AuthenticationFailed) else self._login,
         )
 
     def _failed(self, step: str, cause: str) -> ExecutorError:

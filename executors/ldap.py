@@ -25,8 +25,10 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
+    LoginProgress,
     LoginRequest,
     LoginResult,
     OutcomeUnknown,
@@ -85,8 +87,10 @@ class Settings:
     def from_target(cls, target: Target) -> Settings:
         options = target.options
 
-        def problem(cause: str) -> TemplateFailed:
-            return TemplateFailed(target.name, "device options", f"{cause}; fix the device")
+        def problem(cause: str) -> ConfigurationError:
+            return ConfigurationError(
+                target.name, "device options", f"device {target.name!r}: {cause}; fix the device"
+            )
 
         def flag(name: str, default: bool) -> bool:
             value = options.get(name, default)
@@ -140,6 +144,9 @@ class LdapExecutor:
     def validate(self, template: str) -> None:
         validate_script(template)
 
+    def check_target(self, target: Target) -> None:
+        Settings.from_target(target)
+
     async def run(self, request: RunRequest) -> RunResult:
         operations = parse_template(request.target, request.template, validate_script)
         settings = Settings.from_target(request.target)
@@ -152,7 +159,7 @@ class LdapExecutor:
         operations: list[Operation] = []
         if request.template is not None:
             if request.context is None:
-                raise TemplateFailed(
+                raise ConfigurationError(
                     request.target.name, "template", "a verify template needs a context"
                 )
             operations = parse_template(request.target, request.template, validate_script)
@@ -222,7 +229,10 @@ def _connect(
         # An empty password is an "unauthenticated bind" (RFC 4513 5.1.2), which some servers
         # accept as anonymous: it must never count as a successful login.
         raise _BindRefused(
-            target.name, "bind", f"no password for {bind_dn!r}: an empty password never logs in"
+            target.name,
+            "bind",
+            f"no password for {bind_dn!r}: an empty password never logs in",
+            login=LoginProgress.NOT_ATTEMPTED,
         )
     conn = ldap3.Connection(
         _server(target, settings),
@@ -234,10 +244,14 @@ def _connect(
         raise_exceptions=False,
         auto_bind=ldap3.AUTO_BIND_NONE,
     )
+    # Where the session got: the password goes out with the bind request, after the
+    # connection (and its TLS, LDAPS or StartTLS) is up.
+    login = LoginProgress.NOT_ATTEMPTED
     try:
         conn.open()
         if settings.start_tls:
-            conn.start_tls()
+            conn.start_tls()  # raises when refused or when the TLS handshake fails
+        login = LoginProgress.UNKNOWN
         _, result, _, _ = conn.bind()
     except (LDAPException, OSError) as exc:  # TimeoutError is an OSError too
         with contextlib.suppress(Exception):
@@ -245,6 +259,19 @@ def _connect(
         reason = str(exc) or type(exc).__name__
         if "timed out" in reason.lower():
             reason = f"no answer within {target.connect_timeout:g}s/{target.read_timeout:g}s"
+        if login is LoginProgress.UNKNOWN:
+            raise ConnectFailed(
+                target.name,
+                "bind",
+                redact(
+                    f"the bind of {bind_dn!r} to {scheme}://{where} got no answer: {reason}; "
+                    "the password had been sent and the directory may have counted a failed "
+                    "login, so this is not retried",
+                    secrets,
+                ),
+                transcript.text(),
+                login=login,
+            ) from None
         raise ConnectFailed(
             target.name,
             "connect",
@@ -256,8 +283,8 @@ def _connect(
             ),
             transcript.text(),
         ) from None
-    code = result.get("result")
-    transcript.note(f"< {_describe(result, secrets)}")
+    code = result.get("result") if result else None
+    transcript.note(f"< {_describe(result or {}, secrets)}")
     if code == 0:
         return conn
     with contextlib.suppress(Exception):
@@ -271,12 +298,16 @@ def _connect(
             "retried, to spare the lockout budget",
             transcript.text(),
         )
+    # Answered, but not with a clean refusal (a locked account, a policy, a busy server): the
+    # directory may count it as a failed login, so it keeps its charge and is not retried.
     raise ConnectFailed(
         target.name,
         "bind",
-        f"{where} did not accept the bind of {bind_dn!r}: {_describe(result, secrets)}; check "
-        "the account and the directory's bind rules",
+        f"{where} did not accept the bind of {bind_dn!r}: {_describe(result or {}, secrets)}; "
+        "check the account (locked? expired?) and the directory's bind rules; not retried, "
+        "to spare the lockout budget",
         transcript.text(),
+        login=LoginProgress.UNKNOWN,
     )
 
 
@@ -521,4 +552,7 @@ class OperationRunner:
             step=op.label,
             cause=redact(cause, self._secrets),
             transcript=self._transcript.text(),
+            # Operations run on a bound connection: the login was accepted. A password refused
+            # by an operation (passwd_modify's old password) keeps its charge.
+            login=None if issubclass(cls, AuthenticationFailed) else LoginProgress.ACCEPTED,
         )

@@ -29,7 +29,9 @@ from pymysql.connections import Connection
 from executors.base import (
     Account,
     AuthenticationFailed,
+    ConfigurationError,
     ConnectFailed,
+    LoginProgress,
     Target,
     TemplateFailed,
     redact,
@@ -67,6 +69,9 @@ class MysqlExecutor(SqlExecutor["Connection[Any]"]):
     }
     default_port: ClassVar[int] = 3306
 
+    def check_target(self, target: Target) -> None:
+        _settings(target)
+
     async def _connect(
         self, target: Target, account: Account, secrets: tuple[str, ...]
     ) -> Connection[Any]:
@@ -87,7 +92,7 @@ def with_account_host(target: Target, context: TemplateContext) -> TemplateConte
     ``account_host`` unless the context already has one (default '%')."""
     host = target.options.get("account_host", _DEFAULT_ACCOUNT_HOST)
     if "host" in context.values or not isinstance(host, str):
-        return context
+        return context  # not a string: _settings refuses it before connecting
     return dataclasses.replace(context, values={**context.values, "host": host})
 
 
@@ -151,48 +156,124 @@ def _classified(exc: pymysql.MySQLError) -> StatementFailure:
     return StatementFailure("rejected", shown)
 
 
-def _ssl_context(target: Target) -> ssl.SSLContext | None:
-    wanted = target.options.get("ssl", False)
-    if not isinstance(wanted, bool):
-        raise TemplateFailed(target.name, "options", "the device option 'ssl' must be a boolean")
-    if not wanted:
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    database: str | None
+    tls: bool
+
+
+def _settings(target: Target) -> _Settings:
+    """The device's options, checked before connecting."""
+    options = target.options
+
+    def problem(cause: str) -> ConfigurationError:
+        return ConfigurationError(target.name, "options", f"device {target.name!r}: {cause}")
+
+    database = options.get("database")
+    if database is not None and (not isinstance(database, str) or not database):
+        raise problem(
+            f"the option 'database' is {database!r}; give a database name, or leave it out "
+            "to connect to none"
+        )
+    tls = options.get("ssl", False)
+    if not isinstance(tls, bool):
+        raise problem(f"the option 'ssl' is {tls!r}; it must be true or false")
+    host = options.get("account_host", _DEFAULT_ACCOUNT_HOST)
+    if not isinstance(host, str) or not host:
+        raise problem(
+            f"the option 'account_host' is {host!r}; give the host part of the accounts "
+            f"('user'@'host'), e.g. '%' (the default) or 'localhost'"
+        )
+    return _Settings(database, tls)
+
+
+class _WatchedTls:
+    """The SSLContext PyMySQL upgrades the connection with, noting whether the TLS handshake
+    began and completed (PyMySQL calls only wrap_socket, and sends the password after it)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        self.started = False
+        self.done = False
+
+    def wrap_socket(self, sock: Any, server_hostname: str | None = None) -> ssl.SSLSocket:
+        self.started = True
+        wrapped = self._context.wrap_socket(sock, server_hostname=server_hostname)
+        self.done = True
+        return wrapped
+
+
+class _Attempt:
+    """How far a PyMySQL connect got, from what the connection object shows: the server's
+    greeting read (server_version), the TLS upgrade begun and done. PyMySQL sends the account's
+    password (its scramble) right after those, in its handshake response."""
+
+    def __init__(self, tls_required: bool) -> None:
+        self._tls_required = tls_required
+        self._conn: Connection[Any] | None = None
+        self._tls: _WatchedTls | None = None
+
+    def attach(self, conn: Connection[Any]) -> None:
+        self._conn = conn
+        if getattr(conn, "ssl", False) and isinstance(getattr(conn, "ctx", None), ssl.SSLContext):
+            self._tls = _WatchedTls(conn.ctx)
+            conn.ctx = self._tls
+
+    def login(self) -> LoginProgress:
+        if self._conn is None or getattr(self._conn, "server_version", None) is None:
+            return LoginProgress.NOT_ATTEMPTED  # no greeting: the handshake never began
+        tls_done = self._tls is not None and self._tls.done
+        if self._tls is not None and self._tls.started and not tls_done:
+            return LoginProgress.NOT_ATTEMPTED  # the TLS upgrade failed, before the password
+        if self._tls_required and not tls_done:
+            return LoginProgress.NOT_ATTEMPTED  # PyMySQL never sends it without the TLS asked
+        return LoginProgress.UNKNOWN
+
+
+def _ssl_context(settings: _Settings) -> ssl.SSLContext | None:
+    if not settings.tls:
         return None
     # Verified TLS: the server's certificate must chain to a trusted CA and name the address.
     return ssl.create_default_context()
 
 
-def _open(target: Target, account: Account, database: str | None) -> Connection[Any]:
-    return pymysql.connect(
+def _open(
+    target: Target, account: Account, settings: _Settings, attempt: _Attempt
+) -> Connection[Any]:
+    conn: Connection[Any] = Connection(
         host=target.address,
         port=target.port,
         user=account.username,
         # As UTF-8 bytes: PyMySQL would encode a str password as latin-1, and the server hashed
         # the password from the utf8mb4 bytes of the statement that set it.
         password=account.password.encode("utf-8"),
-        database=database,
+        database=settings.database,
         charset="utf8mb4",
         connect_timeout=target.connect_timeout,
         read_timeout=target.read_timeout,
         write_timeout=target.read_timeout,
-        ssl=_ssl_context(target),
+        ssl=_ssl_context(settings),
         autocommit=True,
         # No option files of the worker's user changing where or how we connect.
         read_default_file=None,
         local_infile=False,
+        defer_connect=True,
     )
+    attempt.attach(conn)
+    conn.connect()
+    return conn
 
 
 async def _connect(target: Target, account: Account, secrets: tuple[str, ...]) -> Connection[Any]:
-    database = target.options.get("database")
-    if database is not None and (not isinstance(database, str) or not database):
-        raise TemplateFailed(
-            target.name, "options", "the device option 'database' must be a non-empty string"
-        )
+    settings = _settings(target)
+    attempt = _Attempt(tls_required=settings.tls)
     where = f"{target.address}:{target.port}"
     try:
-        return await asyncio.to_thread(_open, target, account, database)
+        return await asyncio.to_thread(_open, target, account, settings, attempt)
     except pymysql.MySQLError as exc:
         code, message = _code_and_message(exc)
+        # The server's error code in answer to the handshake response says refused (1045) or
+        # accepted but not allowed that database (1044/1049); anything else is unclassified.
         if code == _ACCESS_DENIED:
             raise AuthenticationFailed(
                 target.name,
@@ -206,21 +287,38 @@ async def _connect(target: Target, account: Account, secrets: tuple[str, ...]) -
                 target.name,
                 "connect",
                 f"{where}: {message}: fix the device option 'database' (or grant access to it)",
+                login=LoginProgress.ACCEPTED,
             ) from None
-        raise _connect_failed(target, f"{message} [error {code}]", secrets) from None
+        raise _connect_failed(target, f"{message} [error {code}]", secrets, attempt) from None
     except OSError as exc:
-        raise _connect_failed(target, str(exc) or type(exc).__name__, secrets) from None
+        raise _connect_failed(target, str(exc) or type(exc).__name__, secrets, attempt) from None
 
 
-def _connect_failed(target: Target, reason: str, secrets: tuple[str, ...]) -> ConnectFailed:
+def _connect_failed(
+    target: Target, reason: str, secrets: tuple[str, ...], attempt: _Attempt
+) -> ConnectFailed:
+    where = f"{target.address}:{target.port}"
+    login = attempt.login()
+    if login is LoginProgress.UNKNOWN:
+        return ConnectFailed(
+            target.name,
+            "login",
+            redact(
+                f"the MySQL login to {where} failed after the password was sent: {reason}; "
+                "the target may have counted a failed login, so this is not retried",
+                secrets,
+            ),
+            login=login,
+        )
     return ConnectFailed(
         target.name,
         "connect",
         redact(
-            f"cannot open a MySQL session to {target.address}:{target.port}: {reason}; check "
+            f"cannot open a MySQL session to {where}: {reason}; check "
             "the address/port, that the server is running and that the network path is open",
             secrets,
         ),
+        login=login,
     )
 
 

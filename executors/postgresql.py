@@ -21,15 +21,21 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar
+from contextvars import ContextVar
+from typing import Any, ClassVar, Self
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, pq
+from psycopg.abc import PQGenConn
+from psycopg.errors import finish_pgconn
+from psycopg.waiting import Wait
 
 from executors.base import (
     Account,
     AuthenticationFailed,
+    ConfigurationError,
     ConnectFailed,
+    LoginProgress,
     Target,
     TemplateFailed,
     redact,
@@ -71,6 +77,9 @@ class PostgresqlExecutor(SqlExecutor[AsyncConnection[Any]]):
         "verify": "postgresql/verify-login",
     }
     default_port: ClassVar[int] = 5432
+
+    def check_target(self, target: Target) -> None:
+        _options(target)
 
     async def _connect(
         self, target: Target, account: Account, secrets: tuple[str, ...]
@@ -137,16 +146,81 @@ def _options(target: Target) -> tuple[str, str]:
     database = target.options.get("database", "postgres")
     sslmode = target.options.get("sslmode", "prefer")
     if not isinstance(database, str) or not database:
-        raise TemplateFailed(
-            target.name, "options", "the device option 'database' must be a non-empty string"
-        )
-    if sslmode not in SSLMODES:
-        raise TemplateFailed(
+        raise ConfigurationError(
             target.name,
             "options",
-            f"the device option 'sslmode' is {sslmode!r}; use one of {', '.join(SSLMODES)}",
+            f"device {target.name!r}: the option 'database' is {database!r}; give the name of "
+            "a database the account may connect to (default 'postgres')",
+        )
+    if sslmode not in SSLMODES:
+        raise ConfigurationError(
+            target.name,
+            "options",
+            f"device {target.name!r}: the option 'sslmode' is {sslmode!r}; use one of "
+            f"{', '.join(SSLMODES)}",
         )
     return database, str(sslmode)
+
+
+class _Attempt:
+    """What libpq had done when a connection attempt ended: read from its connection object
+    after every step, so that it is known even when the attempt is cut off by a timeout."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.password_used = False  # the server asked for the password and libpq answered
+
+    def note(self, pgconn: pq.abc.PGconn) -> None:
+        self.started = True
+        self.password_used = self.password_used or bool(pgconn.used_password)
+
+    def login(self) -> LoginProgress:
+        if not self.started or self.password_used:
+            return LoginProgress.UNKNOWN  # the password went out, or nothing was observed
+        return LoginProgress.NOT_ATTEMPTED
+
+
+_ATTEMPT: ContextVar[_Attempt | None] = ContextVar("keyturn_postgresql_attempt", default=None)
+
+
+class _WatchedConnection(AsyncConnection[Any]):
+    """psycopg's AsyncConnection, connecting through _watched_connect so that the _Attempt
+    of the calling task sees libpq's progress (psycopg's own generator keeps it hidden)."""
+
+    @classmethod
+    def _connect_gen(cls, conninfo: str = "") -> PQGenConn[Self]:
+        pgconn = yield from _watched_connect(conninfo, _ATTEMPT.get() or _Attempt())
+        return cls(pgconn)
+
+
+def _watched_connect(conninfo: str, attempt: _Attempt) -> PQGenConn[pq.abc.PGconn]:
+    """psycopg.generators.connect (libpq's non-blocking connect loop), noting each step."""
+    pgconn = pq.PGconn.connect_start(conninfo.encode())
+    while True:
+        attempt.note(pgconn)
+        if pgconn.status == pq.ConnStatus.BAD:
+            raise psycopg.OperationalError(
+                f"connection is bad: {pgconn.get_error_message()}", pgconn=pgconn
+            )
+        status = pgconn.connect_poll()
+        attempt.note(pgconn)
+        if status == pq.PollingStatus.OK:
+            break
+        if status in (pq.PollingStatus.READING, pq.PollingStatus.WRITING):
+            wait = Wait.R if status == pq.PollingStatus.READING else Wait.W
+            while not (yield pgconn.socket, wait):
+                pass
+        elif status == pq.PollingStatus.FAILED:
+            raise psycopg.OperationalError(
+                f"connection failed: {pgconn.get_error_message()}",
+                pgconn=finish_pgconn(pgconn),
+            )
+        else:
+            raise psycopg.InternalError(
+                f"unexpected poll status: {status}", pgconn=finish_pgconn(pgconn)
+            )
+    pgconn.nonblocking = 1
+    return pgconn
 
 
 async def _hostaddr(target: Target) -> str | None:
@@ -200,15 +274,22 @@ async def _connect(
     }
     if hostaddr is not None:
         params["hostaddr"] = hostaddr
+    attempt = _Attempt()
+    token = _ATTEMPT.set(attempt)
     try:
         async with asyncio.timeout(target.connect_timeout + 1):
-            return await AsyncConnection.connect(**params)
+            return await _WatchedConnection.connect(**params)
     except TimeoutError:
         reason = f"no answer within {target.connect_timeout:g}s"
-        raise _connect_failed(target, reason, secrets) from None
+        raise _connect_failed(target, reason, secrets, attempt) from None
+    except psycopg.errors.ConnectionTimeout:
+        reason = f"no answer within {params['connect_timeout']}s"
+        raise _connect_failed(target, reason, secrets, attempt) from None
     except psycopg.Error as exc:
         text = str(exc)
         lowered = text.lower()
+        # The text only tells a refusal from other failures; whether the password reached the
+        # server (and so whether the lockout charge is kept) comes from libpq's state.
         if any(pattern in lowered for pattern in _AUTH_FAILURES):
             raise AuthenticationFailed(
                 target.name,
@@ -222,17 +303,37 @@ async def _connect(
                 target.name,
                 "connect",
                 f"{where} has no database {database!r}: fix the device option 'database'",
+                login=attempt.login(),
             ) from None
-        raise _connect_failed(target, text, secrets) from None
+        raise _connect_failed(target, text, secrets, attempt) from None
+    finally:
+        _ATTEMPT.reset(token)
 
 
-def _connect_failed(target: Target, reason: str, secrets: tuple[str, ...]) -> ConnectFailed:
+def _connect_failed(
+    target: Target, reason: str, secrets: tuple[str, ...], attempt: _Attempt
+) -> ConnectFailed:
     reason = " ".join(reason.split())  # libpq's messages span lines
+    where = f"{target.address}:{target.port}"
+    if attempt.login() is LoginProgress.UNKNOWN:
+        # The password (or its SCRAM proof) went out and no verdict came back: the server
+        # may count a failed login, so the failure keeps its lockout charge and stops.
+        return ConnectFailed(
+            target.name,
+            "login",
+            redact(
+                f"the PostgreSQL login to {where} failed after the password was sent: "
+                f"{reason}; the target may have counted a failed login, so this is not "
+                "retried. Check the server (its log says why) and its authentication delay",
+                secrets,
+            ),
+            login=attempt.login(),
+        )
     return ConnectFailed(
         target.name,
         "connect",
         redact(
-            f"cannot open a PostgreSQL session to {target.address}:{target.port}: {reason}; "
+            f"cannot open a PostgreSQL session to {where}: {reason}; "
             "check the address/port, that the server is running and that the network path is "
             "open",
             secrets,

@@ -26,6 +26,7 @@ from executors.base import (
     ChangeRejected,
     ConnectFailed,
     ExecutorError,
+    LoginProgress,
     LoginRequest,
     LoginResult,
     OutcomeUnknown,
@@ -217,7 +218,10 @@ class StatementRunner:
 
     async def run(self, statements: list[Statement]) -> str:
         for statement in statements:
-            value, shown = await self._render(statement)
+            try:
+                value, shown = await self._render(statement)  # may ask the session (escaping)
+            except StatementFailure as failure:
+                raise self._failed(statement, failure) from None
             if value != shown or any(secret in value for secret in self._secrets):
                 # Set before sending: once the bytes may be on the wire, the outcome is uncertain.
                 self._secret_sent = True
@@ -295,7 +299,14 @@ class StatementRunner:
         )
 
     def _error(self, cls: type[ExecutorError], step: str, cause: str) -> ExecutorError:
-        return cls(self._device, step, redact(cause, self._secrets), self.transcript())
+        # Statements run on a logged-in session: whatever fails, the login was accepted.
+        return cls(
+            self._device,
+            step,
+            redact(cause, self._secrets),
+            self.transcript(),
+            login=LoginProgress.ACCEPTED,
+        )
 
 
 # -- the executor ---------------------------------------------------------------------------
@@ -305,13 +316,17 @@ Connection = TypeVar("Connection")
 
 class SqlExecutor(ABC, Generic[Connection]):
     """run and check_login of the SQL executors, which differ only in their driver: how a
-    connection opens (raising AuthenticationFailed for a refused login), closes, and becomes a
-    session the StatementRunner can drive."""
+    connection opens (raising AuthenticationFailed for a refused login, and setting
+    ExecutorError.login on every other failure from what the driver saw), closes, and becomes
+    a session the StatementRunner can drive."""
 
     syntax: ClassVar[str] = SYNTAX
 
     def validate(self, template: str) -> None:
         validate_script(template)
+
+    def check_target(self, target: Target) -> None:
+        """ConfigurationError for device options the driver cannot use (base.check_target)."""
 
     async def run(self, request: RunRequest) -> RunResult:
         statements = parse_template(request.target, request.template, validate_script)
@@ -326,7 +341,9 @@ class SqlExecutor(ABC, Generic[Connection]):
         secrets = request_secrets(request.context, request.account)
         try:
             conn = await self._connect(request.target, request.account, secrets)
-        except AuthenticationFailed:
+        except AuthenticationFailed as exc:
+            if exc.login is not LoginProgress.REFUSED:
+                raise
             return LoginResult(ok=False)
         async with self._closing(conn):
             transcript = ""

@@ -18,6 +18,7 @@ from executors.base import (
     AuthenticationFailed,
     ConnectFailed,
     HostKeyMismatch,
+    LoginProgress,
     LoginRequest,
     LoginResult,
     RunRequest,
@@ -63,7 +64,9 @@ class SshExecutor:
         secrets = request_secrets(request.context, request.account)
         try:
             conn, learned = await _connect(request.target, request.account, secrets)
-        except AuthenticationFailed:
+        except AuthenticationFailed as exc:
+            if exc.login is not LoginProgress.REFUSED:
+                raise  # no password was tried: not an answer about this one
             return LoginResult(ok=False)
         async with _closing(conn):
             transcript = ""
@@ -126,18 +129,33 @@ def _known_hosts(target: Target) -> _KeyLists | None:
     return keys, [], []
 
 
+class _Password:
+    """The password, handed to asyncssh through its password callable: asyncssh asks for it
+    right before sending it (a password request or a keyboard-interactive answer), so whether
+    it was asked tells whether the password may have reached the server."""
+
+    def __init__(self, password: str) -> None:
+        self._password = password
+        self.sent = False
+
+    def __call__(self) -> str:
+        self.sent = True
+        return self._password
+
+
 async def _connect(
     target: Target, account: Account, secrets: tuple[str, ...]
 ) -> tuple[asyncssh.SSHClientConnection, str | None]:
     """Open an authenticated connection, classifying every way that can fail."""
     known_hosts = _known_hosts(target)
     where = f"{target.address}:{target.port}"
+    password = _Password(account.password)
     try:
         conn = await asyncssh.connect(
             host=target.address,
             port=target.port,
             username=account.username,
-            password=account.password,
+            password=password,
             known_hosts=known_hosts,
             # The TCP connect gets connect_timeout; the handshake and the login get read_timeout
             # more: a target refusing a password can take seconds to say so (PAM's failure
@@ -148,8 +166,9 @@ async def _connect(
             client_keys=None,
             agent_path=None,
             config=None,
-            # asyncssh tries the password once: when password auth refuses it, it does not retry
-            # it through keyboard-interactive, so one check costs the lockout budget one failure.
+            # asyncssh asks for the password once: when password auth refuses it, it does not
+            # retry it through keyboard-interactive, so one check costs the lockout budget one
+            # failure.
             preferred_auth="password,keyboard-interactive",
         )
     except asyncssh.HostKeyNotVerifiable:
@@ -170,8 +189,17 @@ async def _connect(
                 f"{where} offers no host key of a pinned type ({exc}); pin the key shown by "
                 f"`ssh-keyscan -p {target.port} {target.address}` after checking it out of band",
             ) from None
-        raise _connect_failed(target, exc, secrets) from None
+        raise _connect_failed(target, exc, secrets, password.sent) from None
     except asyncssh.PermissionDenied:
+        if not password.sent:
+            raise AuthenticationFailed(
+                target.name,
+                "login",
+                f"{where} offers no password or keyboard-interactive login to "
+                f"{account.username!r}: enable PasswordAuthentication (or "
+                "KbdInteractiveAuthentication) in its sshd_config; no password was sent",
+                login=LoginProgress.NOT_ATTEMPTED,
+            ) from None
         raise AuthenticationFailed(
             target.name,
             "login",
@@ -179,7 +207,7 @@ async def _connect(
             "(reconcile it if it drifted); not retried, to spare the lockout budget",
         ) from None
     except (OSError, asyncssh.Error) as exc:  # TimeoutError (connect_timeout) is an OSError too
-        raise _connect_failed(target, exc, secrets) from None
+        raise _connect_failed(target, exc, secrets, password.sent) from None
     learned = None
     if known_hosts is None:
         key = conn.get_server_host_key()
@@ -188,10 +216,27 @@ async def _connect(
     return conn, learned
 
 
-def _connect_failed(target: Target, exc: BaseException, secrets: tuple[str, ...]) -> ConnectFailed:
+def _connect_failed(
+    target: Target, exc: BaseException, secrets: tuple[str, ...], password_sent: bool
+) -> ConnectFailed:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
-        reason = f"no answer within {target.connect_timeout:g}s"
+        reason = f"no answer within {target.connect_timeout + target.read_timeout:g}s"
+    if password_sent:
+        # The password went out and no verdict came back: the server may count it as a
+        # failed login, so the failure keeps its lockout charge and is not retried.
+        return ConnectFailed(
+            target.name,
+            "login",
+            redact(
+                f"the SSH session to {target.address}:{target.port} failed during the login, "
+                f"after the password was sent: {reason}; the target may have counted a failed "
+                "login, so this is not retried. Check the target (a slow PAM/LDAP "
+                "authentication backend, say) or raise the policy's read timeout",
+                secrets,
+            ),
+            login=LoginProgress.UNKNOWN,
+        )
     return ConnectFailed(
         target.name,
         "connect",

@@ -22,6 +22,7 @@ from executors.base import (
     ChangeRejected,
     ConnectFailed,
     ExecutorError,
+    LoginProgress,
     OutcomeUnknown,
     TemplateFailed,
     redact,
@@ -341,6 +342,9 @@ class ScriptRunner:
             step=step.label,
             cause=redact(cause, self._secrets),
             transcript=self.transcript.text(),
+            # The script runs on a logged-in connection: the login was accepted. An authfail:
+            # pattern is a later refusal of a password (sudo, passwd), which keeps its charge.
+            login=None if issubclass(cls, AuthenticationFailed) else LoginProgress.ACCEPTED,
         )
 
     def _timeout_error(self, step: Step, cause: str) -> ExecutorError:

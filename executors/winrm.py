@@ -23,6 +23,7 @@ import base64
 import contextlib
 import math
 import re
+import ssl
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from typing import Any, ClassVar, cast
 
 import requests
 from requests.auth import HTTPBasicAuth
+from urllib3.exceptions import NewConnectionError
 from winrm.exceptions import (
     InvalidCredentialsError,
     WinRMError,
@@ -43,9 +45,11 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
     HostKeyMismatch,
+    LoginProgress,
     LoginRequest,
     LoginResult,
     OutcomeUnknown,
@@ -116,7 +120,10 @@ class Options:
         if unknown:
             known = ", ".join(sorted(_OPTIONS))
             raise _options_error(target, f"unknown option(s) {', '.join(unknown)} (known: {known})")
-        options = cls(**raw)
+        try:
+            options = cls(**raw)
+        except TypeError as exc:
+            raise _options_error(target, f"bad options ({exc})") from None
         for field, allowed in (
             ("transport", TRANSPORTS),
             ("scheme", SCHEMES),
@@ -139,8 +146,10 @@ class Options:
         return f"{self.scheme}://{host}:{target.port}{self.path}"
 
 
-def _options_error(target: Target, cause: str) -> TemplateFailed:
-    return TemplateFailed(target.name, "device options", f"{cause}; fix the device's options")
+def _options_error(target: Target, cause: str) -> ConfigurationError:
+    return ConfigurationError(
+        target.name, "device options", f"device {target.name!r}: {cause}; fix the device's options"
+    )
 
 
 class WinrmExecutor:
@@ -157,6 +166,12 @@ class WinrmExecutor:
 
     def validate(self, template: str) -> None:
         validate_script(template)
+
+    def check_target(self, target: Target) -> None:
+        # The options, and whether pywinrm can use them (a transport's library missing, say):
+        # building the protocol object sends nothing.
+        options = Options.parse(target)
+        _Session(target, options, Account("keyturn-check", ""), ())._protocol()
 
     async def run(self, request: RunRequest) -> RunResult:
         options = Options.parse(request.target)
@@ -181,7 +196,9 @@ class WinrmExecutor:
                 await asyncio.to_thread(session.login)
                 return LoginResult(ok=True)
             outcome = await asyncio.to_thread(session.run, script)
-        except AuthenticationFailed:
+        except AuthenticationFailed as exc:
+            if exc.login is not LoginProgress.REFUSED:
+                raise
             return LoginResult(ok=False)
         if outcome.status != 0:
             # The account logged in but the verify script disagrees (another account, say).
@@ -233,7 +250,9 @@ class Script:
             text = render(template, context, escape=escaping.powershell)
         except TemplateSyntaxProblem as exc:
             problem = _locate(template, context, exc)
-            raise TemplateFailed(target.name, "template", str(problem)) from None
+            raise ConfigurationError(
+                target.name, "template", f"{problem}; fix the template"
+            ) from None
         try:
             shown = render(template, masked(context), escape=escaping.powershell)
         except TemplateSyntaxProblem:
@@ -283,6 +302,7 @@ class _Session:
         self._where = options.endpoint(target)
         self._lines: list[str] = []
         self._secret_sent = False
+        self._shell_open = False  # a shell opened: the target accepted the account
 
     # -- entry points (called through asyncio.to_thread) ----------------------------------
 
@@ -342,6 +362,7 @@ class _Session:
             shell: str = protocol.open_shell(codepage=_UTF8_CODEPAGE, noprofile=True)
         except Exception as exc:
             raise self._failure("open shell", exc) from None
+        self._shell_open = True
         self._note(f"# shell opened on {self._where} as {self._account.username}")
         return shell
 
@@ -429,32 +450,52 @@ class _Session:
             return _options_error(self._target, self._redact(f"cannot use WinRM: {exc}"))
         if self._secret_sent:
             return self._lost(step, _describe(exc))
-        if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY" in str(exc):
+        if _caused_by(exc, ssl.SSLCertVerificationError):
+            # Certificates are verified in the TLS handshake: nothing was sent.
             return self._error(
                 HostKeyMismatch,
                 "tls",
                 f"the TLS certificate of {self._where} is not trusted ({_describe(exc)}): the "
                 "host may not be the one you think. Give the device a ca_file with its CA",
+                login=LoginProgress.NOT_ATTEMPTED,
             )
         if isinstance(exc, WSManFaultError):
+            # A WS-Management fault answers a request the target authenticated.
             return self._error(
                 TemplateFailed,
                 step,
                 f"{self._where} accepted the login of {user!r} but refused the request: "
                 f"{exc.reason}. Check that the account may use WinRM (Remote Management Users "
                 "or Administrators) or use a privileged auth credential",
+                login=LoginProgress.ACCEPTED,
             )
+        # Before a shell is open, the request carrying the credentials may have reached the
+        # target unless the connection (TCP, TLS) never opened; no answer said whether it
+        # took them.
+        login = None
+        if not self._shell_open and not _never_connected(exc):
+            login = LoginProgress.UNKNOWN
         if isinstance(exc, WinRMTransportError) and exc.code == 404:
             return self._error(
                 TemplateFailed,
                 step,
                 f"{self._where} answered HTTP 404: no WinRM listener at that path; check the "
                 "device's path, scheme and port options",
+                login=login,
             )
         if isinstance(exc, requests.exceptions.ConnectTimeout):
             reason = f"no answer within {self._target.connect_timeout:g}s"
         else:
             reason = _describe(exc)
+        if login is LoginProgress.UNKNOWN:
+            return self._error(
+                ConnectFailed,
+                step,
+                f"the WinRM login to {self._where} as {user!r} failed after the credentials "
+                f"were sent: {reason}; the target may have counted a failed login, so this is "
+                "not retried",
+                login=login,
+            )
         return self._error(
             ConnectFailed,
             step,
@@ -491,8 +532,16 @@ class _Session:
             f"the script exited with status {outcome.status}: {said[:_QUOTED_ERROR]!r}; {hint}",
         )
 
-    def _error(self, cls: type[ExecutorError], step: str, cause: str) -> ExecutorError:
-        return cls(self._target.name, step, self._redact(cause), self.transcript())
+    def _error(
+        self,
+        cls: type[ExecutorError],
+        step: str,
+        cause: str,
+        login: LoginProgress | None = None,
+    ) -> ExecutorError:
+        if login is None and self._shell_open and not issubclass(cls, AuthenticationFailed):
+            login = LoginProgress.ACCEPTED  # a shell opened: the account was accepted
+        return cls(self._target.name, step, self._redact(cause), self.transcript(), login=login)
 
     # -- transcript ------------------------------------------------------------------------
 
@@ -504,6 +553,34 @@ class _Session:
 
     def _redact(self, text: str) -> str:
         return redact(text, self._secrets)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``kind`` is among the exceptions that led to ``exc``: requests and urllib3 wrap
+    the socket's or ssl's own error in theirs (as an argument, a reason or a cause)."""
+    pending: list[object] = [exc]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, kind):
+            return True
+        pending.extend([*item.args, getattr(item, "reason", None), item.__cause__])
+        pending.append(item.__context__)
+    return False
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """The connection never opened, so nothing was sent: the TCP connect timed out or failed
+    (urllib3's NewConnectionError: refused, unreachable, unresolvable) or the TLS handshake
+    refused the certificate."""
+    return (
+        isinstance(exc, requests.exceptions.ConnectTimeout)
+        or _caused_by(exc, NewConnectionError)
+        or _caused_by(exc, ssl.SSLCertVerificationError)
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -19,15 +19,13 @@ from store.models import SchemaVersion
 
 
 def _v2_one_writer_per_credential(conn: Connection) -> None:
-    """The credential gate, commit's compare-and-set and pinned template versions."""
+    """The credential gate and commit's compare-and-set."""
     columns = {
         "run_id": "VARCHAR",
         "gate_seq": "INTEGER NOT NULL DEFAULT 0",
         "gate_state": "VARCHAR",
         "waiting_for": "VARCHAR",
         "base_version_id": "VARCHAR",
-        "change_template_id": "VARCHAR",
-        "verify_template_id": "VARCHAR",
     }
     present = {c["name"] for c in inspect(conn).get_columns("operation")}
     for name, ddl in columns.items():

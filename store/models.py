@@ -147,10 +147,6 @@ class Operation(SQLModel, table=True):
     gate_state: str | None = None  # "queued" | "holding" while in the gate; None once left
     waiting_for: str | None = None  # the operation ahead of this one while it is queued
     base_version_id: str | None = None  # the current version prepare read: commit's CAS
-    # Template versions pinned when the operation was requested (saving a new one later does
-    # not change what an operation in flight runs).
-    change_template_id: str | None = None
-    verify_template_id: str | None = None
 
 
 class Attempt(SQLModel, table=True):

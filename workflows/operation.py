@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from executors.base import (
         NON_RETRYABLE_KINDS,
         AuthenticationFailed,
+        ConfigurationError,
         ConnectFailed,
         HostKeyMismatch,
     )
@@ -86,7 +87,12 @@ GATE_CHECK_INTERVAL = timedelta(minutes=5)
 VERIFIED = "verified: the new secret logs in"
 
 # Failures that prove the change never reached the target: no probe needed.
-NOTHING_SENT = (ConnectFailed.kind, HostKeyMismatch.kind, AuthenticationFailed.kind)
+NOTHING_SENT = (
+    ConnectFailed.kind,
+    HostKeyMismatch.kind,
+    AuthenticationFailed.kind,
+    ConfigurationError.kind,
+)
 
 
 def initial_search_attributes(
@@ -506,9 +512,12 @@ class OperationWorkflow:
             probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
         except ActivityError as err:
             kind, message = _cause(err)
-            return FinishInput(
-                step.operation_id, "failed", "the target could not be reached", kind, message
+            resolution = (
+                "nothing was sent to the target: fix the configuration"
+                if kind == ConfigurationError.kind
+                else "the target could not be reached"
             )
+            return FinishInput(step.operation_id, "failed", resolution, kind, message)
         if probe.current_works:
             return FinishInput(step.operation_id, "succeeded", "the current secret logs in")
         return FinishInput(

@@ -14,8 +14,10 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     HostKeyMismatch,
+    LoginProgress,
     LoginRequest,
     OutcomeUnknown,
     RunRequest,
@@ -292,6 +294,7 @@ async def test_stopped_server_is_connect_failed(sshd: Sshd, ssh_users: Users) ->
         sshd.start()
 
     assert caught.value.retryable
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED and caught.value.may_retry
     assert "check the address/port" in caught.value.cause
     assert_no_secret(error_texts(caught.value), password, "Brand-new-pass-5678")
 
@@ -344,14 +347,17 @@ async def test_connection_lost_before_and_after_a_secret(sshd: Sshd, ssh_users: 
     after = "exec: read line; kill -KILL $PPID\nsend: {{ new_password }}\nexpect: never\n"
     request_context = context(sshd, user, password, new)
 
-    with pytest.raises(ConnectFailed):
+    with pytest.raises(ConnectFailed) as lost:
         await EXECUTOR.run(
             RunRequest(target(sshd), Account(user, password), before, request_context)
         )
+    # Both come after the login: a failure once logged in never costs the lockout budget.
+    assert lost.value.login is LoginProgress.ACCEPTED and lost.value.may_retry
     with pytest.raises(OutcomeUnknown) as caught:
         await EXECUTOR.run(
             RunRequest(target(sshd), Account(user, password), after, request_context)
         )
+    assert caught.value.login is LoginProgress.ACCEPTED and caught.value.may_retry
     assert_no_secret(error_texts(caught.value), password, new)
 
 
@@ -453,8 +459,8 @@ def test_validate_rejects_with_the_line(template: str, line: int | None, message
 
 
 async def test_run_rejects_a_bad_template_before_connecting(sshd: Sshd) -> None:
-    # Port 1 would be ConnectFailed: TemplateFailed proves nothing was attempted on the target.
-    with pytest.raises(TemplateFailed, match="line 2"):
+    # Port 1 would be ConnectFailed: ConfigurationError proves nothing was attempted.
+    with pytest.raises(ConfigurationError, match="line 2"):
         await EXECUTOR.run(
             RunRequest(
                 target(sshd, port=1),

@@ -55,8 +55,9 @@ def _free_port() -> int:
 class PostgresCluster:
     """initdb + pg_ctl in a temp dir owned by the postgres OS user. Restartable on one port."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: str = "") -> None:
         self._bin = _bin_dir()
+        self._settings = settings  # more server options, e.g. "-c auth_delay.milliseconds=…"
         self._dir = Path(tempfile.mkdtemp(prefix="keyturn-pg-"))
         owner = pwd.getpwnam(OS_USER)
         os.chown(self._dir, owner.pw_uid, owner.pw_gid)
@@ -123,7 +124,7 @@ class PostgresCluster:
             self._port = _free_port()
         options = (
             f"-p {self._port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c log_connections=on"
+            f"-c log_connections=on {self._settings}"
         )
         started = self._run(
             str(self._bin / "pg_ctl"),
@@ -237,8 +238,8 @@ class Roles:
 
 
 @contextmanager
-def running_cluster() -> Iterator[PostgresCluster]:
-    cluster = PostgresCluster()
+def running_cluster(settings: str = "") -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster(settings)
     cluster.start()
     try:
         yield cluster

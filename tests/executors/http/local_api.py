@@ -87,6 +87,9 @@ class LocalApi:
         route = http.path.split("?")[0]
         if route == "/token" and http.command == "POST":
             return self._token(http, body)
+        if route == "/public/hang":  # hangs without asking who calls
+            self.release.wait(HANG_SECONDS)
+            return _answer(http, 200, {})
         client = self._caller(http.headers.get("Authorization", ""))
         if client is None:
             return _answer(http, 401, {"error": "unauthorized", "reason": "Login failed"})

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from executors.base import (
     Account,
     AuthenticationFailed,
+    ConfigurationError,
     ExecutorError,
+    LoginProgress,
     LoginRequest,
     RunRequest,
     Target,
@@ -238,11 +240,12 @@ async def test_nothing_listening_is_connect_failed() -> None:
             RunRequest(dead, Account("u", "Pass-1234"), SELF_CHANGE, context("u", "Pass-1234", "N"))
         )
     assert caught.value.kind == "ConnectFailed" and caught.value.retryable
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED and caught.value.may_retry
     assert "rabbit-test" in str(caught.value)
 
 
 async def test_bad_device_options_are_reported() -> None:
-    with pytest.raises(TemplateFailed, match="auth"):
+    with pytest.raises(ConfigurationError, match="auth"):
         await EXECUTOR.check_login(
             LoginRequest(target(auth="kerberos"), Account("u", "secret-pass"))
         )
@@ -283,7 +286,7 @@ def test_validate_rejects_bad_templates(template: str, line: int | None, message
 
 async def test_a_template_error_fails_before_connecting() -> None:
     dead = target(base_url="http://127.0.0.1:9")
-    with pytest.raises(TemplateFailed, match="line 1"):
+    with pytest.raises(ConfigurationError, match="line 1"):
         await EXECUTOR.run(
             RunRequest(dead, Account("u", "p"), "request: nope", context("u", "", ""))
         )

@@ -16,6 +16,7 @@ from executors.base import (
     ConnectFailed,
     ExecutorError,
     HostKeyMismatch,
+    LoginProgress,
     LoginRequest,
     OutcomeUnknown,
     RunRequest,
@@ -110,6 +111,7 @@ async def test_oauth2_refused_client_is_authentication_failed(local_api: LocalAp
         await change(local_api, CHANGE, "wrong-secret", "Client-secret-2", **OAUTH)
     assert local_api.accounts["app"] == "Client-secret-1"
     assert "token request" in str(caught.value)
+    assert caught.value.login is LoginProgress.REFUSED
     assert_no_secret(caught.value, "wrong-secret", "Client-secret-2")
 
 
@@ -138,13 +140,36 @@ async def test_connection_dropped_after_the_secret_was_sent_is_outcome_unknown(
     with pytest.raises(OutcomeUnknown) as caught:
         await change(local_api, template, "Current-pass-1", "New-pass-12345")
     assert caught.value.retryable and "probe" in str(caught.value)
+    # The request that changed the password was also the first to carry the credentials, and
+    # no answer came: the login's outcome is unknown too, so the step is not retried (probe).
+    assert caught.value.login is LoginProgress.UNKNOWN and not caught.value.may_retry
     assert_no_secret(caught.value, "Current-pass-1", "New-pass-12345")
 
 
 async def test_timeout_before_any_secret_is_connect_failed(local_api: LocalApi) -> None:
     local_api.accounts["app"] = "Current-pass-1"
-    with pytest.raises(ConnectFailed, match="no answer"):
+    with pytest.raises(ConnectFailed, match="no answer") as caught:
         await change(local_api, "request: GET /api/hang\n", "Current-pass-1", "New-pass-12345")
+    # Nothing was changed, but the hanging request carried the credentials: no verdict on them.
+    assert caught.value.login is LoginProgress.UNKNOWN and not caught.value.may_retry
+
+
+async def test_a_hang_before_the_credentials_leave_is_safe_to_retry(local_api: LocalApi) -> None:
+    local_api.accounts["app"] = "Current-pass-1"
+    with pytest.raises(ConnectFailed, match="no answer") as caught:
+        await change(
+            local_api, "request: GET /public/hang\nauth: none\n", "Current-pass-1", "New-pass-1"
+        )
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED and caught.value.may_retry
+
+
+async def test_a_failure_after_an_accepted_login_is_safe_to_retry(local_api: LocalApi) -> None:
+    local_api.accounts["app"] = "Current-pass-1"
+    with pytest.raises(ConnectFailed, match="no answer") as caught:
+        await change(
+            local_api, "request: GET /api/me\nrequest: GET /api/hang\n", "Current-pass-1", "x"
+        )
+    assert caught.value.login is LoginProgress.ACCEPTED and caught.value.may_retry
 
 
 async def test_timeout_after_the_secret_was_sent_is_outcome_unknown(local_api: LocalApi) -> None:
@@ -158,9 +183,10 @@ async def test_failure_after_an_accepted_change_is_outcome_unknown(local_api: Lo
     # The change went through; a later step failing must not make the workflow drop the secret.
     local_api.accounts["app"] = "Current-pass-1"
     template = CHANGE + "request: GET /api/missing\nauth: none\n"
-    with pytest.raises(OutcomeUnknown):
+    with pytest.raises(OutcomeUnknown) as caught:
         await change(local_api, template, "Current-pass-1", "New-pass-12345")
     assert local_api.accounts["app"] == "New-pass-12345"
+    assert caught.value.login is LoginProgress.ACCEPTED and caught.value.may_retry
 
 
 async def test_tls_is_verified_by_default(tls_api: LocalApi) -> None:
@@ -169,6 +195,7 @@ async def test_tls_is_verified_by_default(tls_api: LocalApi) -> None:
         await logs_in(tls_api, "Current-pass-1")
     assert "ca_file" in str(caught.value) and not caught.value.retryable
     assert tls_api.requests == []  # refused before any request, so no credential went out
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
 
 
 async def test_tls_with_the_private_ca_works(tls_api: LocalApi) -> None:

@@ -12,8 +12,10 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
+    LoginProgress,
     LoginRequest,
     RunRequest,
     Target,
@@ -124,6 +126,7 @@ async def test_wrong_current_password_is_refused_and_changes_nothing(
 
     assert caught.value.step == "bind" and "dir-1" in str(caught.value)
     assert "invalidCredentials" in str(caught.value)
+    assert caught.value.login is LoginProgress.REFUSED
     assert "wrong-old" not in str(caught.value) + caught.value.transcript
     assert ldap_users.password_hash(user) == before
     assert ldap_users.password_works(user, OLD)
@@ -160,6 +163,7 @@ async def test_verify_fails_when_the_bind_is_someone_else(slapd: Slapd, ldap_use
             )
         )
     assert "whoami" in caught.value.step and "Other pw" not in str(caught.value)
+    assert caught.value.login is LoginProgress.ACCEPTED  # the bind worked; the check did not
 
 
 async def test_unreachable_directory_is_connect_failed(slapd: Slapd) -> None:
@@ -167,11 +171,12 @@ async def test_unreachable_directory_is_connect_failed(slapd: Slapd) -> None:
     with pytest.raises(ConnectFailed) as caught:
         await EXECUTOR.check_login(LoginRequest(down, Account("someone", "S3cret-pw")))
     assert "dir-down" in str(caught.value) and "S3cret-pw" not in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED and caught.value.may_retry
 
 
 async def test_missing_base_dn_is_a_clear_error(slapd: Slapd) -> None:
     bare = Target("dir-1", "127.0.0.1", slapd.port)
-    with pytest.raises(TemplateFailed, match="options.base_dn"):
+    with pytest.raises(ConfigurationError, match="options.base_dn"):
         await EXECUTOR.check_login(LoginRequest(bare, Account("someone", "pw")))
 
 
@@ -308,4 +313,7 @@ async def test_a_hung_directory_times_out_as_connect_failed(
     finally:
         slapd.resume()
     assert OLD not in str(caught.value)
+    # The connection opened (the kernel accepts for a stopped slapd) and the bind request, with
+    # the password, went out: no verdict came back, so the login's outcome is unknown.
+    assert caught.value.login is LoginProgress.UNKNOWN and not caught.value.may_retry
     assert ldap_users.password_works(user, OLD)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +17,7 @@ from executors.base import (
     ChangeRejected,
     ConnectFailed,
     ExecutorError,
+    LoginProgress,
     LoginRequest,
     RunRequest,
     Target,
@@ -211,6 +217,7 @@ async def test_syntax_error_never_quotes_the_statement(
             mysql_server, user, "Pass-word-1", secret, "SET PASSWORD = {{ new_password }} x;\n"
         )
     assert "1064" in str(caught.value) and "line 1 (statement)" in str(caught.value)
+    assert caught.value.login is LoginProgress.ACCEPTED  # the server ran it: logged in
     assert "a-rather" not in str(caught.value)
     assert_no_secret(error_texts(caught.value), secret, "Pass-word-1")
 
@@ -220,7 +227,91 @@ async def test_stopped_server_is_connect_failed(mysql_server: MysqlServer) -> No
     with pytest.raises(ConnectFailed) as caught:
         await change(mysql_server, "nobody", "Pass-word-1", "New-pass-2", port=1)
     assert caught.value.retryable and "mysql-test" in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED and caught.value.may_retry
     assert_no_secret(error_texts(caught.value), "Pass-word-1", "New-pass-2")
+
+
+async def test_a_missing_database_is_reported_after_an_accepted_login(
+    mysql_server: MysqlServer, mysql_users: MysqlUsers
+) -> None:
+    user = mysql_users.create("Pass-word-1")
+    with pytest.raises(TemplateFailed, match="database 'kt_nope'") as caught:
+        await EXECUTOR.check_login(
+            LoginRequest(
+                target(mysql_server, options={"database": "kt_nope"}),
+                Account(user, "Pass-word-1"),
+            )
+        )
+    # Error 1044 (no access to it) answers a password the server took; 1045 is its refusal.
+    assert caught.value.login is LoginProgress.ACCEPTED
+
+
+# -- how far a login got, against a peer that stops answering ------------------------------------
+
+_CLIENT_SSL = 0x0800  # capability flag: the server offers TLS
+
+
+def _greeting(server: MysqlServer, tls: bool) -> bytes:
+    """The real server's greeting packet, offering TLS or not."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        header = sock.recv(4, socket.MSG_WAITALL)
+        payload = bytearray(sock.recv(int.from_bytes(header[:3], "little"), socket.MSG_WAITALL))
+    caps = payload.index(0, 1) + 1 + 4 + 8 + 1  # protocol, version\0, thread id, salt, filler
+    flags = int.from_bytes(payload[caps : caps + 2], "little")
+    flags = flags | _CLIENT_SSL if tls else flags & ~_CLIENT_SSL
+    payload[caps : caps + 2] = flags.to_bytes(2, "little")
+    return header + bytes(payload)
+
+
+@contextlib.asynccontextmanager
+async def silent_peer(greeting: bytes) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A MySQL peer that sends ``greeting`` (if any), then reads and never answers."""
+    received: list[bytes] = []
+    release = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(4096):
+                received.append(data)
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], received
+    finally:
+        release.set()
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("greeting", "login"),
+    [
+        # No greeting: the handshake never began.
+        pytest.param("none", LoginProgress.NOT_ATTEMPTED, id="no-greeting"),
+        # Greeting offering TLS: the client starts it, the peer never answers the ClientHello.
+        pytest.param("tls", LoginProgress.NOT_ATTEMPTED, id="tls-never-completes"),
+        # Greeting without TLS: the handshake response with the password's scramble goes out.
+        pytest.param("plain", LoginProgress.UNKNOWN, id="no-verdict"),
+    ],
+)
+async def test_a_peer_that_stops_answering(
+    mysql_server: MysqlServer, greeting: str, login: LoginProgress
+) -> None:
+    packet = b"" if greeting == "none" else _greeting(mysql_server, tls=greeting == "tls")
+    async with silent_peer(packet) as (port, received):
+        with pytest.raises(ConnectFailed) as caught:
+            await EXECUTOR.check_login(
+                LoginRequest(
+                    target(mysql_server, port=port, read_timeout=1.0),
+                    Account("kt_someone", "Pass-word-1"),
+                )
+            )
+    assert caught.value.login is login
+    assert caught.value.may_retry is (login is LoginProgress.NOT_ATTEMPTED)
+    if greeting == "plain":
+        assert b"kt_someone" in b"".join(received)  # the handshake response did go out
 
 
 async def test_read_timeout_after_a_secret_is_outcome_unknown(

@@ -10,8 +10,10 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
+    LoginProgress,
     LoginRequest,
     RunRequest,
     Target,
@@ -23,7 +25,7 @@ from executors.shipped import shipped_templates
 from executors.sql_script import parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
 from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
-from tests.servers.postgresql import PostgresCluster, Roles
+from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 
 TEMPLATES = {t.name: t.body for t in shipped_templates()}
 EXECUTOR = PostgresqlExecutor()
@@ -117,7 +119,7 @@ async def test_verify_of_another_role_is_a_template_failure(
     pg_cluster: PostgresCluster, pg_roles: Roles
 ) -> None:
     user = pg_roles.create("Pass-word-1")
-    with pytest.raises(TemplateFailed, match="line 4 \\(expect\\)"):
+    with pytest.raises(TemplateFailed, match="line 4 \\(expect\\)") as caught:
         await EXECUTOR.check_login(
             LoginRequest(
                 target(pg_cluster),
@@ -126,6 +128,7 @@ async def test_verify_of_another_role_is_a_template_failure(
                 context(pg_cluster, "someone_else", "Pass-word-1", "x"),
             )
         )
+    assert caught.value.login is LoginProgress.ACCEPTED  # it failed once logged in
 
 
 async def test_change_as_admin(pg_cluster: PostgresCluster, pg_roles: Roles) -> None:
@@ -150,6 +153,7 @@ async def test_wrong_current_password(pg_cluster: PostgresCluster, pg_roles: Rol
     user = pg_roles.create(current)
     with pytest.raises(AuthenticationFailed) as caught:
         await self_change(pg_cluster, user, wrong, new)
+    assert caught.value.login is LoginProgress.REFUSED
     assert "refused the login" in str(caught.value) and "pg-test" in str(caught.value)
     assert_no_secret(error_texts(caught.value), current, wrong, new)
     assert await pg_roles.password_works(user, current)
@@ -238,11 +242,12 @@ async def test_stopped_server_is_connect_failed(
     with pytest.raises(ConnectFailed) as caught:
         await self_change(pg_cluster, user, "Pass-word-1", "New-pass-2")
     assert caught.value.retryable and "pg-test" in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED and caught.value.may_retry
     assert_no_secret(error_texts(caught.value), "Pass-word-1", "New-pass-2")
 
 
 async def test_bad_device_options(pg_cluster: PostgresCluster) -> None:
-    with pytest.raises(TemplateFailed, match="sslmode"):
+    with pytest.raises(ConfigurationError, match="sslmode"):
         await EXECUTOR.check_login(
             LoginRequest(target(pg_cluster, options={"sslmode": "sometimes"}), Account("a", "b"))
         )
@@ -250,12 +255,15 @@ async def test_bad_device_options(pg_cluster: PostgresCluster) -> None:
 
 async def test_missing_database(pg_cluster: PostgresCluster, pg_roles: Roles) -> None:
     user = pg_roles.create("Pass-word-1")
-    with pytest.raises(TemplateFailed, match="no database 'nope'"):
+    with pytest.raises(TemplateFailed, match="no database 'nope'") as caught:
         await EXECUTOR.check_login(
             LoginRequest(
                 target(pg_cluster, options={"database": "nope"}), Account(user, "Pass-word-1")
             )
         )
+    # The server says so after the password went in; only its text tells why the login
+    # failed, which is never enough to give a lockout charge back.
+    assert caught.value.login is LoginProgress.UNKNOWN
 
 
 async def test_read_timeout_after_a_secret_is_outcome_unknown(
@@ -273,7 +281,34 @@ async def test_read_timeout_after_a_secret_is_outcome_unknown(
             )
         )
     assert caught.value.kind == "OutcomeUnknown" and "line 2" in str(caught.value)
+    assert caught.value.login is LoginProgress.ACCEPTED and caught.value.may_retry
     assert_no_secret(error_texts(caught.value), "Secret-77", "Pass-word-1")
+
+
+async def test_a_login_cut_off_before_its_verdict_is_of_unknown_outcome() -> None:
+    # auth_delay holds every failed authentication 4 s before answering (as servers slowing
+    # down password guessing do): the connect times out after the password was sent.
+    with running_cluster(
+        "-c shared_preload_libraries=auth_delay -c auth_delay.milliseconds=4000"
+    ) as slow:
+        with roles_on(slow) as roles:
+            user = roles.create("Pass-word-1")
+            with pytest.raises(ConnectFailed) as caught:
+                await EXECUTOR.check_login(
+                    LoginRequest(target(slow, connect_timeout=1.0), Account(user, "Wrong-pass-2"))
+                )
+            assert caught.value.login is LoginProgress.UNKNOWN and not caught.value.may_retry
+            assert "after the password was sent" in str(caught.value)
+            assert_no_secret(error_texts(caught.value), "Wrong-pass-2")
+            # Heard in time, the same refusal is a clean one.
+            refused = await EXECUTOR.check_login(
+                LoginRequest(target(slow, connect_timeout=8.0), Account(user, "Wrong-pass-2"))
+            )
+            assert not refused.ok
+        slow.stop()  # and a server that cannot be reached saw nothing
+        with pytest.raises(ConnectFailed) as down:
+            await EXECUTOR.check_login(LoginRequest(target(slow), Account(user, "Pass-word-1")))
+        assert down.value.login is LoginProgress.NOT_ATTEMPTED and down.value.may_retry
 
 
 # --- the template language -----------------------------------------------------------------
@@ -314,7 +349,7 @@ def test_validate_rejects_bad_templates(template: str, line: int | None, words: 
 
 
 async def test_bad_template_fails_before_connecting(pg_cluster: PostgresCluster) -> None:
-    with pytest.raises(TemplateFailed, match="line 1"):
+    with pytest.raises(ConfigurationError, match="line 1"):
         await EXECUTOR.run(
             RunRequest(
                 target(pg_cluster, port=1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -19,8 +20,11 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
+    HostKeyMismatch,
+    LoginProgress,
     LoginRequest,
     OutcomeUnknown,
     RunRequest,
@@ -31,6 +35,7 @@ from executors.shipped import shipped_templates
 from executors.winrm import BOOTSTRAP, PREAMBLE, WinrmExecutor, decode_stderr
 from templating import TemplateContext, TemplateSyntaxProblem, escaping
 from tests.executors.helpers import make_context, make_target
+from tests.executors.http.local_api import LocalApi
 from tests.servers.wsman_peer import WsmanPeer, lex
 
 TEMPLATES = {t.name: t.body for t in shipped_templates() if t.executor == "winrm"}
@@ -172,6 +177,7 @@ async def test_wrong_current_password_is_refused_and_changes_nothing(wsman: Wsma
     assert wsman.users == {"dave": OLD}
     assert wsman.scripts == [] and wsman.actions == []
     assert wsman.failed_logins == 1  # one login attempt: one unit of the lockout budget
+    assert caught.value.login is LoginProgress.REFUSED
     assert_no_secret([str(caught.value), caught.value.transcript], "not-the-password", OLD)
 
 
@@ -255,7 +261,7 @@ async def test_undefined_tag_names_its_line_and_connects_nowhere(wsman: WsmanPee
     with_admin(wsman)
     template = "# kind: change\nWrite-Output 'x'\nSet-LocalUser -Name {{ usernme }}\n"
     request = admin_request(wsman, "alice", "n")
-    with pytest.raises(TemplateFailed) as caught:
+    with pytest.raises(ConfigurationError) as caught:
         await EXECUTOR.run(RunRequest(request.target, request.account, template, request.context))
     assert "line 3" in str(caught.value) and "usernme" in str(caught.value)
     assert wsman.actions == []
@@ -304,6 +310,24 @@ async def test_nothing_listening_is_connect_failed(wsman: WsmanPeer) -> None:
     with pytest.raises(ConnectFailed) as caught:
         await EXECUTOR.run(request)
     assert "cannot reach WinRM" in str(caught.value) and caught.value.retryable
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED and caught.value.may_retry
+
+
+async def test_an_untrusted_certificate_is_refused_before_any_login(tmp_path: Path) -> None:
+    api = LocalApi(tls_dir=tmp_path).start()  # an HTTPS peer with a certificate of its own CA
+    try:
+        port = int(api.base_url.rsplit(":", 1)[1])
+        request = LoginRequest(
+            Target("win-host", "127.0.0.1", port, options={"transport": "basic"}),
+            Account("someone", OLD),
+        )
+        with pytest.raises(HostKeyMismatch) as caught:
+            await EXECUTOR.check_login(request)
+    finally:
+        api.close()
+    assert "ca_file" in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED  # the handshake never completed
+    assert api.requests == []
 
 
 async def test_wrong_path_is_reported(wsman: WsmanPeer) -> None:
@@ -315,6 +339,8 @@ async def test_wrong_path_is_reported(wsman: WsmanPeer) -> None:
     with pytest.raises(TemplateFailed) as caught:
         await EXECUTOR.run(request)
     assert "404" in str(caught.value)
+    # The request carried the credentials; a 404 says nothing of what the target made of them.
+    assert caught.value.login is LoginProgress.UNKNOWN
 
 
 @pytest.mark.parametrize("mode", ["hang", "drop_on_receive"])
@@ -339,6 +365,7 @@ async def test_lost_after_the_script_was_sent_is_outcome_unknown(
     with pytest.raises(OutcomeUnknown) as caught:
         await EXECUTOR.run(request)
     assert "probe" in str(caught.value)
+    assert caught.value.login is LoginProgress.ACCEPTED and caught.value.may_retry  # a shell ran
     assert wsman.users["ivan"] == "n3w'pw"  # it did happen: only a probe can tell
     assert_no_secret([str(caught.value), caught.value.transcript], "n3w'pw", OLD)
 
@@ -389,7 +416,7 @@ async def test_bad_options_are_reported_before_connecting(
     request = RunRequest(
         target(wsman, **options), request.account, request.template, request.context
     )
-    with pytest.raises(TemplateFailed) as caught:
+    with pytest.raises(ConfigurationError) as caught:
         await EXECUTOR.run(request)
     assert needle in str(caught.value)
     assert wsman.actions == []

@@ -1,0 +1,265 @@
+"""What a login costs the lockout budget, through the executor activities against a real sshd.
+
+Every login is charged before it is tried. The charge is given back only when the login is known
+not to have counted as a failure on the target: the secret never reached it (the connection or
+its handshake did not complete) or the target accepted it. A refusal keeps the charge, and so
+does a failure whose login outcome is unknown, which also stops the step: a retry could lock
+the account. The activities run in Temporal's ActivityEnvironment on a SQLite store of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+import executors.ssh
+from activities.executor_steps import ExecutorActivities
+from store.engine import make_engine
+from store.models import (
+    Attempt,
+    Credential,
+    Device,
+    LoginCharge,
+    Operation,
+    Policy,
+    SecretState,
+    Template,
+)
+from store.seed import seed_shipped_templates
+from store.vault import Vault
+from tests.servers.sshd import Sshd, Users
+from workflows.contracts import ChangeOutcome, ProbeOutcome, StepInput
+
+OLD = "Charge-0ld-pass"
+NEW = "Charge-n3w-pass"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Store:
+    engine: Engine
+    vault: Vault
+    activities: ExecutorActivities
+    sshd: Sshd
+
+    def operation(
+        self,
+        username: str,
+        password: str,
+        kind: str = "verify",
+        *,
+        port: int | None = None,
+        change_template: str = "ssh/linux-passwd",
+        **policy: Any,
+    ) -> tuple[str, str]:
+        """A device on the fixture sshd, a credential and an operation: (operation, device)."""
+        with Session(self.engine) as session:
+            device = Device(
+                name=f"host-{secrets.token_hex(4)}",
+                address="127.0.0.1",
+                port=port or self.sshd.port,
+                executor="ssh",
+                host_keys=[self.sshd.host_key_line],
+            )
+            rules = Policy(name=f"policy-{secrets.token_hex(4)}", **policy)
+            credential = Credential(
+                device_id=device.id,
+                username=username,
+                change_template=change_template,
+                verify_template="ssh/verify-login",
+                policy_id=rules.id,
+            )
+            for row in (device, rules, credential):  # one by one: no relationships to order them
+                session.add(row)
+                session.flush()
+            self.vault.add(session, credential.id, password, SecretState.CURRENT)
+            operation = Operation(credential_id=credential.id, kind=kind, workflow_id="test")
+            if kind == "change":
+                pending = self.vault.add(session, credential.id, NEW, SecretState.PENDING)
+                operation.pending_version_id = pending.id
+            session.add(operation)
+            session.commit()
+            return operation.id, device.id
+
+    def template(self, body: str) -> str:
+        name = f"test/{secrets.token_hex(4)}"
+        with Session(self.engine) as session:
+            session.add(Template(name=name, executor="ssh", kind="change", body=body))
+            session.commit()
+        return name
+
+    def charges(self, device_id: str) -> list[str]:
+        with Session(self.engine) as session:
+            rows = session.exec(select(LoginCharge).where(LoginCharge.device_id == device_id))
+            return [charge.state for charge in rows]
+
+    def attempts(self, operation_id: str) -> list[tuple[str, str]]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(Attempt)
+                .where(Attempt.operation_id == operation_id)
+                .order_by(col(Attempt.started_at))
+            )
+            return [(a.step, a.outcome) for a in rows]
+
+    def detail(self, operation_id: str) -> str:
+        with Session(self.engine) as session:
+            attempt = session.exec(
+                select(Attempt).where(Attempt.operation_id == operation_id)
+            ).one()
+            return attempt.detail or ""
+
+    async def probe(self, operation_id: str) -> ProbeOutcome:
+        result: ProbeOutcome = await ActivityEnvironment().run(
+            self.activities.probe, StepInput(operation_id)
+        )
+        return result
+
+    async def change(self, operation_id: str, attempt: int = 1) -> ChangeOutcome:
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, attempt=attempt)
+        result: ChangeOutcome = await env.run(self.activities.change, StepInput(operation_id))
+        return result
+
+
+@pytest.fixture
+def store(tmp_path: Path, sshd: Sshd) -> Iterator[Store]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    seed_shipped_templates(engine)
+    vault = Vault(secrets.token_bytes(32))
+    yield Store(engine, vault, ExecutorActivities(engine, vault), sshd)
+    engine.dispose()
+
+
+def _failed_logins(sshd: Sshd, user: str) -> int:
+    return sshd.log_path.read_text(errors="replace").count(f"Failed password for {user} ")
+
+
+async def test_a_refused_connection_gives_the_charge_back(store: Store) -> None:
+    operation, device = store.operation("nobody", OLD, port=_closed_port())
+
+    with pytest.raises(ApplicationError) as caught:
+        await store.probe(operation)
+
+    assert caught.value.type == "ConnectFailed"
+    assert not caught.value.non_retryable  # nothing reached the target: safe to retry
+    assert store.charges(device) == []
+    assert store.attempts(operation) == [("probe", "ConnectFailed")]
+
+
+async def test_a_refused_password_keeps_the_charge(store: Store, ssh_users: Users) -> None:
+    user = ssh_users.create(OLD)
+    operation, device = store.operation(user, "not-the-password")
+
+    outcome = await store.probe(operation)
+
+    assert outcome == ProbeOutcome(pending_works=False, current_works=False)
+    assert store.charges(device) == ["failed"]
+    assert _failed_logins(store.sshd, user) == 1  # what the target counted
+
+
+async def test_a_failure_after_the_login_gives_the_charge_back(
+    store: Store, ssh_users: Users
+) -> None:
+    user = ssh_users.create(OLD)
+    template = store.template("# kind: change\nexec: false\nexit: 0\n")
+    operation, device = store.operation(user, OLD, "change", change_template=template)
+
+    with pytest.raises(ApplicationError) as caught:
+        await store.change(operation)
+
+    assert caught.value.type == "ChangeRejected"
+    assert store.charges(device) == []  # the login worked: it cost nothing
+    assert _failed_logins(store.sshd, user) == 0
+
+
+async def test_a_login_cut_off_before_its_verdict_keeps_the_charge_and_stops(
+    store: Store, ssh_users: Users
+) -> None:
+    user = ssh_users.create(OLD)
+    # PAM takes about 2 s to refuse a password; the login gives up after 1.2 s, once the
+    # password is on its way: the target's verdict is never heard.
+    operation, device = store.operation(
+        user, "not-the-password", connect_timeout_seconds=0.4, read_timeout_seconds=0.8
+    )
+
+    with pytest.raises(ApplicationError) as caught:
+        await store.probe(operation)
+
+    assert caught.value.type == "ConnectFailed"
+    assert caught.value.non_retryable  # retrying might lock the account
+    assert "after the password was sent" in caught.value.message
+    assert store.charges(device) == ["failed"]
+    # The target did count it, after Keyturn stopped listening: the charge was right.
+    for _ in range(100):
+        if _failed_logins(store.sshd, user) == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert _failed_logins(store.sshd, user) == 1
+
+
+async def test_an_unclassified_error_during_the_login_keeps_the_charge_and_stops(
+    store: Store, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = ssh_users.create(OLD)
+    operation, device = store.operation(user, OLD)
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError(f"something no executor expected (password {OLD})")
+
+    monkeypatch.setattr(executors.ssh, "_connect", broken)
+    with pytest.raises(ApplicationError) as caught:
+        await store.probe(operation)
+
+    assert caught.value.type == "ExecutorError" and caught.value.non_retryable
+    assert "RuntimeError" in caught.value.message and OLD not in caught.value.message
+    assert store.charges(device) == ["failed"]
+    assert OLD not in store.detail(operation)
+
+
+async def test_a_configuration_error_is_recorded_and_costs_no_login(store: Store) -> None:
+    operation, device = store.operation("app", OLD, "change", change_template="test/gone")
+
+    with pytest.raises(ApplicationError) as caught:
+        await store.change(operation)
+
+    assert caught.value.type == "ConfigurationError" and caught.value.non_retryable
+    assert store.attempts(operation) == [("change", "ConfigurationError")]
+    detail = store.detail(operation)
+    assert "'test/gone'" in detail and "change_template" in detail and "ssh/linux-passwd" in detail
+    assert store.charges(device) == []
+
+
+async def test_a_configuration_error_after_a_possibly_applied_attempt_is_not_nothing_sent(
+    store: Store,
+) -> None:
+    operation, device = store.operation("app", OLD, "change", change_template="test/gone")
+    with Session(store.engine) as session:  # attempt 1 may have reached the target
+        session.add(Attempt(operation_id=operation, step="change", number=1, outcome="error"))
+        session.commit()
+
+    with pytest.raises(ApplicationError) as caught:
+        await store.change(operation, attempt=2)
+
+    # Not ConfigurationError, which the workflow reads as "nothing was sent": it must probe.
+    assert caught.value.type == "OutcomeUnknown"
+    assert "an earlier attempt may have applied the change" in caught.value.message
+    assert store.attempts(operation)[-1] == ("change", "OutcomeUnknown")
+    assert store.charges(device) == []
