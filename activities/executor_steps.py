@@ -137,7 +137,10 @@ class ExecutorActivities:
             transcripts = []
             if job.pending_password is not None:
                 account = Account(username, job.pending_password)
-                request = LoginRequest(job.target, account, job.verify_template, job.context())
+                # After a cancel only the login matters: a verify template that hung is what
+                # the operation may have been canceled for.
+                template = None if step.login_only else job.verify_template
+                request = LoginRequest(job.target, account, template, job.context())
                 pending = await self._login(job, account, lambda: executor.check_login(request))
                 transcripts.append(f"[pending] {'logs in' if pending.ok else 'refused'}")
                 transcripts.append(pending.transcript)

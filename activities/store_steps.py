@@ -119,12 +119,15 @@ class StoreActivities:
             if operation is None:
                 raise _no_such_operation(step.operation_id)
             status = OperationStatus(step.status)
-            if operation.status == status and operation.finished_at is not None:
-                return CommitOutcome(True)  # already committed by an earlier run of this step
             credential = session.get(Credential, operation.credential_id)
             assert credential is not None
             current = Vault.current(session, credential.id)
             current_id = current.id if current else None
+            if operation.finished_at is not None and (
+                operation.status == status
+                or (current_id is not None and current_id == operation.pending_version_id)
+            ):
+                return CommitOutcome(True)  # already committed by an earlier run of this step
             if (
                 not step.adopt
                 and operation.base_version_id is not None

@@ -120,6 +120,7 @@ class StepInput:
     operation_id: str
     via_reconcile: bool = False  # connect with the reconcile credential and its template
     attempt: int = 0  # the workflow's attempt number (0: Temporal's, for older workflows)
+    login_only: bool = False  # probe by logging in, without running the verify template
 
 
 @dataclass(frozen=True)

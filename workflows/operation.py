@@ -187,7 +187,9 @@ class OperationWorkflow:
             result = await self._gated(op, admission)
         finally:
             follower: WorkflowRef | None = await self._call(
-                "keyturn.leave_gate", GateCheck(self._operation_id), WorkflowRef | None  # type: ignore[arg-type]
+                "keyturn.leave_gate",
+                GateCheck(self._operation_id),
+                WorkflowRef | None,  # type: ignore[arg-type]
             )
             if follower is not None:
                 await self._signal(follower, "gate_open")
@@ -301,7 +303,9 @@ class OperationWorkflow:
             )
         self._step = "probe after cancel"
         try:
-            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+            probe = await self._executor(
+                "keyturn.probe", dataclasses.replace(step, login_only=True), plan, ProbeOutcome
+            )
         except ActivityError as err:
             kind, message = _cause(err)
             return FinishInput(
@@ -338,10 +342,8 @@ class OperationWorkflow:
     ) -> tuple[FinishInput | None, tuple[str, ...]]:
         self._step = "commit"
         status = "canceled" if self._canceled else "succeeded"
-        outcome: CommitOutcome = await self._call(
-            "keyturn.commit",
-            CommitInput(self._operation_id, self._resolution, status=status),
-            CommitOutcome,
+        outcome = await self._commit(
+            CommitInput(self._operation_id, self._resolution, status=status)
         )
         if not outcome.committed:
             finish = await self._after_moved_current(step, plan, outcome.detail, status)
@@ -373,10 +375,8 @@ class OperationWorkflow:
             await self._drop_slot()
         if probe.pending_works:
             self._resolution = f"{detail}; probe: the new secret logs in, adopted"
-            await self._call(
-                "keyturn.commit",
-                CommitInput(self._operation_id, self._resolution, adopt=True, status=status),
-                CommitOutcome,
+            await self._commit(
+                CommitInput(self._operation_id, self._resolution, adopt=True, status=status)
             )
             return None
         if probe.current_works:
@@ -594,6 +594,20 @@ class OperationWorkflow:
         token, self._slot = self._slot, None
         self._granted.discard(token)
         await self._store("keyturn.release_device_slot", SlotRelease(self._device_id, token))
+
+    async def _commit(self, commit: CommitInput) -> CommitOutcome:
+        """A regular activity, not a local one: its completion is in the history the moment it
+        lands, so a replay (after a cancel request, say) never runs the workflow as if the
+        commit had not happened."""
+        outcome: CommitOutcome = await workflow.execute_activity(
+            "keyturn.commit",
+            commit,
+            result_type=CommitOutcome,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        return outcome
 
     async def _signal(self, ref: WorkflowRef, signal: str) -> None:
         try:

@@ -1,0 +1,240 @@
+"""Cancel at each step of an operation: waiting for a device slot, during the change (passwd held
+at a prompt), between change and verify, during the commit. Whatever the step, vault and target
+agree afterwards and no attempt is left running. Real sshd, real Temporal dev server; the
+templates below hold the target at a known point so the cancel lands there."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+
+import worker as worker_module
+from activities.store_steps import StoreActivities
+from store.models import Attempt, Operation, SecretVersion
+from tests.e2e.conftest import Stack
+from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.servers.sshd import Sshd, Users
+from workflows.contracts import (
+    WORKFLOW_NAME,
+    CommitInput,
+    CommitOutcome,
+    OperationInput,
+    OperationResult,
+)
+
+OLD = "Canc3l-old-pass"
+PASSWD = (Path(__file__).parents[2] / "executors/templates/ssh/linux-passwd.tpl").read_text()
+# passwd waits at its "Retype new password:" prompt: the target has not changed yet.
+HELD_AT_PROMPT = """# kind: change
+spawn: passwd
+expect: (?i)current password:
+send: {{ current_password }}
+expect: (?i)new password:
+send: {{ new_password }}
+expect: keyturn-never-appears
+"""
+# passwd has changed the password; then the script waits on a command that never answers.
+HELD_AFTER_PASSWD = PASSWD + "exec: sleep 300\nexpect: keyturn-never-appears\n"
+HELD_VERIFY = "# kind: verify\nexec: sleep 300\nexpect: keyturn-never-appears\n"
+
+
+async def _template(stack: Stack, kind: str, body: str) -> str:
+    name = f"ssh/held-{secrets.token_hex(4)}"
+    await stack.post("/v1/templates", {"name": name, "executor": "ssh", "kind": kind, "body": body})
+    return name
+
+
+async def _process_of(user: str, name: str, within: float = 30) -> None:
+    """Wait until ``user`` runs ``name`` on the target: the operation is where the test wants."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        # -U: the real uid (passwd is set-uid root, its effective uid is not the user's).
+        pgrep = await asyncio.create_subprocess_exec(
+            "pgrep", "-U", user, "-x", name, stdout=asyncio.subprocess.DEVNULL
+        )
+        if await pgrep.wait() == 0:
+            return
+        assert loop.time() < deadline, f"{user} never ran {name}"
+        await asyncio.sleep(0.05)
+
+
+async def _step_is(stack: Stack, workflow_id: str, step: str, within: float = 30) -> None:
+    handle = stack.client.get_workflow_handle(workflow_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (await handle.query("status"))["step"] != step:
+        assert loop.time() < deadline, await handle.query("status")
+        await asyncio.sleep(0.05)
+
+
+async def _request(stack: Stack, credential_id: str) -> dict[str, Any]:
+    return await stack.post(
+        f"/v1/credentials/{credential_id}/operations", {"kind": "change"}, expect=202
+    )
+
+
+async def _cancel_and_wait(stack: Stack, accepted: dict[str, Any]) -> dict[str, Any]:
+    response = await stack.api.post(f"/v1/operations/{accepted['operation_id']}/cancel")
+    assert response.status_code == 202, response.text
+    handle = stack.client.get_workflow_handle(accepted["workflow_id"])
+    with pytest.raises(WorkflowFailureError):  # the workflow ends canceled
+        await asyncio.wait_for(handle.result(), 60)
+    return await stack.get(f"/v1/operations/{accepted['operation_id']}")
+
+
+def _states(stack: Stack, operation_id: str) -> tuple[list[str], str | None]:
+    """Outcomes of every attempt, and the state of the operation's pending version."""
+    with Session(stack.engine) as session:
+        attempts = session.exec(
+            select(Attempt.outcome)
+            .where(Attempt.operation_id == operation_id)
+            .order_by(col(Attempt.started_at))
+        ).all()
+        operation = session.get(Operation, operation_id)
+        assert operation is not None
+        pending = (
+            session.get(SecretVersion, operation.pending_version_id)
+            if operation.pending_version_id
+            else None
+        )
+        return list(attempts), pending.state if pending else None
+
+
+async def test_cancel_while_waiting_for_a_device_slot(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    device = await ssh_device(stack, sshd, max_concurrent_operations=1)
+    pol = await policy(stack, read_timeout_seconds=120)
+    held = await _template(stack, "change", HELD_AT_PROMPT)
+    holder_user, waiter_user = ssh_users.create(OLD), ssh_users.create(OLD)
+    holder = await credential(
+        stack, device["id"], holder_user, OLD, policy_id=pol["id"], change_template=held
+    )
+    waiter = await credential(stack, device["id"], waiter_user, OLD, policy_id=pol["id"])
+    holding = await _request(stack, holder["id"])
+    await _process_of(holder_user, "passwd")
+    waiting = await _request(stack, waiter["id"])
+    await _step_is(stack, waiting["workflow_id"], "waiting for a device slot")
+
+    canceled = await _cancel_and_wait(stack, waiting)
+
+    assert canceled["status"] == "canceled"
+    assert "nothing was sent" in canceled["resolution"]
+    assert _states(stack, waiting["operation_id"]) == ([], "failed")
+    assert current_secret(stack, waiter["id"]) == OLD
+    # The holder was never disturbed; canceled in turn (passwd still at its prompt), it finds
+    # by probing that the target kept the old password.
+    done = await _cancel_and_wait(stack, holding)
+    assert done["status"] == "canceled" and "current secret still logs in" in done["resolution"]
+    outcomes, pending = _states(stack, holding["operation_id"])
+    assert outcomes[0] == "canceled" and "running" not in outcomes and pending == "failed"
+    assert current_secret(stack, holder["id"]) == OLD
+    assert await ssh_users.password_works(holder_user, OLD)
+
+
+async def test_cancel_during_the_change_after_the_target_took_it(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd)
+    pol = await policy(stack, read_timeout_seconds=120)
+    held = await _template(stack, "change", HELD_AFTER_PASSWD)
+    cred = await credential(
+        stack, device["id"], user, OLD, policy_id=pol["id"], change_template=held
+    )
+    accepted = await _request(stack, cred["id"])
+    await _process_of(user, "sleep")
+
+    done = await _cancel_and_wait(stack, accepted)
+
+    assert done["status"] == "canceled"
+    assert "the new secret logs in, adopted" in done["resolution"]
+    outcomes, pending = _states(stack, accepted["operation_id"])
+    assert outcomes == ["canceled", "succeeded"] and pending == "current"
+    new = current_secret(stack, cred["id"])
+    assert new != OLD and await ssh_users.password_works(user, new)
+
+
+async def test_cancel_between_change_and_verify(stack: Stack, sshd: Sshd, ssh_users: Users) -> None:
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd)
+    pol = await policy(stack, read_timeout_seconds=120)
+    held_verify = await _template(stack, "verify", HELD_VERIFY)
+    cred = await credential(
+        stack, device["id"], user, OLD, policy_id=pol["id"], verify_template=held_verify
+    )
+    accepted = await _request(stack, cred["id"])
+    await _process_of(user, "sleep")  # the change is done; verify runs its (held) template
+
+    done = await _cancel_and_wait(stack, accepted)
+
+    assert done["status"] == "canceled"
+    assert "adopted" in done["resolution"]
+    outcomes, pending = _states(stack, accepted["operation_id"])
+    assert outcomes == ["succeeded", "canceled", "succeeded"] and pending == "current"
+    assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
+
+
+class _HeldCommit(StoreActivities):
+    """The real commit, entered only when the test lets it: so a cancel can arrive mid-commit."""
+
+    entered = threading.Event()
+    proceed = threading.Event()
+
+    @activity.defn(name="keyturn.commit")
+    def commit(self, step: CommitInput) -> CommitOutcome:
+        type(self).entered.set()
+        assert type(self).proceed.wait(60)
+        return super().commit(step)
+
+
+@pytest.fixture
+async def held_commit_queue(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
+    """A worker of its own (same store, same dev server) whose commit waits for the test."""
+    queue = f"{stack.settings.task_queue}-held-commit"
+    settings = stack.settings.model_copy(update={"task_queue": queue})
+    monkeypatch.setattr(worker_module, "StoreActivities", _HeldCommit)
+    stop = asyncio.Event()
+    workers = worker_module.build_workers(stack.client, settings, stack.engine)
+    running = asyncio.create_task(worker_module.run_workers(workers, stop))
+    yield queue
+    _HeldCommit.proceed.set()
+    stop.set()
+    await running
+
+
+async def test_cancel_during_the_commit_is_too_late(
+    stack: Stack, sshd: Sshd, ssh_users: Users, held_commit_queue: str
+) -> None:
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd)
+    cred = await credential(stack, device["id"], user, OLD)
+    handle = await stack.client.start_workflow(
+        WORKFLOW_NAME,
+        OperationInput(credential_id=cred["id"], kind="change"),
+        id=f"held-commit-{secrets.token_hex(4)}",
+        task_queue=held_commit_queue,
+        result_type=OperationResult,
+    )
+    assert await asyncio.to_thread(_HeldCommit.entered.wait, 60)
+
+    await handle.cancel()
+    _HeldCommit.proceed.set()
+    result = await handle.result()
+
+    assert result.status == "succeeded"
+    assert "too late" in result.resolution
+    operation = await stack.get(f"/v1/operations/{result.operation_id}")
+    assert operation["status"] == "succeeded" and "too late" in operation["resolution"]
+    assert "running" not in [a["outcome"] for a in operation["attempts"]]
+    assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))

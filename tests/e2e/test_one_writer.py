@@ -1,0 +1,276 @@
+"""One writer per credential: operations on one credential run one at a time, in request order,
+whatever their kind; device slots are FIFO and cheap to wait for; cancel leaves vault and target
+in agreement. Real sshd, real Temporal dev server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+from temporalio.client import WorkflowFailureError
+
+from store.models import Attempt, AuditEvent, LoginCharge
+from tests.e2e.conftest import Stack
+from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.servers.sshd import Sshd, Users
+from workflows.contracts import WORKFLOW_NAME, OperationInput, OperationResult
+
+OLD = "0ne-writer-old"
+ADMIN_PASSWORD = "0ne-writer-admin"
+
+
+async def _request(stack: Stack, credential_id: str, kind: str) -> dict[str, Any]:
+    response = await stack.api.post(
+        f"/v1/credentials/{credential_id}/operations", json={"kind": kind}
+    )
+    assert response.status_code in (200, 202), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def _finished(stack: Stack, accepted: dict[str, Any], within: float = 60) -> dict[str, Any]:
+    """Wait for the operation's own workflow run to end, then read it through the API."""
+    run_id = _run_id(stack, accepted["operation_id"])
+    handle = stack.client.get_workflow_handle(accepted["workflow_id"], run_id=run_id)
+    with contextlib.suppress(WorkflowFailureError):  # canceled operations end that way
+        await asyncio.wait_for(handle.result(), within)
+    return await stack.get(f"/v1/operations/{accepted['operation_id']}")
+
+
+def _run_id(stack: Stack, operation_id: str) -> str | None:
+    from store.models import Operation
+
+    with Session(stack.engine) as session:
+        row = session.get(Operation, operation_id)
+        assert row is not None
+        return row.run_id
+
+
+def _failed_charges(stack: Stack, username: str) -> int:
+    with Session(stack.engine) as session:
+        return len(
+            session.exec(
+                select(LoginCharge).where(
+                    LoginCharge.username == username, LoginCharge.state == "failed"
+                )
+            ).all()
+        )
+
+
+async def _registered(stack: Stack, handle: Any, within: float = 30) -> str:
+    """The id of an operation started with the SDK, once its row exists (polls the API)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        operation_id = (await handle.query("status")).get("operation_id")
+        if operation_id:
+            response = await stack.api.get(f"/v1/operations/{operation_id}")
+            if response.status_code == 200:
+                return str(operation_id)
+        assert loop.time() < deadline, "the workflow never registered its operation"
+        await asyncio.sleep(0.05)
+
+
+def _shipped(relative: str) -> str:
+    return _read(Path(__file__).parents[2] / "executors/templates" / relative)
+
+
+def _read(path: Path) -> str:
+    return path.read_text()
+
+
+def _running_attempts(stack: Stack, operation_ids: list[str]) -> list[Attempt]:
+    with Session(stack.engine) as session:
+        return list(
+            session.exec(
+                select(Attempt).where(
+                    col(Attempt.operation_id).in_(operation_ids), Attempt.outcome == "running"
+                )
+            ).all()
+        )
+
+
+def _span(stack: Stack, operation_id: str) -> tuple[datetime, datetime]:
+    """When the operation started acting and when it ended, from its audit events."""
+    with Session(stack.engine) as session:
+        events = session.exec(
+            select(AuditEvent)
+            .where(AuditEvent.operation_id == operation_id)
+            .order_by(col(AuditEvent.id))
+        ).all()
+    started = [e.at for e in events if e.event == "operation.started"]
+    ended = [
+        e.at
+        for e in events
+        if e.event in ("operation.succeeded", "operation.failed", "operation.canceled")
+    ]
+    assert started and ended, [e.event for e in events]
+    return started[0], ended[-1]
+
+
+async def _admin_and_user(
+    stack: Stack, sshd: Sshd, ssh_users: Users, **device: Any
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    admin = ssh_users.create(ADMIN_PASSWORD)
+    ssh_users.make_admin(admin)
+    user = ssh_users.create(OLD)
+    dev = await ssh_device(stack, sshd, **device)
+    admin_cred = await credential(stack, dev["id"], admin, ADMIN_PASSWORD)
+    pol = await policy(stack)
+    cred = await credential(
+        stack,
+        dev["id"],
+        user,
+        OLD,
+        policy_id=pol["id"],
+        reconcile_credential_id=admin_cred["id"],
+    )
+    return dev, cred, user
+
+
+async def test_change_and_reconcile_together_never_race(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    _, cred, user = await _admin_and_user(stack, sshd, ssh_users)
+    loop = asyncio.get_running_loop()
+    for _ in range(10):
+        began = loop.time()
+        change, reconcile = await asyncio.gather(
+            _request(stack, cred["id"], "change"), _request(stack, cred["id"], "reconcile")
+        )
+        # One of the two waits for the other: never two writers on one credential.
+        assert sorted([change["status"], reconcile["status"]]) == ["queued", "scheduled"]
+        done = await asyncio.gather(_finished(stack, change), _finished(stack, reconcile))
+        assert [d["status"] for d in done] == ["succeeded", "succeeded"], done
+        verify = await _finished(stack, await _request(stack, cred["id"], "verify"))
+        assert verify["status"] == "succeeded", verify
+        assert loop.time() - began < 30
+    assert _failed_charges(stack, user) == 0
+    assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
+
+
+async def test_a_burst_of_kinds_on_one_credential_runs_one_at_a_time_in_order(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    _, cred, user = await _admin_and_user(stack, sshd, ssh_users)
+    answers = [
+        await _request(stack, cred["id"], kind) for kind in ["change", "verify", "reconcile"] * 10
+    ]
+    # Distinct operations in the order they were requested; the rest joined one of them.
+    order: list[dict[str, Any]] = []
+    for answer in answers:
+        if not answer["joined"]:
+            order.append(answer)
+        else:
+            assert answer["operation_id"] in {o["operation_id"] for o in order}
+    assert len(order) >= 3
+    queued = [o for o in order if o["status"] == "queued"]
+    assert queued, "later kinds must queue behind the first"
+    shown = await stack.get(f"/v1/operations/{queued[-1]['operation_id']}")
+    assert shown["status"] in ("queued", "running", "succeeded")
+    if shown["status"] == "queued":
+        assert shown["waiting_for"] in {o["operation_id"] for o in order}
+
+    done = [await _finished(stack, o, within=120) for o in order]
+
+    assert all(d["status"] == "succeeded" for d in done), done
+    spans = [_span(stack, o["operation_id"]) for o in order]
+    for (_, ended), (started, _) in zip(spans, spans[1:], strict=False):
+        assert ended <= started, "an operation started before the one ahead of it ended"
+    assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
+    assert _failed_charges(stack, user) == 0
+
+
+async def test_a_change_started_with_the_temporal_client_alone_is_an_operation(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    """The SDK is a front door too: no API call, no row made beforehand."""
+    _, cred, user = await _admin_and_user(stack, sshd, ssh_users)
+    handle = await stack.client.start_workflow(
+        WORKFLOW_NAME,
+        OperationInput(credential_id=cred["id"], kind="change"),
+        id=f"sdk-change-{secrets.token_hex(4)}",
+        task_queue=stack.settings.task_queue,
+        result_type=OperationResult,
+    )
+    # Once the workflow has registered itself, a request through the API queues behind it.
+    operation_id = await _registered(stack, handle)
+    behind = await _request(stack, cred["id"], "verify")
+
+    result = await handle.result()
+
+    assert result.status == "succeeded" and result.operation_id == operation_id
+    operation = await stack.get(f"/v1/operations/{result.operation_id}")
+    assert operation["status"] == "succeeded" and operation["kind"] == "change"
+    assert [(a["step"], a["outcome"]) for a in operation["attempts"]] == [
+        ("change", "succeeded"),
+        ("verify", "succeeded"),
+    ]
+    assert behind["status"] == "queued"
+    verify = await _finished(stack, behind)
+    assert verify["status"] == "succeeded"
+    assert _span(stack, result.operation_id)[1] <= _span(stack, behind["operation_id"])[0]
+    assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
+
+
+async def test_device_slots_are_fifo_and_waiting_costs_no_history(
+    stack: Stack, sshd: Sshd, ssh_users: Users, tmp_path: Path
+) -> None:
+    """40 operations on 40 credentials of a device with a cap of 1."""
+    # A directory every throwaway account may write to (not sticky: each appends one file).
+    log_dir = Path(tempfile.mkdtemp(prefix="keyturn-cap-", dir="/tmp"))
+    os.chmod(log_dir, 0o777)
+    log = log_dir / "log"
+    os.close(os.open(log, os.O_CREAT | os.O_WRONLY, 0o666))
+    os.chmod(log, 0o666)
+    try:
+        name = f"ssh/passwd-logged-{secrets.token_hex(3)}"
+        body = _shipped("ssh/linux-passwd.tpl")
+        # The target itself records when each change begins and ends.
+        body = (
+            f'exec: echo "{{{{ username }}}} start $(date +%s.%N)" >> {log_dir}/log\nexit: 0\n'
+            + body.split("\n", 1)[1]
+            + f'exec: echo "{{{{ username }}}} end $(date +%s.%N)" >> {log_dir}/log\nexit: 0\n'
+        )
+        await stack.post(
+            "/v1/templates", {"name": name, "executor": "ssh", "kind": "change", "body": body}
+        )
+        device = await ssh_device(stack, sshd, max_concurrent_operations=1)
+        pol = await policy(stack)
+        users = [ssh_users.create(OLD) for _ in range(40)]
+        creds = [
+            await credential(stack, device["id"], u, OLD, policy_id=pol["id"], change_template=name)
+            for u in users
+        ]
+
+        accepted = [await _request(stack, c["id"], "change") for c in creds]
+        done = await asyncio.gather(*(_finished(stack, a, within=300) for a in accepted))
+
+        assert all(d["status"] == "succeeded" for d in done), [d["error"] for d in done]
+        lines = [line.split() for line in _read(log).splitlines()]
+        events = sorted((float(at), who, what) for who, what, at in lines)
+        running = 0
+        starts = []
+        for _, who, what in events:
+            running += 1 if what == "start" else -1
+            assert running <= 1, "two operations acted on the device at once"
+            if what == "start":
+                starts.append(who)
+        assert starts == users, "slots were not granted in request order"
+        first, last = accepted[1], accepted[-1]
+        sizes = []
+        for waiter in (first, last):
+            run_id = _run_id(stack, waiter["operation_id"])
+            handle = stack.client.get_workflow_handle(waiter["workflow_id"], run_id=run_id)
+            sizes.append(len((await handle.fetch_history()).events))
+        assert sizes[0] == sizes[1], f"waiting grew the history: {sizes}"
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
