@@ -539,6 +539,7 @@ class OperationWorkflow:
         while True:
             attempt += 1
             await self._take_slot(plan)
+            sent_before = self._may_have_sent
             if name == "keyturn.change":
                 self._may_have_sent = True
             try:
@@ -556,6 +557,8 @@ class OperationWorkflow:
             except ActivityError as err:
                 if is_cancelled_exception(err):
                     raise asyncio.CancelledError() from err
+                if _cause(err)[0] in NOTHING_SENT or _details(err) == [NOTHING_SENT_DETAIL]:
+                    self._may_have_sent = sent_before  # this attempt provably sent nothing
                 delay = _retry_delay(err, plan, attempt)
                 if delay is None:
                     raise

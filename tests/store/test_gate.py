@@ -1,0 +1,104 @@
+"""The credential gate and commit's compare-and-set, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.engine import Engine
+
+from activities.gate import register_operation
+from activities.store_steps import StoreActivities
+from store import gate
+from store.engine import session_scope
+from store.models import Operation, OperationStatus, SecretState
+from store.vault import Vault
+from tests.store.helpers import a_credential
+from workflows.contracts import CommitInput, RegisterInput, StepInput
+
+KEY = secrets.token_bytes(32)
+
+
+def _register(engine: Engine, credential_id: str, kind: str = "change") -> str:
+    operation_id = secrets.token_hex(8)
+    register_operation(
+        engine,
+        RegisterInput(operation_id, credential_id, kind, "manual", f"wf-{operation_id}", "run"),
+    )
+    return operation_id
+
+
+def _row(engine: Engine, operation_id: str) -> Operation:
+    with session_scope(engine) as session:
+        row = session.get(Operation, operation_id)
+        assert row is not None
+        return row
+
+
+def test_concurrent_registrations_form_one_queue(engine: Engine) -> None:
+    credential_id = a_credential(engine)
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: _register(engine, credential_id), range(8)))
+    rows = sorted((_row(engine, i) for i in ids), key=lambda r: r.gate_seq)
+    assert [r.gate_state for r in rows] == ["holding"] + ["queued"] * 7
+    assert [r.waiting_for for r in rows] == [None] + [r.id for r in rows[:-1]]
+    assert rows[1].status == OperationStatus.QUEUED and rows[0].status == OperationStatus.SCHEDULED
+    # Registering again (the workflow after the API) changes nothing.
+    again = register_operation(
+        engine, RegisterInput(rows[2].id, credential_id, "change", "manual", "x", "run")
+    )
+    assert again.queued and again.waiting_for == rows[1].id
+
+
+def test_leaving_hands_the_gate_on_and_a_canceled_waiter_is_unlinked(engine: Engine) -> None:
+    credential_id = a_credential(engine)
+    first, second, third = (_register(engine, credential_id) for _ in range(3))
+    with session_scope(engine) as session:  # the second leaves while queued (canceled)
+        assert gate.leave(session, second) is None
+    assert _row(engine, third).waiting_for == first
+    with session_scope(engine) as session:
+        follower = gate.leave(session, first)
+        assert follower is not None and follower.id == third
+    with session_scope(engine) as session:  # leaving again answers the same follower
+        again = gate.leave(session, first)
+        assert again is not None and again.id == third
+    assert _row(engine, third).gate_state == "holding"
+    fourth = _register(engine, credential_id)
+    assert _row(engine, fourth).waiting_for == third
+
+
+def test_an_operation_whose_workflow_ended_is_abandoned(engine: Engine) -> None:
+    credential_id = a_credential(engine)
+    first, second = (_register(engine, credential_id) for _ in range(2))
+    with session_scope(engine) as session:
+        follower = gate.abandon(session, first, "terminated")
+        assert follower is not None and follower.id == second
+    dead = _row(engine, first)
+    assert dead.status == OperationStatus.FAILED and dead.error_type == "WorkflowEnded"
+
+
+def test_commit_never_overwrites_a_current_secret_that_moved(engine: Engine) -> None:
+    credential_id = a_credential(engine)
+    vault = Vault(KEY)
+    with session_scope(engine) as session:
+        vault.add(session, credential_id, "first", SecretState.CURRENT)
+    steps = StoreActivities(engine, vault, "queue")
+    operation_id = _register(engine, credential_id)
+    steps.prepare(StepInput(operation_id))
+    with session_scope(engine) as session:  # another writer moves current meanwhile
+        newer = vault.add(session, credential_id, "newer", SecretState.PENDING)
+        session.flush()
+        Vault.promote(session, credential_id, newer.id)
+
+    refused = steps.commit(CommitInput(operation_id, "verified"))
+
+    assert not refused.committed and "moved" in refused.detail
+    with session_scope(engine) as session:
+        current = Vault.current(session, credential_id)
+        assert current is not None and vault.reveal(current) == "newer"
+    # A probe showed the target has the pending secret: adopting it is allowed.
+    assert steps.commit(CommitInput(operation_id, "adopted", adopt=True)).committed
+    pending = _row(engine, operation_id).pending_version_id
+    with session_scope(engine) as session:
+        current = Vault.current(session, credential_id)
+        assert current is not None and current.id == pending
