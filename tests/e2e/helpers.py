@@ -74,3 +74,20 @@ async def wait_for_attempts(stack: Stack, operation_id: str, count: int, within:
             return
         assert loop.time() < deadline, f"only {len(finished)} attempts after {within}s"
         await asyncio.sleep(0.05)
+
+
+async def wait_for_step(stack: Stack, workflow_id: str, step: str, within: float = 30) -> None:
+    """Wait until the operation's workflow reports ``step`` (its status query; polls)."""
+    handle = stack.client.get_workflow_handle(workflow_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (await handle.query("status"))["step"] != step:
+        assert loop.time() < deadline, await handle.query("status")
+        await asyncio.sleep(0.05)
+
+
+async def ssh_template(stack: Stack, body: str, kind: str = "change", name: str = "") -> str:
+    """Save an ssh template (a new version if ``name`` exists); its name."""
+    name = name or f"ssh/test-{secrets.token_hex(4)}"
+    await stack.post("/v1/templates", {"name": name, "executor": "ssh", "kind": kind, "body": body})
+    return name

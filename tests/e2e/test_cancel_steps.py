@@ -21,7 +21,14 @@ import worker as worker_module
 from activities.store_steps import StoreActivities
 from store.models import Attempt, Operation, SecretVersion
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.helpers import (
+    credential,
+    current_secret,
+    policy,
+    ssh_device,
+    ssh_template,
+    wait_for_step,
+)
 from tests.servers.sshd import Sshd, Users
 from workflows.contracts import (
     WORKFLOW_NAME,
@@ -47,12 +54,6 @@ HELD_AFTER_PASSWD = PASSWD + "exec: sleep 300\nexpect: keyturn-never-appears\n"
 HELD_VERIFY = "# kind: verify\nexec: sleep 300\nexpect: keyturn-never-appears\n"
 
 
-async def _template(stack: Stack, kind: str, body: str) -> str:
-    name = f"ssh/held-{secrets.token_hex(4)}"
-    await stack.post("/v1/templates", {"name": name, "executor": "ssh", "kind": kind, "body": body})
-    return name
-
-
 async def _process_of(user: str, name: str, within: float = 30) -> None:
     """Wait until ``user`` runs ``name`` on the target: the operation is where the test wants."""
     loop = asyncio.get_running_loop()
@@ -65,15 +66,6 @@ async def _process_of(user: str, name: str, within: float = 30) -> None:
         if await pgrep.wait() == 0:
             return
         assert loop.time() < deadline, f"{user} never ran {name}"
-        await asyncio.sleep(0.05)
-
-
-async def _step_is(stack: Stack, workflow_id: str, step: str, within: float = 30) -> None:
-    handle = stack.client.get_workflow_handle(workflow_id)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while (await handle.query("status"))["step"] != step:
-        assert loop.time() < deadline, await handle.query("status")
         await asyncio.sleep(0.05)
 
 
@@ -115,7 +107,7 @@ async def test_cancel_while_waiting_for_a_device_slot(
 ) -> None:
     device = await ssh_device(stack, sshd, max_concurrent_operations=1)
     pol = await policy(stack, read_timeout_seconds=120)
-    held = await _template(stack, "change", HELD_AT_PROMPT)
+    held = await ssh_template(stack, HELD_AT_PROMPT, "change")
     holder_user, waiter_user = ssh_users.create(OLD), ssh_users.create(OLD)
     holder = await credential(
         stack, device["id"], holder_user, OLD, policy_id=pol["id"], change_template=held
@@ -124,7 +116,7 @@ async def test_cancel_while_waiting_for_a_device_slot(
     holding = await _request(stack, holder["id"])
     await _process_of(holder_user, "passwd")
     waiting = await _request(stack, waiter["id"])
-    await _step_is(stack, waiting["workflow_id"], "waiting for a device slot")
+    await wait_for_step(stack, waiting["workflow_id"], "waiting for a device slot")
 
     canceled = await _cancel_and_wait(stack, waiting)
 
@@ -148,7 +140,7 @@ async def test_cancel_during_the_change_after_the_target_took_it(
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
     pol = await policy(stack, read_timeout_seconds=120)
-    held = await _template(stack, "change", HELD_AFTER_PASSWD)
+    held = await ssh_template(stack, HELD_AFTER_PASSWD, "change")
     cred = await credential(
         stack, device["id"], user, OLD, policy_id=pol["id"], change_template=held
     )
@@ -169,7 +161,7 @@ async def test_cancel_between_change_and_verify(stack: Stack, sshd: Sshd, ssh_us
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
     pol = await policy(stack, read_timeout_seconds=120)
-    held_verify = await _template(stack, "verify", HELD_VERIFY)
+    held_verify = await ssh_template(stack, HELD_VERIFY, "verify")
     cred = await credential(
         stack, device["id"], user, OLD, policy_id=pol["id"], verify_template=held_verify
     )

@@ -19,7 +19,14 @@ from temporalio.client import WorkflowFailureError
 
 from store.models import Attempt, AuditEvent, LoginCharge
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.helpers import (
+    credential,
+    current_secret,
+    policy,
+    ssh_device,
+    ssh_template,
+    wait_for_step,
+)
 from tests.servers.sshd import Sshd, Users
 from workflows.contracts import WORKFLOW_NAME, OperationInput, OperationResult
 
@@ -232,7 +239,6 @@ async def test_device_slots_are_fifo_and_waiting_costs_no_history(
     os.close(os.open(log, os.O_CREAT | os.O_WRONLY, 0o666))
     os.chmod(log, 0o666)
     try:
-        name = f"ssh/passwd-logged-{secrets.token_hex(3)}"
         body = _shipped("ssh/linux-passwd.tpl")
         # The target itself records when each change begins and ends.
         body = (
@@ -240,9 +246,7 @@ async def test_device_slots_are_fifo_and_waiting_costs_no_history(
             + body.split("\n", 1)[1]
             + f'exec: echo "{{{{ username }}}} end $(date +%s.%N)" >> {log_dir}/log\nexit: 0\n'
         )
-        await stack.post(
-            "/v1/templates", {"name": name, "executor": "ssh", "kind": "change", "body": body}
-        )
+        name = await ssh_template(stack, body)
         device = await ssh_device(stack, sshd, max_concurrent_operations=1)
         pol = await policy(stack)
         users = [ssh_users.create(OLD) for _ in range(40)]
@@ -274,3 +278,38 @@ async def test_device_slots_are_fifo_and_waiting_costs_no_history(
         assert sizes[0] == sizes[1], f"waiting grew the history: {sizes}"
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
+
+
+async def test_an_operation_runs_the_template_versions_current_when_it_was_requested(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    device = await ssh_device(stack, sshd, max_concurrent_operations=1)
+    pol = await policy(stack, read_timeout_seconds=120)
+    # Another account's change holds the device's only slot (passwd waits at a prompt).
+    held_body = (
+        "# kind: change\nspawn: passwd\nexpect: (?i)current password:\n"
+        "send: {{ current_password }}\nexpect: keyturn-never-appears\n"
+    )
+    held = await ssh_template(stack, held_body)
+    holder_user = ssh_users.create(OLD)
+    holder = await credential(
+        stack, device["id"], holder_user, OLD, policy_id=pol["id"], change_template=held
+    )
+    holding = await _request(stack, holder["id"], "change")
+    user = ssh_users.create(OLD)
+    name = await ssh_template(stack, _shipped("ssh/linux-passwd.tpl"))
+    cred = await credential(
+        stack, device["id"], user, OLD, policy_id=pol["id"], change_template=name
+    )
+    waiting = await _request(stack, cred["id"], "change")
+    await wait_for_step(stack, waiting["workflow_id"], "waiting for a device slot")
+    # Saved while the change waits: a version that would change nothing.
+    await ssh_template(stack, "# kind: change\nexec: echo not this version\nexit: 3\n", name=name)
+    canceled = await stack.api.post(f"/v1/operations/{holding['operation_id']}/cancel")
+    assert canceled.status_code == 202
+
+    done = await _finished(stack, waiting, within=120)
+
+    assert done["status"] == "succeeded", done
+    assert "passwd" in done["attempts"][0]["transcript"]
+    assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
