@@ -69,6 +69,10 @@ async def _running_operation(engine: Engine, client: Client, workflow_id: str) -
     if description.status != WorkflowExecutionStatus.RUNNING:
         return None
     operation_id = await description.memo_value("operation_id", type_hint=str)
+    return await asyncio.to_thread(_get, engine, operation_id)
+
+
+def _get(engine: Engine, operation_id: str) -> Operation | None:
     with Session(engine) as db:
         return db.get(Operation, operation_id)
 
