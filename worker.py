@@ -24,7 +24,7 @@ from activities.gate import GateActivities
 from activities.store_steps import StoreActivities
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
-from store.engine import make_engine
+from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
 from workflows.device_slots import DeviceSlotsWorkflow
@@ -41,7 +41,10 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     slots = DeviceSlotActivities(client, settings.task_queue)
     executor = ExecutorActivities(engine, vault)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="keyturn-store")
+    # Their count is part of the store's pool sizing (store/engine.py).
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=STORE_ACTIVITY_THREADS, thread_name_prefix="keyturn-store"
+    )
     workers = [
         Worker(
             client,

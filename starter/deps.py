@@ -1,13 +1,32 @@
-"""Dependencies injected into routes: the store session, the Temporal client, the caller's token."""
+"""Dependencies injected into routes: the store session, the Temporal client, the caller's token.
+
+The store is synchronous (SQLModel), and a connection may only be held by code running in a
+thread that gives it back before it returns, never while waiting for anything else: then a
+request waiting for a connection only ever waits for a thread that is already working.
+
+- The event loop never touches the store: a connection it waits for may be held by a request
+  that needs the loop to finish (a burst of requests then hangs everything, worker included).
+- Sync (``def``) routes take a ``DB`` session and run in FastAPI's thread pool. ``StoreRoute``
+  closes that session when the route returns, in the route's thread: FastAPI would close it only
+  after validating the response, in the thread pool again, and sending it, so a burst of requests
+  would hold every connection while waiting for a thread held by a request waiting for one.
+- The few ``async`` routes, those that await Temporal, never take ``DB`` (``StoreRoute`` refuses
+  them): they do each store step with ``in_thread``, holding no session across an await.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -32,8 +51,55 @@ def state(request: Request) -> AppState:
 
 
 def session(app: Annotated[AppState, Depends(state)]) -> Iterator[Session]:
+    """For sync routes only (see the module's docstring)."""
     with Session(app.engine, expire_on_commit=False) as db:
         yield db
+
+
+_T = TypeVar("_T")
+
+
+class StoreRoute(APIRoute):
+    """A route whose ``DB`` session is closed, its connection back in the pool, as soon as its
+    sync endpoint returns, in the endpoint's thread. An async endpoint may not take ``DB``."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        asynchronous = inspect.iscoroutinefunction(endpoint)
+        super().__init__(path, endpoint if asynchronous else _closing_sessions(endpoint), **kwargs)
+        if asynchronous and _depends_on(self.dependant, session):
+            raise TypeError(
+                f"{endpoint.__name__} is async: it may not take DB (a session held across an "
+                "await); do its store steps with in_thread, or make it a def route"
+            )
+
+
+def _closing_sessions(endpoint: Callable[..., _T]) -> Callable[..., _T]:
+    @functools.wraps(endpoint)
+    def run(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return endpoint(*args, **kwargs)
+        finally:
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, Session):
+                    value.close()  # rows stay readable: expire_on_commit=False, no lazy loads
+
+    return run
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
+
+
+async def in_thread(engine: Engine, work: Callable[[Session], _T]) -> _T:
+    """``work(db)`` with a session of its own, in a worker thread: how an async route reads or
+    writes the store. The session is closed, its connection back in the pool, before this returns;
+    rows it returns are detached, their columns loaded."""
+
+    def run() -> _T:
+        with Session(engine, expire_on_commit=False) as db:
+            return work(db)
+
+    return await asyncio.to_thread(run)
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -51,4 +117,4 @@ def require_token(
 
 
 State = Annotated[AppState, Depends(state)]
-DB = Annotated[Session, Depends(session)]
+DB = Annotated[Session, Depends(session)]  # sync routes only

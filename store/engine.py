@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,16 +13,44 @@ from sqlmodel import Session, create_engine
 
 from store.migrations import migrate
 
+# The pool is sized for every thread that may hold a connection in one process: ``keyturn dev``
+# runs the worker and the API in one process, on one engine.
+STORE_ACTIVITY_THREADS = 16  # the worker's thread pool for store activities (worker.py)
+API_THREADS = 40  # AnyIO's default thread limiter: FastAPI runs sync routes (and their DB) there
+# asyncio.to_thread's default executor (ThreadPoolExecutor's default size): store steps of the
+# executor activities and of the async routes (starter.deps.in_thread).
+LOOP_THREADS = min(32, (os.cpu_count() or 1) + 4)
+# A connection is only held by code running in one of those threads, one at a time, and given
+# back before that code returns or waits for anything else: no session is held across an await,
+# and a sync route's session is closed when the route returns, not after FastAPI has validated
+# the response in the thread pool again (starter.deps.StoreRoute). So whoever waits for a
+# connection waits for a thread that is working and will give it back: a burst queues, it cannot
+# deadlock, as long as the event loop never waits for one (the API never touches the store from
+# the loop). With room for every thread no one even waits: a burst queues for a thread (AnyIO's
+# limiter, the executors' queues) before it reaches the pool. POOL_SIZE connections stay open
+# for the worker's steady load; the overflow is opened for bursts and closed once given back.
+# A worker or an API alone (production, PostgreSQL) only ever opens its own share.
+POOL_SIZE = STORE_ACTIVITY_THREADS
+MAX_OVERFLOW = API_THREADS + LOOP_THREADS
+# A backstop for threads not counted above (an app embedding the API with a larger limiter):
+# longer than SQLite's busy timeout, the longest a healthy holder may wait for the write lock
+# while holding its connection, so a queued request outlasts a slow holder instead of failing.
+POOL_TIMEOUT = 60.0
+SQLITE_BUSY_TIMEOUT = 30.0
+
 
 def make_engine(url: str) -> Engine:
+    pool = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW, "pool_timeout": POOL_TIMEOUT}
     if url.startswith("sqlite"):
         # Activities write from a thread pool; WAL lets readers proceed while one thread writes.
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=10
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
+            **pool,
         )
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_engine(url, pool_pre_ping=True, **pool)
     migrate(engine)
     return engine
 

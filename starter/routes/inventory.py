@@ -11,7 +11,7 @@ from sqlmodel import col, select
 from activities.jobs import latest_template
 from executors.base import Executor, get_executor, registry
 from executors.shipped import shipped_templates
-from starter.deps import DB, State
+from starter.deps import DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
     CredentialIn,
@@ -29,7 +29,7 @@ from store.models import Credential, Device, Policy, Template
 from store.vault import Vault
 from templating import TemplateSyntaxProblem
 
-router = APIRouter()
+router = APIRouter(route_class=StoreRoute)
 
 # Templates that need a privileged account refer to it; used to insist one is given.
 _AUTH_TAGS = ("auth_password", "AUTH_PASSWORD", "auth_username", "AUTH_USER")

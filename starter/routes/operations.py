@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlmodel import col, select
 
-from starter.deps import DB, State
+from starter.deps import DB, State, StoreRoute, in_thread
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import AttemptOut, ChildOut, OperationAccepted, OperationIn, OperationOut
 from starter.service import request_operation
 from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
 
-router = APIRouter()
+router = APIRouter(route_class=StoreRoute)
 
 
 @router.post(
@@ -21,9 +21,9 @@ router = APIRouter()
     responses={200: {"description": "an operation of this kind was running: joined it"}},
 )
 async def create_operation(
-    credential_id: str, body: OperationIn, db: DB, app: State, response: Response
+    credential_id: str, body: OperationIn, app: State, response: Response
 ) -> OperationAccepted:
-    credential = db.get(Credential, credential_id)
+    credential = await in_thread(app.engine, lambda db: db.get(Credential, credential_id))
     if credential is None:
         raise not_found("credential", credential_id)
     if body.kind == "reconcile" and not credential.reconcile_credential_id:
@@ -73,15 +73,16 @@ def get_operation(operation_id: str, db: DB) -> OperationOut:
 
 
 @router.post("/operations/{operation_id}/cancel", status_code=202, response_model=OperationOut)
-async def cancel_operation(operation_id: str, db: DB, app: State) -> OperationOut:
-    """Ask the operation to stop. It stops between steps, never in the middle of a commit."""
-    operation = db.get(Operation, operation_id)
+async def cancel_operation(operation_id: str, app: State) -> OperationOut:
+    """Ask the operation to stop. Vault and target agree when it has (see the README's
+    "Cancel"); a cancel that arrives once the commit has begun is too late."""
+    operation = await in_thread(app.engine, lambda db: db.get(Operation, operation_id))
     if operation is None:
         raise not_found("operation", operation_id)
     if OperationStatus(operation.status).terminal:
         raise Problem(409, f"operation {operation_id} has ended ({operation.status})")
-    await app.client.get_workflow_handle(operation.workflow_id).cancel()
-    return get_operation(operation_id, db)
+    await app.client.get_workflow_handle(operation.workflow_id, run_id=operation.run_id).cancel()
+    return await in_thread(app.engine, lambda db: get_operation(operation_id, db))
 
 
 @router.get("/credentials/{credential_id}/operations", response_model=list[OperationOut])

@@ -5,74 +5,14 @@ Runs the real command in a subprocess on free ports, with its own data directory
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-READY = "Press Ctrl-C to stop."
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def dev_env(tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "KEYTURN_DATA_DIR": str(tmp_path / "var"),
-        "KEYTURN_TEMPORAL_ADDRESS": f"127.0.0.1:{_free_port()}",
-        "KEYTURN_TEMPORAL_UI_PORT": str(_free_port()),
-        "KEYTURN_API_PORT": str(_free_port()),
-    }
-
-
-class DevStack:
-    def __init__(self, env: dict[str, str]) -> None:
-        keyturn = Path(sys.executable).parent / "keyturn"
-        self.process = subprocess.Popen(
-            [str(keyturn), "dev"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output: list[str] = []
-        assert self.process.stdout is not None
-        for line in self.process.stdout:  # blocks until the stack says it is ready (or exits)
-            self.output.append(line)
-            if READY in line:
-                break
-        assert any(READY in line for line in self.output), "".join(self.output)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=60)
-
-
-@pytest.fixture
-def start_dev(dev_env: dict[str, str]) -> Iterator[type[DevStack]]:
-    started: list[DevStack] = []
-
-    class Tracked(DevStack):
-        def __init__(self, env: dict[str, str]) -> None:
-            super().__init__(env)
-            started.append(self)
-
-    yield Tracked
-    for stack in started:
-        if stack.process.poll() is None:
-            stack.process.kill()
+from tests.starter.conftest import DevStack
 
 
 def test_killing_keyturn_dev_leaves_no_temporal_server_behind(
