@@ -224,8 +224,59 @@ async def test_wrong_sudo_password_is_authentication_failed(sshd: Sshd, ssh_user
     )
     assert caught.value.step == f"line {authfail_line} (authfail)"
     assert "Sorry, try again" in caught.value.cause
+    # Refused before the new password went anywhere (sudo would have taken it for a 2nd try).
+    assert f"> {user}:***" not in caught.value.transcript
     assert await ssh_users.password_works(user, current)
     assert_no_secret(error_texts(caught.value), admin_password, wrong, current, new)
+
+
+async def test_auth_account_without_sudo_is_change_rejected(sshd: Sshd, ssh_users: Users) -> None:
+    password, current, new = "Not-admin-1234", "Cur-1234", "New-1234"
+    not_admin = ssh_users.create(password)  # no sudoers entry
+    user = ssh_users.create(current)
+
+    with pytest.raises(ChangeRejected) as caught:
+        await admin_change(sshd, not_admin, password, user, current, new)
+
+    assert "may not run sudo" in caught.value.cause
+    assert f"> {user}:***" not in caught.value.transcript
+    assert await ssh_users.password_works(user, current)
+    assert_no_secret(error_texts(caught.value), password, current, new)
+
+
+async def test_admin_change_leaves_other_sessions_sudo_tickets_alone(
+    sshd: Sshd, ssh_users: Users
+) -> None:
+    """Another session of the admin account (a person, or a change running alongside) keeps its
+    cached sudo ticket. The template once began with ``sudo -K``, which erases the tickets of
+    every session of the account, so concurrent changes through one admin failed at random."""
+    admin_password, current, new = "Admin-pass-1234", "Current-pass-1234", "Brand-new-pass-5678"
+    admin = ssh_users.create(admin_password)
+    ssh_users.make_admin(admin)
+    user = ssh_users.create(current)
+    async with asyncssh.connect(
+        "127.0.0.1",
+        port=sshd.port,
+        username=admin,
+        password=admin_password,
+        known_hosts=([asyncssh.import_public_key(sshd.host_key_line)], [], []),
+        client_keys=None,
+        agent_path=None,
+    ) as conn:
+        # One shell runs both sudo calls, so both see the ticket it keys by process (no tty).
+        other = await conn.create_process(
+            "sudo -S -p '' -v && echo cached && read go && sudo -n -v && echo still-cached",
+            stderr=asyncssh.STDOUT,
+        )
+        other.stdin.write(admin_password + "\n")
+        assert (await other.stdout.readline()).strip() == "cached"
+
+        await admin_change(sshd, admin, admin_password, user, current, new)
+
+        other.stdin.write("\n")
+        said = await other.stdout.read()
+        assert "still-cached" in said, said
+    assert await ssh_users.password_works(user, new)
 
 
 async def test_host_key_mismatch(sshd: Sshd, ssh_users: Users) -> None:
