@@ -46,7 +46,12 @@ async def test_operation_is_searchable_and_queryable(
     assert await _find(stack.client, query) == [accepted["workflow_id"]]
     other = f"KeyturnCredentialId = '{cred['id']}' AND KeyturnStatus = 'failed'"
     assert [w.id async for w in stack.client.list_workflows(other)] == []
-    assert await handle.query("status") == {"status": "succeeded", "step": "done"}
+    assert await handle.query("status") == {
+        "status": "succeeded",
+        "step": "done",
+        "operation_id": accepted["operation_id"],
+        "waiting_for": None,
+    }
 
 
 async def test_failure_messages_are_encoded_in_history(
