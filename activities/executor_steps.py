@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.jobs import Job, get_or_raise, load_job
-from activities.lockout import Budget, BudgetSpent, LockoutLedger
+from activities.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
 from executors.base import (
     Account,
     AuthenticationFailed,
@@ -173,7 +173,7 @@ class ExecutorActivities:
             job.policy.lockout_budget,
             timedelta(seconds=job.policy.lockout_window_seconds),
         )
-        charge = await asyncio.to_thread(self._ledger.reserve, budget)
+        charge = await self._reserve(budget, job.target.connect_timeout + job.target.read_timeout)
         failed = True  # until the call's outcome says otherwise
         try:
             result = await call()
@@ -196,6 +196,22 @@ class ExecutorActivities:
             ) from exc
         finally:
             await asyncio.to_thread(self._ledger.settle, charge, failed=failed)
+
+    async def _reserve(self, budget: Budget, patience: float) -> str:
+        """A charge for one login. Logins of the same account in flight elsewhere (many changes
+        through one privileged account) may hold the whole budget for a moment: wait for them
+        to settle, up to ``patience`` seconds, before reporting the budget spent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        pause = 0.05
+        while True:
+            try:
+                return await asyncio.to_thread(self._ledger.reserve, budget)
+            except BudgetBusy:
+                if loop.time() >= deadline:
+                    raise  # a BudgetSpent, retried by the workflow after a short pause
+                await asyncio.sleep(pause)  # backoff between looks at the ledger
+                pause = min(pause * 2, 1.0)
 
     def _begin(self, step_input: StepInput, step: str | None, number: int) -> tuple[Job, str, bool]:
         """Open the attempt row and load the job, in one trip to the store's thread pool.

@@ -41,6 +41,22 @@ class BudgetSpent(Exception):
         )
 
 
+class BudgetBusy(BudgetSpent):
+    """The budget is taken by logins still in flight, not by refusals: wait for them to settle
+    (most logins work and give their charge back) rather than for the window to pass."""
+
+    def __init__(self, budget: Budget, retry_after: timedelta) -> None:
+        super().__init__(budget, retry_after)
+        self.args = (
+            f"lockout budget busy: {budget.limit} logins for {budget.username!r} are in flight; "
+            f"the next may be tried once one of them settles",
+        )
+
+
+# How soon to try again when the budget is busy with logins in flight.
+BUSY_RETRY = timedelta(seconds=1)
+
+
 class LockoutLedger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -78,7 +94,11 @@ class LockoutLedger:
                 )
             ).all()
             if len(charges) >= budget.limit:
-                oldest = min(_aware(c.at) for c in charges)
+                failed = [c for c in charges if c.state == "failed"]
+                if len(failed) < budget.limit:
+                    # Full only because logins are in flight: most give their charge back.
+                    raise BudgetBusy(budget, BUSY_RETRY)
+                oldest = min(_aware(c.at) for c in failed)
                 raise BudgetSpent(budget, max(oldest + budget.window - now, timedelta(seconds=1)))
             charge = LoginCharge(device_id=budget.device_id, username=budget.username, at=now)
             session.add(charge)
