@@ -73,6 +73,7 @@ GATE_PATCH = "one-writer-gate"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
+COMMIT_TIMEOUT = timedelta(seconds=10)
 # Store steps are local activities: short, idempotent, and on the workflow's own worker, so they
 # cost no task-queue round trip. They retry until the store answers (losing a commit is never an
 # option), except for errors that say retrying cannot help.
@@ -606,7 +607,8 @@ class OperationWorkflow:
             "keyturn.commit",
             commit,
             result_type=CommitOutcome,
-            start_to_close_timeout=STORE_TIMEOUT,
+            # Short: a worker lost mid-commit is noticed soon; a retry is harmless (idempotent).
+            start_to_close_timeout=COMMIT_TIMEOUT,
             retry_policy=STORE_RETRY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )

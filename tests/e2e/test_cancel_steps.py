@@ -50,22 +50,43 @@ send: {{ new_password }}
 expect: keyturn-never-appears
 """
 # passwd has changed the password; then the script waits on a command that never answers.
-HELD_AFTER_PASSWD = PASSWD + "exec: sleep 300\nexpect: keyturn-never-appears\n"
-HELD_VERIFY = "# kind: verify\nexec: sleep 300\nexpect: keyturn-never-appears\n"
+# The held command is named for its test ({hold}): a user id is reused once its throwaway
+# account is deleted, and a command left from an earlier test must not be taken for this one's.
+HELD_AFTER_PASSWD = PASSWD + "exec: exec -a {hold} sleep 300\nexpect: keyturn-never-appears\n"
+HELD_VERIFY = "# kind: verify\nexec: exec -a {hold} sleep 300\nexpect: keyturn-never-appears\n"
 
 
 async def _process_of(user: str, name: str, within: float = 30) -> None:
     """Wait until ``user`` runs ``name`` on the target: the operation is where the test wants."""
+    await _until_pgrep(["-U", user, "-x", name], within)
+
+
+@pytest.fixture
+async def hold() -> AsyncIterator[str]:
+    """A name for this test's held command (``_holding`` waits for it); killed at the end."""
+    name = f"keyturn-held-{secrets.token_hex(4)}"
+    try:
+        yield name
+    finally:
+        killer = await asyncio.create_subprocess_exec("pkill", "-f", name)
+        await killer.wait()
+
+
+async def _holding(hold: str, within: float = 30) -> None:
+    await _until_pgrep(["-f", hold], within)
+
+
+async def _until_pgrep(args: list[str], within: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
         # -U: the real uid (passwd is set-uid root, its effective uid is not the user's).
         pgrep = await asyncio.create_subprocess_exec(
-            "pgrep", "-U", user, "-x", name, stdout=asyncio.subprocess.DEVNULL
+            "pgrep", *args, stdout=asyncio.subprocess.DEVNULL
         )
         if await pgrep.wait() == 0:
             return
-        assert loop.time() < deadline, f"{user} never ran {name}"
+        assert loop.time() < deadline, f"no process matched pgrep {' '.join(args)}"
         await asyncio.sleep(0.05)
 
 
@@ -135,17 +156,17 @@ async def test_cancel_while_waiting_for_a_device_slot(
 
 
 async def test_cancel_during_the_change_after_the_target_took_it(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, hold: str
 ) -> None:
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
     pol = await policy(stack, read_timeout_seconds=120)
-    held = await ssh_template(stack, HELD_AFTER_PASSWD, "change")
+    held = await ssh_template(stack, HELD_AFTER_PASSWD.replace("{hold}", hold), "change")
     cred = await credential(
         stack, device["id"], user, OLD, policy_id=pol["id"], change_template=held
     )
     accepted = await _request(stack, cred["id"])
-    await _process_of(user, "sleep")
+    await _holding(hold)
 
     done = await _cancel_and_wait(stack, accepted)
 
@@ -157,16 +178,18 @@ async def test_cancel_during_the_change_after_the_target_took_it(
     assert new != OLD and await ssh_users.password_works(user, new)
 
 
-async def test_cancel_between_change_and_verify(stack: Stack, sshd: Sshd, ssh_users: Users) -> None:
+async def test_cancel_between_change_and_verify(
+    stack: Stack, sshd: Sshd, ssh_users: Users, hold: str
+) -> None:
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
     pol = await policy(stack, read_timeout_seconds=120)
-    held_verify = await ssh_template(stack, HELD_VERIFY, "verify")
+    held_verify = await ssh_template(stack, HELD_VERIFY.replace("{hold}", hold), "verify")
     cred = await credential(
         stack, device["id"], user, OLD, policy_id=pol["id"], verify_template=held_verify
     )
     accepted = await _request(stack, cred["id"])
-    await _process_of(user, "sleep")  # the change is done; verify runs its (held) template
+    await _holding(hold)  # the change is done; verify runs its (held) template
 
     done = await _cancel_and_wait(stack, accepted)
 
