@@ -276,6 +276,7 @@ async def test_device_slots_are_fifo_and_waiting_costs_no_history(
             handle = stack.client.get_workflow_handle(waiter["workflow_id"], run_id=run_id)
             sizes.append(len((await handle.fetch_history()).events))
         assert sizes[0] == sizes[1], f"waiting grew the history: {sizes}"
+        print(f"\n[cap 1] first and last of 39 waiters: {sizes[0]} history events each")
     finally:
         shutil.rmtree(log_dir, ignore_errors=True)
 
