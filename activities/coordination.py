@@ -137,7 +137,9 @@ class CoordinationActivities:
                 operation.error = request.reason
                 operation.finished_at = utcnow()
                 session.add(operation)
-            audit.record(session, "operation.chain_joined", operation_id=request.operation_id,
-                         reason=request.reason)
-
-
+            audit.record(
+                session,
+                "operation.chain_joined",
+                operation_id=request.operation_id,
+                reason=request.reason,
+            )

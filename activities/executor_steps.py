@@ -127,9 +127,7 @@ class ExecutorActivities:
     @activity.defn(name="keyturn.probe")
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
-        job, attempt_id, _ = await asyncio.to_thread(
-            self._begin, step, None, _attempt_number(step)
-        )
+        job, attempt_id, _ = await asyncio.to_thread(self._begin, step, None, _attempt_number(step))
         executor = get_executor(job.device.executor)
         username = job.credential.username
 

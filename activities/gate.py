@@ -57,9 +57,7 @@ class GateActivities:
         with session_scope(self._engine) as session:
             before = gate.ahead_of(session, operation_id)
             if before is not None and before.run_id == ahead.run_id:
-                gate.abandon(
-                    session, before.id, "its workflow ended without recording an outcome"
-                )
+                gate.abandon(session, before.id, "its workflow ended without recording an outcome")
             return gate.holds(session, operation_id)
 
 

@@ -62,9 +62,11 @@ def register(session: Session, request: Registration) -> Operation:
         if existing.run_id is None and request.run_id:
             existing.run_id = request.run_id
             session.add(existing)
-        return existing
+        if existing.gate_seq or existing.status != OperationStatus.SCHEDULED:
+            return existing
+        # A row an older release made before starting its workflow: queue it now.
     ahead = _tail(session, credential.id)
-    operation = Operation(
+    operation = existing or Operation(
         id=request.operation_id,
         credential_id=credential.id,
         kind=request.kind,
@@ -72,11 +74,11 @@ def register(session: Session, request: Registration) -> Operation:
         workflow_id=request.workflow_id,
         run_id=request.run_id,
         parent_operation_id=request.parent_operation_id,
-        gate_seq=seq,
-        gate_state=QUEUED if ahead else HOLDING,
-        waiting_for=ahead.id if ahead else None,
-        status=OperationStatus.QUEUED if ahead else OperationStatus.SCHEDULED,
     )
+    operation.gate_seq = seq
+    operation.gate_state = QUEUED if ahead else HOLDING
+    operation.waiting_for = ahead.id if ahead else None
+    operation.status = OperationStatus.QUEUED if ahead else OperationStatus.SCHEDULED
     session.add(operation)
     audit.record(
         session,
@@ -101,6 +103,8 @@ def leave(session: Session, operation_id: str) -> Operation | None:
     if operation is None:
         return None
     _lock(session, operation.credential_id)
+    # Read again under the lock: the operation ahead may have just handed this one the gate.
+    session.refresh(operation)
     follower = session.exec(
         select(Operation).where(
             Operation.waiting_for == operation.id, col(Operation.gate_state).is_not(None)
@@ -112,6 +116,9 @@ def leave(session: Session, operation_id: str) -> Operation | None:
         session.add(operation)
     if follower is None:
         return None
+    if was is None:
+        # Left already: hand over only what that leaving handed over (a repeated signal).
+        return follower if follower.gate_state == HOLDING else None
     if was == QUEUED:
         # Left before its turn: its follower now waits for whatever it was waiting for.
         follower.waiting_for = operation.waiting_for

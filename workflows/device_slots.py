@@ -16,7 +16,7 @@ and it continues as new before it grows large.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -44,7 +44,7 @@ class DeviceSlotsWorkflow:
         self._capacity = state.capacity
         self._holders: dict[str, SlotRequest] = {h.token: h for h in state.holders}
         self._waiters: list[SlotRequest] = list(state.waiters)
-        self._released: set[str] = set()  # tokens released before their request arrived
+        self._released: set[str] = set()  # tokens given back (or withdrawn) in this run
         self._changed = False
 
     @workflow.signal
@@ -52,7 +52,7 @@ class DeviceSlotsWorkflow:
         if request.capacity > 0:
             self._capacity = request.capacity  # the device's cap as the newest request read it
         if request.token in self._released:
-            self._released.discard(request.token)
+            pass  # released already: its acquire came late, or twice
         elif request.token not in self._holders and all(
             w.token != request.token for w in self._waiters
         ):
@@ -64,10 +64,9 @@ class DeviceSlotsWorkflow:
     @workflow.signal
     def release(self, release: SlotRelease) -> None:
         if self._holders.pop(release.token, None) is None:
-            before = len(self._waiters)
             self._waiters = [w for w in self._waiters if w.token != release.token]
-            if len(self._waiters) == before:
-                self._released.add(release.token)  # its acquire is still on its way
+        # Remembered for this run: a late or repeated acquire of it must not queue it again.
+        self._released.add(release.token)
         self._changed = True
 
     @workflow.query
@@ -80,6 +79,7 @@ class DeviceSlotsWorkflow:
 
     @workflow.run
     async def run(self, state: SlotsState) -> None:
+        next_check: datetime | None = None  # when to ask whether the holders still live
         while True:
             await self._grant()
             if not self._holders and not self._waiters:
@@ -97,12 +97,20 @@ class DeviceSlotsWorkflow:
                     )
                 )
             self._changed = False
+            if not self._waiters:
+                next_check = None
+                await workflow.wait_condition(lambda: self._changed)
+                continue
+            # A fixed deadline, so a busy device (signals more often than the interval) still
+            # gets its holders checked.
+            next_check = next_check or workflow.now() + HOLDER_CHECK_INTERVAL
+            remaining = next_check - workflow.now()
             try:
-                await workflow.wait_condition(
-                    lambda: self._changed,
-                    timeout=HOLDER_CHECK_INTERVAL if self._waiters else None,
-                )
+                if remaining <= timedelta(0):
+                    raise TimeoutError
+                await workflow.wait_condition(lambda: self._changed, timeout=remaining)
             except TimeoutError:
+                next_check = None
                 await self._drop_dead_holders()
 
     async def _grant(self) -> None:
@@ -145,4 +153,3 @@ class DeviceSlotsWorkflow:
                     holder.holder.workflow_id,
                 )
                 self._holders.pop(holder.token, None)
-

@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import dataclasses
+from collections.abc import Coroutine
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
@@ -127,6 +128,7 @@ class OperationWorkflow:
         self._slots_asked = 0
         self._may_have_sent = False  # a change activity was started: the pending may be live
         self._canceled = False
+        self._committing = False  # the commit has begun: a cancel is too late
         self._late_cancel = False
 
     @workflow.query
@@ -187,13 +189,8 @@ class OperationWorkflow:
         try:
             result = await self._gated(op, admission)
         finally:
-            follower: WorkflowRef | None = await self._call(
-                "keyturn.leave_gate",
-                GateCheck(self._operation_id),
-                WorkflowRef | None,  # type: ignore[arg-type]
-            )
-            if follower is not None:
-                await self._signal(follower, "gate_open")
+            # Whatever happened, the next operation on the credential must be told.
+            await self._to_the_end(self._leave_gate())
         if self._canceled:
             raise asyncio.CancelledError(result.resolution)
         return result
@@ -228,17 +225,10 @@ class OperationWorkflow:
         if finish is None:
             assert plan is not None
             # Once the commit begins nothing stops it: a cancel now is answered "too late".
-            committing = asyncio.ensure_future(self._commit_and_chain(op, step, plan))
-            while True:
-                try:
-                    finish, children = await asyncio.shield(committing)
-                    break
-                except asyncio.CancelledError:
-                    if committing.done():
-                        raise
-                    self._late_cancel = True
+            self._committing = True
+            finish, children = await self._to_the_end(self._commit_and_chain(op, step, plan))
         else:
-            await self._store("keyturn.finish", finish)
+            await self._to_the_end(self._store("keyturn.finish", finish))
             if finish.out_of_sync and plan and plan.auto_reconcile and op.kind == "verify":
                 children = await self._start_children(op, "reconcile")
         if finish is None:
@@ -554,10 +544,12 @@ class OperationWorkflow:
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
+                self._raise_if_canceled()
                 return result
             except ActivityError as err:
                 if is_cancelled_exception(err):
                     raise asyncio.CancelledError() from err
+                self._raise_if_canceled()
                 if _cause(err)[0] in NOTHING_SENT or _details(err) == [NOTHING_SENT_DETAIL]:
                     self._may_have_sent = sent_before  # this attempt provably sent nothing
                 delay = _retry_delay(err, plan, attempt)
@@ -567,6 +559,36 @@ class OperationWorkflow:
             await self._drop_slot()
             self._step = f"{name.removeprefix('keyturn.')}: retry in {delay.total_seconds():g}s"
             await workflow.sleep(delay)
+
+    def _raise_if_canceled(self) -> None:
+        """A cancel requested while an activity ran that then completed (or failed) is not
+        raised by the SDK at the next await: raise it here, once, between device steps."""
+        if (
+            workflow.cancellation_reason() is not None
+            and not self._canceled
+            and not self._committing
+        ):
+            raise asyncio.CancelledError()
+
+    async def _to_the_end(self, steps: Coroutine[Any, Any, _R]) -> _R:
+        """Run ``steps`` to completion whatever cancel arrives meanwhile (noted as too late)."""
+        task = asyncio.ensure_future(steps)
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                self._late_cancel = self._late_cancel or not self._canceled
+                if task.done():  # it ended in the same activation as the cancel
+                    return task.result()
+
+    async def _leave_gate(self) -> None:
+        follower: WorkflowRef | None = await self._call(
+            "keyturn.leave_gate",
+            GateCheck(self._operation_id),
+            WorkflowRef | None,  # type: ignore[arg-type]
+        )
+        if follower is not None:
+            await self._signal(follower, "gate_open")
 
     async def _take_slot(self, plan: OperationPlan) -> None:
         """Wait for one of the device's slots. No timer, no retry, no polling: the semaphore
@@ -624,24 +646,25 @@ class OperationWorkflow:
             workflow.logger.warning("could not signal %s: it has ended", ref.workflow_id)
 
     async def _call(self, name: str, arg: object, result_type: type[_R]) -> _R:
-        result: _R = await workflow.execute_local_activity(
-            name,
-            arg,
-            result_type=result_type,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        """A store step (local activity). A cancel that interrupts it surfaces as
+        CancelledError, the way every other step's does."""
+        try:
+            result: _R = await workflow.execute_local_activity(
+                name,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                raise asyncio.CancelledError() from err
+            raise
         return result
 
     async def _store(self, name: str, arg: object) -> None:
-        await workflow.execute_local_activity(
-            name,
-            arg,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
+        await self._call(name, arg, type(None))
 
     def _move(self, status: str, step: str) -> None:
         self._status = status
