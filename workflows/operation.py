@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import dataclasses
 from collections.abc import Coroutine
 from datetime import timedelta
@@ -158,19 +159,29 @@ class OperationWorkflow:
             return await self._legacy.run(op)
         info = workflow.info()
         self._operation_id = op.operation_id or workflow.uuid4().hex
-        admission: Admission = await self._call(
-            "keyturn.register",
-            RegisterInput(
-                self._operation_id,
-                op.credential_id,
-                op.kind,
-                op.trigger,
-                info.workflow_id,
-                info.run_id,
-                op.parent_operation_id,
-            ),
-            Admission,
-        )
+        try:
+            admission: Admission = await self._call(
+                "keyturn.register",
+                RegisterInput(
+                    self._operation_id,
+                    op.credential_id,
+                    op.kind,
+                    op.trigger,
+                    info.workflow_id,
+                    info.run_id,
+                    op.parent_operation_id,
+                ),
+                Admission,
+            )
+        except asyncio.CancelledError:
+            # Canceled while registering: the row may exist; record it and leave the queue.
+            with contextlib.suppress(ActivityError):  # no row: nothing to record
+                await self._store(
+                    "keyturn.finish",
+                    FinishInput(self._operation_id, "canceled", "canceled before it started"),
+                )
+            await self._to_the_end(self._leave_gate())
+            raise
         self._device_id = admission.device_id
         self._order_key = admission.order_key
         self._status = "queued" if admission.queued else "running"
