@@ -1,6 +1,6 @@
 """Activities that talk to a device's semaphore workflow (workflows/device_slots.py).
 
-Local activities of the operation workflow: a workflow cannot update-with-start another one
+Local activities of the operation workflow: a workflow cannot signal-with-start another one
 itself, and these calls are short and idempotent (the semaphore ignores a repeated token).
 """
 
