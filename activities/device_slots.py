@@ -7,10 +7,9 @@ itself, and these calls are short and idempotent (the semaphore ignores a repeat
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -31,23 +30,17 @@ class DeviceSlotActivities:
         self._task_queue = task_queue
 
     @activity.defn(name="keyturn.request_device_slot")
-    async def request_device_slot(self, request: SlotRequest) -> bool:
-        """Queue for a slot, starting the device's semaphore if it is not running. True: granted
-        now; False: the semaphore signals ``slot_granted`` when it is this request's turn.
-
-        An update that reaches a semaphore just as it finishes fails; this activity is then
-        retried and starts a new one (the token makes a repeated request harmless)."""
-        start: WithStartWorkflowOperation[Any, None] = WithStartWorkflowOperation(
+    async def request_device_slot(self, request: SlotRequest) -> None:
+        """Queue for a slot, starting the device's semaphore if it is not running."""
+        await self._client.start_workflow(
             DEVICE_SLOTS_WORKFLOW,
             SlotsState(request.device_id, max(request.capacity, 1)),
             id=device_slots_workflow_id(request.device_id),
             task_queue=self._task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal="acquire",
+            start_signal_args=[request],
         )
-        granted: bool = await self._client.execute_update_with_start_workflow(
-            "acquire_now", request, start_workflow_operation=start, result_type=bool
-        )
-        return granted
 
     @activity.defn(name="keyturn.release_device_slot")
     async def release_device_slot(self, release: SlotRelease) -> None:

@@ -1,9 +1,9 @@
 """A device's concurrency slots: one semaphore workflow per device, FIFO, alive only while some
 operation holds or waits for a slot.
 
-Operations ask for a slot with update-with-start (so the semaphore starts if it is not running)
-and are answered at once: granted, or queued, in which case a signal grants it when its turn
-comes. Waiting therefore
+Operations ask for a slot with signal-with-start (so the semaphore starts if it is not running,
+and a request can never be lost to one that is just finishing: Temporal refuses to complete a
+workflow that has unhandled signals) and are granted it by a signal back. Waiting therefore
 costs the waiter no timer, no retry and no store polling, whether it lasts seconds or hours.
 
 Chosen over a table of slots polled by the waiters (what came before): the grant order is the
@@ -60,22 +60,6 @@ class DeviceSlotsWorkflow:
             # FIFO by when the operation was requested, not by when its request got here.
             self._waiters.sort(key=lambda w: w.order_key)
         self._changed = True
-
-    @workflow.update
-    def acquire_now(self, request: SlotRequest) -> bool:
-        """Queue the request, as ``acquire`` does, and answer at once: True when the slot is
-        granted right now (no signal follows), False when a ``slot_granted`` signal will come.
-        Sent with update-with-start, an uncontended slot costs the operation no extra task."""
-        self.acquire(request)
-        if request.token in self._holders:
-            return True  # a repeated request for a slot already granted
-        first = self._waiters[0] if self._waiters else None
-        if first is not None and first.token == request.token and (
-            len(self._holders) < self._capacity
-        ):
-            self._holders[request.token] = self._waiters.pop(0)
-            return True
-        return False
 
     @workflow.signal
     def release(self, release: SlotRelease) -> None:

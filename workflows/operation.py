@@ -602,16 +602,15 @@ class OperationWorkflow:
             await self._signal(follower, "gate_open")
 
     async def _take_slot(self, plan: OperationPlan) -> None:
-        """Take one of the device's slots: granted at once when one is free, else waited for with
-        no timer, no retry and no polling: the semaphore workflow signals when it is this
-        operation's turn."""
+        """Wait for one of the device's slots. No timer, no retry, no polling: the semaphore
+        workflow signals when it is this operation's turn."""
         if self._slot is not None:
             return
         self._slots_asked += 1
         token = f"{self._operation_id}/{self._slots_asked}"
         self._slot = token
         info = workflow.info()
-        granted = await self._call(
+        await self._store(
             "keyturn.request_device_slot",
             SlotRequest(
                 plan.device_id or self._device_id,
@@ -620,10 +619,7 @@ class OperationWorkflow:
                 plan.device_capacity,
                 self._order_key,
             ),
-            bool,
         )
-        if granted:
-            self._granted.add(token)
         if token not in self._granted:
             step, self._step = self._step, "waiting for a device slot"
             await workflow.wait_condition(lambda: token in self._granted)
