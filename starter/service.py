@@ -20,6 +20,7 @@ from temporalio.service import RPCError
 
 from activities.gate import register_operation
 from keyturn.settings import Settings
+from starter.deps import in_thread
 from starter.problems import Problem
 from store.models import Credential, Operation, OperationStatus, new_id
 from workflows.contracts import (
@@ -110,7 +111,7 @@ async def _running_operation(engine: Engine, client: Client, workflow_id: str) -
     if description.status != WorkflowExecutionStatus.RUNNING:
         return None
     operation_id = await description.memo_value("operation_id", None, type_hint=str)
-    row = await asyncio.to_thread(_operation_row, engine, operation_id, description.run_id)
+    row = await in_thread(engine, lambda db: _operation_row(db, operation_id, description.run_id))
     if row is not None:
         return Requested(row.id, workflow_id, row.status, joined=True)
     if operation_id is None:
@@ -123,8 +124,7 @@ async def _running_operation(engine: Engine, client: Client, workflow_id: str) -
     return Requested(operation_id, workflow_id, OperationStatus.SCHEDULED, joined=True)
 
 
-def _operation_row(engine: Engine, operation_id: str | None, run_id: str) -> Operation | None:
-    with Session(engine) as db:
-        if operation_id is not None:
-            return db.get(Operation, operation_id)
-        return db.exec(select(Operation).where(Operation.run_id == run_id)).first()
+def _operation_row(db: Session, operation_id: str | None, run_id: str) -> Operation | None:
+    if operation_id is not None:
+        return db.get(Operation, operation_id)
+    return db.exec(select(Operation).where(Operation.run_id == run_id)).first()

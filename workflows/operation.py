@@ -305,21 +305,16 @@ class OperationWorkflow:
             )
         self._step = "probe after cancel"
         try:
-            probe = await self._executor(
-                "keyturn.probe", dataclasses.replace(step, login_only=True), plan, ProbeOutcome
-            )
-        except ActivityError as err:
-            kind, message = _cause(err)
-            return FinishInput(
-                self._operation_id,
+            probe = await self._probe(
+                dataclasses.replace(step, login_only=True),
+                plan,
                 "canceled",
                 f"{reason}; the target could not be probed",
-                kind,
-                message,
-                out_of_sync=True,
             )
         finally:
             await self._drop_slot()
+        if isinstance(probe, FinishInput):
+            return probe
         if probe.pending_works:
             self._resolution = f"{reason}; probe: the new secret logs in, adopted"
             return None
@@ -362,19 +357,13 @@ class OperationWorkflow:
         """Commit found the vault's current secret is no longer the one prepare read: never
         overwrite it blindly; adopt whichever secret the target accepts."""
         try:
-            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
-        except ActivityError as err:
-            kind, message = _cause(err)
-            return FinishInput(
-                self._operation_id,
-                "failed",
-                f"{detail}; the target could not be probed",
-                kind,
-                message,
-                out_of_sync=True,
+            probe = await self._probe(
+                step, plan, "failed", f"{detail}; the target could not be probed"
             )
         finally:
             await self._drop_slot()
+        if isinstance(probe, FinishInput):
+            return probe
         if probe.pending_works:
             self._resolution = f"{detail}; probe: the new secret logs in, adopted"
             await self._commit(
@@ -454,7 +443,7 @@ class OperationWorkflow:
             outcome = await self._executor("keyturn.change", step, plan, ChangeOutcome)
         except ActivityError as err:
             kind, message = _cause(err)
-            if kind in NOTHING_SENT or _details(err) == [NOTHING_SENT_DETAIL]:
+            if _sent_nothing(err):
                 return FinishInput(
                     step.operation_id,
                     "failed",
@@ -473,18 +462,11 @@ class OperationWorkflow:
     async def _after_probe(
         self, step: StepInput, plan: OperationPlan, kind: str | None, message: str | None
     ) -> FinishInput | None:
-        try:
-            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
-        except ActivityError as err:
-            probe_kind, probe_message = _cause(err)
-            return FinishInput(
-                step.operation_id,
-                "failed",
-                "outcome unknown: the target could not be probed",
-                kind or probe_kind,
-                message or probe_message,
-                out_of_sync=True,
-            )
+        probe = await self._probe(
+            step, plan, "failed", "outcome unknown: the target could not be probed", kind, message
+        )
+        if isinstance(probe, FinishInput):
+            return probe
         if probe.pending_works:
             if kind is not None:
                 self._resolution = f"probe after {kind}: the new secret logs in, adopted"
@@ -507,6 +489,31 @@ class OperationWorkflow:
             message or "neither the new nor the old secret logs in",
             out_of_sync=True,
         )
+
+    async def _probe(
+        self,
+        step: StepInput,
+        plan: OperationPlan,
+        status: str,
+        unknown: str,
+        kind: str | None = None,
+        message: str | None = None,
+    ) -> ProbeOutcome | FinishInput:
+        """Which secret logs in on the target; when the target cannot be asked, the terminal
+        state to record (``status``, resolution ``unknown``, credential out of sync). ``kind``
+        and ``message``: the error that made the question necessary, reported first."""
+        try:
+            return await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+        except ActivityError as err:
+            probe_kind, probe_message = _cause(err)
+            return FinishInput(
+                self._operation_id,
+                status,
+                unknown,
+                kind or probe_kind,
+                message or probe_message,
+                out_of_sync=True,
+            )
 
     async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput:
         self._step = "verify"
@@ -561,8 +568,8 @@ class OperationWorkflow:
                 if is_cancelled_exception(err):
                     raise asyncio.CancelledError() from err
                 self._raise_if_canceled()
-                if _cause(err)[0] in NOTHING_SENT or _details(err) == [NOTHING_SENT_DETAIL]:
-                    self._may_have_sent = sent_before  # this attempt provably sent nothing
+                if _sent_nothing(err):
+                    self._may_have_sent = sent_before
                 delay = _retry_delay(err, plan, attempt)
                 if delay is None:
                     raise
@@ -704,9 +711,11 @@ def _retry_delay(err: ActivityError, plan: OperationPlan, attempt: int) -> timed
     return timedelta(seconds=plan.retry_interval_seconds * max(plan.backoff, 1.0) ** (attempt - 1))
 
 
-def _details(err: ActivityError) -> list[object]:
+def _sent_nothing(err: ActivityError) -> bool:
+    """The failed step provably never reached the target (in any of its attempts)."""
     cause = err.cause
-    return list(cause.details) if isinstance(cause, ApplicationError) else []
+    details = list(cause.details) if isinstance(cause, ApplicationError) else []
+    return _cause(err)[0] in NOTHING_SENT or details == [NOTHING_SENT_DETAIL]
 
 
 def _cause(err: ActivityError) -> tuple[str, str]:

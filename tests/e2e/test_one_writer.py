@@ -17,7 +17,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 from temporalio.client import WorkflowFailureError
 
-from store.models import Attempt, AuditEvent, LoginCharge
+from store.models import AuditEvent, LoginCharge, Operation
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
     credential,
@@ -53,8 +53,6 @@ async def _finished(stack: Stack, accepted: dict[str, Any], within: float = 60) 
 
 
 def _run_id(stack: Stack, operation_id: str) -> str | None:
-    from store.models import Operation
-
     with Session(stack.engine) as session:
         row = session.get(Operation, operation_id)
         assert row is not None
@@ -92,17 +90,6 @@ def _shipped(relative: str) -> str:
 
 def _read(path: Path) -> str:
     return path.read_text()
-
-
-def _running_attempts(stack: Stack, operation_ids: list[str]) -> list[Attempt]:
-    with Session(stack.engine) as session:
-        return list(
-            session.exec(
-                select(Attempt).where(
-                    col(Attempt.operation_id).in_(operation_ids), Attempt.outcome == "running"
-                )
-            ).all()
-        )
 
 
 def _span(stack: Stack, operation_id: str) -> tuple[datetime, datetime]:
@@ -229,7 +216,7 @@ async def test_a_change_started_with_the_temporal_client_alone_is_an_operation(
 
 
 async def test_device_slots_are_fifo_and_waiting_costs_no_history(
-    stack: Stack, sshd: Sshd, ssh_users: Users, tmp_path: Path
+    stack: Stack, sshd: Sshd, ssh_users: Users
 ) -> None:
     """40 operations on 40 credentials of a device with a cap of 1."""
     # A directory every throwaway account may write to (not sticky: each appends one file).
