@@ -20,7 +20,7 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -180,7 +180,7 @@ class OperationWorkflow:
                     "keyturn.finish",
                     FinishInput(self._operation_id, "canceled", "canceled before it started"),
                 )
-            await self._to_the_end(self._leave_gate())
+            await self._to_the_end(self._leave_gate)
             raise
         self._device_id = admission.device_id
         self._order_key = admission.order_key
@@ -201,7 +201,7 @@ class OperationWorkflow:
             result = await self._gated(op, admission)
         finally:
             # Whatever happened, the next operation on the credential must be told.
-            await self._to_the_end(self._leave_gate())
+            await self._to_the_end(self._leave_gate)
         if self._canceled:
             raise asyncio.CancelledError(result.resolution)
         return result
@@ -237,9 +237,11 @@ class OperationWorkflow:
             assert plan is not None
             # Once the commit begins nothing stops it: a cancel now is answered "too late".
             self._committing = True
-            finish, children = await self._to_the_end(self._commit_and_chain(op, step, plan))
+            finish, children = await self._to_the_end(
+                lambda: self._commit_and_chain(op, step, plan)
+            )
         else:
-            await self._to_the_end(self._store("keyturn.finish", finish))
+            await self._to_the_end(lambda: self._store("keyturn.finish", finish))
             if finish.out_of_sync and plan and plan.auto_reconcile and op.kind == "verify":
                 children = await self._start_children(op, "reconcile")
         if finish is None:
@@ -588,9 +590,11 @@ class OperationWorkflow:
         ):
             raise asyncio.CancelledError()
 
-    async def _to_the_end(self, steps: Coroutine[Any, Any, _R]) -> _R:
-        """Run ``steps`` to completion whatever cancel arrives meanwhile (noted as too late)."""
-        task = asyncio.ensure_future(steps)
+    async def _to_the_end(self, steps: Callable[[], Coroutine[Any, Any, _R]]) -> _R:
+        """Run ``steps()`` to completion whatever cancel arrives meanwhile (noted as too late).
+        Takes the function, not a coroutine: a workflow evicted before this runs leaves no
+        coroutine unawaited."""
+        task = asyncio.ensure_future(steps())
         while True:
             try:
                 return await asyncio.shield(task)
