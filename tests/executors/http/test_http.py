@@ -19,7 +19,7 @@ from executors.base import (
     get_executor,
 )
 from executors.http import HttpExecutor
-from executors.http_script import parse_json_path
+from executors.http.script import parse_json_path
 from executors.shipped import shipped_templates
 from templating import TemplateContext, TemplateSyntaxProblem
 from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target

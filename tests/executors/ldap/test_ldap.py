@@ -22,7 +22,7 @@ from executors.base import (
     TemplateFailed,
 )
 from executors.ldap import LdapExecutor
-from executors.ldap_script import canonical_dn, encode_value, parse_script
+from executors.ldap.script import canonical_dn, encode_value, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
 from tests.executors.helpers import make_context, make_target
 from tests.servers.slapd import ADMIN_DN, ADMIN_PASSWORD, MIN_LENGTH, SUFFIX, Slapd, Users

@@ -32,7 +32,7 @@ from executors.base import (
     TemplateFailed,
 )
 from executors.shipped import shipped_templates
-from executors.winrm import BOOTSTRAP, PREAMBLE, WinrmExecutor, decode_stderr
+from executors.winrm.executor import BOOTSTRAP, PREAMBLE, WinrmExecutor, decode_stderr
 from templating import TemplateContext, TemplateSyntaxProblem, escaping
 from tests.executors.helpers import make_context, make_target
 from tests.executors.http.local_api import LocalApi

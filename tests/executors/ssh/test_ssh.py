@@ -28,7 +28,7 @@ from executors.base import (
 )
 from executors.shipped import shipped_templates
 from executors.ssh import SshExecutor
-from executors.ssh_script import Step, parse_script
+from executors.ssh.script import Step, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
 from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
 from tests.servers.sshd import Sshd, Users

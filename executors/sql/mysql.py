@@ -36,7 +36,7 @@ from executors.base import (
     TemplateFailed,
     redact,
 )
-from executors.sql_script import (
+from executors.sql.script import (
     SYNTAX,
     SqlExecutor,
     SqlSession,

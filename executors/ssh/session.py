@@ -28,7 +28,7 @@ from executors.base import (
     redact,
 )
 from executors.common import masked
-from executors.ssh_script import Step, compile_pattern, parse_exit_status, parse_timeout
+from executors.ssh.script import Step, compile_pattern, parse_exit_status, parse_timeout
 from keyturn import failpoints
 from templating import TemplateContext, TemplateSyntaxProblem, render
 

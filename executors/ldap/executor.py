@@ -39,7 +39,7 @@ from executors.base import (
     redact,
 )
 from executors.common import masked, parse_template, request_secrets
-from executors.ldap_script import (
+from executors.ldap.script import (
     ESCAPES,
     SYNTAX,
     Field,

@@ -1,4 +1,5 @@
-"""Fixtures: a throwaway PostgreSQL cluster (scram-sha-256) and roles on it."""
+"""Fixtures: a throwaway PostgreSQL cluster (scram-sha-256), the machine's MariaDB, and
+throwaway accounts on each."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, users_on
 from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 
 
@@ -22,3 +24,14 @@ def pg_roles(pg_cluster: PostgresCluster) -> Iterator[Roles]:
             yield roles
         finally:
             pg_cluster.start()  # a test may stop the cluster (to see ConnectFailed)
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> MysqlServer:
+    return ready_server()
+
+
+@pytest.fixture
+def mysql_users(mysql_server: MysqlServer) -> Iterator[MysqlUsers]:
+    with users_on(mysql_server) as users:
+        yield users

@@ -24,8 +24,8 @@ from executors.base import (
     TemplateFailed,
     get_executor,
 )
-from executors.mysql import MysqlExecutor
 from executors.shipped import shipped_templates
+from executors.sql.mysql import MysqlExecutor
 from templating import TemplateContext, TemplateSyntaxProblem
 from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
 from tests.servers.mysql import MysqlServer, MysqlUsers

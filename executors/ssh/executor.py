@@ -27,8 +27,8 @@ from executors.base import (
     redact,
 )
 from executors.common import parse_template, request_secrets, verify_template
-from executors.ssh_script import SYNTAX, Step, validate_script
-from executors.ssh_session import ScriptRunner
+from executors.ssh.script import SYNTAX, Step, validate_script
+from executors.ssh.session import ScriptRunner
 from templating import TemplateContext
 
 _KEYSCAN_TIMEOUT = 5.0

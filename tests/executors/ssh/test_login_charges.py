@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-import executors.ssh
+import executors.ssh.executor
 from activities.executor_steps import ExecutorActivities
 from store.engine import make_engine
 from store.models import (
@@ -224,7 +224,7 @@ async def test_an_unclassified_error_during_the_login_keeps_the_charge_and_stops
     async def broken(*args: object) -> None:
         raise RuntimeError(f"something no executor expected (password {OLD})")
 
-    monkeypatch.setattr(executors.ssh, "_connect", broken)
+    monkeypatch.setattr(executors.ssh.executor, "_connect", broken)
     with pytest.raises(ApplicationError) as caught:
         await store.probe(operation)
 

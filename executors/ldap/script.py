@@ -117,7 +117,7 @@ def parse_script(text: str) -> list[Operation]:
         if header is not None:
             operations.append(_operation(header, fields))
 
-    # Split on "\n" only, like Jinja counts lines (see ssh_script).
+    # Split on "\n" only, like Jinja counts lines (see executors.ssh.script).
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.rstrip("\r")
         stripped = line.strip()

@@ -40,7 +40,7 @@ from executors.base import (
     TemplateFailed,
     redact,
 )
-from executors.sql_script import (
+from executors.sql.script import (
     SqlExecutor,
     SqlSession,
     StatementFailure,

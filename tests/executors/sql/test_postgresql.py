@@ -20,9 +20,9 @@ from executors.base import (
     TemplateFailed,
     get_executor,
 )
-from executors.postgresql import PostgresqlExecutor
 from executors.shipped import shipped_templates
-from executors.sql_script import parse_script
+from executors.sql.postgresql import PostgresqlExecutor
+from executors.sql.script import parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
 from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
 from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster

@@ -1,0 +1,5 @@
+"""Windows hosts over WinRM (PowerShell)."""
+
+from executors.winrm.executor import WinrmExecutor
+
+__all__ = ["WinrmExecutor"]
