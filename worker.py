@@ -27,6 +27,7 @@ from keyturn.temporal import connect, ensure_search_attributes
 from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
+from workflows.contracts import SEARCH_ATTRIBUTES
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
 
@@ -100,7 +101,7 @@ async def main(settings: Settings | None = None) -> None:
     engine = make_engine(settings.resolved_database_url)
     seed_shipped_templates(engine)
     client = await connect(settings)
-    await ensure_search_attributes(client, settings.temporal_namespace)
+    await ensure_search_attributes(client, settings.temporal_namespace, SEARCH_ATTRIBUTES)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,7 +13,6 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from store import gate
 from store.engine import session_scope
-from store.models import Credential
 from workflows.contracts import Admission, GateCheck, RegisterInput, WorkflowRef
 
 
@@ -25,7 +24,18 @@ class GateActivities:
     @activity.defn(name="keyturn.register")
     def register(self, request: RegisterInput) -> Admission:
         try:
-            return register_operation(self._engine, request)
+            return gate.admit(
+                self._engine,
+                gate.Registration(
+                    request.operation_id,
+                    request.credential_id,
+                    request.kind,
+                    request.trigger,
+                    request.workflow_id,
+                    request.run_id or None,
+                    request.parent_operation_id,
+                ),
+            )
         except gate.NotRegistrable as exc:
             raise ApplicationError(str(exc), type="NotRegistrable", non_retryable=True) from None
 
@@ -59,33 +69,6 @@ class GateActivities:
             if before is not None and before.run_id == ahead.run_id:
                 gate.abandon(session, before.id, "its workflow ended without recording an outcome")
             return gate.holds(session, operation_id)
-
-
-def register_operation(engine: Engine, request: RegisterInput) -> Admission:
-    """Register at the gate (idempotent); used by the API and by the workflow alike."""
-    with session_scope(engine) as session:
-        operation = gate.register(
-            session,
-            gate.Registration(
-                request.operation_id,
-                request.credential_id,
-                request.kind,
-                request.trigger,
-                request.workflow_id,
-                request.run_id or None,
-                request.parent_operation_id,
-            ),
-        )
-        credential = session.get(Credential, operation.credential_id)
-        assert credential is not None
-        session.flush()
-        return Admission(
-            operation_id=operation.id,
-            device_id=credential.device_id,
-            queued=operation.gate_state == gate.QUEUED,
-            waiting_for=operation.waiting_for,
-            order_key=f"{operation.created_at.isoformat()}/{operation.id}",
-        )
 
 
 async def workflow_running(client: Client, ref: WorkflowRef) -> bool:

@@ -68,7 +68,6 @@ if str(REPO) not in sys.path:
 
 from keyturn.codec import data_converter  # noqa: E402
 from keyturn.settings import Settings  # noqa: E402
-from keyturn.temporal import SEARCH_ATTRIBUTES  # noqa: E402
 from starter.app import create_app  # noqa: E402
 from starter.devstack import temporal_cli  # noqa: E402
 from store.engine import make_engine  # noqa: E402
@@ -78,7 +77,11 @@ from store.seed import seed_shipped_templates  # noqa: E402
 from store.vault import Vault  # noqa: E402
 from tests.servers.sshd import SSHD, Sshd, Users  # noqa: E402
 from worker import build_workers, run_workers  # noqa: E402
-from workflows.contracts import WORKFLOW_NAME, OperationResult  # noqa: E402
+from workflows.contracts import (  # noqa: E402
+    SEARCH_ATTRIBUTES,  # noqa: E402
+    WORKFLOW_NAME,
+    OperationResult,
+)
 
 DEFAULT_CHANGES = 60
 DEFAULT_USERS = 6

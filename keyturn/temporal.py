@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -12,14 +13,6 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from keyturn.codec import data_converter
 from keyturn.settings import Settings
-
-# Search attributes make operations findable in the Web UI ("KeyturnCredentialId = '…'").
-SA_CREDENTIAL = SearchAttributeKey.for_keyword("KeyturnCredentialId")
-SA_DEVICE = SearchAttributeKey.for_keyword("KeyturnDeviceId")
-SA_KIND = SearchAttributeKey.for_keyword("KeyturnOperationKind")
-SA_TRIGGER = SearchAttributeKey.for_keyword("KeyturnTrigger")
-SA_STATUS = SearchAttributeKey.for_keyword("KeyturnStatus")
-SEARCH_ATTRIBUTES = (SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_TRIGGER, SA_STATUS)
 
 
 async def connect(settings: Settings) -> Client:
@@ -32,14 +25,14 @@ async def connect(settings: Settings) -> Client:
     )
 
 
-async def ensure_search_attributes(client: Client, namespace: str) -> None:
+async def ensure_search_attributes(
+    client: Client, namespace: str, keys: Sequence[SearchAttributeKey[str]]
+) -> None:
     """Register Keyturn's search attributes on a cluster that lacks them (the dev server gets them
     on its command line). A cluster that forbids it (Temporal Cloud) is told once, in the log."""
     request = AddSearchAttributesRequest(
         namespace=namespace,
-        search_attributes={
-            key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in SEARCH_ATTRIBUTES
-        },
+        search_attributes={key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in keys},
     )
     try:
         await client.operator_service.add_search_attributes(request)
@@ -48,5 +41,5 @@ async def ensure_search_attributes(client: Client, namespace: str) -> None:
             logging.getLogger("keyturn").warning(
                 "could not register search attributes (%s); register %s as Keyword",
                 exc.message,
-                ", ".join(k.name for k in SEARCH_ATTRIBUTES),
+                ", ".join(k.name for k in keys),
             )

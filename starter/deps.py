@@ -16,7 +16,6 @@ request waiting for a connection only ever waits for a thread that is already wo
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import secrets
@@ -88,18 +87,6 @@ def _closing_sessions(endpoint: Callable[..., _T]) -> Callable[..., _T]:
 
 def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
     return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
-
-
-async def in_thread(engine: Engine, work: Callable[[Session], _T]) -> _T:
-    """``work(db)`` with a session of its own, in a worker thread: how an async route reads or
-    writes the store. The session is closed, its connection back in the pool, before this returns;
-    rows it returns are detached, their columns loaded."""
-
-    def run() -> _T:
-        with Session(engine, expire_on_commit=False) as db:
-            return work(db)
-
-    return await asyncio.to_thread(run)
 
 
 _bearer = HTTPBearer(auto_error=False)

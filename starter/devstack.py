@@ -18,11 +18,12 @@ import uvicorn
 from temporalio.client import Client
 
 from keyturn.settings import Settings
-from keyturn.temporal import SEARCH_ATTRIBUTES, connect
+from keyturn.temporal import connect
 from starter.app import create_app
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
 from worker import build_workers, run_workers
+from workflows.contracts import SEARCH_ATTRIBUTES
 
 READY_TIMEOUT_SECONDS = 60.0
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -18,7 +19,7 @@ from store.migrations import migrate
 STORE_ACTIVITY_THREADS = 16  # the worker's thread pool for store activities (worker.py)
 API_THREADS = 40  # AnyIO's default thread limiter: FastAPI runs sync routes (and their DB) there
 # asyncio.to_thread's default executor (ThreadPoolExecutor's default size): store steps of the
-# executor activities and of the async routes (starter.deps.in_thread).
+# executor activities and of the async routes (store.engine.in_thread).
 LOOP_THREADS = min(32, (os.cpu_count() or 1) + 4)
 # A connection is only held by code running in one of those threads, one at a time, and given
 # back before that code returns or waits for anything else: no session is held across an await,
@@ -73,3 +74,18 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+_T = TypeVar("_T")
+
+
+async def in_thread(engine: Engine, work: Callable[[Session], _T]) -> _T:
+    """``work(db)`` with a session of its own, in a worker thread: how async code (a route, the
+    request path) reads or writes the store. The session is closed, its connection back in the
+    pool, before this returns; rows it returns are detached, their columns loaded."""
+
+    def run() -> _T:
+        with Session(engine, expire_on_commit=False) as db:
+            return work(db)
+
+    return await asyncio.to_thread(run)

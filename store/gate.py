@@ -16,10 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from store import audit
+from store.engine import session_scope
 from store.models import (
     Credential,
     CredentialGate,
@@ -27,6 +29,7 @@ from store.models import (
     OperationStatus,
     utcnow,
 )
+from workflows.contracts import Admission
 
 QUEUED = "queued"
 HOLDING = "holding"
@@ -91,6 +94,23 @@ def register(session: Session, request: Registration) -> Operation:
         parent_operation_id=operation.parent_operation_id,
     )
     return operation
+
+
+def admit(engine: Engine, request: Registration) -> Admission:
+    """Register in a transaction of its own (idempotent): what the request path and the
+    workflow's register step both call, so whichever comes first creates the row."""
+    with session_scope(engine) as session:
+        operation = register(session, request)
+        credential = session.get(Credential, operation.credential_id)
+        assert credential is not None
+        session.flush()
+        return Admission(
+            operation_id=operation.id,
+            device_id=credential.device_id,
+            queued=operation.gate_state == QUEUED,
+            waiting_for=operation.waiting_for,
+            order_key=f"{operation.created_at.isoformat()}/{operation.id}",
+        )
 
 
 def leave(session: Session, operation_id: str) -> Operation | None:

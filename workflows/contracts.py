@@ -7,9 +7,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+
 WORKFLOW_NAME = "KeyturnOperation"
 DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
 OPERATION_KINDS = ("change", "verify", "reconcile")
+# Why an operation was requested: one closed list, used by the API, the search attribute and the
+# store alike.
+TRIGGERS = (
+    "manual",
+    "a2a",
+    "expiry",
+    "verify-schedule",
+    "view",
+    "session-start",
+    "session-end",
+    "parent-changed",
+    "out-of-sync",
+    "task-schedule",
+    "certificate-renewal",
+)
+
+# Search attributes make operations findable in the Web UI ("KeyturnCredentialId = '…'").
+SA_CREDENTIAL = SearchAttributeKey.for_keyword("KeyturnCredentialId")
+SA_DEVICE = SearchAttributeKey.for_keyword("KeyturnDeviceId")
+SA_KIND = SearchAttributeKey.for_keyword("KeyturnOperationKind")
+SA_TRIGGER = SearchAttributeKey.for_keyword("KeyturnTrigger")
+SA_STATUS = SearchAttributeKey.for_keyword("KeyturnStatus")
+SEARCH_ATTRIBUTES = (SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_TRIGGER, SA_STATUS)
 # An activity failure carrying this detail provably never reached the target in any attempt.
 NOTHING_SENT_DETAIL = "nothing-sent"
 
@@ -36,6 +61,20 @@ class OperationInput:
     operation_id: str = ""  # empty: the workflow names the operation itself
     device_id: str = ""  # informative; the store's credential is what counts
     parent_operation_id: str | None = None  # set on a chained operation
+
+
+def initial_search_attributes(
+    op: OperationInput, status: str = "scheduled"
+) -> TypedSearchAttributes:
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(SA_CREDENTIAL, op.credential_id),
+            SearchAttributePair(SA_DEVICE, op.device_id),
+            SearchAttributePair(SA_KIND, op.kind),
+            SearchAttributePair(SA_TRIGGER, op.trigger),
+            SearchAttributePair(SA_STATUS, status),
+        ]
+    )
 
 
 @dataclass(frozen=True)

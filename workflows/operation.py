@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -44,9 +44,13 @@ with workflow.unsafe.imports_passed_through():
         ConnectFailed,
         HostKeyMismatch,
     )
-    from keyturn.temporal import SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_STATUS, SA_TRIGGER
     from workflows.contracts import (
         NOTHING_SENT_DETAIL,
+        SA_CREDENTIAL,
+        SA_DEVICE,
+        SA_KIND,
+        SA_STATUS,
+        SA_TRIGGER,
         WORKFLOW_NAME,
         Admission,
         ChangeOutcome,
@@ -66,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         SlotRequest,
         StepInput,
         WorkflowRef,
+        initial_search_attributes,
     )
     from workflows.legacy.operation_v1 import LegacyOperation
 
@@ -96,20 +101,6 @@ NOTHING_SENT = (
     AuthenticationFailed.kind,
     ConfigurationError.kind,
 )
-
-
-def initial_search_attributes(
-    op: OperationInput, status: str = "scheduled"
-) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(SA_CREDENTIAL, op.credential_id),
-            SearchAttributePair(SA_DEVICE, op.device_id),
-            SearchAttributePair(SA_KIND, op.kind),
-            SearchAttributePair(SA_TRIGGER, op.trigger),
-            SearchAttributePair(SA_STATUS, status),
-        ]
-    )
 
 
 @workflow.defn(name=WORKFLOW_NAME)

@@ -5,10 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlmodel import col, select
 
-from starter.deps import DB, State, StoreRoute, in_thread
+from requesting import (
+    CredentialNotFound,
+    OperationRequest,
+    TemporalUnavailable,
+    request_operation,
+)
+from starter.deps import DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import AttemptOut, ChildOut, OperationAccepted, OperationIn, OperationOut
-from starter.service import request_operation
+from store.engine import in_thread
 from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
 
 router = APIRouter(route_class=StoreRoute)
@@ -28,9 +34,17 @@ async def create_operation(
         raise not_found("credential", credential_id)
     if body.kind == "reconcile" and not credential.reconcile_credential_id:
         raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
-    requested = await request_operation(
-        app.engine, app.client, app.settings, credential, body.kind, body.trigger
-    )
+    try:
+        requested = await request_operation(
+            app.engine,
+            app.client,
+            app.settings.task_queue,
+            OperationRequest(credential_id, body.kind, body.trigger),
+        )
+    except CredentialNotFound:
+        raise not_found("credential", credential_id) from None
+    except TemporalUnavailable as exc:
+        raise Problem(503, str(exc)) from None
     if requested.joined:
         response.status_code = 200
     return OperationAccepted(

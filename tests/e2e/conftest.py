@@ -20,11 +20,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from keyturn.codec import data_converter
 from keyturn.settings import Settings
-from keyturn.temporal import SEARCH_ATTRIBUTES
 from starter.app import create_app
 from starter.devstack import temporal_cli
 from store.engine import make_engine
 from worker import build_workers, run_workers
+from workflows.contracts import SEARCH_ATTRIBUTES
 
 ADMIN_TOKEN = "test-admin-token"
 

@@ -24,11 +24,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from keyturn.codec import data_converter
 from keyturn.settings import Settings
-from keyturn.temporal import SEARCH_ATTRIBUTES
 from starter.app import create_app
 from starter.devstack import temporal_cli
 from store.engine import make_engine
-from workflows.contracts import OperationResult
+from workflows.contracts import SEARCH_ATTRIBUTES, OperationResult
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "fault-test-admin-token"

@@ -7,23 +7,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.engine import Engine
 
-from activities.gate import register_operation
 from activities.store_steps import StoreActivities
 from store import gate
 from store.engine import session_scope
 from store.models import Operation, OperationStatus, SecretState
 from store.vault import Vault
 from tests.store.helpers import a_credential
-from workflows.contracts import CommitInput, RegisterInput, StepInput
+from workflows.contracts import CommitInput, StepInput
 
 KEY = secrets.token_bytes(32)
 
 
 def _register(engine: Engine, credential_id: str, kind: str = "change") -> str:
     operation_id = secrets.token_hex(8)
-    register_operation(
+    gate.admit(
         engine,
-        RegisterInput(operation_id, credential_id, kind, "manual", f"wf-{operation_id}", "run"),
+        gate.Registration(operation_id, credential_id, kind, "manual", f"wf-{operation_id}", "run"),
     )
     return operation_id
 
@@ -44,8 +43,8 @@ def test_concurrent_registrations_form_one_queue(engine: Engine) -> None:
     assert [r.waiting_for for r in rows] == [None] + [r.id for r in rows[:-1]]
     assert rows[1].status == OperationStatus.QUEUED and rows[0].status == OperationStatus.SCHEDULED
     # Registering again (the workflow after the API) changes nothing.
-    again = register_operation(
-        engine, RegisterInput(rows[2].id, credential_id, "change", "manual", "x", "run")
+    again = gate.admit(
+        engine, gate.Registration(rows[2].id, credential_id, "change", "manual", "x", "run")
     )
     assert again.queued and again.waiting_for == rows[1].id
 

@@ -24,9 +24,7 @@ HISTORIES = Path(__file__).parent / "histories"
 @pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v1_*.json")))
 async def test_operations_of_the_previous_release_replay(name: str) -> None:
     key = bytes.fromhex((HISTORIES / "master_key.hex").read_text().strip())
-    history = WorkflowHistory.from_json(
-        f"replay-{name}", (HISTORIES / f"{name}.json").read_text()
-    )
+    history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
     replayer = Replayer(
         workflows=[OperationWorkflow, DeviceSlotsWorkflow], data_converter=data_converter(key)
     )

@@ -30,9 +30,13 @@ with workflow.unsafe.imports_passed_through():
         ConnectFailed,
         HostKeyMismatch,
     )
-    from keyturn.temporal import SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_STATUS, SA_TRIGGER
     from workflows.contracts import (
         NOTHING_SENT_DETAIL,
+        SA_CREDENTIAL,
+        SA_DEVICE,
+        SA_KIND,
+        SA_STATUS,
+        SA_TRIGGER,
         WORKFLOW_NAME,
         ChangeOutcome,
         ChildNotStarted,

@@ -1,9 +1,7 @@
-"""Requesting operations: one place that turns a request into a durable workflow.
+"""Turn a request into a durable operation workflow, or join the one already in flight.
 
-Every front door (the HTTP API, the CLI, and later schedules and sweeps) comes here; a program
-with only a Temporal client can also start the workflow itself, and the workflow registers its
-own row, so both paths behave the same. Nothing here holds a database connection while it waits
-for Temporal: store work runs in a thread, between the awaits.
+Nothing here holds a database connection while it waits for Temporal: store work runs in a
+thread, between the awaits, so a burst of requests never exhausts the pool.
 """
 
 from __future__ import annotations
@@ -18,39 +16,52 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from activities.gate import register_operation
-from keyturn.settings import Settings
-from starter.deps import in_thread
-from starter.problems import Problem
+from store import gate
+from store.engine import in_thread
 from store.models import Credential, Operation, OperationStatus, new_id
 from workflows.contracts import (
     WORKFLOW_NAME,
     OperationInput,
-    RegisterInput,
+    initial_search_attributes,
     operation_workflow_id,
 )
-from workflows.operation import initial_search_attributes
 
 # A request that finds a running operation of its kind joins it; if that one ends between the
 # start attempt and the look, the request starts again (a bounded number of times).
 START_TRIES = 3
 
 
+class RequestFailed(Exception):
+    """The operation could not be requested; the message says what to do."""
+
+
+class CredentialNotFound(RequestFailed):
+    def __init__(self, credential_id: str) -> None:
+        self.credential_id = credential_id
+        super().__init__(f"no credential with id {credential_id!r}")
+
+
+class TemporalUnavailable(RequestFailed):
+    """Temporal did not take the workflow (unreachable, or it kept ending as requests came)."""
+
+
+@dataclass(frozen=True)
+class OperationRequest:
+    credential_id: str
+    kind: str = "change"
+    trigger: str = "manual"
+
+
 @dataclass(frozen=True)
 class Requested:
     operation_id: str
     workflow_id: str
-    status: str
-    joined: bool
+    status: str  # scheduled, or queued when another operation on the credential is ahead
+    joined: bool  # an operation of this kind was already in flight: this is it
 
 
 async def request_operation(
-    engine: Engine,
-    client: Client,
-    settings: Settings,
-    credential: Credential,
-    kind: str,
-    trigger: str,
+    engine: Engine, client: Client, task_queue: str, request: OperationRequest
 ) -> Requested:
     """Start an operation, or join the one of this kind already in flight on the credential.
 
@@ -58,12 +69,15 @@ async def request_operation(
     one starts a workflow. The started one is registered at the credential's gate before this
     returns, so requests are queued in the order they were answered.
     """
-    workflow_id = operation_workflow_id(kind, credential.id)
+    credential = await in_thread(engine, lambda db: db.get(Credential, request.credential_id))
+    if credential is None:
+        raise CredentialNotFound(request.credential_id)
+    workflow_id = operation_workflow_id(request.kind, credential.id)
     for _ in range(START_TRIES):
         operation = OperationInput(
             credential_id=credential.id,
-            kind=kind,
-            trigger=trigger,
+            kind=request.kind,
+            trigger=request.trigger,
             operation_id=new_id(),
             device_id=credential.device_id,
         )
@@ -72,7 +86,7 @@ async def request_operation(
                 WORKFLOW_NAME,
                 operation,
                 id=workflow_id,
-                task_queue=settings.task_queue,
+                task_queue=task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 search_attributes=initial_search_attributes(operation),
@@ -84,25 +98,26 @@ async def request_operation(
                 return running
             continue  # it ended between our attempt and our look: start one
         except RPCError as exc:
-            raise Problem(
-                503, f"Temporal at {settings.temporal_address} did not accept the operation: {exc}"
+            raise TemporalUnavailable(
+                f"Temporal at {client.service_client.config.target_host} did not accept the "
+                f"operation: {exc}"
             ) from None
         admission = await asyncio.to_thread(
-            register_operation,
+            gate.admit,
             engine,
-            RegisterInput(
+            gate.Registration(
                 operation.operation_id,
                 credential.id,
-                kind,
-                trigger,
+                request.kind,
+                request.trigger,
                 workflow_id,
-                handle.result_run_id or "",
+                handle.result_run_id or None,
             ),
         )
         status = OperationStatus.QUEUED if admission.queued else OperationStatus.SCHEDULED
         return Requested(operation.operation_id, workflow_id, status, joined=False)
-    raise Problem(
-        503, f"operations on {workflow_id} kept ending as requests arrived; send the request again"
+    raise TemporalUnavailable(
+        f"operations on {workflow_id} kept ending as requests arrived; send the request again"
     )
 
 
