@@ -13,10 +13,12 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+# Part of the plugin interface (executors import them from here); defined in executors.redaction.
+from executors.redaction import REDACTED as REDACTED
+from executors.redaction import redact as redact
 from templating import TemplateContext
 
 ENTRY_POINT_GROUP = "keyturn.executors"
-REDACTED = "***"
 
 
 @dataclass(frozen=True)
@@ -213,14 +215,6 @@ def check_target(executor: Executor, target: Target) -> None:
     check = getattr(executor, "check_target", None)
     if check is not None:
         check(target)
-
-
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """Replace every secret in a transcript; longest first so one inside another is covered."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 @cache

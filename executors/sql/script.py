@@ -12,7 +12,6 @@ statement is rendered on its own afterwards: a password containing ``;`` (or a n
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 from abc import ABC, abstractmethod
@@ -38,7 +37,7 @@ from executors.base import (
 )
 from executors.common import masked, parse_template, request_secrets, verify_template
 from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, render
-from templating.escaping import Escape, Escaped, mysql_literal, sql_literal
+from templating.escaping import Escape, Escaped
 
 SYNTAX = (
     "SQL statements, each ending with ';' at the end of a line; '--' comment lines; "
@@ -143,24 +142,6 @@ def regex_escape(value: object) -> str:
     return value if isinstance(value, Escaped) else Escaped(re.escape(str(value)))
 
 
-def secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
-    """Each secret as given and as it appears inside an escaped literal, for redaction.
-
-    A server error may quote a literal token (``syntax error at or near "'it''s'"``), where
-    the secret is escaped and would not match the raw text.
-    """
-    forms: list[str] = []
-    for secret in secrets:
-        if not secret:
-            continue
-        forms.append(secret)
-        for escape in (sql_literal, mysql_literal):
-            # A NUL is refused by the escapes, so such a form is never sent either.
-            with contextlib.suppress(ValueError):
-                forms.append(escape(secret)[1:-1])
-    return tuple(dict.fromkeys(forms))
-
-
 # -- running --------------------------------------------------------------------------------
 
 FailureKind = Literal["lost", "template", "rejected"]
@@ -208,7 +189,7 @@ class StatementRunner:
         self._device = device
         self._context = context
         self._masked = masked(context)
-        self._secrets = secret_forms(secrets)
+        self._secrets = secrets
         self._verify = verify
         self._lines: list[str] = []
         self._secret_sent = False
@@ -232,7 +213,7 @@ class StatementRunner:
                 raise self._failed(statement, failure) from None
             self._lines.append(f"< {result.status}")
             if result.first_value is not None:
-                self._lines.append(f"< {result.first_value[:_SHOWN_VALUE]}")
+                self._lines.append(f"< {self._shown(result.first_value)}")
             if statement.expect is not None:
                 self._check_expect(statement, result)
         return self.transcript()
@@ -263,13 +244,18 @@ class StatementRunner:
             raise self._error(TemplateFailed, label, f"cannot render: {exc}") from None
         got = result.first_value
         if got is None or pattern.fullmatch(got) is None:
-            said = "no row" if got is None else repr(got[:_SHOWN_VALUE])
+            said = "no row" if got is None else repr(self._shown(got))
             raise self._error(
                 TemplateFailed,
                 label,
                 f"the statement on line {statement.line} returned {said}, which does not match "
                 f"{pattern.pattern!r}: the session is not what the template expects",
             )
+
+    def _shown(self, value: str) -> str:
+        """A returned value as quoted: redacted before it is cut, so no piece of a secret
+        survives the cut."""
+        return redact(value, self._secrets)[:_SHOWN_VALUE]
 
     def _failed(self, statement: Statement, failure: StatementFailure) -> ExecutorError:
         said = f"the server said: {failure.message}"

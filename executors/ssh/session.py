@@ -277,6 +277,7 @@ class ScriptRunner:
         end = self._buffer.find("\n", match.end())
         lines = self._buffer[: end if end >= 0 else len(self._buffer)].splitlines()
         said = " / ".join([line.strip() for line in lines if line.strip()][-_QUOTED_LINES:])
+        said = redact(said, self._secrets)  # before repr(), which would make new forms of it
         waiting = f" while running {step.label}" if step is not fail.step else ""
         raise self._error(
             fail.error,
