@@ -8,7 +8,7 @@ missing or has no current secret. Such a job never reaches a target, so it costs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
@@ -46,9 +46,9 @@ class Job:
     target: Target
     change_template: str
     verify_template: str
-    current_password: str
-    pending_password: str | None
-    auth_account: Account | None
+    current_password: str = field(repr=False)
+    pending_password: str | None = field(repr=False)
+    auth_account: Account | None  # Account keeps its password out of repr itself
 
     @property
     def connecting_account(self) -> Account:

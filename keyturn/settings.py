@@ -23,8 +23,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYTURN_", extra="ignore")
 
     data_dir: Path = Path("./var")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; a SQLite file in data_dir when unset"
+    database_url: str | None = Field(  # may carry the database password
+        default=None,
+        description="SQLAlchemy URL; a SQLite file in data_dir when unset",
+        repr=False,
     )
 
     temporal_address: str = Field(
@@ -38,16 +40,20 @@ class Settings(BaseSettings):
     temporal_api_key: str | None = Field(
         default=None,
         validation_alias=AliasChoices("KEYTURN_TEMPORAL_API_KEY", "TEMPORAL_API_KEY"),
+        repr=False,
     )
     temporal_tls: bool = False
     temporal_ui_port: int = 8233
     task_queue: str = "keyturn"
 
+    # Secrets are kept out of repr(), which a traceback or a debug log may show.
     master_key: str | None = Field(
-        default=None, description="base64 of 32 bytes; otherwise read from master_key_file"
+        default=None,
+        description="base64 of 32 bytes; otherwise read from master_key_file",
+        repr=False,
     )
     master_key_file: Path | None = None
-    admin_token: str | None = None
+    admin_token: str | None = Field(default=None, repr=False)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

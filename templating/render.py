@@ -45,8 +45,8 @@ class TemplateContext:
     """What a template can refer to. Secrets live here only inside an activity's memory."""
 
     username: str
-    current_password: str
-    new_password: str
+    current_password: str = field(repr=False)
+    new_password: str = field(repr=False)
     hostname: str
     address: str
     port: int

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httpx
@@ -212,10 +212,11 @@ _REFUSED_CLIENT = ("invalid_client", "unauthorized_client", "invalid_grant")
 
 @dataclass(frozen=True)
 class _Rendered:
-    url: str
-    headers: list[tuple[str, str]]
-    content: str | None
-    form: dict[str, str] | None
+    # What is sent may carry secrets (a password in the path, a body, an Authorization header).
+    url: str = field(repr=False)
+    headers: list[tuple[str, str]] = field(repr=False)
+    content: str | None = field(repr=False)
+    form: dict[str, str] | None = field(repr=False)
     shown: list[str]  # the request as the transcript shows it, secrets masked
     bears_secret: bool
 

@@ -26,7 +26,7 @@ import re
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import requests
@@ -124,14 +124,14 @@ class Options:
             options = cls(**raw)
         except TypeError as exc:
             raise _options_error(target, f"bad options ({exc})") from None
-        for field, allowed in (
+        for name, allowed in (
             ("transport", TRANSPORTS),
             ("scheme", SCHEMES),
             ("script_transfer", SCRIPT_TRANSFERS),
         ):
-            if getattr(options, field) not in allowed:
+            if getattr(options, name) not in allowed:
                 raise _options_error(
-                    target, f"{field} must be one of {', '.join(allowed)}, not {raw[field]!r}"
+                    target, f"{name} must be one of {', '.join(allowed)}, not {raw[name]!r}"
                 )
         if not isinstance(options.path, str) or not options.path.startswith("/"):
             raise _options_error(target, f"path must start with '/', not {options.path!r}")
@@ -238,7 +238,7 @@ def validate_script(text: str) -> None:
 
 @dataclass(frozen=True)
 class Script:
-    text: str  # as sent: preamble + rendered template
+    text: str = field(repr=False)  # as sent: preamble + rendered template, secrets included
     shown: str  # with every secret masked, for the transcript
     bears_secret: bool
 
