@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from executors.redaction import REDACTED as REDACTED
 from executors.redaction import redact as redact
 from templating import TemplateContext
+from workflows.contracts import FailureKind
 
 ENTRY_POINT_GROUP = "keyturn.executors"
 
@@ -95,7 +96,7 @@ class ExecutorError(Exception):
     default that an executor overrides per instance where it knows better.
     """
 
-    kind: ClassVar[str] = "ExecutorError"
+    kind: ClassVar[str] = "ExecutorError"  # each subclass: a FailureKind
     retryable: ClassVar[bool] = False
     default_login: ClassVar[LoginProgress] = LoginProgress.UNKNOWN
 
@@ -128,7 +129,7 @@ class ConfigurationError(ExecutorError):
     missing privileged account…), found before connecting: nothing was sent, no login was
     tried. The message says what to fix. Retrying would only fail the same way."""
 
-    kind = "ConfigurationError"
+    kind = FailureKind.CONFIGURATION
     default_login = LoginProgress.NOT_ATTEMPTED
 
 
@@ -136,7 +137,7 @@ class ConnectFailed(ExecutorError):
     """Could not reach or open a session on the target; nothing of the change was sent. Safe
     to retry, unless the secret may have been sent and its verdict is unknown (``login``)."""
 
-    kind = "ConnectFailed"
+    kind = FailureKind.CONNECT_FAILED
     retryable = True
     default_login = LoginProgress.NOT_ATTEMPTED
 
@@ -144,46 +145,34 @@ class ConnectFailed(ExecutorError):
 class AuthenticationFailed(ExecutorError):
     """The target refused the account's secret. Retrying would only spend the lockout budget."""
 
-    kind = "AuthenticationFailed"
+    kind = FailureKind.AUTHENTICATION_FAILED
     default_login = LoginProgress.REFUSED
 
 
 class TemplateFailed(ExecutorError):
     """The template could not be rendered or did not match what the target said."""
 
-    kind = "TemplateFailed"
+    kind = FailureKind.TEMPLATE_FAILED
 
 
 class HostKeyMismatch(ExecutorError):
     """The target's host key is not the pinned one: possibly not the host we think it is."""
 
-    kind = "HostKeyMismatch"
+    kind = FailureKind.HOST_KEY_MISMATCH
     default_login = LoginProgress.NOT_ATTEMPTED
 
 
 class ChangeRejected(ExecutorError):
     """The target answered and refused the new secret (a password-quality rule, say)."""
 
-    kind = "ChangeRejected"
+    kind = FailureKind.CHANGE_REJECTED
 
 
 class OutcomeUnknown(ExecutorError):
     """The change may or may not have happened (connection lost after sending it): probe."""
 
-    kind = "OutcomeUnknown"
+    kind = FailureKind.OUTCOME_UNKNOWN
     retryable = True
-
-
-NON_RETRYABLE_KINDS = tuple(
-    cls.kind
-    for cls in (
-        AuthenticationFailed,
-        TemplateFailed,
-        HostKeyMismatch,
-        ChangeRejected,
-        ConfigurationError,
-    )
-)
 
 
 @runtime_checkable

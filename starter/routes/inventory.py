@@ -8,7 +8,6 @@ import asyncssh
 from fastapi import APIRouter
 from sqlmodel import col, select
 
-from activities.jobs import latest_template
 from executors.base import Executor, get_executor, registry
 from executors.shipped import shipped_templates
 from starter.deps import DB, State, StoreRoute
@@ -26,6 +25,7 @@ from starter.schemas import (
     TemplateOut,
 )
 from store.models import Credential, Device, Policy, Template
+from store.queries import latest_template
 from store.vault import Vault
 from templating import TemplateSyntaxProblem
 

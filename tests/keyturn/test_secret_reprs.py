@@ -9,14 +9,23 @@ import re
 
 import pytest
 
-from activities.jobs import Job
 from executors.base import Account
 from executors.http.executor import _Rendered
 from executors.winrm.executor import Script
 from keyturn.settings import Settings
+from store.jobs import Job
 from tests.executors.helpers import make_context
 
-PACKAGES = ("activities", "executors", "keyturn", "requesting", "starter", "store", "templating")
+PACKAGES = (
+    "activities",
+    "executors",
+    "keyturn",
+    "requesting",
+    "starter",
+    "store",
+    "templating",
+    "workflows",
+)
 SECRET_NAME = re.compile(r"password|^secret|private_key|master_key|api_key|admin_token")
 # Fields whose name does not say so but whose value may carry a secret.
 HOLDS_SECRETS = {
