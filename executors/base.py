@@ -34,6 +34,9 @@ class Target:
     options: dict[str, Any] = field(default_factory=dict)
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    # The device accepts that secrets cross an unencrypted or unverified channel (see
+    # insecure_transport below); audited on every operation that uses it.
+    allow_insecure_transport: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,10 @@ class Executor(Protocol):
     """The plugin interface. An executor may also define ``check_target(target) -> None``,
     raising ConfigurationError for device settings (``options``) that cannot work: it is called
     before any connection (see ``check_target`` below), so that a misconfigured device costs no
-    login. Executors without it are simply not asked."""
+    login. Executors without it are simply not asked. Likewise ``insecure_transport(target) ->
+    str | None``: why the channel these settings give would carry a secret unencrypted or to an
+    unverified peer (None when it would not); such a target is refused unless the device allows
+    it. An executor without it is taken to encrypt and verify always."""
 
     name: ClassVar[str]
     syntax: ClassVar[str]  # a short description of the template syntax, for GET /v1/executors
@@ -199,11 +205,29 @@ class Executor(Protocol):
         """Does the account log in? ok=False only for a refused secret; other errors raise."""
 
 
-def check_target(executor: Executor, target: Target) -> None:
-    """The executor's optional ``check_target``: ConfigurationError for unusable settings."""
+def check_target(executor: object, target: Target) -> None:
+    """The executor's optional ``check_target``: ConfigurationError for unusable settings, and
+    for a channel that would expose secrets on a device that does not allow it."""
     check = getattr(executor, "check_target", None)
     if check is not None:
         check(target)
+    reason = insecure_transport(executor, target)
+    if reason is not None and not target.allow_insecure_transport:
+        raise ConfigurationError(
+            target.name,
+            "transport",
+            f"device {target.name!r}: {reason}, so secrets would cross the network unprotected; "
+            "use an encrypted and verified transport (see the executor's options), or set the "
+            "device's allow_insecure_transport to true to accept the risk (every operation "
+            "that uses it is audited)",
+        )
+
+
+def insecure_transport(executor: object, target: Target) -> str | None:
+    """The executor's optional ``insecure_transport``: why its channel to this target would
+    carry a secret unencrypted or to an unverified peer, or None."""
+    check = getattr(executor, "insecure_transport", None)
+    return check(target) if check is not None else None
 
 
 @cache

@@ -28,6 +28,11 @@ class DeviceIn(_In):
     host_keys: list[str] = Field(default_factory=list, max_length=20)
     trust_on_first_use: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+    allow_insecure_transport: bool = Field(
+        default=False,
+        description="let secrets cross an unencrypted or unverified channel (plain http, LDAP "
+        "without TLS, sslmode below verify-full...); audited on every operation that uses it",
+    )
     max_concurrent_operations: int | None = Field(default=None, ge=1, le=1000)
 
 
@@ -42,6 +47,7 @@ class DeviceOut(BaseModel):
     host_keys: list[str]
     trust_on_first_use: bool
     options: dict[str, Any]
+    allow_insecure_transport: bool
     max_concurrent_operations: int | None
     created_at: datetime
 

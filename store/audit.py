@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from store.models import AuditEvent
 
@@ -35,3 +35,15 @@ def record(
         credential_id,
         " ".join(f"{k}={v}" for k, v in detail.items()),
     )
+
+
+def record_once(session: Session, event: str, *, operation_id: str, **detail: Any) -> None:
+    """Record ``event`` for an operation unless it already has one (a retried step)."""
+    found = session.exec(
+        select(AuditEvent.id).where(
+            AuditEvent.event == event, AuditEvent.operation_id == operation_id
+        )
+    ).first()
+    if found is None:
+        credential_id = detail.pop("credential_id", None)
+        record(session, event, operation_id=operation_id, credential_id=credential_id, **detail)

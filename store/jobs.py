@@ -20,6 +20,7 @@ from executors.base import (
     Target,
     check_target,
     get_executor,
+    insecure_transport,
 )
 from store.models import Credential, Device, Operation, Policy, SecretVersion, Template
 from store.queries import get_or_raise, latest_template, policy_for
@@ -45,6 +46,8 @@ class Job:
     current_password: str = field(repr=False)
     pending_password: str | None = field(repr=False)
     auth_account: Account | None  # Account keeps its password out of repr itself
+    # Why the device's channel is not encrypted and verified, when the device allows that.
+    insecure_transport: str | None = None
 
     @property
     def connecting_account(self) -> Account:
@@ -78,6 +81,7 @@ def target_for(device: Device, policy: Policy) -> Target:
         options=dict(device.options),
         connect_timeout=policy.connect_timeout_seconds,
         read_timeout=policy.read_timeout_seconds,
+        allow_insecure_transport=device.allow_insecure_transport,
     )
 
 
@@ -102,7 +106,8 @@ def load_job(
         policy = policy_for(session, credential)
         executor = _executor(device)
         target = target_for(device, policy)
-        check_target(executor, target)
+        check_target(executor, target)  # refuses an insecure channel the device does not allow
+        insecure = insecure_transport(executor, target)
         current = Vault.current(session, credential.id)
         if current is None:
             raise _problem(
@@ -164,6 +169,7 @@ def load_job(
             current_password=vault.reveal(current),
             pending_password=vault.reveal(pending) if pending else None,
             auth_account=auth_account,
+            insecure_transport=insecure,
         )
 
 

@@ -36,8 +36,23 @@ def _v2_one_writer_per_credential(conn: Connection) -> None:
         conn.execute(text("ALTER TYPE operationstatus ADD VALUE IF NOT EXISTS 'QUEUED'"))
 
 
+def _v3_allow_insecure_transport(conn: Connection) -> None:
+    """Cleartext transport is refused unless a device allows it; existing devices do not."""
+    present = {c["name"] for c in inspect(conn).get_columns("device")}
+    if "allow_insecure_transport" not in present:
+        conn.execute(
+            text(
+                "ALTER TABLE device ADD COLUMN allow_insecure_transport BOOLEAN NOT NULL "
+                "DEFAULT FALSE"
+            )
+        )
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
-STEPS: tuple[Callable[[Connection], None], ...] = (_v2_one_writer_per_credential,)
+STEPS: tuple[Callable[[Connection], None], ...] = (
+    _v2_one_writer_per_credential,
+    _v3_allow_insecure_transport,
+)
 LATEST = len(STEPS) + 1
 
 

@@ -36,6 +36,7 @@ from executors.base import (
     RunResult,
     Target,
     TemplateFailed,
+    check_target,
     redact,
 )
 from executors.common import masked, parse_template, request_secrets
@@ -89,13 +90,24 @@ class HttpExecutor:
     def check_target(self, target: Target) -> None:
         settings_for(target)
 
+    def insecure_transport(self, target: Target) -> str | None:
+        settings = settings_for(target)
+        for name, url in (("base_url", settings.base_url), ("token_url", settings.token_url)):
+            if url and httpx.URL(url).scheme == "http":
+                return f"{name} {url!r} is plain http"
+        if settings.verify is False:
+            return "option 'verify_tls' is false: the server's certificate is not checked"
+        return None
+
     async def run(self, request: RunRequest) -> RunResult:
+        check_target(self, request.target)  # options and transport, before anything
         requests = parse_template(request.target, request.template, validate_script)
         settings = settings_for(request.target)
         session = Session(request.target, settings, request.account, request.context)
         return RunResult(transcript=await session.run(requests))
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
+        check_target(self, request.target)  # options and transport, before anything
         target, account = request.target, request.account
         settings = settings_for(target)
         context = request.context or _bare_context(target, account)

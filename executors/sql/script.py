@@ -33,6 +33,7 @@ from executors.base import (
     RunResult,
     Target,
     TemplateFailed,
+    check_target,
     redact,
 )
 from executors.common import masked, parse_template, request_secrets, verify_template
@@ -315,6 +316,7 @@ class SqlExecutor(ABC, Generic[Connection]):
         """ConfigurationError for device options the driver cannot use (base.check_target)."""
 
     async def run(self, request: RunRequest) -> RunResult:
+        check_target(self, request.target)  # options and transport, before anything
         statements = parse_template(request.target, request.template, validate_script)
         secrets = request_secrets(request.context, request.account)
         conn = await self._connect(request.target, request.account, secrets)
@@ -323,6 +325,7 @@ class SqlExecutor(ABC, Generic[Connection]):
         return RunResult(transcript=transcript)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
+        check_target(self, request.target)  # options and transport, before anything
         verify = verify_template(request, validate_script)
         secrets = request_secrets(request.context, request.account)
         try:

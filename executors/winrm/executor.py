@@ -57,6 +57,7 @@ from executors.base import (
     RunResult,
     Target,
     TemplateFailed,
+    check_target,
     redact,
 )
 from executors.common import masked, request_secrets, verify_template
@@ -167,6 +168,15 @@ class WinrmExecutor:
     def validate(self, template: str) -> None:
         validate_script(template)
 
+    def insecure_transport(self, target: Target) -> str | None:
+        options = Options.parse(target)
+        if options.scheme == "http" and options.transport == "basic":
+            # NTLM, Kerberos and CredSSP encrypt messages over http; Basic sends them as is.
+            return "transport 'basic' over http sends the password and the script in clear"
+        if options.scheme == "https" and not options.verify_tls:
+            return "verify_tls is false: the server's certificate is not checked"
+        return None
+
     def check_target(self, target: Target) -> None:
         # The options, and whether pywinrm can use them (a transport's library missing, say):
         # building the protocol object sends nothing.
@@ -174,6 +184,7 @@ class WinrmExecutor:
         _Session(target, options, Account("keyturn-check", ""), ())._protocol()
 
     async def run(self, request: RunRequest) -> RunResult:
+        check_target(self, request.target)  # options and transport, before anything
         options = Options.parse(request.target)
         script = Script.render(request.target, request.template, request.context)
         secrets = _secrets(request.context, request.account)
@@ -184,6 +195,7 @@ class WinrmExecutor:
         return RunResult(transcript=outcome.transcript)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
+        check_target(self, request.target)  # options and transport, before anything
         options = Options.parse(request.target)
         # Not parsed by verify_template (str keeps it as is): Script.render checks and renders
         # it in one go, with the context.

@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from store.engine import make_engine, session_scope
 from store.migrations import LATEST
-from store.models import Operation, OperationStatus
+from store.models import Device, Operation, OperationStatus
 
 SCHEMAS = Path(__file__).parent / "schemas"
 # A row as the previous release wrote it (enum members are stored by name).
@@ -44,6 +44,9 @@ def test_a_store_of_the_previous_release_is_migrated(empty_database: str) -> Non
 
     columns = {c["name"] for c in inspect(engine).get_columns("operation")}
     assert {"run_id", "gate_seq", "gate_state", "waiting_for", "base_version_id"} <= columns
+    with Session(engine) as session:  # an existing device does not allow cleartext transport
+        device = session.get(Device, "d1")
+        assert device is not None and device.allow_insecure_transport is False
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version FROM schemaversion")).scalar_one() == LATEST
     with Session(engine) as session:

@@ -47,7 +47,8 @@ async def _echo(executor: PostgresqlExecutor | MysqlExecutor, request: RunReques
 async def test_postgresql_echo(pg_cluster: PostgresCluster, pg_roles: Roles, secret: str) -> None:
     current = "Current-pass-1234"
     user = pg_roles.create(current)
-    target = make_target("pg-test", "127.0.0.1", pg_cluster.port)
+    options = pg_cluster.client_options()
+    target = make_target("pg-test", "127.0.0.1", pg_cluster.port, options=options)
     context = make_context("pg-test", "127.0.0.1", pg_cluster.port, user, current, secret)
     for template in POSTGRESQL_ECHOES:
         request = RunRequest(target, Account(user, current), template, context)
@@ -62,7 +63,8 @@ async def test_postgresql_echo(pg_cluster: PostgresCluster, pg_roles: Roles, sec
 async def test_mysql_echo(mysql_server: MysqlServer, mysql_users: MysqlUsers, secret: str) -> None:
     current = "Current-pass-1234"
     user = mysql_users.create(current)
-    target = make_target("mysql-test", mysql_server.host, mysql_server.port)
+    options = mysql_server.client_options()
+    target = make_target("mysql-test", mysql_server.host, mysql_server.port, options=options)
     context = make_context(
         "mysql-test", mysql_server.host, mysql_server.port, user, current, secret
     )

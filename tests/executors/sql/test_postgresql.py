@@ -38,7 +38,9 @@ passwords = st.text(alphabet=ALPHABET, min_size=1, max_size=24).flatmap(
 
 
 def target(cluster: PostgresCluster, **overrides: object) -> Target:
-    return make_target("pg-test", "127.0.0.1", cluster.port, **overrides)
+    """A target over verified TLS; ``options`` given are added to the TLS ones."""
+    options = {**cluster.client_options(), **dict(overrides.pop("options", {}))}  # type: ignore[call-overload]
+    return make_target("pg-test", "127.0.0.1", cluster.port, options=options, **overrides)
 
 
 def context(
@@ -251,6 +253,44 @@ async def test_bad_device_options(pg_cluster: PostgresCluster) -> None:
         await EXECUTOR.check_login(
             LoginRequest(target(pg_cluster, options={"sslmode": "sometimes"}), Account("a", "b"))
         )
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "prefer", "require", "verify-ca"])
+async def test_below_verify_full_is_refused_before_connecting(
+    pg_cluster: PostgresCluster, sslmode: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="allow_insecure_transport") as caught:
+        await EXECUTOR.check_login(
+            LoginRequest(target(pg_cluster, options={"sslmode": sslmode}), Account("a", "b"))
+        )
+    assert f"sslmode is {sslmode!r}" in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
+
+
+async def test_the_default_is_verify_full(pg_cluster: PostgresCluster, pg_roles: Roles) -> None:
+    # No sslmode, no CA file: the cluster's certificate chains to no CA the system trusts.
+    user = pg_roles.create("Pass-word-1")
+    plain = make_target("pg-test", "127.0.0.1", pg_cluster.port)
+    with pytest.raises(ConnectFailed, match="certificate") as caught:
+        await EXECUTOR.check_login(LoginRequest(plain, Account(user, "Pass-word-1")))
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED  # refused before the password
+
+
+async def test_insecure_transport_when_the_device_allows_it(
+    pg_cluster: PostgresCluster, pg_roles: Roles
+) -> None:
+    user = pg_roles.create("Pass-word-1")
+    insecure = make_target(
+        "pg-test",
+        "127.0.0.1",
+        pg_cluster.port,
+        options={"sslmode": "disable"},
+        allow_insecure_transport=True,
+    )
+    assert EXECUTOR.insecure_transport(insecure) is not None
+    login = await EXECUTOR.check_login(LoginRequest(insecure, Account(user, "Pass-word-1")))
+    assert login.ok
+    assert EXECUTOR.insecure_transport(target(pg_cluster)) is None
 
 
 async def test_missing_database(pg_cluster: PostgresCluster, pg_roles: Roles) -> None:
