@@ -16,7 +16,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from templating.escaping import FILTERS, Escape, Escaped
+from templating.escaping import FILTERS, Escape, Escaped, sql_literal
+from templating.scram import scram_sha_256
 
 SEGURA_TAGS = {
     "USERNAME": "username",
@@ -79,6 +80,11 @@ def _regex_literal(value: object) -> Escaped:
     return Escaped(re.escape(str(value)))
 
 
+def _scram_literal(value: object) -> Escaped:
+    """PostgreSQL: the SQL literal of the password's SCRAM-SHA-256 verifier (templating.scram)."""
+    return sql_literal(scram_sha_256(str(value)))
+
+
 @lru_cache(maxsize=32)
 def _environment(escape: Escape | None) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
@@ -89,6 +95,7 @@ def _environment(escape: Escape | None) -> SandboxedEnvironment:
     )
     env.filters.update(FILTERS)
     env.filters["regex"] = _regex_literal
+    env.filters["scram_sha_256"] = _scram_literal
     return env
 
 

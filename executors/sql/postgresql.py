@@ -5,10 +5,10 @@ while ``standard_conforming_strings`` is on; with it off, ``\\'`` would end a li
 on by default since 9.1, but a role or database can turn it off, so the session asks for it in
 the startup packet and checks the server's report before anything is rendered.
 
-Beware: ``ALTER ROLE … PASSWORD '…'`` carries the password in clear text, and a server with
-``log_statement = 'ddl'`` or ``'all'`` (or ``log_min_error_statement`` catching a failure) writes
-it to the server log. Turning that off per session (``SET log_statement``) needs a superuser, so
-Keyturn does not try; harden the server's logging instead.
+``ALTER ROLE … PASSWORD '…'`` with the password itself would put it in the server's log when
+``log_statement`` is ``'ddl'`` or ``'all'`` (or ``log_min_error_statement`` catches a failure);
+the shipped templates send its SCRAM-SHA-256 verifier instead (``{{ new_password |
+scram_sha_256 }}``, computed by templating.scram), which the server stores as given.
 """
 
 from __future__ import annotations

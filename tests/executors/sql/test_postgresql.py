@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +27,7 @@ from executors.shipped import shipped_templates
 from executors.sql.postgresql import PostgresqlExecutor
 from executors.sql.script import parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
+from templating.scram import scram_sha_256
 from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
 from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 
@@ -96,7 +100,10 @@ async def test_change_then_verify(pg_cluster: PostgresCluster, pg_roles: Roles) 
     assert await pg_roles.password_works(user, new)
     assert not await pg_roles.password_works(user, current)
     assert pg_roles.attributes(user) == before
-    assert f"> ALTER ROLE \"{user}\" WITH PASSWORD '***';" in transcript
+    # The verifier shown is the mask's: the transcript has neither the password nor its own.
+    assert re.search(
+        rf"> ALTER ROLE \"{user}\" WITH PASSWORD 'SCRAM-SHA-256\$4096:\S+';", transcript
+    )
     assert "< ALTER ROLE" in transcript
     assert_no_secret([transcript], current, new)
 
@@ -291,6 +298,37 @@ async def test_insecure_transport_when_the_device_allows_it(
     login = await EXECUTOR.check_login(LoginRequest(insecure, Account(user, "Pass-word-1")))
     assert login.ok
     assert EXECUTOR.insecure_transport(target(pg_cluster)) is None
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(password=passwords)
+def test_scram_verifier_is_the_one_the_server_computes(
+    pg_cluster: PostgresCluster, pg_roles: Roles, password: str
+) -> None:
+    """The server hashes a plaintext password itself (SASLprep included); the client-side
+    verifier, with the same salt and iterations, must be the same bytes."""
+    user = pg_roles.create(password)
+    with pg_cluster.superuser_connection() as conn:
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (user,))
+        stored = str(row.fetchone()[0])  # type: ignore[index]
+    iterations, salt = stored.split("$")[1].split(":")
+    assert scram_sha_256(password, base64.b64decode(salt), int(iterations)) == stored
+
+
+async def test_the_server_log_never_sees_the_new_password() -> None:
+    log_everything = "-c log_statement=all -c log_min_error_statement=info"
+    with running_cluster(log_everything) as logged, roles_on(logged) as roles:
+        current, new = "Current-pass-1234", "Brand-new-pass-5678;'é"
+        user = roles.create(current)
+        transcript = await self_change(logged, user, current, new)
+        assert await roles.password_works(user, new)
+        log = logged.log_path.read_text(errors="replace")
+    # The statement is logged, carrying the verifier only.
+    assert f'ALTER ROLE "{user}" WITH PASSWORD \'SCRAM-SHA-256$4096:' in log
+    assert new not in log and new.replace("'", "''") not in log
+    assert_no_secret([transcript], new)
 
 
 async def test_missing_database(pg_cluster: PostgresCluster, pg_roles: Roles) -> None:
