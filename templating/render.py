@@ -14,9 +14,17 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from templating.escaping import FILTERS, Escape, Escaped, sql_literal
+from templating.escaping import (
+    FILTERS,
+    Escape,
+    Escaped,
+    context_of,
+    fits,
+    sql_literal,
+)
 from templating.scram import scram_sha_256
 
 SEGURA_TAGS = {
@@ -76,10 +84,6 @@ class TemplateContext:
         return tuple(s for s in (self.current_password, self.new_password, self.auth_password) if s)
 
 
-def _regex_literal(value: object) -> Escaped:
-    return Escaped(re.escape(str(value)))
-
-
 def _scram_literal(value: object) -> Escaped:
     """PostgreSQL: the SQL literal of the password's SCRAM-SHA-256 verifier (templating.scram)."""
     return sql_literal(scram_sha_256(str(value)))
@@ -94,17 +98,33 @@ def _environment(escape: Escape | None) -> SandboxedEnvironment:
         finalize=_finalizer(escape),
     )
     env.filters.update(FILTERS)
-    env.filters["regex"] = _regex_literal
     env.filters["scram_sha_256"] = _scram_literal
     return env
 
 
+# The context each escaping filter escapes for (see templating.escaping.COMPATIBLE).
+FILTER_CONTEXTS: dict[str, str] = {
+    **{name: str(context_of(escape)) for name, escape in FILTERS.items()},
+    "scram_sha_256": "sql_literal",
+}
+
+
 def _finalizer(escape: Escape | None) -> Callable[[object], object]:
     """Every ``{{ }}`` output passes here: escaped for the executor's context unless a filter
-    already escaped it. StrictUndefined raises before this for a misspelt name."""
+    already escaped it for a context that fits. StrictUndefined raises before this for a
+    misspelt name."""
     if escape is None:
         return lambda value: value
-    return lambda value: value if isinstance(value, Escaped) else escape(value)
+    place = context_of(escape)
+
+    def finalize(value: object) -> object:
+        if not isinstance(value, Escaped):
+            return escape(value)
+        if not fits(value.context, place):
+            raise ValueError(f"a value escaped for {value.context} cannot stand in {place}")
+        return value
+
+    return finalize
 
 
 def _translate_segura_tags(text: str) -> str:
@@ -123,13 +143,28 @@ def _compile(text: str, escape: Escape | None = None) -> jinja2.Template:
         raise TemplateSyntaxProblem(exc.message or "syntax error", exc.lineno) from None
 
 
-def check_syntax(text: str, first_line: int = 1) -> None:
-    """Raise TemplateSyntaxProblem (with the line, offset by ``first_line``) if text won't parse."""
+def check_syntax(text: str, first_line: int = 1, context: str | None = None) -> None:
+    """Raise TemplateSyntaxProblem (with the line, offset by ``first_line``) if text won't parse,
+    or if it uses an escaping filter whose context does not fit ``context``, the context the
+    executor escapes this text for (None: a place that takes any value)."""
     try:
         _compile(text)
     except TemplateSyntaxProblem as exc:
         line = exc.line + first_line - 1 if exc.line else first_line
         raise TemplateSyntaxProblem(exc.message, line) from None
+    if context is None:
+        return
+    source = _translate_segura_tags(text)
+    for node in _environment(None).parse(source).find_all(nodes.Filter):
+        escaped_for = FILTER_CONTEXTS.get(node.name)
+        if escaped_for is not None and not fits(escaped_for, context):
+            usable = sorted(n for n, c in FILTER_CONTEXTS.items() if fits(c, context))
+            hint = f"use {' or '.join(usable)}, or" if usable else "use"
+            raise TemplateSyntaxProblem(
+                f"the {node.name} filter escapes for {escaped_for}, but this text is escaped "
+                f"for {context}: {hint} no filter ({context} escaping applies by itself)",
+                node.lineno + first_line - 1,
+            )
 
 
 def render(text: str, context: TemplateContext, line: int = 1, escape: Escape | None = None) -> str:

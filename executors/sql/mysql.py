@@ -68,6 +68,7 @@ class MysqlExecutor(SqlExecutor["Connection[Any]"]):
         "verify": "mysql/verify-login",
     }
     default_port: ClassVar[int] = 3306
+    literal_context: ClassVar[str] = "mysql_literal"
 
     def check_target(self, target: Target) -> None:
         _settings(target)

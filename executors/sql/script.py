@@ -37,8 +37,8 @@ from executors.base import (
     redact,
 )
 from executors.common import masked, parse_template, request_secrets, verify_template
-from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, render
-from templating.escaping import Escape, Escaped
+from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, escaping, render
+from templating.escaping import Escape
 
 SYNTAX = (
     "SQL statements, each ending with ';' at the end of a line; '--' comment lines; "
@@ -115,17 +115,18 @@ def _attach_expect(statements: list[Statement], inside: bool, pattern: str, line
     statements[-1] = dataclasses.replace(statements[-1], expect=pattern, expect_line=line)
 
 
-def validate_script(text: str) -> list[Statement]:
-    """Parse and check everything that can be checked before the tags are known."""
+def validate_script(text: str, literal: str = "sql_literal") -> list[Statement]:
+    """Parse and check everything that can be checked before the tags are known. ``literal``:
+    the context statements are escaped for (the driver's literal escape)."""
     statements = parse_script(text)
     if not statements:
         raise TemplateSyntaxProblem("the template runs no statement", None)
     for statement in statements:
         if has_tags(statement.text):
-            check_syntax(statement.text, first_line=statement.line)
+            check_syntax(statement.text, first_line=statement.line, context=literal)
         if statement.expect is not None and statement.expect_line is not None:
             if has_tags(statement.expect):
-                check_syntax(statement.expect, first_line=statement.expect_line)
+                check_syntax(statement.expect, first_line=statement.expect_line, context="regex")
             else:
                 compile_expect(statement.expect, statement.expect_line)
     return statements
@@ -136,11 +137,6 @@ def compile_expect(pattern: str, line: int) -> re.Pattern[str]:
         return re.compile(pattern)
     except re.error as exc:
         raise TemplateSyntaxProblem(f"invalid regular expression: {exc}", line) from None
-
-
-def regex_escape(value: object) -> str:
-    """The context escape of an expect: line: a tag matches its value literally."""
-    return value if isinstance(value, Escaped) else Escaped(re.escape(str(value)))
 
 
 # -- running --------------------------------------------------------------------------------
@@ -238,7 +234,7 @@ class StatementRunner:
         label = f"line {statement.expect_line} (expect)"
         try:
             source = render(
-                statement.expect, self._context, line=statement.expect_line, escape=regex_escape
+                statement.expect, self._context, line=statement.expect_line, escape=escaping.regex
             )
             pattern = compile_expect(source, statement.expect_line)
         except TemplateSyntaxProblem as exc:
@@ -309,15 +305,21 @@ class SqlExecutor(ABC, Generic[Connection]):
 
     syntax: ClassVar[str] = SYNTAX
 
+    # The context statements are escaped for: the driver's literal escape.
+    literal_context: ClassVar[str] = "sql_literal"
+
     def validate(self, template: str) -> None:
-        validate_script(template)
+        validate_script(template, self.literal_context)
 
     def check_target(self, target: Target) -> None:
         """ConfigurationError for device options the driver cannot use (base.check_target)."""
 
+    def _validate(self, template: str) -> list[Statement]:
+        return validate_script(template, self.literal_context)
+
     async def run(self, request: RunRequest) -> RunResult:
         check_target(self, request.target)  # options and transport, before anything
-        statements = parse_template(request.target, request.template, validate_script)
+        statements = parse_template(request.target, request.template, self._validate)
         secrets = request_secrets(request.context, request.account)
         conn = await self._connect(request.target, request.account, secrets)
         async with self._closing(conn):
@@ -326,7 +328,7 @@ class SqlExecutor(ABC, Generic[Connection]):
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
         check_target(self, request.target)  # options and transport, before anything
-        verify = verify_template(request, validate_script)
+        verify = verify_template(request, self._validate)
         secrets = request_secrets(request.context, request.account)
         try:
             conn = await self._connect(request.target, request.account, secrets)

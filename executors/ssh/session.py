@@ -28,7 +28,13 @@ from executors.base import (
     redact,
 )
 from executors.common import masked
-from executors.ssh.script import Step, compile_pattern, parse_exit_status, parse_timeout
+from executors.ssh.script import (
+    Step,
+    compile_pattern,
+    escape_for,
+    parse_exit_status,
+    parse_timeout,
+)
 from keyturn import failpoints
 from templating import TemplateContext, TemplateSyntaxProblem, render
 
@@ -289,12 +295,13 @@ class ScriptRunner:
         """The argument as sent, and as shown in the transcript (secrets masked)."""
         if not step.argument:
             return "", ""
+        escape = escape_for(step.directive)
         try:
-            value = render(step.argument, self._context, line=step.line)
+            value = render(step.argument, self._context, line=step.line, escape=escape)
         except TemplateSyntaxProblem as exc:
             raise self._error(TemplateFailed, step, f"cannot render: {exc.message}") from None
         try:
-            shown = render(step.argument, self._masked_context, line=step.line)
+            shown = render(step.argument, self._masked_context, line=step.line, escape=escape)
         except TemplateSyntaxProblem:
             # The mask broke the template (e.g. an index into the password): show nothing of it.
             shown = "(line with a secret, not shown)"

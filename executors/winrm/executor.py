@@ -233,7 +233,7 @@ def validate_script(text: str) -> None:
     """Jinja syntax (with its line) and the few mistakes that can be seen without a host."""
     if not text.strip():
         raise TemplateSyntaxProblem("the template is empty: write the PowerShell to run", None)
-    check_syntax(text)
+    check_syntax(text, context="powershell")
     lines = text.split("\n")  # like Jinja counts lines (not str.splitlines)
     if all(not line.strip() or line.lstrip().startswith("#") for line in lines):
         raise TemplateSyntaxProblem("the template has only comments: nothing would run", None)

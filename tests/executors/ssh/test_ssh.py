@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import string
 import time
 
@@ -534,3 +535,23 @@ async def test_undefined_tag_at_run_time_names_the_line(sshd: Sshd, ssh_users: U
                 context(sshd, user, password, "x"),
             )
         )
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(word=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1))
+async def test_exec_arguments_are_shell_quoted_by_default(
+    sshd: Sshd, ssh_users: Users, word: str
+) -> None:
+    # No filter: a tag in an exec: line is one shell word, whatever it holds ($, ;, quotes,
+    # newlines...). The digest, written literally in the template, proves the bytes arrived.
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    digest = hashlib.sha256(word.encode()).hexdigest()
+    template = f"exec: printf %s {{{{ new_password }}}} | sha256sum\nexpect: {digest}\nexit: 0\n"
+    request = RunRequest(
+        target(sshd), Account(user, password), template, context(sshd, user, password, word)
+    )
+    result = await EXECUTOR.run(request)
+    assert "$ printf %s '***' | sha256sum" in result.transcript
