@@ -15,8 +15,8 @@ from typing import Any
 
 import jinja2
 from jinja2 import nodes
-from jinja2.sandbox import SandboxedEnvironment
 
+from templating.budget import CURRENT, Budget, BudgetedEnvironment, budgeted_range
 from templating.escaping import (
     FILTERS,
     Escape,
@@ -90,8 +90,8 @@ def _scram_literal(value: object) -> Escaped:
 
 
 @lru_cache(maxsize=32)
-def _environment(escape: Escape | None) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
+def _environment(escape: Escape | None) -> BudgetedEnvironment:
+    env = BudgetedEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
@@ -99,6 +99,7 @@ def _environment(escape: Escape | None) -> SandboxedEnvironment:
     )
     env.filters.update(FILTERS)
     env.filters["scram_sha_256"] = _scram_literal
+    env.globals["range"] = budgeted_range
     return env
 
 
@@ -172,7 +173,7 @@ def render(text: str, context: TemplateContext, line: int = 1, escape: Escape | 
     a filter escaped it already. An undefined name or a bad value is a TemplateSyntaxProblem
     naming ``line`` (the line of ``text`` within its template)."""
     try:
-        return _compile(text, escape).render(context.as_mapping())
+        return _render_within(_compile(text, escape), context, Budget.start())
     except TemplateSyntaxProblem as exc:
         raise TemplateSyntaxProblem(exc.message, line) from None
     except jinja2.UndefinedError as exc:
@@ -181,3 +182,19 @@ def render(text: str, context: TemplateContext, line: int = 1, escape: Escape | 
         raise TemplateSyntaxProblem(str(exc), line) from None
     except ValueError as exc:  # an escape refused a value (a NUL in SQL, say); says which rule
         raise TemplateSyntaxProblem(str(exc), line) from None
+
+
+def _render_within(template: jinja2.Template, context: TemplateContext, budget: Budget) -> str:
+    """The template's output, piece by piece, within the budget (templating.budget)."""
+    token = CURRENT.set(budget)
+    try:
+        pieces: list[str] = []
+        size = 0
+        for piece in template.generate(context.as_mapping()):
+            size += len(piece)
+            budget.check_size(size)
+            budget.check_time()
+            pieces.append(piece)
+        return "".join(pieces)
+    finally:
+        CURRENT.reset(token)

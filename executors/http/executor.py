@@ -10,6 +10,7 @@ Device options: ``base_url`` (else ``<scheme>://<address>:<port>``, scheme optio
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
@@ -281,7 +282,8 @@ class Session:
         return redact("\n".join(self._lines), self._secrets)
 
     async def _one(self, client: httpx.AsyncClient, request: Request) -> None:
-        rendered = self._render(request)
+        # Rendering is CPU work with a budget (templating.budget): off the event loop.
+        rendered = await asyncio.to_thread(self._render, request)
         self._lines.extend(rendered.shown)
         headers = dict(rendered.headers)
         authenticated = request.auth == "account"
@@ -313,7 +315,7 @@ class Session:
         if authenticated:
             self._authenticated = True
             self._login = LoginProgress.ACCEPTED
-        self._read(request, response)
+        await asyncio.to_thread(self._read, request, response)  # renders the checks
 
     async def _send(
         self,

@@ -12,6 +12,7 @@ statement is rendered on its own afterwards: a password containing ``;`` (or a n
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from abc import ABC, abstractmethod
@@ -212,13 +213,17 @@ class StatementRunner:
             if result.first_value is not None:
                 self._lines.append(f"< {self._shown(result.first_value)}")
             if statement.expect is not None:
-                self._check_expect(statement, result)
+                await asyncio.to_thread(self._check_expect, statement, result)  # renders
         return self.transcript()
 
     async def _render(self, statement: Statement) -> tuple[str, str]:
         if not has_tags(statement.text):
             return statement.text, statement.text
         escape = await self._session.escape()
+        # Rendering is CPU work with a budget (templating.budget): off the event loop.
+        return await asyncio.to_thread(self._render_with, statement, escape)
+
+    def _render_with(self, statement: Statement, escape: Escape) -> tuple[str, str]:
         try:
             value = render(statement.text, self._context, line=statement.line, escape=escape)
         except TemplateSyntaxProblem as exc:

@@ -132,7 +132,8 @@ class ScriptRunner:
     # -- steps -----------------------------------------------------------------------------
 
     async def _step(self, step: Step) -> None:
-        value, shown = self._render(step)
+        # Rendering is CPU work with a budget (templating.budget): off the event loop.
+        value, shown = await asyncio.to_thread(self._render, step)
         match step.directive:
             case "timeout":
                 self._timeout = self._parsed(step, lambda: parse_timeout(value, step.line))

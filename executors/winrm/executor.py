@@ -186,7 +186,10 @@ class WinrmExecutor:
     async def run(self, request: RunRequest) -> RunResult:
         check_target(self, request.target)  # options and transport, before anything
         options = Options.parse(request.target)
-        script = Script.render(request.target, request.template, request.context)
+        # Rendering is CPU work with a budget (templating.budget): off the event loop.
+        script = await asyncio.to_thread(
+            Script.render, request.target, request.template, request.context
+        )
         secrets = _secrets(request.context, request.account)
         session = _Session(request.target, options, request.account, secrets)
         outcome = await asyncio.to_thread(session.run, script)
@@ -200,7 +203,11 @@ class WinrmExecutor:
         # Not parsed by verify_template (str keeps it as is): Script.render checks and renders
         # it in one go, with the context.
         verify = verify_template(request, str)
-        script = Script.render(request.target, *verify) if verify is not None else None
+        script = (
+            await asyncio.to_thread(Script.render, request.target, *verify)
+            if verify is not None
+            else None
+        )
         secrets = _secrets(request.context, request.account)
         session = _Session(request.target, options, request.account, secrets)
         try:

@@ -24,11 +24,18 @@ from executors.base import (
     get_executor,
 )
 from executors.shipped import shipped_templates
+from executors.sql import script as script_module
 from executors.sql.postgresql import PostgresqlExecutor
 from executors.sql.script import parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
 from templating.scram import scram_sha_256
-from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
+from tests.executors.helpers import (
+    assert_no_secret,
+    error_texts,
+    make_context,
+    make_target,
+    renders_on_the_event_loop,
+)
 from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 
 TEMPLATES = {t.name: t.body for t in shipped_templates()}
@@ -329,6 +336,17 @@ async def test_the_server_log_never_sees_the_new_password() -> None:
     assert f'ALTER ROLE "{user}" WITH PASSWORD \'SCRAM-SHA-256$4096:' in log
     assert new not in log and new.replace("'", "''") not in log
     assert_no_secret([transcript], new)
+
+
+async def test_rendering_runs_off_the_event_loop(
+    pg_cluster: PostgresCluster, pg_roles: Roles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = renders_on_the_event_loop(monkeypatch, script_module)
+    current, new = "Current-pass-1234", "Brand-new-pass-5678"
+    user = pg_roles.create(current)
+    await self_change(pg_cluster, user, current, new)
+    assert await verify(pg_cluster, user, new)  # its expect: line renders too
+    assert calls and not any(calls)
 
 
 async def test_missing_database(pg_cluster: PostgresCluster, pg_roles: Roles) -> None:

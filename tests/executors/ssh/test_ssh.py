@@ -29,9 +29,16 @@ from executors.base import (
 )
 from executors.shipped import shipped_templates
 from executors.ssh import SshExecutor
+from executors.ssh import session as session_module
 from executors.ssh.script import Step, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
-from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
+from tests.executors.helpers import (
+    assert_no_secret,
+    error_texts,
+    make_context,
+    make_target,
+    renders_on_the_event_loop,
+)
 from tests.servers.sshd import Sshd, Users
 
 TEMPLATES = {template.name: template.body for template in shipped_templates()}
@@ -555,3 +562,17 @@ async def test_exec_arguments_are_shell_quoted_by_default(
     )
     result = await EXECUTOR.run(request)
     assert "$ printf %s '***' | sha256sum" in result.transcript
+
+
+async def test_rendering_runs_off_the_event_loop(
+    sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = renders_on_the_event_loop(monkeypatch, session_module)
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    template = "exec: echo {{ username }}\nexpect: {{ username }}\nexit: 0\n"
+    request = RunRequest(
+        target(sshd), Account(user, password), template, context(sshd, user, password, "x")
+    )
+    await EXECUTOR.run(request)
+    assert calls and not any(calls)
