@@ -135,6 +135,12 @@ class ConfigurationError(ExecutorError):
     kind = FailureKind.CONFIGURATION
     default_login = LoginProgress.NOT_ATTEMPTED
 
+    def __init__(
+        self, device: str, step: str, cause: str, transcript: str = "", *, field: str = "options"
+    ) -> None:
+        super().__init__(device, step, cause, transcript)
+        self.field = field  # the device field at fault ("options", "host_keys.0"): for a 422
+
 
 class ConnectFailed(ExecutorError):
     """Could not reach or open a session on the target; nothing of the change was sent. Safe
@@ -180,13 +186,14 @@ class OutcomeUnknown(ExecutorError):
 
 @runtime_checkable
 class Executor(Protocol):
-    """The plugin interface. An executor may also define ``check_target(target) -> None``,
-    raising ConfigurationError for device settings (``options``) that cannot work: it is called
-    before any connection (see ``check_target`` below), so that a misconfigured device costs no
-    login. Executors without it are simply not asked. Likewise ``insecure_transport(target) ->
-    str | None``: why the channel these settings give would carry a secret unencrypted or to an
-    unverified peer (None when it would not); such a target is refused unless the device allows
-    it. An executor without it is taken to encrypt and verify always."""
+    """The plugin interface: a name, the template syntax, default templates and port, and four
+    methods. Like a Vault database plugin validating its own configuration, the executor alone
+    knows its device settings: ``check_target`` is asked when a device is saved (a 422 naming
+    the field) and again before every connection (so a device that cannot work costs no
+    login). An executor may also define ``insecure_transport(target) -> str | None``: why the
+    channel these settings give would carry a secret unencrypted or to an unverified peer (None
+    when it would not); such a target is refused unless the device allows it. An executor
+    without it is taken to encrypt and verify always."""
 
     name: ClassVar[str]
     syntax: ClassVar[str]  # a short description of the template syntax, for GET /v1/executors
@@ -198,6 +205,10 @@ class Executor(Protocol):
     def validate(self, template: str) -> None:
         """Raise templating.TemplateSyntaxProblem (with its line) if the template is unusable."""
 
+    def check_target(self, target: Target) -> None:
+        """Raise ConfigurationError (its ``field`` naming the device field) for device settings
+        (``options``, host keys…) that cannot work. Sends nothing anywhere."""
+
     async def run(self, request: RunRequest) -> RunResult:
         """Connect with request.account and run the template; raise an ExecutorError on failure."""
 
@@ -206,8 +217,9 @@ class Executor(Protocol):
 
 
 def check_target(executor: object, target: Target) -> None:
-    """The executor's optional ``check_target``: ConfigurationError for unusable settings, and
-    for a channel that would expose secrets on a device that does not allow it."""
+    """The executor's ``check_target``: ConfigurationError for unusable settings (a plugin
+    written before the method was part of the interface is not asked), and for a channel that
+    would expose secrets on a device that does not allow it."""
     check = getattr(executor, "check_target", None)
     if check is not None:
         check(target)

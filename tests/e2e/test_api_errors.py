@@ -123,6 +123,18 @@ async def test_a_template_that_does_not_parse_is_rejected_with_its_line(stack: S
         "/v1/templates", json={"name": "odd", "kind": "change", "body": "spawn: x\nfrobnicate: 1"}
     )
     assert "line 2" in str(_problem(unknown, 422)["detail"])
+    # A filter that escapes for another context than the place it is used in.
+    misplaced = await stack.api.post(
+        "/v1/templates",
+        json={
+            "name": "misplaced",
+            "kind": "change",
+            "executor": "winrm",
+            "body": "$u = 'x'\nSet-Pw {{ new_password | sql_literal }}\n",
+        },
+    )
+    detail = str(_problem(misplaced, 422)["detail"])
+    assert "line 2" in detail and "sql_literal" in detail
     assert _counts(stack) == before
 
 
