@@ -106,6 +106,7 @@ class FaultStack:
             KEYTURN_TASK_QUEUE=self.settings.task_queue,
             KEYTURN_DATA_DIR=str(self.settings.data_dir),
             KEYTURN_FAILPOINTS_DIR=str(failpoints_dir),
+            KEYTURN_TEST_MODE="1",  # failpoints are compiled out otherwise
             PYTHONUNBUFFERED="1",
         )
         return env
