@@ -86,12 +86,26 @@ class Settings(BaseSettings):
         return self.master_key_file or self.data_dir / MASTER_KEY_FILE
 
     def ensure_local_files(self) -> None:
-        """First run on embedded defaults: create data_dir, a master key and an admin token."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """First run on embedded defaults: create data_dir (0700), a master key and an admin
+        token (0600), and the SQLite store (0600; SQLite gives its journal files the same
+        mode). Refuses a master key file that others than its owner may read."""
+        if not self.data_dir.exists():
+            self.data_dir.mkdir(parents=True, mode=0o700)
+            self.data_dir.chmod(0o700)  # mkdir's mode is filtered by the umask
         if not self.master_key:
             path = self._master_key_path()
             if not path.exists():
                 _write_private(path, base64.b64encode(secrets.token_bytes(32)))
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise PermissionError(
+                    f"the master key file {path} has mode {mode:o}: others than its owner may "
+                    f"access it; make it private (chmod 600 {path}) and check who read it"
+                )
+        if not self.database_url:
+            database = self.data_dir / "keyturn.db"
+            if not database.exists():
+                _write_private(database, b"")  # an empty file is an empty SQLite database
         if not self.admin_token:
             token_path = self.data_dir / ADMIN_TOKEN_FILE
             if not token_path.exists():
