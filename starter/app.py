@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from sqlalchemy.engine import Engine
@@ -13,7 +14,10 @@ from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, require_token
+from starter.limits import MAX_BODY, BodyLimit
+from starter.problems import PROBLEM_JSON
 from starter.routes import inventory, operations
+from starter.schemas import HealthOut, ProblemOut
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
@@ -44,6 +48,26 @@ def create_app(
         seed_shipped_templates(engine)
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
     problems.install(app)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    every_route_may_answer: dict[int | str, dict[str, Any]] = {
+        401: _problem("no or a wrong bearer token"),
+        413: _problem(f"the request body is larger than {MAX_BODY} bytes"),
+    }
     for router in (inventory.router, operations.router):
-        app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
+        app.include_router(
+            router,
+            prefix="/v1",
+            dependencies=[Depends(require_token)],
+            responses=every_route_may_answer,
+        )
+
+    @app.get("/healthz", response_model=HealthOut, tags=["health"])
+    def healthz() -> HealthOut:
+        """Liveness: the API process answers. No token needed, nothing read or revealed."""
+        return HealthOut(status="ok")
+
     return app
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"model": ProblemOut, "description": description, "content": {PROBLEM_JSON: {}}}

@@ -15,6 +15,7 @@ _TITLES = {
     401: "Unauthorized",
     404: "Not found",
     409: "Conflict",
+    413: "Content too large",
     422: "Invalid input",
     503: "Service unavailable",
 }
@@ -36,7 +37,7 @@ def invalid(field: str, message: str) -> Problem:
     return Problem(422, f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
-def _response(status: int, detail: str, instance: str, **extra: Any) -> JSONResponse:
+def problem_response(status: int, detail: str, instance: str, **extra: Any) -> JSONResponse:
     body = {
         "type": "about:blank",
         "title": _TITLES.get(status, "Error"),
@@ -52,11 +53,11 @@ def _response(status: int, detail: str, instance: str, **extra: Any) -> JSONResp
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return _response(exc.status, exc.detail, request.url.path, **exc.extra)
+        return problem_response(exc.status, exc.detail, request.url.path, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _response(exc.status_code, str(exc.detail), request.url.path)
+        return problem_response(exc.status_code, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -69,4 +70,4 @@ def install(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
-        return _response(422, detail, request.url.path, errors=errors)
+        return problem_response(422, detail, request.url.path, errors=errors)

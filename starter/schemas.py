@@ -215,3 +215,18 @@ class ExecutorOut(BaseModel):
     default_templates: dict[str, str]
     operation_kinds: list[str] = Field(description="kinds its shipped templates cover")
     templates: list[str] = Field(description="its shipped templates")
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details: every error the API answers has this body."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[dict[str, str]] | None = None  # 422: each field at fault and what to fix
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
