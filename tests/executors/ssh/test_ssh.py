@@ -17,6 +17,7 @@ from executors.base import (
     ChangeRejected,
     ConfigurationError,
     ConnectFailed,
+    ExecutorError,
     HostKeyMismatch,
     LoginProgress,
     LoginRequest,
@@ -32,6 +33,7 @@ from executors.ssh import SshExecutor
 from executors.ssh import session as session_module
 from executors.ssh.script import Step, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
+from tests.executors.encodings import encodings_present, secrets_strategy
 from tests.executors.helpers import (
     assert_no_secret,
     error_texts,
@@ -576,3 +578,29 @@ async def test_rendering_runs_off_the_event_loop(
     )
     await EXECUTOR.run(request)
     assert calls and not any(calls)
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(secret=secrets_strategy)
+async def test_an_echoed_secret_is_in_no_encoding_in_the_error(
+    sshd: Sshd, ssh_users: Users, secret: str
+) -> None:
+    # The target prints the new password raw, in base64 and in hex, then fails: the error
+    # quotes its last output and the transcript holds all of it.
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    template = (
+        'exec: p={{ new_password }}; printf \'%s\\n\' "$p"; printf %s "$p" | base64 -w0; '
+        "echo; printf %s \"$p\" | od -An -tx1 | tr -d ' \\n'; echo; exit 3\n"
+        "exit: 0\n"
+    )
+    request = RunRequest(
+        target(sshd), Account(user, password), template, context(sshd, user, password, secret)
+    )
+    with pytest.raises(ExecutorError) as caught:
+        await EXECUTOR.run(request)
+    assert "***" in caught.value.transcript  # it was echoed
+    for text in error_texts(caught.value):
+        assert not encodings_present(text, secret), text
