@@ -17,7 +17,6 @@ import contextlib
 import html
 import json
 import shlex
-from functools import lru_cache
 from urllib.parse import quote, quote_plus
 
 from templating.escaping import FILTERS
@@ -36,9 +35,9 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
-@lru_cache(maxsize=256)
 def secret_forms(secret: str) -> frozenset[str]:
-    """The secret and each encoding of it that may appear inside a longer text."""
+    """The secret and each encoding of it that may appear inside a longer text. Computed per
+    call, never cached: a cache would keep secrets in memory after their activity ends."""
     forms = {secret}
     forms.update(_python_escapes(secret))
     forms.update(_text_escapes(secret))
