@@ -84,6 +84,8 @@ async def stack(
         master_key=base64.b64encode(temporal.master_key).decode(),  # type: ignore[attr-defined]
         admin_token=ADMIN_TOKEN,
         task_queue=f"keyturn-test-{secrets.token_hex(4)}",
+        # Policies of trigger tests sweep every second; other tests have none.
+        sweep_interval_seconds=1.0,
     )
     engine = make_engine(settings.resolved_database_url)
     stop = asyncio.Event()

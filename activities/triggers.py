@@ -1,0 +1,138 @@
+"""Activities of the automatic triggers: find what a sweep must act on, request it, and fire a
+delayed operation. Every request goes through ``requesting.request_operation``, so it queues at
+the credential's gate like any other."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.client import Client
+
+from requesting import CredentialNotFound, OperationRequest, request_operation
+from store.engine import in_thread
+from store.models import Credential, Policy
+from triggers import due
+from triggers.delayed import request_later
+from triggers.window import opens_in
+from workflows.contracts import (
+    SWEEPS,
+    DelayedOperation,
+    DelayedOutcome,
+    DuePage,
+    DueQuery,
+    DueRequests,
+)
+
+# Requests of one page in flight at once: enough to hide Temporal's round trips, few enough
+# not to crowd the store's pool.
+REQUESTS_IN_FLIGHT = 16
+
+
+class TriggerActivities:
+    def __init__(self, engine: Engine, client: Client, task_queue: str) -> None:
+        self._engine = engine
+        self._client = client
+        self._task_queue = task_queue
+
+    @activity.defn(name="keyturn.due_page")
+    def due_page(self, query: DueQuery) -> DuePage:
+        with Session(self._engine) as session:
+            return due.due_page(session, query)
+
+    @activity.defn(name="keyturn.request_due")
+    async def request_due(self, batch: DueRequests) -> int:
+        """Request the operation of each credential still due; how many were requested. Safe to
+        run again (a retry after a crash): a credential done meanwhile is skipped, one whose
+        operation is in flight joins it."""
+        kind, trigger = SWEEPS[batch.purpose]
+        as_of = datetime.fromisoformat(batch.as_of)
+        jitter = await in_thread(self._engine, lambda db: _jitter(db, batch.policy_id))
+        limit = asyncio.Semaphore(REQUESTS_IN_FLIGHT)
+
+        async def one(credential_id: str) -> bool:
+            async with limit:
+                skip = await in_thread(
+                    self._engine,
+                    lambda db: due.skip_reason(
+                        db, credential_id, batch.policy_id, batch.purpose, as_of
+                    ),
+                )
+                if skip:
+                    return False
+                activity.heartbeat()
+                if jitter:
+                    # Spread over the jitter, the same offset on every retry.
+                    await request_later(
+                        self._client,
+                        self._task_queue,
+                        DelayedOperation(credential_id, kind, trigger, batch.as_of),
+                        _offset(credential_id, batch.as_of, jitter),
+                    )
+                    return True
+                try:
+                    await request_operation(
+                        self._engine,
+                        self._client,
+                        self._task_queue,
+                        OperationRequest(credential_id, kind, trigger),
+                    )
+                except CredentialNotFound:
+                    return False  # deleted since the page was read
+                return True
+
+        done = await asyncio.gather(*(one(c) for c in batch.credential_ids))
+        return sum(done)
+
+    @activity.defn(name="keyturn.request_delayed")
+    async def request_delayed(self, delayed: DelayedOperation) -> DelayedOutcome:
+        """The delayed operation's moment: request it, unless a change committed since the
+        event satisfies it, or wait for the policy's change window."""
+        since = datetime.fromisoformat(delayed.since)
+        verdict = await in_thread(self._engine, lambda db: _delayed_verdict(db, delayed, since))
+        if isinstance(verdict, DelayedOutcome):
+            return verdict
+        try:
+            requested = await request_operation(
+                self._engine,
+                self._client,
+                self._task_queue,
+                OperationRequest(delayed.credential_id, delayed.kind, delayed.trigger),
+            )
+        except CredentialNotFound:
+            return DelayedOutcome("dropped: the credential no longer exists")
+        joined = " (joined the one in flight)" if requested.joined else ""
+        return DelayedOutcome(f"requested operation {requested.operation_id}{joined}")
+
+
+def _jitter(db: Session, policy_id: str) -> int:
+    policy = db.get(Policy, policy_id)
+    return policy.jitter_seconds if policy else 0
+
+
+def _offset(credential_id: str, as_of: str, jitter: int) -> timedelta:
+    digest = hashlib.sha256(f"{credential_id}/{as_of}".encode()).digest()
+    return timedelta(seconds=int.from_bytes(digest[:8]) % (jitter * 1000) / 1000)
+
+
+def _delayed_verdict(
+    db: Session, delayed: DelayedOperation, since: datetime
+) -> DelayedOutcome | None:
+    credential = db.get(Credential, delayed.credential_id)
+    if credential is None:
+        return DelayedOutcome("dropped: the credential no longer exists")
+    if delayed.kind == "change" and due.aware(credential.secret_changed_at) > since:
+        return DelayedOutcome(
+            f"satisfied: a change committed at {due.aware(credential.secret_changed_at)}"
+        )
+    if delayed.trigger == "session-end" and due.open_sessions(db, credential.id):
+        return DelayedOutcome("dropped: a session is open again; its end asks for the change")
+    policy = db.get(Policy, credential.policy_id) if credential.policy_id else None
+    wait = opens_in(policy.change_window if policy else None, datetime.now(UTC))
+    if wait:
+        return DelayedOutcome("outside the change window", wait.total_seconds())
+    return None
