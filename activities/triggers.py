@@ -13,6 +13,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.client import Client
 
+from keyturn import failpoints
 from requesting import CredentialNotFound, OperationRequest, request_operation
 from store.engine import in_thread
 from store.models import Credential, Policy
@@ -86,6 +87,7 @@ class TriggerActivities:
                 return True
 
         done = await asyncio.gather(*(one(c) for c in batch.credential_ids))
+        failpoints.reach(failpoints.SWEEP_PAGE_REQUESTED)
         return sum(done)
 
     @activity.defn(name="keyturn.request_delayed")
