@@ -20,6 +20,7 @@ from store.models import Credential, Policy
 from triggers import due
 from triggers.delayed import request_later
 from triggers.window import opens_in
+from workflows import steps
 from workflows.contracts import (
     SWEEPS,
     DelayedOperation,
@@ -28,6 +29,7 @@ from workflows.contracts import (
     DueQuery,
     DueRequests,
 )
+from workflows.steps import implements
 
 # Requests of one page in flight at once: enough to hide Temporal's round trips, few enough
 # not to crowd the store's pool.
@@ -40,12 +42,12 @@ class TriggerActivities:
         self._client = client
         self._task_queue = task_queue
 
-    @activity.defn(name="keyturn.due_page")
+    @implements(steps.due_page)
     def due_page(self, query: DueQuery) -> DuePage:
         with Session(self._engine) as session:
             return due.due_page(session, query)
 
-    @activity.defn(name="keyturn.request_due")
+    @implements(steps.request_due)
     async def request_due(self, batch: DueRequests) -> int:
         """Request the operation of each credential still due; how many were requested. Safe to
         run again (a retry after a crash): a credential done meanwhile is skipped, one whose
@@ -90,7 +92,7 @@ class TriggerActivities:
         failpoints.reach(failpoints.SWEEP_PAGE_REQUESTED)
         return sum(done)
 
-    @activity.defn(name="keyturn.request_delayed")
+    @implements(steps.request_delayed)
     async def request_delayed(self, delayed: DelayedOperation) -> DelayedOutcome:
         """The delayed operation's moment: request it, unless a change committed since the
         event satisfies it, or wait for the policy's change window."""

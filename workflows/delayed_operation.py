@@ -14,7 +14,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import DELAYED_OPERATION_WORKFLOW, DelayedOperation, DelayedOutcome
+    from workflows import steps
+    from workflows.contracts import DELAYED_OPERATION_WORKFLOW, DelayedOperation
 
 REQUEST_TIMEOUT = timedelta(seconds=60)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30))
@@ -25,10 +26,9 @@ class DelayedOperationWorkflow:
     @workflow.run
     async def run(self, delayed: DelayedOperation) -> str:
         while True:
-            outcome: DelayedOutcome = await workflow.execute_activity(
-                "keyturn.request_delayed",
+            outcome = await workflow.execute_activity(
+                steps.request_delayed,
                 delayed,
-                result_type=DelayedOutcome,
                 start_to_close_timeout=REQUEST_TIMEOUT,
                 retry_policy=RETRY,
             )

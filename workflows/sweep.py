@@ -15,7 +15,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from workflows.contracts import SWEEP_WORKFLOW, DuePage, DueQuery, DueRequests, SweepInput
+    from workflows import steps
+    from workflows.contracts import SWEEP_WORKFLOW, DueQuery, DueRequests, SweepInput
 
 # Well under Temporal's own limits: a page costs a handful of events.
 MAX_HISTORY_EVENTS = 2_000
@@ -43,10 +44,9 @@ class SweepWorkflow:
         self._cursor = sweep.cursor
         self._requested = sweep.requested
         while True:
-            page: DuePage = await workflow.execute_local_activity(
-                "keyturn.due_page",
+            page = await workflow.execute_local_activity(
+                steps.due_page,
                 DueQuery(sweep.policy_id, sweep.purpose, as_of, self._cursor, sweep.page_size),
-                result_type=DuePage,
                 start_to_close_timeout=PAGE_TIMEOUT,
                 retry_policy=RETRY,
             )
@@ -54,9 +54,8 @@ class SweepWorkflow:
                 return f"stopped: {page.stop}; {self._requested} requested"
             if page.credential_ids:
                 self._requested += await workflow.execute_activity(
-                    "keyturn.request_due",
+                    steps.request_due,
                     DueRequests(sweep.policy_id, sweep.purpose, as_of, page.credential_ids),
-                    result_type=int,
                     start_to_close_timeout=REQUESTS_TIMEOUT,
                     heartbeat_timeout=REQUESTS_HEARTBEAT,
                     retry_policy=RETRY,

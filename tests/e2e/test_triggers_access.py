@@ -9,8 +9,8 @@ from typing import Any
 
 from temporalio.service import RPCError, RPCStatusCode
 
-from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.conftest import PolicyFactory, Stack
+from tests.e2e.helpers import credential, current_secret, ssh_device
 from tests.e2e.trigger_helpers import (
     age,
     audit_events,
@@ -55,9 +55,9 @@ async def _delayed_exists(stack: Stack, credential_id: str) -> bool:
 
 
 async def test_views_are_audited_and_followed_by_exactly_one_change(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
-    rules = await policy(stack, change_after_view_seconds=2)
+    rules = await scheduled_policy(change_after_view_seconds=2)
     device = await ssh_device(stack, sshd)
     user = ssh_users.create(OLD)
     cred = await credential(stack, device["id"], user, OLD, policy_id=rules["id"])
@@ -84,10 +84,10 @@ async def test_views_are_audited_and_followed_by_exactly_one_change(
 
 
 async def test_a_change_committed_while_a_view_change_waits_satisfies_it(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
     delay = 6
-    rules = await policy(stack, change_after_view_seconds=delay)
+    rules = await scheduled_policy(change_after_view_seconds=delay)
     device = await ssh_device(stack, sshd)
     user = ssh_users.create(OLD)
     cred = await credential(stack, device["id"], user, OLD, policy_id=rules["id"])
@@ -109,9 +109,9 @@ async def test_a_change_committed_while_a_view_change_waits_satisfies_it(
 
 
 async def test_overlapping_sessions_change_once_after_the_last_ends(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
-    rules = await policy(stack, change_after_session_seconds=1)
+    rules = await scheduled_policy(change_after_session_seconds=1)
     device = await ssh_device(stack, sshd)
     user = ssh_users.create(OLD)
     cred = await credential(stack, device["id"], user, OLD, policy_id=rules["id"])
@@ -133,9 +133,9 @@ async def test_overlapping_sessions_change_once_after_the_last_ends(
 
 
 async def test_an_expiry_change_waits_for_an_open_session(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
-    rules = await policy(stack, change_every_seconds=HOUR)
+    rules = await scheduled_policy(change_every_seconds=HOUR)
     device = await ssh_device(stack, sshd)
     user = ssh_users.create(OLD)
     cred = await credential(stack, device["id"], user, OLD, policy_id=rules["id"])
@@ -152,9 +152,9 @@ async def test_an_expiry_change_waits_for_an_open_session(
 
 
 async def test_an_expiry_change_waits_no_longer_than_the_policy_allows(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
-    rules = await policy(stack, change_every_seconds=HOUR, max_session_wait_seconds=60)
+    rules = await scheduled_policy(change_every_seconds=HOUR, max_session_wait_seconds=60)
     device = await ssh_device(stack, sshd)
     user = ssh_users.create(OLD)
     cred = await credential(stack, device["id"], user, OLD, policy_id=rules["id"])
@@ -166,13 +166,13 @@ async def test_an_expiry_change_waits_no_longer_than_the_policy_allows(
 
 
 async def test_a_verify_schedule_finds_drift_and_reconciles_it(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
     admin_password = "Heartbeat-admin"
     admin = ssh_users.create(admin_password)
     ssh_users.make_admin(admin)
     user = ssh_users.create(OLD)
-    rules = await policy(stack, verify_every_seconds=HOUR)
+    rules = await scheduled_policy(verify_every_seconds=HOUR)
     device = await ssh_device(stack, sshd)
     admin_cred = await credential(stack, device["id"], admin, admin_password)
     cred = await credential(

@@ -16,10 +16,10 @@ from temporalio.client import Client
 
 from starter.app import create_app
 from store.models import AuditEvent, CredentialSession, Operation, Policy
-from tests.e2e.conftest import ADMIN_TOKEN, Stack
-from tests.e2e.helpers import credential, policy, ssh_device
+from tests.e2e.conftest import ADMIN_TOKEN, PolicyFactory, Stack
+from tests.e2e.helpers import credential, ssh_device
 from tests.e2e.trigger_helpers import schedule_exists
-from tests.servers.sshd import Sshd
+from tests.servers.sshd import Sshd, Users
 from workflows.contracts import CLIENT_TRIGGERS, TRIGGERS
 
 SECRET = "s3cret-trig"
@@ -55,8 +55,10 @@ async def test_system_triggers_cannot_be_claimed_by_a_request(stack: Stack, sshd
     assert _counts(stack) == before
 
 
-async def test_invalid_trigger_settings_are_refused(stack: Stack) -> None:
-    existing = await policy(stack, change_every_seconds=3600)
+async def test_invalid_trigger_settings_are_refused(
+    stack: Stack, scheduled_policy: PolicyFactory
+) -> None:
+    existing = await scheduled_policy(change_every_seconds=3600)
     before = _counts(stack)
     window = {"start": "22:00", "end": "02:00", "timezone": "Europe/Lisbon"}
     cases: list[tuple[dict[str, Any], str]] = [
@@ -76,7 +78,7 @@ async def test_invalid_trigger_settings_are_refused(stack: Stack) -> None:
         patch = await stack.api.patch(f"/v1/policies/{existing['id']}", json=fields)
         _problem(patch, 422, hint)
     _problem(await stack.api.patch("/v1/policies/nope", json={"paused": True}), 404, "nope")
-    other = await policy(stack)
+    other = await scheduled_policy()
     before["Policy"] += 1
     taken = await stack.api.patch(f"/v1/policies/{existing['id']}", json={"name": other["name"]})
     _problem(taken, 409, other["name"])
@@ -124,10 +126,10 @@ async def test_bad_operation_searches_are_refused(stack: Stack) -> None:
 
 
 async def test_operations_are_listed_newest_first_a_page_at_a_time(
-    stack: Stack, sshd: Sshd
+    stack: Stack, sshd: Sshd, ssh_users: Users
 ) -> None:
     device = await ssh_device(stack, sshd)
-    cred = await credential(stack, device["id"], "nobody-here", SECRET)
+    cred = await credential(stack, device["id"], ssh_users.create(SECRET), SECRET)
     ran = [await stack.run_operation(cred["id"], "verify") for _ in range(3)]
     seen: list[str] = []
     cursor: str | None = None
@@ -166,9 +168,9 @@ async def no_temporal(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_when_temporal_refuses_triggers_change_nothing(
-    stack: Stack, sshd: Sshd, no_temporal: httpx.AsyncClient
+    stack: Stack, sshd: Sshd, no_temporal: httpx.AsyncClient, scheduled_policy: PolicyFactory
 ) -> None:
-    rules = await policy(stack, change_after_view_seconds=60, change_after_session_seconds=60)
+    rules = await scheduled_policy(change_after_view_seconds=60, change_after_session_seconds=60)
     device = await ssh_device(stack, sshd)
     cred = await credential(stack, device["id"], "u", SECRET, policy_id=rules["id"])
     events = f"/v1/credentials/{cred['id']}/events"

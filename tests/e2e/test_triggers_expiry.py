@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.conftest import PolicyFactory, Stack
+from tests.e2e.helpers import credential, current_secret, ssh_device
 from tests.e2e.trigger_helpers import (
     age,
     operation_ended,
@@ -29,9 +29,9 @@ def _clock(at: datetime) -> str:
 
 
 async def test_an_expired_secret_is_changed_and_a_fresh_one_is_not(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
-    rules = await policy(stack, change_every_seconds=HOUR)
+    rules = await scheduled_policy(change_every_seconds=HOUR)
     device = await ssh_device(stack, sshd)
     expired_user, fresh_user = ssh_users.create(OLD), ssh_users.create(OLD)
     expired = await credential(stack, device["id"], expired_user, OLD, policy_id=rules["id"])
@@ -61,7 +61,7 @@ async def test_an_expired_secret_is_changed_and_a_fresh_one_is_not(
 
 
 async def test_outside_its_window_an_expired_secret_waits_for_the_window(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
     now = datetime.now(UTC)
     closed = {
@@ -69,7 +69,7 @@ async def test_outside_its_window_an_expired_secret_waits_for_the_window(
         "end": _clock(now + timedelta(hours=7)),
         "timezone": "UTC",
     }
-    rules = await policy(stack, change_every_seconds=HOUR, change_window=closed)
+    rules = await scheduled_policy(change_every_seconds=HOUR, change_window=closed)
     assert rules["change_window"]["days"] == ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
     device = await ssh_device(stack, sshd)
     user = ssh_users.create(OLD)
@@ -93,9 +93,9 @@ async def test_outside_its_window_an_expired_secret_waits_for_the_window(
 
 
 async def test_pausing_a_policy_stops_its_expiry_changes(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
-    rules = await policy(stack, change_every_seconds=HOUR)
+    rules = await scheduled_policy(change_every_seconds=HOUR)
     paused = await stack.api.patch(f"/v1/policies/{rules['id']}", json={"paused": True})
     assert paused.status_code == 200 and paused.json()["paused"] is True, paused.text
     assert (await stack.get(f"/v1/policies/{rules['id']}"))["paused"] is True

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from sqlmodel import Session, col, select
 
 from store.models import Attempt, Credential, Operation
-from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.conftest import PolicyFactory, Stack
+from tests.e2e.helpers import credential, current_secret, ssh_device
 from tests.e2e.trigger_helpers import age, eventually, operations
 from tests.servers.sshd import Sshd, Users
 from workflows.contracts import delayed_operation_workflow_id
@@ -46,10 +46,9 @@ def _overlaps(spans: list[tuple[datetime, datetime]]) -> bool:
 
 
 async def test_every_trigger_at_once_on_one_credential_and_device(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
 ) -> None:
-    rules = await policy(
-        stack,
+    rules = await scheduled_policy(
         change_every_seconds=HOUR,
         verify_every_seconds=HOUR,
         change_after_view_seconds=0,

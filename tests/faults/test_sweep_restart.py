@@ -75,31 +75,36 @@ async def test_a_sweep_interrupted_by_a_restart_changes_each_due_credential_once
     )
     assert patched.status_code == 200, patched.text
 
-    assert await worker.wait_dead() == -9
-    assert worker.fired(failpoints.SWEEP_PAGE_REQUESTED)
-    await worker.restart()
+    try:
+        assert await worker.wait_dead() == -9
+        assert worker.fired(failpoints.SWEEP_PAGE_REQUESTED)
+        await worker.restart()
 
-    def all_changed() -> bool:
+        def all_changed() -> bool:
+            found = _expiry_operations(fault_stack, ids)
+            return all(ops and all(o.finished_at for o in ops) for ops in found.values())
+
+        await _until(all_changed, FINISH_WITHIN, "every due credential changed")
+        # Later sweeps find nothing due: give them time to run, then count.
+        handle = fault_stack.client.get_schedule_handle(schedule_id("expiry", rules["id"]))
+        actions = (await handle.describe()).info.num_actions
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while (await handle.describe()).info.num_actions < actions + 2:
+            assert loop.time() < deadline, "the schedule stopped sweeping"
+            await asyncio.sleep(0.2)
+
         found = _expiry_operations(fault_stack, ids)
-        return all(ops and all(o.finished_at for o in ops) for ops in found.values())
-
-    await _until(all_changed, FINISH_WITHIN, "every due credential changed")
-    # Later sweeps find nothing due: give them time to run, then count.
-    handle = fault_stack.client.get_schedule_handle(schedule_id("expiry", rules["id"]))
-    actions = (await handle.describe()).info.num_actions
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while (await handle.describe()).info.num_actions < actions + 2:
-        assert loop.time() < deadline, "the schedule stopped sweeping"
-        await asyncio.sleep(0.2)
-
-    found = _expiry_operations(fault_stack, ids)
-    assert {c: [o.status for o in ops] for c, ops in found.items()} == {
-        c: ["succeeded"] for c in ids
-    }, worker.log_tail()
-    for target in targets:
-        assert await ssh_users.password_works(
-            target.username, current_secret(fault_stack, target.credential_id)
+        assert {c: [o.status for o in ops] for c, ops in found.items()} == {
+            c: ["succeeded"] for c in ids
+        }, worker.log_tail()
+        for target in targets:
+            assert await ssh_users.password_works(
+                target.username, current_secret(fault_stack, target.credential_id)
+            )
+    finally:  # its schedule would sweep every second for the rest of the session
+        await fault_stack.api.patch(
+            f"/v1/policies/{rules['id']}", json={"change_every_seconds": None}
         )
 
 
