@@ -15,9 +15,19 @@ from sqlalchemy import and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import Session, col, select
 
-from store.models import Credential, CredentialSession, Policy, SyncState
+from store.models import (
+    Credential,
+    CredentialSession,
+    Operation,
+    OperationStatus,
+    Policy,
+    SyncState,
+)
 from triggers.window import opens_in
-from workflows.contracts import SWEEP_EXPIRY, DuePage, DueQuery
+from workflows.contracts import SWEEP_EXPIRY, SWEEPS, DuePage, DueQuery
+
+IN_FLIGHT = (OperationStatus.QUEUED, OperationStatus.SCHEDULED, OperationStatus.RUNNING)
+STALE_IN_FLIGHT = timedelta(hours=1)
 
 
 def age_column(purpose: str) -> InstrumentedAttribute[datetime]:
@@ -94,11 +104,32 @@ def skip_reason(
         return "done since the sweep began"
     if credential.sync_state == SyncState.OUT_OF_SYNC:
         return "out of sync"
+    if in_flight(session, credential_id, SWEEPS[purpose][0]):
+        # Asking again would only join it, at the cost of Temporal calls, on every sweep.
+        return "its operation is in flight"
     if purpose == SWEEP_EXPIRY and open_sessions(session, credential_id):
         wait = policy.max_session_wait_seconds
         if wait is None or datetime.now(UTC) < age + period + timedelta(seconds=wait):
             return "a session is open: the change waits for it to end"
     return ""
+
+
+def in_flight(session: Session, credential_id: str, kind: str) -> bool:
+    """An operation of this kind on the credential has been requested and has not ended. One
+    older than STALE_IN_FLIGHT is not trusted to be alive: requesting again joins it if it runs,
+    and otherwise queues behind it at the gate, which finds a dead one and passes it by."""
+    since = datetime.now(UTC) - STALE_IN_FLIGHT
+    return (
+        session.exec(
+            select(Operation.id).where(
+                Operation.credential_id == credential_id,
+                Operation.kind == kind,
+                col(Operation.status).in_(IN_FLIGHT),
+                col(Operation.created_at) > since,
+            )
+        ).first()
+        is not None
+    )
 
 
 def open_sessions(session: Session, credential_id: str) -> int:
