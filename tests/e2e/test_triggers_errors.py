@@ -14,6 +14,7 @@ from sqlalchemy import func
 from sqlmodel import Session, SQLModel, select
 from temporalio.client import Client
 
+from requesting import InvalidRequest, OperationRequest, request_operation
 from starter.app import create_app
 from store.models import AuditEvent, CredentialSession, Operation, Policy
 from tests.e2e.conftest import ADMIN_TOKEN, PolicyFactory, Stack
@@ -52,6 +53,15 @@ async def test_system_triggers_cannot_be_claimed_by_a_request(stack: Stack, sshd
         )
         assert "set by Keyturn alone" in body["detail"]
     _problem(await stack.api.post(path, json={"kind": "change", "trigger": "whenever"}), 422)
+    # The request path itself refuses what is not in the closed lists, whoever calls it.
+    for kind, trigger in (("change", "whenever"), ("dance", "manual")):
+        with pytest.raises(InvalidRequest):
+            await request_operation(
+                stack.engine,
+                stack.client,
+                stack.settings.task_queue,
+                OperationRequest(cred["id"], kind, trigger),
+            )
     assert _counts(stack) == before
 
 
