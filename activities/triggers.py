@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -16,10 +16,8 @@ from temporalio.client import Client
 from keyturn import failpoints
 from requesting import CredentialNotFound, OperationRequest, request_operation
 from store.engine import in_thread
-from store.models import Credential, Policy
 from triggers import due
-from triggers.delayed import request_later
-from triggers.window import opens_in
+from triggers.delayed import delayed_verdict, request_later
 from workflows import steps
 from workflows.contracts import (
     SWEEPS,
@@ -50,11 +48,11 @@ class TriggerActivities:
     @implements(steps.request_due)
     async def request_due(self, batch: DueRequests) -> int:
         """Request the operation of each credential still due; how many were requested. Safe to
-        run again (a retry after a crash): a credential done meanwhile is skipped, one whose
-        operation is in flight joins it."""
+        run again (a retry after a crash): a credential done meanwhile, or whose operation is
+        in flight, is skipped (triggers/due.py ``skip_reason``)."""
         kind, trigger = SWEEPS[batch.purpose]
         as_of = datetime.fromisoformat(batch.as_of)
-        jitter = await in_thread(self._engine, lambda db: _jitter(db, batch.policy_id))
+        jitter = await in_thread(self._engine, lambda db: due.jitter_seconds(db, batch.policy_id))
         limit = asyncio.Semaphore(REQUESTS_IN_FLIGHT)
 
         async def one(credential_id: str) -> bool:
@@ -97,7 +95,7 @@ class TriggerActivities:
         """The delayed operation's moment: request it, unless a change committed since the
         event satisfies it, or wait for the policy's change window."""
         since = datetime.fromisoformat(delayed.since)
-        verdict = await in_thread(self._engine, lambda db: _delayed_verdict(db, delayed, since))
+        verdict = await in_thread(self._engine, lambda db: delayed_verdict(db, delayed, since))
         if isinstance(verdict, DelayedOutcome):
             return verdict
         try:
@@ -113,30 +111,6 @@ class TriggerActivities:
         return DelayedOutcome(f"requested operation {requested.operation_id}{joined}")
 
 
-def _jitter(db: Session, policy_id: str) -> int:
-    policy = db.get(Policy, policy_id)
-    return policy.jitter_seconds if policy else 0
-
-
 def _offset(credential_id: str, as_of: str, jitter: int) -> timedelta:
     digest = hashlib.sha256(f"{credential_id}/{as_of}".encode()).digest()
     return timedelta(seconds=int.from_bytes(digest[:8]) % (jitter * 1000) / 1000)
-
-
-def _delayed_verdict(
-    db: Session, delayed: DelayedOperation, since: datetime
-) -> DelayedOutcome | None:
-    credential = db.get(Credential, delayed.credential_id)
-    if credential is None:
-        return DelayedOutcome("dropped: the credential no longer exists")
-    if delayed.kind == "change" and due.aware(credential.secret_changed_at) > since:
-        return DelayedOutcome(
-            f"satisfied: a change committed at {due.aware(credential.secret_changed_at)}"
-        )
-    if delayed.trigger == "session-end" and due.open_sessions(db, credential.id):
-        return DelayedOutcome("dropped: a session is open again; its end asks for the change")
-    policy = db.get(Policy, credential.policy_id) if credential.policy_id else None
-    wait = opens_in(policy.change_window if policy else None, datetime.now(UTC))
-    if wait:
-        return DelayedOutcome("outside the change window", wait.total_seconds())
-    return None

@@ -8,16 +8,22 @@ after the event that asked for it satisfies it, and it requests nothing.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
+from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
 from requesting import TemporalUnavailable
+from store.audit import VIEWED
+from store.models import AuditEvent, Credential, Policy
+from triggers.due import aware, open_sessions
+from triggers.window import opens_in
 from workflows.contracts import (
     DELAYED_OPERATION_WORKFLOW,
     DelayedOperation,
+    DelayedOutcome,
     delayed_operation_workflow_id,
 )
 
@@ -44,3 +50,43 @@ async def request_later(
             f"delayed {request.kind}: {exc}"
         ) from None
     return workflow_id
+
+
+def _viewed_since(db: Session, credential_id: str, at: datetime) -> bool:
+    """Has the secret been read (an audited view) since ``at``?"""
+    return (
+        db.exec(
+            select(AuditEvent.id).where(
+                AuditEvent.credential_id == credential_id,
+                AuditEvent.event == VIEWED,
+                col(AuditEvent.at) > at,
+            )
+        ).first()
+        is not None
+    )
+
+
+def delayed_verdict(
+    db: Session, delayed: DelayedOperation, since: datetime
+) -> DelayedOutcome | None:
+    """What the delayed operation's moment decides: None to request it now, else why not (or
+    how long to wait for the change window)."""
+    credential = db.get(Credential, delayed.credential_id)
+    if credential is None:
+        return DelayedOutcome("dropped: the credential no longer exists")
+    changed_at = aware(credential.secret_changed_at)
+    # A change committed after the event satisfies it, unless (a view) the secret it set has
+    # been read since: a later view deduplicated into this request must not go unanswered.
+    if (
+        delayed.kind == "change"
+        and changed_at > since
+        and not (delayed.trigger == "view" and _viewed_since(db, credential.id, changed_at))
+    ):
+        return DelayedOutcome(f"satisfied: a change committed at {changed_at}")
+    if delayed.trigger == "session-end" and open_sessions(db, credential.id):
+        return DelayedOutcome("dropped: a session is open again; its end asks for the change")
+    policy = db.get(Policy, credential.policy_id) if credential.policy_id else None
+    wait = opens_in(policy.change_window if policy else None, datetime.now(UTC))
+    if wait:
+        return DelayedOutcome("outside the change window", wait.total_seconds())
+    return None

@@ -141,3 +141,8 @@ def open_sessions(session: Session, credential_id: str) -> int:
             )
         ).all()
     )
+
+
+def jitter_seconds(session: Session, policy_id: str) -> int:
+    policy = session.get(Policy, policy_id)
+    return policy.jitter_seconds if policy else 0

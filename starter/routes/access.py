@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from sqlmodel import Session, select
 
 from requesting import TemporalUnavailable
@@ -34,7 +34,9 @@ READER = "admin-token"
         503: {"description": "Temporal did not take the change the policy asks after a view"},
     },
 )
-async def read_secret(credential_id: str, app: State, request: Request) -> SecretOut:
+async def read_secret(
+    credential_id: str, app: State, request: Request, response: Response
+) -> SecretOut:
     """The current secret. Every read is an audit event naming who read it; with the policy's
     ``change_after_view_seconds`` a change (trigger ``view``) follows that much later."""
     credential, policy = await in_thread(app.engine, lambda db: _with_policy(db, credential_id))
@@ -43,6 +45,7 @@ async def read_secret(credential_id: str, app: State, request: Request) -> Secre
         # Asked before the secret is shown: a read that cannot be followed by its change fails.
         await _request_change(app, credential, "view", now, policy.change_after_view_seconds)
     client = request.client.host if request.client else None
+    response.headers["Cache-Control"] = "no-store"  # no proxy or browser keeps a copy
     return await in_thread(app.engine, lambda db: _reveal(db, app.vault, credential, client))
 
 
@@ -105,7 +108,7 @@ def _reveal(db: Session, vault: Vault, credential: Credential, client: str | Non
     password = vault.reveal(version)
     audit.record(
         db,
-        "secret.viewed",
+        audit.VIEWED,
         credential_id=credential.id,
         version_id=version.id,
         by=READER,

@@ -62,7 +62,9 @@ async def test_views_are_audited_and_followed_by_exactly_one_change(
     user = ssh_users.create(OLD)
     cred = await credential(stack, device["id"], user, OLD, policy_id=rules["id"])
 
-    reads = [await stack.get(f"/v1/credentials/{cred['id']}/secret") for _ in range(3)]
+    responses = [await stack.api.get(f"/v1/credentials/{cred['id']}/secret") for _ in range(3)]
+    assert all(r.headers["cache-control"] == "no-store" for r in responses)
+    reads = [r.json() for r in responses]
     assert {(r["password"], r["version_id"]) for r in reads} == {(OLD, cred["current_version_id"])}
 
     changed = await operation_ended(stack, credential_id=cred["id"])
@@ -106,6 +108,33 @@ async def test_a_change_committed_while_a_view_change_waits_satisfies_it(
 
     assert (await _delayed_result(stack, cred["id"])).startswith("satisfied"), "not satisfied"
     assert [o["id"] for o in await operations(stack, credential_id=cred["id"])] == [manual["id"]]
+
+
+async def test_a_view_of_the_new_secret_is_answered_after_a_change_in_between(
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
+) -> None:
+    """The second view joins the waiting request (no second workflow) and saw the secret the
+    manual change set: that secret must be changed too, so the change is not satisfied."""
+    delay = 6
+    rules = await scheduled_policy(change_after_view_seconds=delay)
+    device = await ssh_device(stack, sshd)
+    user = ssh_users.create(OLD)
+    cred = await credential(stack, device["id"], user, OLD, policy_id=rules["id"])
+    viewed_at = datetime.now(UTC)
+    await stack.get(f"/v1/credentials/{cred['id']}/secret")
+    manual = await stack.run_operation(cred["id"])
+    assert manual["status"] == "succeeded", manual
+    second = await stack.get(f"/v1/credentials/{cred['id']}/secret")
+    assert second["password"] != OLD
+    assert (datetime.now(UTC) - viewed_at).total_seconds() < delay, "too slow to test in between"
+
+    result = await _delayed_result(stack, cred["id"])
+    ops = await operations(stack, credential_id=cred["id"])
+    assert [o["trigger"] for o in ops] == ["view", "manual"], ops
+    assert result == f"requested operation {ops[0]['id']}"
+    changed = await operation_ended(stack, credential_id=cred["id"], trigger="view")
+    assert changed["status"] == "succeeded"
+    assert current_secret(stack, cred["id"]) != second["password"]
 
 
 async def test_overlapping_sessions_change_once_after_the_last_ends(

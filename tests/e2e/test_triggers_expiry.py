@@ -18,7 +18,7 @@ from tests.e2e.trigger_helpers import (
     temporal_cli_json,
 )
 from tests.servers.sshd import Sshd, Users
-from workflows.contracts import schedule_id
+from workflows.contracts import delayed_operation_workflow_id, schedule_id
 
 OLD = "Exp1ry-0ld-pass"
 HOUR = 3600
@@ -132,3 +132,26 @@ async def test_pausing_a_policy_stops_its_expiry_changes(
     )
     assert response.status_code == 200 and response.json()["change_every_seconds"] is None
     assert not await schedule_exists(stack, "expiry", rules["id"])
+
+
+async def test_a_jitter_spreads_expiry_changes_through_delayed_requests(
+    stack: Stack, sshd: Sshd, ssh_users: Users, scheduled_policy: PolicyFactory
+) -> None:
+    rules = await scheduled_policy(change_every_seconds=HOUR, jitter_seconds=2)
+    device = await ssh_device(stack, sshd)
+    users = [ssh_users.create(OLD) for _ in range(2)]
+    creds = [await credential(stack, device["id"], u, OLD, policy_id=rules["id"]) for u in users]
+    for cred in creds:
+        age(stack, cred["id"], 2 * HOUR)
+
+    for user, cred in zip(users, creds, strict=True):
+        changed = await operation_ended(stack, credential_id=cred["id"])
+        assert (changed["trigger"], changed["status"]) == ("expiry", "succeeded"), changed
+        # Requested by the credential's delayed workflow, at its offset within the jitter.
+        delayed = stack.client.get_workflow_handle(
+            delayed_operation_workflow_id("change", cred["id"])
+        )
+        assert await delayed.result() == f"requested operation {changed['id']}"
+        assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
+    await sweep_finished(stack, "expiry", rules["id"], after=datetime.now(UTC))
+    assert all([len(await operations(stack, credential_id=c["id"])) == 1 for c in creds])
