@@ -11,11 +11,11 @@ from tests.e2e.conftest import PolicyFactory, Stack
 from tests.e2e.helpers import credential, current_secret, ssh_device
 from tests.e2e.trigger_helpers import (
     age,
+    listed_by_temporal_cli,
     operation_ended,
     operations,
     schedule_exists,
     sweep_finished,
-    temporal_cli_json,
 )
 from tests.servers.sshd import Sshd, Users
 from workflows.contracts import delayed_operation_workflow_id, schedule_id
@@ -99,10 +99,7 @@ async def test_pausing_a_policy_stops_its_expiry_changes(
     paused = await stack.api.patch(f"/v1/policies/{rules['id']}", json={"paused": True})
     assert paused.status_code == 200 and paused.json()["paused"] is True, paused.text
     assert (await stack.get(f"/v1/policies/{rules['id']}"))["paused"] is True
-    described = await temporal_cli_json(
-        stack, "schedule", "describe", "-s", schedule_id("expiry", rules["id"])
-    )
-    assert described["schedule"]["state"]["paused"] is True, described
+    await listed_by_temporal_cli(stack, schedule_id("expiry", rules["id"]), paused=True)
 
     device = await ssh_device(stack, sshd)
     user = ssh_users.create(OLD)
@@ -119,10 +116,7 @@ async def test_pausing_a_policy_stops_its_expiry_changes(
 
     resumed = await stack.api.patch(f"/v1/policies/{rules['id']}", json={"paused": False})
     assert resumed.status_code == 200 and resumed.json()["paused"] is False
-    described = await temporal_cli_json(
-        stack, "schedule", "describe", "-s", schedule_id("expiry", rules["id"])
-    )
-    assert not described["schedule"]["state"].get("paused"), described
+    await listed_by_temporal_cli(stack, schedule_id("expiry", rules["id"]), paused=False)
     changed = await operation_ended(stack, credential_id=held["id"])
     assert (changed["trigger"], changed["status"]) == ("expiry", "succeeded"), changed
 
@@ -132,6 +126,7 @@ async def test_pausing_a_policy_stops_its_expiry_changes(
     )
     assert response.status_code == 200 and response.json()["change_every_seconds"] is None
     assert not await schedule_exists(stack, "expiry", rules["id"])
+    await listed_by_temporal_cli(stack, schedule_id("expiry", rules["id"]), paused=None)
 
 
 async def test_a_jitter_spreads_expiry_changes_through_delayed_requests(

@@ -121,3 +121,19 @@ def audit_events(stack: Stack, event: str, credential_id: str) -> list[AuditEven
                 )
             )
         )
+
+
+async def listed_by_temporal_cli(
+    stack: Stack, schedule: str, paused: bool | None, within: float = 30
+) -> None:
+    """Wait until ``temporal schedule list`` shows the schedule paused or not (None: absent).
+    The list is read from Temporal's visibility store, which follows changes shortly after."""
+
+    async def agrees() -> bool:
+        listed = {
+            entry["scheduleId"]: bool(entry["info"].get("paused"))
+            for entry in await temporal_cli_json(stack, "schedule", "list")
+        }
+        return listed.get(schedule) == paused if paused is not None else schedule not in listed
+
+    await eventually(agrees, within, f"temporal schedule list shows {schedule} paused={paused}")
