@@ -67,7 +67,7 @@ async def operation_ended(stack: Stack, within: float = 60, **filters: str) -> d
 
 
 async def sweep_finished(
-    stack: Stack, purpose: str, policy_id: str, after: datetime, within: float = 30
+    stack: Stack, purpose: str, policy_id: str, after: datetime, within: float = 60
 ) -> str:
     """The result of a run of the policy's schedule started after ``after``, once it ended."""
     handle = stack.client.get_schedule_handle(schedule_id(purpose, policy_id))
@@ -124,7 +124,7 @@ def audit_events(stack: Stack, event: str, credential_id: str) -> list[AuditEven
 
 
 async def listed_by_temporal_cli(
-    stack: Stack, schedule: str, paused: bool | None, within: float = 30
+    stack: Stack, schedule: str, paused: bool | None, within: float = 60
 ) -> None:
     """Wait until ``temporal schedule list`` shows the schedule paused or not (None: absent).
     The list is read from Temporal's visibility store, which follows changes shortly after."""
