@@ -23,14 +23,18 @@ from activities.executor_steps import ExecutorActivities
 from activities.gate import GateActivities
 from activities.legacy.slot_rows import LegacySlotActivities
 from activities.store_steps import StoreActivities
+from activities.triggers import TriggerActivities
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
 from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
+from triggers import schedules
 from workflows.contracts import SEARCH_ATTRIBUTES
+from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
+from workflows.sweep import SweepWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
@@ -43,6 +47,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     gate = GateActivities(engine, client)
     slots = DeviceSlotActivities(client, settings.task_queue)
     executor = ExecutorActivities(engine, vault)
+    triggers = TriggerActivities(engine, client, settings.task_queue)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -52,7 +57,12 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[OperationWorkflow, DeviceSlotsWorkflow],
+            workflows=[
+                OperationWorkflow,
+                DeviceSlotsWorkflow,
+                SweepWorkflow,
+                DelayedOperationWorkflow,
+            ],
             activities=[
                 gate.register,
                 gate.leave_gate,
@@ -66,6 +76,9 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 store.finish,
                 children.plan_children,
                 children.child_not_started,
+                triggers.due_page,
+                triggers.request_due,
+                triggers.request_delayed,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
                 legacy_slots.release_slot,
@@ -86,6 +99,14 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     return workers
 
 
+async def start_schedules(client: Client, engine: Engine, settings: Settings) -> None:
+    """Every policy's schedules as the store says, whatever happened while Keyturn was down."""
+    done = await schedules.reconcile(client, engine, settings)
+    logging.getLogger("keyturn").info(
+        "schedules of %d policies in place; %d orphans removed", done.applied, len(done.removed)
+    )
+
+
 async def run_workers(workers: list[Worker], stop: asyncio.Event) -> None:
     """Run until ``stop`` is set, then shut every worker down gracefully."""
     tasks = [asyncio.create_task(w.run()) for w in workers]
@@ -104,6 +125,7 @@ async def main(settings: Settings | None = None) -> None:
     seed_shipped_templates(engine)
     client = await connect(settings)
     await ensure_search_attributes(client, settings.temporal_namespace, SEARCH_ATTRIBUTES)
+    await start_schedules(client, engine, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -149,6 +149,8 @@ class StoreActivities:
                 return CommitOutcome(False, detail)
             if operation.pending_version_id:
                 Vault.promote(session, credential.id, operation.pending_version_id)
+                # The new secret was verified before the commit: both clocks restart.
+                credential.secret_changed_at = credential.verified_at = utcnow()
             credential.sync_state = SyncState.IN_SYNC
             operation.status = status
             operation.resolution = step.resolution
@@ -209,6 +211,8 @@ class StoreActivities:
                 credential.sync_state = SyncState.OUT_OF_SYNC
             elif result.status == OperationStatus.SUCCEEDED:
                 credential.sync_state = SyncState.IN_SYNC
+                if operation.kind == "verify":
+                    credential.verified_at = utcnow()
             session.add_all([operation, credential])
             audit.record(
                 session,

@@ -9,6 +9,7 @@ the same.
 
 from requesting.operations import (
     CredentialNotFound,
+    InvalidRequest,
     OperationRequest,
     Requested,
     RequestFailed,
@@ -18,6 +19,7 @@ from requesting.operations import (
 
 __all__ = [
     "CredentialNotFound",
+    "InvalidRequest",
     "OperationRequest",
     "RequestFailed",
     "Requested",

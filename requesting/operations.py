@@ -20,6 +20,8 @@ from store import gate
 from store.engine import in_thread
 from store.models import Credential, Operation, OperationStatus, new_id
 from workflows.contracts import (
+    OPERATION_KINDS,
+    TRIGGERS,
     WORKFLOW_NAME,
     OperationInput,
     initial_search_attributes,
@@ -39,6 +41,10 @@ class CredentialNotFound(RequestFailed):
     def __init__(self, credential_id: str) -> None:
         self.credential_id = credential_id
         super().__init__(f"no credential with id {credential_id!r}")
+
+
+class InvalidRequest(RequestFailed):
+    """A kind or trigger outside the closed lists of workflows/contracts.py."""
 
 
 class TemporalUnavailable(RequestFailed):
@@ -69,6 +75,10 @@ async def request_operation(
     one starts a workflow. The started one is registered at the credential's gate before this
     returns, so requests are queued in the order they were answered.
     """
+    if request.kind not in OPERATION_KINDS:
+        raise InvalidRequest(f"kind {request.kind!r} is not one of {', '.join(OPERATION_KINDS)}")
+    if request.trigger not in TRIGGERS:
+        raise InvalidRequest(f"trigger {request.trigger!r} is not one of {', '.join(TRIGGERS)}")
     credential = await in_thread(engine, lambda db: db.get(Credential, request.credential_id))
     if credential is None:
         raise CredentialNotFound(request.credential_id)

@@ -16,7 +16,7 @@ from starter import problems
 from starter.deps import AppState, require_token
 from starter.limits import MAX_BODY, BodyLimit
 from starter.problems import PROBLEM_JSON
-from starter.routes import inventory, operations
+from starter.routes import access, inventory, operations
 from starter.schemas import HealthOut, ProblemOut
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
@@ -53,7 +53,7 @@ def create_app(
         401: _problem("no or a wrong bearer token"),
         413: _problem(f"the request body is larger than {MAX_BODY} bytes"),
     }
-    for router in (inventory.router, operations.router):
+    for router in (inventory.router, operations.router, access.router):
         app.include_router(
             router,
             prefix="/v1",

@@ -12,7 +12,7 @@ import sys
 import uvicorn
 
 from keyturn.settings import Settings
-from workflows.contracts import OPERATION_KINDS, TRIGGERS
+from workflows.contracts import CLIENT_TRIGGERS, OPERATION_KINDS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     request = sub.add_parser("request", help="request an operation on a credential, print it")
     request.add_argument("credential_id")
     request.add_argument("--kind", default="change", choices=OPERATION_KINDS)
-    request.add_argument("--trigger", default="manual", choices=TRIGGERS)
+    request.add_argument("--trigger", default="manual", choices=CLIENT_TRIGGERS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()

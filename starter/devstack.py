@@ -23,7 +23,7 @@ from keyturn.temporal import connect
 from starter.app import create_app
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
-from worker import build_workers, run_workers
+from worker import build_workers, run_workers, start_schedules
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -112,6 +112,7 @@ async def run_dev(settings: Settings) -> None:
         client = await wait_for_temporal(settings, server)
         engine = make_engine(settings.resolved_database_url)
         seed_shipped_templates(engine)
+        await start_schedules(client, engine, settings)
         api = _Server(
             uvicorn.Config(
                 create_app(settings, engine, client),

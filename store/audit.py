@@ -13,6 +13,8 @@ from sqlmodel import Session, select
 from store.models import AuditEvent
 
 log = logging.getLogger("keyturn.audit")
+# A read of a secret (GET /v1/credentials/{id}/secret): what a change after a view answers.
+VIEWED = "secret.viewed"
 
 
 def record(

@@ -27,31 +27,72 @@ def _v2_one_writer_per_credential(conn: Connection) -> None:
         "waiting_for": "VARCHAR",
         "base_version_id": "VARCHAR",
     }
-    present = {c["name"] for c in inspect(conn).get_columns("operation")}
-    for name, ddl in columns.items():
-        if name not in present:
-            conn.execute(text(f"ALTER TABLE operation ADD COLUMN {name} {ddl}"))
+    _add_columns(conn, "operation", columns)
     if conn.dialect.name == "postgresql":
         # SQLAlchemy stores enum members by name; PostgreSQL keeps them in a native enum type.
         conn.execute(text("ALTER TYPE operationstatus ADD VALUE IF NOT EXISTS 'QUEUED'"))
 
 
-def _v3_allow_insecure_transport(conn: Connection) -> None:
-    """Cleartext transport is refused unless a device allows it; existing devices do not."""
-    present = {c["name"] for c in inspect(conn).get_columns("device")}
-    if "allow_insecure_transport" not in present:
-        conn.execute(
-            text(
-                "ALTER TABLE device ADD COLUMN allow_insecure_transport BOOLEAN NOT NULL "
-                "DEFAULT FALSE"
-            )
+def _v3_triggers(conn: Connection) -> None:
+    """Policy fields of the automatic triggers, and the credential columns sweeps page by.
+    The sessions table is new: create_all made it."""
+    postgresql = conn.dialect.name == "postgresql"
+    timestamp = "TIMESTAMP WITH TIME ZONE" if postgresql else "DATETIME"
+    false = "false" if postgresql else "0"
+    _add_columns(
+        conn,
+        "policy",
+        {
+            "change_every_seconds": "INTEGER",
+            "verify_every_seconds": "INTEGER",
+            "change_window": "JSON",
+            "jitter_seconds": "INTEGER NOT NULL DEFAULT 0",
+            "change_after_view_seconds": "INTEGER",
+            "change_after_session_seconds": "INTEGER",
+            "max_session_wait_seconds": "INTEGER",
+            "paused": f"BOOLEAN NOT NULL DEFAULT {false}",
+        },
+    )
+    _add_columns(conn, "credential", {"secret_changed_at": timestamp, "verified_at": timestamp})
+    # The current secret's age is when it became current; until a verify runs, that is also
+    # the last time it was known to log in.
+    conn.execute(
+        text(
+            "UPDATE credential SET secret_changed_at = COALESCE((SELECT MAX(v.changed_at) "
+            "FROM secretversion v WHERE v.credential_id = credential.id "
+            "AND v.state = 'CURRENT'), credential.created_at) WHERE secret_changed_at IS NULL"
         )
+    )
+    conn.execute(
+        text("UPDATE credential SET verified_at = secret_changed_at WHERE verified_at IS NULL")
+    )
+    for name, column in (
+        ("ix_credential_expiry", "secret_changed_at"),
+        ("ix_credential_verify", "verified_at"),
+    ):
+        conn.execute(
+            text(f"CREATE INDEX IF NOT EXISTS {name} ON credential (policy_id, {column}, id)")
+        )
+
+
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, ddl in columns.items():
+        if name not in present:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
+def _v4_allow_insecure_transport(conn: Connection) -> None:
+    """Cleartext transport is refused unless a device allows it; existing devices do not."""
+    false = "false" if conn.dialect.name == "postgresql" else "0"
+    _add_columns(conn, "device", {"allow_insecure_transport": f"BOOLEAN NOT NULL DEFAULT {false}"})
 
 
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
-    _v3_allow_insecure_transport,
+    _v3_triggers,
+    _v4_allow_insecure_transport,
 )
 LATEST = len(STEPS) + 1
 

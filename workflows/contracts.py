@@ -12,6 +12,8 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 WORKFLOW_NAME = "KeyturnOperation"
 DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
+SWEEP_WORKFLOW = "KeyturnSweep"
+DELAYED_OPERATION_WORKFLOW = "KeyturnDelayedOperation"
 OPERATION_KINDS = ("change", "verify", "reconcile")
 # Why an operation was requested: one closed list, used by the API, the search attribute and the
 # store alike.
@@ -28,6 +30,12 @@ TRIGGERS = (
     "task-schedule",
     "certificate-renewal",
 )
+# What a client may claim in a request body; every other trigger is set by Keyturn alone.
+CLIENT_TRIGGERS = ("manual", "a2a")
+# What a policy's schedules sweep for: (schedule purpose, operation kind, trigger).
+SWEEP_EXPIRY = "expiry"
+SWEEP_VERIFY = "verify"
+SWEEPS = {SWEEP_EXPIRY: ("change", "expiry"), SWEEP_VERIFY: ("verify", "verify-schedule")}
 
 # Search attributes make operations findable in the Web UI ("KeyturnCredentialId = '…'").
 SA_CREDENTIAL = SearchAttributeKey.for_keyword("KeyturnCredentialId")
@@ -78,6 +86,21 @@ def operation_workflow_id(kind: str, credential_id: str) -> str:
 def device_slots_workflow_id(device_id: str) -> str:
     """One semaphore workflow per device, alive only while operations use or wait for it."""
     return f"keyturn-slots-{device_id}"
+
+
+def schedule_id(purpose: str, policy_id: str) -> str:
+    """One Temporal Schedule per policy and purpose: server state grows with policies."""
+    return f"keyturn-{purpose}-{policy_id}"
+
+
+def sweep_workflow_id(purpose: str, policy_id: str) -> str:
+    """The schedule appends each run's time to it."""
+    return f"keyturn-sweep-{purpose}-{policy_id}"
+
+
+def delayed_operation_workflow_id(kind: str, credential_id: str) -> str:
+    """Fixed per credential and kind: a second delayed request while one waits is the same one."""
+    return f"keyturn-delayed-{kind}-{credential_id}"
 
 
 @dataclass(frozen=True)
@@ -261,3 +284,57 @@ class OperationResult:
     error_type: str | None = None
     error: str | None = None
     children: tuple[str, ...] = ()  # operation ids of the chained operations started
+
+
+@dataclass(frozen=True)
+class SweepInput:
+    """One run of a policy's schedule. ``as_of`` and ``cursor`` are set when the sweep continues
+    as new: what is due is decided once, as of the sweep's start, and paged through in order."""
+
+    policy_id: str
+    purpose: str  # SWEEP_EXPIRY or SWEEP_VERIFY
+    page_size: int = 200
+    as_of: str = ""  # ISO time; empty: the sweep's start
+    cursor: str = ""  # the last credential handled: "<iso time>|<id>"
+    requested: int = 0  # operations requested by the earlier runs of this sweep
+
+
+@dataclass(frozen=True)
+class DueQuery:
+    policy_id: str
+    purpose: str
+    as_of: str
+    cursor: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class DuePage:
+    credential_ids: tuple[str, ...]
+    cursor: str  # pass it back for the next page; empty: no more
+    stop: str = ""  # why the sweep stops now (policy paused, gone, outside its window)
+
+
+@dataclass(frozen=True)
+class DueRequests:
+    policy_id: str
+    purpose: str
+    as_of: str
+    credential_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DelayedOperation:
+    """An operation to request later (a view, a session's end, an expiry spread by jitter). It
+    holds no gate while it waits, and a change committed after ``since`` satisfies it."""
+
+    credential_id: str
+    kind: str
+    trigger: str
+    since: str  # ISO time of the event that asked for it
+
+
+@dataclass(frozen=True)
+class DelayedOutcome:
+    outcome: str  # what happened, for the workflow's result
+    retry_in_seconds: float | None = None  # outside the change window: ask again then

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import and_, or_
 from sqlmodel import col, select
 
 from requesting import (
@@ -13,9 +19,17 @@ from requesting import (
 )
 from starter.deps import DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
-from starter.schemas import AttemptOut, ChildOut, OperationAccepted, OperationIn, OperationOut
+from starter.schemas import (
+    AttemptOut,
+    ChildOut,
+    OperationAccepted,
+    OperationIn,
+    OperationOut,
+    OperationPage,
+)
 from store.engine import in_thread
 from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
+from workflows.contracts import OPERATION_KINDS, TRIGGERS
 
 router = APIRouter(route_class=StoreRoute)
 
@@ -24,7 +38,12 @@ router = APIRouter(route_class=StoreRoute)
     "/credentials/{credential_id}/operations",
     status_code=202,
     response_model=OperationAccepted,
-    responses={200: {"description": "an operation of this kind was running: joined it"}},
+    responses={
+        200: {"description": "an operation of this kind was running: joined it"},
+        404: {"description": "no such credential"},
+        422: {"description": "invalid body (a trigger only Keyturn sets, say)"},
+        503: {"description": "Temporal did not take the operation"},
+    },
 )
 async def create_operation(
     credential_id: str, body: OperationIn, app: State, response: Response
@@ -109,3 +128,65 @@ def list_operations(credential_id: str, db: DB) -> list[OperationOut]:
         .order_by(col(Operation.created_at))
     )
     return [get_operation(op.id, db) for op in operations]
+
+
+@router.get(
+    "/operations",
+    response_model=OperationPage,
+    responses={422: {"description": "an unknown kind, trigger or status, or a bad cursor"}},
+)
+def search_operations(
+    db: DB,
+    credential_id: str | None = None,
+    device_id: str | None = None,
+    kind: str | None = None,
+    trigger: str | None = None,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> OperationPage:
+    """Operations, newest first, filtered by any of credential, device, kind, trigger, status."""
+    for field, value, allowed in (
+        ("kind", kind, OPERATION_KINDS),
+        ("trigger", trigger, TRIGGERS),
+        ("status", status, tuple(OperationStatus)),
+    ):
+        if value is not None and value not in allowed:
+            raise invalid(field, f"one of {', '.join(allowed)}")
+    query = select(Operation)
+    if credential_id is not None:
+        query = query.where(Operation.credential_id == credential_id)
+    if device_id is not None:
+        on_device = select(Credential.id).where(Credential.device_id == device_id)
+        query = query.where(col(Operation.credential_id).in_(on_device))
+    if kind is not None:
+        query = query.where(Operation.kind == kind)
+    if trigger is not None:
+        query = query.where(Operation.trigger == trigger)
+    if status is not None:
+        query = query.where(Operation.status == OperationStatus(status))
+    if cursor is not None:
+        at, before_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                col(Operation.created_at) < at,
+                and_(col(Operation.created_at) == at, col(Operation.id) < before_id),
+            )
+        )
+    rows = db.exec(
+        query.order_by(col(Operation.created_at).desc(), col(Operation.id).desc()).limit(limit)
+    ).all()
+    next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
+    return OperationPage(items=[get_operation(op.id, db) for op in rows], next_cursor=next_cursor)
+
+
+def _encode_cursor(last: Operation) -> str:
+    return base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, _, operation_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), operation_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid("cursor", "pass next_cursor of the previous page as it was") from None

@@ -7,7 +7,7 @@ import asyncio
 import base64
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,8 @@ async def stack(
         master_key=base64.b64encode(temporal.master_key).decode(),  # type: ignore[attr-defined]
         admin_token=ADMIN_TOKEN,
         task_queue=f"keyturn-test-{secrets.token_hex(4)}",
+        # Policies of trigger tests sweep every second; other tests have none.
+        sweep_interval_seconds=1.0,
     )
     engine = make_engine(settings.resolved_database_url)
     stop = asyncio.Event()
@@ -99,6 +101,34 @@ async def stack(
         yield Stack(settings, engine, temporal.client, api, db_path)
     stop.set()
     await workers
+
+
+PolicyFactory = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+async def scheduled_policy(stack: Stack) -> AsyncIterator[PolicyFactory]:
+    """Make policies whose schedules sweep every second; at the end of the test their periods
+    are cleared, so their schedules stop loading the stack for the tests that follow."""
+    made: list[str] = []
+
+    async def make(**fields: Any) -> dict[str, Any]:
+        body = {
+            "name": f"policy-{secrets.token_hex(4)}",
+            "max_attempts": 3,
+            "retry_interval_seconds": 0.3,
+            "backoff": 1.0,
+            **fields,
+        }
+        created = await stack.post("/v1/policies", body)
+        made.append(created["id"])
+        return created
+
+    yield make
+    off = {"change_every_seconds": None, "verify_every_seconds": None}
+    for policy_id in made:
+        response = await stack.api.patch(f"/v1/policies/{policy_id}", json=off)
+        assert response.status_code == 200, response.text
 
 
 @pytest.fixture

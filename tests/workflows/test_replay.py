@@ -15,8 +15,10 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from keyturn.codec import data_converter
+from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
+from workflows.sweep import SweepWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -27,6 +29,19 @@ async def test_operations_of_the_previous_release_replay(name: str) -> None:
     history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
     replayer = Replayer(
         workflows=[OperationWorkflow, DeviceSlotsWorkflow], data_converter=data_converter(key)
+    )
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v3_*.json")))
+async def test_trigger_workflows_of_this_release_replay(name: str) -> None:
+    """A sweep over three pages and a delayed change (a view's), recorded from real runs: a
+    change to either workflow must keep these replaying (or be behind ``workflow.patched``)."""
+    key = bytes.fromhex((HISTORIES / "master_key.hex").read_text().strip())
+    history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
+    replayer = Replayer(
+        workflows=[SweepWorkflow, DelayedOperationWorkflow], data_converter=data_converter(key)
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
