@@ -320,7 +320,7 @@ class OperationPage(BaseModel):
 
 
 class SecretOut(BaseModel):
-    password: str
+    password: str = Field(repr=False)  # in the response body only, never in a repr or a log
     version_id: str
     changed_at: datetime = Field(description="when this secret became current")
 

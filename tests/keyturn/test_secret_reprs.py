@@ -8,11 +8,13 @@ import pkgutil
 import re
 
 import pytest
+from pydantic import BaseModel, SecretStr
 
 from executors.base import Account
 from executors.http.executor import _Rendered
 from executors.winrm.executor import Script
 from keyturn.settings import Settings
+from starter.schemas import CredentialIn
 from store.jobs import Job
 from tests.executors.helpers import make_context
 
@@ -26,7 +28,8 @@ PACKAGES = (
     "templating",
     "workflows",
 )
-SECRET_NAME = re.compile(r"password|^secret|private_key|master_key|api_key|admin_token")
+# A field named for a secret: password, new_password, master_key, temporal_api_key...
+SECRET_NAME = re.compile(r"secret|(\w+_)?(password|private_key|master_key|api_key|admin_token)")
 # Fields whose name does not say so but whose value may carry a secret.
 HOLDS_SECRETS = {
     Job: {"current_password", "pending_password"},
@@ -35,7 +38,23 @@ HOLDS_SECRETS = {
 }
 
 
+def test_every_secret_field_of_an_api_model_is_out_of_repr() -> None:
+    models = [cls for cls in _classes() if issubclass(cls, BaseModel)]
+    assert CredentialIn in models
+    shown = [
+        f"{cls.__qualname__}.{name}"
+        for cls in models
+        for name, info in cls.model_fields.items()
+        if SECRET_NAME.fullmatch(name) and info.repr and info.annotation is not SecretStr
+    ]
+    assert not shown, f"secret fields in repr: {shown}"
+
+
 def _dataclasses() -> list[type]:
+    return [cls for cls in _classes() if dataclasses.is_dataclass(cls)]
+
+
+def _classes() -> list[type]:
     found: list[type] = []
     for package_name in PACKAGES:
         package = importlib.import_module(package_name)
@@ -44,9 +63,7 @@ def _dataclasses() -> list[type]:
             found += [
                 value
                 for value in vars(module).values()
-                if isinstance(value, type)
-                and dataclasses.is_dataclass(value)
-                and value.__module__ == info.name
+                if isinstance(value, type) and value.__module__ == info.name
             ]
     return found
 
@@ -57,7 +74,7 @@ def test_every_secret_field_of_a_dataclass_is_out_of_repr() -> None:
     shown = []
     for cls in classes:
         for field in dataclasses.fields(cls):
-            secret = SECRET_NAME.search(field.name) or field.name in HOLDS_SECRETS.get(cls, ())
+            secret = SECRET_NAME.fullmatch(field.name) or field.name in HOLDS_SECRETS.get(cls, ())
             if secret and field.repr:
                 shown.append(f"{cls.__module__}.{cls.__qualname__}.{field.name}")
     assert not shown, f"secret fields in repr: {shown}"
