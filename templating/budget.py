@@ -3,12 +3,17 @@
 A template is code an administrator saves; a loop or a repeated string in it could otherwise
 hold a worker's thread for ever or fill its memory. The sandbox already refuses unsafe attribute
 access and ranges of more than 100 000 items; this adds a deadline, checked on every loop step
-and every piece of output, and a cap on the output, checked before ``*`` and ``**`` build a
-value as well as on the output itself.
+over ``range()`` and every piece of output, and a cap on the output, checked before ``*`` and
+``**`` build a value as well as on the output itself. A loop that neither uses ``range()`` nor
+writes anything (nested loops over a long string) is stopped by ``watchdog``: a timer that raises
+BudgetExceeded in the rendering thread at the deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -54,6 +59,39 @@ CURRENT: ContextVar[Budget | None] = ContextVar("keyturn_render_budget", default
 def _current() -> Budget:
     budget = CURRENT.get()
     return budget if budget is not None else Budget.start()
+
+
+@contextlib.contextmanager
+def watchdog(budget: Budget) -> Iterator[None]:
+    """Raise BudgetExceeded in this thread if the block is still running at the deadline.
+
+    CPython delivers the exception at the thread's next bytecode, which covers every loop a
+    template can write (it is compiled to Python code). A pending exception not yet delivered
+    when the block ends is withdrawn, so none ever escapes past the block.
+    """
+    thread = ctypes.c_ulong(threading.get_ident())
+    lock = threading.Lock()
+    running = True
+    fired = False
+
+    def fire() -> None:
+        nonlocal fired
+        with lock:
+            if running:
+                fired = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, ctypes.py_object(BudgetExceeded))
+
+    timer = threading.Timer(max(0.0, budget.deadline - time.monotonic()), fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            running = False
+        timer.cancel()
+        if fired:  # withdraw it if it has not been delivered yet
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, None)
 
 
 def budgeted_range(*args: int) -> Iterator[int]:

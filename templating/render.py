@@ -16,7 +16,14 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 
-from templating.budget import CURRENT, Budget, BudgetedEnvironment, budgeted_range
+from templating.budget import (
+    CURRENT,
+    Budget,
+    BudgetedEnvironment,
+    BudgetExceeded,
+    budgeted_range,
+    watchdog,
+)
 from templating.escaping import (
     FILTERS,
     Escape,
@@ -190,11 +197,18 @@ def _render_within(template: jinja2.Template, context: TemplateContext, budget: 
     try:
         pieces: list[str] = []
         size = 0
-        for piece in template.generate(context.as_mapping()):
-            size += len(piece)
-            budget.check_size(size)
-            budget.check_time()
-            pieces.append(piece)
+        with watchdog(budget):
+            for piece in template.generate(context.as_mapping()):
+                size += len(piece)
+                budget.check_size(size)
+                budget.check_time()
+                pieces.append(piece)
         return "".join(pieces)
+    except BudgetExceeded as exc:
+        # Raised by the watchdog as a class: give it the message the budget's own checks give.
+        raise BudgetExceeded(str(exc) or _LATE) from None
     finally:
         CURRENT.reset(token)
+
+
+_LATE = "rendering took longer than its budget: simplify the template"
