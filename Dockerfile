@@ -3,15 +3,8 @@
 # with the master key and admin token, .venv/, .git/).
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md worker.py ./
-COPY keyturn/ keyturn/
-COPY workflows/ workflows/
-COPY activities/ activities/
-COPY executors/ executors/
-COPY starter/ starter/
-COPY store/ store/
-COPY templating/ templating/
-COPY requesting/ requesting/
+# The build context is what .dockerignore lets through; it stays in this stage.
+COPY . .
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
