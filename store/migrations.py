@@ -36,8 +36,29 @@ def _v2_one_writer_per_credential(conn: Connection) -> None:
         conn.execute(text("ALTER TYPE operationstatus ADD VALUE IF NOT EXISTS 'QUEUED'"))
 
 
+def _v3_recovery_by_hand(conn: Connection) -> None:
+    """Secret versions an administrator can choose from, supplied secrets, verify after restore."""
+    _add_columns(
+        conn,
+        "secretversion",
+        {"last_login_ok_at": "TIMESTAMP", "last_login_ok_operation_id": "VARCHAR"},
+    )
+    _add_columns(conn, "operation", {"source_version_id": "VARCHAR"})
+    _add_columns(conn, "credential", {"needs_verify": "BOOLEAN NOT NULL DEFAULT false"})
+
+
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, ddl in columns.items():
+        if name not in present:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
-STEPS: tuple[Callable[[Connection], None], ...] = (_v2_one_writer_per_credential,)
+STEPS: tuple[Callable[[Connection], None], ...] = (
+    _v2_one_writer_per_credential,
+    _v3_recovery_by_hand,
+)
 LATEST = len(STEPS) + 1
 
 

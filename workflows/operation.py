@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         HostKeyMismatch,
     )
     from workflows.contracts import (
+        CHOSEN_SECRET_KINDS,
         NOTHING_SENT_DETAIL,
         SA_CREDENTIAL,
         SA_DEVICE,
@@ -161,6 +162,7 @@ class OperationWorkflow:
                     info.workflow_id,
                     info.run_id,
                     op.parent_operation_id,
+                    op.version_id,
                 ),
                 Admission,
             )
@@ -266,6 +268,8 @@ class OperationWorkflow:
         try:
             if op.kind == "verify":
                 return await self._verify(step, plan)
+            if op.kind in CHOSEN_SECRET_KINDS:
+                return await self._try_chosen(step, plan)
             finish = await self._change(step, plan)
             if (
                 finish is not None
@@ -340,8 +344,8 @@ class OperationWorkflow:
             if finish is not None:
                 await self._store("keyturn.finish", finish)
                 return finish, ()
-        if self._canceled or op.kind == "verify":
-            return None, ()
+        if self._canceled or op.kind == "verify" or op.kind in CHOSEN_SECRET_KINDS:
+            return None, ()  # recovery by hand moves no chained credential
         return None, await self._start_children(op, "parent-changed")
 
     async def _after_moved_current(
@@ -508,7 +512,40 @@ class OperationWorkflow:
                 out_of_sync=True,
             )
 
-    async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput:
+    async def _try_chosen(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
+        """adopt and set-in-vault: the chosen secret (prepare made it this operation's pending
+        one) becomes current only once it logs in; otherwise nothing changes on the credential.
+        The probe tries that secret alone: the current one is not what was asked about, and
+        each refused login spends the lockout budget. None means: commit."""
+        self._step = "verify"
+        try:
+            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+        except ActivityError as err:
+            kind, message = _cause(err)
+            return FinishInput(
+                step.operation_id,
+                "failed",
+                "the target could not be asked: nothing changed",
+                kind,
+                message,
+                pending_version_fate="failed",  # only a version this operation made is failed
+            )
+        if probe.pending_works:
+            self._resolution = "verified: the chosen secret logs in, made current"
+            return None
+        return FinishInput(
+            step.operation_id,
+            "failed",
+            "the chosen secret is refused: nothing changed",
+            "SecretRefused",
+            "the chosen secret does not log in on the target",
+            pending_version_fate="failed",
+        )
+
+    async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
+        """Does the current secret log in? A verify requested after a restore also tries the
+        pending secret of the operation that was in flight (tried first by the probe) and, if
+        the target has it, commits it (None). Other verifies have no pending secret."""
         self._step = "verify"
         try:
             probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
@@ -520,6 +557,9 @@ class OperationWorkflow:
                 else "the target could not be reached"
             )
             return FinishInput(step.operation_id, "failed", resolution, kind, message)
+        if probe.pending_works:
+            self._resolution = "after a restore: the interrupted change's secret logs in, adopted"
+            return None
         if probe.current_works:
             return FinishInput(step.operation_id, "succeeded", "the current secret logs in")
         return FinishInput(
