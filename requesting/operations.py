@@ -72,7 +72,7 @@ async def request_operation(
         engine, lambda db: check_secret_choice(db, credential, request.kind, request.choice)
     )
     if request.choice.names_a_secret:
-        return await _request_with_chosen_secret(
+        return await request_with_chosen_secret(
             engine, client, task_queue, credential, request, vault
         )
     workflow_id = operation_workflow_id(request.kind, credential.id)
@@ -111,7 +111,7 @@ async def request_operation(
     )
 
 
-async def _request_with_chosen_secret(
+async def request_with_chosen_secret(
     engine: Engine,
     client: Client,
     task_queue: str,
@@ -121,7 +121,8 @@ async def _request_with_chosen_secret(
 ) -> Requested:
     """An operation that acts with a secret the request names: its own workflow (never joined),
     queued at the credential's gate like any other. A supplied value is stored encrypted as a
-    pending version of this operation before the workflow starts, so only its id travels."""
+    pending version of this operation before the workflow starts, so only its id travels.
+    The choice must have been checked (``check_secret_choice``), or come from the store."""
     operation_id = new_id()
     version_id = request.choice.version_id
     secret = request.choice.supplied

@@ -28,6 +28,7 @@ TRIGGERS = (
     "out-of-sync",
     "task-schedule",
     "certificate-renewal",
+    "restore",  # a verify requested on start after `keyturn restore`
 )
 
 # Search attributes make operations findable in the Web UI ("KeyturnCredentialId = '…'").
