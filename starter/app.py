@@ -13,6 +13,7 @@ from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, require_token
+from starter.problems import problem_response
 from starter.routes import inventory, operations, versions
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
@@ -45,5 +46,10 @@ def create_app(
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
     problems.install(app)
     for router in (inventory.router, operations.router, versions.router):
-        app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
+        app.include_router(
+            router,
+            prefix="/v1",
+            dependencies=[Depends(require_token)],
+            responses={401: problem_response("missing or wrong admin API token")},
+        )
     return app

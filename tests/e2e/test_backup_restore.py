@@ -291,8 +291,8 @@ async def test_backup_during_20_changes_then_restore_and_start_on_a_fresh_data_d
                 row = db.get(Credential, cred["id"])
                 assert row is not None and row.sync_state == "in_sync" and not row.needs_verify
             for i in TARGET_CHANGED:  # the target had the interrupted change's secret: adopted
-                version = db.get(SecretVersion, pending_at_backup[i])
-                assert version is not None and version.state == SecretState.CURRENT
+                adopted = db.get(SecretVersion, pending_at_backup[i])
+                assert adopted is not None and adopted.state == SecretState.CURRENT
         for i, cred in enumerate(creds):
             secret = current(cred["id"])
             assert (secret == OLD) == (i in AT_PROMPT)

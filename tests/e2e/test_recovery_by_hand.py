@@ -7,6 +7,10 @@ been seen to accept the secret; every refused request answers a problem and chan
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -337,3 +341,53 @@ async def test_recovery_operations_queue_with_others_on_one_credential_and_devic
     assert len(set(workflow_ids)) == len(workflow_ids)
     await assert_not_in_histories(stack, workflow_ids, NEXT)
     assert_not_in_logs(keyturn_logs, NEXT)
+
+
+async def test_the_openapi_lists_every_answer_of_the_recovery_routes(stack: Stack) -> None:
+    paths = (await stack.get("/openapi.json"))["paths"]
+    answers = {
+        # FastAPI documents 422 for every route with parameters.
+        ("/v1/credentials/{credential_id}/versions", "get"): {"200", "401", "404", "422"},
+        ("/v1/credentials/{credential_id}/versions/{version_id}/secret", "get"): {
+            "200", "401", "404", "409", "422",
+        },
+        ("/v1/credentials/{credential_id}/operations", "post"): {
+            "200", "202", "401", "404", "422", "503",
+        },
+    }  # fmt: skip
+    for (path, method), codes in answers.items():
+        assert set(paths[path][method]["responses"]) == codes, path
+    operation_in = (await stack.get("/openapi.json"))["components"]["schemas"]["OperationIn"]
+    assert {"version_id", "password", "next_password"} <= set(operation_in["properties"])
+
+
+async def test_the_cli_takes_a_secret_from_stdin_never_from_its_arguments(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    user, cred, _ = await _out_of_sync_credential(stack, sshd, ssh_users)
+    settings = stack.settings
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("keyturn")),
+        *("request", cred["id"], "--kind", "set-in-vault", "--secret-stdin"),
+        env={
+            **os.environ,
+            "KEYTURN_TEMPORAL_ADDRESS": stack.client.service_client.config.target_host,
+            "KEYTURN_DATABASE_URL": settings.resolved_database_url,
+            "KEYTURN_DATA_DIR": str(settings.data_dir),
+            "KEYTURN_MASTER_KEY": settings.master_key or "",
+            "KEYTURN_TASK_QUEUE": settings.task_queue,
+        },
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate(f"{BEHIND}\n".encode())
+    assert process.returncode == 0, err
+    printed = json.loads(out)
+    assert printed["joined"] is False and BEHIND not in (out + err).decode()
+
+    done = await _finished(stack, printed)
+
+    assert done["status"] == "succeeded" and done["kind"] == "set-in-vault"
+    assert current_secret(stack, cred["id"]) == BEHIND
+    assert await ssh_users.password_works(user, BEHIND)
