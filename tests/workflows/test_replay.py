@@ -1,9 +1,11 @@
 """Operations started by an earlier Keyturn still replay after an upgrade.
 
-The histories under histories/ were recorded from real runs of the workflow as it was before the
-credential gate (a change with a chained child, a verify, a refused change); their payloads are
-encrypted with the throwaway key beside them. Replaying them against today's workflow proves an
-upgrade does not break an operation in flight.
+The histories under histories/ were recorded from real runs of earlier releases: v1_* before the
+credential gate (a change with a chained child, a verify, a refused change), v2_* with the gate,
+before recovery by hand (a change, a verify, a verify that finds drift, a refused change;
+recorded with record_histories.py). Their payloads are encrypted with the throwaway key beside
+them. Replaying them against today's workflow proves an upgrade does not break an operation in
+flight.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from workflows.operation import OperationWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v1_*.json")))
+@pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v*_*.json")))
 async def test_operations_of_the_previous_release_replay(name: str) -> None:
     key = bytes.fromhex((HISTORIES / "master_key.hex").read_text().strip())
     history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
