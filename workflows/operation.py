@@ -225,6 +225,21 @@ class OperationWorkflow:
         except asyncio.CancelledError:
             self._canceled = True
             finish = await self._after_cancel(step, plan)
+        except (ActivityError, ApplicationError) as err:
+            # A local activity failing for good surfaces as its ApplicationError (seen with this
+            # SDK), not wrapped in an ActivityError.
+            cause = err.cause if isinstance(err, ActivityError) else err
+            if plan is not None or not isinstance(cause, ApplicationError):
+                raise
+            kind, message = cause.type or "", cause.message
+            if kind != ConfigurationError.kind:
+                raise
+            # Prepare refused the request (a chosen secret it cannot act with, say, from a
+            # program that started the workflow itself): record why; nothing was sent. Before,
+            # such a workflow failed with its row left open; none can be running to replay.
+            finish = FinishInput(
+                self._operation_id, "failed", "nothing was sent to the target", kind, message
+            )
         children: tuple[str, ...] = ()
         if finish is None:
             assert plan is not None

@@ -26,6 +26,7 @@ from tests.e2e.leaks import (
     forms,
 )
 from tests.servers.sshd import Sshd, Users
+from workflows.contracts import WORKFLOW_NAME, OperationInput, OperationResult
 
 OLD = "Rec0ver-old-pass"
 BEHIND = "Set-by-hand-9!x"  # set on the target behind Keyturn's back
@@ -391,3 +392,29 @@ async def test_the_cli_takes_a_secret_from_stdin_never_from_its_arguments(
     assert done["status"] == "succeeded" and done["kind"] == "set-in-vault"
     assert current_secret(stack, cred["id"]) == BEHIND
     assert await ssh_users.password_works(user, BEHIND)
+
+
+async def test_a_set_in_vault_started_with_the_temporal_client_alone_fails_clearly(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    """Only the request path can store a supplied secret: a workflow started without one is
+    recorded as failed, having sent nothing, and the credential is as it was."""
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd)
+    cred = await credential(stack, device["id"], user, OLD)
+    versions = await _versions(stack, cred["id"])
+
+    result = await stack.client.execute_workflow(
+        WORKFLOW_NAME,
+        OperationInput(credential_id=cred["id"], kind="set-in-vault"),
+        id=f"client-set-in-vault-{cred['id']}",
+        task_queue=stack.settings.task_queue,
+        result_type=OperationResult,
+    )
+
+    assert result.status == "failed" and result.error_type == "ConfigurationError"
+    assert result.error is not None and "set-in-vault needs the secret" in result.error
+    op = await stack.get(f"/v1/operations/{result.operation_id}")
+    assert op["status"] == "failed" and op["attempts"] == []
+    assert await _versions(stack, cred["id"]) == versions
+    assert current_secret(stack, cred["id"]) == OLD
