@@ -17,10 +17,11 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.coordination import CoordinationActivities
+from activities.child_planning import ChildPlanningActivities
 from activities.device_slots import DeviceSlotActivities
 from activities.executor_steps import ExecutorActivities
 from activities.gate import GateActivities
+from activities.legacy.slot_rows import LegacySlotActivities
 from activities.store_steps import StoreActivities
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
@@ -38,7 +39,8 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
     vault = Vault(settings.master_key_bytes)
     store = StoreActivities(engine, vault, settings.task_queue)
-    coordination = CoordinationActivities(engine)
+    children = ChildPlanningActivities(engine)
+    legacy_slots = LegacySlotActivities(engine)
     gate = GateActivities(engine, client)
     slots = DeviceSlotActivities(client, settings.task_queue)
     executor = ExecutorActivities(engine, vault)
@@ -63,11 +65,11 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 store.commit,
                 store.note_late_cancel,
                 store.finish,
-                coordination.plan_children,
-                coordination.child_not_started,
+                children.plan_children,
+                children.child_not_started,
                 # Only operations started before the gate and device-slot workflows use these.
-                coordination.acquire_slot,
-                coordination.release_slot,
+                legacy_slots.acquire_slot,
+                legacy_slots.release_slot,
             ],
             activity_executor=pool,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

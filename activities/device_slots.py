@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 
-from temporalio import activity
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.gate import workflow_running
+from keyturn.temporal import workflow_running
+from workflows import steps
 from workflows.contracts import (
     DEVICE_SLOTS_WORKFLOW,
     SlotRelease,
@@ -22,6 +22,7 @@ from workflows.contracts import (
     WorkflowRef,
     device_slots_workflow_id,
 )
+from workflows.steps import implements
 
 
 class DeviceSlotActivities:
@@ -29,7 +30,7 @@ class DeviceSlotActivities:
         self._client = client
         self._task_queue = task_queue
 
-    @activity.defn(name="keyturn.request_device_slot")
+    @implements(steps.request_device_slot)
     async def request_device_slot(self, request: SlotRequest) -> None:
         """Queue for a slot, starting the device's semaphore if it is not running."""
         await self._client.start_workflow(
@@ -42,7 +43,7 @@ class DeviceSlotActivities:
             start_signal_args=[request],
         )
 
-    @activity.defn(name="keyturn.release_device_slot")
+    @implements(steps.release_device_slot)
     async def release_device_slot(self, release: SlotRelease) -> None:
         handle = self._client.get_workflow_handle(device_slots_workflow_id(release.device_id))
         try:
@@ -52,6 +53,10 @@ class DeviceSlotActivities:
                 raise
             # Not running: it ended after giving this slot up as its holder's, nothing to free.
 
-    @activity.defn(name="keyturn.workflows_running")
+    @implements(steps.workflows_running)
     async def workflows_running(self, refs: list[WorkflowRef]) -> list[bool]:
-        return list(await asyncio.gather(*(workflow_running(self._client, r) for r in refs)))
+        return list(
+            await asyncio.gather(
+                *(workflow_running(self._client, r.workflow_id, r.run_id) for r in refs)
+            )
+        )

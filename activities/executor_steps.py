@@ -18,8 +18,6 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.jobs import Job, get_or_raise, load_job
-from activities.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
 from executors.base import (
     Account,
     AuthenticationFailed,
@@ -37,9 +35,13 @@ from executors.base import (
 )
 from keyturn import failpoints
 from store.engine import session_scope
+from store.jobs import Job, load_job
+from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
 from store.models import Attempt, Device, Operation, utcnow
+from store.queries import get_or_raise
 from store.vault import Vault
 from store.versions import seen_working
+from workflows import steps
 from workflows.contracts import (
     CHOSEN_SECRET_KINDS,
     NOTHING_SENT_DETAIL,
@@ -47,6 +49,7 @@ from workflows.contracts import (
     ProbeOutcome,
     StepInput,
 )
+from workflows.steps import implements
 
 _T = TypeVar("_T")
 _L = TypeVar("_L")
@@ -81,7 +84,7 @@ class ExecutorActivities:
         self._vault = vault
         self._ledger = LockoutLedger(engine)
 
-    @activity.defn(name="keyturn.change")
+    @implements(steps.change)
     async def change(self, step: StepInput) -> ChangeOutcome:
         job, attempt_id, may_have_sent = await asyncio.to_thread(
             self._begin, step, "change", _attempt_number(step)
@@ -131,7 +134,7 @@ class ExecutorActivities:
         failpoints.reach(failpoints.AFTER_CHANGE)
         return outcome
 
-    @activity.defn(name="keyturn.probe")
+    @implements(steps.probe)
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
         job, attempt_id, _ = await asyncio.to_thread(self._begin, step, None, _attempt_number(step))

@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy.engine import Engine
-from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
+from keyturn.temporal import workflow_running
 from store import gate
 from store.engine import session_scope
+from workflows import steps
 from workflows.contracts import Admission, GateCheck, RegisterInput, WorkflowRef
+from workflows.steps import implements
 
 
 class GateActivities:
@@ -21,7 +22,7 @@ class GateActivities:
         self._engine = engine
         self._client = client
 
-    @activity.defn(name="keyturn.register")
+    @implements(steps.register)
     def register(self, request: RegisterInput) -> Admission:
         try:
             return gate.admit(
@@ -40,20 +41,20 @@ class GateActivities:
         except gate.NotRegistrable as exc:
             raise ApplicationError(str(exc), type="NotRegistrable", non_retryable=True) from None
 
-    @activity.defn(name="keyturn.leave_gate")
+    @implements(steps.leave_gate)
     def leave_gate(self, check: GateCheck) -> WorkflowRef | None:
         with session_scope(self._engine) as session:
             follower = gate.leave(session, check.operation_id)
             return WorkflowRef(follower.workflow_id, follower.run_id) if follower else None
 
-    @activity.defn(name="keyturn.check_gate")
+    @implements(steps.check_gate)
     async def check_gate(self, check: GateCheck) -> bool:
         """Has this queued operation's turn come? Only if the one ahead left, or its workflow
         ended without leaving (terminated): then it is recorded as failed and passes the gate on."""
         ahead = await asyncio.to_thread(self._ahead, check.operation_id)
         if ahead is None:
             return True
-        if await workflow_running(self._client, ahead):
+        if await workflow_running(self._client, ahead.workflow_id, ahead.run_id):
             return False
         return await asyncio.to_thread(self._abandon, check.operation_id, ahead)
 
@@ -70,15 +71,3 @@ class GateActivities:
             if before is not None and before.run_id == ahead.run_id:
                 gate.abandon(session, before.id, "its workflow ended without recording an outcome")
             return gate.holds(session, operation_id)
-
-
-async def workflow_running(client: Client, ref: WorkflowRef) -> bool:
-    """Whether that workflow run is still running; a run Temporal no longer knows is not."""
-    try:
-        handle = client.get_workflow_handle(ref.workflow_id, run_id=ref.run_id)
-        description = await handle.describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return description.status == WorkflowExecutionStatus.RUNNING

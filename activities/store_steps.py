@@ -7,10 +7,8 @@ Each is idempotent, because Temporal may run an activity again after a crash.
 from __future__ import annotations
 
 from sqlalchemy.engine import Engine
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.jobs import policy_for
 from keyturn import failpoints
 from keyturn.settings import zone_task_queue
 from store import audit
@@ -26,8 +24,10 @@ from store.models import (
     utcnow,
 )
 from store.passwords import generate_password
+from store.queries import policy_for
 from store.vault import Vault
 from store.versions import VersionNotUsable, chosen_version
+from workflows import steps
 from workflows.contracts import (
     CommitInput,
     CommitOutcome,
@@ -35,6 +35,7 @@ from workflows.contracts import (
     OperationPlan,
     StepInput,
 )
+from workflows.steps import implements
 
 
 class StoreActivities:
@@ -43,7 +44,7 @@ class StoreActivities:
         self._vault = vault
         self._task_queue = task_queue
 
-    @activity.defn(name="keyturn.prepare")
+    @implements(steps.prepare)
     def prepare(self, step: StepInput) -> OperationPlan:
         """Mark the operation running and, for a change, store the new secret as pending.
 
@@ -124,7 +125,7 @@ class StoreActivities:
         failpoints.reach(failpoints.AFTER_PREPARE)
         return plan
 
-    @activity.defn(name="keyturn.commit")
+    @implements(steps.commit)
     def commit(self, step: CommitInput) -> CommitOutcome:
         """One transaction: pending → current, current → previous, operation ended.
 
@@ -184,7 +185,7 @@ class StoreActivities:
             failpoints.reach(failpoints.DURING_COMMIT)
         return CommitOutcome(True)
 
-    @activity.defn(name="keyturn.note_late_cancel")
+    @implements(steps.note_late_cancel)
     def note_late_cancel(self, step: CommitInput) -> None:
         """A cancel arrived once the commit had begun: the operation stands, and says so."""
         with session_scope(self._engine) as session:
@@ -200,7 +201,7 @@ class StoreActivities:
                 credential_id=operation.credential_id,
             )
 
-    @activity.defn(name="keyturn.finish")
+    @implements(steps.finish)
     def finish(self, result: FinishInput) -> None:
         """Record a terminal state other than a committed change."""
         with session_scope(self._engine) as session:

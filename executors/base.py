@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from templating import TemplateContext
+from workflows.contracts import FailureKind
 
 ENTRY_POINT_GROUP = "keyturn.executors"
 REDACTED = "***"
@@ -93,7 +94,7 @@ class ExecutorError(Exception):
     default that an executor overrides per instance where it knows better.
     """
 
-    kind: ClassVar[str] = "ExecutorError"
+    kind: ClassVar[str] = "ExecutorError"  # each subclass: a FailureKind
     retryable: ClassVar[bool] = False
     default_login: ClassVar[LoginProgress] = LoginProgress.UNKNOWN
 
@@ -126,15 +127,21 @@ class ConfigurationError(ExecutorError):
     missing privileged account…), found before connecting: nothing was sent, no login was
     tried. The message says what to fix. Retrying would only fail the same way."""
 
-    kind = "ConfigurationError"
+    kind = FailureKind.CONFIGURATION
     default_login = LoginProgress.NOT_ATTEMPTED
+
+    def __init__(
+        self, device: str, step: str, cause: str, transcript: str = "", *, field: str = "options"
+    ) -> None:
+        super().__init__(device, step, cause, transcript)
+        self.field = field  # the device field at fault ("options", "host_keys.0"): for a 422
 
 
 class ConnectFailed(ExecutorError):
     """Could not reach or open a session on the target; nothing of the change was sent. Safe
     to retry, unless the secret may have been sent and its verdict is unknown (``login``)."""
 
-    kind = "ConnectFailed"
+    kind = FailureKind.CONNECT_FAILED
     retryable = True
     default_login = LoginProgress.NOT_ATTEMPTED
 
@@ -142,54 +149,43 @@ class ConnectFailed(ExecutorError):
 class AuthenticationFailed(ExecutorError):
     """The target refused the account's secret. Retrying would only spend the lockout budget."""
 
-    kind = "AuthenticationFailed"
+    kind = FailureKind.AUTHENTICATION_FAILED
     default_login = LoginProgress.REFUSED
 
 
 class TemplateFailed(ExecutorError):
     """The template could not be rendered or did not match what the target said."""
 
-    kind = "TemplateFailed"
+    kind = FailureKind.TEMPLATE_FAILED
 
 
 class HostKeyMismatch(ExecutorError):
     """The target's host key is not the pinned one: possibly not the host we think it is."""
 
-    kind = "HostKeyMismatch"
+    kind = FailureKind.HOST_KEY_MISMATCH
     default_login = LoginProgress.NOT_ATTEMPTED
 
 
 class ChangeRejected(ExecutorError):
     """The target answered and refused the new secret (a password-quality rule, say)."""
 
-    kind = "ChangeRejected"
+    kind = FailureKind.CHANGE_REJECTED
 
 
 class OutcomeUnknown(ExecutorError):
     """The change may or may not have happened (connection lost after sending it): probe."""
 
-    kind = "OutcomeUnknown"
+    kind = FailureKind.OUTCOME_UNKNOWN
     retryable = True
-
-
-NON_RETRYABLE_KINDS = tuple(
-    cls.kind
-    for cls in (
-        AuthenticationFailed,
-        TemplateFailed,
-        HostKeyMismatch,
-        ChangeRejected,
-        ConfigurationError,
-    )
-)
 
 
 @runtime_checkable
 class Executor(Protocol):
-    """The plugin interface. An executor may also define ``check_target(target) -> None``,
-    raising ConfigurationError for device settings (``options``) that cannot work: it is called
-    before any connection (see ``check_target`` below), so that a misconfigured device costs no
-    login. Executors without it are simply not asked."""
+    """The plugin interface: a name, the template syntax, default templates and port, and four
+    methods. Like a Vault database plugin validating its own configuration, the executor alone
+    knows its device settings: ``check_target`` is asked when a device is saved (a 422 naming
+    the field) and again before every connection (so a device that cannot work costs no
+    login)."""
 
     name: ClassVar[str]
     syntax: ClassVar[str]  # a short description of the template syntax, for GET /v1/executors
@@ -201,6 +197,10 @@ class Executor(Protocol):
     def validate(self, template: str) -> None:
         """Raise templating.TemplateSyntaxProblem (with its line) if the template is unusable."""
 
+    def check_target(self, target: Target) -> None:
+        """Raise ConfigurationError (its ``field`` naming the device field) for device settings
+        (``options``, host keys…) that cannot work. Sends nothing anywhere."""
+
     async def run(self, request: RunRequest) -> RunResult:
         """Connect with request.account and run the template; raise an ExecutorError on failure."""
 
@@ -209,7 +209,8 @@ class Executor(Protocol):
 
 
 def check_target(executor: Executor, target: Target) -> None:
-    """The executor's optional ``check_target``: ConfigurationError for unusable settings."""
+    """The executor's ``check_target``: ConfigurationError for unusable settings. A plugin
+    written before the method was part of the interface is not asked."""
     check = getattr(executor, "check_target", None)
     if check is not None:
         check(target)

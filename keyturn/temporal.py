@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -43,3 +43,15 @@ async def ensure_search_attributes(
                 exc.message,
                 ", ".join(k.name for k in keys),
             )
+
+
+async def workflow_running(client: Client, workflow_id: str, run_id: str | None) -> bool:
+    """Whether that workflow run is still running; a run Temporal no longer knows is not."""
+    try:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        description = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return description.status == WorkflowExecutionStatus.RUNNING

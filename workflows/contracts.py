@@ -5,6 +5,7 @@ They carry ids and outcomes only, never a secret (DESIGN.md invariant 1).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
@@ -40,6 +41,36 @@ SA_STATUS = SearchAttributeKey.for_keyword("KeyturnStatus")
 SEARCH_ATTRIBUTES = (SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_TRIGGER, SA_STATUS)
 # An activity failure carrying this detail provably never reached the target in any attempt.
 NOTHING_SENT_DETAIL = "nothing-sent"
+
+
+class FailureKind(enum.StrEnum):
+    """How an executor step failed: the activity error type, which the workflow decides on.
+    Stable names: they are in recorded histories and in the operations' ``error_type``."""
+
+    CONFIGURATION = "ConfigurationError"  # found before connecting: nothing sent, no login
+    CONNECT_FAILED = "ConnectFailed"
+    AUTHENTICATION_FAILED = "AuthenticationFailed"
+    TEMPLATE_FAILED = "TemplateFailed"
+    HOST_KEY_MISMATCH = "HostKeyMismatch"
+    CHANGE_REJECTED = "ChangeRejected"
+    OUTCOME_UNKNOWN = "OutcomeUnknown"
+
+
+# Retrying these cannot help (and would spend the account's lockout budget).
+NON_RETRYABLE_KINDS = (
+    FailureKind.AUTHENTICATION_FAILED,
+    FailureKind.TEMPLATE_FAILED,
+    FailureKind.HOST_KEY_MISMATCH,
+    FailureKind.CHANGE_REJECTED,
+    FailureKind.CONFIGURATION,
+)
+# Failures that prove the change never reached the target: no probe needed.
+NOTHING_SENT_KINDS = (
+    FailureKind.CONNECT_FAILED,
+    FailureKind.HOST_KEY_MISMATCH,
+    FailureKind.AUTHENTICATION_FAILED,
+    FailureKind.CONFIGURATION,
+)
 
 
 def operation_workflow_id(kind: str, credential_id: str) -> str:

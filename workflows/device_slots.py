@@ -23,6 +23,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows import steps
     from workflows.contracts import (
         DEVICE_SLOTS_WORKFLOW,
         SlotRelease,
@@ -138,10 +139,9 @@ class DeviceSlotsWorkflow:
 
     async def _drop_dead_holders(self) -> None:
         holders = list(self._holders.values())
-        alive: list[bool] = await workflow.execute_local_activity(
-            "keyturn.workflows_running",
+        alive = await workflow.execute_local_activity(
+            steps.workflows_running,
             [h.holder for h in holders],
-            result_type=list[bool],
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
         )

@@ -20,7 +20,7 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -37,16 +37,12 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from executors.base import (
-        NON_RETRYABLE_KINDS,
-        AuthenticationFailed,
-        ConfigurationError,
-        ConnectFailed,
-        HostKeyMismatch,
-    )
+    from workflows import steps
     from workflows.contracts import (
         CHOSEN_SECRET_KINDS,
+        NON_RETRYABLE_KINDS,
         NOTHING_SENT_DETAIL,
+        NOTHING_SENT_KINDS,
         SA_CREDENTIAL,
         SA_DEVICE,
         SA_KIND,
@@ -54,12 +50,12 @@ with workflow.unsafe.imports_passed_through():
         SA_TRIGGER,
         WORKFLOW_NAME,
         Admission,
-        ChangeOutcome,
         ChildNotStarted,
         ChildrenRequest,
         ChildStart,
         CommitInput,
         CommitOutcome,
+        FailureKind,
         FinishInput,
         GateCheck,
         OperationInput,
@@ -75,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.legacy.operation_v1 import LegacyOperation
 
+_P = TypeVar("_P")
 _R = TypeVar("_R")
 # Histories without this marker were started before the gate: they replay LegacyOperation.
 GATE_PATCH = "one-writer-gate"
@@ -94,14 +91,6 @@ STORE_RETRY = RetryPolicy(
 # turn comes, so this only matters if the one ahead was terminated without leaving.
 GATE_CHECK_INTERVAL = timedelta(minutes=5)
 VERIFIED = "verified: the new secret logs in"
-
-# Failures that prove the change never reached the target: no probe needed.
-NOTHING_SENT = (
-    ConnectFailed.kind,
-    HostKeyMismatch.kind,
-    AuthenticationFailed.kind,
-    ConfigurationError.kind,
-)
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -153,7 +142,7 @@ class OperationWorkflow:
         self._operation_id = op.operation_id or workflow.uuid4().hex
         try:
             admission: Admission = await self._call(
-                "keyturn.register",
+                steps.register,
                 RegisterInput(
                     self._operation_id,
                     op.credential_id,
@@ -164,13 +153,12 @@ class OperationWorkflow:
                     op.parent_operation_id,
                     op.version_id,
                 ),
-                Admission,
             )
         except asyncio.CancelledError:
             # Canceled while registering: the row may exist; record it and leave the queue.
             with contextlib.suppress(ActivityError):  # no row: nothing to record
-                await self._store(
-                    "keyturn.finish",
+                await self._call(
+                    steps.finish,
                     FinishInput(self._operation_id, "canceled", "canceled before it started"),
                 )
             await self._to_the_end(self._leave_gate)
@@ -211,7 +199,7 @@ class OperationWorkflow:
                     "canceled",
                     f"canceled while queued behind operation {self._waiting_for}",
                 )
-                await self._store("keyturn.finish", queued)
+                await self._call(steps.finish, queued)
                 self._move("canceled", "done")
                 return _result(queued)
         if admission.queued:
@@ -220,7 +208,7 @@ class OperationWorkflow:
         plan: OperationPlan | None = None
         finish: FinishInput | None
         try:
-            plan = await self._call("keyturn.prepare", step, OperationPlan)
+            plan = await self._call(steps.prepare, step)
             finish = await self._on_device(op, step, plan)
         except asyncio.CancelledError:
             self._canceled = True
@@ -232,7 +220,7 @@ class OperationWorkflow:
             if plan is not None or not isinstance(cause, ApplicationError):
                 raise
             kind, message = cause.type or "", cause.message
-            if kind != ConfigurationError.kind:
+            if kind != FailureKind.CONFIGURATION:
                 raise
             # Prepare refused the request (a chosen secret it cannot act with, say, from a
             # program that started the workflow itself): record why; nothing was sent. Before,
@@ -249,15 +237,15 @@ class OperationWorkflow:
                 lambda: self._commit_and_chain(op, step, plan)
             )
         else:
-            await self._to_the_end(lambda: self._store("keyturn.finish", finish))
+            await self._to_the_end(lambda: self._call(steps.finish, finish))
             if finish.out_of_sync and plan and plan.auto_reconcile and op.kind == "verify":
                 children = await self._start_children(op, "reconcile")
         if finish is None:
             status = "canceled" if self._canceled else "succeeded"
             if self._late_cancel:
                 self._resolution += " (a cancel arrived after the commit had begun: too late)"
-                await self._store(
-                    "keyturn.note_late_cancel", CommitInput(self._operation_id, self._resolution)
+                await self._call(
+                    steps.note_late_cancel, CommitInput(self._operation_id, self._resolution)
                 )
             result = OperationResult(self._operation_id, status, self._resolution)
         else:
@@ -272,7 +260,7 @@ class OperationWorkflow:
             try:
                 await workflow.wait_condition(lambda: self._gate_open, timeout=GATE_CHECK_INTERVAL)
             except builtins.TimeoutError:
-                if await self._call("keyturn.check_gate", GateCheck(self._operation_id), bool):
+                if await self._call(steps.check_gate, GateCheck(self._operation_id)):
                     self._gate_open = True
         self._waiting_for = None
 
@@ -288,7 +276,7 @@ class OperationWorkflow:
             finish = await self._change(step, plan)
             if (
                 finish is not None
-                and finish.error_type == AuthenticationFailed.kind
+                and finish.error_type == FailureKind.AUTHENTICATION_FAILED
                 and plan.auto_reconcile
                 and not step.via_reconcile
             ):
@@ -357,7 +345,7 @@ class OperationWorkflow:
         if not outcome.committed:
             finish = await self._after_moved_current(step, plan, outcome.detail, status)
             if finish is not None:
-                await self._store("keyturn.finish", finish)
+                await self._call(steps.finish, finish)
                 return finish, ()
         if self._canceled or op.kind == "verify" or op.kind in CHOSEN_SECRET_KINDS:
             return None, ()  # recovery by hand moves no chained credential
@@ -405,9 +393,8 @@ class OperationWorkflow:
         registers itself and queues at its own credential's gate."""
         self._step = "children"
         starts: list[ChildStart] = await self._call(
-            "keyturn.plan_children",
+            steps.plan_children,
             ChildrenRequest(self._operation_id, reason),
-            list[ChildStart],
         )
         started = []
         for child in starts:
@@ -424,7 +411,7 @@ class OperationWorkflow:
                 # Registered now (the child does it too, idempotently), so the parent lists
                 # its children the moment it ends.
                 await self._call(
-                    "keyturn.register",
+                    steps.register,
                     RegisterInput(
                         child.operation.operation_id,
                         child.operation.credential_id,
@@ -434,12 +421,11 @@ class OperationWorkflow:
                         handle.first_execution_run_id or "",
                         self._operation_id,
                     ),
-                    Admission,
                 )
                 started.append(child.operation.operation_id)
             except WorkflowAlreadyStartedError:
-                await self._store(
-                    "keyturn.child_not_started",
+                await self._call(
+                    steps.child_not_started,
                     ChildNotStarted(
                         child.operation.operation_id,
                         f"an operation of this kind was already running ({child.workflow_id}); "
@@ -452,7 +438,7 @@ class OperationWorkflow:
         """None means: commit. Otherwise the terminal state to record."""
         self._step = "change"
         try:
-            outcome = await self._executor("keyturn.change", step, plan, ChangeOutcome)
+            outcome = await self._executor(steps.change, step, plan)
         except ActivityError as err:
             kind, message = _cause(err)
             if _sent_nothing(err):
@@ -515,7 +501,7 @@ class OperationWorkflow:
         state to record (``status``, resolution ``unknown``, credential out of sync). ``kind``
         and ``message``: the error that made the question necessary, reported first."""
         try:
-            return await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+            return await self._executor(steps.probe, step, plan)
         except ActivityError as err:
             probe_kind, probe_message = _cause(err)
             return FinishInput(
@@ -534,7 +520,7 @@ class OperationWorkflow:
         each refused login spends the lockout budget. None means: commit."""
         self._step = "verify"
         try:
-            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+            probe = await self._executor(steps.probe, step, plan)
         except ActivityError as err:
             kind, message = _cause(err)
             return FinishInput(
@@ -563,12 +549,12 @@ class OperationWorkflow:
         the target has it, commits it (None). Other verifies have no pending secret."""
         self._step = "verify"
         try:
-            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+            probe = await self._executor(steps.probe, step, plan)
         except ActivityError as err:
             kind, message = _cause(err)
             resolution = (
                 "nothing was sent to the target: fix the configuration"
-                if kind == ConfigurationError.kind
+                if kind == FailureKind.CONFIGURATION
                 else "the target could not be reached"
             )
             return FinishInput(step.operation_id, "failed", resolution, kind, message)
@@ -587,7 +573,10 @@ class OperationWorkflow:
         )
 
     async def _executor(
-        self, name: str, step: StepInput, plan: OperationPlan, result_type: type[_R]
+        self,
+        activity: Callable[[StepInput], Awaitable[_R]],
+        step: StepInput,
+        plan: OperationPlan,
     ) -> _R:
         """One executor step, retried per the policy by this workflow (not by Temporal), so the
         device slot can be given back while it sleeps between attempts. A cancel waits for the
@@ -597,13 +586,12 @@ class OperationWorkflow:
             attempt += 1
             await self._take_slot(plan)
             sent_before = self._may_have_sent
-            if name == "keyturn.change":
+            if activity is steps.change:
                 self._may_have_sent = True
             try:
-                result: _R = await workflow.execute_activity(
-                    name,
+                result = await workflow.execute_activity(
+                    activity,
                     dataclasses.replace(step, attempt=attempt),
-                    result_type=result_type,
                     task_queue=plan.zone_task_queue,
                     start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
                     heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
@@ -623,7 +611,7 @@ class OperationWorkflow:
                     raise
             # Never hold a device slot while sleeping (retry interval or lockout window).
             await self._drop_slot()
-            self._step = f"{name.removeprefix('keyturn.')}: retry in {delay.total_seconds():g}s"
+            self._step = f"{activity.__name__}: retry in {delay.total_seconds():g}s"
             await workflow.sleep(delay)
 
     def _raise_if_canceled(self) -> None:
@@ -651,9 +639,8 @@ class OperationWorkflow:
 
     async def _leave_gate(self) -> None:
         follower: WorkflowRef | None = await self._call(
-            "keyturn.leave_gate",
+            steps.leave_gate,
             GateCheck(self._operation_id),
-            WorkflowRef | None,  # type: ignore[arg-type]
         )
         if follower is not None:
             await self._signal(follower, "gate_open")
@@ -667,8 +654,8 @@ class OperationWorkflow:
         token = f"{self._operation_id}/{self._slots_asked}"
         self._slot = token
         info = workflow.info()
-        await self._store(
-            "keyturn.request_device_slot",
+        await self._call(
+            steps.request_device_slot,
             SlotRequest(
                 plan.device_id or self._device_id,
                 token,
@@ -687,22 +674,20 @@ class OperationWorkflow:
             return
         token, self._slot = self._slot, None
         self._granted.discard(token)
-        await self._store("keyturn.release_device_slot", SlotRelease(self._device_id, token))
+        await self._call(steps.release_device_slot, SlotRelease(self._device_id, token))
 
     async def _commit(self, commit: CommitInput) -> CommitOutcome:
         """A regular activity, not a local one: its completion is in the history the moment it
         lands, so a replay (after a cancel request, say) never runs the workflow as if the
         commit had not happened."""
-        outcome: CommitOutcome = await workflow.execute_activity(
-            "keyturn.commit",
+        return await workflow.execute_activity(
+            steps.commit,
             commit,
-            result_type=CommitOutcome,
             # Short: a worker lost mid-commit is noticed soon; a retry is harmless (idempotent).
             start_to_close_timeout=COMMIT_TIMEOUT,
             retry_policy=STORE_RETRY,
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
-        return outcome
 
     async def _signal(self, ref: WorkflowRef, signal: str) -> None:
         try:
@@ -713,14 +698,13 @@ class OperationWorkflow:
             # Its workflow has ended (terminated): the next operation's gate check finds it.
             workflow.logger.warning("could not signal %s: it has ended", ref.workflow_id)
 
-    async def _call(self, name: str, arg: object, result_type: type[_R]) -> _R:
+    async def _call(self, activity: Callable[[_P], Awaitable[_R]], arg: _P) -> _R:
         """A store step (local activity). A cancel that interrupts it surfaces as
         CancelledError, the way every other step's does."""
         try:
-            result: _R = await workflow.execute_local_activity(
-                name,
+            result = await workflow.execute_local_activity(
+                activity,
                 arg,
-                result_type=result_type,
                 start_to_close_timeout=STORE_TIMEOUT,
                 retry_policy=STORE_RETRY,
                 cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -730,9 +714,6 @@ class OperationWorkflow:
                 raise asyncio.CancelledError() from err
             raise
         return result
-
-    async def _store(self, name: str, arg: object) -> None:
-        await self._call(name, arg, type(None))
 
     def _move(self, status: str, step: str) -> None:
         self._status = status
@@ -765,7 +746,7 @@ def _sent_nothing(err: ActivityError) -> bool:
     """The failed step provably never reached the target (in any of its attempts)."""
     cause = err.cause
     details = list(cause.details) if isinstance(cause, ApplicationError) else []
-    return _cause(err)[0] in NOTHING_SENT or details == [NOTHING_SENT_DETAIL]
+    return _cause(err)[0] in NOTHING_SENT_KINDS or details == [NOTHING_SENT_DETAIL]
 
 
 def _cause(err: ActivityError) -> tuple[str, str]:

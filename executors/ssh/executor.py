@@ -16,6 +16,7 @@ import asyncssh
 from executors.base import (
     Account,
     AuthenticationFailed,
+    ConfigurationError,
     ConnectFailed,
     HostKeyMismatch,
     LoginProgress,
@@ -48,6 +49,33 @@ class SshExecutor:
 
     def validate(self, template: str) -> None:
         validate_script(template)
+
+    def check_target(self, target: Target) -> None:
+        """A device needs its host key pinned, or trust on first use; every pinned key must be
+        an OpenSSH public key line. The ssh executor takes no options."""
+        if not target.host_keys and not target.trust_on_first_use:
+            raise ConfigurationError(
+                target.name,
+                "host key",
+                "pin the host's public key (ssh-keyscan prints it) or set trust_on_first_use",
+                field="host_keys",
+            )
+        for index, line in enumerate(target.host_keys):
+            try:
+                asyncssh.import_public_key(line.strip())
+            except (asyncssh.KeyImportError, ValueError):
+                raise ConfigurationError(
+                    target.name,
+                    "host key",
+                    "not an OpenSSH public key ('ssh-ed25519 AAAA…')",
+                    field=f"host_keys.{index}",
+                ) from None
+        if target.options:
+            raise ConfigurationError(
+                target.name,
+                "options",
+                f"the ssh executor takes no options (got {', '.join(sorted(target.options))})",
+            )
 
     async def run(self, request: RunRequest) -> RunResult:
         steps = parse_template(request.target, request.template, validate_script)

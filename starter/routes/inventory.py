@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-import asyncssh
 from fastapi import APIRouter
 from sqlmodel import col, select
 
-from activities.jobs import latest_template
-from executors.base import Executor, get_executor, registry
+from executors.base import ConfigurationError, Executor, check_target, get_executor, registry
 from executors.shipped import shipped_templates
 from starter.deps import DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
@@ -25,7 +23,9 @@ from starter.schemas import (
     TemplateIn,
     TemplateOut,
 )
+from store.jobs import target_for
 from store.models import Credential, Device, Policy, Template
+from store.queries import DEFAULT_POLICY, latest_template
 from store.vault import Vault
 from templating import TemplateSyntaxProblem
 
@@ -54,25 +54,16 @@ def list_executors() -> list[ExecutorOut]:
 @router.post("/devices", status_code=201, response_model=DeviceOut)
 def create_device(body: DeviceIn, db: DB) -> Device:
     executor = _known_executor(body.executor)
-    if body.executor == "ssh":
-        if not body.host_keys and not body.trust_on_first_use:
-            raise invalid(
-                "host_keys",
-                "pin the host's public key (ssh-keyscan prints it) or set trust_on_first_use",
-            )
-        for index, line in enumerate(body.host_keys):
-            try:
-                asyncssh.import_public_key(line)
-            except (asyncssh.KeyImportError, ValueError):
-                raise invalid(
-                    f"host_keys.{index}", "not an OpenSSH public key ('ssh-ed25519 AAAA…')"
-                ) from None
-    if db.exec(select(Device).where(Device.name == body.name)).first():
-        raise Problem(409, f"a device named {body.name!r} exists; choose another name")
     default_port = executor.default_port
     if body.options.get("scheme") == "http":  # e.g. WinRM: 5985 over http, 5986 over https
         default_port = getattr(executor, "http_port", default_port)
     device = Device(**body.model_dump(exclude={"port"}), port=body.port or default_port)
+    try:  # the executor alone knows its settings (options, host keys)
+        check_target(executor, target_for(device, DEFAULT_POLICY))
+    except ConfigurationError as exc:
+        raise invalid(exc.field, exc.cause) from None
+    if db.exec(select(Device).where(Device.name == body.name)).first():
+        raise Problem(409, f"a device named {body.name!r} exists; choose another name")
     db.add(device)
     db.commit()
     return device

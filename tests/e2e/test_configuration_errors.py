@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, delete, select
 
-from store.models import Credential, LoginCharge, Template
+from store.models import Credential, Device, LoginCharge, Template
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy, ssh_device, versions
 from tests.servers.sshd import Sshd, Users
@@ -128,11 +128,34 @@ BAD_OPTIONS = [
     pytest.param("ldap", {"use_ssl": True}, "base_dn", id="ldap-no-base-dn"),
     pytest.param("http", {"auth": "kerberos"}, "'auth'", id="http-auth"),
     pytest.param("winrm", {"transport": "digest"}, "transport", id="winrm-transport"),
+    pytest.param("ssh", {"shell": "zsh"}, "takes no options", id="ssh-options"),
 ]
+GOOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "postgresql": {"sslmode": "disable"},
+    "mysql": {"ssl": False},
+    "ldap": {"base_dn": "dc=example,dc=org"},
+    "http": {"scheme": "http"},
+    "winrm": {"transport": "basic", "scheme": "http"},
+    "ssh": {},
+}
 
 
 @pytest.mark.parametrize(("executor", "options", "field"), BAD_OPTIONS)
-async def test_a_bad_device_option_fails_at_once_without_connecting(
+async def test_the_executor_refuses_a_bad_device_option_when_the_device_is_saved(
+    stack: Stack, executor: str, options: dict[str, Any], field: str
+) -> None:
+    name = f"{executor}-{secrets.token_hex(4)}"
+    body = {"name": name, "address": "127.0.0.1", "executor": executor, "options": options}
+    refused = await stack.api.post("/v1/devices", json={**body, "trust_on_first_use": True})
+
+    assert refused.status_code == 422, refused.text
+    problem = refused.json()
+    assert problem["errors"][0]["field"] == "options" and field in problem["detail"], problem
+    assert name not in [d["name"] for d in (await stack.api.get("/v1/devices")).json()]
+
+
+@pytest.mark.parametrize(("executor", "options", "field"), BAD_OPTIONS)
+async def test_a_bad_device_option_stored_behind_the_api_fails_at_once_without_connecting(
     stack: Stack, executor: str, options: dict[str, Any], field: str
 ) -> None:
     async with listener() as (port, accepted):
@@ -143,9 +166,16 @@ async def test_a_bad_device_option_fails_at_once_without_connecting(
                 "address": "127.0.0.1",
                 "port": port,
                 "executor": executor,
-                "options": options,
+                "trust_on_first_use": True,
+                "options": GOOD_OPTIONS[executor],
             },
         )
+        with Session(stack.engine) as session:  # edited behind the API's back
+            row = session.get(Device, device["id"])
+            assert row is not None
+            row.options = options
+            session.add(row)
+            session.commit()
         pol = await policy(stack, max_attempts=5, retry_interval_seconds=2.0)
         cred = await credential(stack, device["id"], "app", OLD, policy_id=pol["id"])
 

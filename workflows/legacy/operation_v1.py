@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
@@ -24,13 +25,9 @@ from temporalio.exceptions import (
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from executors.base import (
-        NON_RETRYABLE_KINDS,
-        AuthenticationFailed,
-        ConnectFailed,
-        HostKeyMismatch,
-    )
+    from workflows import steps
     from workflows.contracts import (
+        NON_RETRYABLE_KINDS,
         NOTHING_SENT_DETAIL,
         SA_CREDENTIAL,
         SA_DEVICE,
@@ -38,19 +35,18 @@ with workflow.unsafe.imports_passed_through():
         SA_STATUS,
         SA_TRIGGER,
         WORKFLOW_NAME,
-        ChangeOutcome,
         ChildNotStarted,
         ChildrenRequest,
-        ChildStart,
         CommitInput,
+        FailureKind,
         FinishInput,
         OperationInput,
         OperationPlan,
         OperationResult,
-        ProbeOutcome,
         StepInput,
     )
 
+_P = TypeVar("_P")
 _R = TypeVar("_R")
 # Executor activities heartbeat every 2 s: a worker lost mid-call is retried after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
@@ -69,7 +65,11 @@ STORE_RETRY = RetryPolicy(
 )
 
 # Failures that prove the change never reached the target: no probe needed.
-NOTHING_SENT = (ConnectFailed.kind, HostKeyMismatch.kind, AuthenticationFailed.kind)
+NOTHING_SENT = (
+    FailureKind.CONNECT_FAILED,
+    FailureKind.HOST_KEY_MISMATCH,
+    FailureKind.AUTHENTICATION_FAILED,
+)
 
 
 def _initial_search_attributes(op: OperationInput) -> TypedSearchAttributes:
@@ -96,10 +96,9 @@ class LegacyOperation:
     async def run(self, op: OperationInput) -> OperationResult:
         step = StepInput(op.operation_id, via_reconcile=op.kind == "reconcile")
         self._move("running", "prepare")
-        plan: OperationPlan = await workflow.execute_local_activity(
-            "keyturn.prepare",
+        plan = await workflow.execute_local_activity(
+            steps.prepare,
             step,
-            result_type=OperationPlan,
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
@@ -109,7 +108,7 @@ class LegacyOperation:
             # Canceled (API or Web UI) before the commit began: record it, keep every secret
             # version as it is (a pending one may be live on the target), and end as canceled.
             await self._store(
-                "keyturn.finish",
+                steps.finish,
                 FinishInput(op.operation_id, "canceled", f"canceled during {self._step}"),
             )
             self._move("canceled", "done")
@@ -119,13 +118,13 @@ class LegacyOperation:
         if finish is None:
             # Shielded: a cancel request arriving now waits for the commit to land.
             await asyncio.shield(
-                self._store("keyturn.commit", CommitInput(op.operation_id, self._resolution))
+                self._store(steps.commit_v1, CommitInput(op.operation_id, self._resolution))
             )
             result = OperationResult(op.operation_id, "succeeded", self._resolution)
             if op.kind != "verify":
                 children = await self._start_children(op, "parent-changed")
         else:
-            await self._store("keyturn.finish", finish)
+            await self._store(steps.finish, finish)
             result = OperationResult(
                 op.operation_id, finish.status, finish.resolution, finish.error_type, finish.error
             )
@@ -141,7 +140,7 @@ class LegacyOperation:
         self._step = "waiting for a device slot"
         # Local: the wait is a retry loop the worker drives with durable timers once it is long.
         await workflow.execute_local_activity(
-            "keyturn.acquire_slot",
+            steps.acquire_slot,
             step,
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=SLOT_RETRY,
@@ -152,7 +151,7 @@ class LegacyOperation:
             finish = await self._change(step, plan)
             if (
                 finish is not None
-                and finish.error_type == AuthenticationFailed.kind
+                and finish.error_type == FailureKind.AUTHENTICATION_FAILED
                 and plan.auto_reconcile
                 and not step.via_reconcile
             ):
@@ -163,15 +162,14 @@ class LegacyOperation:
                 self._resolution = "reconciled: " + self._resolution
             return finish
         finally:
-            await self._store("keyturn.release_slot", step)
+            await self._store(steps.release_slot, step)
 
     async def _start_children(self, op: OperationInput, reason: str) -> tuple[str, ...]:
         """Start chained operations (ABANDON): their outcome never changes this one's."""
         self._step = "children"
-        starts: list[ChildStart] = await workflow.execute_local_activity(
-            "keyturn.plan_children",
+        starts = await workflow.execute_local_activity(
+            steps.plan_children,
             ChildrenRequest(op.operation_id, reason),
-            result_type=list[ChildStart],
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
@@ -190,7 +188,7 @@ class LegacyOperation:
                 started.append(child.operation.operation_id)
             except WorkflowAlreadyStartedError:
                 await self._store(
-                    "keyturn.child_not_started",
+                    steps.child_not_started,
                     ChildNotStarted(
                         child.operation.operation_id,
                         f"an operation of this kind was already running ({child.workflow_id})",
@@ -202,7 +200,7 @@ class LegacyOperation:
         """None means: commit. Otherwise the terminal state to record."""
         self._step = "change"
         try:
-            outcome = await self._executor("keyturn.change", step, plan, ChangeOutcome)
+            outcome = await self._executor(steps.change, step, plan)
         except ActivityError as err:
             _reraise_cancel(err)
             kind, message = _cause(err)
@@ -226,7 +224,7 @@ class LegacyOperation:
         self, step: StepInput, plan: OperationPlan, kind: str | None, message: str | None
     ) -> FinishInput | None:
         try:
-            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+            probe = await self._executor(steps.probe, step, plan)
         except ActivityError as err:
             _reraise_cancel(err)
             probe_kind, probe_message = _cause(err)
@@ -264,7 +262,7 @@ class LegacyOperation:
     async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput:
         self._step = "verify"
         try:
-            probe = await self._executor("keyturn.probe", step, plan, ProbeOutcome)
+            probe = await self._executor(steps.probe, step, plan)
         except ActivityError as err:
             _reraise_cancel(err)
             kind, message = _cause(err)
@@ -283,12 +281,11 @@ class LegacyOperation:
         )
 
     async def _executor(
-        self, name: str, step: StepInput, plan: OperationPlan, result_type: type[_R]
+        self, activity: Callable[[StepInput], Awaitable[_R]], step: StepInput, plan: OperationPlan
     ) -> _R:
-        result: _R = await workflow.execute_activity(
-            name,
+        return await workflow.execute_activity(
+            activity,
             step,
-            result_type=result_type,
             task_queue=plan.zone_task_queue,
             start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
             heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
@@ -299,11 +296,10 @@ class LegacyOperation:
                 non_retryable_error_types=list(NON_RETRYABLE_KINDS),
             ),
         )
-        return result
 
-    async def _store(self, name: str, arg: object) -> None:
+    async def _store(self, activity: Callable[[_P], Awaitable[object]], arg: _P) -> None:
         await workflow.execute_local_activity(
-            name, arg, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
+            activity, arg, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
         )
 
     def _move(self, status: str, step: str) -> None:

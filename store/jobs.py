@@ -9,8 +9,6 @@ missing or has no current secret. Such a job never reaches a target, so it costs
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -24,11 +22,9 @@ from executors.base import (
     get_executor,
 )
 from store.models import Credential, Device, Operation, Policy, SecretVersion, Template
+from store.queries import get_or_raise, latest_template, policy_for
 from store.vault import Vault
 from templating import TemplateContext, TemplateSyntaxProblem
-
-DEFAULT_POLICY = Policy(name="(default)")
-_Row = TypeVar("_Row")
 
 
 @dataclass(frozen=True)
@@ -71,26 +67,6 @@ class Job:
     @property
     def secrets(self) -> tuple[str, ...]:
         return self.context().secrets
-
-
-def latest_template(session: Session, name: str, as_of: datetime | None = None) -> Template:
-    """The newest version of a template; ``as_of``: the newest saved by then. An operation runs
-    the versions current when it was requested, whatever is saved while it waits or runs."""
-    query = select(Template).where(Template.name == name)
-    if as_of is not None:
-        query = query.where(col(Template.created_at) <= as_of)
-    template = session.exec(query.order_by(col(Template.version).desc())).first()
-    if template is None:
-        raise LookupError(f"template {name!r} does not exist")
-    return template
-
-
-def policy_for(session: Session, credential: Credential) -> Policy:
-    if credential.policy_id:
-        policy = session.get(Policy, credential.policy_id)
-        if policy is not None:
-            return policy
-    return DEFAULT_POLICY
 
 
 def target_for(device: Device, policy: Policy) -> Target:
@@ -287,11 +263,3 @@ def _account(
             "secret, so it cannot log in: give that credential its password, or set another",
         )
     return Account(privileged.username, vault.reveal(secret))
-
-
-def get_or_raise(session: Session, model: type[_Row], key: str) -> _Row:
-    """The row, or a LookupError that names what is missing."""
-    row = session.get(model, key)
-    if row is None:
-        raise LookupError(f"{model.__name__.lower()} {key} not found")
-    return row

@@ -1,0 +1,41 @@
+"""Store reads that activities, the request path and the API share."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TypeVar
+
+from sqlmodel import Session, col, select
+
+from store.models import Credential, Policy, Template
+
+DEFAULT_POLICY = Policy(name="(default)")
+_Row = TypeVar("_Row")
+
+
+def latest_template(session: Session, name: str, as_of: datetime | None = None) -> Template:
+    """The newest version of a template; ``as_of``: the newest saved by then. An operation runs
+    the versions current when it was requested, whatever is saved while it waits or runs."""
+    query = select(Template).where(Template.name == name)
+    if as_of is not None:
+        query = query.where(col(Template.created_at) <= as_of)
+    template = session.exec(query.order_by(col(Template.version).desc())).first()
+    if template is None:
+        raise LookupError(f"template {name!r} does not exist")
+    return template
+
+
+def policy_for(session: Session, credential: Credential) -> Policy:
+    if credential.policy_id:
+        policy = session.get(Policy, credential.policy_id)
+        if policy is not None:
+            return policy
+    return DEFAULT_POLICY
+
+
+def get_or_raise(session: Session, model: type[_Row], key: str) -> _Row:
+    """The row, or a LookupError that names what is missing."""
+    row = session.get(model, key)
+    if row is None:
+        raise LookupError(f"{model.__name__.lower()} {key} not found")
+    return row

@@ -1,0 +1,170 @@
+"""The activities workflows call: each one's name and types, declared once.
+
+Workflows call these declarations (``workflow.execute_activity(steps.prepare, …)``), so mypy
+checks the input and output of every call. The classes in ``activities/`` implement them with
+``@implements(steps.prepare)``, which registers the implementation under the declared name and
+makes mypy check its signature against the declaration. A workflow therefore imports no store,
+executor or client code, and a renamed or retyped step fails the type check on both sides.
+
+Names are part of every recorded history: never rename one that a released workflow calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar, cast, overload
+
+from temporalio import activity
+
+from workflows.contracts import (
+    Admission,
+    ChangeOutcome,
+    ChildNotStarted,
+    ChildrenRequest,
+    ChildStart,
+    CommitInput,
+    CommitOutcome,
+    FinishInput,
+    GateCheck,
+    OperationPlan,
+    ProbeOutcome,
+    RegisterInput,
+    SlotRelease,
+    SlotRequest,
+    StepInput,
+    WorkflowRef,
+)
+
+_P = TypeVar("_P")
+_PI = TypeVar("_PI")
+_R = TypeVar("_R")
+_S = TypeVar("_S")
+_F = TypeVar("_F", bound=Callable[..., Any])
+_NAMES: dict[Callable[..., Any], str] = {}
+DECLARATION = "a declaration: the worker runs its implementation, in activities/"
+
+
+def _declare(name: str) -> Callable[[_F], _F]:
+    def apply(declaration: _F) -> _F:
+        _NAMES[declaration] = name
+        return activity.defn(name=name)(declaration)
+
+    return apply
+
+
+class _Implementation(Protocol[_PI, _R]):
+    """What ``implements(declaration)`` returns: a decorator that keeps the method's own type
+    (sync or async) and accepts only a method taking ``_PI`` and giving ``_R``."""
+
+    @overload
+    def __call__(
+        self, method: Callable[[_S, _PI], Coroutine[Any, Any, _R]]
+    ) -> Callable[[_S, _PI], Coroutine[Any, Any, _R]]: ...
+
+    @overload
+    def __call__(self, method: Callable[[_S, _PI], _R]) -> Callable[[_S, _PI], _R]: ...
+
+
+def implements(declaration: Callable[[_P], Awaitable[_R]]) -> _Implementation[_P, _R]:
+    """Mark a method as the implementation of ``declaration``; sync (run in the worker's thread
+    pool) or async, it must take the declared input and give the declared output."""
+    defn: Any = activity.defn(name=_NAMES[declaration])
+    return cast(_Implementation[_P, _R], defn)
+
+
+def declared_names() -> frozenset[str]:
+    """Every declared activity name: the worker must implement each one."""
+    return frozenset(_NAMES.values())
+
+
+# The credential gate (activities/gate.py), local activities.
+@_declare("keyturn.register")
+async def register(request: RegisterInput) -> Admission:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.leave_gate")
+async def leave_gate(check: GateCheck) -> WorkflowRef | None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.check_gate")
+async def check_gate(check: GateCheck) -> bool:
+    raise NotImplementedError(DECLARATION)
+
+
+# Device slots (activities/device_slots.py), local activities.
+@_declare("keyturn.request_device_slot")
+async def request_device_slot(request: SlotRequest) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.release_device_slot")
+async def release_device_slot(release: SlotRelease) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.workflows_running")
+async def workflows_running(refs: list[WorkflowRef]) -> list[bool]:
+    raise NotImplementedError(DECLARATION)
+
+
+# The store side of the change protocol (activities/store_steps.py).
+@_declare("keyturn.prepare")
+async def prepare(step: StepInput) -> OperationPlan:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.commit")
+async def commit(step: CommitInput) -> CommitOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.note_late_cancel")
+async def note_late_cancel(step: CommitInput) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.finish")
+async def finish(result: FinishInput) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+# Chained operations (activities/child_planning.py).
+@_declare("keyturn.plan_children")
+async def plan_children(request: ChildrenRequest) -> list[ChildStart]:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.child_not_started")
+async def child_not_started(request: ChildNotStarted) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+# The target side (activities/executor_steps.py), on the device's zone task queue.
+@_declare("keyturn.change")
+async def change(step: StepInput) -> ChangeOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.probe")
+async def probe(step: StepInput) -> ProbeOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+# Only workflows started before the gate and the device-slot workflow (workflows/legacy/) call
+# these (activities/legacy/slot_rows.py).
+@_declare("keyturn.commit")
+async def commit_v1(step: CommitInput) -> CommitOutcome | None:
+    """``commit`` as released workflows called it: it answered nothing then."""
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.acquire_slot")
+async def acquire_slot(step: StepInput) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.release_slot")
+async def release_slot(step: StepInput) -> None:
+    raise NotImplementedError(DECLARATION)
