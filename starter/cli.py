@@ -8,8 +8,10 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
 
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "request":
         choice = _secret_choice(args.kind, args.version_id, args.secret_stdin)
         outcome = _request(settings, args.credential_id, args.kind, args.trigger, choice)
-        raise SystemExit(asyncio.run(outcome))
+        _exit_now(asyncio.run(outcome))
     if args.command in ("backup", "restore"):
         raise SystemExit(_backup_or_restore(settings, args.command, args.file))
     if args.command == "dev":
@@ -57,6 +59,17 @@ def main(argv: list[str] | None = None) -> None:
         import worker
 
         asyncio.run(worker.main(settings))
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without interpreter teardown: the Temporal client's native threads outlive the
+    event loop, and finalising Python under them now and then kills a short-lived process with
+    SIGSEGV after its work is done (temporalio/sdk-python issue 300). Nothing is left to run:
+    the outcome is printed, the store's connections are closed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _secret_choice(kind: str, version_id: str | None, secret_stdin: bool) -> SecretChoice:

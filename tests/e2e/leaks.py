@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from typing import Any
 
 import pytest
@@ -53,9 +54,18 @@ def assert_not_in_logs(logs: pytest.LogCaptureFixture, secret: str) -> None:
     assert not any(form in logged for form in forms(secret))
 
 
-def assert_not_in_store(stack: Stack, secret: str, present: str) -> None:
-    """The SQLite files (the WAL holds recent writes); ``present``: an id they must hold."""
+def store_bytes(stack: Stack) -> bytes:
+    """The SQLite files as they are on disk (the WAL holds recent writes), read by a child
+    process: closing a descriptor of the database file in this process would drop every POSIX
+    lock SQLite holds on it here, and another process closing the store (the CLI, say) could
+    then take itself for the last user and delete the WAL under this one's connections."""
     files = [stack.db_path, stack.db_path.with_name(stack.db_path.name + "-wal")]
-    content = b"".join(f.read_bytes() for f in files if f.exists())
+    existing = [str(f) for f in files if f.exists()]
+    return subprocess.run(["cat", *existing], capture_output=True, check=True).stdout
+
+
+def assert_not_in_store(stack: Stack, secret: str, present: str) -> None:
+    """``present``: an id the files must hold (proof they were read)."""
+    content = store_bytes(stack)
     assert present.encode() in content
     assert not any(form in content for form in forms(secret))
