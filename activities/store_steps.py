@@ -26,7 +26,7 @@ from store.models import (
 from store.passwords import generate_password
 from store.queries import policy_for
 from store.vault import Vault
-from store.versions import VersionNotUsable, chosen_version
+from store.versions import VersionNotUsable, chosen_version, fail_unsent_supplied
 from workflows import steps
 from workflows.contracts import (
     CommitInput,
@@ -229,6 +229,10 @@ class StoreActivities:
                     pending.state = SecretState.FAILED
                     pending.changed_at = utcnow()
                     session.add(pending)
+            if operation.pending_version_id is None:
+                # Ended before prepare (canceled while queued, refused by prepare): a secret
+                # supplied with the request never reached the target.
+                fail_unsent_supplied(session, operation.id)
             if result.out_of_sync:
                 credential.sync_state = SyncState.OUT_OF_SYNC
             elif result.status == OperationStatus.SUCCEEDED:

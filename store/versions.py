@@ -9,7 +9,7 @@ program with only a Temporal client may start an operation too.
 
 from __future__ import annotations
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from store.models import Operation, SecretState, SecretVersion, utcnow
 
@@ -42,6 +42,20 @@ def chosen_version(session: Session, operation: Operation) -> SecretVersion | No
     if operation.kind == "verify" and version.state != SecretState.PENDING:
         return None  # settled since the restore: the verify checks the current secret only
     return version
+
+
+def fail_unsent_supplied(session: Session, operation_id: str) -> None:
+    """The operation ended without acting: a secret supplied for it is failed, not left
+    pending (which would read as "the target may have it")."""
+    for version in session.exec(
+        select(SecretVersion).where(
+            SecretVersion.operation_id == operation_id,
+            SecretVersion.state == SecretState.PENDING,
+        )
+    ):
+        version.state = SecretState.FAILED
+        version.changed_at = utcnow()
+        session.add(version)
 
 
 def seen_working(session: Session, version_id: str, operation_id: str) -> None:

@@ -7,6 +7,7 @@ been seen to accept the secret; every refused request answers a problem and chan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -15,10 +16,18 @@ from typing import Any
 
 import pytest
 from sqlmodel import Session, col, func, select
+from temporalio.client import WorkflowFailureError
 
 from store.models import AuditEvent, Operation
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.helpers import (
+    credential,
+    current_secret,
+    policy,
+    ssh_device,
+    ssh_template,
+    wait_for_step,
+)
 from tests.e2e.leaks import (
     assert_not_in_histories,
     assert_not_in_logs,
@@ -418,3 +427,46 @@ async def test_a_set_in_vault_started_with_the_temporal_client_alone_fails_clear
     assert op["status"] == "failed" and op["attempts"] == []
     assert await _versions(stack, cred["id"]) == versions
     assert current_secret(stack, cred["id"]) == OLD
+
+
+HELD_AT_PROMPT = """# kind: change
+spawn: passwd
+expect: (?i)current password:
+send: {{ current_password }}
+expect: (?i)new password:
+send: {{ new_password }}
+expect: keyturn-never-appears
+"""
+
+
+async def test_a_set_in_vault_canceled_while_queued_sends_nothing_and_fails_its_secret(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd)
+    pol = await policy(stack, read_timeout_seconds=120)
+    held = await ssh_template(stack, HELD_AT_PROMPT)
+    cred = await credential(
+        stack, device["id"], user, OLD, policy_id=pol["id"], change_template=held
+    )
+    change = await _requested(stack, cred["id"], {"kind": "change"})
+    await wait_for_step(stack, change["workflow_id"], "change")
+    queued = await _requested(stack, cred["id"], {"kind": "set-in-vault", "password": BEHIND})
+    assert queued["status"] == "queued"
+
+    response = await stack.api.post(f"/v1/operations/{queued['operation_id']}/cancel")
+    assert response.status_code == 202, response.text
+    with contextlib.suppress(WorkflowFailureError):
+        await asyncio.wait_for(stack.client.get_workflow_handle(queued["workflow_id"]).result(), 60)
+    canceled = await stack.get(f"/v1/operations/{queued['operation_id']}")
+
+    assert canceled["status"] == "canceled" and canceled["attempts"] == []
+    supplied = [
+        v for v in await _versions(stack, cred["id"]) if v["operation_id"] == queued["operation_id"]
+    ]
+    assert [v["state"] for v in supplied] == ["failed"]
+    await stack.api.post(f"/v1/operations/{change['operation_id']}/cancel")
+    with contextlib.suppress(WorkflowFailureError):
+        await asyncio.wait_for(stack.client.get_workflow_handle(change["workflow_id"]).result(), 60)
+    assert current_secret(stack, cred["id"]) == OLD
+    assert await ssh_users.password_works(user, OLD)
