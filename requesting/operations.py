@@ -63,7 +63,9 @@ async def request_operation(
 
     The per-kind workflow id makes Temporal the arbiter of joins: of two racing requests exactly
     one starts a workflow. The started one is registered at the credential's gate before this
-    returns, so requests are queued in the order they were answered.
+    returns, so requests are queued in the order they were answered. A request that names its
+    secret (``request.choice``) is checked first (InvalidRequest) and never joins; ``vault``
+    stores a supplied value and is needed only then.
     """
     credential = await in_thread(engine, lambda db: db.get(Credential, request.credential_id))
     if credential is None:
