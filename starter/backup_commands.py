@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import getpass
 import os
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,8 +49,8 @@ def backup(settings: Settings, file: Path) -> str:
     url = settings.resolved_database_url
     dialect = snapshot.dialect_of(url)
     master_key = settings.master_key_bytes
-    version = _schema_version(url)
     taken = snapshot.take(url)
+    version = _schema_version(url, dialect, taken)
     sealed = seal(
         BackupContents(dialect, taken, master_key, version, datetime.now(UTC).isoformat()),
         passphrase,
@@ -128,15 +129,25 @@ def _passphrase(*, confirm: bool) -> str:
     return passphrase
 
 
-def _schema_version(url: str) -> int:
-    engine = create_engine(url)  # no migration: a backup changes nothing
+def _schema_version(url: str, dialect: str, taken: bytes) -> int:
+    """The schema version of the snapshot (SQLite: read from the copy itself), which also
+    proves the store is Keyturn's."""
     try:
-        with engine.connect() as conn:
-            return int(conn.execute(text("SELECT version FROM schemaversion")).scalar_one())
+        if dialect == "sqlite":
+            copy = sqlite3.connect(":memory:")
+            try:
+                copy.deserialize(taken)
+                return int(copy.execute("SELECT version FROM schemaversion").fetchone()[0])
+            finally:
+                copy.close()
+        engine = create_engine(url)  # no migration: a backup changes nothing
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(text("SELECT version FROM schemaversion")).scalar_one())
+        finally:
+            engine.dispose()
     except Exception as exc:
-        raise CommandFailed(f"no Keyturn store at {engine.url!r}: {exc}") from None
-    finally:
-        engine.dispose()
+        raise CommandFailed(f"not a Keyturn store (no schema version): {exc}") from None
 
 
 def _key_id(master_key: bytes) -> str:

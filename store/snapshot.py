@@ -80,10 +80,16 @@ def _sqlite_snapshot(path: Path) -> bytes:
     copy = sqlite3.connect(":memory:")
     try:
         source.backup(copy)  # all pages in one step: one read transaction, one point in time
-        return copy.serialize()
+        image = bytearray(copy.serialize())
     finally:
         copy.close()
         source.close()
+    # The copy keeps the source's header, which says WAL (file format bytes 18-19 = 2); every
+    # page is in the image and there is no WAL to go with it, so mark it a rollback-journal
+    # database (1, 1): it then opens on its own, in memory or as a file, and Keyturn switches
+    # the restored store to WAL when it first opens it.
+    image[18:20] = b"\x01\x01"
+    return bytes(image)
 
 
 def _run(command: list[str], database_url: str, stdin: bytes | None = None) -> bytes:

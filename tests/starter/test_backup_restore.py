@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -295,3 +296,39 @@ def test_a_backup_never_overwrites_a_file(
     )
     assert code == 1 and "exists: choose a new file name" in err
     assert file.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("store", "passphrase", "says"),
+    [
+        ("missing.db", PASSPHRASE, "no store at"),
+        ("empty.db", PASSPHRASE, "not a Keyturn store"),
+        ("source.db", "short", "at least 12 characters"),
+    ],
+)
+def test_a_refused_backup_says_why_and_writes_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    store: str,
+    passphrase: str,
+    says: str,
+) -> None:
+    key = secrets.token_bytes(32)
+    make_engine(f"sqlite:///{tmp_path / 'source.db'}").dispose()
+    sqlite3.connect(tmp_path / "empty.db").close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    code, out, err = _keyturn(
+        monkeypatch,
+        capsys,
+        "backup",
+        str(tmp_path / "keyturn.backup"),
+        KEYTURN_DATABASE_URL=f"sqlite:///{tmp_path / store}",
+        KEYTURN_MASTER_KEY=base64.b64encode(key).decode(),
+        KEYTURN_BACKUP_PASSPHRASE=passphrase,
+    )
+
+    assert code == 1 and out == ""
+    assert err.startswith("keyturn backup: ") and says in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
