@@ -332,3 +332,18 @@ def test_a_refused_backup_says_why_and_writes_nothing(
     assert code == 1 and out == ""
     assert err.startswith("keyturn backup: ") and says in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_restore_of_a_missing_file_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _keyturn(
+        monkeypatch,
+        capsys,
+        "restore",
+        str(tmp_path / "nowhere.backup"),
+        KEYTURN_DATA_DIR=str(tmp_path / "restored"),
+        KEYTURN_BACKUP_PASSPHRASE=PASSPHRASE,
+    )
+    assert code == 1 and "nowhere.backup does not exist" in err
+    assert not (tmp_path / "restored").exists()
