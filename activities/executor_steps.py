@@ -40,8 +40,15 @@ from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
 from store.models import Attempt, Device, Operation, utcnow
 from store.queries import get_or_raise
 from store.vault import Vault
+from store.versions import seen_working
 from workflows import steps
-from workflows.contracts import NOTHING_SENT_DETAIL, ChangeOutcome, ProbeOutcome, StepInput
+from workflows.contracts import (
+    CHOSEN_SECRET_KINDS,
+    NOTHING_SENT_DETAIL,
+    ChangeOutcome,
+    ProbeOutcome,
+    StepInput,
+)
 from workflows.steps import implements
 
 _T = TypeVar("_T")
@@ -147,13 +154,20 @@ class ExecutorActivities:
                 transcripts.append(pending.transcript)
                 await self._pin_learned_key(job, pending.learned_host_key)
                 if pending.ok:
+                    await self._seen_working(job, job.operation.pending_version_id)
                     return "\n".join(transcripts), ProbeOutcome(True, None)
+                if job.operation.kind in CHOSEN_SECRET_KINDS:
+                    # Only the chosen secret was asked about; a login with the current one
+                    # would spend the lockout budget for an answer no one uses.
+                    return "\n".join(transcripts), ProbeOutcome(False, None)
             account = Account(username, job.current_password)
             current = await self._login(
                 job, account, lambda: executor.check_login(LoginRequest(job.target, account))
             )
             transcripts.append(f"[current] {'logs in' if current.ok else 'refused'}")
             await self._pin_learned_key(job, current.learned_host_key)
+            if current.ok:
+                await self._seen_working(job, job.current_version_id)
             return "\n".join(transcripts), ProbeOutcome(False, current.ok)
 
         return await self._recorded(job, attempt_id, attempt)
@@ -341,6 +355,14 @@ class ExecutorActivities:
             ).all()
         # Fewer rows than earlier attempts: one died before recording itself; assume the worst.
         return len(outcomes) < number - 1 or any(o != ConnectFailed.kind for o in outcomes)
+
+    async def _seen_working(self, job: Job, version_id: str | None) -> None:
+        if version_id:
+            await asyncio.to_thread(self._record_seen_working, version_id, job.operation.id)
+
+    def _record_seen_working(self, version_id: str, operation_id: str) -> None:
+        with session_scope(self._engine) as session:
+            seen_working(session, version_id, operation_id)
 
     async def _pin_learned_key(self, job: Job, key: str | None) -> None:
         if key:

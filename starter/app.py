@@ -13,7 +13,8 @@ from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, require_token
-from starter.routes import access, inventory, operations
+from starter.problems import problem_response
+from starter.routes import access, inventory, operations, versions
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
@@ -44,6 +45,11 @@ def create_app(
         seed_shipped_templates(engine)
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
     problems.install(app)
-    for router in (inventory.router, operations.router, access.router):
-        app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
+    for router in (inventory.router, operations.router, access.router, versions.router):
+        app.include_router(
+            router,
+            prefix="/v1",
+            dependencies=[Depends(require_token)],
+            responses={401: problem_response("missing or wrong admin API token")},
+        )
     return app

@@ -12,7 +12,7 @@ from triggers.window import DAYS, ChangeWindow, InvalidWindow
 from workflows.contracts import CLIENT_TRIGGERS, TRIGGERS
 
 Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]*$")
-OperationKind = Literal["change", "verify", "reconcile"]
+OperationKind = Literal["change", "verify", "reconcile", "adopt", "set-in-vault"]
 # Triggers are one closed list (workflows/contracts.py TRIGGERS); a request may claim only
 # CLIENT_TRIGGERS, the others are set by Keyturn itself.
 Trigger = Field(
@@ -239,6 +239,21 @@ class OperationIn(_In):
     kind: OperationKind
     trigger: str = Trigger
 
+    version_id: str | None = Field(
+        default=None, max_length=64, description="adopt: the secret version to make current"
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="set-in-vault: the password set on the target by other means (write-only)",
+    )
+    next_password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="change: the new password, instead of a generated one; must fit the "
+        "credential's policy (write-only)",
+    )
+
     @field_validator("trigger")
     @classmethod
     def _client_trigger(cls, value: str) -> str:
@@ -249,6 +264,24 @@ class OperationIn(_In):
                 f"{value!r} is set by Keyturn alone; a request may claim manual or a2a"
             )
         raise ValueError(f"one of {', '.join(CLIENT_TRIGGERS)}")
+
+
+class VersionOut(BaseModel):
+    id: str
+    state: str = Field(description="pending, current, previous or failed")
+    operation_id: str | None = Field(description="the operation that made this version")
+    created_at: datetime
+    changed_at: datetime = Field(description="when its state last changed")
+    last_login_ok_at: datetime | None = Field(
+        description="the last time a login with this secret was seen to work on the target"
+    )
+    last_login_ok_operation_id: str | None = Field(description="the operation that saw it")
+
+
+class VersionSecretOut(BaseModel):
+    version_id: str
+    state: str
+    secret: str
 
 
 class OperationAccepted(BaseModel):
