@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -132,7 +133,31 @@ class ExecutorActivities:
 
         outcome = await self._recorded(job, attempt_id, attempt, may_have_sent=may_have_sent)
         failpoints.reach(failpoints.AFTER_CHANGE)
-        return outcome
+        if not step.verify_after_change:
+            return outcome
+        verified = await self._verify_pending(job, step, pending_account)
+        return dataclasses.replace(outcome, verified=verified)
+
+    async def _verify_pending(self, job: Job, step: StepInput, account: Account) -> bool | None:
+        """The verify step, right after the change, with the job already loaded: a fresh login
+        with the new secret running the verify template, charged and recorded like any other.
+        None when it could not say (unreachable, budget spent…): the workflow probes."""
+        executor = get_executor(job.device.executor)
+        # The operation's first verify, whichever change attempt it follows.
+        attempt_id = await asyncio.to_thread(self._start_attempt, step.operation_id, "verify", 1)
+
+        async def attempt() -> tuple[str, bool]:
+            request = LoginRequest(job.target, account, job.verify_template, job.context())
+            result = await self._login(job, account, lambda: executor.check_login(request))
+            await self._pin_learned_key(job, result.learned_host_key)
+            return f"[pending] {'logs in' if result.ok else 'refused'}\n{result.transcript}", (
+                result.ok
+            )
+
+        try:
+            return await self._recorded(job, attempt_id, attempt)
+        except ApplicationError:
+            return None  # recorded on the attempt; the workflow's probe decides
 
     @implements(steps.probe)
     async def probe(self, step: StepInput) -> ProbeOutcome:

@@ -229,6 +229,9 @@ class StepInput:
     via_reconcile: bool = False  # connect with the reconcile credential and its template
     attempt: int = 0  # the workflow's attempt number (0: Temporal's, for older workflows)
     login_only: bool = False  # probe by logging in, without running the verify template
+    # A change that succeeds goes on to verify the new secret with a fresh login, in the same
+    # activity: one task and one job load fewer per change. False for histories before it.
+    verify_after_change: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,9 @@ class ChildNotStarted:
 @dataclass(frozen=True)
 class ChangeOutcome:
     already_applied: bool  # a retry found the pending secret already live (probe)
+    # With StepInput.verify_after_change: True when the new secret then logged in (the verify
+    # step is done); None when the verify could not say (the workflow probes, as before).
+    verified: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ _P = TypeVar("_P")
 _R = TypeVar("_R")
 # Histories without this marker were started before the gate: they replay LegacyOperation.
 GATE_PATCH = "one-writer-gate"
+# Histories with this marker verify inside the change activity (StepInput.verify_after_change).
+VERIFY_IN_CHANGE_PATCH = "verify-in-change"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -437,8 +439,11 @@ class OperationWorkflow:
     async def _change(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
         """None means: commit. Otherwise the terminal state to record."""
         self._step = "change"
+        change_step = step
+        if workflow.patched(VERIFY_IN_CHANGE_PATCH):
+            change_step = dataclasses.replace(step, verify_after_change=True)
         try:
-            outcome = await self._executor(steps.change, step, plan)
+            outcome = await self._executor(steps.change, change_step, plan)
         except ActivityError as err:
             kind, message = _cause(err)
             if _sent_nothing(err):
@@ -455,6 +460,8 @@ class OperationWorkflow:
         if outcome.already_applied:
             self._resolution = "probe on retry: the new secret logs in (already live), adopted"
         self._step = "verify"
+        if outcome.verified:
+            return None  # verified inside the change activity: commit
         return await self._after_probe(step, plan, None, None)
 
     async def _after_probe(
@@ -593,7 +600,10 @@ class OperationWorkflow:
                     activity,
                     dataclasses.replace(step, attempt=attempt),
                     task_queue=plan.zone_task_queue,
-                    start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
+                    # A change that verifies too makes two logins: it gets two steps' time.
+                    start_to_close_timeout=timedelta(
+                        seconds=plan.step_timeout_seconds * (2 if step.verify_after_change else 1)
+                    ),
                     heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
