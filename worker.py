@@ -26,6 +26,7 @@ from activities.store_steps import StoreActivities
 from activities.triggers import TriggerActivities
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
+from requesting.restored import request_verifies_after_restore
 from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
@@ -119,6 +120,15 @@ async def run_workers(workers: list[Worker], stop: asyncio.Event) -> None:
     stopper.cancel()
 
 
+async def verify_after_restore(engine: Engine, client: Client, task_queue: str) -> None:
+    """A verify for each credential ``keyturn restore`` flagged (nothing on other starts)."""
+    requested = await request_verifies_after_restore(engine, client, task_queue)
+    if requested:
+        logging.getLogger("keyturn").info(
+            "requested %d verifies of credentials in flight at backup time", len(requested)
+        )
+
+
 async def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url)
@@ -126,6 +136,7 @@ async def main(settings: Settings | None = None) -> None:
     client = await connect(settings)
     await ensure_search_attributes(client, settings.temporal_namespace, SEARCH_ATTRIBUTES)
     await start_schedules(client, engine, settings)
+    await verify_after_restore(engine, client, settings.task_queue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -7,15 +7,9 @@ start the operation workflow itself: the workflow registers its own row, so both
 the same.
 """
 
-from requesting.operations import (
-    CredentialNotFound,
-    InvalidRequest,
-    OperationRequest,
-    Requested,
-    RequestFailed,
-    TemporalUnavailable,
-    request_operation,
-)
+from requesting.chosen import SecretChoice
+from requesting.errors import CredentialNotFound, InvalidRequest, RequestFailed, TemporalUnavailable
+from requesting.operations import OperationRequest, Requested, request_operation
 
 __all__ = [
     "CredentialNotFound",
@@ -23,6 +17,7 @@ __all__ = [
     "OperationRequest",
     "RequestFailed",
     "Requested",
+    "SecretChoice",
     "TemporalUnavailable",
     "request_operation",
 ]

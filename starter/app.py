@@ -15,9 +15,9 @@ from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, require_token
 from starter.limits import MAX_BODY, BodyLimit
-from starter.problems import PROBLEM_JSON
-from starter.routes import access, inventory, operations
-from starter.schemas import HealthOut, ProblemOut
+from starter.problems import problem_response
+from starter.routes import access, inventory, operations, versions
+from starter.schemas import HealthOut
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
@@ -50,10 +50,10 @@ def create_app(
     problems.install(app)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     every_route_may_answer: dict[int | str, dict[str, Any]] = {
-        401: _problem("no or a wrong bearer token"),
-        413: _problem(f"the request body is larger than {MAX_BODY} bytes"),
+        401: problem_response("missing or wrong admin API token"),
+        413: problem_response(f"the request body is larger than {MAX_BODY} bytes"),
     }
-    for router in (inventory.router, operations.router, access.router):
+    for router in (inventory.router, operations.router, access.router, versions.router):
         app.include_router(
             router,
             prefix="/v1",
@@ -67,7 +67,3 @@ def create_app(
         return HealthOut(status="ok")
 
     return app
-
-
-def _problem(description: str) -> dict[str, Any]:
-    return {"model": ProblemOut, "description": description, "content": {PROBLEM_JSON: {}}}

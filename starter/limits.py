@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from starter.problems import problem_response
+from starter.problems import problem_json
 
 MAX_BODY = 1024 * 1024  # 1 MiB: far above any device, credential or template the API takes
 
@@ -47,7 +47,7 @@ class BodyLimit:
         await self._app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem_response(
+        response = problem_json(
             413,
             f"the request body is larger than {self._limit} bytes; send less",
             scope.get("path", ""),

@@ -21,6 +21,11 @@ _TITLES = {
 }
 
 
+def problem_response(description: str) -> dict[str, Any]:
+    """An OpenAPI ``responses=`` entry for an RFC 9457 problem answer."""
+    return {"description": description, "content": {PROBLEM_JSON: {}}}
+
+
 class Problem(Exception):
     def __init__(self, status: int, detail: str, **extra: Any) -> None:
         self.status = status
@@ -37,7 +42,8 @@ def invalid(field: str, message: str) -> Problem:
     return Problem(422, f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
-def problem_response(status: int, detail: str, instance: str, **extra: Any) -> JSONResponse:
+def problem_json(status: int, detail: str, instance: str, **extra: Any) -> JSONResponse:
+    """The RFC 9457 answer itself (``problem_response`` is its OpenAPI entry)."""
     body = {
         "type": "about:blank",
         "title": _TITLES.get(status, "Error"),
@@ -53,11 +59,11 @@ def problem_response(status: int, detail: str, instance: str, **extra: Any) -> J
 def install(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, request.url.path, **exc.extra)
+        return problem_json(exc.status, exc.detail, request.url.path, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(exc.status_code, str(exc.detail), request.url.path)
+        return problem_json(exc.status_code, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -70,4 +76,4 @@ def install(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
-        return problem_response(422, detail, request.url.path, errors=errors)
+        return problem_json(422, detail, request.url.path, errors=errors)

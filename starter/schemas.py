@@ -12,7 +12,7 @@ from triggers.window import DAYS, ChangeWindow, InvalidWindow
 from workflows.contracts import CLIENT_TRIGGERS, TRIGGERS
 
 Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]*$")
-OperationKind = Literal["change", "verify", "reconcile"]
+OperationKind = Literal["change", "verify", "reconcile", "adopt", "set-in-vault"]
 # Triggers are one closed list (workflows/contracts.py TRIGGERS); a request may claim only
 # CLIENT_TRIGGERS, the others are set by Keyturn itself.
 Trigger = Field(
@@ -245,6 +245,21 @@ class OperationIn(_In):
     kind: OperationKind
     trigger: str = Trigger
 
+    version_id: str | None = Field(
+        default=None, max_length=64, description="adopt: the secret version to make current"
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="set-in-vault: the password set on the target by other means (write-only)",
+    )
+    next_password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="change: the new password, instead of a generated one; must fit the "
+        "credential's policy (write-only)",
+    )
+
     @field_validator("trigger")
     @classmethod
     def _client_trigger(cls, value: str) -> str:
@@ -255,6 +270,24 @@ class OperationIn(_In):
                 f"{value!r} is set by Keyturn alone; a request may claim manual or a2a"
             )
         raise ValueError(f"one of {', '.join(CLIENT_TRIGGERS)}")
+
+
+class VersionOut(BaseModel):
+    id: str
+    state: str = Field(description="pending, current, previous or failed")
+    operation_id: str | None = Field(description="the operation that made this version")
+    created_at: datetime
+    changed_at: datetime = Field(description="when its state last changed")
+    last_login_ok_at: datetime | None = Field(
+        description="the last time a login with this secret was seen to work on the target"
+    )
+    last_login_ok_operation_id: str | None = Field(description="the operation that saw it")
+
+
+class VersionSecretOut(BaseModel):
+    version_id: str
+    state: str
+    secret: str = Field(repr=False)  # in the response body only, never in a repr or a log
 
 
 class OperationAccepted(BaseModel):
@@ -339,17 +372,6 @@ class SessionOut(BaseModel):
     change_requested: bool = Field(
         description="this was the last open session and the policy asks for a change after it"
     )
-
-
-class ProblemOut(BaseModel):
-    """RFC 9457 problem details: every error the API answers has this body."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    instance: str
-    errors: list[dict[str, str]] | None = None  # 422: each field at fault and what to fix
 
 
 class HealthOut(BaseModel):

@@ -48,6 +48,7 @@ class Registration:
     workflow_id: str
     run_id: str | None
     parent_operation_id: str | None = None
+    source_version_id: str | None = None
 
 
 def register(session: Session, request: Registration) -> Operation:
@@ -77,6 +78,7 @@ def register(session: Session, request: Registration) -> Operation:
         workflow_id=request.workflow_id,
         run_id=request.run_id,
         parent_operation_id=request.parent_operation_id,
+        source_version_id=request.source_version_id,
     )
     operation.gate_seq = seq
     operation.gate_state = QUEUED if ahead else HOLDING

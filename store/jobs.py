@@ -46,6 +46,7 @@ class Job:
     current_password: str = field(repr=False)
     pending_password: str | None = field(repr=False)
     auth_account: Account | None  # Account keeps its password out of repr itself
+    current_version_id: str = ""
     # Why the device's channel is not encrypted and verified, when the device allows that.
     insecure_transport: str | None = None
 
@@ -169,6 +170,7 @@ def load_job(
             current_password=vault.reveal(current),
             pending_password=vault.reveal(pending) if pending else None,
             auth_account=auth_account,
+            current_version_id=current.id,
             insecure_transport=insecure,
         )
 

@@ -75,6 +75,17 @@ def _v3_triggers(conn: Connection) -> None:
         )
 
 
+def _v4_recovery_by_hand(conn: Connection) -> None:
+    """Secret versions an administrator can choose from, supplied secrets, verify after restore."""
+    _add_columns(
+        conn,
+        "secretversion",
+        {"last_login_ok_at": "TIMESTAMP", "last_login_ok_operation_id": "VARCHAR"},
+    )
+    _add_columns(conn, "operation", {"source_version_id": "VARCHAR"})
+    _add_columns(conn, "credential", {"needs_verify": "BOOLEAN NOT NULL DEFAULT false"})
+
+
 def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
     present = {c["name"] for c in inspect(conn).get_columns(table)}
     for name, ddl in columns.items():
@@ -82,7 +93,7 @@ def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
 
 
-def _v4_allow_insecure_transport(conn: Connection) -> None:
+def _v5_allow_insecure_transport(conn: Connection) -> None:
     """Cleartext transport is refused unless a device allows it; existing devices do not."""
     false = "false" if conn.dialect.name == "postgresql" else "0"
     _add_columns(conn, "device", {"allow_insecure_transport": f"BOOLEAN NOT NULL DEFAULT {false}"})
@@ -92,7 +103,8 @@ def _v4_allow_insecure_transport(conn: Connection) -> None:
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
     _v3_triggers,
-    _v4_allow_insecure_transport,
+    _v4_recovery_by_hand,
+    _v5_allow_insecure_transport,
 )
 LATEST = len(STEPS) + 1
 

@@ -131,6 +131,9 @@ class Credential(SQLModel, table=True):
     reconcile_credential_id: str | None = Field(default=None, foreign_key="credential.id")
     auto_reconcile: bool = False
     sync_state: SyncState = SyncState.IN_SYNC
+    # Set by ``keyturn restore`` when an operation was in flight at backup time: the next start
+    # requests a verify, which also tries that operation's pending secret (starter/restored.py).
+    needs_verify: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     # Kept with the credential so sweeps find what is due through an index: when the current
     # secret became current, and when it was last seen to log in.
@@ -157,6 +160,10 @@ class SecretVersion(SQLModel, table=True):
     operation_id: str | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     changed_at: datetime = Field(default_factory=utcnow)
+    # The last time a login with this secret was seen to work on the target, and by which
+    # operation: what an administrator recovering a credential by hand needs to choose a version.
+    last_login_ok_at: datetime | None = None
+    last_login_ok_operation_id: str | None = None
 
 
 class Operation(SQLModel, table=True):
@@ -179,6 +186,10 @@ class Operation(SQLModel, table=True):
     gate_state: str | None = None  # "queued" | "holding" while in the gate; None once left
     waiting_for: str | None = None  # the operation ahead of this one while it is queued
     base_version_id: str | None = None  # the current version prepare read: commit's CAS
+    # The version this operation acts with instead of a generated one: the one to adopt, the
+    # value an administrator supplied (set-in-vault, a change's next_password), or after a
+    # restore the pending secret of the operation that was in flight (a verify tries it too).
+    source_version_id: str | None = None
 
 
 class Attempt(SQLModel, table=True):

@@ -14,7 +14,9 @@ WORKFLOW_NAME = "KeyturnOperation"
 DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
 SWEEP_WORKFLOW = "KeyturnSweep"
 DELAYED_OPERATION_WORKFLOW = "KeyturnDelayedOperation"
-OPERATION_KINDS = ("change", "verify", "reconcile")
+OPERATION_KINDS = ("change", "verify", "reconcile", "adopt", "set-in-vault")
+# Kinds that make a chosen secret current once it is seen to log in, and change nothing else.
+CHOSEN_SECRET_KINDS = ("adopt", "set-in-vault")
 # Why an operation was requested: one closed list, used by the API, the search attribute and the
 # store alike.
 TRIGGERS = (
@@ -29,6 +31,7 @@ TRIGGERS = (
     "out-of-sync",
     "task-schedule",
     "certificate-renewal",
+    "restore",  # a verify requested on start after `keyturn restore`
 )
 # What a client may claim in a request body; every other trigger is set by Keyturn alone.
 CLIENT_TRIGGERS = ("manual", "a2a")
@@ -83,6 +86,12 @@ def operation_workflow_id(kind: str, credential_id: str) -> str:
     return f"keyturn-{kind}-{credential_id}"
 
 
+def chosen_secret_workflow_id(kind: str, credential_id: str, operation_id: str) -> str:
+    """A request that names its secret (a version to adopt, a value supplied by an
+    administrator) is its own operation: joining another of its kind would drop that secret."""
+    return f"keyturn-{kind}-{credential_id}-{operation_id}"
+
+
 def device_slots_workflow_id(device_id: str) -> str:
     """One semaphore workflow per device, alive only while operations use or wait for it."""
     return f"keyturn-slots-{device_id}"
@@ -115,6 +124,11 @@ class OperationInput:
     operation_id: str = ""  # empty: the workflow names the operation itself
     device_id: str = ""  # informative; the store's credential is what counts
     parent_operation_id: str | None = None  # set on a chained operation
+    # The secret version to act with instead of a generated one (adopt: the version to adopt;
+    # set-in-vault or a change's next_password: the value stored encrypted by the request path;
+    # a verify after a restore: the pending secret of the operation that was in flight). An id:
+    # a secret never enters a workflow payload.
+    version_id: str = ""
 
 
 def initial_search_attributes(
@@ -151,6 +165,7 @@ class RegisterInput:
     workflow_id: str
     run_id: str
     parent_operation_id: str | None = None
+    source_version_id: str = ""  # OperationInput.version_id
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,9 @@ class StepInput:
     via_reconcile: bool = False  # connect with the reconcile credential and its template
     attempt: int = 0  # the workflow's attempt number (0: Temporal's, for older workflows)
     login_only: bool = False  # probe by logging in, without running the verify template
+    # A change that succeeds goes on to verify the new secret with a fresh login, in the same
+    # activity: one task and one job load fewer per change. False for histories before it.
+    verify_after_change: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,6 +257,9 @@ class ChildNotStarted:
 @dataclass(frozen=True)
 class ChangeOutcome:
     already_applied: bool  # a retry found the pending secret already live (probe)
+    # With StepInput.verify_after_change: True when the new secret then logged in (the verify
+    # step is done); None when the verify could not say (the workflow probes, as before).
+    verified: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,20 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from pydantic import SecretStr
 from sqlalchemy import and_, or_
 from sqlmodel import col, select
 
 from requesting import (
     CredentialNotFound,
+    InvalidRequest,
     OperationRequest,
+    SecretChoice,
     TemporalUnavailable,
     request_operation,
 )
 from starter.deps import DB, State, StoreRoute
-from starter.problems import Problem, invalid, not_found
+from starter.problems import Problem, invalid, not_found, problem_response
 from starter.schemas import (
     AttemptOut,
     ChildOut,
@@ -40,28 +43,42 @@ router = APIRouter(route_class=StoreRoute)
     response_model=OperationAccepted,
     responses={
         200: {"description": "an operation of this kind was running: joined it"},
-        404: {"description": "no such credential"},
-        422: {"description": "invalid body (a trigger only Keyturn sets, say)"},
-        503: {"description": "Temporal did not take the operation"},
+        404: problem_response("no such credential"),
+        422: problem_response(
+            "invalid body: a trigger only Keyturn sets, a field its kind does not take, a "
+            "missing version_id (adopt) or password (set-in-vault), a next_password that "
+            "breaks the policy"
+        ),
+        503: problem_response("Temporal did not accept the operation"),
     },
 )
 async def create_operation(
     credential_id: str, body: OperationIn, app: State, response: Response
 ) -> OperationAccepted:
+    """Request an operation. ``adopt``, ``set-in-vault`` and a change with ``next_password``
+    are never joined to another operation: each acts with the secret it names."""
     credential = await in_thread(app.engine, lambda db: db.get(Credential, credential_id))
     if credential is None:
         raise not_found("credential", credential_id)
     if body.kind == "reconcile" and not credential.reconcile_credential_id:
         raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
+    choice = SecretChoice(
+        version_id=body.version_id,
+        password=_value(body.password),
+        next_password=_value(body.next_password),
+    )
     try:
         requested = await request_operation(
             app.engine,
             app.client,
             app.settings.task_queue,
-            OperationRequest(credential_id, body.kind, body.trigger),
+            OperationRequest(credential_id, body.kind, body.trigger, choice),
+            app.vault,
         )
     except CredentialNotFound:
         raise not_found("credential", credential_id) from None
+    except InvalidRequest as exc:
+        raise invalid(exc.field, exc.message) from None
     except TemporalUnavailable as exc:
         raise Problem(503, str(exc)) from None
     if requested.joined:
@@ -72,6 +89,10 @@ async def create_operation(
         status=requested.status,
         joined=requested.joined,
     )
+
+
+def _value(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
 
 
 @router.get("/operations/{operation_id}", response_model=OperationOut)

@@ -16,6 +16,7 @@ from temporalio.client import WorkflowFailureError
 from keyturn.codec import EncryptionCodec
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.leaks import store_bytes
 from tests.executors.encodings import encodings_present
 from tests.servers.postgresql import PostgresCluster, roles_on, running_cluster
 from tests.servers.sshd import Sshd, Users
@@ -75,8 +76,7 @@ async def test_no_secret_in_history_logs_or_database(
     assert OLD not in json.dumps(op) and new not in json.dumps(op)
 
     # The database files, byte for byte (the WAL holds recent writes).
-    files = [stack.db_path, stack.db_path.with_name(stack.db_path.name + "-wal")]
-    content = b"".join(f.read_bytes() for f in files if f.exists())
+    content = store_bytes(stack)  # not read here: see store_bytes
     assert cred["id"].encode() in content  # the file really holds this credential
     assert all(s not in content for s in secrets)
 
@@ -145,8 +145,7 @@ async def test_a_secret_the_target_echoes_is_nowhere_in_any_encoding(
         assert await roles.password_works(user, NASTY)  # nothing changed on the target
 
     texts.append("\n".join(r.getMessage() for r in keyturn_logs.records) + keyturn_logs.text)
-    files = [stack.db_path, stack.db_path.with_name(stack.db_path.name + "-wal")]
-    stored = b"".join(f.read_bytes() for f in files if f.exists())
+    stored = store_bytes(stack)  # read by a child process: see store_bytes
     texts += [stored.decode("utf-8", "replace"), stored.decode("latin-1")]
     for text in texts:
         assert not encodings_present(text, NASTY), encodings_present(text, NASTY)

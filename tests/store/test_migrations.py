@@ -45,6 +45,9 @@ def test_a_store_of_the_previous_release_is_migrated(empty_database: str) -> Non
 
     columns = {c["name"] for c in inspect(engine).get_columns("operation")}
     assert {"run_id", "gate_seq", "gate_state", "waiting_for", "base_version_id"} <= columns
+    assert "source_version_id" in columns
+    versions = {c["name"] for c in inspect(engine).get_columns("secretversion")}
+    assert {"last_login_ok_at", "last_login_ok_operation_id"} <= versions
     with Session(engine) as session:  # an existing device does not allow cleartext transport
         device = session.get(Device, "d1")
         assert device is not None and device.allow_insecure_transport is False
@@ -54,6 +57,8 @@ def test_a_store_of_the_previous_release_is_migrated(empty_database: str) -> Non
         kept = session.get(Operation, "o1")
         assert kept is not None and kept.status == OperationStatus.SUCCEEDED
         assert kept.gate_state is None  # an old operation holds no gate
+        credential = session.get(Credential, "c1")
+        assert credential is not None and credential.needs_verify is False
     with session_scope(engine) as session:  # the new status value is storable
         session.add(
             Operation(

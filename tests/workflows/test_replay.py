@@ -1,9 +1,11 @@
 """Operations started by an earlier Keyturn still replay after an upgrade.
 
-The histories under histories/ were recorded from real runs of the workflow as it was before the
-credential gate (a change with a chained child, a verify, a refused change); their payloads are
-encrypted with the throwaway key beside them. Replaying them against today's workflow proves an
-upgrade does not break an operation in flight.
+The histories under histories/ were recorded from real runs of earlier releases: v1_* before the
+credential gate (a change with a chained child, a verify, a refused change), v2_* with the gate,
+before recovery by hand (a change, a verify, a verify that finds drift, a refused change;
+recorded with record_histories.py), v3_* a sweep and a delayed change. Their payloads are
+encrypted with the throwaway key beside them. Replaying them against today's workflow proves
+an upgrade does not break an operation in flight.
 """
 
 from __future__ import annotations
@@ -23,25 +25,16 @@ from workflows.sweep import SweepWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v1_*.json")))
-async def test_operations_of_the_previous_release_replay(name: str) -> None:
-    key = bytes.fromhex((HISTORIES / "master_key.hex").read_text().strip())
-    history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
-    replayer = Replayer(
-        workflows=[OperationWorkflow, DeviceSlotsWorkflow], data_converter=data_converter(key)
-    )
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, result.replay_failure
+WORKFLOWS = [OperationWorkflow, DeviceSlotsWorkflow, SweepWorkflow, DelayedOperationWorkflow]
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v3_*.json")))
-async def test_trigger_workflows_of_this_release_replay(name: str) -> None:
-    """A sweep over three pages and a delayed change (a view's), recorded from real runs: a
-    change to either workflow must keep these replaying (or be behind ``workflow.patched``)."""
+@pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v*_*.json")))
+async def test_workflows_of_earlier_releases_replay(name: str) -> None:
+    """Operations of every earlier release, and a sweep over three pages and a delayed change
+    (a view's) recorded from real runs: a change to any workflow must keep these replaying (or
+    be behind ``workflow.patched``)."""
     key = bytes.fromhex((HISTORIES / "master_key.hex").read_text().strip())
     history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
-    replayer = Replayer(
-        workflows=[SweepWorkflow, DelayedOperationWorkflow], data_converter=data_converter(key)
-    )
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=data_converter(key))
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
