@@ -50,6 +50,10 @@ class OperationRequest:
     credential_id: str
     kind: str = "change"
     trigger: str = "manual"
+    requested_by: str | None = None  # the principal (audit trail, SIEM); None: Keyturn itself
+    # Where the outcome is POSTed when the operation ends. Kept in the store only, never in the
+    # workflow's input: a URL may carry a token of the receiver's.
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ async def request_operation(
                 request.trigger,
                 workflow_id,
                 handle.result_run_id or None,
+                requested_by=request.requested_by,
+                callback_url=request.callback_url,
             ),
         )
         status = OperationStatus.QUEUED if admission.queued else OperationStatus.SCHEDULED

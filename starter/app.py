@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio.client import Client
 
 from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
-from starter.deps import AppState, require_token
-from starter.routes import inventory, operations
-from store.engine import make_engine
+from starter.deps import AppState, principal_of, require_token
+from starter.routes import audit, inventory, operations
+from store import audit as audit_trail
+from store.engine import in_thread, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
 
@@ -43,7 +45,29 @@ def create_app(
     if engine is not None and client is not None:
         seed_shipped_templates(engine)
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
-    problems.install(app)
-    for router in (inventory.router, operations.router):
+    problems.install(app, on_refusal=_record_refusal)
+    for router in (inventory.router, operations.router, audit.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
     return app
+
+
+async def _record_refusal(request: Request, status: int, detail: str) -> None:
+    """Every refused API call is an audit event (the detail never echoes a request's body)."""
+    app: AppState | None = getattr(request.app.state, "keyturn", None)
+    if app is None:
+        return
+    principal = principal_of(request)
+    await in_thread(
+        app.engine,
+        lambda db: _append_refusal(db, principal, request.method, request.url.path, status, detail),
+    )
+
+
+def _append_refusal(
+    db: Session, principal: str, method: str, path: str, status: int, detail: str
+) -> None:
+    audit_trail.record(
+        db, "api.refused", principal=principal, outcome="refused", method=method, path=path,
+        status=status, reason=detail,
+    )  # fmt: skip
+    db.commit()

@@ -1,10 +1,12 @@
-"""The ``keyturn`` command: ``dev`` (the whole embedded stack), ``api``, ``worker``, ``request``."""
+"""The ``keyturn`` command: ``dev`` (the whole embedded stack), ``api``, ``worker``, ``request``,
+``audit verify``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import getpass
 import json
 import logging
 import sys
@@ -25,9 +27,14 @@ def main(argv: list[str] | None = None) -> None:
     request.add_argument("credential_id")
     request.add_argument("--kind", default="change", choices=OPERATION_KINDS)
     request.add_argument("--trigger", default="manual", choices=TRIGGERS)
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first break")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
+    if args.command == "audit":
+        raise SystemExit(_verify_audit(settings))
     if args.command == "request":
         outcome = _request(settings, args.credential_id, args.kind, args.trigger)
         raise SystemExit(asyncio.run(outcome))
@@ -55,7 +62,7 @@ async def _request(settings: Settings, credential_id: str, kind: str, trigger: s
             engine,
             await connect(settings),
             settings.task_queue,
-            OperationRequest(credential_id, kind, trigger),
+            OperationRequest(credential_id, kind, trigger, requested_by=f"cli:{getpass.getuser()}"),
         )
     except RequestFailed as exc:
         print(f"keyturn request: {exc}", file=sys.stderr)
@@ -63,6 +70,26 @@ async def _request(settings: Settings, credential_id: str, kind: str, trigger: s
     finally:
         engine.dispose()
     print(json.dumps(dataclasses.asdict(requested)))
+    return 0
+
+
+def _verify_audit(settings: Settings) -> int:
+    from store.audit import verify
+    from store.engine import make_engine
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        checked, broken = verify(engine)
+    finally:
+        engine.dispose()
+    if broken is not None:
+        print(
+            f"keyturn audit verify: the chain breaks at event {broken.event_id}: {broken.reason} "
+            f"({checked} events before it check out)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"audit trail intact: {checked} events")
     return 0
 
 

@@ -209,3 +209,24 @@ class ExecutorOut(BaseModel):
     default_templates: dict[str, str]
     operation_kinds: list[str] = Field(description="kinds its shipped templates cover")
     templates: list[str] = Field(description="its shipped templates")
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    at: datetime
+    event: str
+    principal: str
+    outcome: str
+    operation_id: str | None
+    credential_id: str | None
+    device_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEventOut]
+    next_cursor: str = Field(
+        description="pass as ?cursor= to read the events after these (an empty page: none yet)"
+    )

@@ -48,6 +48,8 @@ class Registration:
     workflow_id: str
     run_id: str | None
     parent_operation_id: str | None = None
+    requested_by: str | None = None  # the principal; None: Keyturn itself
+    callback_url: str | None = None
 
 
 def register(session: Session, request: Registration) -> Operation:
@@ -65,6 +67,13 @@ def register(session: Session, request: Registration) -> Operation:
         if existing.run_id is None and request.run_id:
             existing.run_id = request.run_id
             session.add(existing)
+        # The workflow may register first (it knows neither): the request path fills them in.
+        if existing.requested_by is None and request.requested_by:
+            existing.requested_by = request.requested_by
+            session.add(existing)
+        if existing.callback_url is None and request.callback_url:
+            existing.callback_url = request.callback_url
+            session.add(existing)
         if existing.gate_seq or existing.status != OperationStatus.SCHEDULED:
             return existing
         # A row an older release made before starting its workflow: queue it now.
@@ -77,6 +86,8 @@ def register(session: Session, request: Registration) -> Operation:
         workflow_id=request.workflow_id,
         run_id=request.run_id,
         parent_operation_id=request.parent_operation_id,
+        requested_by=request.requested_by,
+        callback_url=request.callback_url,
     )
     operation.gate_seq = seq
     operation.gate_state = QUEUED if ahead else HOLDING
@@ -179,6 +190,7 @@ def abandon(session: Session, operation_id: str, reason: str) -> Operation | Non
             "operation.abandoned",
             operation_id=operation.id,
             credential_id=operation.credential_id,
+            outcome="failed",
             reason=reason,
         )
     return leave(session, operation_id)

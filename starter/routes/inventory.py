@@ -9,7 +9,7 @@ from sqlmodel import col, select
 
 from executors.base import ConfigurationError, Executor, check_target, get_executor, registry
 from executors.shipped import shipped_templates
-from starter.deps import DB, State, StoreRoute
+from starter.deps import ADMIN, DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
     CredentialIn,
@@ -23,6 +23,7 @@ from starter.schemas import (
     TemplateIn,
     TemplateOut,
 )
+from store import audit
 from store.jobs import target_for
 from store.models import Credential, Device, Policy, Template
 from store.queries import DEFAULT_POLICY, latest_template
@@ -65,6 +66,10 @@ def create_device(body: DeviceIn, db: DB) -> Device:
     if db.exec(select(Device).where(Device.name == body.name)).first():
         raise Problem(409, f"a device named {body.name!r} exists; choose another name")
     db.add(device)
+    audit.record(
+        db, "device.created", device_id=device.id, principal=ADMIN, name=device.name,
+        executor=device.executor,
+    )  # fmt: skip
     db.commit()
     return device
 
@@ -85,6 +90,7 @@ def create_policy(body: PolicyIn, db: DB) -> Policy:
         raise Problem(409, f"a policy named {body.name!r} exists; choose another name")
     policy = Policy(**body.model_dump())
     db.add(policy)
+    audit.record(db, "policy.created", principal=ADMIN, policy_id=policy.id, name=policy.name)
     db.commit()
     return policy
 
@@ -120,6 +126,9 @@ def create_template(body: TemplateIn, db: DB) -> Template:
         raise invalid("executor", f"{body.name!r} is a template of executor {latest.executor!r}")
     template = Template(**body.model_dump(), version=latest.version + 1 if latest else 1)
     db.add(template)
+    audit.record(
+        db, "template.saved", principal=ADMIN, name=template.name, version=template.version
+    )
     db.commit()
     return template
 
@@ -169,6 +178,10 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
     db.add(credential)
     db.flush()
     version = app.vault.add(db, credential.id, body.password.get_secret_value(), "current")  # type: ignore[arg-type]
+    audit.record(
+        db, "credential.created", credential_id=credential.id, principal=ADMIN,
+        username=credential.username, version_id=version.id,
+    )  # fmt: skip
     db.commit()
     return _credential_out(credential, version.id)
 
@@ -182,6 +195,10 @@ def update_credential(credential_id: str, body: CredentialPatch, db: DB) -> Cred
         setattr(credential, field, value)
     _check_links(db, credential)
     db.add(credential)
+    audit.record(
+        db, "credential.updated", credential_id=credential.id, principal=ADMIN,
+        fields=sorted(body.model_dump(exclude_unset=True)),
+    )  # fmt: skip
     db.commit()
     return _credential_out(credential, _current_id(db, credential.id))
 

@@ -11,7 +11,7 @@ from requesting import (
     TemporalUnavailable,
     request_operation,
 )
-from starter.deps import DB, State, StoreRoute
+from starter.deps import ADMIN, DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import AttemptOut, ChildOut, OperationAccepted, OperationIn, OperationOut
 from store.engine import in_thread
@@ -39,7 +39,7 @@ async def create_operation(
             app.engine,
             app.client,
             app.settings.task_queue,
-            OperationRequest(credential_id, body.kind, body.trigger),
+            OperationRequest(credential_id, body.kind, body.trigger, requested_by=ADMIN),
         )
     except CredentialNotFound:
         raise not_found("credential", credential_id) from None
