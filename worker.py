@@ -23,6 +23,7 @@ from activities.executor_steps import ExecutorActivities
 from activities.gate import GateActivities
 from activities.legacy.slot_rows import LegacySlotActivities
 from activities.store_steps import StoreActivities
+from governance.siem import SiemEcho
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
 from store.engine import STORE_ACTIVITY_THREADS, make_engine
@@ -86,12 +87,24 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     return workers
 
 
-async def run_workers(workers: list[Worker], stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set, then shut every worker down gracefully."""
+def build_echo(settings: Settings, engine: Engine) -> SiemEcho | None:
+    """The SIEM echo's delivery loops, when destinations are configured."""
+    return SiemEcho(engine, settings.siem_destinations) if settings.siem_destinations else None
+
+
+async def run_workers(
+    workers: list[Worker], stop: asyncio.Event, echo: SiemEcho | None = None
+) -> None:
+    """Run until ``stop`` is set, then shut every worker down gracefully. The SIEM echo runs
+    beside them and stops with them."""
     tasks = [asyncio.create_task(w.run()) for w in workers]
+    echoing = asyncio.create_task(echo.run(stop)) if echo is not None else None
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
     await asyncio.gather(*(w.shutdown() for w in workers))
+    if echoing is not None:
+        await echoing
     for task in done:
         if task is not stopper:
             task.result()  # a worker that died on its own: surface why
@@ -111,7 +124,7 @@ async def main(settings: Settings | None = None) -> None:
     logging.getLogger("keyturn").info(
         "worker serving %s and zones %s", settings.task_queue, ", ".join(settings.zones)
     )
-    await run_workers(build_workers(client, settings, engine), stop)
+    await run_workers(build_workers(client, settings, engine), stop, build_echo(settings, engine))
 
 
 if __name__ == "__main__":

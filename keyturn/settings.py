@@ -11,12 +11,38 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MASTER_KEY_FILE = "master.key"
 ADMIN_TOKEN_FILE = "admin.token"
+
+
+class SiemDestination(BaseModel):
+    """Where the SIEM echo sends audit events (KEYTURN_SIEM_DESTINATIONS, a JSON list)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="udp://host:port, tcp://host:port or tls://host:port")
+    format: Literal["rfc5424", "cef", "leef"] = "rfc5424"
+    ca_file: Path | None = Field(default=None, description="CA bundle for tls:// (PEM)")
+
+    @field_validator("url")
+    @classmethod
+    def _transport_host_port(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("udp", "tcp", "tls"):
+            raise ValueError(f"{url!r}: the scheme must be udp://, tcp:// or tls://")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or not port:
+            raise ValueError(f"{url!r}: give a host and a port, e.g. tcp://siem.example:6514")
+        return url
 
 
 class Settings(BaseSettings):
@@ -52,6 +78,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     zones: list[str] = Field(default_factory=lambda: ["default"])
+
+    siem_destinations: list[SiemDestination] = Field(default_factory=list)
 
     @property
     def resolved_database_url(self) -> str:

@@ -22,7 +22,7 @@ from keyturn.temporal import connect
 from starter.app import create_app
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
-from worker import build_workers, run_workers
+from worker import build_echo, build_workers, run_workers
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -121,7 +121,9 @@ async def run_dev(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         api_task = asyncio.create_task(api.serve())
-        workers = asyncio.create_task(run_workers(build_workers(client, settings, engine), stop))
+        workers = asyncio.create_task(
+            run_workers(build_workers(client, settings, engine), stop, build_echo(settings, engine))
+        )
         await _until_listening(api, api_task)
         host = settings.temporal_address.rpartition(":")[0] or "127.0.0.1"
         print(

@@ -8,6 +8,7 @@ import base64
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from keyturn.settings import Settings
 from starter.app import create_app
 from starter.devstack import temporal_cli
 from store.engine import make_engine
-from worker import build_workers, run_workers
+from worker import build_echo, build_workers, run_workers
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 ADMIN_TOKEN = "test-admin-token"
@@ -72,33 +73,50 @@ async def temporal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wo
     await env.shutdown()
 
 
+@asynccontextmanager
+async def running_stack(
+    temporal: WorkflowEnvironment, data_dir: Path, **settings: Any
+) -> AsyncIterator[Stack]:
+    """Workers and the API on a store of their own in ``data_dir``, on the shared Temporal
+    server (a task queue of their own); ``settings`` override the test defaults."""
+    db_path = data_dir / "keyturn.db"
+    config = Settings(
+        **{
+            "data_dir": data_dir,
+            "database_url": f"sqlite:///{db_path}",
+            "master_key": base64.b64encode(temporal.master_key).decode(),  # type: ignore[attr-defined]
+            "admin_token": ADMIN_TOKEN,
+            "task_queue": f"keyturn-test-{secrets.token_hex(4)}",
+            **settings,
+        }
+    )
+    engine = make_engine(config.resolved_database_url)
+    stop = asyncio.Event()
+    workers = asyncio.create_task(
+        run_workers(
+            build_workers(temporal.client, config, engine), stop, build_echo(config, engine)
+        )
+    )
+    app = create_app(config, engine, temporal.client)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://keyturn.test",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as api:
+            yield Stack(config, engine, temporal.client, api, db_path)
+    finally:
+        stop.set()
+        await workers
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 async def stack(
     temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("keyturn")
-    db_path = data_dir / "keyturn.db"
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=f"sqlite:///{db_path}",
-        master_key=base64.b64encode(temporal.master_key).decode(),  # type: ignore[attr-defined]
-        admin_token=ADMIN_TOKEN,
-        task_queue=f"keyturn-test-{secrets.token_hex(4)}",
-    )
-    engine = make_engine(settings.resolved_database_url)
-    stop = asyncio.Event()
-    workers = asyncio.create_task(
-        run_workers(build_workers(temporal.client, settings, engine), stop)
-    )
-    app = create_app(settings, engine, temporal.client)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://keyturn.test",
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ) as api:
-        yield Stack(settings, engine, temporal.client, api, db_path)
-    stop.set()
-    await workers
+    async with running_stack(temporal, tmp_path_factory.mktemp("keyturn")) as running:
+        yield running
 
 
 @pytest.fixture

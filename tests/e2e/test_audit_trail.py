@@ -11,7 +11,7 @@ from tests.e2e.helpers import credential, current_secret, policy, ssh_device
 from tests.e2e.secrets_search import assert_no_secret
 from tests.servers.sshd import Sshd, Users
 
-OLD = "Aud1t!old=secret|with\\odd\"chars"
+OLD = 'Aud1t!old=secret|with\\odd"chars'
 
 
 async def test_an_operation_and_its_configuration_are_audited(
@@ -58,7 +58,9 @@ async def test_pages_follow_the_cursor(stack: Stack) -> None:
     for _ in range(3):
         await stack.post("/v1/policies", {"name": f"p-{stack.settings.task_queue}-{_}x"})
     first = await stack.get("/v1/audit?event=policy.created&limit=2")
-    second = await stack.get(f"/v1/audit?event=policy.created&limit=2&cursor={first['next_cursor']}")
+    second = await stack.get(
+        f"/v1/audit?event=policy.created&limit=2&cursor={first['next_cursor']}"
+    )
     assert len(first["events"]) == 2 and second["events"]
     assert first["events"][-1]["id"] < second["events"][0]["id"]
     last = await stack.get("/v1/audit?limit=1000&since=2000-01-01T00:00:00Z")
