@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.callbacks import CallbackActivities
 from activities.child_planning import ChildPlanningActivities
 from activities.device_slots import DeviceSlotActivities
 from activities.executor_steps import ExecutorActivities
@@ -29,6 +30,7 @@ from keyturn.temporal import connect, ensure_search_attributes
 from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
+from workflows.callback import CallbackWorkflow
 from workflows.contracts import SEARCH_ATTRIBUTES
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
@@ -44,6 +46,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     gate = GateActivities(engine, client)
     slots = DeviceSlotActivities(client, settings.task_queue)
     executor = ExecutorActivities(engine, vault)
+    callbacks = CallbackActivities(engine, settings)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -53,7 +56,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[OperationWorkflow, DeviceSlotsWorkflow],
+            workflows=[OperationWorkflow, DeviceSlotsWorkflow, CallbackWorkflow],
             activities=[
                 gate.register,
                 gate.leave_gate,
@@ -67,6 +70,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 store.finish,
                 children.plan_children,
                 children.child_not_started,
+                callbacks.deliver_callback,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
                 legacy_slots.release_slot,

@@ -7,6 +7,7 @@ too, so a worker dropped into an environment already configured for the Temporal
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import secrets
 from functools import cached_property
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MASTER_KEY_FILE = "master.key"
@@ -80,6 +81,22 @@ class Settings(BaseSettings):
     zones: list[str] = Field(default_factory=lambda: ["default"])
 
     siem_destinations: list[SiemDestination] = Field(default_factory=list)
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="whsec_<base64>: the key that signs callbacks"
+    )
+    webhook_allow_http: bool = False  # http:// callbacks to loopback addresses (development)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_form(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            webhook_key(secret.get_secret_value())  # raises, saying what is wrong
+        return secret
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The HMAC key that signs callbacks: the decoded part of KEYTURN_WEBHOOK_SECRET."""
+        return webhook_key(self.webhook_secret.get_secret_value()) if self.webhook_secret else None
 
     @property
     def resolved_database_url(self) -> str:
@@ -127,6 +144,20 @@ class Settings(BaseSettings):
 
     def zone_task_queue(self, zone: str) -> str:
         return zone_task_queue(self.task_queue, zone)
+
+
+def webhook_key(secret: str) -> bytes:
+    """The key of a Standard Webhooks secret, ``whsec_<base64>``; ValueError says what is wrong."""
+    prefix = "whsec_"
+    if not secret.startswith(prefix):
+        raise ValueError("the webhook secret must look like whsec_<base64>")
+    try:
+        key = base64.b64decode(secret[len(prefix) :], validate=True)
+    except binascii.Error:
+        raise ValueError("the part after whsec_ is not base64") from None
+    if len(key) < 16:
+        raise ValueError("the webhook secret must decode to at least 16 bytes")
+    return key
 
 
 def zone_task_queue(task_queue: str, zone: str) -> str:

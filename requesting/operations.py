@@ -84,6 +84,7 @@ async def request_operation(
             trigger=request.trigger,
             operation_id=new_id(),
             device_id=credential.device_id,
+            callback=request.callback_url is not None,
         )
         try:
             handle = await client.start_workflow(

@@ -152,6 +152,12 @@ class CredentialOut(BaseModel):
 class OperationIn(_In):
     kind: OperationKind
     trigger: Trigger = "manual"
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="POSTed the outcome when the operation (and each chained one) ends, signed "
+        "per Standard Webhooks; https:// only",
+    )
 
 
 class OperationAccepted(BaseModel):

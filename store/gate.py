@@ -78,6 +78,11 @@ def register(session: Session, request: Registration) -> Operation:
             return existing
         # A row an older release made before starting its workflow: queue it now.
     ahead = _tail(session, credential.id)
+    callback_url = request.callback_url
+    if callback_url is None and request.parent_operation_id:
+        # A chained operation tells its parent's requester when it ends, too.
+        parent = session.get(Operation, request.parent_operation_id)
+        callback_url = parent.callback_url if parent else None
     operation = existing or Operation(
         id=request.operation_id,
         credential_id=credential.id,
@@ -87,7 +92,7 @@ def register(session: Session, request: Registration) -> Operation:
         run_id=request.run_id,
         parent_operation_id=request.parent_operation_id,
         requested_by=request.requested_by,
-        callback_url=request.callback_url,
+        callback_url=callback_url,
     )
     operation.gate_seq = seq
     operation.gate_state = QUEUED if ahead else HOLDING

@@ -12,6 +12,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 WORKFLOW_NAME = "KeyturnOperation"
 DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
+CALLBACK_WORKFLOW = "KeyturnCallback"
 OPERATION_KINDS = ("change", "verify", "reconcile")
 # Why an operation was requested: one closed list, used by the API, the search attribute and the
 # store alike.
@@ -92,6 +93,18 @@ class OperationInput:
     operation_id: str = ""  # empty: the workflow names the operation itself
     device_id: str = ""  # informative; the store's credential is what counts
     parent_operation_id: str | None = None  # set on a chained operation
+    # The requester asked to be told the outcome: the URL itself stays in the store.
+    callback: bool = False
+
+
+def callback_workflow_id(operation_id: str) -> str:
+    """One callback delivery per operation: its webhook-id stays the same across retries."""
+    return f"keyturn-callback-{operation_id}"
+
+
+@dataclass(frozen=True)
+class CallbackInput:
+    operation_id: str
 
 
 def initial_search_attributes(

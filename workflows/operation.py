@@ -39,6 +39,7 @@ from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from workflows import steps
     from workflows.contracts import (
+        CALLBACK_WORKFLOW,
         NON_RETRYABLE_KINDS,
         NOTHING_SENT_DETAIL,
         NOTHING_SENT_KINDS,
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         SA_TRIGGER,
         WORKFLOW_NAME,
         Admission,
+        CallbackInput,
         ChildNotStarted,
         ChildrenRequest,
         ChildStart,
@@ -66,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
         SlotRequest,
         StepInput,
         WorkflowRef,
+        callback_workflow_id,
         initial_search_attributes,
     )
     from workflows.legacy.operation_v1 import LegacyOperation
@@ -74,6 +77,8 @@ _P = TypeVar("_P")
 _R = TypeVar("_R")
 # Histories without this marker were started before the gate: they replay LegacyOperation.
 GATE_PATCH = "one-writer-gate"
+# Operations that ask for a callback start its workflow when they end (none did before).
+CALLBACK_PATCH = "callback-on-end"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -181,6 +186,8 @@ class OperationWorkflow:
         finally:
             # Whatever happened, the next operation on the credential must be told.
             await self._to_the_end(self._leave_gate)
+        if op.callback and workflow.patched(CALLBACK_PATCH):
+            await self._to_the_end(self._start_callback)
         if self._canceled:
             raise asyncio.CancelledError(result.resolution)
         return result
@@ -581,6 +588,19 @@ class OperationWorkflow:
                 self._late_cancel = self._late_cancel or not self._canceled
                 if task.done():  # it ended in the same activation as the cancel
                     return task.result()
+
+    async def _start_callback(self) -> None:
+        """Tell the requester the outcome, from a workflow of its own (ABANDON) that Temporal
+        retries: this operation ends now, whatever the receiver does."""
+        # A run of this workflow that was reset may have started it already.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await workflow.start_child_workflow(
+                CALLBACK_WORKFLOW,
+                CallbackInput(self._operation_id),
+                id=callback_workflow_id(self._operation_id),
+                task_queue=workflow.info().task_queue,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
 
     async def _leave_gate(self) -> None:
         follower: WorkflowRef | None = await self._call(

@@ -18,6 +18,7 @@ from temporalio import activity
 
 from workflows.contracts import (
     Admission,
+    CallbackInput,
     ChangeOutcome,
     ChildNotStarted,
     ChildrenRequest,
@@ -138,6 +139,12 @@ async def plan_children(request: ChildrenRequest) -> list[ChildStart]:
 
 @_declare("keyturn.child_not_started")
 async def child_not_started(request: ChildNotStarted) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+# Telling the requester the outcome (activities/callbacks.py), retried by Temporal.
+@_declare("keyturn.deliver_callback")
+async def deliver_callback(request: CallbackInput) -> None:
     raise NotImplementedError(DECLARATION)
 
 

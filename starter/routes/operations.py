@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from sqlmodel import col, select
 
+from governance import webhooks
 from requesting import (
     CredentialNotFound,
     OperationRequest,
@@ -24,7 +25,12 @@ router = APIRouter(route_class=StoreRoute)
     "/credentials/{credential_id}/operations",
     status_code=202,
     response_model=OperationAccepted,
-    responses={200: {"description": "an operation of this kind was running: joined it"}},
+    responses={
+        200: {"description": "an operation of this kind was running: joined it"},
+        404: {"description": "no such credential"},
+        422: {"description": "the body is not valid (kind, trigger, callback_url)"},
+        503: {"description": "Temporal did not take the operation"},
+    },
 )
 async def create_operation(
     credential_id: str, body: OperationIn, app: State, response: Response
@@ -34,12 +40,24 @@ async def create_operation(
         raise not_found("credential", credential_id)
     if body.kind == "reconcile" and not credential.reconcile_credential_id:
         raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
+    if body.callback_url is not None:
+        refused = webhooks.refusal(body.callback_url, app.settings.webhook_allow_http)
+        if refused is None and app.settings.webhook_key is None:
+            refused = "callbacks need KEYTURN_WEBHOOK_SECRET (whsec_<base64>) set to sign them"
+        if refused is not None:
+            raise invalid("callback_url", refused)
     try:
         requested = await request_operation(
             app.engine,
             app.client,
             app.settings.task_queue,
-            OperationRequest(credential_id, body.kind, body.trigger, requested_by=ADMIN),
+            OperationRequest(
+                credential_id,
+                body.kind,
+                body.trigger,
+                requested_by=ADMIN,
+                callback_url=body.callback_url,
+            ),
         )
     except CredentialNotFound:
         raise not_found("credential", credential_id) from None

@@ -52,9 +52,11 @@ class Stack:
 
     async def run_operation(self, credential_id: str, kind: str = "change") -> dict[str, Any]:
         """Request an operation through the API and wait for its workflow to finish."""
-        accepted = await self.post(
-            f"/v1/credentials/{credential_id}/operations", {"kind": kind}, expect=202
-        )
+        return await self.run_operation_with(credential_id, {"kind": kind})
+
+    async def run_operation_with(self, credential_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``run_operation`` with a request body of the test's own."""
+        accepted = await self.post(f"/v1/credentials/{credential_id}/operations", body, expect=202)
         await self.client.get_workflow_handle(accepted["workflow_id"]).result()
         return await self.get(f"/v1/operations/{accepted['operation_id']}")
 
