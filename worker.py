@@ -119,7 +119,7 @@ async def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url)
     seed_shipped_templates(engine)
-    client = await connect(settings)
+    client = await connect(settings, worker=True)
     await ensure_search_attributes(client, settings.temporal_namespace, SEARCH_ATTRIBUTES)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     zones: list[str] = Field(default_factory=lambda: ["default"])
 
     siem_destinations: list[SiemDestination] = Field(default_factory=list)
+    worker_metrics_address: str | None = Field(
+        default=None, description="host:port where a worker serves the Temporal SDK's metrics"
+    )
     webhook_secret: SecretStr | None = Field(
         default=None, description="whsec_<base64>: the key that signs callbacks"
     )

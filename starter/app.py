@@ -14,7 +14,7 @@ from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, principal_of, require_token
-from starter.routes import audit, inventory, operations
+from starter.routes import audit, inventory, metrics, operations
 from store import audit as audit_trail
 from store.engine import in_thread, make_engine
 from store.seed import seed_shipped_templates
@@ -48,6 +48,7 @@ def create_app(
     problems.install(app, on_refusal=_record_refusal)
     for router in (inventory.router, operations.router, audit.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
+    app.include_router(metrics.router)
     return app
 
 

@@ -77,7 +77,7 @@ async def wait_for_temporal(settings: Settings, server: asyncio.subprocess.Proce
                 f"{settings.temporal_address} or port {settings.temporal_ui_port} already in use?"
             )
         try:
-            return await connect(settings)
+            return await connect(settings, worker=True)  # the dev stack runs workers
         except RuntimeError:
             if loop.time() > deadline:
                 raise

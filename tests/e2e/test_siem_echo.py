@@ -13,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.metrics_scraping import scrape, value
 from tests.e2e.secrets_search import assert_no_secret
 from tests.e2e.siem_parsing import cef, leef, structured_data, syslog
 from tests.servers.rsyslog import TRANSPORTS, Rsyslog
@@ -160,6 +161,10 @@ async def test_nothing_is_lost_over_tcp_and_tls_while_the_receiver_is_down(
         for response in accepted:
             done = await stack.get(f"/v1/operations/{response.json()['operation_id']}")
             assert done["status"] == "succeeded", done  # the echo never holds an operation up
+        samples = await scrape(stack)
+        for transport in ("tcp", "tls"):
+            key = f"{rsyslog.url(transport)}|cef"
+            assert value(samples, "keyturn_siem_outbox_depth", destination=key) > 0
     finally:
         rsyslog.start()
 
