@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from keyturn.crypto import derived_token
+
 MASTER_KEY_FILE = "master.key"
 ADMIN_TOKEN_FILE = "admin.token"
 
@@ -81,6 +83,9 @@ class Settings(BaseSettings):
     zones: list[str] = Field(default_factory=lambda: ["default"])
 
     siem_destinations: list[SiemDestination] = Field(default_factory=list)
+    codec_cors_origins: list[str] = Field(
+        default_factory=list, description="Web UI origins besides the dev server's own"
+    )
     worker_metrics_address: str | None = Field(
         default=None, description="host:port where a worker serves the Temporal SDK's metrics"
     )
@@ -144,6 +149,19 @@ class Settings(BaseSettings):
         if self.admin_token:
             return self.admin_token
         return (self.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+
+    @property
+    def codec_token(self) -> str:
+        """The Temporal Web UI's token for the codec endpoints: it may decode and encode
+        payloads, nothing else, so the UI's configuration never holds the admin token."""
+        return derived_token(self.master_key_bytes, "temporal-ui-codec")
+
+    @property
+    def codec_ui_origins(self) -> list[str]:
+        """The Web UI origins the codec answers cross-origin requests from."""
+        return [
+            f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")
+        ] + self.codec_cors_origins
 
     def zone_task_queue(self, zone: str) -> str:
         return zone_task_queue(self.task_queue, zone)

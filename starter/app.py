@@ -8,13 +8,15 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import Client
 
 from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, principal_of, require_token
-from starter.routes import audit, inventory, metrics, operations
+from starter.routes import audit, codec, inventory, metrics, operations
 from store import audit as audit_trail
 from store.engine import in_thread, make_engine
 from store.seed import seed_shipped_templates
@@ -49,7 +51,30 @@ def create_app(
     for router in (inventory.router, operations.router, audit.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
     app.include_router(metrics.router)
+    app.include_router(codec.router)
+    # Only the codec answers cross-origin requests, and only from the Temporal Web UI.
+    app.add_middleware(CodecCors, origins=settings.codec_ui_origins)
     return app
+
+
+class CodecCors:
+    """CORS for the codec endpoints alone: the rest of the API stays same-origin."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        self._app = app
+        self._cors = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["POST"],
+            allow_headers=["authorization", "content-type", "x-namespace"],
+            allow_credentials=True,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/codec/"):
+            await self._cors(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 async def _record_refusal(request: Request, status: int, detail: str) -> None:
@@ -60,7 +85,9 @@ async def _record_refusal(request: Request, status: int, detail: str) -> None:
     principal = principal_of(request)
     await in_thread(
         app.engine,
-        lambda db: _append_refusal(db, principal, request.method, request.url.path, status, detail),
+        lambda db: _append_refusal(
+            db, principal, request.method, codec.redact(request.url.path), status, detail
+        ),
     )
 
 

@@ -60,10 +60,16 @@ def dev_server_command(settings: Settings) -> list[str]:
         "--sqlite-pragma", "journal_mode=wal",
         "--sqlite-pragma", "synchronous=normal",
         "--log-level", "error",
+        # The Web UI decodes payloads through Keyturn's codec endpoints (starter/routes/codec.py).
+        "--ui-codec-endpoint", codec_endpoint(settings),
     ]  # fmt: skip
     for key in SEARCH_ATTRIBUTES:
         command += ["--search-attribute", f"{key.name}=Keyword"]
     return command
+
+
+def codec_endpoint(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}/codec/ui/{settings.codec_token}"
 
 
 async def wait_for_temporal(settings: Settings, server: asyncio.subprocess.Process) -> Client:
@@ -131,7 +137,8 @@ async def run_dev(settings: Settings) -> None:
             f"  HTTP API      http://{settings.api_host}:{settings.api_port}/v1  "
             f"(OpenAPI: http://{settings.api_host}:{settings.api_port}/docs)\n"
             f"  Temporal      {settings.temporal_address}  "
-            f"(Web UI: http://{host}:{settings.temporal_ui_port})\n"
+            f"(Web UI: http://{host}:{settings.temporal_ui_port}, payloads decoded by "
+            f"http://{settings.api_host}:{settings.api_port}/codec)\n"
             f"  Admin token   {settings.resolved_admin_token}\n"
             f"  Data          {settings.data_dir.resolve()}\n"
             "Press Ctrl-C to stop.",

@@ -36,7 +36,8 @@ SA_DEVICE = SearchAttributeKey.for_keyword("KeyturnDeviceId")
 SA_KIND = SearchAttributeKey.for_keyword("KeyturnOperationKind")
 SA_TRIGGER = SearchAttributeKey.for_keyword("KeyturnTrigger")
 SA_STATUS = SearchAttributeKey.for_keyword("KeyturnStatus")
-SEARCH_ATTRIBUTES = (SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_TRIGGER, SA_STATUS)
+SA_OPERATION = SearchAttributeKey.for_keyword("KeyturnOperationId")
+SEARCH_ATTRIBUTES = (SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_TRIGGER, SA_STATUS, SA_OPERATION)
 # An activity failure carrying this detail provably never reached the target in any attempt.
 NOTHING_SENT_DETAIL = "nothing-sent"
 
@@ -110,15 +111,16 @@ class CallbackInput:
 def initial_search_attributes(
     op: OperationInput, status: str = "scheduled"
 ) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(SA_CREDENTIAL, op.credential_id),
-            SearchAttributePair(SA_DEVICE, op.device_id),
-            SearchAttributePair(SA_KIND, op.kind),
-            SearchAttributePair(SA_TRIGGER, op.trigger),
-            SearchAttributePair(SA_STATUS, status),
-        ]
-    )
+    pairs = [
+        SearchAttributePair(SA_CREDENTIAL, op.credential_id),
+        SearchAttributePair(SA_DEVICE, op.device_id),
+        SearchAttributePair(SA_KIND, op.kind),
+        SearchAttributePair(SA_TRIGGER, op.trigger),
+        SearchAttributePair(SA_STATUS, status),
+    ]
+    if op.operation_id:
+        pairs.append(SearchAttributePair(SA_OPERATION, op.operation_id))
+    return TypedSearchAttributes(pairs)
 
 
 @dataclass(frozen=True)

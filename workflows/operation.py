@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         SA_CREDENTIAL,
         SA_DEVICE,
         SA_KIND,
+        SA_OPERATION,
         SA_STATUS,
         SA_TRIGGER,
         WORKFLOW_NAME,
@@ -79,6 +80,8 @@ _R = TypeVar("_R")
 GATE_PATCH = "one-writer-gate"
 # Operations that ask for a callback start its workflow when they end (none did before).
 CALLBACK_PATCH = "callback-on-end"
+# The operation id became a search attribute: histories without the marker did not upsert it.
+OPERATION_ID_PATCH = "operation-id-search-attribute"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -170,15 +173,16 @@ class OperationWorkflow:
         self._order_key = admission.order_key
         self._status = "queued" if admission.queued else "running"
         # Started with the SDK alone, the workflow has no search attributes or memo yet.
-        workflow.upsert_search_attributes(
-            [
-                SA_CREDENTIAL.value_set(op.credential_id),
-                SA_DEVICE.value_set(admission.device_id),
-                SA_KIND.value_set(op.kind),
-                SA_TRIGGER.value_set(op.trigger),
-                SA_STATUS.value_set(self._status),
-            ]
-        )
+        updates = [
+            SA_CREDENTIAL.value_set(op.credential_id),
+            SA_DEVICE.value_set(admission.device_id),
+            SA_KIND.value_set(op.kind),
+            SA_TRIGGER.value_set(op.trigger),
+            SA_STATUS.value_set(self._status),
+        ]
+        if workflow.patched(OPERATION_ID_PATCH):
+            updates.append(SA_OPERATION.value_set(self._operation_id))
+        workflow.upsert_search_attributes(updates)
         if workflow.memo_value("operation_id", None, type_hint=str) != self._operation_id:
             workflow.upsert_memo({"operation_id": self._operation_id})
         try:
