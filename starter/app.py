@@ -16,7 +16,7 @@ from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, principal_of, require_token
-from starter.routes import audit, codec, inventory, metrics, operations
+from starter.routes import audit, codec, dashboard, inventory, metrics, operations
 from store import audit as audit_trail
 from store.engine import in_thread, make_engine
 from store.seed import seed_shipped_templates
@@ -48,10 +48,11 @@ def create_app(
         seed_shipped_templates(engine)
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
     problems.install(app, on_refusal=_record_refusal)
-    for router in (inventory.router, operations.router, audit.router):
+    for router in (inventory.router, operations.router, audit.router, dashboard.api):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
     app.include_router(metrics.router)
     app.include_router(codec.router)
+    app.include_router(dashboard.page)
     # Only the codec answers cross-origin requests, and only from the Temporal Web UI.
     app.add_middleware(CodecCors, origins=settings.codec_ui_origins)
     return app

@@ -139,6 +139,7 @@ async def run_dev(settings: Settings) -> None:
             f"  Temporal      {settings.temporal_address}  "
             f"(Web UI: http://{host}:{settings.temporal_ui_port}, payloads decoded by "
             f"http://{settings.api_host}:{settings.api_port}/codec)\n"
+            f"  Dashboard     http://{settings.api_host}:{settings.api_port}/ui/\n"
             f"  Admin token   {settings.resolved_admin_token}\n"
             f"  Data          {settings.data_dir.resolve()}\n"
             "Press Ctrl-C to stop.",
