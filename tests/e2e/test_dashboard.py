@@ -41,17 +41,20 @@ def _seed(engine: Engine) -> None:
             ]
         )
         db.flush()
-        templates = {"change_template": "t", "verify_template": "v"}
+
+        def credential(id: str, device: str, username: str, sync: SyncState) -> Credential:
+            return Credential(
+                id=id, device_id=device, username=username, sync_state=sync,
+                change_template="ssh/linux-passwd", verify_template="ssh/verify-login",
+            )  # fmt: skip
+
         db.add_all(
             [
-                Credential(id="cok", device_id="dweb", username="app", **templates),
-                Credential(
-                    id="cbad", device_id="dweb", username="root",
-                    sync_state=SyncState.OUT_OF_SYNC, **templates,
-                ),
-                Credential(id="cdb", device_id="ddb", username="svc", **templates),
+                credential("cok", "dweb", "app", SyncState.IN_SYNC),
+                credential("cbad", "dweb", "root", SyncState.OUT_OF_SYNC),
+                credential("cdb", "ddb", "svc", SyncState.IN_SYNC),
             ]
-        )  # fmt: skip
+        )
         db.flush()
 
         def op(n: int, credential: str, status: OperationStatus, hours_ago: float) -> Operation:
@@ -171,7 +174,7 @@ async def test_the_dashboard_shows_the_seeded_store(dashboard_url: str) -> None:
         assert await _text(page, "dd[data-field=error_type]") == "OutOfSync"
         assert await _text(page, "dd[data-field=status]") == "failed"
 
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(ARTIFACTS.mkdir, parents=True, exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         await browser.close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
