@@ -15,6 +15,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from keyturn.codec import data_converter
 from keyturn.settings import Settings
+from keyturn.telemetry import client_interceptors
 
 
 async def connect(settings: Settings, *, worker: bool = False) -> Client:
@@ -28,6 +29,7 @@ async def connect(settings: Settings, *, worker: bool = False) -> Client:
         tls=settings.temporal_tls,
         data_converter=data_converter(settings.master_key_bytes),
         runtime=runtime,
+        interceptors=client_interceptors(),
     )
 
 

@@ -77,10 +77,12 @@ async def temporal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wo
 
 @asynccontextmanager
 async def running_stack(
-    temporal: WorkflowEnvironment, data_dir: Path, **settings: Any
+    temporal: WorkflowEnvironment, data_dir: Path, client: Client | None = None, **settings: Any
 ) -> AsyncIterator[Stack]:
     """Workers and the API on a store of their own in ``data_dir``, on the shared Temporal
-    server (a task queue of their own); ``settings`` override the test defaults."""
+    server (a task queue of their own); ``settings`` override the test defaults, ``client``
+    the session's Temporal client."""
+    client = client or temporal.client
     db_path = data_dir / "keyturn.db"
     config = Settings(
         **{
@@ -95,18 +97,16 @@ async def running_stack(
     engine = make_engine(config.resolved_database_url)
     stop = asyncio.Event()
     workers = asyncio.create_task(
-        run_workers(
-            build_workers(temporal.client, config, engine), stop, build_echo(config, engine)
-        )
+        run_workers(build_workers(client, config, engine), stop, build_echo(config, engine))
     )
-    app = create_app(config, engine, temporal.client)
+    app = create_app(config, engine, client)
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://keyturn.test",
             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
         ) as api:
-            yield Stack(config, engine, temporal.client, api, db_path)
+            yield Stack(config, engine, client, api, db_path)
     finally:
         stop.set()
         await workers
