@@ -49,7 +49,12 @@ def create_app(
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
     problems.install(app, on_refusal=_record_refusal)
     for router in (inventory.router, operations.router, audit.router, dashboard.api):
-        app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
+        app.include_router(
+            router,
+            prefix="/v1",
+            dependencies=[Depends(require_token)],
+            responses={401: {"description": "no valid admin token"}},
+        )
     app.include_router(metrics.router)
     app.include_router(codec.router)
     app.include_router(dashboard.page)
