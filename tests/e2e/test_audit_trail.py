@@ -32,6 +32,8 @@ async def test_an_operation_and_its_configuration_are_audited(
         "secret.pending_created",
         "operation.started",
         "secret.read",
+        "attempt.change",
+        "attempt.verify",
         "operation.succeeded",
     ):
         assert expected in names, names
@@ -39,6 +41,11 @@ async def test_an_operation_and_its_configuration_are_audited(
     assert all(e["principal"] == "admin" for e in events)  # the API's caller asked for it
     assert all(e["device_id"] == device["id"] for e in events)
     assert all(e["credential_id"] == cred["id"] for e in events)
+    change = events[names.index("attempt.change")]
+    assert (change["outcome"], change["detail"]) == (
+        "succeeded",
+        {"number": 1, "result": "succeeded"},
+    )
     succeeded = events[names.index("operation.succeeded")]
     assert succeeded["outcome"] == "succeeded" and succeeded["detail"]["kind"] == "change"
     ids = [e["id"] for e in events]
