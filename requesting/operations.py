@@ -85,6 +85,7 @@ async def request_operation(
             operation_id=new_id(),
             device_id=credential.device_id,
             callback=request.callback_url is not None,
+            requested_by=request.requested_by,
         )
         try:
             handle = await client.start_workflow(

@@ -96,6 +96,7 @@ class OperationInput:
     parent_operation_id: str | None = None  # set on a chained operation
     # The requester asked to be told the outcome: the URL itself stays in the store.
     callback: bool = False
+    requested_by: str | None = None  # the principal who asked; None: Keyturn itself
 
 
 def callback_workflow_id(operation_id: str) -> str:
@@ -143,6 +144,7 @@ class RegisterInput:
     workflow_id: str
     run_id: str
     parent_operation_id: str | None = None
+    requested_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ class OperationWorkflow:
                     info.workflow_id,
                     info.run_id,
                     op.parent_operation_id,
+                    op.requested_by,
                 ),
             )
         except asyncio.CancelledError:
