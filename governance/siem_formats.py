@@ -55,6 +55,7 @@ def render(view: EventView, fmt: Format, hostname: str | None = None) -> bytes:
     msgid = view.event[:32]
     if fmt == "rfc5424":
         summary = f"{view.event} {view.outcome}" + (f": {view.reason}" if view.reason else "")
+        summary = _one_line(summary)
         return f"{header}{msgid} {_structured_data(view)} {summary}".encode()
     body = _cef(view) if fmt == "cef" else _leef(view)
     return f"{header}{msgid} - {body}".encode()
@@ -90,8 +91,14 @@ def _structured_data(view: EventView) -> str:
 
 
 def _sd_escape(value: str) -> str:
-    """RFC 5424 §6.3.3: '"', '\\' and ']' are escaped in PARAM-VALUE."""
+    """RFC 5424 §6.3.3: '"', '\\' and ']' are escaped in PARAM-VALUE; a line break becomes a
+    space, so a message stays one line for receivers that split on them."""
+    value = _one_line(value)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
 def _cef(view: EventView) -> str:
