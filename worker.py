@@ -24,16 +24,21 @@ from activities.executor_steps import ExecutorActivities
 from activities.gate import GateActivities
 from activities.legacy.slot_rows import LegacySlotActivities
 from activities.store_steps import StoreActivities
+from activities.triggers import TriggerActivities
 from governance.siem import SiemEcho
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
+from requesting.restored import request_verifies_after_restore
 from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
+from triggers import schedules
 from workflows.callback import CallbackWorkflow
 from workflows.contracts import SEARCH_ATTRIBUTES
+from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
+from workflows.sweep import SweepWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
@@ -46,6 +51,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     gate = GateActivities(engine, client)
     slots = DeviceSlotActivities(client, settings.task_queue)
     executor = ExecutorActivities(engine, vault)
+    triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
@@ -56,7 +62,13 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[OperationWorkflow, DeviceSlotsWorkflow, CallbackWorkflow],
+            workflows=[
+                OperationWorkflow,
+                DeviceSlotsWorkflow,
+                SweepWorkflow,
+                DelayedOperationWorkflow,
+                CallbackWorkflow,
+            ],
             activities=[
                 gate.register,
                 gate.leave_gate,
@@ -70,6 +82,9 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 store.finish,
                 children.plan_children,
                 children.child_not_started,
+                triggers.due_page,
+                triggers.request_due,
+                triggers.request_delayed,
                 callbacks.deliver_callback,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
@@ -89,6 +104,14 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         for zone in settings.zones
     ]
     return workers
+
+
+async def start_schedules(client: Client, engine: Engine, settings: Settings) -> None:
+    """Every policy's schedules as the store says, whatever happened while Keyturn was down."""
+    done = await schedules.reconcile(client, engine, settings)
+    logging.getLogger("keyturn").info(
+        "schedules of %d policies in place; %d orphans removed", done.applied, len(done.removed)
+    )
 
 
 def build_echo(settings: Settings, engine: Engine) -> SiemEcho | None:
@@ -115,12 +138,23 @@ async def run_workers(
     stopper.cancel()
 
 
+async def verify_after_restore(engine: Engine, client: Client, task_queue: str) -> None:
+    """A verify for each credential ``keyturn restore`` flagged (nothing on other starts)."""
+    requested = await request_verifies_after_restore(engine, client, task_queue)
+    if requested:
+        logging.getLogger("keyturn").info(
+            "requested %d verifies of credentials in flight at backup time", len(requested)
+        )
+
+
 async def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url)
     seed_shipped_templates(engine)
     client = await connect(settings, worker=True)
     await ensure_search_attributes(client, settings.temporal_namespace, SEARCH_ATTRIBUTES)
+    await start_schedules(client, engine, settings)
+    await verify_after_restore(engine, client, settings.task_queue)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -41,8 +42,15 @@ from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
 from store.models import Attempt, Device, Operation, utcnow
 from store.queries import get_or_raise
 from store.vault import Vault
+from store.versions import seen_working
 from workflows import steps
-from workflows.contracts import NOTHING_SENT_DETAIL, ChangeOutcome, ProbeOutcome, StepInput
+from workflows.contracts import (
+    CHOSEN_SECRET_KINDS,
+    NOTHING_SENT_DETAIL,
+    ChangeOutcome,
+    ProbeOutcome,
+    StepInput,
+)
 from workflows.steps import implements
 
 _T = TypeVar("_T")
@@ -126,7 +134,31 @@ class ExecutorActivities:
 
         outcome = await self._recorded(job, attempt_id, attempt, may_have_sent=may_have_sent)
         failpoints.reach(failpoints.AFTER_CHANGE)
-        return outcome
+        if not step.verify_after_change:
+            return outcome
+        verified = await self._verify_pending(job, step, pending_account)
+        return dataclasses.replace(outcome, verified=verified)
+
+    async def _verify_pending(self, job: Job, step: StepInput, account: Account) -> bool | None:
+        """The verify step, right after the change, with the job already loaded: a fresh login
+        with the new secret running the verify template, charged and recorded like any other.
+        None when it could not say (unreachable, budget spent…): the workflow probes."""
+        executor = get_executor(job.device.executor)
+        # The operation's first verify, whichever change attempt it follows.
+        attempt_id = await asyncio.to_thread(self._start_attempt, step.operation_id, "verify", 1)
+
+        async def attempt() -> tuple[str, bool]:
+            request = LoginRequest(job.target, account, job.verify_template, job.context())
+            result = await self._login(job, account, lambda: executor.check_login(request))
+            await self._pin_learned_key(job, result.learned_host_key)
+            return f"[pending] {'logs in' if result.ok else 'refused'}\n{result.transcript}", (
+                result.ok
+            )
+
+        try:
+            return await self._recorded(job, attempt_id, attempt)
+        except ApplicationError:
+            return None  # recorded on the attempt; the workflow's probe decides
 
     @implements(steps.probe)
     async def probe(self, step: StepInput) -> ProbeOutcome:
@@ -148,13 +180,20 @@ class ExecutorActivities:
                 transcripts.append(pending.transcript)
                 await self._pin_learned_key(job, pending.learned_host_key)
                 if pending.ok:
+                    await self._seen_working(job, job.operation.pending_version_id)
                     return "\n".join(transcripts), ProbeOutcome(True, None)
+                if job.operation.kind in CHOSEN_SECRET_KINDS:
+                    # Only the chosen secret was asked about; a login with the current one
+                    # would spend the lockout budget for an answer no one uses.
+                    return "\n".join(transcripts), ProbeOutcome(False, None)
             account = Account(username, job.current_password)
             current = await self._login(
                 job, account, lambda: executor.check_login(LoginRequest(job.target, account))
             )
             transcripts.append(f"[current] {'logs in' if current.ok else 'refused'}")
             await self._pin_learned_key(job, current.learned_host_key)
+            if current.ok:
+                await self._seen_working(job, job.current_version_id)
             return "\n".join(transcripts), ProbeOutcome(False, current.ok)
 
         return await self._recorded(job, attempt_id, attempt)
@@ -351,6 +390,14 @@ class ExecutorActivities:
             ).all()
         # Fewer rows than earlier attempts: one died before recording itself; assume the worst.
         return len(outcomes) < number - 1 or any(o != ConnectFailed.kind for o in outcomes)
+
+    async def _seen_working(self, job: Job, version_id: str | None) -> None:
+        if version_id:
+            await asyncio.to_thread(self._record_seen_working, version_id, job.operation.id)
+
+    def _record_seen_working(self, version_id: str, operation_id: str) -> None:
+        with session_scope(self._engine) as session:
+            seen_working(session, version_id, operation_id)
 
     async def _pin_learned_key(self, job: Job, key: str | None) -> None:
         if key:

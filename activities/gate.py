@@ -35,6 +35,7 @@ class GateActivities:
                     request.workflow_id,
                     request.run_id or None,
                     request.parent_operation_id,
+                    request.source_version_id or None,
                     request.requested_by,
                 ),
             )

@@ -26,6 +26,7 @@ from store.models import (
 from store.passwords import generate_password
 from store.queries import policy_for
 from store.vault import Vault
+from store.versions import VersionNotUsable, chosen_version, fail_unsent_supplied
 from workflows import steps
 from workflows.contracts import (
     CommitInput,
@@ -63,6 +64,23 @@ class StoreActivities:
                 # What commit compares against: the vault's current version as of now.
                 current = Vault.current(session, credential.id)
                 operation.base_version_id = current.id if current else None
+            if operation.pending_version_id is None:
+                try:
+                    chosen = chosen_version(session, operation)
+                except VersionNotUsable as exc:
+                    raise ApplicationError(
+                        str(exc), type="ConfigurationError", non_retryable=True
+                    ) from None
+                if chosen is not None:
+                    operation.pending_version_id = chosen.id
+                    audit.record(
+                        session,
+                        "secret.version_chosen",
+                        operation_id=operation.id,
+                        credential_id=credential.id,
+                        version_id=chosen.id,
+                        version_state=chosen.state,
+                    )
             if operation.kind in ("change", "reconcile") and operation.pending_version_id is None:
                 pending = self._vault.add(
                     session,
@@ -150,6 +168,8 @@ class StoreActivities:
                 return CommitOutcome(False, detail)
             if operation.pending_version_id:
                 Vault.promote(session, credential.id, operation.pending_version_id)
+                # The new secret was verified before the commit: both clocks restart.
+                credential.secret_changed_at = credential.verified_at = utcnow()
             credential.sync_state = SyncState.IN_SYNC
             operation.status = status
             operation.resolution = step.resolution
@@ -203,14 +223,26 @@ class StoreActivities:
             operation.finished_at = utcnow()
             if result.pending_version_fate == SecretState.FAILED and operation.pending_version_id:
                 pending = session.get(SecretVersion, operation.pending_version_id)
-                if pending is not None and pending.state == SecretState.PENDING:
+                # Only a version this operation made: one it was asked to adopt, or the secret
+                # of an interrupted operation a verify tried, stays as it was.
+                if (
+                    pending is not None
+                    and pending.state == SecretState.PENDING
+                    and pending.operation_id == operation.id
+                ):
                     pending.state = SecretState.FAILED
                     pending.changed_at = utcnow()
                     session.add(pending)
+            if operation.pending_version_id is None:
+                # Ended before prepare (canceled while queued, refused by prepare): a secret
+                # supplied with the request never reached the target.
+                fail_unsent_supplied(session, operation.id)
             if result.out_of_sync:
                 credential.sync_state = SyncState.OUT_OF_SYNC
             elif result.status == OperationStatus.SUCCEEDED:
                 credential.sync_state = SyncState.IN_SYNC
+                if operation.kind == "verify":
+                    credential.verified_at = utcnow()
             session.add_all([operation, credential])
             audit.record(
                 session,

@@ -18,6 +18,9 @@ CHANGE_SENT = "change-sent"  # the new secret is on the wire, the answer not yet
 AFTER_CHANGE = "after-change"  # the change succeeded, verify has not started
 DURING_COMMIT = "during-commit"  # inside the commit transaction, before it is committed
 ALL = (AFTER_PREPARE, CHANGE_SENT, AFTER_CHANGE, DURING_COMMIT)
+# A sweep's page of operations has been requested, its activity not yet completed: the restarted
+# worker requests the page again.
+SWEEP_PAGE_REQUESTED = "sweep-page-requested"
 
 
 def reach(name: str) -> None:

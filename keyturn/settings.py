@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     zones: list[str] = Field(default_factory=lambda: ["default"])
+    # How often each policy's expiry and verification schedules sweep for due credentials, and
+    # how many credentials a sweep reads per page.
+    sweep_interval_seconds: float = Field(default=60.0, ge=1.0)
+    sweep_page_size: int = Field(default=200, ge=1, le=10_000)
 
     siem_destinations: list[SiemDestination] = Field(default_factory=list)
     codec_cors_origins: list[str] = Field(

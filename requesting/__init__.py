@@ -7,20 +7,17 @@ start the operation workflow itself: the workflow registers its own row, so both
 the same.
 """
 
-from requesting.operations import (
-    CredentialNotFound,
-    OperationRequest,
-    Requested,
-    RequestFailed,
-    TemporalUnavailable,
-    request_operation,
-)
+from requesting.chosen import SecretChoice
+from requesting.errors import CredentialNotFound, InvalidRequest, RequestFailed, TemporalUnavailable
+from requesting.operations import OperationRequest, Requested, request_operation
 
 __all__ = [
     "CredentialNotFound",
+    "InvalidRequest",
     "OperationRequest",
     "RequestFailed",
     "Requested",
+    "SecretChoice",
     "TemporalUnavailable",
     "request_operation",
 ]

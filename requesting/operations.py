@@ -16,12 +16,18 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from requesting.chosen import SecretChoice, check_secret_choice, fail_unused, store_supplied
+from requesting.errors import CredentialNotFound, InvalidRequest, TemporalUnavailable
 from store import gate
 from store.engine import in_thread
 from store.models import Credential, Operation, OperationStatus, new_id
+from store.vault import Vault
 from workflows.contracts import (
+    OPERATION_KINDS,
+    TRIGGERS,
     WORKFLOW_NAME,
     OperationInput,
+    chosen_secret_workflow_id,
     initial_search_attributes,
     operation_workflow_id,
 )
@@ -31,25 +37,13 @@ from workflows.contracts import (
 START_TRIES = 3
 
 
-class RequestFailed(Exception):
-    """The operation could not be requested; the message says what to do."""
-
-
-class CredentialNotFound(RequestFailed):
-    def __init__(self, credential_id: str) -> None:
-        self.credential_id = credential_id
-        super().__init__(f"no credential with id {credential_id!r}")
-
-
-class TemporalUnavailable(RequestFailed):
-    """Temporal did not take the workflow (unreachable, or it kept ending as requests came)."""
-
-
 @dataclass(frozen=True)
 class OperationRequest:
     credential_id: str
     kind: str = "change"
     trigger: str = "manual"
+    # adopt, set-in-vault and a change's next password name the secret to act with.
+    choice: SecretChoice = SecretChoice()
     requested_by: str | None = None  # the principal (audit trail, SIEM); None: Keyturn itself
     # Where the outcome is POSTed when the operation ends. Kept in the store only, never in the
     # workflow's input: a URL may carry a token of the receiver's.
@@ -65,17 +59,34 @@ class Requested:
 
 
 async def request_operation(
-    engine: Engine, client: Client, task_queue: str, request: OperationRequest
+    engine: Engine,
+    client: Client,
+    task_queue: str,
+    request: OperationRequest,
+    vault: Vault | None = None,
 ) -> Requested:
     """Start an operation, or join the one of this kind already in flight on the credential.
 
     The per-kind workflow id makes Temporal the arbiter of joins: of two racing requests exactly
     one starts a workflow. The started one is registered at the credential's gate before this
-    returns, so requests are queued in the order they were answered.
+    returns, so requests are queued in the order they were answered. A request that names its
+    secret (``request.choice``) is checked first (InvalidRequest) and never joins; ``vault``
+    stores a supplied value and is needed only then.
     """
+    if request.kind not in OPERATION_KINDS:
+        raise InvalidRequest("kind", f"{request.kind!r} is not one of {', '.join(OPERATION_KINDS)}")
+    if request.trigger not in TRIGGERS:
+        raise InvalidRequest("trigger", f"{request.trigger!r} is not one of {', '.join(TRIGGERS)}")
     credential = await in_thread(engine, lambda db: db.get(Credential, request.credential_id))
     if credential is None:
         raise CredentialNotFound(request.credential_id)
+    await in_thread(
+        engine, lambda db: check_secret_choice(db, credential, request.kind, request.choice)
+    )
+    if request.choice.names_a_secret:
+        return await request_with_chosen_secret(
+            engine, client, task_queue, credential, request, vault
+        )
     workflow_id = operation_workflow_id(request.kind, credential.id)
     for _ in range(START_TRIES):
         operation = OperationInput(
@@ -108,25 +119,91 @@ async def request_operation(
                 f"Temporal at {client.service_client.config.target_host} did not accept the "
                 f"operation: {exc}"
             ) from None
-        admission = await asyncio.to_thread(
-            gate.admit,
-            engine,
-            gate.Registration(
-                operation.operation_id,
-                credential.id,
-                request.kind,
-                request.trigger,
-                workflow_id,
-                handle.result_run_id or None,
-                requested_by=request.requested_by,
-                callback_url=request.callback_url,
-            ),
-        )
-        status = OperationStatus.QUEUED if admission.queued else OperationStatus.SCHEDULED
-        return Requested(operation.operation_id, workflow_id, status, joined=False)
+        return await _admitted(engine, operation, workflow_id, handle.result_run_id, request)
     raise TemporalUnavailable(
         f"operations on {workflow_id} kept ending as requests arrived; send the request again"
     )
+
+
+async def request_with_chosen_secret(
+    engine: Engine,
+    client: Client,
+    task_queue: str,
+    credential: Credential,
+    request: OperationRequest,
+    vault: Vault | None,
+) -> Requested:
+    """An operation that acts with a secret the request names: its own workflow (never joined),
+    queued at the credential's gate like any other. A supplied value is stored encrypted as a
+    pending version of this operation before the workflow starts, so only its id travels.
+    The choice must have been checked (``check_secret_choice``), or come from the store."""
+    operation_id = new_id()
+    version_id = request.choice.version_id
+    secret = request.choice.supplied
+    if secret is not None:
+        if vault is None:
+            raise TypeError("a request that supplies a secret needs the vault to store it")
+        version_id = await in_thread(
+            engine, lambda db: store_supplied(db, vault, credential, operation_id, secret)
+        )
+    assert version_id is not None
+    operation = OperationInput(
+        credential_id=credential.id,
+        kind=request.kind,
+        trigger=request.trigger,
+        operation_id=operation_id,
+        device_id=credential.device_id,
+        version_id=version_id,
+        callback=request.callback_url is not None,
+        requested_by=request.requested_by,
+    )
+    workflow_id = chosen_secret_workflow_id(request.kind, credential.id, operation_id)
+    try:
+        handle = await client.start_workflow(
+            WORKFLOW_NAME,
+            operation,
+            id=workflow_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            search_attributes=initial_search_attributes(operation),
+            memo={"operation_id": operation_id},
+        )
+    except RPCError as exc:
+        if secret is not None:  # no operation will ever use it
+            await in_thread(engine, lambda db: fail_unused(db, version_id))
+        raise TemporalUnavailable(
+            f"Temporal at {client.service_client.config.target_host} did not accept the "
+            f"operation: {exc}"
+        ) from None
+    return await _admitted(engine, operation, workflow_id, handle.result_run_id, request)
+
+
+async def _admitted(
+    engine: Engine,
+    operation: OperationInput,
+    workflow_id: str,
+    run_id: str | None,
+    request: OperationRequest,
+) -> Requested:
+    """Register the started operation at its credential's gate before answering, so requests
+    are queued in the order they were answered."""
+    admission = await asyncio.to_thread(
+        gate.admit,
+        engine,
+        gate.Registration(
+            operation.operation_id,
+            operation.credential_id,
+            operation.kind,
+            operation.trigger,
+            workflow_id,
+            run_id or None,
+            source_version_id=operation.version_id or None,
+            requested_by=request.requested_by,
+            callback_url=request.callback_url,
+        ),
+    )
+    status = OperationStatus.QUEUED if admission.queued else OperationStatus.SCHEDULED
+    return Requested(operation.operation_id, workflow_id, status, joined=False)
 
 
 async def _running_operation(engine: Engine, client: Client, workflow_id: str) -> Requested | None:

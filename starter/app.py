@@ -16,7 +16,8 @@ from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, principal_of, require_token
-from starter.routes import audit, codec, dashboard, inventory, metrics, operations
+from starter.problems import problem_response
+from starter.routes import access, audit, codec, dashboard, inventory, metrics, operations, versions
 from store import audit as audit_trail
 from store.engine import in_thread, make_engine
 from store.seed import seed_shipped_templates
@@ -48,12 +49,19 @@ def create_app(
         seed_shipped_templates(engine)
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
     problems.install(app, on_refusal=_record_refusal)
-    for router in (inventory.router, operations.router, audit.router, dashboard.api):
+    for router in (
+        inventory.router,
+        operations.router,
+        access.router,
+        versions.router,
+        audit.router,
+        dashboard.api,
+    ):
         app.include_router(
             router,
             prefix="/v1",
             dependencies=[Depends(require_token)],
-            responses={401: {"description": "no valid admin token"}},
+            responses={401: problem_response("missing or wrong admin API token")},
         )
     app.include_router(metrics.router)
     app.include_router(codec.router)

@@ -1,5 +1,5 @@
 """The ``keyturn`` command: ``dev`` (the whole embedded stack), ``api``, ``worker``, ``request``,
-``audit verify``."""
+``backup``, ``restore``, ``audit verify``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ import dataclasses
 import getpass
 import json
 import logging
+import os
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 import uvicorn
 
 from keyturn.settings import Settings
-from workflows.contracts import OPERATION_KINDS, TRIGGERS
+from requesting.chosen import SecretChoice
+from workflows.contracts import CLIENT_TRIGGERS, OPERATION_KINDS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +30,17 @@ def main(argv: list[str] | None = None) -> None:
     request = sub.add_parser("request", help="request an operation on a credential, print it")
     request.add_argument("credential_id")
     request.add_argument("--kind", default="change", choices=OPERATION_KINDS)
-    request.add_argument("--trigger", default="manual", choices=TRIGGERS)
+    request.add_argument("--trigger", default="manual", choices=CLIENT_TRIGGERS)
+    request.add_argument("--version-id", help="adopt: the secret version to make current")
+    request.add_argument(
+        "--secret-stdin",
+        action="store_true",
+        help="read the secret from stdin: set-in-vault's password, or a change's next password",
+    )
+    backup = sub.add_parser("backup", help="write the store and master key to FILE, encrypted")
+    backup.add_argument("file", type=Path)
+    restore = sub.add_parser("restore", help="restore FILE into an empty data directory")
+    restore.add_argument("file", type=Path)
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first break")
@@ -36,8 +50,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "audit":
         raise SystemExit(_verify_audit(settings))
     if args.command == "request":
-        outcome = _request(settings, args.credential_id, args.kind, args.trigger)
-        raise SystemExit(asyncio.run(outcome))
+        choice = _secret_choice(args.kind, args.version_id, args.secret_stdin)
+        outcome = _request(settings, args.credential_id, args.kind, args.trigger, choice)
+        _exit_now(asyncio.run(outcome))
+    if args.command in ("backup", "restore"):
+        raise SystemExit(_backup_or_restore(settings, args.command, args.file))
     if args.command == "dev":
         asyncio.run(_dev(settings))
     elif args.command == "api":
@@ -50,11 +67,48 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(worker.main(settings))
 
 
-async def _request(settings: Settings, credential_id: str, kind: str, trigger: str) -> int:
+def _exit_now(code: int) -> NoReturn:
+    """Exit without interpreter teardown: the Temporal client's native threads outlive the
+    event loop, and finalising Python under them now and then kills a short-lived process with
+    SIGSEGV after its work is done (temporalio/sdk-python issue 300). Nothing is left to run:
+    the outcome is printed, the store's connections are closed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _secret_choice(kind: str, version_id: str | None, secret_stdin: bool) -> SecretChoice:
+    """What the request names to act with; a secret is read from stdin, never an argument
+    (arguments are visible to every user of the machine)."""
+    secret = sys.stdin.readline().rstrip("\n") if secret_stdin else None
+    return SecretChoice(
+        version_id=version_id,
+        password=secret if kind == "set-in-vault" else None,
+        next_password=secret if kind != "set-in-vault" else None,
+    )
+
+
+def _backup_or_restore(settings: Settings, command: str, file: Path) -> int:
+    from starter.backup_commands import CommandFailed, backup, restore
+    from store.snapshot import SnapshotFailed
+
+    try:
+        print(backup(settings, file) if command == "backup" else restore(settings, file))
+    except (CommandFailed, SnapshotFailed) as exc:
+        print(f"keyturn {command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _request(
+    settings: Settings, credential_id: str, kind: str, trigger: str, choice: SecretChoice
+) -> int:
     """The same request path as the HTTP API's; prints the operation as JSON."""
     from keyturn.temporal import connect
     from requesting import OperationRequest, RequestFailed, request_operation
     from store.engine import make_engine
+    from store.vault import Vault
 
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -62,7 +116,10 @@ async def _request(settings: Settings, credential_id: str, kind: str, trigger: s
             engine,
             await connect(settings),
             settings.task_queue,
-            OperationRequest(credential_id, kind, trigger, requested_by=f"cli:{getpass.getuser()}"),
+            OperationRequest(
+                credential_id, kind, trigger, choice, requested_by=f"cli:{getpass.getuser()}"
+            ),
+            Vault(settings.master_key_bytes),
         )
     except RequestFailed as exc:
         print(f"keyturn request: {exc}", file=sys.stderr)

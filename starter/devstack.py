@@ -22,7 +22,7 @@ from keyturn.temporal import connect
 from starter.app import create_app
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
-from worker import build_echo, build_workers, run_workers
+from worker import build_echo, build_workers, run_workers, start_schedules, verify_after_restore
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -114,6 +114,7 @@ async def run_dev(settings: Settings) -> None:
         client = await wait_for_temporal(settings, server)
         engine = make_engine(settings.resolved_database_url)
         seed_shipped_templates(engine)
+        await start_schedules(client, engine, settings)
         api = _Server(
             uvicorn.Config(
                 create_app(settings, engine, client),
@@ -130,6 +131,7 @@ async def run_dev(settings: Settings) -> None:
         workers = asyncio.create_task(
             run_workers(build_workers(client, settings, engine), stop, build_echo(settings, engine))
         )
+        await verify_after_restore(engine, client, settings.task_queue)
         await _until_listening(api, api_task)
         host = settings.temporal_address.rpartition(":")[0] or "127.0.0.1"
         print(

@@ -21,6 +21,11 @@ _TITLES = {
 }
 
 
+def problem_response(description: str) -> dict[str, Any]:
+    """An OpenAPI ``responses=`` entry for an RFC 9457 problem answer."""
+    return {"description": description, "content": {PROBLEM_JSON: {}}}
+
+
 class Problem(Exception):
     def __init__(self, status: int, detail: str, **extra: Any) -> None:
         self.status = status

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from store.passwords import PasswordRules
+from triggers.window import DAYS, ChangeWindow, InvalidWindow
+from workflows.contracts import CLIENT_TRIGGERS, TRIGGERS
 
 Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]*$")
-OperationKind = Literal["change", "verify", "reconcile"]
-Trigger = Literal["manual", "expiry", "view", "session-start", "session-end", "a2a"]
+OperationKind = Literal["change", "verify", "reconcile", "adopt", "set-in-vault"]
+# Triggers are one closed list (workflows/contracts.py TRIGGERS); a request may claim only
+# CLIENT_TRIGGERS, the others are set by Keyturn itself.
+Trigger = Field(
+    default="manual",
+    description="why the operation is requested; a client may claim manual or a2a only",
+    json_schema_extra={"enum": list(CLIENT_TRIGGERS)},
+)
+TriggerOut = Field(description="why it was requested", json_schema_extra={"enum": list(TRIGGERS)})
 
 
 class _In(BaseModel):
@@ -46,6 +55,28 @@ class DeviceOut(BaseModel):
     created_at: datetime
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]  # triggers.window.DAYS
+assert get_args(Day) == DAYS
+
+
+class ChangeWindowIn(_In):
+    days: list[Day] = Field(default_factory=lambda: list(get_args(Day)), min_length=1)
+    start: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["22:00"])
+    end: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["02:00"])
+    timezone: str = Field(default="UTC", examples=["Europe/Lisbon"])
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ChangeWindow.parse(
+                {"days": ["mon"], "start": "00:00", "end": "01:00", "timezone": value}
+            )
+        except InvalidWindow as exc:
+            raise ValueError(str(exc).partition(": ")[2]) from None
+        return value
+
+
 class PolicyIn(_In):
     name: str = Name
     length: int = Field(default=24, ge=8, le=1024)
@@ -67,6 +98,33 @@ class PolicyIn(_In):
     )
     lockout_window_seconds: float = Field(default=900.0, ge=1, le=86400)
     max_concurrent_operations: int = Field(default=2, ge=1, le=1000, description="per device")
+    change_every_seconds: int | None = Field(
+        default=None, ge=10, description="expiry: the oldest a current secret may get (null: never)"
+    )
+    verify_every_seconds: int | None = Field(
+        default=None, ge=10, description="verify credentials not verified for this long"
+    )
+    change_window: ChangeWindowIn | None = Field(
+        default=None, description="when automatic triggers may act (null: at any time)"
+    )
+    jitter_seconds: int = Field(
+        default=0, ge=0, le=7 * 86400, description="expiry changes are spread over this long"
+    )
+    change_after_view_seconds: int | None = Field(
+        default=None, ge=0, le=365 * 86400, description="a view asks for a change this much later"
+    )
+    change_after_session_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=365 * 86400,
+        description="the end of the last open session asks for a change this much later",
+    )
+    max_session_wait_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="how long an expiry change waits for open sessions (null: until they end)",
+    )
+    paused: bool = Field(default=False, description="the policy's schedules are paused")
 
     @model_validator(mode="after")
     def _rules_can_produce_a_password(self) -> PolicyIn:
@@ -76,6 +134,34 @@ class PolicyIn(_In):
         if problem:
             raise ValueError(problem)
         return self
+
+
+class PolicyPatch(_In):
+    """Any field of a policy; an absent field is left as it is."""
+
+    name: str | None = None
+    length: int | None = None
+    lowercase: bool | None = None
+    uppercase: bool | None = None
+    digits: bool | None = None
+    symbols: bool | None = None
+    exclude: str | None = None
+    max_attempts: int | None = None
+    retry_interval_seconds: float | None = None
+    backoff: float | None = None
+    connect_timeout_seconds: float | None = None
+    read_timeout_seconds: float | None = None
+    lockout_budget: int | None = None
+    lockout_window_seconds: float | None = None
+    max_concurrent_operations: int | None = None
+    change_every_seconds: int | None = None
+    verify_every_seconds: int | None = None
+    change_window: dict[str, Any] | None = None
+    jitter_seconds: int | None = None
+    change_after_view_seconds: int | None = None
+    change_after_session_seconds: int | None = None
+    max_session_wait_seconds: int | None = None
+    paused: bool | None = None
 
 
 class PolicyOut(PolicyIn):
@@ -151,13 +237,57 @@ class CredentialOut(BaseModel):
 
 class OperationIn(_In):
     kind: OperationKind
-    trigger: Trigger = "manual"
+    trigger: str = Trigger
     callback_url: str | None = Field(
         default=None,
         max_length=2000,
         description="POSTed the outcome when the operation (and each chained one) ends, signed "
         "per Standard Webhooks; https:// only",
     )
+
+    version_id: str | None = Field(
+        default=None, max_length=64, description="adopt: the secret version to make current"
+    )
+    password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="set-in-vault: the password set on the target by other means (write-only)",
+    )
+    next_password: SecretStr | None = Field(
+        default=None,
+        max_length=1024,
+        description="change: the new password, instead of a generated one; must fit the "
+        "credential's policy (write-only)",
+    )
+
+    @field_validator("trigger")
+    @classmethod
+    def _client_trigger(cls, value: str) -> str:
+        if value in CLIENT_TRIGGERS:
+            return value
+        if value in TRIGGERS:
+            raise ValueError(
+                f"{value!r} is set by Keyturn alone; a request may claim manual or a2a"
+            )
+        raise ValueError(f"one of {', '.join(CLIENT_TRIGGERS)}")
+
+
+class VersionOut(BaseModel):
+    id: str
+    state: str = Field(description="pending, current, previous or failed")
+    operation_id: str | None = Field(description="the operation that made this version")
+    created_at: datetime
+    changed_at: datetime = Field(description="when its state last changed")
+    last_login_ok_at: datetime | None = Field(
+        description="the last time a login with this secret was seen to work on the target"
+    )
+    last_login_ok_operation_id: str | None = Field(description="the operation that saw it")
+
+
+class VersionSecretOut(BaseModel):
+    version_id: str
+    state: str
+    secret: str
 
 
 class OperationAccepted(BaseModel):
@@ -188,7 +318,7 @@ class OperationOut(BaseModel):
     id: str
     credential_id: str
     kind: str
-    trigger: str
+    trigger: str = TriggerOut
     status: str = Field(
         description="queued (behind another operation on the credential), scheduled (accepted, "
         "not started), running, succeeded, failed or canceled"
@@ -215,6 +345,33 @@ class ExecutorOut(BaseModel):
     default_templates: dict[str, str]
     operation_kinds: list[str] = Field(description="kinds its shipped templates cover")
     templates: list[str] = Field(description="its shipped templates")
+
+
+class OperationPage(BaseModel):
+    items: list[OperationOut] = Field(description="newest first")
+    next_cursor: str | None = Field(description="pass as cursor for the next page; null: no more")
+
+
+class SecretOut(BaseModel):
+    password: str
+    version_id: str
+    changed_at: datetime = Field(description="when this secret became current")
+
+
+class SessionEventIn(_In):
+    event: Literal["session-start", "session-end"]
+    session_id: str = Field(min_length=1, max_length=200)
+
+
+class SessionOut(BaseModel):
+    credential_id: str
+    session_id: str
+    started_at: datetime
+    ended_at: datetime | None
+    open_sessions: int = Field(description="sessions of the credential still open")
+    change_requested: bool = Field(
+        description="this was the last open session and the policy asks for a change after it"
+    )
 
 
 class AuditEventOut(BaseModel):

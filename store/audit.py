@@ -26,6 +26,8 @@ from sqlmodel import Session, col, select
 from store.models import AuditEvent, AuditHead, Credential, Operation
 
 log = logging.getLogger("keyturn.audit")
+# A read of a secret (GET /v1/credentials/{id}/secret): what a change after a view answers.
+VIEWED = "secret.viewed"
 
 GENESIS = "0" * 64
 KEYTURN = "keyturn"  # the principal of what Keyturn does on its own (triggers, steps)

@@ -48,6 +48,7 @@ class Registration:
     workflow_id: str
     run_id: str | None
     parent_operation_id: str | None = None
+    source_version_id: str | None = None
     requested_by: str | None = None  # the principal; None: Keyturn itself
     callback_url: str | None = None
 
@@ -91,6 +92,7 @@ def register(session: Session, request: Registration) -> Operation:
         workflow_id=request.workflow_id,
         run_id=request.run_id,
         parent_operation_id=request.parent_operation_id,
+        source_version_id=request.source_version_id,
         requested_by=request.requested_by,
         callback_url=callback_url,
     )

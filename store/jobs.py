@@ -47,6 +47,7 @@ class Job:
     current_password: str
     pending_password: str | None
     auth_account: Account | None
+    current_version_id: str = ""
 
     @property
     def connecting_account(self) -> Account:
@@ -173,6 +174,7 @@ def load_job(
             current_password=vault.reveal(current),
             pending_password=vault.reveal(pending) if pending else None,
             auth_account=auth_account,
+            current_version_id=current.id,
         )
 
 

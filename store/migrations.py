@@ -28,16 +28,66 @@ def _v2_one_writer_per_credential(conn: Connection) -> None:
         "waiting_for": "VARCHAR",
         "base_version_id": "VARCHAR",
     }
-    present = {c["name"] for c in inspect(conn).get_columns("operation")}
-    for name, ddl in columns.items():
-        if name not in present:
-            conn.execute(text(f"ALTER TABLE operation ADD COLUMN {name} {ddl}"))
+    _add_columns(conn, "operation", columns)
     if conn.dialect.name == "postgresql":
         # SQLAlchemy stores enum members by name; PostgreSQL keeps them in a native enum type.
         conn.execute(text("ALTER TYPE operationstatus ADD VALUE IF NOT EXISTS 'QUEUED'"))
 
 
-def _v3_governance(conn: Connection) -> None:
+def _v3_triggers(conn: Connection) -> None:
+    """Policy fields of the automatic triggers, and the credential columns sweeps page by.
+    The sessions table is new: create_all made it."""
+    postgresql = conn.dialect.name == "postgresql"
+    timestamp = "TIMESTAMP WITH TIME ZONE" if postgresql else "DATETIME"
+    false = "false" if postgresql else "0"
+    _add_columns(
+        conn,
+        "policy",
+        {
+            "change_every_seconds": "INTEGER",
+            "verify_every_seconds": "INTEGER",
+            "change_window": "JSON",
+            "jitter_seconds": "INTEGER NOT NULL DEFAULT 0",
+            "change_after_view_seconds": "INTEGER",
+            "change_after_session_seconds": "INTEGER",
+            "max_session_wait_seconds": "INTEGER",
+            "paused": f"BOOLEAN NOT NULL DEFAULT {false}",
+        },
+    )
+    _add_columns(conn, "credential", {"secret_changed_at": timestamp, "verified_at": timestamp})
+    # The current secret's age is when it became current; until a verify runs, that is also
+    # the last time it was known to log in.
+    conn.execute(
+        text(
+            "UPDATE credential SET secret_changed_at = COALESCE((SELECT MAX(v.changed_at) "
+            "FROM secretversion v WHERE v.credential_id = credential.id "
+            "AND v.state = 'CURRENT'), credential.created_at) WHERE secret_changed_at IS NULL"
+        )
+    )
+    conn.execute(
+        text("UPDATE credential SET verified_at = secret_changed_at WHERE verified_at IS NULL")
+    )
+    for name, column in (
+        ("ix_credential_expiry", "secret_changed_at"),
+        ("ix_credential_verify", "verified_at"),
+    ):
+        conn.execute(
+            text(f"CREATE INDEX IF NOT EXISTS {name} ON credential (policy_id, {column}, id)")
+        )
+
+
+def _v4_recovery_by_hand(conn: Connection) -> None:
+    """Secret versions an administrator can choose from, supplied secrets, verify after restore."""
+    _add_columns(
+        conn,
+        "secretversion",
+        {"last_login_ok_at": "TIMESTAMP", "last_login_ok_operation_id": "VARCHAR"},
+    )
+    _add_columns(conn, "operation", {"source_version_id": "VARCHAR"})
+    _add_columns(conn, "credential", {"needs_verify": "BOOLEAN NOT NULL DEFAULT false"})
+
+
+def _v5_governance(conn: Connection) -> None:
     """The hash-chained audit trail, who requested an operation and where its outcome goes.
     Events written before the chain existed are chained now, in id order."""
     _add_columns(
@@ -103,7 +153,12 @@ def _append_only_audit(conn: Connection) -> None:
 
 
 # STEPS[n] takes a store from version n + 1 to n + 2.
-STEPS: tuple[Callable[[Connection], None], ...] = (_v2_one_writer_per_credential, _v3_governance)
+STEPS: tuple[Callable[[Connection], None], ...] = (
+    _v2_one_writer_per_credential,
+    _v3_triggers,
+    _v4_recovery_by_hand,
+    _v5_governance,
+)
 LATEST = len(STEPS) + 1
 
 

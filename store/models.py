@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from store.passwords import PasswordRules
@@ -79,6 +79,16 @@ class Policy(SQLModel, table=True):
     lockout_budget: int = 3  # failed logins Keyturn may cause per account per window
     lockout_window_seconds: float = 900.0
     max_concurrent_operations: int = 2  # per device, whatever triggered them
+    # Automatic triggers (triggers/): each is off while None.
+    change_every_seconds: int | None = None  # expiry: the oldest a current secret may get
+    verify_every_seconds: int | None = None  # verification heartbeat
+    # When automatic triggers may act: {"days": [...], "start", "end", "timezone"}; None: always.
+    change_window: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    jitter_seconds: int = 0  # expiry changes are spread over this long
+    change_after_view_seconds: int | None = None
+    change_after_session_seconds: int | None = None
+    max_session_wait_seconds: int | None = None  # None: an expiry change waits for the session
+    paused: bool = False  # the policy's schedules are paused
     created_at: datetime = Field(default_factory=utcnow)
 
     def password_rules(self) -> PasswordRules:
@@ -101,6 +111,12 @@ class Template(SQLModel, table=True):
 
 
 class Credential(SQLModel, table=True):
+    # What sweeps page through (triggers/due.py): a policy's credentials by age, never a scan.
+    __table_args__ = (
+        Index("ix_credential_expiry", "policy_id", "secret_changed_at", "id"),
+        Index("ix_credential_verify", "policy_id", "verified_at", "id"),
+    )
+
     id: str = Field(default_factory=new_id, primary_key=True)
     device_id: str = Field(foreign_key="device.id", index=True)
     username: str
@@ -113,7 +129,24 @@ class Credential(SQLModel, table=True):
     reconcile_credential_id: str | None = Field(default=None, foreign_key="credential.id")
     auto_reconcile: bool = False
     sync_state: SyncState = SyncState.IN_SYNC
+    # Set by ``keyturn restore`` when an operation was in flight at backup time: the next start
+    # requests a verify, which also tries that operation's pending secret (starter/restored.py).
+    needs_verify: bool = False
     created_at: datetime = Field(default_factory=utcnow)
+    # Kept with the credential so sweeps find what is due through an index: when the current
+    # secret became current, and when it was last seen to log in.
+    secret_changed_at: datetime = Field(default_factory=utcnow)
+    verified_at: datetime = Field(default_factory=utcnow)
+
+
+class CredentialSession(SQLModel, table=True):
+    """A session using a credential, as its requesting module reported it. Open while
+    ``ended_at`` is None: an expiry change waits for the credential's open sessions."""
+
+    credential_id: str = Field(foreign_key="credential.id", primary_key=True)
+    session_id: str = Field(primary_key=True)
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
 
 
 class SecretVersion(SQLModel, table=True):
@@ -125,6 +158,10 @@ class SecretVersion(SQLModel, table=True):
     operation_id: str | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     changed_at: datetime = Field(default_factory=utcnow)
+    # The last time a login with this secret was seen to work on the target, and by which
+    # operation: what an administrator recovering a credential by hand needs to choose a version.
+    last_login_ok_at: datetime | None = None
+    last_login_ok_operation_id: str | None = None
 
 
 class Operation(SQLModel, table=True):
@@ -147,6 +184,10 @@ class Operation(SQLModel, table=True):
     gate_state: str | None = None  # "queued" | "holding" while in the gate; None once left
     waiting_for: str | None = None  # the operation ahead of this one while it is queued
     base_version_id: str | None = None  # the current version prepare read: commit's CAS
+    # The version this operation acts with instead of a generated one: the one to adopt, the
+    # value an administrator supplied (set-in-vault, a change's next_password), or after a
+    # restore the pending secret of the operation that was in flight (a verify tries it too).
+    source_version_id: str | None = None
     requested_by: str | None = None  # the principal who asked; None: Keyturn itself (a trigger)
     callback_url: str | None = None  # where the outcome is POSTed when the operation ends
 

@@ -43,6 +43,32 @@ class PasswordRules:
             return "length must be at most 1024"
         return None
 
+    def violation(self, password: str) -> str | None:
+        """Why ``password`` breaks these rules, or None if it fits. The answer never quotes
+        the password or any of its characters: it goes back to whoever supplied it, and to
+        logs."""
+        if len(password) < self.length:
+            return f"is shorter than the policy's length of {self.length} characters"
+        if len(password) > 1024:
+            return "is longer than 1024 characters"
+        if any(not c.isprintable() for c in password):
+            return "contains a control or non-printable character"
+        wanted = {
+            "lowercase letters": (self.lowercase, string.ascii_lowercase),
+            "uppercase letters": (self.uppercase, string.ascii_uppercase),
+            "digits": (self.digits, string.digits),
+            "symbols": (self.symbols, SYMBOLS),
+        }
+        for name, (enabled, chars) in wanted.items():
+            present = any(c in chars for c in password)
+            if enabled and not present:
+                return f"has no {name}, which the policy requires"
+            if not enabled and present:
+                return f"has {name}, which the policy leaves out"
+        if any(c not in "".join(self.classes()) for c in password):
+            return "has characters the policy excludes or does not allow"
+        return None
+
 
 def generate_password(rules: PasswordRules) -> str:
     """A password with at least one character of every enabled class, uniformly shuffled."""

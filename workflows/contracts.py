@@ -13,7 +13,11 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 WORKFLOW_NAME = "KeyturnOperation"
 DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
 CALLBACK_WORKFLOW = "KeyturnCallback"
-OPERATION_KINDS = ("change", "verify", "reconcile")
+SWEEP_WORKFLOW = "KeyturnSweep"
+DELAYED_OPERATION_WORKFLOW = "KeyturnDelayedOperation"
+OPERATION_KINDS = ("change", "verify", "reconcile", "adopt", "set-in-vault")
+# Kinds that make a chosen secret current once it is seen to log in, and change nothing else.
+CHOSEN_SECRET_KINDS = ("adopt", "set-in-vault")
 # Why an operation was requested: one closed list, used by the API, the search attribute and the
 # store alike.
 TRIGGERS = (
@@ -28,7 +32,14 @@ TRIGGERS = (
     "out-of-sync",
     "task-schedule",
     "certificate-renewal",
+    "restore",  # a verify requested on start after `keyturn restore`
 )
+# What a client may claim in a request body; every other trigger is set by Keyturn alone.
+CLIENT_TRIGGERS = ("manual", "a2a")
+# What a policy's schedules sweep for: (schedule purpose, operation kind, trigger).
+SWEEP_EXPIRY = "expiry"
+SWEEP_VERIFY = "verify"
+SWEEPS = {SWEEP_EXPIRY: ("change", "expiry"), SWEEP_VERIFY: ("verify", "verify-schedule")}
 
 # Search attributes make operations findable in the Web UI ("KeyturnCredentialId = '…'").
 SA_CREDENTIAL = SearchAttributeKey.for_keyword("KeyturnCredentialId")
@@ -77,9 +88,30 @@ def operation_workflow_id(kind: str, credential_id: str) -> str:
     return f"keyturn-{kind}-{credential_id}"
 
 
+def chosen_secret_workflow_id(kind: str, credential_id: str, operation_id: str) -> str:
+    """A request that names its secret (a version to adopt, a value supplied by an
+    administrator) is its own operation: joining another of its kind would drop that secret."""
+    return f"keyturn-{kind}-{credential_id}-{operation_id}"
+
+
 def device_slots_workflow_id(device_id: str) -> str:
     """One semaphore workflow per device, alive only while operations use or wait for it."""
     return f"keyturn-slots-{device_id}"
+
+
+def schedule_id(purpose: str, policy_id: str) -> str:
+    """One Temporal Schedule per policy and purpose: server state grows with policies."""
+    return f"keyturn-{purpose}-{policy_id}"
+
+
+def sweep_workflow_id(purpose: str, policy_id: str) -> str:
+    """The schedule appends each run's time to it."""
+    return f"keyturn-sweep-{purpose}-{policy_id}"
+
+
+def delayed_operation_workflow_id(kind: str, credential_id: str) -> str:
+    """Fixed per credential and kind: a second delayed request while one waits is the same one."""
+    return f"keyturn-delayed-{kind}-{credential_id}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +126,11 @@ class OperationInput:
     operation_id: str = ""  # empty: the workflow names the operation itself
     device_id: str = ""  # informative; the store's credential is what counts
     parent_operation_id: str | None = None  # set on a chained operation
+    # The secret version to act with instead of a generated one (adopt: the version to adopt;
+    # set-in-vault or a change's next_password: the value stored encrypted by the request path;
+    # a verify after a restore: the pending secret of the operation that was in flight). An id:
+    # a secret never enters a workflow payload.
+    version_id: str = ""
     # The requester asked to be told the outcome: the URL itself stays in the store.
     callback: bool = False
     requested_by: str | None = None  # the principal who asked; None: Keyturn itself
@@ -144,6 +181,7 @@ class RegisterInput:
     workflow_id: str
     run_id: str
     parent_operation_id: str | None = None
+    source_version_id: str = ""  # OperationInput.version_id
     requested_by: str | None = None
 
 
@@ -208,6 +246,9 @@ class StepInput:
     via_reconcile: bool = False  # connect with the reconcile credential and its template
     attempt: int = 0  # the workflow's attempt number (0: Temporal's, for older workflows)
     login_only: bool = False  # probe by logging in, without running the verify template
+    # A change that succeeds goes on to verify the new secret with a fresh login, in the same
+    # activity: one task and one job load fewer per change. False for histories before it.
+    verify_after_change: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +274,9 @@ class ChildNotStarted:
 @dataclass(frozen=True)
 class ChangeOutcome:
     already_applied: bool  # a retry found the pending secret already live (probe)
+    # With StepInput.verify_after_change: True when the new secret then logged in (the verify
+    # step is done); None when the verify could not say (the workflow probes, as before).
+    verified: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -278,3 +322,57 @@ class OperationResult:
     error_type: str | None = None
     error: str | None = None
     children: tuple[str, ...] = ()  # operation ids of the chained operations started
+
+
+@dataclass(frozen=True)
+class SweepInput:
+    """One run of a policy's schedule. ``as_of`` and ``cursor`` are set when the sweep continues
+    as new: what is due is decided once, as of the sweep's start, and paged through in order."""
+
+    policy_id: str
+    purpose: str  # SWEEP_EXPIRY or SWEEP_VERIFY
+    page_size: int = 200
+    as_of: str = ""  # ISO time; empty: the sweep's start
+    cursor: str = ""  # the last credential handled: "<iso time>|<id>"
+    requested: int = 0  # operations requested by the earlier runs of this sweep
+
+
+@dataclass(frozen=True)
+class DueQuery:
+    policy_id: str
+    purpose: str
+    as_of: str
+    cursor: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class DuePage:
+    credential_ids: tuple[str, ...]
+    cursor: str  # pass it back for the next page; empty: no more
+    stop: str = ""  # why the sweep stops now (policy paused, gone, outside its window)
+
+
+@dataclass(frozen=True)
+class DueRequests:
+    policy_id: str
+    purpose: str
+    as_of: str
+    credential_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DelayedOperation:
+    """An operation to request later (a view, a session's end, an expiry spread by jitter). It
+    holds no gate while it waits, and a change committed after ``since`` satisfies it."""
+
+    credential_id: str
+    kind: str
+    trigger: str
+    since: str  # ISO time of the event that asked for it
+
+
+@dataclass(frozen=True)
+class DelayedOutcome:
+    outcome: str  # what happened, for the workflow's result
+    retry_in_seconds: float | None = None  # outside the change window: ask again then

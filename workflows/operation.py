@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import steps
     from workflows.contracts import (
         CALLBACK_WORKFLOW,
+        CHOSEN_SECRET_KINDS,
         NON_RETRYABLE_KINDS,
         NOTHING_SENT_DETAIL,
         NOTHING_SENT_KINDS,
@@ -82,6 +83,8 @@ GATE_PATCH = "one-writer-gate"
 CALLBACK_PATCH = "callback-on-end"
 # The operation id became a search attribute: histories without the marker did not upsert it.
 OPERATION_ID_PATCH = "operation-id-search-attribute"
+# Histories with this marker verify inside the change activity (StepInput.verify_after_change).
+VERIFY_IN_CHANGE_PATCH = "verify-in-change"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -158,6 +161,7 @@ class OperationWorkflow:
                     info.workflow_id,
                     info.run_id,
                     op.parent_operation_id,
+                    op.version_id,
                     op.requested_by,
                 ),
             )
@@ -223,6 +227,21 @@ class OperationWorkflow:
         except asyncio.CancelledError:
             self._canceled = True
             finish = await self._after_cancel(step, plan)
+        except (ActivityError, ApplicationError) as err:
+            # A local activity failing for good surfaces as its ApplicationError (seen with this
+            # SDK), not wrapped in an ActivityError.
+            cause = err.cause if isinstance(err, ActivityError) else err
+            if plan is not None or not isinstance(cause, ApplicationError):
+                raise
+            kind, message = cause.type or "", cause.message
+            if kind != FailureKind.CONFIGURATION:
+                raise
+            # Prepare refused the request (a chosen secret it cannot act with, say, from a
+            # program that started the workflow itself): record why; nothing was sent. Before,
+            # such a workflow failed with its row left open; none can be running to replay.
+            finish = FinishInput(
+                self._operation_id, "failed", "nothing was sent to the target", kind, message
+            )
         children: tuple[str, ...] = ()
         if finish is None:
             assert plan is not None
@@ -266,6 +285,8 @@ class OperationWorkflow:
         try:
             if op.kind == "verify":
                 return await self._verify(step, plan)
+            if op.kind in CHOSEN_SECRET_KINDS:
+                return await self._try_chosen(step, plan)
             finish = await self._change(step, plan)
             if (
                 finish is not None
@@ -340,8 +361,8 @@ class OperationWorkflow:
             if finish is not None:
                 await self._call(steps.finish, finish)
                 return finish, ()
-        if self._canceled or op.kind == "verify":
-            return None, ()
+        if self._canceled or op.kind == "verify" or op.kind in CHOSEN_SECRET_KINDS:
+            return None, ()  # recovery by hand moves no chained credential
         return None, await self._start_children(op, "parent-changed")
 
     async def _after_moved_current(
@@ -430,8 +451,11 @@ class OperationWorkflow:
     async def _change(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
         """None means: commit. Otherwise the terminal state to record."""
         self._step = "change"
+        change_step = step
+        if workflow.patched(VERIFY_IN_CHANGE_PATCH):
+            change_step = dataclasses.replace(step, verify_after_change=True)
         try:
-            outcome = await self._executor(steps.change, step, plan)
+            outcome = await self._executor(steps.change, change_step, plan)
         except ActivityError as err:
             kind, message = _cause(err)
             if _sent_nothing(err):
@@ -448,6 +472,8 @@ class OperationWorkflow:
         if outcome.already_applied:
             self._resolution = "probe on retry: the new secret logs in (already live), adopted"
         self._step = "verify"
+        if outcome.verified:
+            return None  # verified inside the change activity: commit
         return await self._after_probe(step, plan, None, None)
 
     async def _after_probe(
@@ -506,7 +532,40 @@ class OperationWorkflow:
                 out_of_sync=True,
             )
 
-    async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput:
+    async def _try_chosen(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
+        """adopt and set-in-vault: the chosen secret (prepare made it this operation's pending
+        one) becomes current only once it logs in; otherwise nothing changes on the credential.
+        The probe tries that secret alone: the current one is not what was asked about, and
+        each refused login spends the lockout budget. None means: commit."""
+        self._step = "verify"
+        try:
+            probe = await self._executor(steps.probe, step, plan)
+        except ActivityError as err:
+            kind, message = _cause(err)
+            return FinishInput(
+                step.operation_id,
+                "failed",
+                "the target could not be asked: nothing changed",
+                kind,
+                message,
+                pending_version_fate="failed",  # only a version this operation made is failed
+            )
+        if probe.pending_works:
+            self._resolution = "verified: the chosen secret logs in, made current"
+            return None
+        return FinishInput(
+            step.operation_id,
+            "failed",
+            "the chosen secret is refused: nothing changed",
+            "SecretRefused",
+            "the chosen secret does not log in on the target",
+            pending_version_fate="failed",
+        )
+
+    async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
+        """Does the current secret log in? A verify requested after a restore also tries the
+        pending secret of the operation that was in flight (tried first by the probe) and, if
+        the target has it, commits it (None). Other verifies have no pending secret."""
         self._step = "verify"
         try:
             probe = await self._executor(steps.probe, step, plan)
@@ -518,6 +577,9 @@ class OperationWorkflow:
                 else "the target could not be reached"
             )
             return FinishInput(step.operation_id, "failed", resolution, kind, message)
+        if probe.pending_works:
+            self._resolution = "after a restore: the interrupted change's secret logs in, adopted"
+            return None
         if probe.current_works:
             return FinishInput(step.operation_id, "succeeded", "the current secret logs in")
         return FinishInput(
@@ -550,7 +612,10 @@ class OperationWorkflow:
                     activity,
                     dataclasses.replace(step, attempt=attempt),
                     task_queue=plan.zone_task_queue,
-                    start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
+                    # A change that verifies too makes two logins: it gets two steps' time.
+                    start_to_close_timeout=timedelta(
+                        seconds=plan.step_timeout_seconds * (2 if step.verify_after_change else 1)
+                    ),
                     heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,

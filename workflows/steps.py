@@ -25,6 +25,11 @@ from workflows.contracts import (
     ChildStart,
     CommitInput,
     CommitOutcome,
+    DelayedOperation,
+    DelayedOutcome,
+    DuePage,
+    DueQuery,
+    DueRequests,
     FinishInput,
     GateCheck,
     OperationPlan,
@@ -139,6 +144,22 @@ async def plan_children(request: ChildrenRequest) -> list[ChildStart]:
 
 @_declare("keyturn.child_not_started")
 async def child_not_started(request: ChildNotStarted) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+# Automatic triggers (activities/triggers.py): a sweep's pages and requests, a delayed operation.
+@_declare("keyturn.due_page")
+async def due_page(query: DueQuery) -> DuePage:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.request_due")
+async def request_due(batch: DueRequests) -> int:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.request_delayed")
+async def request_delayed(delayed: DelayedOperation) -> DelayedOutcome:
     raise NotImplementedError(DECLARATION)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import NoReturn
 
 from fastapi import APIRouter
-from sqlmodel import col, select
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
 
 from executors.base import ConfigurationError, Executor, check_target, get_executor, registry
 from executors.shipped import shipped_templates
+from requesting import TemporalUnavailable
 from starter.deps import ADMIN, DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
@@ -20,15 +23,18 @@ from starter.schemas import (
     ExecutorOut,
     PolicyIn,
     PolicyOut,
+    PolicyPatch,
     TemplateIn,
     TemplateOut,
 )
 from store import audit
+from store.engine import in_thread
 from store.jobs import target_for
-from store.models import Credential, Device, Policy, Template
+from store.models import Credential, Device, Policy, Template, new_id
 from store.queries import DEFAULT_POLICY, latest_template
 from store.vault import Vault
 from templating import TemplateSyntaxProblem
+from triggers import schedules
 
 router = APIRouter(route_class=StoreRoute)
 
@@ -84,15 +90,86 @@ def get_device(device_id: str, db: DB) -> Device:
     return db.get(Device, device_id) or _raise(not_found("device", device_id))
 
 
-@router.post("/policies", status_code=201, response_model=PolicyOut)
-def create_policy(body: PolicyIn, db: DB) -> Policy:
-    if db.exec(select(Policy).where(Policy.name == body.name)).first():
-        raise Problem(409, f"a policy named {body.name!r} exists; choose another name")
-    policy = Policy(**body.model_dump())
-    db.add(policy)
-    audit.record(db, "policy.created", principal=ADMIN, policy_id=policy.id, name=policy.name)
-    db.commit()
+_POLICY_PROBLEMS: dict[int | str, dict[str, str]] = {
+    404: {"description": "no such policy"},
+    409: {"description": "another policy has this name"},
+    422: {"description": "invalid field"},
+    503: {"description": "Temporal did not take the policy's schedules; nothing was changed"},
+}
+
+
+@router.post(
+    "/policies",
+    status_code=201,
+    response_model=PolicyOut,
+    responses={k: v for k, v in _POLICY_PROBLEMS.items() if k != 404},
+)
+async def create_policy(body: PolicyIn, app: State) -> Policy:
+    """A policy with an expiry or a verification period gets its schedules at once."""
+    policy = Policy(id=new_id(), **body.model_dump())
+    await in_thread(app.engine, lambda db: _name_is_free(db, policy.name, policy.id))
+    await _apply_schedules(app, policy)
+    try:
+        await in_thread(app.engine, lambda db: _save(db, policy, "policy.created"))
+    except IntegrityError:  # the same name, created meanwhile: undo the schedules
+        await _apply_schedules(app, Policy(id=policy.id, name=policy.name), policy)
+        raise Problem(409, f"a policy named {body.name!r} exists; choose another name") from None
     return policy
+
+
+@router.patch("/policies/{policy_id}", response_model=PolicyOut, responses=_POLICY_PROBLEMS)
+async def update_policy(policy_id: str, body: PolicyPatch, app: State) -> Policy:
+    """Change any field; its schedules are updated, paused, resumed or removed at once, before
+    the change is stored (so a 503 leaves both as they were)."""
+    policy = await in_thread(app.engine, lambda db: db.get(Policy, policy_id))
+    if policy is None:
+        raise not_found("policy", policy_id)
+    try:
+        merged = PolicyIn(
+            **{
+                **PolicyIn.model_validate(policy, from_attributes=True).model_dump(),
+                **body.model_dump(exclude_unset=True),
+            }
+        )
+    except ValidationError as exc:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
+        raise Problem(422, detail, errors=errors) from None
+    updated = Policy(id=policy.id, created_at=policy.created_at, **merged.model_dump())
+    await in_thread(app.engine, lambda db: _name_is_free(db, updated.name, updated.id))
+    await _apply_schedules(app, updated, policy)
+    try:
+        await in_thread(app.engine, lambda db: _save(db, updated, "policy.updated"))
+    except IntegrityError:
+        await _apply_schedules(app, policy, updated)
+        raise Problem(409, f"a policy named {updated.name!r} exists; choose another name") from None
+    return updated
+
+
+def _name_is_free(db: Session, name: str, policy_id: str) -> None:
+    other = db.exec(select(Policy).where(Policy.name == name)).first()
+    if other is not None and other.id != policy_id:
+        raise Problem(409, f"a policy named {name!r} exists; choose another name")
+
+
+def _save(db: Session, policy: Policy, event: str) -> None:
+    db.merge(policy)
+    audit.record(db, event, principal=ADMIN, policy_id=policy.id, name=policy.name)
+    db.commit()
+
+
+async def _apply_schedules(app: State, policy: Policy, before: Policy | None = None) -> None:
+    """Temporal is asked only when the policy has or had schedules."""
+    if not schedules.Wanted.of(policy).purposes and (
+        before is None or not schedules.Wanted.of(before).purposes
+    ):
+        return
+    try:
+        await schedules.apply(app.client, app.settings, schedules.Wanted.of(policy))
+    except TemporalUnavailable as exc:
+        raise Problem(503, str(exc)) from None
 
 
 @router.get("/policies", response_model=list[PolicyOut])

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from pydantic import SecretStr
+from sqlalchemy import and_, or_
 from sqlmodel import col, select
 
 from governance import webhooks
 from requesting import (
     CredentialNotFound,
+    InvalidRequest,
     OperationRequest,
+    SecretChoice,
     TemporalUnavailable,
     request_operation,
 )
 from starter.deps import ADMIN, DB, State, StoreRoute
-from starter.problems import Problem, invalid, not_found
-from starter.schemas import AttemptOut, ChildOut, OperationAccepted, OperationIn, OperationOut
+from starter.problems import Problem, invalid, not_found, problem_response
+from starter.schemas import (
+    AttemptOut,
+    ChildOut,
+    OperationAccepted,
+    OperationIn,
+    OperationOut,
+    OperationPage,
+)
 from store.engine import in_thread
 from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
+from workflows.contracts import OPERATION_KINDS, TRIGGERS
 
 router = APIRouter(route_class=StoreRoute)
 
@@ -27,14 +44,20 @@ router = APIRouter(route_class=StoreRoute)
     response_model=OperationAccepted,
     responses={
         200: {"description": "an operation of this kind was running: joined it"},
-        404: {"description": "no such credential"},
-        422: {"description": "the body is not valid (kind, trigger, callback_url)"},
-        503: {"description": "Temporal did not take the operation"},
+        404: problem_response("no such credential"),
+        422: problem_response(
+            "invalid body: a trigger only Keyturn sets, a field its kind does not take, a "
+            "missing version_id (adopt) or password (set-in-vault), a next_password that "
+            "breaks the policy, a callback_url that is not https (or KEYTURN_WEBHOOK_SECRET unset)"
+        ),
+        503: problem_response("Temporal did not accept the operation"),
     },
 )
 async def create_operation(
     credential_id: str, body: OperationIn, app: State, response: Response
 ) -> OperationAccepted:
+    """Request an operation. ``adopt``, ``set-in-vault`` and a change with ``next_password``
+    are never joined to another operation: each acts with the secret it names."""
     credential = await in_thread(app.engine, lambda db: db.get(Credential, credential_id))
     if credential is None:
         raise not_found("credential", credential_id)
@@ -46,6 +69,11 @@ async def create_operation(
             refused = "callbacks need KEYTURN_WEBHOOK_SECRET (whsec_<base64>) set to sign them"
         if refused is not None:
             raise invalid("callback_url", refused)
+    choice = SecretChoice(
+        version_id=body.version_id,
+        password=_value(body.password),
+        next_password=_value(body.next_password),
+    )
     try:
         requested = await request_operation(
             app.engine,
@@ -55,12 +83,16 @@ async def create_operation(
                 credential_id,
                 body.kind,
                 body.trigger,
+                choice,
                 requested_by=ADMIN,
                 callback_url=body.callback_url,
             ),
+            app.vault,
         )
     except CredentialNotFound:
         raise not_found("credential", credential_id) from None
+    except InvalidRequest as exc:
+        raise invalid(exc.field, exc.message) from None
     except TemporalUnavailable as exc:
         raise Problem(503, str(exc)) from None
     if requested.joined:
@@ -71,6 +103,10 @@ async def create_operation(
         status=requested.status,
         joined=requested.joined,
     )
+
+
+def _value(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
 
 
 @router.get("/operations/{operation_id}", response_model=OperationOut)
@@ -127,3 +163,65 @@ def list_operations(credential_id: str, db: DB) -> list[OperationOut]:
         .order_by(col(Operation.created_at))
     )
     return [get_operation(op.id, db) for op in operations]
+
+
+@router.get(
+    "/operations",
+    response_model=OperationPage,
+    responses={422: {"description": "an unknown kind, trigger or status, or a bad cursor"}},
+)
+def search_operations(
+    db: DB,
+    credential_id: str | None = None,
+    device_id: str | None = None,
+    kind: str | None = None,
+    trigger: str | None = None,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: str | None = None,
+) -> OperationPage:
+    """Operations, newest first, filtered by any of credential, device, kind, trigger, status."""
+    for field, value, allowed in (
+        ("kind", kind, OPERATION_KINDS),
+        ("trigger", trigger, TRIGGERS),
+        ("status", status, tuple(OperationStatus)),
+    ):
+        if value is not None and value not in allowed:
+            raise invalid(field, f"one of {', '.join(allowed)}")
+    query = select(Operation)
+    if credential_id is not None:
+        query = query.where(Operation.credential_id == credential_id)
+    if device_id is not None:
+        on_device = select(Credential.id).where(Credential.device_id == device_id)
+        query = query.where(col(Operation.credential_id).in_(on_device))
+    if kind is not None:
+        query = query.where(Operation.kind == kind)
+    if trigger is not None:
+        query = query.where(Operation.trigger == trigger)
+    if status is not None:
+        query = query.where(Operation.status == OperationStatus(status))
+    if cursor is not None:
+        at, before_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                col(Operation.created_at) < at,
+                and_(col(Operation.created_at) == at, col(Operation.id) < before_id),
+            )
+        )
+    rows = db.exec(
+        query.order_by(col(Operation.created_at).desc(), col(Operation.id).desc()).limit(limit)
+    ).all()
+    next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
+    return OperationPage(items=[get_operation(op.id, db) for op in rows], next_cursor=next_cursor)
+
+
+def _encode_cursor(last: Operation) -> str:
+    return base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, _, operation_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(at), operation_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid("cursor", "pass next_cursor of the previous page as it was") from None

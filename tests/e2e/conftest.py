@@ -7,7 +7,7 @@ import asyncio
 import base64
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +117,41 @@ async def running_stack(
 async def stack(
     temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    async with running_stack(temporal, tmp_path_factory.mktemp("keyturn")) as running:
+    async with running_stack(
+        temporal,
+        tmp_path_factory.mktemp("keyturn"),
+        # Policies of trigger tests sweep every second; other tests have none.
+        sweep_interval_seconds=1.0,
+    ) as running:
         yield running
+
+
+PolicyFactory = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+async def scheduled_policy(stack: Stack) -> AsyncIterator[PolicyFactory]:
+    """Make policies whose schedules sweep every second; at the end of the test their periods
+    are cleared, so their schedules stop loading the stack for the tests that follow."""
+    made: list[str] = []
+
+    async def make(**fields: Any) -> dict[str, Any]:
+        body = {
+            "name": f"policy-{secrets.token_hex(4)}",
+            "max_attempts": 3,
+            "retry_interval_seconds": 0.3,
+            "backoff": 1.0,
+            **fields,
+        }
+        created = await stack.post("/v1/policies", body)
+        made.append(created["id"])
+        return created
+
+    yield make
+    off = {"change_every_seconds": None, "verify_every_seconds": None}
+    for policy_id in made:
+        response = await stack.api.patch(f"/v1/policies/{policy_id}", json=off)
+        assert response.status_code == 200, response.text
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from temporalio.api.common.v1 import Payload
 from keyturn.codec import EncryptionCodec
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.leaks import store_bytes
 from tests.servers.sshd import Sshd, Users
 
 OLD = "Zq8!old-secret-that-must-not-leak"
@@ -69,7 +70,6 @@ async def test_no_secret_in_history_logs_or_database(
     assert OLD not in json.dumps(op) and new not in json.dumps(op)
 
     # The database files, byte for byte (the WAL holds recent writes).
-    files = [stack.db_path, stack.db_path.with_name(stack.db_path.name + "-wal")]
-    content = b"".join(f.read_bytes() for f in files if f.exists())
+    content = store_bytes(stack)  # not read here: see store_bytes
     assert cred["id"].encode() in content  # the file really holds this credential
     assert all(s not in content for s in secrets)

@@ -104,6 +104,8 @@ class FaultStack:
             KEYTURN_DATABASE_URL=self.settings.resolved_database_url,
             KEYTURN_MASTER_KEY=str(self.settings.master_key),
             KEYTURN_TASK_QUEUE=self.settings.task_queue,
+            KEYTURN_SWEEP_INTERVAL_SECONDS=str(self.settings.sweep_interval_seconds),
+            KEYTURN_SWEEP_PAGE_SIZE=str(self.settings.sweep_page_size),
             KEYTURN_DATA_DIR=str(self.settings.data_dir),
             KEYTURN_FAILPOINTS_DIR=str(failpoints_dir),
             PYTHONUNBUFFERED="1",
@@ -270,6 +272,8 @@ async def fault_stack(
         master_key=base64.b64encode(fault_temporal.master_key).decode(),
         admin_token=ADMIN_TOKEN,
         task_queue=f"keyturn-faults-{secrets.token_hex(4)}",
+        sweep_interval_seconds=1.0,
+        sweep_page_size=2,  # a sweep of a few credentials has pages to be interrupted between
     )
     engine = make_engine(settings.resolved_database_url)
     app = create_app(settings, engine, fault_temporal.env.client)

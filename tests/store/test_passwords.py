@@ -66,3 +66,32 @@ def test_impossible_rules_are_refused(r: PasswordRules, message: str) -> None:
     assert message in (r.problem() or "")
     with pytest.raises(ValueError, match=message):
         generate_password(r)
+
+
+@settings(max_examples=300)
+@given(rules())
+def test_every_generated_password_fits_the_rules_it_was_made_by(r: PasswordRules) -> None:
+    assert r.violation(generate_password(r)) is None
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        ("Aa1!aaaaaaa", "is shorter than the policy's length of 12"),
+        ("Aa1!" + "a" * 1021, "is longer than 1024"),
+        ("Aa1!aaaa\naaaa", "control"),
+        ("aa1!aaaaaaaa", "has no uppercase letters"),
+        ("Aa1!aaaaaaaé", "does not allow"),
+        ("Aa1!aaaaaaaq", "excludes"),
+    ],
+)
+def test_a_supplied_password_that_breaks_the_rules_is_told_why_without_quoting_it(
+    password: str, message: str
+) -> None:
+    problem = PasswordRules(length=12, exclude="q").violation(password)
+    assert problem is not None and message in problem
+    assert password not in problem
+
+
+def test_a_disabled_class_is_refused_in_a_supplied_password() -> None:
+    assert "leaves out" in (PasswordRules(symbols=False, length=8).violation("Aa1!aaaa") or "")

@@ -1,10 +1,12 @@
 """Operations started by an earlier Keyturn still replay after an upgrade.
 
 The histories under histories/ were recorded from real runs of earlier releases: v1_* before the
-credential gate (a change with a chained child, a verify, a refused change), v2_* before
-callbacks and the operation-id search attribute (a change over SSH with a chained child, a
-verify of an unreachable device); their payloads are encrypted with the throwaway key beside
-them. Replaying them against today's workflow proves an upgrade does not break an operation in
+credential gate (a change with a chained child, a verify, a refused change), v2_* with the gate,
+before recovery by hand (a change, a verify, a verify that finds drift, a refused change;
+recorded with record_histories.py; a change over SSH with a chained child and a verify of an
+unreachable device, from before callbacks and the operation-id search attribute), v3_* a sweep
+and a delayed change. Their payloads are encrypted with the throwaway key beside them.
+Replaying them against today's workflow proves an upgrade does not break an operation in
 flight.
 """
 
@@ -18,19 +20,30 @@ from temporalio.worker import Replayer
 
 from keyturn.codec import data_converter
 from workflows.callback import CallbackWorkflow
+from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
+from workflows.sweep import SweepWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
 
+WORKFLOWS = [
+    OperationWorkflow,
+    DeviceSlotsWorkflow,
+    SweepWorkflow,
+    DelayedOperationWorkflow,
+    CallbackWorkflow,
+]
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v*_*.json")))
-async def test_operations_of_the_previous_release_replay(name: str) -> None:
+async def test_workflows_of_earlier_releases_replay(name: str) -> None:
+    """Operations of every earlier release, and a sweep over three pages and a delayed change
+    (a view's) recorded from real runs: a change to any workflow must keep these replaying (or
+    be behind ``workflow.patched``)."""
     key = bytes.fromhex((HISTORIES / "master_key.hex").read_text().strip())
     history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
-    replayer = Replayer(
-        workflows=[OperationWorkflow, DeviceSlotsWorkflow, CallbackWorkflow],
-        data_converter=data_converter(key),
-    )
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=data_converter(key))
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure

@@ -1,0 +1,184 @@
+"""What a requesting module does with a credential: read its secret (a view) and report the
+sessions that use it. Both may ask for a change later, as the credential's policy says."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi import APIRouter, Request, Response
+from sqlmodel import Session, select
+
+from requesting import TemporalUnavailable
+from starter.deps import ADMIN, State, StoreRoute
+from starter.problems import Problem, not_found
+from starter.schemas import SecretOut, SessionEventIn, SessionOut
+from store import audit
+from store.engine import in_thread
+from store.models import Credential, CredentialSession, Policy
+from store.vault import Vault
+from triggers.delayed import request_later
+from triggers.due import open_sessions
+from workflows.contracts import DelayedOperation
+
+router = APIRouter(route_class=StoreRoute)
+# Until principals exist, everyone holds the admin token: that is who reads.
+READER = "admin-token"
+
+
+@router.get(
+    "/credentials/{credential_id}/secret",
+    response_model=SecretOut,
+    responses={
+        404: {"description": "no such credential"},
+        409: {"description": "the credential has no current secret"},
+        503: {"description": "Temporal did not take the change the policy asks after a view"},
+    },
+)
+async def read_secret(
+    credential_id: str, app: State, request: Request, response: Response
+) -> SecretOut:
+    """The current secret. Every read is an audit event naming who read it; with the policy's
+    ``change_after_view_seconds`` a change (trigger ``view``) follows that much later."""
+    credential, policy = await in_thread(app.engine, lambda db: _with_policy(db, credential_id))
+    now = datetime.now(UTC)
+    if policy is not None and policy.change_after_view_seconds is not None:
+        # Asked before the secret is shown: a read that cannot be followed by its change fails.
+        await _request_change(app, credential, "view", now, policy.change_after_view_seconds)
+    client = request.client.host if request.client else None
+    response.headers["Cache-Control"] = "no-store"  # no proxy or browser keeps a copy
+    return await in_thread(app.engine, lambda db: _reveal(db, app.vault, credential, client))
+
+
+@router.post(
+    "/credentials/{credential_id}/events",
+    response_model=SessionOut,
+    responses={
+        404: {"description": "no such credential"},
+        409: {"description": "the session is already open (start) or not open (end)"},
+        503: {"description": "Temporal did not take the change asked after the last session"},
+    },
+)
+async def session_event(credential_id: str, body: SessionEventIn, app: State) -> SessionOut:
+    """A session using the credential started or ended. While one is open an expiry change
+    waits (up to the policy's ``max_session_wait_seconds``); with the policy's
+    ``change_after_session_seconds``, the end of the last open session asks for a change."""
+    credential, policy = await in_thread(app.engine, lambda db: _with_policy(db, credential_id))
+    if body.event == "session-start":
+        row = await in_thread(app.engine, lambda db: _start(db, credential, body.session_id))
+        return await in_thread(app.engine, lambda db: _session_out(db, row, False))
+    row, last = await in_thread(app.engine, lambda db: _end(db, credential, body.session_id))
+    delay = policy.change_after_session_seconds if policy else None
+    change = last and delay is not None
+    if change:
+        assert row.ended_at is not None and delay is not None
+        try:
+            await _request_change(app, credential, "session-end", row.ended_at, delay)
+        except Problem:
+            await in_thread(app.engine, lambda db: _reopen(db, row))  # a 503 changes nothing
+            raise
+    return await in_thread(app.engine, lambda db: _session_out(db, row, change))
+
+
+async def _request_change(
+    app: State, credential: Credential, trigger: str, since: datetime, delay: int
+) -> None:
+    try:
+        await request_later(
+            app.client,
+            app.settings.task_queue,
+            DelayedOperation(credential.id, "change", trigger, since.isoformat()),
+            timedelta(seconds=delay),
+        )
+    except TemporalUnavailable as exc:
+        raise Problem(503, str(exc)) from None
+
+
+def _with_policy(db: Session, credential_id: str) -> tuple[Credential, Policy | None]:
+    credential = db.get(Credential, credential_id)
+    if credential is None:
+        raise not_found("credential", credential_id)
+    policy = db.get(Policy, credential.policy_id) if credential.policy_id else None
+    return credential, policy
+
+
+def _reveal(db: Session, vault: Vault, credential: Credential, client: str | None) -> SecretOut:
+    version = Vault.current(db, credential.id)
+    if version is None:
+        raise Problem(409, f"credential {credential.id} has no current secret")
+    password = vault.reveal(version)
+    audit.record(
+        db,
+        audit.VIEWED,
+        principal=ADMIN,
+        credential_id=credential.id,
+        version_id=version.id,
+        by=READER,
+        client=client,
+    )
+    db.commit()
+    return SecretOut(password=password, version_id=version.id, changed_at=version.changed_at)
+
+
+def _start(db: Session, credential: Credential, session_id: str) -> CredentialSession:
+    existing = db.get(CredentialSession, (credential.id, session_id))
+    if existing is not None:
+        state = "is open" if existing.ended_at is None else "has ended"
+        raise Problem(409, f"session {session_id!r} {state}; a new session needs a new id")
+    row = CredentialSession(credential_id=credential.id, session_id=session_id)
+    db.add(row)
+    audit.record(
+        db, "session.started", principal=ADMIN, credential_id=credential.id, session_id=session_id
+    )
+    db.commit()
+    return row
+
+
+def _end(db: Session, credential: Credential, session_id: str) -> tuple[CredentialSession, bool]:
+    """Close the session; whether it was the credential's last open one. The credential's row
+    is locked first (PostgreSQL), so of two sessions ending together exactly one is last."""
+    db.exec(select(Credential).where(Credential.id == credential.id).with_for_update()).one()
+    row = db.get(CredentialSession, (credential.id, session_id))
+    if row is None or row.ended_at is not None:
+        state = "was never started" if row is None else "has ended already"
+        raise Problem(409, f"session {session_id!r} {state}")
+    row.ended_at = datetime.now(UTC)
+    db.add(row)
+    db.flush()
+    last = open_sessions(db, credential.id) == 0
+    audit.record(
+        db,
+        "session.ended",
+        principal=ADMIN,
+        credential_id=credential.id,
+        session_id=session_id,
+        last=last,
+    )
+    db.commit()
+    return row, last
+
+
+def _reopen(db: Session, row: CredentialSession) -> None:
+    stored = db.get(CredentialSession, (row.credential_id, row.session_id))
+    if stored is not None:
+        stored.ended_at = None
+        db.add(stored)
+    audit.record(
+        db,
+        "session.end_undone",
+        principal=ADMIN,
+        credential_id=row.credential_id,
+        session_id=row.session_id,
+        reason="the change after it could not be requested",
+    )
+    db.commit()
+
+
+def _session_out(db: Session, row: CredentialSession, change: bool) -> SessionOut:
+    return SessionOut(
+        credential_id=row.credential_id,
+        session_id=row.session_id,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        open_sessions=open_sessions(db, row.credential_id),
+        change_requested=change,
+    )

@@ -1,0 +1,119 @@
+"""Record operation histories for tests/workflows/test_replay.py.
+
+Run it from a checkout of the release whose workflows must keep replaying (as root, like the
+tests: it starts sshd and creates a throwaway user), then commit the files it writes:
+
+    python -m tests.workflows.record_histories v2 tests/workflows/histories
+
+It starts a Temporal dev server, a worker, the API and sshd, runs a change, a verify, a verify
+that finds drift and a change whose current secret is refused, and saves each history with
+payloads encrypted by the key in ``histories/master_key.hex``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from temporalio.testing import WorkflowEnvironment
+
+from keyturn.codec import data_converter
+from keyturn.settings import Settings
+from starter.app import create_app
+from starter.devstack import temporal_cli
+from store.engine import make_engine
+from tests.servers.sshd import Sshd, Users
+from worker import build_workers, run_workers
+from workflows.contracts import SEARCH_ATTRIBUTES
+
+OLD = "Rec0rd-old-pass"
+
+
+async def record(prefix: str, out: Path) -> None:
+    key = bytes.fromhex((out / "master_key.hex").read_text().strip())
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        search_attributes=SEARCH_ATTRIBUTES,
+        data_converter=data_converter(key),
+        ui=False,
+    )
+    sshd = Sshd()
+    sshd.start()
+    users = Users(sshd)
+    stop = asyncio.Event()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(
+            data_dir=Path(tmp),
+            master_key=base64.b64encode(key).decode(),
+            admin_token="record",
+            task_queue="keyturn-record",
+        )
+        engine = make_engine(settings.resolved_database_url)
+        workers = asyncio.create_task(
+            run_workers(build_workers(env.client, settings, engine), stop)
+        )
+        app = create_app(settings, engine, env.client)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app),
+                base_url="http://record.test",
+                headers={"Authorization": "Bearer record"},
+            ) as api:
+
+                async def post(path: str, body: dict[str, object]) -> dict[str, str]:
+                    response = await api.post(path, json=body)
+                    assert response.status_code in (200, 201, 202), response.text
+                    result: dict[str, str] = response.json()
+                    return result
+
+                async def run(name: str, credential_id: str, kind: str) -> None:
+                    accepted = await post(
+                        f"/v1/credentials/{credential_id}/operations", {"kind": kind}
+                    )
+                    handle = env.client.get_workflow_handle(accepted["workflow_id"])
+                    await handle.result()
+                    history = await handle.fetch_history()
+                    (out / f"{prefix}_{name}.json").write_text(history.to_json())
+
+                user = users.create(OLD)
+                device = await post(
+                    "/v1/devices",
+                    {
+                        "name": "record",
+                        "address": "127.0.0.1",
+                        "port": sshd.port,
+                        "host_keys": [sshd.host_key_line],
+                    },
+                )
+                policy = await post(
+                    "/v1/policies",
+                    {"name": "record", "max_attempts": 1, "retry_interval_seconds": 0.2},
+                )
+                cred = await post(
+                    "/v1/credentials",
+                    {
+                        "device_id": device["id"],
+                        "username": user,
+                        "password": OLD,
+                        "policy_id": policy["id"],
+                    },
+                )
+                await run("change", cred["id"], "change")
+                await run("verify", cred["id"], "verify")
+                users.set_password(user, "Drifted-behind-its-back-1")
+                await run("verify_out_of_sync", cred["id"], "verify")
+                await run("change_refused", cred["id"], "change")
+        finally:
+            stop.set()
+            await workers
+            users.cleanup()
+            sshd.close()
+            await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(record(sys.argv[1], Path(sys.argv[2])))
