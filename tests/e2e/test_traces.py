@@ -70,6 +70,10 @@ def otlp() -> Iterator[OtlpReceiver]:
         env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
         env.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
         yield receiver
+    # Send what is left while the endpoint still listens; nothing exports after this module.
+    provider = trace.get_tracer_provider()
+    provider.force_flush()  # type: ignore[attr-defined]
+    provider.shutdown()  # type: ignore[attr-defined]
     receiver.server.shutdown()
 
 
