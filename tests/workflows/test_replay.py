@@ -3,7 +3,8 @@
 The histories under histories/ were recorded from real runs of earlier releases: v1_* before the
 credential gate (a change with a chained child, a verify, a refused change), v2_* with the gate,
 before recovery by hand (a change, a verify, a verify that finds drift, a refused change;
-recorded with record_histories.py), v3_* a sweep and a delayed change. Their payloads are
+recorded with record_histories.py), v3_* a sweep and a delayed change, v4_* the same four
+operations verifying inside the change activity. Their payloads are
 encrypted with the throwaway key beside them. Replaying them against today's workflow proves
 an upgrade does not break an operation in flight.
 """
