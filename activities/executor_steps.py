@@ -151,6 +151,8 @@ class ExecutorActivities:
             request = LoginRequest(job.target, account, job.verify_template, job.context())
             result = await self._login(job, account, lambda: executor.check_login(request))
             await self._pin_learned_key(job, result.learned_host_key)
+            if result.ok:
+                await self._seen_working(job, job.operation.pending_version_id)
             return f"[pending] {'logs in' if result.ok else 'refused'}\n{result.transcript}", (
                 result.ok
             )
