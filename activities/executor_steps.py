@@ -35,6 +35,7 @@ from executors.base import (
     redact,
 )
 from keyturn import failpoints
+from store import audit
 from store.engine import session_scope
 from store.jobs import Job, load_job
 from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
@@ -368,6 +369,15 @@ class ExecutorActivities:
             attempt.transcript = transcript
             attempt.finished_at = utcnow()
             session.add(attempt)
+            # The outcome's kind only: a target's message stays in the attempt's detail.
+            audit.record(
+                session,
+                f"attempt.{attempt.step}",
+                operation_id=attempt.operation_id,
+                outcome="succeeded" if outcome == "succeeded" else "failed",
+                number=attempt.number,
+                result=outcome,
+            )
 
     def _previous_may_have_sent(self, operation_id: str, number: int) -> bool:
         """False only when every earlier attempt provably never reached the target.
@@ -402,6 +412,7 @@ class ExecutorActivities:
             if device is not None and not device.host_keys:
                 device.host_keys = [key]
                 session.add(device)
+                audit.record(session, "device.host_key_pinned", device_id=device.id, key=key)
 
 
 def _failure(exc: ExecutorError, secrets: tuple[str, ...]) -> ApplicationError:
