@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
-from store.models import Credential, Device, Operation, OperationStatus, SyncState
+from store.models import Credential, Device, Operation, OperationStatus, Policy, SyncState
 
 WINDOW = timedelta(hours=24)
 BUCKET = timedelta(hours=1)
 ENDED = (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.CANCELED)
+UPCOMING = 20  # the soonest expiries shown
 
 
 @dataclass
@@ -39,6 +40,16 @@ class OutOfSync:
 
 
 @dataclass
+class Expiry:
+    credential_id: str
+    username: str
+    device_name: str
+    policy_name: str
+    due_at: datetime  # when its current secret reaches the policy's change_every_seconds
+    paused: bool  # the policy's schedules are paused: nothing will happen at due_at
+
+
+@dataclass
 class Summary:
     window_start: datetime
     buckets: list[Bucket]
@@ -47,6 +58,7 @@ class Summary:
     in_flight: int
     queued: int
     out_of_sync: list[OutOfSync] = field(default_factory=list)
+    upcoming_expiries: list[Expiry] = field(default_factory=list)
 
 
 def summary(db: Session, now: datetime | None = None) -> Summary:
@@ -104,6 +116,7 @@ def summary(db: Session, now: datetime | None = None) -> Summary:
         in_flight=counts.get(OperationStatus.SCHEDULED, 0) + counts.get(OperationStatus.RUNNING, 0),
         queued=counts.get(OperationStatus.QUEUED, 0),
         out_of_sync=_out_of_sync(db),
+        upcoming_expiries=_upcoming_expiries(db),
     )
 
 
@@ -123,3 +136,34 @@ def _out_of_sync(db: Session) -> list[OutOfSync]:
         ).first()
         found.append(OutOfSync(credential.id, credential.username, device.name, last))
     return found
+
+
+def _upcoming_expiries(db: Session) -> list[Expiry]:
+    """The soonest due changes of every policy with an expiry. Per policy, its oldest secrets
+    come first in the index the expiry sweeps read (policy_id, secret_changed_at, id): a few
+    rows per policy whatever the number of credentials."""
+    found = []
+    for policy in db.exec(select(Policy).where(col(Policy.change_every_seconds).is_not(None))):
+        assert policy.change_every_seconds is not None
+        period = timedelta(seconds=policy.change_every_seconds)
+        rows = db.exec(
+            select(Credential, Device)
+            .join(Device, col(Device.id) == col(Credential.device_id))
+            .where(Credential.policy_id == policy.id)
+            .order_by(col(Credential.secret_changed_at), col(Credential.id))
+            .limit(UPCOMING)
+        ).all()
+        for credential, device in rows:
+            changed = credential.secret_changed_at
+            changed = changed if changed.tzinfo else changed.replace(tzinfo=UTC)
+            found.append(
+                Expiry(
+                    credential.id,
+                    credential.username,
+                    device.name,
+                    policy.name,
+                    changed + period,
+                    policy.paused,
+                )
+            )
+    return sorted(found, key=lambda e: (e.due_at, e.credential_id))[:UPCOMING]

@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from keyturn.settings import Settings
 from starter.app import create_app
 from store.engine import make_engine, session_scope
-from store.models import Credential, Device, Operation, OperationStatus, SyncState
+from store.models import Credential, Device, Operation, OperationStatus, Policy, SyncState
 from tests.e2e.conftest import ADMIN_TOKEN
 
 CHROMIUM = "/usr/bin/chromium"
@@ -56,6 +56,23 @@ def _seed(engine: Engine) -> None:
             ]
         )
         db.flush()
+        # Expiries: "svc" (changed 3 days ago, every 7 days) is due before "app" (changed an
+        # hour ago, every day); "root" has no expiry.
+        db.add_all(
+            [
+                Policy(id="pweek", name="weekly", change_every_seconds=7 * 86400),
+                Policy(id="pday", name="daily", change_every_seconds=86400, paused=True),
+            ]
+        )
+        db.flush()
+        for credential_id, policy_id, changed in (
+            ("cdb", "pweek", now - timedelta(days=3)),
+            ("cok", "pday", now - timedelta(hours=1)),
+        ):
+            row = db.get(Credential, credential_id)
+            assert row is not None
+            row.policy_id, row.secret_changed_at = policy_id, changed
+            db.add(row)
 
         def op(n: int, credential: str, status: OperationStatus, hours_ago: float) -> Operation:
             at = now - timedelta(hours=hours_ago)
@@ -165,6 +182,14 @@ async def test_the_dashboard_shows_the_seeded_store(dashboard_url: str) -> None:
             "#failures-by-device tbody tr", "rows => rows.map(r => r.innerText)"
         )
         assert by_device == ["web-1\t2", "db-1\t1"]
+
+        expiries = await page.eval_on_selector_all(
+            "#upcoming-expiries tbody tr", "rows => rows.map(r => r.innerText.split('\\t'))"
+        )
+        assert [row[:3] for row in expiries] == [
+            ["app", "web-1", "daily (paused)"],
+            ["svc", "db-1", "weekly"],
+        ], expiries
 
         link = page.locator("#out-of-sync tbody a")
         assert await link.inner_text() == LAST_BAD
