@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.callbacks import CallbackActivities
 from activities.child_planning import ChildPlanningActivities
 from activities.device_slots import DeviceSlotActivities
 from activities.executor_steps import ExecutorActivities
@@ -24,6 +25,7 @@ from activities.gate import GateActivities
 from activities.legacy.slot_rows import LegacySlotActivities
 from activities.store_steps import StoreActivities
 from activities.triggers import TriggerActivities
+from governance.siem import SiemEcho
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
 from requesting.restored import request_verifies_after_restore
@@ -31,6 +33,7 @@ from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
 from triggers import schedules
+from workflows.callback import CallbackWorkflow
 from workflows.contracts import SEARCH_ATTRIBUTES
 from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
@@ -49,6 +52,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     slots = DeviceSlotActivities(client, settings.task_queue)
     executor = ExecutorActivities(engine, vault)
     triggers = TriggerActivities(engine, client, settings.task_queue)
+    callbacks = CallbackActivities(engine, settings)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -63,6 +67,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 DeviceSlotsWorkflow,
                 SweepWorkflow,
                 DelayedOperationWorkflow,
+                CallbackWorkflow,
             ],
             activities=[
                 gate.register,
@@ -80,6 +85,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 triggers.due_page,
                 triggers.request_due,
                 triggers.request_delayed,
+                callbacks.deliver_callback,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
                 legacy_slots.release_slot,
@@ -108,12 +114,24 @@ async def start_schedules(client: Client, engine: Engine, settings: Settings) ->
     )
 
 
-async def run_workers(workers: list[Worker], stop: asyncio.Event) -> None:
-    """Run until ``stop`` is set, then shut every worker down gracefully."""
+def build_echo(settings: Settings, engine: Engine) -> SiemEcho | None:
+    """The SIEM echo's delivery loops, when destinations are configured."""
+    return SiemEcho(engine, settings.siem_destinations) if settings.siem_destinations else None
+
+
+async def run_workers(
+    workers: list[Worker], stop: asyncio.Event, echo: SiemEcho | None = None
+) -> None:
+    """Run until ``stop`` is set, then shut every worker down gracefully. The SIEM echo runs
+    beside them and stops with them."""
     tasks = [asyncio.create_task(w.run()) for w in workers]
+    echoing = asyncio.create_task(echo.run(stop)) if echo is not None else None
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
     await asyncio.gather(*(w.shutdown() for w in workers))
+    if echoing is not None:
+        await echoing
     for task in done:
         if task is not stopper:
             task.result()  # a worker that died on its own: surface why
@@ -133,7 +151,7 @@ async def main(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     engine = make_engine(settings.resolved_database_url)
     seed_shipped_templates(engine)
-    client = await connect(settings)
+    client = await connect(settings, worker=True)
     await ensure_search_attributes(client, settings.temporal_namespace, SEARCH_ATTRIBUTES)
     await start_schedules(client, engine, settings)
     await verify_after_restore(engine, client, settings.task_queue)
@@ -144,7 +162,7 @@ async def main(settings: Settings | None = None) -> None:
     logging.getLogger("keyturn").info(
         "worker serving %s and zones %s", settings.task_queue, ", ".join(settings.zones)
     )
-    await run_workers(build_workers(client, settings, engine), stop)
+    await run_workers(build_workers(client, settings, engine), stop, build_echo(settings, engine))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ class ChildPlanningActivities:
                         operation_id=new_id(),
                         device_id=credential.device_id,
                         parent_operation_id=parent.id,
+                        callback=parent.callback_url is not None,
                     ),
                     operation_workflow_id(kind, credential.id),
                 )

@@ -151,6 +151,8 @@ class ExecutorActivities:
             request = LoginRequest(job.target, account, job.verify_template, job.context())
             result = await self._login(job, account, lambda: executor.check_login(request))
             await self._pin_learned_key(job, result.learned_host_key)
+            if result.ok:
+                await self._seen_working(job, job.operation.pending_version_id)
             return f"[pending] {'logs in' if result.ok else 'refused'}\n{result.transcript}", (
                 result.ok
             )
@@ -377,6 +379,15 @@ class ExecutorActivities:
             attempt.transcript = transcript
             attempt.finished_at = utcnow()
             session.add(attempt)
+            # The outcome's kind only: a target's message stays in the attempt's detail.
+            audit.record(
+                session,
+                f"attempt.{attempt.step}",
+                operation_id=attempt.operation_id,
+                outcome="succeeded" if outcome == "succeeded" else "failed",
+                number=attempt.number,
+                result=outcome,
+            )
 
     def _previous_may_have_sent(self, operation_id: str, number: int) -> bool:
         """False only when every earlier attempt provably never reached the target.
@@ -411,6 +422,7 @@ class ExecutorActivities:
             if device is not None and not device.host_keys:
                 device.host_keys = [key]
                 session.add(device)
+                audit.record(session, "device.host_key_pinned", device_id=device.id, key=key)
 
 
 def _failure(exc: ExecutorError, secrets: tuple[str, ...]) -> ApplicationError:

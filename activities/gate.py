@@ -36,6 +36,7 @@ class GateActivities:
                     request.run_id or None,
                     request.parent_operation_id,
                     request.source_version_id or None,
+                    request.requested_by,
                 ),
             )
         except gate.NotRegistrable as exc:

@@ -161,6 +161,7 @@ class StoreActivities:
                     "operation.commit_refused",
                     operation_id=operation.id,
                     credential_id=credential.id,
+                    outcome="refused",
                     expected_version_id=operation.base_version_id,
                     current_version_id=current_id,
                 )
@@ -179,6 +180,7 @@ class StoreActivities:
                 f"operation.{status}",
                 operation_id=operation.id,
                 credential_id=credential.id,
+                outcome=str(status),
                 kind=operation.kind,
                 resolution=step.resolution,
                 committed_version_id=operation.pending_version_id,
@@ -247,6 +249,7 @@ class StoreActivities:
                 f"operation.{result.status}",
                 operation_id=operation.id,
                 credential_id=credential.id,
+                outcome=result.status,
                 kind=operation.kind,
                 resolution=result.resolution,
                 error_type=result.error_type,

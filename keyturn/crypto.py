@@ -32,3 +32,11 @@ class Cipher:
 
     def decrypt(self, blob: bytes, associated_data: bytes = b"") -> bytes:
         return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], associated_data)
+
+
+def derived_token(master_key: bytes, purpose: str) -> str:
+    """A bearer token for one narrow purpose, stable for a master key (HKDF, like the keys)."""
+    derived = HKDF(
+        algorithm=hashes.SHA256(), length=24, salt=None, info=f"keyturn/token/{purpose}".encode()
+    ).derive(master_key)
+    return derived.hex()

@@ -7,16 +7,45 @@ too, so a worker dropped into an environment already configured for the Temporal
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from keyturn.crypto import derived_token
 
 MASTER_KEY_FILE = "master.key"
 ADMIN_TOKEN_FILE = "admin.token"
+
+
+class SiemDestination(BaseModel):
+    """Where the SIEM echo sends audit events (KEYTURN_SIEM_DESTINATIONS, a JSON list)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="udp://host:port, tcp://host:port or tls://host:port")
+    format: Literal["rfc5424", "cef", "leef"] = "rfc5424"
+    ca_file: Path | None = Field(default=None, description="CA bundle for tls:// (PEM)")
+
+    @field_validator("url")
+    @classmethod
+    def _transport_host_port(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("udp", "tcp", "tls"):
+            raise ValueError(f"{url!r}: the scheme must be udp://, tcp:// or tls://")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or not port:
+            raise ValueError(f"{url!r}: give a host and a port, e.g. tcp://siem.example:6514")
+        return url
 
 
 class Settings(BaseSettings):
@@ -62,6 +91,30 @@ class Settings(BaseSettings):
     # how many credentials a sweep reads per page.
     sweep_interval_seconds: float = Field(default=60.0, ge=1.0)
     sweep_page_size: int = Field(default=200, ge=1, le=10_000)
+
+    siem_destinations: list[SiemDestination] = Field(default_factory=list)
+    codec_cors_origins: list[str] = Field(
+        default_factory=list, description="Web UI origins besides the dev server's own"
+    )
+    worker_metrics_address: str | None = Field(
+        default=None, description="host:port where a worker serves the Temporal SDK's metrics"
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="whsec_<base64>: the key that signs callbacks"
+    )
+    webhook_allow_http: bool = False  # http:// callbacks to loopback addresses (development)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret_form(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            webhook_key(secret.get_secret_value())  # raises, saying what is wrong
+        return secret
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        """The HMAC key that signs callbacks: the decoded part of KEYTURN_WEBHOOK_SECRET."""
+        return webhook_key(self.webhook_secret.get_secret_value()) if self.webhook_secret else None
 
     @property
     def resolved_database_url(self) -> str:
@@ -121,8 +174,35 @@ class Settings(BaseSettings):
             return self.admin_token
         return (self.data_dir / ADMIN_TOKEN_FILE).read_text().strip()
 
+    @property
+    def codec_token(self) -> str:
+        """The Temporal Web UI's token for the codec endpoints: it may decode and encode
+        payloads, nothing else, so the UI's configuration never holds the admin token."""
+        return derived_token(self.master_key_bytes, "temporal-ui-codec")
+
+    @property
+    def codec_ui_origins(self) -> list[str]:
+        """The Web UI origins the codec answers cross-origin requests from."""
+        return [
+            f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")
+        ] + self.codec_cors_origins
+
     def zone_task_queue(self, zone: str) -> str:
         return zone_task_queue(self.task_queue, zone)
+
+
+def webhook_key(secret: str) -> bytes:
+    """The key of a Standard Webhooks secret, ``whsec_<base64>``; ValueError says what is wrong."""
+    prefix = "whsec_"
+    if not secret.startswith(prefix):
+        raise ValueError("the webhook secret must look like whsec_<base64>")
+    try:
+        key = base64.b64decode(secret[len(prefix) :], validate=True)
+    except binascii.Error:
+        raise ValueError("the part after whsec_ is not base64") from None
+    if len(key) < 16:
+        raise ValueError("the webhook secret must decode to at least 16 bytes")
+    return key
 
 
 def zone_task_queue(task_queue: str, zone: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -9,19 +10,36 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeKey
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import RPCError, RPCStatusCode
 
 from keyturn.codec import data_converter
 from keyturn.settings import Settings
+from keyturn.telemetry import client_interceptors
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, *, worker: bool = False) -> Client:
+    """``worker``: this client runs workers, which serve the SDK's Prometheus metrics on
+    KEYTURN_WORKER_METRICS_ADDRESS when it is set (one runtime per process)."""
+    runtime = sdk_runtime(settings.worker_metrics_address) if worker else None
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         api_key=settings.temporal_api_key,
         tls=settings.temporal_tls,
         data_converter=data_converter(settings.master_key_bytes),
+        runtime=runtime,
+        interceptors=client_interceptors(),
+    )
+
+
+@functools.cache
+def sdk_runtime(metrics_address: str | None) -> Runtime | None:
+    """The Temporal SDK's runtime with its Prometheus endpoint (host:port), made once."""
+    if not metrics_address:
+        return None
+    return Runtime(
+        telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=metrics_address))
     )
 
 

@@ -44,6 +44,10 @@ class OperationRequest:
     trigger: str = "manual"
     # adopt, set-in-vault and a change's next password name the secret to act with.
     choice: SecretChoice = SecretChoice()
+    requested_by: str | None = None  # the principal (audit trail, SIEM); None: Keyturn itself
+    # Where the outcome is POSTed when the operation ends. Kept in the store only, never in the
+    # workflow's input: a URL may carry a token of the receiver's.
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ async def request_operation(
             trigger=request.trigger,
             operation_id=new_id(),
             device_id=credential.device_id,
+            callback=request.callback_url is not None,
+            requested_by=request.requested_by,
         )
         try:
             handle = await client.start_workflow(
@@ -113,7 +119,7 @@ async def request_operation(
                 f"Temporal at {client.service_client.config.target_host} did not accept the "
                 f"operation: {exc}"
             ) from None
-        return await _admitted(engine, operation, workflow_id, handle.result_run_id)
+        return await _admitted(engine, operation, workflow_id, handle.result_run_id, request)
     raise TemporalUnavailable(
         f"operations on {workflow_id} kept ending as requests arrived; send the request again"
     )
@@ -148,6 +154,8 @@ async def request_with_chosen_secret(
         operation_id=operation_id,
         device_id=credential.device_id,
         version_id=version_id,
+        callback=request.callback_url is not None,
+        requested_by=request.requested_by,
     )
     workflow_id = chosen_secret_workflow_id(request.kind, credential.id, operation_id)
     try:
@@ -167,11 +175,15 @@ async def request_with_chosen_secret(
             f"Temporal at {client.service_client.config.target_host} did not accept the "
             f"operation: {exc}"
         ) from None
-    return await _admitted(engine, operation, workflow_id, handle.result_run_id)
+    return await _admitted(engine, operation, workflow_id, handle.result_run_id, request)
 
 
 async def _admitted(
-    engine: Engine, operation: OperationInput, workflow_id: str, run_id: str | None
+    engine: Engine,
+    operation: OperationInput,
+    workflow_id: str,
+    run_id: str | None,
+    request: OperationRequest,
 ) -> Requested:
     """Register the started operation at its credential's gate before answering, so requests
     are queued in the order they were answered."""
@@ -186,6 +198,8 @@ async def _admitted(
             workflow_id,
             run_id or None,
             source_version_id=operation.version_id or None,
+            requested_by=request.requested_by,
+            callback_url=request.callback_url,
         ),
     )
     status = OperationStatus.QUEUED if admission.queued else OperationStatus.SCHEDULED

@@ -6,19 +6,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.client import Client
 
 from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
-from starter.deps import AppState, require_token
+from starter.deps import AppState, principal_of, require_token
 from starter.limits import MAX_BODY, BodyLimit
 from starter.problems import problem_response
-from starter.routes import access, inventory, operations, versions
+from starter.routes import access, audit, codec, dashboard, inventory, metrics, operations, versions
 from starter.schemas import HealthOut
-from store.engine import make_engine
+from store import audit as audit_trail
+from store.engine import in_thread, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
 
@@ -47,13 +51,20 @@ def create_app(
     if engine is not None and client is not None:
         seed_shipped_templates(engine)
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
-    problems.install(app)
+    problems.install(app, on_refusal=_record_refusal)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     every_route_may_answer: dict[int | str, dict[str, Any]] = {
         401: problem_response("missing or wrong admin API token"),
         413: problem_response(f"the request body is larger than {MAX_BODY} bytes"),
     }
-    for router in (inventory.router, operations.router, access.router, versions.router):
+    for router in (
+        inventory.router,
+        operations.router,
+        access.router,
+        versions.router,
+        audit.router,
+        dashboard.api,
+    ):
         app.include_router(
             router,
             prefix="/v1",
@@ -66,4 +77,53 @@ def create_app(
         """Liveness: the API process answers. No token needed, nothing read or revealed."""
         return HealthOut(status="ok")
 
+    app.include_router(metrics.router)
+    app.include_router(codec.router)
+    app.include_router(dashboard.page)
+    # Only the codec answers cross-origin requests, and only from the Temporal Web UI.
+    app.add_middleware(CodecCors, origins=settings.codec_ui_origins)
     return app
+
+
+class CodecCors:
+    """CORS for the codec endpoints alone: the rest of the API stays same-origin."""
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        self._app = app
+        self._cors = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["POST"],
+            allow_headers=["authorization", "content-type", "x-namespace"],
+            allow_credentials=True,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/codec/"):
+            await self._cors(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+
+async def _record_refusal(request: Request, status: int, detail: str) -> None:
+    """Every refused API call is an audit event (the detail never echoes a request's body)."""
+    app: AppState | None = getattr(request.app.state, "keyturn", None)
+    if app is None:
+        return
+    principal = principal_of(request)
+    await in_thread(
+        app.engine,
+        lambda db: _append_refusal(
+            db, principal, request.method, codec.redact(request.url.path), status, detail
+        ),
+    )
+
+
+def _append_refusal(
+    db: Session, principal: str, method: str, path: str, status: int, detail: str
+) -> None:
+    audit_trail.record(
+        db, "api.refused", principal=principal, outcome="refused", method=method, path=path,
+        status=status, reason=detail,
+    )  # fmt: skip
+    db.commit()

@@ -1,11 +1,12 @@
 """The ``keyturn`` command: ``dev`` (the whole embedded stack), ``api``, ``worker``, ``request``,
-``backup`` and ``restore``."""
+``backup``, ``restore``, ``audit verify``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -40,9 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     backup.add_argument("file", type=Path)
     restore = sub.add_parser("restore", help="restore FILE into an empty data directory")
     restore.add_argument("file", type=Path)
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first break")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
+    if args.command == "audit":
+        raise SystemExit(_verify_audit(settings))
     if args.command == "request":
         choice = _secret_choice(args.kind, args.version_id, args.secret_stdin)
         outcome = _request(settings, args.credential_id, args.kind, args.trigger, choice)
@@ -110,7 +116,9 @@ async def _request(
             engine,
             await connect(settings),
             settings.task_queue,
-            OperationRequest(credential_id, kind, trigger, choice),
+            OperationRequest(
+                credential_id, kind, trigger, choice, requested_by=f"cli:{getpass.getuser()}"
+            ),
             Vault(settings.master_key_bytes),
         )
     except RequestFailed as exc:
@@ -119,6 +127,26 @@ async def _request(
     finally:
         engine.dispose()
     print(json.dumps(dataclasses.asdict(requested)))
+    return 0
+
+
+def _verify_audit(settings: Settings) -> int:
+    from store.audit import verify
+    from store.engine import make_engine
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        checked, broken = verify(engine)
+    finally:
+        engine.dispose()
+    if broken is not None:
+        print(
+            f"keyturn audit verify: the chain breaks at event {broken.event_id}: {broken.reason} "
+            f"({checked} events before it check out)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"audit trail intact: {checked} events")
     return 0
 
 

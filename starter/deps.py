@@ -90,6 +90,20 @@ def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
 
 
 _bearer = HTTPBearer(auto_error=False)
+# The principal of the admin token, as the audit trail and the SIEM echo name it.
+ADMIN = "admin"
+ANONYMOUS = "anonymous"
+
+
+def principal_of(request: Request) -> str:
+    """Who sent this request: the admin token's holder, or someone without it."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    app: AppState | None = getattr(request.app.state, "keyturn", None)
+    if app is None or scheme.lower() != "bearer":
+        return ANONYMOUS
+    expected = app.settings.resolved_admin_token
+    return ADMIN if secrets.compare_digest(token.encode(), expected.encode()) else ANONYMOUS
 
 
 def require_token(

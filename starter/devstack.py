@@ -23,7 +23,7 @@ from keyturn.temporal import connect
 from starter.app import create_app
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
-from worker import build_workers, run_workers, start_schedules, verify_after_restore
+from worker import build_echo, build_workers, run_workers, start_schedules, verify_after_restore
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -61,10 +61,16 @@ def dev_server_command(settings: Settings) -> list[str]:
         "--sqlite-pragma", "journal_mode=wal",
         "--sqlite-pragma", "synchronous=normal",
         "--log-level", "error",
+        # The Web UI decodes payloads through Keyturn's codec endpoints (starter/routes/codec.py).
+        "--ui-codec-endpoint", codec_endpoint(settings),
     ]  # fmt: skip
     for key in SEARCH_ATTRIBUTES:
         command += ["--search-attribute", f"{key.name}=Keyword"]
     return command
+
+
+def codec_endpoint(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}/codec/ui/{settings.codec_token}"
 
 
 async def wait_for_temporal(settings: Settings, server: asyncio.subprocess.Process) -> Client:
@@ -78,7 +84,7 @@ async def wait_for_temporal(settings: Settings, server: asyncio.subprocess.Proce
                 f"{settings.temporal_address} or port {settings.temporal_ui_port} already in use?"
             )
         try:
-            return await connect(settings)
+            return await connect(settings, worker=True)  # the dev stack runs workers
         except RuntimeError:
             if loop.time() > deadline:
                 raise
@@ -126,7 +132,9 @@ async def run_dev(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         api_task = asyncio.create_task(api.serve())
-        workers = asyncio.create_task(run_workers(build_workers(client, settings, engine), stop))
+        workers = asyncio.create_task(
+            run_workers(build_workers(client, settings, engine), stop, build_echo(settings, engine))
+        )
         await verify_after_restore(engine, client, settings.task_queue)
         await _until_listening(api, api_task)
         host = settings.temporal_address.rpartition(":")[0] or "127.0.0.1"
@@ -135,7 +143,9 @@ async def run_dev(settings: Settings) -> None:
             f"  HTTP API      http://{settings.api_host}:{settings.api_port}/v1  "
             f"(OpenAPI: http://{settings.api_host}:{settings.api_port}/docs)\n"
             f"  Temporal      {settings.temporal_address}  "
-            f"(Web UI: http://{host}:{settings.temporal_ui_port})\n"
+            f"(Web UI: http://{host}:{settings.temporal_ui_port}, payloads decoded by "
+            f"http://{settings.api_host}:{settings.api_port}/codec)\n"
+            f"  Dashboard     http://{settings.api_host}:{settings.api_port}/ui/\n"
             f"  Admin token   {settings.resolved_admin_token}\n"
             f"  Data          {settings.data_dir.resolve()}\n"
             "Press Ctrl-C to stop.",

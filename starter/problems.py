@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -56,13 +57,23 @@ def problem_json(status: int, detail: str, instance: str, **extra: Any) -> JSONR
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def install(app: FastAPI) -> None:
+# Told of every refused request (its status and detail): the audit trail records them.
+OnRefusal = Callable[[Request, int, str], Awaitable[None]]
+
+
+def install(app: FastAPI, on_refusal: OnRefusal | None = None) -> None:
+    async def refused(request: Request, status: int, detail: str) -> None:
+        if on_refusal is not None:
+            await on_refusal(request, status, detail)
+
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        await refused(request, exc.status, exc.detail)
         return problem_json(exc.status, exc.detail, request.url.path, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        await refused(request, exc.status_code, str(exc.detail))
         return problem_json(exc.status_code, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)
@@ -76,4 +87,5 @@ def install(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
+        await refused(request, 422, detail)
         return problem_json(422, detail, request.url.path, errors=errors)

@@ -244,6 +244,12 @@ class CredentialOut(BaseModel):
 class OperationIn(_In):
     kind: OperationKind
     trigger: str = Trigger
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="POSTed the outcome when the operation (and each chained one) ends, signed "
+        "per Standard Webhooks; https:// only",
+    )
 
     version_id: str | None = Field(
         default=None, max_length=64, description="adopt: the secret version to make current"
@@ -371,6 +377,27 @@ class SessionOut(BaseModel):
     open_sessions: int = Field(description="sessions of the credential still open")
     change_requested: bool = Field(
         description="this was the last open session and the policy asks for a change after it"
+    )
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    at: datetime
+    event: str
+    principal: str
+    outcome: str
+    operation_id: str | None
+    credential_id: str | None
+    device_id: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    events: list[AuditEventOut]
+    next_cursor: str = Field(
+        description="pass as ?cursor= to read the events after these (an empty page: none yet)"
     )
 
 

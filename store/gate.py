@@ -49,6 +49,8 @@ class Registration:
     run_id: str | None
     parent_operation_id: str | None = None
     source_version_id: str | None = None
+    requested_by: str | None = None  # the principal; None: Keyturn itself
+    callback_url: str | None = None
 
 
 def register(session: Session, request: Registration) -> Operation:
@@ -66,10 +68,22 @@ def register(session: Session, request: Registration) -> Operation:
         if existing.run_id is None and request.run_id:
             existing.run_id = request.run_id
             session.add(existing)
+        # The workflow may register first (it knows neither): the request path fills them in.
+        if existing.requested_by is None and request.requested_by:
+            existing.requested_by = request.requested_by
+            session.add(existing)
+        if existing.callback_url is None and request.callback_url:
+            existing.callback_url = request.callback_url
+            session.add(existing)
         if existing.gate_seq or existing.status != OperationStatus.SCHEDULED:
             return existing
         # A row an older release made before starting its workflow: queue it now.
     ahead = _tail(session, credential.id)
+    callback_url = request.callback_url
+    if callback_url is None and request.parent_operation_id:
+        # A chained operation tells its parent's requester when it ends, too.
+        parent = session.get(Operation, request.parent_operation_id)
+        callback_url = parent.callback_url if parent else None
     operation = existing or Operation(
         id=request.operation_id,
         credential_id=credential.id,
@@ -79,6 +93,8 @@ def register(session: Session, request: Registration) -> Operation:
         run_id=request.run_id,
         parent_operation_id=request.parent_operation_id,
         source_version_id=request.source_version_id,
+        requested_by=request.requested_by,
+        callback_url=callback_url,
     )
     operation.gate_seq = seq
     operation.gate_state = QUEUED if ahead else HOLDING
@@ -181,6 +197,7 @@ def abandon(session: Session, operation_id: str, reason: str) -> Operation | Non
             "operation.abandoned",
             operation_id=operation.id,
             credential_id=operation.credential_id,
+            outcome="failed",
             reason=reason,
         )
     return leave(session, operation_id)

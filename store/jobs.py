@@ -22,6 +22,8 @@ from executors.base import (
     get_executor,
     insecure_transport,
 )
+from store import audit
+from store.engine import session_scope
 from store.models import Credential, Device, Operation, Policy, SecretVersion, Template
 from store.queries import get_or_raise, latest_template, policy_for
 from store.vault import Vault
@@ -159,6 +161,13 @@ def load_job(
             )
             if privileged_id:
                 auth_account = _account(session, vault, device, credential, role, privileged_id)
+        _record_secret_read(
+            engine,
+            operation,
+            [v.id for v in (current, pending) if v is not None],
+            auth_account is not None,
+            "change" if for_change else "login check",
+        )
         return Job(
             operation=operation,
             credential=credential,
@@ -172,6 +181,22 @@ def load_job(
             auth_account=auth_account,
             current_version_id=current.id,
             insecure_transport=insecure,
+        )
+
+
+def _record_secret_read(
+    engine: Engine, operation: Operation, version_ids: list[str], privileged: bool, purpose: str
+) -> None:
+    """Every decryption of a secret is an audit event: which versions, for which step."""
+    with session_scope(engine) as session:
+        audit.record(
+            session,
+            "secret.read",
+            operation_id=operation.id,
+            credential_id=operation.credential_id,
+            version_ids=version_ids,
+            privileged_account=privileged,
+            purpose=purpose,
         )
 
 

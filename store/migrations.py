@@ -15,7 +15,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-from store.models import SchemaVersion
+from store.audit import GENESIS, chain_hash
+from store.models import AuditEvent, SchemaVersion
 
 
 def _v2_one_writer_per_credential(conn: Connection) -> None:
@@ -86,6 +87,38 @@ def _v4_recovery_by_hand(conn: Connection) -> None:
     _add_columns(conn, "credential", {"needs_verify": "BOOLEAN NOT NULL DEFAULT false"})
 
 
+def _v5_governance(conn: Connection) -> None:
+    """The hash-chained audit trail, who requested an operation and where its outcome goes.
+    Events written before the chain existed are chained now, in id order."""
+    _add_columns(
+        conn,
+        "auditevent",
+        {
+            "principal": "VARCHAR NOT NULL DEFAULT 'keyturn'",
+            "outcome": "VARCHAR NOT NULL DEFAULT 'ok'",
+            "device_id": "VARCHAR",
+            "prev_hash": "VARCHAR NOT NULL DEFAULT ''",
+            "hash": "VARCHAR NOT NULL DEFAULT ''",
+        },
+    )
+    _add_columns(conn, "operation", {"requested_by": "VARCHAR", "callback_url": "VARCHAR"})
+    table = AuditEvent.__table__  # type: ignore[attr-defined]
+    previous = GENESIS
+    last_id = 0
+    for values in conn.execute(table.select().order_by(table.c.id)).mappings().all():
+        row = AuditEvent.model_validate({**values, "prev_hash": previous})
+        row.hash = chain_hash(row)
+        conn.execute(
+            table.update().where(table.c.id == row.id).values(prev_hash=previous, hash=row.hash)
+        )
+        previous, last_id = row.hash, row.id or 0
+    conn.execute(text("DELETE FROM audithead"))
+    conn.execute(
+        text("INSERT INTO audithead (id, last_id, hash) VALUES (1, :last, :hash)"),
+        {"last": last_id, "hash": previous},
+    )
+
+
 def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
     present = {c["name"] for c in inspect(conn).get_columns(table)}
     for name, ddl in columns.items():
@@ -93,7 +126,33 @@ def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
 
 
-def _v5_allow_insecure_transport(conn: Connection) -> None:
+def _append_only_audit(conn: Connection) -> None:
+    """The store refuses to update or delete an audit event (idempotent, run at every start)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION keyturn_audit_append_only() RETURNS trigger AS $$ "
+                "BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(text("DROP TRIGGER IF EXISTS auditevent_append_only ON auditevent"))
+        conn.execute(
+            text(
+                "CREATE TRIGGER auditevent_append_only BEFORE UPDATE OR DELETE ON auditevent "
+                "FOR EACH ROW EXECUTE FUNCTION keyturn_audit_append_only()"
+            )
+        )
+        return
+    for action in ("UPDATE", "DELETE"):
+        conn.execute(
+            text(
+                f"CREATE TRIGGER IF NOT EXISTS auditevent_no_{action.lower()} BEFORE {action} "
+                "ON auditevent BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END"
+            )
+        )
+
+
+def _v6_allow_insecure_transport(conn: Connection) -> None:
     """Cleartext transport is refused unless a device allows it; existing devices do not."""
     false = "false" if conn.dialect.name == "postgresql" else "0"
     _add_columns(conn, "device", {"allow_insecure_transport": f"BOOLEAN NOT NULL DEFAULT {false}"})
@@ -104,7 +163,8 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
     _v3_triggers,
     _v4_recovery_by_hand,
-    _v5_allow_insecure_transport,
+    _v5_governance,
+    _v6_allow_insecure_transport,
 )
 LATEST = len(STEPS) + 1
 
@@ -121,6 +181,7 @@ def migrate(engine: Engine) -> int:
         version = int(row[0]) if row else (1 if existed else LATEST)
         for step in STEPS[version - 1 :]:
             step(conn)
+        _append_only_audit(conn)
         table = SchemaVersion.__table__  # type: ignore[attr-defined]
         if row is None:
             conn.execute(table.insert().values(id=1, version=LATEST))

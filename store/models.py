@@ -190,6 +190,8 @@ class Operation(SQLModel, table=True):
     # value an administrator supplied (set-in-vault, a change's next_password), or after a
     # restore the pending secret of the operation that was in flight (a verify tries it too).
     source_version_id: str | None = None
+    requested_by: str | None = None  # the principal who asked; None: Keyturn itself (a trigger)
+    callback_url: str | None = None  # where the outcome is POSTed when the operation ends
 
 
 class Attempt(SQLModel, table=True):
@@ -205,12 +207,40 @@ class Attempt(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    id: int | None = Field(default=None, primary_key=True)
+    """One event of the audit trail: append-only (the store refuses updates and deletes) and
+    hash-chained, each row holding the hash of the one before (store/audit.py)."""
+
+    id: int | None = Field(default=None, primary_key=True)  # 1, 2, 3…: its place in the chain
     at: datetime = Field(default_factory=utcnow, index=True)
-    event: str
+    event: str = Field(index=True)
+    principal: str = "keyturn"  # who caused it: the API's caller, or keyturn itself
+    outcome: str = "ok"
     operation_id: str | None = Field(default=None, index=True)
     credential_id: str | None = Field(default=None, index=True)
+    device_id: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    prev_hash: str = ""
+    hash: str = ""
+
+
+class AuditHead(SQLModel, table=True):
+    """The chain's last event: appending updates this row first, so appends are serialised (in
+    commit order, which is the order readers and the SIEM echo see) and a removed last event is
+    noticed."""
+
+    id: int = Field(default=1, primary_key=True)
+    last_id: int = 0
+    hash: str = ""
+
+
+class SiemCursor(SQLModel, table=True):
+    """The SIEM outbox, per destination: every audit event after ``last_id`` waits to be sent.
+    ``lease_owner`` is the worker delivering it until ``lease_until``."""
+
+    destination: str = Field(primary_key=True)
+    last_id: int = 0
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
 
 
 class LoginCharge(SQLModel, table=True):

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.servers.rsyslog import Rsyslog
 from tests.servers.sshd import Sshd, Users
 
 # ---------------------------------------------------------------------------------------------
@@ -36,3 +37,22 @@ def ssh_users(sshd: Sshd) -> Iterator[Users]:
 
 
 # --- end of the sshd section -------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# rsyslog on loopback ports of its own (tests/servers/rsyslog.py): the SIEM echo's receiver.
+# scripts/setup-test-deps installs rsyslog and its OpenSSL driver.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rsyslog() -> Iterator[Rsyslog]:
+    server = Rsyslog()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# --- end of the rsyslog section ----------------------------------------------------------------

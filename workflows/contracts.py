@@ -12,6 +12,7 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 WORKFLOW_NAME = "KeyturnOperation"
 DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
+CALLBACK_WORKFLOW = "KeyturnCallback"
 SWEEP_WORKFLOW = "KeyturnSweep"
 DELAYED_OPERATION_WORKFLOW = "KeyturnDelayedOperation"
 OPERATION_KINDS = ("change", "verify", "reconcile", "adopt", "set-in-vault")
@@ -46,7 +47,8 @@ SA_DEVICE = SearchAttributeKey.for_keyword("KeyturnDeviceId")
 SA_KIND = SearchAttributeKey.for_keyword("KeyturnOperationKind")
 SA_TRIGGER = SearchAttributeKey.for_keyword("KeyturnTrigger")
 SA_STATUS = SearchAttributeKey.for_keyword("KeyturnStatus")
-SEARCH_ATTRIBUTES = (SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_TRIGGER, SA_STATUS)
+SA_OPERATION = SearchAttributeKey.for_keyword("KeyturnOperationId")
+SEARCH_ATTRIBUTES = (SA_CREDENTIAL, SA_DEVICE, SA_KIND, SA_TRIGGER, SA_STATUS, SA_OPERATION)
 # An activity failure carrying this detail provably never reached the target in any attempt.
 NOTHING_SENT_DETAIL = "nothing-sent"
 
@@ -129,20 +131,34 @@ class OperationInput:
     # a verify after a restore: the pending secret of the operation that was in flight). An id:
     # a secret never enters a workflow payload.
     version_id: str = ""
+    # The requester asked to be told the outcome: the URL itself stays in the store.
+    callback: bool = False
+    requested_by: str | None = None  # the principal who asked; None: Keyturn itself
+
+
+def callback_workflow_id(operation_id: str) -> str:
+    """One callback delivery per operation: its webhook-id stays the same across retries."""
+    return f"keyturn-callback-{operation_id}"
+
+
+@dataclass(frozen=True)
+class CallbackInput:
+    operation_id: str
 
 
 def initial_search_attributes(
     op: OperationInput, status: str = "scheduled"
 ) -> TypedSearchAttributes:
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(SA_CREDENTIAL, op.credential_id),
-            SearchAttributePair(SA_DEVICE, op.device_id),
-            SearchAttributePair(SA_KIND, op.kind),
-            SearchAttributePair(SA_TRIGGER, op.trigger),
-            SearchAttributePair(SA_STATUS, status),
-        ]
-    )
+    pairs = [
+        SearchAttributePair(SA_CREDENTIAL, op.credential_id),
+        SearchAttributePair(SA_DEVICE, op.device_id),
+        SearchAttributePair(SA_KIND, op.kind),
+        SearchAttributePair(SA_TRIGGER, op.trigger),
+        SearchAttributePair(SA_STATUS, status),
+    ]
+    if op.operation_id:
+        pairs.append(SearchAttributePair(SA_OPERATION, op.operation_id))
+    return TypedSearchAttributes(pairs)
 
 
 @dataclass(frozen=True)
@@ -166,6 +182,7 @@ class RegisterInput:
     run_id: str
     parent_operation_id: str | None = None
     source_version_id: str = ""  # OperationInput.version_id
+    requested_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from workflows import steps
     from workflows.contracts import (
+        CALLBACK_WORKFLOW,
         CHOSEN_SECRET_KINDS,
         NON_RETRYABLE_KINDS,
         NOTHING_SENT_DETAIL,
@@ -46,10 +47,12 @@ with workflow.unsafe.imports_passed_through():
         SA_CREDENTIAL,
         SA_DEVICE,
         SA_KIND,
+        SA_OPERATION,
         SA_STATUS,
         SA_TRIGGER,
         WORKFLOW_NAME,
         Admission,
+        CallbackInput,
         ChildNotStarted,
         ChildrenRequest,
         ChildStart,
@@ -67,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
         SlotRequest,
         StepInput,
         WorkflowRef,
+        callback_workflow_id,
         initial_search_attributes,
     )
     from workflows.legacy.operation_v1 import LegacyOperation
@@ -75,6 +79,10 @@ _P = TypeVar("_P")
 _R = TypeVar("_R")
 # Histories without this marker were started before the gate: they replay LegacyOperation.
 GATE_PATCH = "one-writer-gate"
+# Operations that ask for a callback start its workflow when they end (none did before).
+CALLBACK_PATCH = "callback-on-end"
+# The operation id became a search attribute: histories without the marker did not upsert it.
+OPERATION_ID_PATCH = "operation-id-search-attribute"
 # Histories with this marker verify inside the change activity (StepInput.verify_after_change).
 VERIFY_IN_CHANGE_PATCH = "verify-in-change"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
@@ -154,6 +162,7 @@ class OperationWorkflow:
                     info.run_id,
                     op.parent_operation_id,
                     op.version_id,
+                    op.requested_by,
                 ),
             )
         except asyncio.CancelledError:
@@ -169,15 +178,16 @@ class OperationWorkflow:
         self._order_key = admission.order_key
         self._status = "queued" if admission.queued else "running"
         # Started with the SDK alone, the workflow has no search attributes or memo yet.
-        workflow.upsert_search_attributes(
-            [
-                SA_CREDENTIAL.value_set(op.credential_id),
-                SA_DEVICE.value_set(admission.device_id),
-                SA_KIND.value_set(op.kind),
-                SA_TRIGGER.value_set(op.trigger),
-                SA_STATUS.value_set(self._status),
-            ]
-        )
+        updates = [
+            SA_CREDENTIAL.value_set(op.credential_id),
+            SA_DEVICE.value_set(admission.device_id),
+            SA_KIND.value_set(op.kind),
+            SA_TRIGGER.value_set(op.trigger),
+            SA_STATUS.value_set(self._status),
+        ]
+        if workflow.patched(OPERATION_ID_PATCH):
+            updates.append(SA_OPERATION.value_set(self._operation_id))
+        workflow.upsert_search_attributes(updates)
         if workflow.memo_value("operation_id", None, type_hint=str) != self._operation_id:
             workflow.upsert_memo({"operation_id": self._operation_id})
         try:
@@ -185,6 +195,8 @@ class OperationWorkflow:
         finally:
             # Whatever happened, the next operation on the credential must be told.
             await self._to_the_end(self._leave_gate)
+        if op.callback and workflow.patched(CALLBACK_PATCH):
+            await self._to_the_end(self._start_callback)
         if self._canceled:
             raise asyncio.CancelledError(result.resolution)
         return result
@@ -646,6 +658,19 @@ class OperationWorkflow:
                 self._late_cancel = self._late_cancel or not self._canceled
                 if task.done():  # it ended in the same activation as the cancel
                     return task.result()
+
+    async def _start_callback(self) -> None:
+        """Tell the requester the outcome, from a workflow of its own (ABANDON) that Temporal
+        retries: this operation ends now, whatever the receiver does."""
+        # A run of this workflow that was reset may have started it already.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await workflow.start_child_workflow(
+                CALLBACK_WORKFLOW,
+                CallbackInput(self._operation_id),
+                id=callback_workflow_id(self._operation_id),
+                task_queue=workflow.info().task_queue,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
 
     async def _leave_gate(self) -> None:
         follower: WorkflowRef | None = await self._call(

@@ -18,6 +18,7 @@ from temporalio import activity
 
 from workflows.contracts import (
     Admission,
+    CallbackInput,
     ChangeOutcome,
     ChildNotStarted,
     ChildrenRequest,
@@ -159,6 +160,12 @@ async def request_due(batch: DueRequests) -> int:
 
 @_declare("keyturn.request_delayed")
 async def request_delayed(delayed: DelayedOperation) -> DelayedOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+# Telling the requester the outcome (activities/callbacks.py), retried by Temporal.
+@_declare("keyturn.deliver_callback")
+async def deliver_callback(request: CallbackInput) -> None:
     raise NotImplementedError(DECLARATION)
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from sqlmodel import Session, select
 
 from requesting import TemporalUnavailable
-from starter.deps import State, StoreRoute
+from starter.deps import ADMIN, State, StoreRoute
 from starter.problems import Problem, not_found
 from starter.schemas import SecretOut, SessionEventIn, SessionOut
 from store import audit
@@ -109,6 +109,7 @@ def _reveal(db: Session, vault: Vault, credential: Credential, client: str | Non
     audit.record(
         db,
         audit.VIEWED,
+        principal=ADMIN,
         credential_id=credential.id,
         version_id=version.id,
         by=READER,
@@ -125,7 +126,9 @@ def _start(db: Session, credential: Credential, session_id: str) -> CredentialSe
         raise Problem(409, f"session {session_id!r} {state}; a new session needs a new id")
     row = CredentialSession(credential_id=credential.id, session_id=session_id)
     db.add(row)
-    audit.record(db, "session.started", credential_id=credential.id, session_id=session_id)
+    audit.record(
+        db, "session.started", principal=ADMIN, credential_id=credential.id, session_id=session_id
+    )
     db.commit()
     return row
 
@@ -142,7 +145,14 @@ def _end(db: Session, credential: Credential, session_id: str) -> tuple[Credenti
     db.add(row)
     db.flush()
     last = open_sessions(db, credential.id) == 0
-    audit.record(db, "session.ended", credential_id=credential.id, session_id=session_id, last=last)
+    audit.record(
+        db,
+        "session.ended",
+        principal=ADMIN,
+        credential_id=credential.id,
+        session_id=session_id,
+        last=last,
+    )
     db.commit()
     return row, last
 
@@ -155,6 +165,7 @@ def _reopen(db: Session, row: CredentialSession) -> None:
     audit.record(
         db,
         "session.end_undone",
+        principal=ADMIN,
         credential_id=row.credential_id,
         session_id=row.session_id,
         reason="the change after it could not be requested",

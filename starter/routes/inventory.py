@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from executors.base import ConfigurationError, Executor, check_target, get_executor, registry
 from executors.shipped import shipped_templates
 from requesting import TemporalUnavailable
-from starter.deps import DB, State, StoreRoute
+from starter.deps import ADMIN, DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
     CredentialIn,
@@ -27,6 +27,7 @@ from starter.schemas import (
     TemplateIn,
     TemplateOut,
 )
+from store import audit
 from store.engine import in_thread
 from store.jobs import target_for
 from store.models import Credential, Device, Policy, Template, new_id
@@ -71,6 +72,10 @@ def create_device(body: DeviceIn, db: DB) -> Device:
     if db.exec(select(Device).where(Device.name == body.name)).first():
         raise Problem(409, f"a device named {body.name!r} exists; choose another name")
     db.add(device)
+    audit.record(
+        db, "device.created", device_id=device.id, principal=ADMIN, name=device.name,
+        executor=device.executor,
+    )  # fmt: skip
     db.commit()
     return device
 
@@ -105,7 +110,7 @@ async def create_policy(body: PolicyIn, app: State) -> Policy:
     await in_thread(app.engine, lambda db: _name_is_free(db, policy.name, policy.id))
     await _apply_schedules(app, policy)
     try:
-        await in_thread(app.engine, lambda db: _save(db, policy))
+        await in_thread(app.engine, lambda db: _save(db, policy, "policy.created"))
     except IntegrityError:  # the same name, created meanwhile: undo the schedules
         await _apply_schedules(app, Policy(id=policy.id, name=policy.name), policy)
         raise Problem(409, f"a policy named {body.name!r} exists; choose another name") from None
@@ -136,7 +141,7 @@ async def update_policy(policy_id: str, body: PolicyPatch, app: State) -> Policy
     await in_thread(app.engine, lambda db: _name_is_free(db, updated.name, updated.id))
     await _apply_schedules(app, updated, policy)
     try:
-        await in_thread(app.engine, lambda db: _save(db, updated))
+        await in_thread(app.engine, lambda db: _save(db, updated, "policy.updated"))
     except IntegrityError:
         await _apply_schedules(app, policy, updated)
         raise Problem(409, f"a policy named {updated.name!r} exists; choose another name") from None
@@ -149,8 +154,9 @@ def _name_is_free(db: Session, name: str, policy_id: str) -> None:
         raise Problem(409, f"a policy named {name!r} exists; choose another name")
 
 
-def _save(db: Session, policy: Policy) -> None:
+def _save(db: Session, policy: Policy, event: str) -> None:
     db.merge(policy)
+    audit.record(db, event, principal=ADMIN, policy_id=policy.id, name=policy.name)
     db.commit()
 
 
@@ -197,6 +203,9 @@ def create_template(body: TemplateIn, db: DB) -> Template:
         raise invalid("executor", f"{body.name!r} is a template of executor {latest.executor!r}")
     template = Template(**body.model_dump(), version=latest.version + 1 if latest else 1)
     db.add(template)
+    audit.record(
+        db, "template.saved", principal=ADMIN, name=template.name, version=template.version
+    )
     db.commit()
     return template
 
@@ -246,6 +255,10 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
     db.add(credential)
     db.flush()
     version = app.vault.add(db, credential.id, body.password.get_secret_value(), "current")  # type: ignore[arg-type]
+    audit.record(
+        db, "credential.created", credential_id=credential.id, principal=ADMIN,
+        username=credential.username, version_id=version.id,
+    )  # fmt: skip
     db.commit()
     return _credential_out(credential, version.id)
 
@@ -259,6 +272,10 @@ def update_credential(credential_id: str, body: CredentialPatch, db: DB) -> Cred
         setattr(credential, field, value)
     _check_links(db, credential)
     db.add(credential)
+    audit.record(
+        db, "credential.updated", credential_id=credential.id, principal=ADMIN,
+        fields=sorted(body.model_dump(exclude_unset=True)),
+    )  # fmt: skip
     db.commit()
     return _credential_out(credential, _current_id(db, credential.id))
 

@@ -12,6 +12,7 @@ from pydantic import SecretStr
 from sqlalchemy import and_, or_
 from sqlmodel import col, select
 
+from governance import webhooks
 from requesting import (
     CredentialNotFound,
     InvalidRequest,
@@ -20,7 +21,7 @@ from requesting import (
     TemporalUnavailable,
     request_operation,
 )
-from starter.deps import DB, State, StoreRoute
+from starter.deps import ADMIN, DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found, problem_response
 from starter.schemas import (
     AttemptOut,
@@ -47,7 +48,7 @@ router = APIRouter(route_class=StoreRoute)
         422: problem_response(
             "invalid body: a trigger only Keyturn sets, a field its kind does not take, a "
             "missing version_id (adopt) or password (set-in-vault), a next_password that "
-            "breaks the policy"
+            "breaks the policy, a callback_url that is not https (or KEYTURN_WEBHOOK_SECRET unset)"
         ),
         503: problem_response("Temporal did not accept the operation"),
     },
@@ -62,6 +63,12 @@ async def create_operation(
         raise not_found("credential", credential_id)
     if body.kind == "reconcile" and not credential.reconcile_credential_id:
         raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
+    if body.callback_url is not None:
+        refused = webhooks.refusal(body.callback_url, app.settings.webhook_allow_http)
+        if refused is None and app.settings.webhook_key is None:
+            refused = "callbacks need KEYTURN_WEBHOOK_SECRET (whsec_<base64>) set to sign them"
+        if refused is not None:
+            raise invalid("callback_url", refused)
     choice = SecretChoice(
         version_id=body.version_id,
         password=_value(body.password),
@@ -72,7 +79,14 @@ async def create_operation(
             app.engine,
             app.client,
             app.settings.task_queue,
-            OperationRequest(credential_id, body.kind, body.trigger, choice),
+            OperationRequest(
+                credential_id,
+                body.kind,
+                body.trigger,
+                choice,
+                requested_by=ADMIN,
+                callback_url=body.callback_url,
+            ),
             app.vault,
         )
     except CredentialNotFound:

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from sqlmodel import col, select
 
-from starter.deps import DB, State, StoreRoute
+from starter.deps import ADMIN, DB, State, StoreRoute
 from starter.problems import Problem, not_found, problem_response
 from starter.schemas import VersionOut, VersionSecretOut
 from store import audit
@@ -81,6 +81,7 @@ def read_version_secret(
     audit.record(
         db,
         "secret.read",
+        principal=ADMIN,
         credential_id=credential_id,
         version_id=version.id,
         version_state=version.state,

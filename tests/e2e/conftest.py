@@ -8,6 +8,7 @@ import base64
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from keyturn.settings import Settings
 from starter.app import create_app
 from starter.devstack import temporal_cli
 from store.engine import make_engine
-from worker import build_workers, run_workers
+from worker import build_echo, build_workers, run_workers
 from workflows.contracts import SEARCH_ATTRIBUTES
 
 ADMIN_TOKEN = "test-admin-token"
@@ -51,9 +52,11 @@ class Stack:
 
     async def run_operation(self, credential_id: str, kind: str = "change") -> dict[str, Any]:
         """Request an operation through the API and wait for its workflow to finish."""
-        accepted = await self.post(
-            f"/v1/credentials/{credential_id}/operations", {"kind": kind}, expect=202
-        )
+        return await self.run_operation_with(credential_id, {"kind": kind})
+
+    async def run_operation_with(self, credential_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``run_operation`` with a request body of the test's own."""
+        accepted = await self.post(f"/v1/credentials/{credential_id}/operations", body, expect=202)
         await self.client.get_workflow_handle(accepted["workflow_id"]).result()
         return await self.get(f"/v1/operations/{accepted['operation_id']}")
 
@@ -72,35 +75,55 @@ async def temporal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wo
     await env.shutdown()
 
 
+@asynccontextmanager
+async def running_stack(
+    temporal: WorkflowEnvironment, data_dir: Path, client: Client | None = None, **settings: Any
+) -> AsyncIterator[Stack]:
+    """Workers and the API on a store of their own in ``data_dir``, on the shared Temporal
+    server (a task queue of their own); ``settings`` override the test defaults, ``client``
+    the session's Temporal client."""
+    client = client or temporal.client
+    db_path = data_dir / "keyturn.db"
+    config = Settings(
+        **{
+            "data_dir": data_dir,
+            "database_url": f"sqlite:///{db_path}",
+            "master_key": base64.b64encode(temporal.master_key).decode(),  # type: ignore[attr-defined]
+            "admin_token": ADMIN_TOKEN,
+            "task_queue": f"keyturn-test-{secrets.token_hex(4)}",
+            **settings,
+        }
+    )
+    engine = make_engine(config.resolved_database_url)
+    stop = asyncio.Event()
+    workers = asyncio.create_task(
+        run_workers(build_workers(client, config, engine), stop, build_echo(config, engine))
+    )
+    app = create_app(config, engine, client)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://keyturn.test",
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ) as api:
+            yield Stack(config, engine, client, api, db_path)
+    finally:
+        stop.set()
+        await workers
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 async def stack(
     temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("keyturn")
-    db_path = data_dir / "keyturn.db"
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=f"sqlite:///{db_path}",
-        master_key=base64.b64encode(temporal.master_key).decode(),  # type: ignore[attr-defined]
-        admin_token=ADMIN_TOKEN,
-        task_queue=f"keyturn-test-{secrets.token_hex(4)}",
+    async with running_stack(
+        temporal,
+        tmp_path_factory.mktemp("keyturn"),
         # Policies of trigger tests sweep every second; other tests have none.
         sweep_interval_seconds=1.0,
-    )
-    engine = make_engine(settings.resolved_database_url)
-    stop = asyncio.Event()
-    workers = asyncio.create_task(
-        run_workers(build_workers(temporal.client, settings, engine), stop)
-    )
-    app = create_app(settings, engine, temporal.client)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://keyturn.test",
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ) as api:
-        yield Stack(settings, engine, temporal.client, api, db_path)
-    stop.set()
-    await workers
+    ) as running:
+        yield running
 
 
 PolicyFactory = Callable[..., Awaitable[dict[str, Any]]]

@@ -98,5 +98,5 @@ async def test_cleartext_only_when_the_device_allows_it_and_audited(stack: Stack
             ).all()
         # Once per operation, however many steps used the channel (change and verify here).
         assert len(events) == 1
-        assert events[0].detail["device_id"] == allowed["id"]
+        assert events[0].device_id == allowed["id"]
         assert "'ssl' is false" in events[0].detail["reason"]

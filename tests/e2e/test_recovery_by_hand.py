@@ -70,7 +70,10 @@ def _states(versions: list[dict[str, Any]]) -> dict[str, str]:
 def _store_counts(stack: Stack) -> tuple[int, int]:
     with Session(stack.engine) as session:
         operations = session.exec(select(func.count()).select_from(Operation)).one()
-        events = session.exec(select(func.count()).select_from(AuditEvent)).one()
+        # A refused call is itself an audit event (api.refused); anything else would be a change.
+        events = session.exec(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.event != "api.refused")
+        ).one()
         return operations, events
 
 

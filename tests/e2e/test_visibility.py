@@ -10,7 +10,7 @@ from temporalio.client import Client
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, policy, ssh_device
 from tests.servers.sshd import Sshd, Users
-from workflows.contracts import OperationResult
+from workflows.contracts import OperationInput, OperationResult
 
 OLD = "Visible-0ld-pass"
 
@@ -44,6 +44,8 @@ async def test_operation_is_searchable_and_queryable(
         "AND KeyturnStatus = 'succeeded'"
     )
     assert await _find(stack.client, query) == [accepted["workflow_id"]]
+    by_id = f"KeyturnOperationId = '{accepted['operation_id']}'"
+    assert await _find(stack.client, by_id) == [accepted["workflow_id"]]
     other = f"KeyturnCredentialId = '{cred['id']}' AND KeyturnStatus = 'failed'"
     assert [w.id async for w in stack.client.list_workflows(other)] == []
     assert await handle.query("status") == {
@@ -71,3 +73,21 @@ async def test_failure_messages_are_encoded_in_history(
     raw = json.dumps((await handle.fetch_history()).to_json_dict())
     assert "refused the password" not in raw  # ... and encrypted in Temporal's history
     assert "Encoded failure" in raw
+
+
+async def test_an_operation_started_with_the_sdk_alone_is_found_by_its_id(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    """The workflow names itself and upserts its id: findable even without the API's help."""
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd)
+    cred = await credential(stack, device["id"], user, OLD)
+    result = await stack.client.execute_workflow(
+        "KeyturnOperation",
+        OperationInput(credential_id=cred["id"], kind="verify"),
+        id=f"sdk-verify-{cred['id']}",
+        task_queue=stack.settings.task_queue,
+        result_type=OperationResult,
+    )
+    query = f"KeyturnOperationId = '{result.operation_id}'"
+    assert await _find(stack.client, query) == [f"sdk-verify-{cred['id']}"]

@@ -43,6 +43,50 @@ def test_a_malformed_master_key_is_refused() -> None:
         _ = Settings(master_key=base64.b64encode(b"short").decode()).master_key_bytes
 
 
+def test_siem_destinations_are_read_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "KEYTURN_SIEM_DESTINATIONS",
+        '[{"url": "tls://siem.example:6514", "format": "cef", "ca_file": "/etc/ca.pem"},'
+        ' {"url": "udp://127.0.0.1:514"}]',
+    )
+    tls, udp = Settings().siem_destinations
+    assert (tls.url, tls.format, str(tls.ca_file)) == (
+        "tls://siem.example:6514",
+        "cef",
+        "/etc/ca.pem",
+    )
+    assert (udp.url, udp.format, udp.ca_file) == ("udp://127.0.0.1:514", "rfc5424", None)
+
+
+@pytest.mark.parametrize(
+    ("destination", "named"),
+    [
+        ('{"url": "http://siem:514"}', "scheme"),
+        ('{"url": "tcp://siem"}', "port"),
+        ('{"url": "tcp://siem:514", "format": "json"}', "format"),
+        ('{"url": "tcp://siem:514", "colour": "red"}', "colour"),
+    ],
+)
+def test_a_bad_siem_destination_is_refused(
+    monkeypatch: pytest.MonkeyPatch, destination: str, named: str
+) -> None:
+    monkeypatch.setenv("KEYTURN_SIEM_DESTINATIONS", f"[{destination}]")
+    with pytest.raises(ValueError, match=named):
+        Settings()
+
+
+def test_the_webhook_secret_is_a_standard_webhooks_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = b"k" * 24
+    monkeypatch.setenv("KEYTURN_WEBHOOK_SECRET", "whsec_" + base64.b64encode(key).decode())
+    settings = Settings()
+    assert settings.webhook_key == key
+    assert "whsec" not in repr(settings)  # a SecretStr: never printed
+    for bad, named in [("k" * 32, "whsec_"), ("whsec_@@@", "base64"), ("whsec_YWJj", "16 bytes")]:
+        monkeypatch.setenv("KEYTURN_WEBHOOK_SECRET", bad)
+        with pytest.raises(ValueError, match=named):
+            Settings()
+
+
 def test_the_data_directory_and_its_files_are_private(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "new" / "var")
     settings.ensure_local_files()

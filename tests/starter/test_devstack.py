@@ -52,6 +52,19 @@ def test_dev_stack_starts_persists_and_stops(
     assert httpx.get(f"{api}/docs").status_code == 200
     ui = httpx.get(f"http://127.0.0.1:{dev_env['KEYTURN_TEMPORAL_UI_PORT']}/")
     assert ui.status_code == 200
+    # The Web UI is configured with Keyturn's codec, which answers it with the codec token.
+    ui_settings = httpx.get(
+        f"http://127.0.0.1:{dev_env['KEYTURN_TEMPORAL_UI_PORT']}/api/v1/settings"
+    ).json()
+    endpoint = ui_settings["Codec"]["Endpoint"]
+    assert endpoint.startswith(f"{api}/codec/ui/") and token not in endpoint
+    decoded = httpx.post(
+        f"{endpoint}/decode",
+        json={"payloads": []},
+        headers={"Origin": f"http://127.0.0.1:{dev_env['KEYTURN_TEMPORAL_UI_PORT']}"},
+    )
+    assert decoded.status_code == 200 and decoded.json() == {"payloads": []}
+    assert "access-control-allow-origin" in decoded.headers
     assert first.stop() == 0
 
     second = start_dev(dev_env)

@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, inspect, text
 from sqlmodel import Session
 
+from store import audit
 from store.engine import make_engine, session_scope
 from store.migrations import LATEST
 from store.models import Credential, Device, Operation, OperationStatus, Policy
@@ -26,6 +27,10 @@ INSERT INTO credential (id, device_id, username, profile, change_template, verif
 INSERT INTO operation (id, credential_id, kind, trigger, status, workflow_id, created_at)
   VALUES ('o1', 'c1', 'change', 'manual', 'SUCCEEDED', 'keyturn-change-c1',
   '2026-11-01 10:00:00');
+INSERT INTO auditevent (at, event, operation_id, credential_id, detail)
+  VALUES ('2026-11-01 10:00:00', 'operation.requested', 'o1', 'c1', '{"kind": "change"}');
+INSERT INTO auditevent (at, event, operation_id, credential_id, detail)
+  VALUES ('2026-11-01 10:00:01', 'operation.succeeded', 'o1', 'c1', '{"kind": "change"}');
 """
 
 
@@ -48,11 +53,17 @@ def test_a_store_of_the_previous_release_is_migrated(empty_database: str) -> Non
     assert "source_version_id" in columns
     versions = {c["name"] for c in inspect(engine).get_columns("secretversion")}
     assert {"last_login_ok_at", "last_login_ok_operation_id"} <= versions
+    assert {"requested_by", "callback_url"} <= columns
     with Session(engine) as session:  # an existing device does not allow cleartext transport
         device = session.get(Device, "d1")
         assert device is not None and device.allow_insecure_transport is False
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version FROM schemaversion")).scalar_one() == LATEST
+    # The events written before the chain existed are chained, and new ones follow them.
+    assert audit.verify(engine) == (2, None)
+    with session_scope(engine) as session:
+        assert audit.record(session, "operation.requested", operation_id="o1").id == 3
+    assert audit.verify(engine) == (3, None)
     with Session(engine) as session:
         kept = session.get(Operation, "o1")
         assert kept is not None and kept.status == OperationStatus.SUCCEEDED

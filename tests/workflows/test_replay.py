@@ -3,9 +3,11 @@
 The histories under histories/ were recorded from real runs of earlier releases: v1_* before the
 credential gate (a change with a chained child, a verify, a refused change), v2_* with the gate,
 before recovery by hand (a change, a verify, a verify that finds drift, a refused change;
-recorded with record_histories.py), v3_* a sweep and a delayed change. Their payloads are
-encrypted with the throwaway key beside them. Replaying them against today's workflow proves
-an upgrade does not break an operation in flight.
+recorded with record_histories.py; a change over SSH with a chained child and a verify of an
+unreachable device, from before callbacks and the operation-id search attribute), v3_* a sweep
+and a delayed change, v4_* the same four operations verifying inside the change activity. Their
+payloads are encrypted with the throwaway key beside them. Replaying them against today's
+workflow proves an upgrade does not break an operation in flight.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from keyturn.codec import data_converter
+from workflows.callback import CallbackWorkflow
 from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
@@ -25,7 +28,13 @@ from workflows.sweep import SweepWorkflow
 HISTORIES = Path(__file__).parent / "histories"
 
 
-WORKFLOWS = [OperationWorkflow, DeviceSlotsWorkflow, SweepWorkflow, DelayedOperationWorkflow]
+WORKFLOWS = [
+    OperationWorkflow,
+    DeviceSlotsWorkflow,
+    SweepWorkflow,
+    DelayedOperationWorkflow,
+    CallbackWorkflow,
+]
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in HISTORIES.glob("v*_*.json")))

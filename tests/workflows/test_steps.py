@@ -7,7 +7,15 @@ import ast
 from pathlib import Path
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
-FORBIDDEN = ("store", "executors", "activities", "starter", "requesting", "keyturn.temporal")
+FORBIDDEN = (
+    "store",
+    "executors",
+    "activities",
+    "starter",
+    "requesting",
+    "governance",
+    "keyturn.temporal",
+)
 
 
 def test_workflow_modules_import_only_contracts_and_temporal() -> None:

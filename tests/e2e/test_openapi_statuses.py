@@ -1,0 +1,30 @@
+"""Every status code the governance routes answer is documented in the OpenAPI."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import Stack
+
+DOCUMENTED = [
+    ("get", "/v1/audit", {"200", "401", "422"}),
+    ("get", "/v1/dashboard", {"200", "401"}),
+    ("get", "/metrics", {"200"}),
+    ("post", "/codec/decode", {"200", "401", "422"}),
+    ("post", "/codec/encode", {"200", "401", "422"}),
+    ("post", "/codec/ui/{token}/decode", {"200", "401", "422"}),
+    ("post", "/codec/ui/{token}/encode", {"200", "401", "422"}),
+    (
+        "post",
+        "/v1/credentials/{credential_id}/operations",
+        {"200", "202", "401", "404", "422", "503"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "statuses"), DOCUMENTED)
+async def test_statuses_are_documented(
+    stack: Stack, method: str, path: str, statuses: set[str]
+) -> None:
+    spec = await stack.get("/openapi.json")
+    assert statuses <= set(spec["paths"][path][method]["responses"]), path
