@@ -290,6 +290,16 @@ class ExecutorActivities:
             detail = f"{type(exc).__name__}: {exc}"
             self._finish_attempt(attempt_id, "error", detail, "")
             raise ApplicationError(detail, type="InternalError") from None
+        if job.insecure_transport is not None:
+            with session_scope(self._engine) as session:
+                audit.record_once(
+                    session,
+                    "transport.insecure_allowed",
+                    operation_id=operation_id,
+                    credential_id=job.credential.id,
+                    device_id=job.device.id,
+                    reason=job.insecure_transport,
+                )
         return job, attempt_id, may_have_sent
 
     async def _recorded(

@@ -13,11 +13,13 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+# Part of the plugin interface (executors import them from here); defined in executors.redaction.
+from executors.redaction import REDACTED as REDACTED
+from executors.redaction import redact as redact
 from templating import TemplateContext
 from workflows.contracts import FailureKind
 
 ENTRY_POINT_GROUP = "keyturn.executors"
-REDACTED = "***"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class Target:
     options: dict[str, Any] = field(default_factory=dict)
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    # The device accepts that secrets cross an unencrypted or unverified channel (see
+    # insecure_transport below); audited on every operation that uses it.
+    allow_insecure_transport: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,7 +190,10 @@ class Executor(Protocol):
     methods. Like a Vault database plugin validating its own configuration, the executor alone
     knows its device settings: ``check_target`` is asked when a device is saved (a 422 naming
     the field) and again before every connection (so a device that cannot work costs no
-    login)."""
+    login). An executor may also define ``insecure_transport(target) -> str | None``: why the
+    channel these settings give would carry a secret unencrypted or to an unverified peer (None
+    when it would not); such a target is refused unless the device allows it. An executor
+    without it is taken to encrypt and verify always."""
 
     name: ClassVar[str]
     syntax: ClassVar[str]  # a short description of the template syntax, for GET /v1/executors
@@ -208,20 +216,30 @@ class Executor(Protocol):
         """Does the account log in? ok=False only for a refused secret; other errors raise."""
 
 
-def check_target(executor: Executor, target: Target) -> None:
-    """The executor's ``check_target``: ConfigurationError for unusable settings. A plugin
-    written before the method was part of the interface is not asked."""
+def check_target(executor: object, target: Target) -> None:
+    """The executor's ``check_target``: ConfigurationError for unusable settings (a plugin
+    written before the method was part of the interface is not asked), and for a channel that
+    would expose secrets on a device that does not allow it."""
     check = getattr(executor, "check_target", None)
     if check is not None:
         check(target)
+    reason = insecure_transport(executor, target)
+    if reason is not None and not target.allow_insecure_transport:
+        raise ConfigurationError(
+            target.name,
+            "transport",
+            f"device {target.name!r}: {reason}, so secrets would cross the network unprotected; "
+            "use an encrypted and verified transport (see the executor's options), or set the "
+            "device's allow_insecure_transport to true to accept the risk (every operation "
+            "that uses it is audited)",
+        )
 
 
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """Replace every secret in a transcript; longest first so one inside another is covered."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
+def insecure_transport(executor: object, target: Target) -> str | None:
+    """The executor's optional ``insecure_transport``: why its channel to this target would
+    carry a secret unencrypted or to an unverified peer, or None."""
+    check = getattr(executor, "insecure_transport", None)
+    return check(target) if check is not None else None
 
 
 @cache

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -33,7 +33,7 @@ class BackupUnreadable(Exception):
 class BackupContents:
     dialect: str  # "sqlite" or "postgresql": how the snapshot was taken
     snapshot: bytes  # a SQLite database file, or a pg_dump archive (custom format)
-    master_key: bytes
+    master_key: bytes = field(repr=False)  # a secret: kept out of repr
     schema_version: int
     created_at: str
 

@@ -1,8 +1,10 @@
 """Failpoints: named places where a test can make this process die, to prove recovery.
 
-Off unless ``KEYTURN_FAILPOINTS`` names them (comma-separated) — tests set it on a worker they
-run as a subprocess. Each named point fires once per marker directory
-(``KEYTURN_FAILPOINTS_DIR``), so the restarted worker gets past it. The process dies with
+Compiled out unless the process starts with ``KEYTURN_TEST_MODE=1``: then ``reach`` is a no-op
+whatever else is set, so a stray ``KEYTURN_FAILPOINTS`` in a production environment cannot kill
+a worker. In test mode, the points ``KEYTURN_FAILPOINTS`` names (comma-separated) are armed —
+tests set both on a worker they run as a subprocess. Each named point fires once per marker
+directory (``KEYTURN_FAILPOINTS_DIR``), so the restarted worker gets past it. The process dies with
 SIGKILL: no cleanup, no graceful shutdown, exactly like a crash or an OOM kill.
 """
 
@@ -23,7 +25,12 @@ ALL = (AFTER_PREPARE, CHANGE_SENT, AFTER_CHANGE, DURING_COMMIT)
 SWEEP_PAGE_REQUESTED = "sweep-page-requested"
 
 
+TEST_MODE = os.environ.get("KEYTURN_TEST_MODE") == "1"  # read once, when the process starts
+
+
 def reach(name: str) -> None:
+    if not TEST_MODE:
+        return
     armed = os.environ.get("KEYTURN_FAILPOINTS", "")
     if not armed or name not in armed.split(","):
         return

@@ -52,8 +52,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYTURN_", extra="ignore")
 
     data_dir: Path = Path("./var")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; a SQLite file in data_dir when unset"
+    database_url: str | None = Field(  # may carry the database password
+        default=None,
+        description="SQLAlchemy URL; a SQLite file in data_dir when unset",
+        repr=False,
     )
 
     temporal_address: str = Field(
@@ -67,16 +69,20 @@ class Settings(BaseSettings):
     temporal_api_key: str | None = Field(
         default=None,
         validation_alias=AliasChoices("KEYTURN_TEMPORAL_API_KEY", "TEMPORAL_API_KEY"),
+        repr=False,
     )
     temporal_tls: bool = False
     temporal_ui_port: int = 8233
     task_queue: str = "keyturn"
 
+    # Secrets are kept out of repr(), which a traceback or a debug log may show.
     master_key: str | None = Field(
-        default=None, description="base64 of 32 bytes; otherwise read from master_key_file"
+        default=None,
+        description="base64 of 32 bytes; otherwise read from master_key_file",
+        repr=False,
     )
     master_key_file: Path | None = None
-    admin_token: str | None = None
+    admin_token: str | None = Field(default=None, repr=False)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -137,12 +143,26 @@ class Settings(BaseSettings):
         return self.master_key_file or self.data_dir / MASTER_KEY_FILE
 
     def ensure_local_files(self) -> None:
-        """First run on embedded defaults: create data_dir, a master key and an admin token."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """First run on embedded defaults: create data_dir (0700), a master key and an admin
+        token (0600), and the SQLite store (0600; SQLite gives its journal files the same
+        mode). Refuses a master key file that others than its owner may read."""
+        if not self.data_dir.exists():
+            self.data_dir.mkdir(parents=True, mode=0o700)
+            self.data_dir.chmod(0o700)  # mkdir's mode is filtered by the umask
         if not self.master_key:
             path = self._master_key_path()
             if not path.exists():
                 _write_private(path, base64.b64encode(secrets.token_bytes(32)))
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise PermissionError(
+                    f"the master key file {path} has mode {mode:o}: others than its owner may "
+                    f"access it; make it private (chmod 600 {path}) and check who read it"
+                )
+        if not self.database_url:
+            database = self.data_dir / "keyturn.db"
+            if not database.exists():
+                _write_private(database, b"")  # an empty file is an empty SQLite database
         if not self.admin_token:
             token_path = self.data_dir / ADMIN_TOKEN_FILE
             if not token_path.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from sqlalchemy.engine import Engine
@@ -16,8 +17,10 @@ from keyturn.settings import Settings
 from keyturn.temporal import connect
 from starter import problems
 from starter.deps import AppState, principal_of, require_token
+from starter.limits import MAX_BODY, BodyLimit
 from starter.problems import problem_response
 from starter.routes import access, audit, codec, dashboard, inventory, metrics, operations, versions
+from starter.schemas import HealthOut
 from store import audit as audit_trail
 from store.engine import in_thread, make_engine
 from store.seed import seed_shipped_templates
@@ -49,6 +52,11 @@ def create_app(
         seed_shipped_templates(engine)
         app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
     problems.install(app, on_refusal=_record_refusal)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    every_route_may_answer: dict[int | str, dict[str, Any]] = {
+        401: problem_response("missing or wrong admin API token"),
+        413: problem_response(f"the request body is larger than {MAX_BODY} bytes"),
+    }
     for router in (
         inventory.router,
         operations.router,
@@ -61,8 +69,14 @@ def create_app(
             router,
             prefix="/v1",
             dependencies=[Depends(require_token)],
-            responses={401: problem_response("missing or wrong admin API token")},
+            responses=every_route_may_answer,
         )
+
+    @app.get("/healthz", response_model=HealthOut, tags=["health"])
+    def healthz() -> HealthOut:
+        """Liveness: the API process answers. No token needed, nothing read or revealed."""
+        return HealthOut(status="ok")
+
     app.include_router(metrics.router)
     app.include_router(codec.router)
     app.include_router(dashboard.page)

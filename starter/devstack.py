@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -106,6 +107,9 @@ class _Server(uvicorn.Server):
 
 
 async def run_dev(settings: Settings) -> None:
+    # Everything this process and the Temporal server create (their databases, WAL files)
+    # is private to the user running them.
+    os.umask(0o077)
     settings.ensure_local_files()
     server = await asyncio.create_subprocess_exec(
         *dev_server_command(settings), preexec_fn=_die_with_parent

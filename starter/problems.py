@@ -16,6 +16,7 @@ _TITLES = {
     401: "Unauthorized",
     404: "Not found",
     409: "Conflict",
+    413: "Content too large",
     422: "Invalid input",
     503: "Service unavailable",
 }
@@ -42,7 +43,8 @@ def invalid(field: str, message: str) -> Problem:
     return Problem(422, f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
-def _response(status: int, detail: str, instance: str, **extra: Any) -> JSONResponse:
+def problem_json(status: int, detail: str, instance: str, **extra: Any) -> JSONResponse:
+    """The RFC 9457 answer itself (``problem_response`` is its OpenAPI entry)."""
     body = {
         "type": "about:blank",
         "title": _TITLES.get(status, "Error"),
@@ -67,12 +69,12 @@ def install(app: FastAPI, on_refusal: OnRefusal | None = None) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         await refused(request, exc.status, exc.detail)
-        return _response(exc.status, exc.detail, request.url.path, **exc.extra)
+        return problem_json(exc.status, exc.detail, request.url.path, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         await refused(request, exc.status_code, str(exc.detail))
-        return _response(exc.status_code, str(exc.detail), request.url.path)
+        return problem_json(exc.status_code, str(exc.detail), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,4 +88,4 @@ def install(app: FastAPI, on_refusal: OnRefusal | None = None) -> None:
         ]
         detail = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
         await refused(request, 422, detail)
-        return _response(422, detail, request.url.path, errors=errors)
+        return problem_json(422, detail, request.url.path, errors=errors)

@@ -37,6 +37,11 @@ class DeviceIn(_In):
     host_keys: list[str] = Field(default_factory=list, max_length=20)
     trust_on_first_use: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+    allow_insecure_transport: bool = Field(
+        default=False,
+        description="let secrets cross an unencrypted or unverified channel (plain http, LDAP "
+        "without TLS, sslmode below verify-full...); audited on every operation that uses it",
+    )
     max_concurrent_operations: int | None = Field(default=None, ge=1, le=1000)
 
 
@@ -51,6 +56,7 @@ class DeviceOut(BaseModel):
     host_keys: list[str]
     trust_on_first_use: bool
     options: dict[str, Any]
+    allow_insecure_transport: bool
     max_concurrent_operations: int | None
     created_at: datetime
 
@@ -287,7 +293,7 @@ class VersionOut(BaseModel):
 class VersionSecretOut(BaseModel):
     version_id: str
     state: str
-    secret: str
+    secret: str = Field(repr=False)  # in the response body only, never in a repr or a log
 
 
 class OperationAccepted(BaseModel):
@@ -353,7 +359,7 @@ class OperationPage(BaseModel):
 
 
 class SecretOut(BaseModel):
-    password: str
+    password: str = Field(repr=False)  # in the response body only, never in a repr or a log
     version_id: str
     changed_at: datetime = Field(description="when this secret became current")
 
@@ -393,3 +399,7 @@ class AuditPage(BaseModel):
     next_cursor: str = Field(
         description="pass as ?cursor= to read the events after these (an empty page: none yet)"
     )
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]

@@ -84,6 +84,18 @@ def record(
     return row
 
 
+def record_once(session: Session, event: str, *, operation_id: str, **fields: Any) -> None:
+    """Record ``event`` (``fields`` as for record) for an operation unless it already has one:
+    a retried step records it once."""
+    found = session.exec(
+        select(AuditEvent.id).where(
+            AuditEvent.event == event, AuditEvent.operation_id == operation_id
+        )
+    ).first()
+    if found is None:
+        record(session, event, operation_id=operation_id, **fields)
+
+
 def chain_hash(row: AuditEvent) -> str:
     """SHA-256 over the event's fields and the previous event's hash."""
     fields = {

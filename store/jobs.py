@@ -8,7 +8,7 @@ missing or has no current secret. Such a job never reaches a target, so it costs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -20,6 +20,7 @@ from executors.base import (
     Target,
     check_target,
     get_executor,
+    insecure_transport,
 )
 from store import audit
 from store.engine import session_scope
@@ -44,10 +45,12 @@ class Job:
     target: Target
     change_template: str
     verify_template: str
-    current_password: str
-    pending_password: str | None
-    auth_account: Account | None
+    current_password: str = field(repr=False)
+    pending_password: str | None = field(repr=False)
+    auth_account: Account | None  # Account keeps its password out of repr itself
     current_version_id: str = ""
+    # Why the device's channel is not encrypted and verified, when the device allows that.
+    insecure_transport: str | None = None
 
     @property
     def connecting_account(self) -> Account:
@@ -81,6 +84,7 @@ def target_for(device: Device, policy: Policy) -> Target:
         options=dict(device.options),
         connect_timeout=policy.connect_timeout_seconds,
         read_timeout=policy.read_timeout_seconds,
+        allow_insecure_transport=device.allow_insecure_transport,
     )
 
 
@@ -105,7 +109,8 @@ def load_job(
         policy = policy_for(session, credential)
         executor = _executor(device)
         target = target_for(device, policy)
-        check_target(executor, target)
+        check_target(executor, target)  # refuses an insecure channel the device does not allow
+        insecure = insecure_transport(executor, target)
         current = Vault.current(session, credential.id)
         if current is None:
             raise _problem(
@@ -175,6 +180,7 @@ def load_job(
             pending_password=vault.reveal(pending) if pending else None,
             auth_account=auth_account,
             current_version_id=current.id,
+            insecure_transport=insecure,
         )
 
 

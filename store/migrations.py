@@ -152,12 +152,19 @@ def _append_only_audit(conn: Connection) -> None:
         )
 
 
+def _v6_allow_insecure_transport(conn: Connection) -> None:
+    """Cleartext transport is refused unless a device allows it; existing devices do not."""
+    false = "false" if conn.dialect.name == "postgresql" else "0"
+    _add_columns(conn, "device", {"allow_insecure_transport": f"BOOLEAN NOT NULL DEFAULT {false}"})
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
     _v3_triggers,
     _v4_recovery_by_hand,
     _v5_governance,
+    _v6_allow_insecure_transport,
 )
 LATEST = len(STEPS) + 1
 

@@ -58,6 +58,8 @@ class Device(SQLModel, table=True):
     host_keys: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     trust_on_first_use: bool = False
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Secrets may cross an unencrypted or unverified channel (executors refuse it otherwise).
+    allow_insecure_transport: bool = False
     max_concurrent_operations: int | None = None  # overrides the policy's cap for this device
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -4,30 +4,92 @@ An executor renders its templates with one *context escape* (SQL literal, PowerS
 JSON value, …): every ``{{ value }}`` is escaped for that context unless a filter already escaped
 it for another one (``{{ username | sql_ident }}``). So no template can paste a secret unescaped,
 and a template author who wants a different quoting says so explicitly.
+
+An escaped value remembers the context it was escaped for (``Escaped.context``). Text escaped for
+one context is not safe in another (an SQL literal inside a PowerShell string, a JSON string in
+a shell command), so a filter whose context does not fit the place it is used in is refused: by
+``check_syntax`` when a template is saved, and by the renderer should one get through.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ldap3.utils.conv import escape_filter_chars
 
 
 class Escaped(str):
-    """Text already escaped for its context: the automatic escape leaves it alone."""
+    """Text already escaped for ``context``: the automatic escape of that context (or of one
+    that accepts it, see COMPATIBLE) leaves it alone; any other refuses it."""
+
+    context: str
+
+    def __new__(cls, text: str, context: str) -> Escaped:
+        escaped = super().__new__(cls, text)
+        escaped.context = context
+        return escaped
 
 
 Escape = Callable[[object], str]
 
+# For each context a place is escaped for: the contexts whose escaped text is valid there too.
+COMPATIBLE: dict[str, frozenset[str]] = {
+    "sql_literal": frozenset({"sql_literal", "sql_ident"}),  # PostgreSQL statements
+    "mysql_literal": frozenset({"mysql_literal"}),  # MySQL quotes identifiers otherwise
+    "sql_ident": frozenset({"sql_ident"}),
+    "ldap_dn": frozenset({"ldap_dn"}),
+    "ldap_filter": frozenset({"ldap_filter"}),
+    "powershell": frozenset({"powershell"}),
+    "json": frozenset({"json"}),
+    "shell": frozenset({"shell"}),
+    "regex": frozenset({"regex"}),
+    "url": frozenset(),  # a URL path segment: no filter escapes for it
+}
+
+
+def fits(value_context: str, place_context: str | None) -> bool:
+    """May text escaped for ``value_context`` stand in a place escaped for ``place_context``?
+    A place with no context (a value passed out of band) takes any."""
+    return place_context is None or value_context in COMPATIBLE.get(place_context, ())
+
+
+def context_of(escape: Escape | None) -> str | None:
+    """The context an escape function escapes for, if it says (see escapes_for)."""
+    return getattr(escape, "context", None)
+
+
+_E = TypeVar("_E", bound=Callable[..., Any])
+
+
+def escapes_for(context: str) -> Callable[[_E], _E]:
+    """Mark an executor's escape function with the context it escapes for, so the renderer
+    refuses a value a filter escaped for a context that does not fit."""
+
+    def mark(escape: _E) -> _E:
+        escape.context = context  # type: ignore[attr-defined]
+        return escape
+
+    return mark
+
 
 def _escaped(fn: Callable[[str], str]) -> Callable[[object], Escaped]:
+    context = "json" if fn.__name__ == "json_value" else fn.__name__
+
     def apply(value: object) -> Escaped:
-        return value if isinstance(value, Escaped) else Escaped(fn(str(value)))
+        if isinstance(value, Escaped):
+            if not fits(value.context, context):
+                raise ValueError(
+                    f"a value escaped for {value.context} cannot be escaped again for {context}"
+                )
+            return value
+        return Escaped(fn(str(value)), context)
 
     apply.__name__ = fn.__name__
-    return apply
+    return escapes_for(context)(apply)
 
 
 @_escaped
@@ -102,9 +164,15 @@ def shell(value: str) -> str:
 
 
 @_escaped
-def plain(value: str) -> str:
-    """No escaping: for contexts where the executor passes values out of band (SSH send:)."""
-    return value
+def regex(value: str) -> str:
+    """A regular expression matching the value literally."""
+    return re.escape(value)
+
+
+def plain(value: object) -> str:
+    """No escaping: for contexts where the executor passes values out of band (SSH send:).
+    Has no context: any escaped value may stand there."""
+    return str(value)
 
 
 FILTERS: dict[str, Callable[[object], Escaped]] = {
@@ -116,4 +184,5 @@ FILTERS: dict[str, Callable[[object], Escaped]] = {
     "powershell": powershell,
     "json": json_value,
     "shell": shell,
+    "regex": regex,
 }

@@ -14,9 +14,25 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import nodes
 
-from templating.escaping import FILTERS, Escape, Escaped
+from templating.budget import (
+    CURRENT,
+    Budget,
+    BudgetedEnvironment,
+    BudgetExceeded,
+    budgeted_range,
+    watchdog,
+)
+from templating.escaping import (
+    FILTERS,
+    Escape,
+    Escaped,
+    context_of,
+    fits,
+    sql_literal,
+)
+from templating.scram import scram_sha_256
 
 SEGURA_TAGS = {
     "USERNAME": "username",
@@ -45,8 +61,8 @@ class TemplateContext:
     """What a template can refer to. Secrets live here only inside an activity's memory."""
 
     username: str
-    current_password: str
-    new_password: str
+    current_password: str = field(repr=False)
+    new_password: str = field(repr=False)
     hostname: str
     address: str
     port: int
@@ -75,29 +91,48 @@ class TemplateContext:
         return tuple(s for s in (self.current_password, self.new_password, self.auth_password) if s)
 
 
-def _regex_literal(value: object) -> Escaped:
-    return Escaped(re.escape(str(value)))
+def _scram_literal(value: object) -> Escaped:
+    """PostgreSQL: the SQL literal of the password's SCRAM-SHA-256 verifier (templating.scram)."""
+    return sql_literal(scram_sha_256(str(value)))
 
 
 @lru_cache(maxsize=32)
-def _environment(escape: Escape | None) -> SandboxedEnvironment:
-    env = SandboxedEnvironment(
+def _environment(escape: Escape | None) -> BudgetedEnvironment:
+    env = BudgetedEnvironment(
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
         finalize=_finalizer(escape),
     )
     env.filters.update(FILTERS)
-    env.filters["regex"] = _regex_literal
+    env.filters["scram_sha_256"] = _scram_literal
+    env.globals["range"] = budgeted_range
     return env
+
+
+# The context each escaping filter escapes for (see templating.escaping.COMPATIBLE).
+FILTER_CONTEXTS: dict[str, str] = {
+    **{name: str(context_of(escape)) for name, escape in FILTERS.items()},
+    "scram_sha_256": "sql_literal",
+}
 
 
 def _finalizer(escape: Escape | None) -> Callable[[object], object]:
     """Every ``{{ }}`` output passes here: escaped for the executor's context unless a filter
-    already escaped it. StrictUndefined raises before this for a misspelt name."""
+    already escaped it for a context that fits. StrictUndefined raises before this for a
+    misspelt name."""
     if escape is None:
         return lambda value: value
-    return lambda value: value if isinstance(value, Escaped) else escape(value)
+    place = context_of(escape)
+
+    def finalize(value: object) -> object:
+        if not isinstance(value, Escaped):
+            return escape(value)
+        if not fits(value.context, place):
+            raise ValueError(f"a value escaped for {value.context} cannot stand in {place}")
+        return value
+
+    return finalize
 
 
 def _translate_segura_tags(text: str) -> str:
@@ -116,13 +151,28 @@ def _compile(text: str, escape: Escape | None = None) -> jinja2.Template:
         raise TemplateSyntaxProblem(exc.message or "syntax error", exc.lineno) from None
 
 
-def check_syntax(text: str, first_line: int = 1) -> None:
-    """Raise TemplateSyntaxProblem (with the line, offset by ``first_line``) if text won't parse."""
+def check_syntax(text: str, first_line: int = 1, context: str | None = None) -> None:
+    """Raise TemplateSyntaxProblem (with the line, offset by ``first_line``) if text won't parse,
+    or if it uses an escaping filter whose context does not fit ``context``, the context the
+    executor escapes this text for (None: a place that takes any value)."""
     try:
         _compile(text)
     except TemplateSyntaxProblem as exc:
         line = exc.line + first_line - 1 if exc.line else first_line
         raise TemplateSyntaxProblem(exc.message, line) from None
+    if context is None:
+        return
+    source = _translate_segura_tags(text)
+    for node in _environment(None).parse(source).find_all(nodes.Filter):
+        escaped_for = FILTER_CONTEXTS.get(node.name)
+        if escaped_for is not None and not fits(escaped_for, context):
+            usable = sorted(n for n, c in FILTER_CONTEXTS.items() if fits(c, context))
+            hint = f"use {' or '.join(usable)}, or" if usable else "use"
+            raise TemplateSyntaxProblem(
+                f"the {node.name} filter escapes for {escaped_for}, but this text is escaped "
+                f"for {context}: {hint} no filter ({context} escaping applies by itself)",
+                node.lineno + first_line - 1,
+            )
 
 
 def render(text: str, context: TemplateContext, line: int = 1, escape: Escape | None = None) -> str:
@@ -130,7 +180,7 @@ def render(text: str, context: TemplateContext, line: int = 1, escape: Escape | 
     a filter escaped it already. An undefined name or a bad value is a TemplateSyntaxProblem
     naming ``line`` (the line of ``text`` within its template)."""
     try:
-        return _compile(text, escape).render(context.as_mapping())
+        return _render_within(_compile(text, escape), context, Budget.start())
     except TemplateSyntaxProblem as exc:
         raise TemplateSyntaxProblem(exc.message, line) from None
     except jinja2.UndefinedError as exc:
@@ -139,3 +189,26 @@ def render(text: str, context: TemplateContext, line: int = 1, escape: Escape | 
         raise TemplateSyntaxProblem(str(exc), line) from None
     except ValueError as exc:  # an escape refused a value (a NUL in SQL, say); says which rule
         raise TemplateSyntaxProblem(str(exc), line) from None
+
+
+def _render_within(template: jinja2.Template, context: TemplateContext, budget: Budget) -> str:
+    """The template's output, piece by piece, within the budget (templating.budget)."""
+    token = CURRENT.set(budget)
+    try:
+        pieces: list[str] = []
+        size = 0
+        with watchdog(budget):
+            for piece in template.generate(context.as_mapping()):
+                size += len(piece)
+                budget.check_size(size)
+                budget.check_time()
+                pieces.append(piece)
+        return "".join(pieces)
+    except BudgetExceeded as exc:
+        # Raised by the watchdog as a class: give it the message the budget's own checks give.
+        raise BudgetExceeded(str(exc) or _LATE) from None
+    finally:
+        CURRENT.reset(token)
+
+
+_LATE = "rendering took longer than its budget: simplify the template"

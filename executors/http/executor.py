@@ -10,12 +10,13 @@ Device options: ``base_url`` (else ``<scheme>://<address>:<port>``, scheme optio
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import json
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httpx
@@ -36,6 +37,7 @@ from executors.base import (
     RunResult,
     Target,
     TemplateFailed,
+    check_target,
     redact,
 )
 from executors.common import masked, parse_template, request_secrets
@@ -89,13 +91,24 @@ class HttpExecutor:
     def check_target(self, target: Target) -> None:
         settings_for(target)
 
+    def insecure_transport(self, target: Target) -> str | None:
+        settings = settings_for(target)
+        for name, url in (("base_url", settings.base_url), ("token_url", settings.token_url)):
+            if url and httpx.URL(url).scheme == "http":
+                return f"{name} {url!r} is plain http"
+        if settings.verify is False:
+            return "option 'verify_tls' is false: the server's certificate is not checked"
+        return None
+
     async def run(self, request: RunRequest) -> RunResult:
+        check_target(self, request.target)  # options and transport, before anything
         requests = parse_template(request.target, request.template, validate_script)
         settings = settings_for(request.target)
         session = Session(request.target, settings, request.account, request.context)
         return RunResult(transcript=await session.run(requests))
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
+        check_target(self, request.target)  # options and transport, before anything
         target, account = request.target, request.account
         settings = settings_for(target)
         context = request.context or _bare_context(target, account)
@@ -212,10 +225,11 @@ _REFUSED_CLIENT = ("invalid_client", "unauthorized_client", "invalid_grant")
 
 @dataclass(frozen=True)
 class _Rendered:
-    url: str
-    headers: list[tuple[str, str]]
-    content: str | None
-    form: dict[str, str] | None
+    # What is sent may carry secrets (a password in the path, a body, an Authorization header).
+    url: str = field(repr=False)
+    headers: list[tuple[str, str]] = field(repr=False)
+    content: str | None = field(repr=False)
+    form: dict[str, str] | None = field(repr=False)
     shown: list[str]  # the request as the transcript shows it, secrets masked
     bears_secret: bool
 
@@ -268,7 +282,8 @@ class Session:
         return redact("\n".join(self._lines), self._secrets)
 
     async def _one(self, client: httpx.AsyncClient, request: Request) -> None:
-        rendered = self._render(request)
+        # Rendering is CPU work with a budget (templating.budget): off the event loop.
+        rendered = await asyncio.to_thread(self._render, request)
         self._lines.extend(rendered.shown)
         headers = dict(rendered.headers)
         authenticated = request.auth == "account"
@@ -300,7 +315,7 @@ class Session:
         if authenticated:
             self._authenticated = True
             self._login = LoginProgress.ACCEPTED
-        self._read(request, response)
+        await asyncio.to_thread(self._read, request, response)  # renders the checks
 
     async def _send(
         self,

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from executors.common import directive_lines
 from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, render
-from templating.escaping import json_value
+from templating.escaping import escapes_for, json_value
 
 SYNTAX = (
     "requests in order, one 'directive: argument' a line: request: METHOD /path starts one, then "
@@ -96,12 +96,14 @@ class Request:
 # -- escapes: one per place a tag can land ------------------------------------------------------
 
 
+@escapes_for("url")
 def url_segment(value: object) -> str:
     """Percent-encode everything but unreserved characters: a '/', '%', '?' or '#' in a value
     stays inside its path segment (or query value)."""
     return quote(str(value), safe="")
 
 
+@escapes_for("json")
 def json_field(value: object) -> str:
     """A JSON string, except a captured JSON value, which keeps its own (already valid) JSON."""
     if isinstance(value, JsonText):
@@ -291,12 +293,15 @@ def validate_script(text: str) -> list[Request]:
     syntax, and that each JSON body is JSON once its tags are filled in."""
     requests = parse_script(text)
     for request in requests:
-        sources = [request.path, *(source for _, source in request.headers)]
-        sources += [*request.body, *(source for _, source in request.form)]
-        sources += [check.expected for check in request.checks]
-        for source in sources:
+        # Each field with the context its tags are escaped for (None: passed as they are).
+        sources: list[tuple[Source, str | None]] = [(request.path, "url")]
+        sources += [(source, None) for _, source in request.headers]
+        sources += [(source, "json") for source in request.body]
+        sources += [(source, None) for _, source in request.form]
+        sources += [(check.expected, None) for check in request.checks]
+        for source, context in sources:
             if has_tags(source.text):
-                check_syntax(source.text, first_line=source.line)
+                check_syntax(source.text, first_line=source.line, context=context)
         if request.body and request.form:
             raise TemplateSyntaxProblem(
                 "a request has either body: or form: lines, not both", request.body[0].line

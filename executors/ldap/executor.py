@@ -36,6 +36,7 @@ from executors.base import (
     RunResult,
     Target,
     TemplateFailed,
+    check_target,
     redact,
 )
 from executors.common import masked, parse_template, request_secrets
@@ -82,6 +83,7 @@ class Settings:
     start_tls: bool = False
     verify_tls: bool = True
     user_dn_template: str = DEFAULT_USER_DN_TEMPLATE
+    ca_file: str | None = None  # the CA the server's certificate must chain to (else the system's)
 
     @classmethod
     def from_target(cls, target: Target) -> Settings:
@@ -110,8 +112,12 @@ class Settings:
                 "options.user_dn_template must contain {username} (e.g. "
                 f"{DEFAULT_USER_DN_TEMPLATE!r}), got {template!r}"
             )
+        ca_file = options.get("ca_file")
+        if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
+            raise problem(f"options.ca_file must be the path of a PEM file, got {ca_file!r}")
         settings = cls(
             base_dn=base_dn,
+            ca_file=ca_file,
             use_ssl=flag("use_ssl", False),
             start_tls=flag("start_tls", False),
             verify_tls=flag("verify_tls", True),
@@ -147,7 +153,16 @@ class LdapExecutor:
     def check_target(self, target: Target) -> None:
         Settings.from_target(target)
 
+    def insecure_transport(self, target: Target) -> str | None:
+        settings = Settings.from_target(target)
+        if not (settings.use_ssl or settings.start_tls):
+            return "neither options.use_ssl (LDAPS) nor options.start_tls is set: binds go in clear"
+        if not settings.verify_tls:
+            return "options.verify_tls is false: the server's certificate is not checked"
+        return None
+
     async def run(self, request: RunRequest) -> RunResult:
+        check_target(self, request.target)  # options and transport, before anything
         operations = parse_template(request.target, request.template, validate_script)
         settings = Settings.from_target(request.target)
         transcript = await asyncio.to_thread(
@@ -156,6 +171,7 @@ class LdapExecutor:
         return RunResult(transcript=transcript)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
+        check_target(self, request.target)  # options and transport, before anything
         operations: list[Operation] = []
         if request.template is not None:
             if request.context is None:
@@ -203,7 +219,10 @@ def _session(
 def _server(target: Target, settings: Settings) -> ldap3.Server:
     tls = None
     if settings.use_ssl or settings.start_tls:
-        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED if settings.verify_tls else ssl.CERT_NONE)
+        tls = ldap3.Tls(
+            validate=ssl.CERT_REQUIRED if settings.verify_tls else ssl.CERT_NONE,
+            ca_certs_file=settings.ca_file,
+        )
     return ldap3.Server(
         target.address,
         port=target.port,

@@ -233,7 +233,11 @@ def _check_argument(argument: str, role: Role, line: int, name: str) -> None:
             line,
         )
     if has_tags(argument):
-        check_syntax(argument, first_line=line)
+        check_syntax(argument, first_line=line, context=_CONTEXTS.get(role))
+
+
+# The context each role's tags are escaped for (ESCAPES); words and values go as they are.
+_CONTEXTS = {Role.DN: "ldap_dn", Role.FILTER: "ldap_filter"}
 
 
 def parse_scope(value: str, line: int) -> str:
@@ -282,12 +286,14 @@ class DistinguishedName(str):
     """
 
 
+@escaping.escapes_for("ldap_dn")
 def escape_dn_tag(value: object) -> str:
     if isinstance(value, DistinguishedName):
         return str(value)
     return escaping.ldap_dn(value)
 
 
+@escaping.escapes_for("ldap_filter")
 def escape_filter_tag(value: object) -> str:
     return escaping.ldap_filter(value)
 

@@ -68,9 +68,15 @@ class MysqlExecutor(SqlExecutor["Connection[Any]"]):
         "verify": "mysql/verify-login",
     }
     default_port: ClassVar[int] = 3306
+    literal_context: ClassVar[str] = "mysql_literal"
 
     def check_target(self, target: Target) -> None:
         _settings(target)
+
+    def insecure_transport(self, target: Target) -> str | None:
+        if _settings(target).tls:
+            return None
+        return "the option 'ssl' is false: the session, password changes included, is not encrypted"
 
     async def _connect(
         self, target: Target, account: Account, secrets: tuple[str, ...]
@@ -160,6 +166,7 @@ def _classified(exc: pymysql.MySQLError) -> StatementFailure:
 class _Settings:
     database: str | None
     tls: bool
+    ca_file: str | None  # the CA the server's certificate must chain to (else the system's)
 
 
 def _settings(target: Target) -> _Settings:
@@ -175,16 +182,19 @@ def _settings(target: Target) -> _Settings:
             f"the option 'database' is {database!r}; give a database name, or leave it out "
             "to connect to none"
         )
-    tls = options.get("ssl", False)
+    tls = options.get("ssl", True)
     if not isinstance(tls, bool):
         raise problem(f"the option 'ssl' is {tls!r}; it must be true or false")
+    ca_file = options.get("ca_file")
+    if ca_file is not None and (not isinstance(ca_file, str) or not ca_file):
+        raise problem(f"the option 'ca_file' is {ca_file!r}; give the path of a PEM file")
     host = options.get("account_host", _DEFAULT_ACCOUNT_HOST)
     if not isinstance(host, str) or not host:
         raise problem(
             f"the option 'account_host' is {host!r}; give the host part of the accounts "
             f"('user'@'host'), e.g. '%' (the default) or 'localhost'"
         )
-    return _Settings(database, tls)
+    return _Settings(database, tls, ca_file)
 
 
 class _WatchedTls:
@@ -234,7 +244,7 @@ def _ssl_context(settings: _Settings) -> ssl.SSLContext | None:
     if not settings.tls:
         return None
     # Verified TLS: the server's certificate must chain to a trusted CA and name the address.
-    return ssl.create_default_context()
+    return ssl.create_default_context(cafile=settings.ca_file)
 
 
 def _open(

@@ -5,10 +5,10 @@ while ``standard_conforming_strings`` is on; with it off, ``\\'`` would end a li
 on by default since 9.1, but a role or database can turn it off, so the session asks for it in
 the startup packet and checks the server's report before anything is rendered.
 
-Beware: ``ALTER ROLE … PASSWORD '…'`` carries the password in clear text, and a server with
-``log_statement = 'ddl'`` or ``'all'`` (or ``log_min_error_statement`` catching a failure) writes
-it to the server log. Turning that off per session (``SET log_statement``) needs a superuser, so
-Keyturn does not try; harden the server's logging instead.
+``ALTER ROLE … PASSWORD '…'`` with the password itself would put it in the server's log when
+``log_statement`` is ``'ddl'`` or ``'all'`` (or ``log_min_error_statement`` catches a failure);
+the shipped templates send its SCRAM-SHA-256 verifier instead (``{{ new_password |
+scram_sha_256 }}``, computed by templating.scram), which the server stores as given.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import psycopg
@@ -80,6 +81,15 @@ class PostgresqlExecutor(SqlExecutor[AsyncConnection[Any]]):
 
     def check_target(self, target: Target) -> None:
         _options(target)
+
+    def insecure_transport(self, target: Target) -> str | None:
+        sslmode = _options(target).sslmode
+        if sslmode == "verify-full":
+            return None
+        return (
+            f"sslmode is {sslmode!r}: only 'verify-full' both encrypts and checks that the "
+            "server's certificate names the device"
+        )
 
     async def _connect(
         self, target: Target, account: Account, secrets: tuple[str, ...]
@@ -142,9 +152,17 @@ def _classified(exc: psycopg.Error) -> StatementFailure:
     return StatementFailure("rejected", message)
 
 
-def _options(target: Target) -> tuple[str, str]:
+@dataclass(frozen=True)
+class _Options:
+    database: str
+    sslmode: str
+    sslrootcert: str | None  # the CA file the server's certificate must chain to
+
+
+def _options(target: Target) -> _Options:
     database = target.options.get("database", "postgres")
-    sslmode = target.options.get("sslmode", "prefer")
+    sslmode = target.options.get("sslmode", "verify-full")
+    sslrootcert = target.options.get("sslrootcert")
     if not isinstance(database, str) or not database:
         raise ConfigurationError(
             target.name,
@@ -159,7 +177,14 @@ def _options(target: Target) -> tuple[str, str]:
             f"device {target.name!r}: the option 'sslmode' is {sslmode!r}; use one of "
             f"{', '.join(SSLMODES)}",
         )
-    return database, str(sslmode)
+    if sslrootcert is not None and (not isinstance(sslrootcert, str) or not sslrootcert):
+        raise ConfigurationError(
+            target.name,
+            "options",
+            f"device {target.name!r}: the option 'sslrootcert' is {sslrootcert!r}; give the "
+            "path of the PEM file of the CA that signed the server's certificate",
+        )
+    return _Options(database, str(sslmode), sslrootcert)
 
 
 class _Attempt:
@@ -249,7 +274,7 @@ async def _hostaddr(target: Target) -> str | None:
 async def _connect(
     target: Target, account: Account, secrets: tuple[str, ...]
 ) -> AsyncConnection[Any]:
-    database, sslmode = _options(target)
+    options = _options(target)
     hostaddr = await _hostaddr(target)
     where = f"{target.address}:{target.port}"
     params: dict[str, Any] = {
@@ -257,8 +282,8 @@ async def _connect(
         "port": target.port,
         "user": account.username,
         "password": account.password,
-        "dbname": database,
-        "sslmode": sslmode,
+        "dbname": options.database,
+        "sslmode": options.sslmode,
         # libpq takes whole seconds, at least 2.
         "connect_timeout": max(2, math.ceil(target.connect_timeout)),
         # Settings in force before the first statement; see the module docstring for why.
@@ -274,6 +299,12 @@ async def _connect(
     }
     if hostaddr is not None:
         params["hostaddr"] = hostaddr
+    if options.sslrootcert is not None:
+        params["sslrootcert"] = options.sslrootcert
+    elif options.sslmode == "verify-full":
+        # Without a CA file of its own, the server's certificate must chain to one the system
+        # trusts (not libpq's default, ~/.postgresql/root.crt of the worker's OS user).
+        params["sslrootcert"] = "system"
     attempt = _Attempt()
     token = _ATTEMPT.set(attempt)
     try:
@@ -302,7 +333,7 @@ async def _connect(
             raise TemplateFailed(
                 target.name,
                 "connect",
-                f"{where} has no database {database!r}: fix the device option 'database'",
+                f"{where} has no database {options.database!r}: fix the device option 'database'",
                 login=attempt.login(),
             ) from None
         raise _connect_failed(target, text, secrets, attempt) from None

@@ -12,7 +12,7 @@ statement is rendered on its own afterwards: a password containing ``;`` (or a n
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import dataclasses
 import re
 from abc import ABC, abstractmethod
@@ -34,11 +34,12 @@ from executors.base import (
     RunResult,
     Target,
     TemplateFailed,
+    check_target,
     redact,
 )
 from executors.common import masked, parse_template, request_secrets, verify_template
-from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, render
-from templating.escaping import Escape, Escaped, mysql_literal, sql_literal
+from templating import TemplateContext, TemplateSyntaxProblem, check_syntax, escaping, render
+from templating.escaping import Escape
 
 SYNTAX = (
     "SQL statements, each ending with ';' at the end of a line; '--' comment lines; "
@@ -115,17 +116,18 @@ def _attach_expect(statements: list[Statement], inside: bool, pattern: str, line
     statements[-1] = dataclasses.replace(statements[-1], expect=pattern, expect_line=line)
 
 
-def validate_script(text: str) -> list[Statement]:
-    """Parse and check everything that can be checked before the tags are known."""
+def validate_script(text: str, literal: str = "sql_literal") -> list[Statement]:
+    """Parse and check everything that can be checked before the tags are known. ``literal``:
+    the context statements are escaped for (the driver's literal escape)."""
     statements = parse_script(text)
     if not statements:
         raise TemplateSyntaxProblem("the template runs no statement", None)
     for statement in statements:
         if has_tags(statement.text):
-            check_syntax(statement.text, first_line=statement.line)
+            check_syntax(statement.text, first_line=statement.line, context=literal)
         if statement.expect is not None and statement.expect_line is not None:
             if has_tags(statement.expect):
-                check_syntax(statement.expect, first_line=statement.expect_line)
+                check_syntax(statement.expect, first_line=statement.expect_line, context="regex")
             else:
                 compile_expect(statement.expect, statement.expect_line)
     return statements
@@ -136,29 +138,6 @@ def compile_expect(pattern: str, line: int) -> re.Pattern[str]:
         return re.compile(pattern)
     except re.error as exc:
         raise TemplateSyntaxProblem(f"invalid regular expression: {exc}", line) from None
-
-
-def regex_escape(value: object) -> str:
-    """The context escape of an expect: line: a tag matches its value literally."""
-    return value if isinstance(value, Escaped) else Escaped(re.escape(str(value)))
-
-
-def secret_forms(secrets: tuple[str, ...]) -> tuple[str, ...]:
-    """Each secret as given and as it appears inside an escaped literal, for redaction.
-
-    A server error may quote a literal token (``syntax error at or near "'it''s'"``), where
-    the secret is escaped and would not match the raw text.
-    """
-    forms: list[str] = []
-    for secret in secrets:
-        if not secret:
-            continue
-        forms.append(secret)
-        for escape in (sql_literal, mysql_literal):
-            # A NUL is refused by the escapes, so such a form is never sent either.
-            with contextlib.suppress(ValueError):
-                forms.append(escape(secret)[1:-1])
-    return tuple(dict.fromkeys(forms))
 
 
 # -- running --------------------------------------------------------------------------------
@@ -208,7 +187,7 @@ class StatementRunner:
         self._device = device
         self._context = context
         self._masked = masked(context)
-        self._secrets = secret_forms(secrets)
+        self._secrets = secrets
         self._verify = verify
         self._lines: list[str] = []
         self._secret_sent = False
@@ -232,15 +211,19 @@ class StatementRunner:
                 raise self._failed(statement, failure) from None
             self._lines.append(f"< {result.status}")
             if result.first_value is not None:
-                self._lines.append(f"< {result.first_value[:_SHOWN_VALUE]}")
+                self._lines.append(f"< {self._shown(result.first_value)}")
             if statement.expect is not None:
-                self._check_expect(statement, result)
+                await asyncio.to_thread(self._check_expect, statement, result)  # renders
         return self.transcript()
 
     async def _render(self, statement: Statement) -> tuple[str, str]:
         if not has_tags(statement.text):
             return statement.text, statement.text
         escape = await self._session.escape()
+        # Rendering is CPU work with a budget (templating.budget): off the event loop.
+        return await asyncio.to_thread(self._render_with, statement, escape)
+
+    def _render_with(self, statement: Statement, escape: Escape) -> tuple[str, str]:
         try:
             value = render(statement.text, self._context, line=statement.line, escape=escape)
         except TemplateSyntaxProblem as exc:
@@ -256,20 +239,25 @@ class StatementRunner:
         label = f"line {statement.expect_line} (expect)"
         try:
             source = render(
-                statement.expect, self._context, line=statement.expect_line, escape=regex_escape
+                statement.expect, self._context, line=statement.expect_line, escape=escaping.regex
             )
             pattern = compile_expect(source, statement.expect_line)
         except TemplateSyntaxProblem as exc:
             raise self._error(TemplateFailed, label, f"cannot render: {exc}") from None
         got = result.first_value
         if got is None or pattern.fullmatch(got) is None:
-            said = "no row" if got is None else repr(got[:_SHOWN_VALUE])
+            said = "no row" if got is None else repr(self._shown(got))
             raise self._error(
                 TemplateFailed,
                 label,
                 f"the statement on line {statement.line} returned {said}, which does not match "
                 f"{pattern.pattern!r}: the session is not what the template expects",
             )
+
+    def _shown(self, value: str) -> str:
+        """A returned value as quoted: redacted before it is cut, so no piece of a secret
+        survives the cut."""
+        return redact(value, self._secrets)[:_SHOWN_VALUE]
 
     def _failed(self, statement: Statement, failure: StatementFailure) -> ExecutorError:
         said = f"the server said: {failure.message}"
@@ -322,14 +310,21 @@ class SqlExecutor(ABC, Generic[Connection]):
 
     syntax: ClassVar[str] = SYNTAX
 
+    # The context statements are escaped for: the driver's literal escape.
+    literal_context: ClassVar[str] = "sql_literal"
+
     def validate(self, template: str) -> None:
-        validate_script(template)
+        validate_script(template, self.literal_context)
 
     def check_target(self, target: Target) -> None:
         """ConfigurationError for device options the driver cannot use (base.check_target)."""
 
+    def _validate(self, template: str) -> list[Statement]:
+        return validate_script(template, self.literal_context)
+
     async def run(self, request: RunRequest) -> RunResult:
-        statements = parse_template(request.target, request.template, validate_script)
+        check_target(self, request.target)  # options and transport, before anything
+        statements = parse_template(request.target, request.template, self._validate)
         secrets = request_secrets(request.context, request.account)
         conn = await self._connect(request.target, request.account, secrets)
         async with self._closing(conn):
@@ -337,7 +332,8 @@ class SqlExecutor(ABC, Generic[Connection]):
         return RunResult(transcript=transcript)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
-        verify = verify_template(request, validate_script)
+        check_target(self, request.target)  # options and transport, before anything
+        verify = verify_template(request, self._validate)
         secrets = request_secrets(request.context, request.account)
         try:
             conn = await self._connect(request.target, request.account, secrets)

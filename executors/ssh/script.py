@@ -3,6 +3,9 @@
 Parsing happens on the template source, before any tag is rendered, and each argument is rendered
 on its own afterwards. So a secret can contain ``:``, ``#``, newlines or anything else and still
 never change the structure of the script.
+
+Each tag is escaped for where it lands (ESCAPES): a shell word in an exec:/spawn: command line, a
+literal in an expect:/fail:/authfail: pattern; send: lines go to the program as they are.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import re
 from dataclasses import dataclass
 
 from executors.common import directive_lines
-from templating import TemplateSyntaxProblem, check_syntax
+from templating import TemplateSyntaxProblem, check_syntax, escaping
+from templating.escaping import Escape
 
 PROCESS_DIRECTIVES = frozenset({"exec", "spawn"})
 PATTERN_DIRECTIVES = frozenset({"expect", "fail", "authfail"})
@@ -26,6 +30,15 @@ SYNTAX = (
 )
 
 _TAG_MARKERS = ("{{", "{%", "{#", "[#")
+# The escape of each directive's tags; a directive not listed passes values as they are.
+ESCAPES: dict[str, Escape] = {
+    **dict.fromkeys(PROCESS_DIRECTIVES, escaping.shell),
+    **dict.fromkeys(PATTERN_DIRECTIVES, escaping.regex),
+}
+
+
+def escape_for(directive: str) -> Escape | None:
+    return ESCAPES.get(directive)
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,8 @@ def validate_script(text: str) -> list[Step]:
         if step.directive == "exit":
             running = False
         if has_tags(step.argument):
-            check_syntax(step.argument, first_line=step.line)
+            context = escaping.context_of(escape_for(step.directive))
+            check_syntax(step.argument, first_line=step.line, context=context)
             continue
         if step.directive in PATTERN_DIRECTIVES:
             compile_pattern(step.argument, step.line)

@@ -28,7 +28,13 @@ from executors.base import (
     redact,
 )
 from executors.common import masked
-from executors.ssh.script import Step, compile_pattern, parse_exit_status, parse_timeout
+from executors.ssh.script import (
+    Step,
+    compile_pattern,
+    escape_for,
+    parse_exit_status,
+    parse_timeout,
+)
 from keyturn import failpoints
 from templating import TemplateContext, TemplateSyntaxProblem, render
 
@@ -126,7 +132,8 @@ class ScriptRunner:
     # -- steps -----------------------------------------------------------------------------
 
     async def _step(self, step: Step) -> None:
-        value, shown = self._render(step)
+        # Rendering is CPU work with a budget (templating.budget): off the event loop.
+        value, shown = await asyncio.to_thread(self._render, step)
         match step.directive:
             case "timeout":
                 self._timeout = self._parsed(step, lambda: parse_timeout(value, step.line))
@@ -277,6 +284,7 @@ class ScriptRunner:
         end = self._buffer.find("\n", match.end())
         lines = self._buffer[: end if end >= 0 else len(self._buffer)].splitlines()
         said = " / ".join([line.strip() for line in lines if line.strip()][-_QUOTED_LINES:])
+        said = redact(said, self._secrets)  # before repr(), which would make new forms of it
         waiting = f" while running {step.label}" if step is not fail.step else ""
         raise self._error(
             fail.error,
@@ -288,12 +296,13 @@ class ScriptRunner:
         """The argument as sent, and as shown in the transcript (secrets masked)."""
         if not step.argument:
             return "", ""
+        escape = escape_for(step.directive)
         try:
-            value = render(step.argument, self._context, line=step.line)
+            value = render(step.argument, self._context, line=step.line, escape=escape)
         except TemplateSyntaxProblem as exc:
             raise self._error(TemplateFailed, step, f"cannot render: {exc.message}") from None
         try:
-            shown = render(step.argument, self._masked_context, line=step.line)
+            shown = render(step.argument, self._masked_context, line=step.line, escape=escape)
         except TemplateSyntaxProblem:
             # The mask broke the template (e.g. an index into the password): show nothing of it.
             shown = "(line with a secret, not shown)"

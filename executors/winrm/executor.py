@@ -26,7 +26,7 @@ import re
 import ssl
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import requests
@@ -57,6 +57,7 @@ from executors.base import (
     RunResult,
     Target,
     TemplateFailed,
+    check_target,
     redact,
 )
 from executors.common import masked, request_secrets, verify_template
@@ -124,14 +125,14 @@ class Options:
             options = cls(**raw)
         except TypeError as exc:
             raise _options_error(target, f"bad options ({exc})") from None
-        for field, allowed in (
+        for name, allowed in (
             ("transport", TRANSPORTS),
             ("scheme", SCHEMES),
             ("script_transfer", SCRIPT_TRANSFERS),
         ):
-            if getattr(options, field) not in allowed:
+            if getattr(options, name) not in allowed:
                 raise _options_error(
-                    target, f"{field} must be one of {', '.join(allowed)}, not {raw[field]!r}"
+                    target, f"{name} must be one of {', '.join(allowed)}, not {raw[name]!r}"
                 )
         if not isinstance(options.path, str) or not options.path.startswith("/"):
             raise _options_error(target, f"path must start with '/', not {options.path!r}")
@@ -167,6 +168,15 @@ class WinrmExecutor:
     def validate(self, template: str) -> None:
         validate_script(template)
 
+    def insecure_transport(self, target: Target) -> str | None:
+        options = Options.parse(target)
+        if options.scheme == "http" and options.transport == "basic":
+            # NTLM, Kerberos and CredSSP encrypt messages over http; Basic sends them as is.
+            return "transport 'basic' over http sends the password and the script in clear"
+        if options.scheme == "https" and not options.verify_tls:
+            return "verify_tls is false: the server's certificate is not checked"
+        return None
+
     def check_target(self, target: Target) -> None:
         # The options, and whether pywinrm can use them (a transport's library missing, say):
         # building the protocol object sends nothing.
@@ -174,8 +184,12 @@ class WinrmExecutor:
         _Session(target, options, Account("keyturn-check", ""), ())._protocol()
 
     async def run(self, request: RunRequest) -> RunResult:
+        check_target(self, request.target)  # options and transport, before anything
         options = Options.parse(request.target)
-        script = Script.render(request.target, request.template, request.context)
+        # Rendering is CPU work with a budget (templating.budget): off the event loop.
+        script = await asyncio.to_thread(
+            Script.render, request.target, request.template, request.context
+        )
         secrets = _secrets(request.context, request.account)
         session = _Session(request.target, options, request.account, secrets)
         outcome = await asyncio.to_thread(session.run, script)
@@ -184,11 +198,16 @@ class WinrmExecutor:
         return RunResult(transcript=outcome.transcript)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
+        check_target(self, request.target)  # options and transport, before anything
         options = Options.parse(request.target)
         # Not parsed by verify_template (str keeps it as is): Script.render checks and renders
         # it in one go, with the context.
         verify = verify_template(request, str)
-        script = Script.render(request.target, *verify) if verify is not None else None
+        script = (
+            await asyncio.to_thread(Script.render, request.target, *verify)
+            if verify is not None
+            else None
+        )
         secrets = _secrets(request.context, request.account)
         session = _Session(request.target, options, request.account, secrets)
         try:
@@ -221,7 +240,7 @@ def validate_script(text: str) -> None:
     """Jinja syntax (with its line) and the few mistakes that can be seen without a host."""
     if not text.strip():
         raise TemplateSyntaxProblem("the template is empty: write the PowerShell to run", None)
-    check_syntax(text)
+    check_syntax(text, context="powershell")
     lines = text.split("\n")  # like Jinja counts lines (not str.splitlines)
     if all(not line.strip() or line.lstrip().startswith("#") for line in lines):
         raise TemplateSyntaxProblem("the template has only comments: nothing would run", None)
@@ -238,7 +257,7 @@ def validate_script(text: str) -> None:
 
 @dataclass(frozen=True)
 class Script:
-    text: str  # as sent: preamble + rendered template
+    text: str = field(repr=False)  # as sent: preamble + rendered template, secrets included
     shown: str  # with every secret masked, for the transcript
     bears_secret: bool
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 from sqlalchemy import func
 from sqlmodel import Session, SQLModel, select
@@ -123,6 +125,18 @@ async def test_a_template_that_does_not_parse_is_rejected_with_its_line(stack: S
         "/v1/templates", json={"name": "odd", "kind": "change", "body": "spawn: x\nfrobnicate: 1"}
     )
     assert "line 2" in str(_problem(unknown, 422)["detail"])
+    # A filter that escapes for another context than the place it is used in.
+    misplaced = await stack.api.post(
+        "/v1/templates",
+        json={
+            "name": "misplaced",
+            "kind": "change",
+            "executor": "winrm",
+            "body": "$u = 'x'\nSet-Pw {{ new_password | sql_literal }}\n",
+        },
+    )
+    detail = str(_problem(misplaced, 422)["detail"])
+    assert "line 2" in detail and "sql_literal" in detail
     assert _counts(stack) == before
 
 
@@ -146,3 +160,38 @@ async def test_requests_without_the_token_are_401(stack: Stack) -> None:
         _problem(await anonymous.get("/v1/devices"), 401)
         wrong = await anonymous.get("/v1/devices", headers={"Authorization": "Bearer wrong"})
         _problem(wrong, 401)
+
+
+async def test_a_body_over_1_mib_is_refused_with_413_and_changes_nothing(stack: Stack) -> None:
+    before = _counts(stack)
+    body = {"name": "huge", "kind": "change", "body": "exec: true\n" + "#" * (1024 * 1024)}
+    declared = await stack.api.post("/v1/templates", json=body)  # says its length up front
+    assert "1048576 bytes" in str(_problem(declared, 413)["detail"])
+
+    async def chunks() -> AsyncIterator[bytes]:  # streamed: no length up front
+        for _ in range(17):
+            yield b" " * 65536
+
+    streamed = await stack.api.post(
+        "/v1/templates", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    _problem(streamed, 413)
+    assert _counts(stack) == before
+    # Under the cap, the route's own validation answers (a template body holds 100 000 chars).
+    under = {"name": "big", "kind": "change", "body": "exec: true\n" + "#" * 900_000}
+    assert "body" in str(_problem(await stack.api.post("/v1/templates", json=under), 422))
+    assert _counts(stack) == before
+
+
+async def test_healthz_answers_without_a_token_and_the_openapi_lists_401_and_413(
+    stack: Stack,
+) -> None:
+    anonymous = await stack.api.get("/healthz", headers={"Authorization": ""})
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ok"}
+    assert (await stack.api.get("/v1/devices", headers={"Authorization": ""})).status_code == 401
+    spec = (await stack.api.get("/openapi.json")).json()
+    for path, methods in spec["paths"].items():
+        if path.startswith("/v1/"):
+            for method, operation in methods.items():
+                assert {"401", "413"} <= set(operation["responses"]), (method, path)
+    assert "/healthz" in spec["paths"]

@@ -34,6 +34,7 @@ async def http_device(stack: Stack) -> dict[str, Any]:
         "address": "127.0.0.1",
         "executor": "http",
         "options": {"base_url": BASE_URL},
+        "allow_insecure_transport": True,  # the test RabbitMQ serves plain http
     }
     return await stack.post("/v1/devices", body)
 

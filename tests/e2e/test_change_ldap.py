@@ -35,7 +35,7 @@ async def test_change_through_the_api(stack: Stack, slapd: Slapd, ldap_users: Us
             "address": "127.0.0.1",
             "port": slapd.port,
             "executor": "ldap",
-            "options": {"base_dn": SUFFIX},
+            "options": {"base_dn": SUFFIX, **slapd.client_options()},
         },
     )
     pol = await policy(stack)

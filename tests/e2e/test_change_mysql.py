@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from secrets import token_hex
+from typing import Any
 
 import pytest
+from sqlmodel import Session, select
 
+from store.models import AuditEvent
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy
-from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, users_on
+from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, running_server, users_on
 
 OLD = "Old-pass w0rd;$'\"\\x é"
 
 
 @pytest.fixture(scope="module")
-def mysql_server() -> MysqlServer:
-    return ready_server()
+def mysql_server() -> Iterator[MysqlServer]:
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -36,7 +41,7 @@ async def test_change_through_the_api(
             "address": mysql_server.host,
             "port": mysql_server.port,
             "executor": "mysql",
-            "options": {"ssl": False},
+            "options": mysql_server.client_options(),
         },
     )
     pol = await policy(stack)
@@ -54,3 +59,44 @@ async def test_change_through_the_api(
     assert steps == [("change", "succeeded"), ("verify", "succeeded")]
     assert "SET PASSWORD" in op["attempts"][0]["transcript"]
     assert new not in str(op) and OLD not in str(op)
+
+
+async def test_cleartext_only_when_the_device_allows_it_and_audited(stack: Stack) -> None:
+    """The machine's MariaDB serves no TLS: such a device is refused when saved unless it
+    allows cleartext, and every operation on one that does is audited."""
+    server = ready_server()
+    with users_on(server) as users:
+        user = users.create(OLD)
+        device: dict[str, Any] = {
+            "address": server.host,
+            "port": server.port,
+            "executor": "mysql",
+            "options": {"ssl": False},
+        }
+        pol = await policy(stack)
+        refused = await stack.api.post("/v1/devices", json={**device, "name": "plain-refused"})
+        assert refused.status_code == 422, refused.text
+        assert "allow_insecure_transport" in refused.text and "'ssl' is false" in refused.text
+        devices = (await stack.api.get("/v1/devices")).json()
+        assert "plain-refused" not in {d["name"] for d in devices}  # nothing was saved
+
+        allowed = await stack.post(
+            "/v1/devices",
+            {**device, "name": f"plain-{token_hex(4)}", "allow_insecure_transport": True},
+        )
+        assert allowed["allow_insecure_transport"] is True
+        cred = await credential(stack, allowed["id"], user, OLD, policy_id=pol["id"])
+        op = await stack.run_operation(cred["id"])
+        assert op["status"] == "succeeded", op
+        assert await users.password_works(user, current_secret(stack, cred["id"]))
+        with Session(stack.engine) as session:
+            events = session.exec(
+                select(AuditEvent).where(
+                    AuditEvent.operation_id == op["id"],
+                    AuditEvent.event == "transport.insecure_allowed",
+                )
+            ).all()
+        # Once per operation, however many steps used the channel (change and verify here).
+        assert len(events) == 1
+        assert events[0].device_id == allowed["id"]
+        assert "'ssl' is false" in events[0].detail["reason"]

@@ -37,7 +37,7 @@ async def test_change_through_the_api(
             "address": "127.0.0.1",
             "port": pg_cluster.port,
             "executor": "postgresql",
-            "options": {"database": "postgres", "sslmode": "disable"},
+            "options": {"database": "postgres", **pg_cluster.client_options()},
         },
     )
     pol = await policy(stack)

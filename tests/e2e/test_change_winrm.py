@@ -37,7 +37,7 @@ async def test_change_over_winrm_through_the_api(stack: Stack, wsman: WsmanPeer)
             "address": "127.0.0.1",
             "port": wsman.port,
             "executor": "winrm",
-            "options": {"transport": "basic", "scheme": "http"},
+            "options": wsman.client_options(),
         },
     )
     pol = await policy(stack)
@@ -56,9 +56,7 @@ async def test_change_over_winrm_through_the_api(stack: Stack, wsman: WsmanPeer)
     assert "ChangePassword('***', '***')" in transcript
     assert new not in transcript and OLD not in transcript
     # The new secret logs in over WinRM, the old one is refused.
-    winrm_target = Target(
-        "win", "127.0.0.1", wsman.port, options={"transport": "basic", "scheme": "http"}
-    )
+    winrm_target = Target("win", "127.0.0.1", wsman.port, options=wsman.client_options())
     executor = WinrmExecutor()
     assert (await executor.check_login(LoginRequest(winrm_target, Account(user, new)))).ok
     assert not (await executor.check_login(LoginRequest(winrm_target, Account(user, OLD)))).ok

@@ -130,12 +130,12 @@ BAD_OPTIONS = [
     pytest.param("winrm", {"transport": "digest"}, "transport", id="winrm-transport"),
     pytest.param("ssh", {"shell": "zsh"}, "takes no options", id="ssh-options"),
 ]
-GOOD_OPTIONS: dict[str, dict[str, Any]] = {
-    "postgresql": {"sslmode": "disable"},
-    "mysql": {"ssl": False},
-    "ldap": {"base_dn": "dc=example,dc=org"},
-    "http": {"scheme": "http"},
-    "winrm": {"transport": "basic", "scheme": "http"},
+GOOD_OPTIONS: dict[str, dict[str, Any]] = {  # encrypted and verified: saved without exemption
+    "postgresql": {"sslmode": "verify-full"},
+    "mysql": {"ssl": True},
+    "ldap": {"base_dn": "dc=example,dc=org", "start_tls": True},
+    "http": {"scheme": "https"},
+    "winrm": {"transport": "basic", "scheme": "https"},
     "ssh": {},
 }
 

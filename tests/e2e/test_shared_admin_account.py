@@ -21,7 +21,7 @@ from temporalio.service import RPCError
 
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy
-from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, users_on
+from tests.servers.mysql import MysqlServer, MysqlUsers, running_server, users_on
 from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 from tests.servers.rabbitmq import BASE_URL, RabbitMQ, RabbitUsers, running_rabbitmq
 from tests.servers.rabbitmq import users_on as rabbit_users_on
@@ -66,8 +66,9 @@ def pg_cluster() -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture(scope="module")
-def mysql_server() -> MysqlServer:
-    return ready_server()
+def mysql_server() -> Iterator[MysqlServer]:
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def postgresql_setup(request: pytest.FixtureRequest) -> Setup:
             "address": "127.0.0.1",
             "port": cluster.port,
             "executor": "postgresql",
-            "options": {"database": "postgres", "sslmode": "disable"},
+            "options": {"database": "postgres", **cluster.client_options()},
         },
         (roles.create(admin_password, admin=True), admin_password),
         roles.create,
@@ -152,7 +153,7 @@ def mysql_setup(request: pytest.FixtureRequest) -> Setup:
             "address": server.host,
             "port": server.port,
             "executor": "mysql",
-            "options": {"ssl": False},
+            "options": server.client_options(),
         },
         (users.create(admin_password, admin=True), admin_password),
         users.create,
@@ -174,7 +175,7 @@ def ldap_setup(request: pytest.FixtureRequest) -> Setup:
             "address": "127.0.0.1",
             "port": server.port,
             "executor": "ldap",
-            "options": {"base_dn": SUFFIX},
+            "options": {"base_dn": SUFFIX, **server.client_options()},
         },
         (ADMIN_DN, ADMIN_PASSWORD),  # the rootdn: the only account the directory lets reset others
         users.create,
@@ -192,7 +193,12 @@ def rabbitmq_setup(request: pytest.FixtureRequest) -> Setup:
 
     return Setup(
         "http/rabbitmq-change-admin",
-        {"address": "127.0.0.1", "executor": "http", "options": {"base_url": BASE_URL}},
+        {
+            "address": "127.0.0.1",
+            "executor": "http",
+            "options": {"base_url": BASE_URL},
+            "allow_insecure_transport": True,  # the test RabbitMQ serves plain http
+        },
         (users.create(admin_password, tags=("administrator",)), admin_password),
         users.create,
         works,

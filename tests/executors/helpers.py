@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from executors.base import ExecutorError, Target
 from templating import TemplateContext
 
@@ -51,3 +55,21 @@ def assert_no_secret(texts: list[str], *secrets: str) -> None:
 def error_texts(exc: ExecutorError) -> list[str]:
     """Everything of an error that may reach a log, an API answer or a person."""
     return [str(exc), exc.cause, exc.transcript, repr(exc)]
+
+
+def renders_on_the_event_loop(monkeypatch: pytest.MonkeyPatch, module: object) -> list[bool]:
+    """Patch ``module.render`` to note, for each call, whether it ran on an event loop's thread
+    (rendering must not: it is CPU work with a budget of seconds)."""
+    calls: list[bool] = []
+    real = module.render  # type: ignore[attr-defined]
+
+    def noting(*args: object, **kwargs: object) -> str:
+        try:
+            asyncio.get_running_loop()
+            calls.append(True)
+        except RuntimeError:
+            calls.append(False)
+        return str(real(*args, **kwargs))
+
+    monkeypatch.setattr(module, "render", noting)
+    return calls

@@ -108,6 +108,7 @@ class FaultStack:
             KEYTURN_SWEEP_PAGE_SIZE=str(self.settings.sweep_page_size),
             KEYTURN_DATA_DIR=str(self.settings.data_dir),
             KEYTURN_FAILPOINTS_DIR=str(failpoints_dir),
+            KEYTURN_TEST_MODE="1",  # failpoints are compiled out otherwise
             PYTHONUNBUFFERED="1",
         )
         return env

@@ -85,3 +85,21 @@ def test_the_webhook_secret_is_a_standard_webhooks_secret(monkeypatch: pytest.Mo
         monkeypatch.setenv("KEYTURN_WEBHOOK_SECRET", bad)
         with pytest.raises(ValueError, match=named):
             Settings()
+
+
+def test_the_data_directory_and_its_files_are_private(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "new" / "var")
+    settings.ensure_local_files()
+    assert (tmp_path / "new" / "var").stat().st_mode & 0o777 == 0o700
+    for name in ("master.key", "admin.token", "keyturn.db"):
+        assert (tmp_path / "new" / "var" / name).stat().st_mode & 0o777 == 0o600, name
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_master_key_file_others_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    settings = Settings(data_dir=tmp_path / "var")
+    settings.ensure_local_files()
+    key_file = tmp_path / "var" / "master.key"
+    key_file.chmod(mode)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        Settings(data_dir=tmp_path / "var").ensure_local_files()

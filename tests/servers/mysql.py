@@ -1,24 +1,36 @@
-"""The machine's MariaDB (or MySQL) server, and throwaway accounts to log in as.
+"""A throwaway MariaDB serving TLS, and throwaway accounts to log in as.
 
-The server is not started here: it runs as a system service (see README / scripts/setup-test-deps).
-The tests log in as an administrator (root@127.0.0.1 without a password by default; override with
-KEYTURN_TEST_MYSQL_HOST/PORT/USER/PASSWORD) to create ``kt_<random>``@'%' accounts, and drop them
-at cleanup. The server has no anonymous accounts, which would otherwise shadow '%' accounts for
-logins from localhost (MariaDB matches the most specific host first, then user).
+``running_server`` initialises a data directory in a temp dir (mariadb-install-db) and starts
+``mariadbd`` as the ``mysql`` OS user on a free loopback port, with a certificate of a throwaway CA
+(``client_options`` are the device options that verify it). ``ready_server`` is the machine's own
+server instead (127.0.0.1:3306, without TLS; KEYTURN_TEST_MYSQL_HOST/PORT/USER/PASSWORD override
+it), for the one test of the insecure path. The tests log in as an administrator (root without a
+password) to create ``kt_<random>``@'%' accounts, and drop them at cleanup. Neither server has
+anonymous accounts, which would otherwise shadow '%' accounts for logins from localhost (MariaDB
+matches the most specific host first, then user).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pymysql
 from pymysql.connections import Connection
+
+from tests.servers import tls
 
 READY_DEADLINE = 30.0
 _ACCESS_DENIED = 1045
@@ -39,6 +51,12 @@ class MysqlServer:
         default_factory=lambda: os.environ.get("KEYTURN_TEST_MYSQL_PASSWORD", ""), repr=False
     )
     ready_seconds: float | None = None
+    ca_file: Path | None = None  # set when the server serves TLS with a test CA's certificate
+
+    def client_options(self) -> dict[str, object]:
+        """Device options of a verified TLS session to this server."""
+        assert self.ca_file is not None, "this server does not serve TLS"
+        return {"ssl": True, "ca_file": str(self.ca_file)}
 
     def admin(self) -> Connection:
         return pymysql.connect(
@@ -141,6 +159,73 @@ def ready_server() -> MysqlServer:
     server = MysqlServer()
     server.wait_ready()
     return server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server() -> Iterator[MysqlServer]:
+    """A throwaway MariaDB with TLS on a free loopback port, removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="keyturn-mariadb-"))
+    owner = pwd.getpwnam("mysql")
+    files = tls.issue(directory / "tls")
+    files.chown(owner.pw_uid, owner.pw_gid)
+    os.chown(directory, owner.pw_uid, owner.pw_gid)
+    installed = subprocess.run(
+        [
+            "mariadb-install-db",
+            "--no-defaults",
+            f"--datadir={directory / 'data'}",
+            "--user=mysql",
+            "--auth-root-authentication-method=normal",
+            "--skip-test-db",
+            "--skip-name-resolve",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if installed.returncode != 0:
+        raise RuntimeError(f"mariadb-install-db failed:\n{installed.stdout}\n{installed.stderr}")
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            "mariadbd",
+            "--no-defaults",
+            f"--datadir={directory / 'data'}",
+            "--user=mysql",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={directory / 'mysqld.sock'}",
+            f"--pid-file={directory / 'mysqld.pid'}",
+            "--skip-name-resolve",
+            f"--ssl-cert={files.cert}",
+            f"--ssl-key={files.key}",
+            f"--ssl-ca={files.ca}",
+            f"--log-error={directory / 'error.log'}",
+            "--innodb-flush-log-at-trx-commit=0",  # throwaway data: no fsync per commit
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = MysqlServer(
+        host="127.0.0.1", port=port, admin_user="root", admin_password="", ca_file=files.ca
+    )
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager

@@ -3,7 +3,9 @@
 The machine's own cluster (127.0.0.1:5432) trusts every TCP login from 127.0.0.1, so a wrong
 password would log in anyway: password checks cannot be tested against it. So the tests run their
 own cluster, initdb'd into a temp dir with ``scram-sha-256`` for every connection, started as the
-``postgres`` OS user (initdb and postgres refuse to run as root). Start to ready takes ~1 s.
+``postgres`` OS user (initdb and postgres refuse to run as root). Start to ready takes ~1 s. It
+serves TLS (``ssl=on``) with a certificate of a throwaway CA: ``client_options`` are the device
+options that verify it (``sslmode=verify-full``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+
+from tests.servers import tls
 
 START_DEADLINE = 30.0
 OS_USER = "postgres"
@@ -61,9 +65,15 @@ class PostgresCluster:
         self._dir = Path(tempfile.mkdtemp(prefix="keyturn-pg-"))
         owner = pwd.getpwnam(OS_USER)
         os.chown(self._dir, owner.pw_uid, owner.pw_gid)
+        self.tls = tls.issue(self._dir / "tls")
+        self.tls.chown(owner.pw_uid, owner.pw_gid)
         self.superuser_password = secrets.token_urlsafe(16)
         self._port: int | None = None
         self.start_seconds: float | None = None  # how long the first start took, for the report
+
+    def client_options(self) -> dict[str, str]:
+        """Device options of a verified TLS session to this cluster."""
+        return {"sslmode": "verify-full", "sslrootcert": str(self.tls.ca)}
 
     @property
     def data_dir(self) -> Path:
@@ -124,7 +134,8 @@ class PostgresCluster:
             self._port = _free_port()
         options = (
             f"-p {self._port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            f"-c log_connections=on {self._settings}"
+            f"-c log_connections=on -c ssl=on -c ssl_cert_file={self.tls.cert} "
+            f"-c ssl_key_file={self.tls.key} {self._settings}"
         )
         started = self._run(
             str(self._bin / "pg_ctl"),

@@ -10,7 +10,9 @@ mdb database and a log in a temp dir, and listens on a free 127.0.0.1 port. The 
 - the ppolicy overlay with a default policy (MIN_LENGTH, quality checked), so a too short new
   password is refused with constraintViolation, as a real directory's policy would;
 - a tiny schema with an Active-Directory-like ``unicodePwd`` octet-string attribute, so the AD
-  template's exact modify request can be sent to a real server and its bytes read back.
+  template's exact modify request can be sent to a real server and its bytes read back;
+- TLS with a certificate of a throwaway CA: StartTLS on ``port``, LDAPS on ``ldaps_port``
+  (``client_options`` are the device options of a verified StartTLS session).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from pathlib import Path
 import ldap3
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import escape_rdn
+
+from tests.servers import tls
 
 SLAPD = "/usr/sbin/slapd"
 SCHEMA_DIR = Path("/etc/ldap/schema")
@@ -49,7 +53,7 @@ objectclass ( 1.3.6.1.4.1.32473.1.2.1 NAME 'keyturnAdAccount' AUXILIARY MAY unic
 """
 
 
-def _config(directory: Path, password_hash: str) -> str:
+def _config(directory: Path, password_hash: str, files: tls.TlsFiles) -> str:
     schemas = "\n".join(
         f"include {SCHEMA_DIR / name}.schema" for name in ("core", "cosine", "inetorgperson", "nis")
     )
@@ -62,6 +66,9 @@ moduleload ppolicy
 pidfile {directory / "slapd.pid"}
 argsfile {directory / "slapd.args"}
 password-hash {{SSHA}}
+TLSCACertificateFile {files.ca}
+TLSCertificateFile {files.cert}
+TLSCertificateKeyFile {files.key}
 
 database mdb
 maxsize 33554432
@@ -97,8 +104,10 @@ class Slapd:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        (self._dir / "slapd.conf").write_text(_config(self._dir, hashed))
+        self.tls = tls.issue(self._dir / "tls")
+        (self._dir / "slapd.conf").write_text(_config(self._dir, hashed, self.tls))
         self._port: int | None = None
+        self._ldaps_port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self.start_seconds = 0.0
 
@@ -109,15 +118,27 @@ class Slapd:
         return self._port
 
     @property
+    def ldaps_port(self) -> int:
+        if self._ldaps_port is None:
+            raise RuntimeError("slapd was never started")
+        return self._ldaps_port
+
+    @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}/"
 
+    def client_options(self) -> dict[str, object]:
+        """Device options of a verified StartTLS session (on ``port``)."""
+        return {"start_tls": True, "ca_file": str(self.tls.ca)}
+
     def start(self) -> None:
         self._port = self._port or _free_port()
+        self._ldaps_port = self._ldaps_port or _free_port()
+        urls = f"{self.url} ldaps://127.0.0.1:{self._ldaps_port}/"
         began = time.monotonic()
         with (self._dir / "slapd.log").open("ab") as log:
             self._process = subprocess.Popen(
-                [SLAPD, "-h", self.url, "-f", str(self._dir / "slapd.conf"), "-d", "0"],
+                [SLAPD, "-h", urls, "-f", str(self._dir / "slapd.conf"), "-d", "0"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import base64
 import re
+import shutil
+import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -30,7 +33,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from xml.sax.saxutils import escape
+
+from tests.servers import tls
 
 NS = {
     "s": "http://www.w3.org/2003/05/soap-envelope",
@@ -84,8 +90,10 @@ class ScriptError(Exception):
 class WsmanPeer:
     """The peer and its state. ``users`` maps name → password; ``admins`` may reset others."""
 
-    def __init__(self, path: str = "/wsman") -> None:
+    def __init__(self, path: str = "/wsman", tls_dir: Path | None = None) -> None:
         self.path = path
+        # Serves HTTPS with a certificate of a throwaway CA when given a directory for it.
+        self.tls = tls.issue(tls_dir) if tls_dir is not None else None
         self.users: dict[str, str] = {}
         self.admins: set[str] = set()
         self.min_length = 1  # the "password policy": shorter new passwords are refused
@@ -106,6 +114,10 @@ class WsmanPeer:
     def start(self) -> None:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls.cert, self.tls.key)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, daemon=True)
         self._thread.start()
@@ -129,6 +141,11 @@ class WsmanPeer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def client_options(self) -> dict[str, object]:
+        """Device options of a verified HTTPS session with Basic authentication."""
+        assert self.tls is not None, "this peer serves plain http"
+        return {"transport": "basic", "scheme": "https", "ca_file": str(self.tls.ca)}
 
     @property
     def port(self) -> int:
@@ -646,10 +663,13 @@ def _is_bootstrap(script: str | None) -> bool:
 
 @contextmanager
 def running_peer() -> Iterator[WsmanPeer]:
-    """The body of the fixtures that the executor tests and the end-to-end tests each declare."""
-    peer = WsmanPeer()
+    """The body of the fixtures that the executor tests and the end-to-end tests each declare:
+    a peer serving HTTPS."""
+    directory = Path(tempfile.mkdtemp(prefix="keyturn-wsman-"))
+    peer = WsmanPeer(tls_dir=directory)
     peer.start()
     try:
         yield peer
     finally:
         peer.close()
+        shutil.rmtree(directory, ignore_errors=True)

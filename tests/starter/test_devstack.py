@@ -70,6 +70,14 @@ def test_dev_stack_starts_persists_and_stops(
     second = start_dev(dev_env)
     devices = httpx.get(f"{api}/v1/devices", headers=headers).json()
     assert [d["id"] for d in devices] == [device.json()["id"]]
+    assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}  # no token needed
     assert second.stop() == 0
+    # The data directory and all in it (databases, their WAL files, key, token) are private.
+    data_dir = Path(dev_env["KEYTURN_DATA_DIR"])
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    files = list(data_dir.rglob("*"))
+    assert {"master.key", "admin.token", "keyturn.db", "temporal.db"} <= {f.name for f in files}
+    shared = [f"{f.name} {f.stat().st_mode & 0o777:o}" for f in files if f.stat().st_mode & 0o077]
+    assert not shared
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{api}/v1/devices", headers=headers)

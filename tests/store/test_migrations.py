@@ -11,7 +11,7 @@ from sqlmodel import Session
 from store import audit
 from store.engine import make_engine, session_scope
 from store.migrations import LATEST
-from store.models import Credential, Operation, OperationStatus, Policy
+from store.models import Credential, Device, Operation, OperationStatus, Policy
 
 SCHEMAS = Path(__file__).parent / "schemas"
 # A row as the previous release wrote it (enum members are stored by name).
@@ -54,6 +54,9 @@ def test_a_store_of_the_previous_release_is_migrated(empty_database: str) -> Non
     versions = {c["name"] for c in inspect(engine).get_columns("secretversion")}
     assert {"last_login_ok_at", "last_login_ok_operation_id"} <= versions
     assert {"requested_by", "callback_url"} <= columns
+    with Session(engine) as session:  # an existing device does not allow cleartext transport
+        device = session.get(Device, "d1")
+        assert device is not None and device.allow_insecure_transport is False
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version FROM schemaversion")).scalar_one() == LATEST
     # The events written before the chain existed are chained, and new ones follow them.

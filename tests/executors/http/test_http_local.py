@@ -7,12 +7,15 @@ OAuth 2.0 client-credentials token endpoint and a protected API, over TLS when a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
     HostKeyMismatch,
@@ -50,6 +53,7 @@ def target(api: LocalApi, **options: object) -> Target:
         options={"base_url": api.base_url, **options},
         connect_timeout=2.0,
         read_timeout=1.0,
+        allow_insecure_transport=api.scheme == "http",  # the HTTPS tests get no exemption
     )
 
 
@@ -205,3 +209,35 @@ async def test_tls_with_the_private_ca_works(tls_api: LocalApi) -> None:
     await change(tls_api, CHANGE, "Current-pass-1", "New-pass-12345", ca_file=ca)
     assert await logs_in(tls_api, "New-pass-12345", ca_file=ca)
     assert not await logs_in(tls_api, "Current-pass-1", ca_file=ca)
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({}, "is plain http"),
+        ({"verify_tls": False}, "'verify_tls' is false"),
+        (
+            {"auth": "oauth2_client_credentials", "token_url": "http://127.0.0.1:1/token"},
+            "token_url 'http://127.0.0.1:1/token' is plain http",
+        ),
+    ],
+)
+async def test_cleartext_or_unverified_is_refused(
+    tmp_path: Path, options: dict[str, object], reason: str
+) -> None:
+    api = LocalApi(tls_dir=tmp_path).start()
+    try:
+        base_url = api.base_url if options else api.base_url.replace("https:", "http:")
+        insecure = Target(
+            name="local-api",
+            address="127.0.0.1",
+            port=0,
+            options={"base_url": base_url, "ca_file": str(api.ca_file), **options},
+        )
+        with pytest.raises(ConfigurationError, match="allow_insecure_transport") as caught:
+            await EXECUTOR.check_login(LoginRequest(insecure, Account("client-1", "Pass-1")))
+    finally:
+        api.close()
+    assert reason in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
+    assert api.requests == []

@@ -41,7 +41,7 @@ def target(slapd: Slapd, **options: object) -> Target:
         "dir-1",
         "127.0.0.1",
         slapd.port,
-        options={"base_dn": SUFFIX, **options},
+        options={"base_dn": SUFFIX, **slapd.client_options(), **options},
         connect_timeout=5,
         read_timeout=10.5,
     )
@@ -167,11 +167,49 @@ async def test_verify_fails_when_the_bind_is_someone_else(slapd: Slapd, ldap_use
 
 
 async def test_unreachable_directory_is_connect_failed(slapd: Slapd) -> None:
-    down = Target("dir-down", "127.0.0.1", 1, options={"base_dn": SUFFIX}, connect_timeout=2)
+    down = make_target("dir-down", "127.0.0.1", 1, options=target(slapd).options, connect_timeout=2)
     with pytest.raises(ConnectFailed) as caught:
         await EXECUTOR.check_login(LoginRequest(down, Account("someone", "S3cret-pw")))
     assert "dir-down" in str(caught.value) and "S3cret-pw" not in str(caught.value)
     assert caught.value.login is LoginProgress.NOT_ATTEMPTED and caught.value.may_retry
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({}, "neither options.use_ssl"),
+        ({"start_tls": True, "verify_tls": False}, "verify_tls is false"),
+        ({"use_ssl": True, "verify_tls": False}, "verify_tls is false"),
+    ],
+)
+async def test_cleartext_or_unverified_is_refused(
+    slapd: Slapd, options: dict[str, object], reason: str
+) -> None:
+    insecure = make_target("dir-1", "127.0.0.1", slapd.port, options={"base_dn": SUFFIX, **options})
+    with pytest.raises(ConfigurationError, match="allow_insecure_transport") as caught:
+        await EXECUTOR.check_login(LoginRequest(insecure, Account("someone", "pw")))
+    assert reason in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
+
+
+async def test_ldaps(slapd: Slapd, ldap_users: Users) -> None:
+    user = ldap_users.create(OLD)
+    options = {"use_ssl": True, "ca_file": str(slapd.tls.ca)}
+    ldaps = make_target(
+        "dir-1", "127.0.0.1", slapd.ldaps_port, options={"base_dn": SUFFIX, **options}
+    )
+    assert (await EXECUTOR.check_login(LoginRequest(ldaps, Account(user, OLD)))).ok
+    assert not (await EXECUTOR.check_login(LoginRequest(ldaps, Account(user, "Wrong-pw-1")))).ok
+
+
+async def test_a_certificate_of_another_ca_is_refused(slapd: Slapd, ldap_users: Users) -> None:
+    user = ldap_users.create(OLD)
+    untrusted = make_target(  # StartTLS, verified against the system's CAs only
+        "dir-1", "127.0.0.1", slapd.port, options={"base_dn": SUFFIX, "start_tls": True}
+    )
+    with pytest.raises(ConnectFailed) as caught:
+        await EXECUTOR.check_login(LoginRequest(untrusted, Account(user, OLD)))
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED  # the bind never went out
 
 
 async def test_missing_base_dn_is_a_clear_error(slapd: Slapd) -> None:
@@ -305,7 +343,15 @@ async def test_a_hung_directory_times_out_as_connect_failed(
     slapd: Slapd, ldap_users: Users
 ) -> None:
     user = ldap_users.create(OLD)
-    hung = Target("dir-1", "127.0.0.1", slapd.port, options={"base_dn": SUFFIX}, read_timeout=1)
+    # Plain LDAP (the device allows it), so that the bind itself goes out to the hung server.
+    hung = Target(
+        "dir-1",
+        "127.0.0.1",
+        slapd.port,
+        options={"base_dn": SUFFIX},
+        read_timeout=1,
+        allow_insecure_transport=True,
+    )
     slapd.pause()
     try:
         with pytest.raises(ConnectFailed) as caught:

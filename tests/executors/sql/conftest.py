@@ -1,5 +1,5 @@
-"""Fixtures: a throwaway PostgreSQL cluster (scram-sha-256), the machine's MariaDB, and
-throwaway accounts on each."""
+"""Fixtures: a throwaway PostgreSQL cluster (scram-sha-256) and a throwaway MariaDB, both serving
+TLS, the machine's MariaDB (no TLS, for the insecure path), and throwaway accounts on each."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, users_on
+from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, running_server, users_on
 from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 
 
@@ -27,7 +27,13 @@ def pg_roles(pg_cluster: PostgresCluster) -> Iterator[Roles]:
 
 
 @pytest.fixture(scope="session")
-def mysql_server() -> MysqlServer:
+def mysql_server() -> Iterator[MysqlServer]:
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def plain_mysql_server() -> MysqlServer:
     return ready_server()
 
 

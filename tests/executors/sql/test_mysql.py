@@ -15,6 +15,7 @@ from executors.base import (
     Account,
     AuthenticationFailed,
     ChangeRejected,
+    ConfigurationError,
     ConnectFailed,
     ExecutorError,
     LoginProgress,
@@ -28,7 +29,7 @@ from executors.shipped import shipped_templates
 from executors.sql.mysql import MysqlExecutor
 from templating import TemplateContext, TemplateSyntaxProblem
 from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
-from tests.servers.mysql import MysqlServer, MysqlUsers
+from tests.servers.mysql import MysqlServer, MysqlUsers, users_on
 
 TEMPLATES = {t.name: t.body for t in shipped_templates()}
 EXECUTOR = MysqlExecutor()
@@ -45,7 +46,9 @@ NO_BACKSLASH_FIRST = (
 
 
 def target(server: MysqlServer, **overrides: object) -> Target:
-    return make_target("mysql-test", server.host, server.port, **overrides)
+    """A target over verified TLS; ``options`` given are added to the TLS ones."""
+    options = {**server.client_options(), **dict(overrides.pop("options", {}))}  # type: ignore[call-overload]
+    return make_target("mysql-test", server.host, server.port, options=options, **overrides)
 
 
 def context(
@@ -300,11 +303,19 @@ async def test_a_peer_that_stops_answering(
     mysql_server: MysqlServer, greeting: str, login: LoginProgress
 ) -> None:
     packet = b"" if greeting == "none" else _greeting(mysql_server, tls=greeting == "tls")
+    # A client that asks for TLS never sends the handshake response without it: the plain case
+    # is a device that allows cleartext.
+    plain = {"options": {"ssl": False}, "allow_insecure_transport": True}
     async with silent_peer(packet) as (port, received):
         with pytest.raises(ConnectFailed) as caught:
             await EXECUTOR.check_login(
                 LoginRequest(
-                    target(mysql_server, port=port, read_timeout=1.0),
+                    target(
+                        mysql_server,
+                        port=port,
+                        read_timeout=1.0,
+                        **(plain if greeting == "plain" else {}),
+                    ),
                     Account("kt_someone", "Pass-word-1"),
                 )
             )
@@ -312,6 +323,60 @@ async def test_a_peer_that_stops_answering(
     assert caught.value.may_retry is (login is LoginProgress.NOT_ATTEMPTED)
     if greeting == "plain":
         assert b"kt_someone" in b"".join(received)  # the handshake response did go out
+
+
+async def test_a_server_without_tls_gets_nothing(mysql_server: MysqlServer) -> None:
+    # A greeting that does not offer TLS (a downgrade): the client asked for TLS and stops.
+    async with silent_peer(_greeting(mysql_server, tls=False)) as (port, received):
+        with pytest.raises(ConnectFailed) as caught:
+            await EXECUTOR.check_login(
+                LoginRequest(
+                    target(mysql_server, port=port, read_timeout=1.0),
+                    Account("kt_someone", "Pass-word-1"),
+                )
+            )
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
+    assert b"kt_someone" not in b"".join(received)
+
+
+async def test_cleartext_is_refused_unless_the_device_allows_it(
+    plain_mysql_server: MysqlServer,
+) -> None:
+    plain = make_target(
+        "mysql-test", plain_mysql_server.host, plain_mysql_server.port, options={"ssl": False}
+    )
+    with pytest.raises(ConfigurationError, match="allow_insecure_transport") as caught:
+        await EXECUTOR.check_login(LoginRequest(plain, Account("kt_someone", "Pass-word-1")))
+    assert "'ssl' is false" in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
+
+
+async def test_insecure_transport_when_the_device_allows_it(
+    plain_mysql_server: MysqlServer,
+) -> None:
+    with users_on(plain_mysql_server) as users:
+        user = users.create("Pass-word-1")
+        plain = make_target(
+            "mysql-test",
+            plain_mysql_server.host,
+            plain_mysql_server.port,
+            options={"ssl": False},
+            allow_insecure_transport=True,
+        )
+        login = await EXECUTOR.check_login(LoginRequest(plain, Account(user, "Pass-word-1")))
+        assert login.ok
+        assert not (await EXECUTOR.check_login(LoginRequest(plain, Account(user, "Wrong-1")))).ok
+
+
+async def test_the_default_is_verified_tls(
+    mysql_server: MysqlServer, mysql_users: MysqlUsers
+) -> None:
+    # TLS without a CA file: the server's certificate chains to no CA the system trusts.
+    user = mysql_users.create("Pass-word-1")
+    default = make_target("mysql-test", mysql_server.host, mysql_server.port)
+    with pytest.raises(ConnectFailed, match="(?i)certificate") as caught:
+        await EXECUTOR.check_login(LoginRequest(default, Account(user, "Pass-word-1")))
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
 
 
 async def test_read_timeout_after_a_secret_is_outcome_unknown(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import re
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,10 +24,18 @@ from executors.base import (
     get_executor,
 )
 from executors.shipped import shipped_templates
+from executors.sql import script as script_module
 from executors.sql.postgresql import PostgresqlExecutor
 from executors.sql.script import parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
-from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
+from templating.scram import scram_sha_256
+from tests.executors.helpers import (
+    assert_no_secret,
+    error_texts,
+    make_context,
+    make_target,
+    renders_on_the_event_loop,
+)
 from tests.servers.postgresql import PostgresCluster, Roles, roles_on, running_cluster
 
 TEMPLATES = {t.name: t.body for t in shipped_templates()}
@@ -38,7 +49,9 @@ passwords = st.text(alphabet=ALPHABET, min_size=1, max_size=24).flatmap(
 
 
 def target(cluster: PostgresCluster, **overrides: object) -> Target:
-    return make_target("pg-test", "127.0.0.1", cluster.port, **overrides)
+    """A target over verified TLS; ``options`` given are added to the TLS ones."""
+    options = {**cluster.client_options(), **dict(overrides.pop("options", {}))}  # type: ignore[call-overload]
+    return make_target("pg-test", "127.0.0.1", cluster.port, options=options, **overrides)
 
 
 def context(
@@ -94,7 +107,10 @@ async def test_change_then_verify(pg_cluster: PostgresCluster, pg_roles: Roles) 
     assert await pg_roles.password_works(user, new)
     assert not await pg_roles.password_works(user, current)
     assert pg_roles.attributes(user) == before
-    assert f"> ALTER ROLE \"{user}\" WITH PASSWORD '***';" in transcript
+    # The verifier shown is the mask's: the transcript has neither the password nor its own.
+    assert re.search(
+        rf"> ALTER ROLE \"{user}\" WITH PASSWORD 'SCRAM-SHA-256\$4096:\S+';", transcript
+    )
     assert "< ALTER ROLE" in transcript
     assert_no_secret([transcript], current, new)
 
@@ -251,6 +267,86 @@ async def test_bad_device_options(pg_cluster: PostgresCluster) -> None:
         await EXECUTOR.check_login(
             LoginRequest(target(pg_cluster, options={"sslmode": "sometimes"}), Account("a", "b"))
         )
+
+
+@pytest.mark.parametrize("sslmode", ["disable", "prefer", "require", "verify-ca"])
+async def test_below_verify_full_is_refused_before_connecting(
+    pg_cluster: PostgresCluster, sslmode: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="allow_insecure_transport") as caught:
+        await EXECUTOR.check_login(
+            LoginRequest(target(pg_cluster, options={"sslmode": sslmode}), Account("a", "b"))
+        )
+    assert f"sslmode is {sslmode!r}" in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
+
+
+async def test_the_default_is_verify_full(pg_cluster: PostgresCluster, pg_roles: Roles) -> None:
+    # No sslmode, no CA file: the cluster's certificate chains to no CA the system trusts.
+    user = pg_roles.create("Pass-word-1")
+    plain = make_target("pg-test", "127.0.0.1", pg_cluster.port)
+    with pytest.raises(ConnectFailed, match="certificate") as caught:
+        await EXECUTOR.check_login(LoginRequest(plain, Account(user, "Pass-word-1")))
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED  # refused before the password
+
+
+async def test_insecure_transport_when_the_device_allows_it(
+    pg_cluster: PostgresCluster, pg_roles: Roles
+) -> None:
+    user = pg_roles.create("Pass-word-1")
+    insecure = make_target(
+        "pg-test",
+        "127.0.0.1",
+        pg_cluster.port,
+        options={"sslmode": "disable"},
+        allow_insecure_transport=True,
+    )
+    assert EXECUTOR.insecure_transport(insecure) is not None
+    login = await EXECUTOR.check_login(LoginRequest(insecure, Account(user, "Pass-word-1")))
+    assert login.ok
+    assert EXECUTOR.insecure_transport(target(pg_cluster)) is None
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(password=passwords)
+def test_scram_verifier_is_the_one_the_server_computes(
+    pg_cluster: PostgresCluster, pg_roles: Roles, password: str
+) -> None:
+    """The server hashes a plaintext password itself (SASLprep included); the client-side
+    verifier, with the same salt and iterations, must be the same bytes."""
+    user = pg_roles.create(password)
+    with pg_cluster.superuser_connection() as conn:
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (user,))
+        stored = str(row.fetchone()[0])  # type: ignore[index]
+    iterations, salt = stored.split("$")[1].split(":")
+    assert scram_sha_256(password, base64.b64decode(salt), int(iterations)) == stored
+
+
+async def test_the_server_log_never_sees_the_new_password() -> None:
+    log_everything = "-c log_statement=all -c log_min_error_statement=info"
+    with running_cluster(log_everything) as logged, roles_on(logged) as roles:
+        current, new = "Current-pass-1234", "Brand-new-pass-5678;'é"
+        user = roles.create(current)
+        transcript = await self_change(logged, user, current, new)
+        assert await roles.password_works(user, new)
+        log = logged.log_path.read_text(errors="replace")
+    # The statement is logged, carrying the verifier only.
+    assert f'ALTER ROLE "{user}" WITH PASSWORD \'SCRAM-SHA-256$4096:' in log
+    assert new not in log and new.replace("'", "''") not in log
+    assert_no_secret([transcript], new)
+
+
+async def test_rendering_runs_off_the_event_loop(
+    pg_cluster: PostgresCluster, pg_roles: Roles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = renders_on_the_event_loop(monkeypatch, script_module)
+    current, new = "Current-pass-1234", "Brand-new-pass-5678"
+    user = pg_roles.create(current)
+    await self_change(pg_cluster, user, current, new)
+    assert await verify(pg_cluster, user, new)  # its expect: line renders too
+    assert calls and not any(calls)
 
 
 async def test_missing_database(pg_cluster: PostgresCluster, pg_roles: Roles) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import string
 import time
 
@@ -16,6 +17,7 @@ from executors.base import (
     ChangeRejected,
     ConfigurationError,
     ConnectFailed,
+    ExecutorError,
     HostKeyMismatch,
     LoginProgress,
     LoginRequest,
@@ -28,9 +30,17 @@ from executors.base import (
 )
 from executors.shipped import shipped_templates
 from executors.ssh import SshExecutor
+from executors.ssh import session as session_module
 from executors.ssh.script import Step, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
-from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
+from tests.executors.encodings import encodings_present, secrets_strategy
+from tests.executors.helpers import (
+    assert_no_secret,
+    error_texts,
+    make_context,
+    make_target,
+    renders_on_the_event_loop,
+)
 from tests.servers.sshd import Sshd, Users
 
 TEMPLATES = {template.name: template.body for template in shipped_templates()}
@@ -534,3 +544,63 @@ async def test_undefined_tag_at_run_time_names_the_line(sshd: Sshd, ssh_users: U
                 context(sshd, user, password, "x"),
             )
         )
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(word=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1))
+async def test_exec_arguments_are_shell_quoted_by_default(
+    sshd: Sshd, ssh_users: Users, word: str
+) -> None:
+    # No filter: a tag in an exec: line is one shell word, whatever it holds ($, ;, quotes,
+    # newlines...). The digest, written literally in the template, proves the bytes arrived.
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    digest = hashlib.sha256(word.encode()).hexdigest()
+    template = f"exec: printf %s {{{{ new_password }}}} | sha256sum\nexpect: {digest}\nexit: 0\n"
+    request = RunRequest(
+        target(sshd), Account(user, password), template, context(sshd, user, password, word)
+    )
+    result = await EXECUTOR.run(request)
+    assert "$ printf %s '***' | sha256sum" in result.transcript
+
+
+async def test_rendering_runs_off_the_event_loop(
+    sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = renders_on_the_event_loop(monkeypatch, session_module)
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    template = "exec: echo {{ username }}\nexpect: {{ username }}\nexit: 0\n"
+    request = RunRequest(
+        target(sshd), Account(user, password), template, context(sshd, user, password, "x")
+    )
+    await EXECUTOR.run(request)
+    assert calls and not any(calls)
+
+
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(secret=secrets_strategy)
+async def test_an_echoed_secret_is_in_no_encoding_in_the_error(
+    sshd: Sshd, ssh_users: Users, secret: str
+) -> None:
+    # The target prints the new password raw, in base64 and in hex, then fails: the error
+    # quotes its last output and the transcript holds all of it.
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    template = (
+        'exec: p={{ new_password }}; printf \'%s\\n\' "$p"; printf %s "$p" | base64 -w0; '
+        "echo; printf %s \"$p\" | od -An -tx1 | tr -d ' \\n'; echo; exit 3\n"
+        "exit: 0\n"
+    )
+    request = RunRequest(
+        target(sshd), Account(user, password), template, context(sshd, user, password, secret)
+    )
+    with pytest.raises(ExecutorError) as caught:
+        await EXECUTOR.run(request)
+    assert "***" in caught.value.transcript  # it was echoed
+    for text in error_texts(caught.value):
+        assert not encodings_present(text, secret), text

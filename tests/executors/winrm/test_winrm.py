@@ -57,7 +57,7 @@ def target(peer: WsmanPeer, **options: object) -> Target:
         "win-host",
         "127.0.0.1",
         peer.port,
-        options={"transport": "basic", "scheme": "http", **options},
+        options={**peer.client_options(), **options},
         read_timeout=5.0,
     )
 
@@ -474,3 +474,40 @@ async def test_against_a_real_windows_host() -> None:
     verify = LoginRequest(real, Account(user, new), TEMPLATES["winrm/verify-login"], ctx)
     assert (await EXECUTOR.check_login(verify)).ok
     assert not (await EXECUTOR.check_login(LoginRequest(real, Account(user, "wrong")))).ok
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"transport": "basic", "scheme": "http"}, "'basic' over http"),
+        ({"transport": "basic", "scheme": "https", "verify_tls": False}, "verify_tls is false"),
+    ],
+)
+async def test_cleartext_or_unverified_is_refused(
+    wsman: WsmanPeer, options: dict[str, object], reason: str
+) -> None:
+    wsman.users["kim"] = OLD
+    insecure = make_target("win-host", "127.0.0.1", wsman.port, options=options)
+    with pytest.raises(ConfigurationError, match="allow_insecure_transport") as caught:
+        await EXECUTOR.check_login(LoginRequest(insecure, Account("kim", OLD)))
+    assert reason in str(caught.value)
+    assert caught.value.login is LoginProgress.NOT_ATTEMPTED
+    assert wsman.actions == []  # nothing reached the peer
+
+
+async def test_basic_over_http_when_the_device_allows_it() -> None:
+    plain = WsmanPeer()  # serves plain http
+    plain.start()
+    try:
+        plain.users["lea"] = OLD
+        insecure = make_target(
+            "win-host",
+            "127.0.0.1",
+            plain.port,
+            options={"transport": "basic", "scheme": "http"},
+            allow_insecure_transport=True,
+        )
+        assert (await EXECUTOR.check_login(LoginRequest(insecure, Account("lea", OLD)))).ok
+        assert not (await EXECUTOR.check_login(LoginRequest(insecure, Account("lea", "x")))).ok
+    finally:
+        plain.close()

@@ -1,0 +1,37 @@
+"""redact() removes every encoding of a secret a target, a driver or Python may show."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import example, given, settings
+
+from executors.base import REDACTED, redact
+from tests.executors.encodings import ENCODINGS, encodings_present, secrets_strategy
+
+
+@settings(max_examples=60, deadline=None)
+@given(secret=secrets_strategy)
+@example(secret='it\'s a "test" $HOME 100% \\n é')
+def test_every_encoding_is_redacted(secret: str) -> None:
+    for name, encode in ENCODINGS.items():
+        text = f"the server said: {encode(secret)} (error 1064)"
+        redacted = redact(text, (secret,))
+        assert REDACTED in redacted, name
+        assert not encodings_present(redacted, secret), (name, redacted)
+        assert "the server said: " in redacted and "(error 1064)" in redacted, (name, redacted)
+
+
+@settings(max_examples=30, deadline=None)
+@given(secret=secrets_strategy, other=secrets_strategy)
+def test_one_secret_inside_another(secret: str, other: str) -> None:
+    text = f"{secret}{other} / {json.dumps(secret + other)}"
+    redacted = redact(text, (secret, secret + other, other))
+    assert not encodings_present(redacted, secret)
+    assert not encodings_present(redacted, other)
+
+
+def test_text_without_secret_is_unchanged() -> None:
+    text = "ALTER ROLE \"app\" PASSWORD '***'; ok 'quoted' 100% \\ $HOME"
+    assert redact(text, ("correct horse battery",)) == text
+    assert redact(text, ()) == text
