@@ -232,12 +232,16 @@ class _Sender:
         await asyncio.wait_for(self._writer.drain(), CONNECT_TIMEOUT)
 
     def disconnect(self) -> None:
-        """Drop the connection; what it carried without confirmation is sent again."""
+        """Drop the connection; what it carried without confirmation is sent again: the next
+        batch starts after the last delivered event, not after the last one written."""
         if self._writer is not None:
             self._writer.close()
         if self._udp is not None:
             self._udp.close()
         self._writer = self._reader = self._udp = None
+        self._unconfirmed.clear()
+        if self._delivered is not None:
+            self._sent = self._delivered
         self._unconfirmed.clear()
         if self._delivered is not None:
             self._sent = self._delivered
