@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
-from store.models import Credential, Device, Operation, OperationStatus, Policy, SyncState
+from store.models import Credential, Device, Operation, OperationStatus, Policy, SyncState, as_utc
 
 WINDOW = timedelta(hours=24)
 BUCKET = timedelta(hours=1)
@@ -83,7 +83,7 @@ def summary(db: Session, now: datetime | None = None) -> Summary:
     by_device: dict[str, tuple[str, int]] = {}
     for status, finished, executor, device_id, device_name in ended:
         assert finished is not None
-        at = finished if finished.tzinfo else finished.replace(tzinfo=UTC)
+        at = as_utc(finished)
         bucket = buckets[min(int((at - start) / BUCKET), len(buckets) - 1)]
         setattr(bucket, str(status), getattr(bucket, str(status)) + 1)
         if status == OperationStatus.FAILED:
@@ -154,8 +154,7 @@ def _upcoming_expiries(db: Session) -> list[Expiry]:
             .limit(UPCOMING)
         ).all()
         for credential, device in rows:
-            changed = credential.secret_changed_at
-            changed = changed if changed.tzinfo else changed.replace(tzinfo=UTC)
+            changed = as_utc(credential.secret_changed_at)
             found.append(
                 Expiry(
                     credential.id,

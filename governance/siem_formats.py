@@ -10,8 +10,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
+
+from store.models import as_utc
 
 Format = Literal["rfc5424", "cef", "leef"]
 FORMATS: tuple[Format, ...] = ("rfc5424", "cef", "leef")
@@ -50,7 +52,7 @@ def render(view: EventView, fmt: Format, hostname: str | None = None) -> bytes:
     """The whole syslog message, without transport framing."""
     host = hostname or socket.gethostname() or "-"
     severity = 4 if view.outcome in UNHAPPY else 5  # warning / notice
-    timestamp = _utc(view.at).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    timestamp = as_utc(view.at).isoformat(timespec="microseconds").replace("+00:00", "Z")
     header = f"<{FACILITY_AUTHPRIV * 8 + severity}>1 {timestamp} {host} {APP_NAME} - "
     msgid = view.event[:32]
     if fmt == "rfc5424":
@@ -59,10 +61,6 @@ def render(view: EventView, fmt: Format, hostname: str | None = None) -> bytes:
         return f"{header}{msgid} {_structured_data(view)} {summary}".encode()
     body = _cef(view) if fmt == "cef" else _leef(view)
     return f"{header}{msgid} - {body}".encode()
-
-
-def _utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _fields(view: EventView) -> list[tuple[str, str | int | None]]:
@@ -108,7 +106,7 @@ def _cef(view: EventView) -> str:
         for part in (VENDOR, PRODUCT, VERSION, view.event, _title(view.event), str(severity))
     )
     extension: list[tuple[str, str | int | None]] = [
-        ("rt", int(_utc(view.at).timestamp() * 1000)),
+        ("rt", int(as_utc(view.at).timestamp() * 1000)),
         ("act", view.kind),
         ("duser", view.username),
         ("dhost", view.device_name),
@@ -146,7 +144,7 @@ def _leef(view: EventView) -> str:
     """LEEF 2.0 with a '^' delimiter, declared in the header: a tab, LEEF's default, is
     rewritten by syslog relays (rsyslog escapes control characters as #011)."""
     attributes: list[tuple[str, str | int | None]] = [
-        ("devTime", _utc(view.at).strftime("%b %d %Y %H:%M:%S.%f")[:-3] + " UTC"),
+        ("devTime", as_utc(view.at).strftime("%b %d %Y %H:%M:%S.%f")[:-3] + " UTC"),
         ("devTimeFormat", "MMM dd yyyy HH:mm:ss.SSS z"),
         ("cat", view.event.split(".")[0]),
         ("sev", 7 if view.outcome in UNHAPPY else 3),

@@ -10,7 +10,7 @@ verdict is unknown keeps it, like a refused one (activities.executor_steps decid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from store.engine import session_scope
-from store.models import AccountLock, LoginCharge, utcnow
+from store.models import AccountLock, LoginCharge, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class LockoutLedger:
                 if len(failed) < budget.limit:
                     # Full only because logins are in flight: most give their charge back.
                     raise BudgetBusy(budget, BUSY_RETRY)
-                oldest = min(_aware(c.at) for c in failed)
+                oldest = min(as_utc(c.at) for c in failed)
                 raise BudgetSpent(budget, max(oldest + budget.window - now, timedelta(seconds=1)))
             charge = LoginCharge(device_id=budget.device_id, username=budget.username, at=now)
             session.add(charge)
@@ -117,8 +117,3 @@ class LockoutLedger:
                 session.add(charge)
             else:
                 session.delete(charge)
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite and PostgreSQL (timestamp without time zone) hand back naive UTC datetimes."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

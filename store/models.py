@@ -21,6 +21,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A datetime in UTC, zone attached. SQLite and PostgreSQL (timestamp without time zone)
+    hand back naive datetimes; the store writes UTC only, so naive means UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 class SecretState(enum.StrEnum):
     PENDING = "pending"
     CURRENT = "current"

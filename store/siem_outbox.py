@@ -9,14 +9,23 @@ lease.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from store.engine import session_scope
-from store.models import AuditEvent, AuditHead, Credential, Device, Operation, SiemCursor, utcnow
+from store.models import (
+    AuditEvent,
+    AuditHead,
+    Credential,
+    Device,
+    Operation,
+    SiemCursor,
+    as_utc,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ def claim(engine: Engine, destination: str, owner: str, lease: timedelta) -> int
                 elif (
                     cursor.lease_owner not in (None, owner)
                     and cursor.lease_until is not None
-                    and _aware(cursor.lease_until) > now
+                    and as_utc(cursor.lease_until) > now
                 ):
                     return None
                 cursor.lease_owner, cursor.lease_until = owner, now + lease
@@ -92,7 +101,3 @@ def depths(session: Session) -> dict[str, int]:
     head = session.get(AuditHead, 1)
     last = head.last_id if head else 0
     return {c.destination: last - c.last_id for c in session.exec(select(SiemCursor))}
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)

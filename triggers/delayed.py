@@ -17,8 +17,8 @@ from temporalio.service import RPCError
 
 from requesting import TemporalUnavailable
 from store.audit import VIEWED
-from store.models import AuditEvent, Credential, Policy
-from triggers.due import aware, open_sessions
+from store.models import AuditEvent, Credential, Policy, as_utc
+from triggers.due import open_sessions
 from triggers.window import opens_in
 from workflows.contracts import (
     DELAYED_OPERATION_WORKFLOW,
@@ -74,7 +74,7 @@ def delayed_verdict(
     credential = db.get(Credential, delayed.credential_id)
     if credential is None:
         return DelayedOutcome("dropped: the credential no longer exists")
-    changed_at = aware(credential.secret_changed_at)
+    changed_at = as_utc(credential.secret_changed_at)
     # A change committed after the event satisfies it, unless (a view) the secret it set has
     # been read since: a later view deduplicated into this request must not go unanswered.
     if (

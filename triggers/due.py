@@ -22,6 +22,7 @@ from store.models import (
     OperationStatus,
     Policy,
     SyncState,
+    as_utc,
 )
 from triggers.window import opens_in
 from workflows.contracts import SWEEP_EXPIRY, SWEEPS, DuePage, DueQuery
@@ -39,11 +40,6 @@ def age_column(purpose: str) -> InstrumentedAttribute[datetime]:
 
 def every(policy: Policy, purpose: str) -> int | None:
     return policy.change_every_seconds if purpose == SWEEP_EXPIRY else policy.verify_every_seconds
-
-
-def aware(value: datetime) -> datetime:
-    """SQLite gives back naive datetimes; the store writes UTC only."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def stop_reason(policy: Policy | None, purpose: str, now: datetime) -> str:
@@ -82,7 +78,7 @@ def due_page(session: Session, query: DueQuery, now: datetime | None = None) -> 
     ids = tuple(row[0] for row in rows)
     cursor = ""
     if len(rows) == query.limit:
-        cursor = f"{aware(rows[-1][1]).isoformat()}|{rows[-1][0]}"
+        cursor = f"{as_utc(rows[-1][1]).isoformat()}|{rows[-1][0]}"
     return DuePage(ids, cursor)
 
 
@@ -99,7 +95,7 @@ def skip_reason(
         return stop
     assert policy is not None
     period = timedelta(seconds=every(policy, purpose) or 0)
-    age = aware(getattr(credential, age_column(purpose).key))
+    age = as_utc(getattr(credential, age_column(purpose).key))
     if age > as_of - period:
         return "done since the sweep began"
     if credential.sync_state == SyncState.OUT_OF_SYNC:

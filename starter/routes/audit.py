@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,7 +11,7 @@ from sqlmodel import col, select
 from starter.deps import DB, StoreRoute
 from starter.problems import invalid
 from starter.schemas import AuditEventOut, AuditPage
-from store.models import AuditEvent
+from store.models import AuditEvent, as_utc
 
 router = APIRouter(route_class=StoreRoute)
 
@@ -45,8 +45,7 @@ def read_audit(
         query = query.where(AuditEvent.event == event)
     if since is not None:
         # A time without a zone is UTC, as the store's are.
-        utc = since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
-        query = query.where(col(AuditEvent.at) >= utc)
+        query = query.where(col(AuditEvent.at) >= as_utc(since))
     rows = db.exec(query.order_by(col(AuditEvent.id)).limit(limit)).all()
     events = [AuditEventOut.model_validate(row, from_attributes=True) for row in rows]
     last = events[-1].id if events else after
