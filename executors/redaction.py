@@ -16,6 +16,7 @@ import base64
 import contextlib
 import html
 import json
+import re
 import shlex
 from urllib.parse import quote, quote_plus
 
@@ -28,11 +29,16 @@ _MIN_FORM = 4
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """Replace every form of every secret; longest first, so one inside another is covered."""
+    """Replace every form of every secret in one pass, longest first, so one inside another is
+    covered. A mask already in the text (a command shown with its secrets masked, or text
+    redacted before) is itself one of the forms, replaced by itself: a secret such as ``*``
+    must not turn each ``***`` into ``*********``."""
     forms = {form for secret in secrets if secret for form in secret_forms(secret)}
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, REDACTED)
-    return text
+    if not forms:
+        return text
+    forms.add(REDACTED)
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    return re.sub(pattern, REDACTED, text)
 
 
 def secret_forms(secret: str) -> frozenset[str]:

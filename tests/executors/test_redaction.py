@@ -35,3 +35,11 @@ def test_text_without_secret_is_unchanged() -> None:
     text = "ALTER ROLE \"app\" PASSWORD '***'; ok 'quoted' 100% \\ $HOME"
     assert redact(text, ("correct horse battery",)) == text
     assert redact(text, ()) == text
+
+
+def test_a_mask_is_not_redacted_again() -> None:
+    # A secret made of the mask's own characters: each form is replaced once, and the masks
+    # the first replacements made are not read again as secrets.
+    once = redact("printf %s '*' and * and \"*\"", ("*",))
+    assert once == "printf %s '***' and *** and \"***\""
+    assert redact(once, ("*",)) == once

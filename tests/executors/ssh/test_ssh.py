@@ -8,7 +8,7 @@ import time
 
 import asyncssh
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from executors.base import (
@@ -550,6 +550,7 @@ async def test_undefined_tag_at_run_time_names_the_line(sshd: Sshd, ssh_users: U
     max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(word=st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1))
+@example(word="*")  # the mask's own character: masked once, never re-masked
 async def test_exec_arguments_are_shell_quoted_by_default(
     sshd: Sshd, ssh_users: Users, word: str
 ) -> None:
