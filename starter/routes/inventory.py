@@ -20,6 +20,7 @@ from executors.base import (
 from executors.shipped import shipped_templates
 from requesting import TemporalUnavailable
 from starter.deps import ADMIN, DB, State, StoreRoute
+from starter.pages import Cursor, Limit, Page, by_age, keyset_page, shown_as
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
     CredentialIn,
@@ -49,10 +50,13 @@ router = APIRouter(route_class=StoreRoute)
 _AUTH_TAGS = ("auth_password", "AUTH_PASSWORD", "auth_username", "AUTH_USER")
 
 
-@router.get("/executors", response_model=list[ExecutorOut])
-def list_executors() -> list[ExecutorOut]:
+@router.get("/executors", response_model=Page[ExecutorOut])
+def list_executors(limit: Limit = 100, cursor: Cursor = None) -> Page[ExecutorOut]:
+    """Executors by name. Few and fixed at start, so paged in memory."""
     shipped = shipped_templates()
-    return [
+    names = sorted(name for name in registry() if cursor is None or name > cursor)
+    shown, more = names[:limit], len(names) > limit
+    executors = [
         ExecutorOut(
             name=name,
             syntax=executor.syntax,
@@ -61,8 +65,9 @@ def list_executors() -> list[ExecutorOut]:
             operation_kinds=sorted({t.kind for t in shipped if t.executor == name}),
             templates=[t.name for t in shipped if t.executor == name],
         )
-        for name, executor in sorted(registry().items())
+        for name, executor in ((name, registry()[name]) for name in shown)
     ]
+    return Page(items=executors, next_cursor=shown[-1] if more else None)
 
 
 @router.post("/devices", status_code=201, response_model=DeviceOut)
@@ -87,9 +92,10 @@ def create_device(body: DeviceIn, db: DB) -> Device:
     return device
 
 
-@router.get("/devices", response_model=list[DeviceOut])
-def list_devices(db: DB) -> list[Device]:
-    return list(db.exec(select(Device).order_by(col(Device.created_at))))
+@router.get("/devices", response_model=Page[DeviceOut])
+def list_devices(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[DeviceOut]:
+    """Devices, oldest first."""
+    return keyset_page(db, select(Device), by_age(Device), limit, cursor, shown_as(DeviceOut))
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)
@@ -179,9 +185,10 @@ async def _apply_schedules(app: State, policy: Policy, before: Policy | None = N
         raise Problem(503, str(exc)) from None
 
 
-@router.get("/policies", response_model=list[PolicyOut])
-def list_policies(db: DB) -> list[Policy]:
-    return list(db.exec(select(Policy).order_by(col(Policy.created_at))))
+@router.get("/policies", response_model=Page[PolicyOut])
+def list_policies(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[PolicyOut]:
+    """Policies, oldest first."""
+    return keyset_page(db, select(Policy), by_age(Policy), limit, cursor, shown_as(PolicyOut))
 
 
 @router.get("/policies/{policy_id}", response_model=PolicyOut)
@@ -217,9 +224,11 @@ def create_template(body: TemplateIn, db: DB) -> Template:
     return template
 
 
-@router.get("/templates", response_model=list[TemplateOut])
-def list_templates(db: DB) -> list[Template]:
-    return list(db.exec(select(Template).order_by(col(Template.name), col(Template.version))))
+@router.get("/templates", response_model=Page[TemplateOut])
+def list_templates(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[TemplateOut]:
+    """Every version of every template, by name then version."""
+    keys = (col(Template.name), col(Template.version))
+    return keyset_page(db, select(Template), keys, limit, cursor, shown_as(TemplateOut))
 
 
 @router.post("/credentials", status_code=201, response_model=CredentialOut)
@@ -320,10 +329,13 @@ def _check_links(db: DB, credential: Credential) -> None:
         parent_id = parent.parent_id
 
 
-@router.get("/credentials", response_model=list[CredentialOut])
-def list_credentials(db: DB) -> list[CredentialOut]:
-    rows = db.exec(select(Credential).order_by(col(Credential.created_at)))
-    return [_credential_out(c, _current_id(db, c.id)) for c in rows]
+@router.get("/credentials", response_model=Page[CredentialOut])
+def list_credentials(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[CredentialOut]:
+    """Credentials, oldest first."""
+    return keyset_page(
+        db, select(Credential), by_age(Credential), limit, cursor,
+        lambda c: _credential_out(c, _current_id(db, c.id)),
+    )  # fmt: skip
 
 
 @router.get("/credentials/{credential_id}", response_model=CredentialOut)

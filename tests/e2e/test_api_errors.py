@@ -149,7 +149,7 @@ async def test_templates_are_versioned_and_shipped_ones_protected(stack: Stack) 
         "/v1/templates", json={"name": "ssh/linux-passwd", "kind": "change", "body": body}
     )
     _problem(shipped, 409)
-    names = {t["name"] for t in (await stack.api.get("/v1/templates")).json()}
+    names = {t["name"] for t in (await stack.api.get("/v1/templates")).json()["items"]}
     assert {"ssh/linux-passwd", "ssh/linux-chpasswd", "ssh/verify-login", "mine"} <= names
 
 
