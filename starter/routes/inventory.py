@@ -21,7 +21,7 @@ from executors.shipped import shipped_templates
 from requesting import TemporalUnavailable
 from starter.deps import ADMIN, DB, State, StoreRoute
 from starter.pages import Cursor, Limit, Page, by_age, keyset_page, shown_as
-from starter.problems import Problem, invalid, not_found
+from starter.problems import Problem, invalid, not_found, problem_response
 from starter.schemas import (
     CredentialIn,
     CredentialOut,
@@ -196,7 +196,12 @@ def get_policy(policy_id: str, db: DB) -> Policy:
     return db.get(Policy, policy_id) or _raise(not_found("policy", policy_id))
 
 
-@router.post("/templates", status_code=201, response_model=TemplateOut)
+@router.post(
+    "/templates",
+    status_code=201,
+    response_model=TemplateOut,
+    responses={409: problem_response("a shipped template has that name")},
+)
 def create_template(body: TemplateIn, db: DB) -> Template:
     """A new template, or a new version of one of yours. Shipped templates cannot be replaced."""
     executor = _known_executor(body.executor)
@@ -289,7 +294,8 @@ def update_credential(credential_id: str, body: CredentialPatch, db: DB) -> Cred
         if field == "auto_reconcile" and value is None:
             raise invalid(field, "must be true or false")
         setattr(credential, field, value)
-    _check_links(db, credential)
+    with db.no_autoflush:  # checked before the store sees the links (a flush would hit the FK)
+        _check_links(db, credential)
     db.add(credential)
     audit.record(
         db, "credential.updated", credential_id=credential.id, principal=ADMIN,
