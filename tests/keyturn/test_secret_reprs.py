@@ -46,9 +46,7 @@ def test_every_secret_field_of_an_api_model_is_out_of_repr() -> None:
         f"{cls.__qualname__}.{name}"
         for cls in models
         for name, info in cls.model_fields.items()
-        if SECRET_NAME.fullmatch(name)
-        and info.repr
-        and SecretStr not in _types(info.annotation)
+        if SECRET_NAME.fullmatch(name) and info.repr and SecretStr not in _types(info.annotation)
     ]
     assert not shown, f"secret fields in repr: {shown}"
 
