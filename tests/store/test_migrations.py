@@ -6,11 +6,11 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, text
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
-from store import audit
+from store import audit, callbacks
 from store.engine import make_engine, session_scope
-from store.migrations import LATEST
+from store.migrations import LATEST, STEPS
 from store.models import Credential, Device, Operation, OperationStatus, Policy
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -135,4 +135,44 @@ def test_a_store_of_the_one_writer_release_gets_the_trigger_columns(empty_databa
     assert {"ix_credential_expiry", "ix_credential_verify"} <= indexes
     assert inspect(engine).has_table("credentialsession")
     make_engine(empty_database).dispose()
+    engine.dispose()
+
+
+def test_an_operations_callback_url_moves_to_its_list_of_callbacks(empty_database: str) -> None:
+    """v6 → v7: the one URL an operation had is first on its list; an ended operation's list
+    is closed, a running one's still open to joins."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        for statement in (SCHEMAS / f"v1_{dialect}.sql").read_text().split(";\n"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+        for statement in ROWS.split(";\n")[:2]:
+            conn.exec_driver_sql(statement)
+    SQLModel.metadata.create_all(old)  # the tables later releases added, as their startup did
+    with old.begin() as conn:
+        for step in STEPS[:5]:  # v1 → v6
+            step(conn)
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+        for operation_id, finished in (("ended", "'2026-11-01 10:05:00'"), ("running", "NULL")):
+            conn.exec_driver_sql(
+                "INSERT INTO operation (id, credential_id, kind, trigger, status, workflow_id, "
+                "created_at, finished_at, gate_seq, callback_url) VALUES "
+                f"('{operation_id}', 'c1', 'change', 'manual', 'SUCCEEDED', 'w', "
+                f"'2026-11-01 10:00:00', {finished}, 0, 'https://hooks.example.test/{dialect}')"
+            )
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    with Session(engine) as session:
+        for operation_id, closed in (("ended", True), ("running", False)):
+            assert callbacks.urls(session, operation_id) == [
+                f"https://hooks.example.test/{dialect}"
+            ]
+            row = session.get(Operation, operation_id)
+            assert row is not None and row.callbacks_closed is closed
+    make_engine(empty_database).dispose()  # starting again changes nothing
+    with Session(engine) as session:
+        assert len(callbacks.urls(session, "ended")) == 1
     engine.dispose()
