@@ -44,7 +44,7 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
 def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
-    vault = Vault(settings.master_key_bytes)
+    vault = Vault(settings.keyring)
     store = StoreActivities(engine, vault, settings.task_queue)
     children = ChildPlanningActivities(engine)
     legacy_slots = LegacySlotActivities(engine)

@@ -19,6 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keyturn.crypto import derived_token
+from keyturn.keyring import Keyring, parse
 
 MASTER_KEY_FILE = "master.key"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -78,7 +79,10 @@ class Settings(BaseSettings):
     # Secrets are kept out of repr(), which a traceback or a debug log may show.
     master_key: str | None = Field(
         default=None,
-        description="base64 of 32 bytes; otherwise read from master_key_file",
+        description=(
+            "base64 of 32 bytes, or several separated by commas, newest first (a keyring); "
+            "otherwise read from master_key_file (one key per line, newest first)"
+        ),
         repr=False,
     )
     master_key_file: Path | None = None
@@ -123,21 +127,29 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'keyturn.db').resolve()}"
 
     @cached_property
-    def master_key_bytes(self) -> bytes:
-        """Encrypts secrets at rest and workflow payloads; never stored in the database."""
+    def keyring(self) -> Keyring:
+        """The master keys, newest first (keyturn/keyring.py): they encrypt secrets at rest and
+        workflow payloads, and are never stored in the database."""
         if self.master_key:
-            raw = base64.b64decode(self.master_key)
-        else:
-            path = self._master_key_path()
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"no master key at {path}: set KEYTURN_MASTER_KEY (base64 of 32 bytes) or "
-                    "KEYTURN_MASTER_KEY_FILE, or run `keyturn dev` once to generate one"
-                )
-            raw = base64.b64decode(path.read_bytes().strip())
-        if len(raw) != 32:
-            raise ValueError("KEYTURN_MASTER_KEY must be the base64 encoding of exactly 32 bytes")
-        return raw
+            return Keyring.of(*parse(self.master_key, "KEYTURN_MASTER_KEY"))
+        path = self._master_key_path()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no master key at {path}: set KEYTURN_MASTER_KEY (base64 of 32 bytes) or "
+                "KEYTURN_MASTER_KEY_FILE, or run `keyturn dev` once to generate one"
+            )
+        return Keyring.from_file(path)
+
+    @property
+    def master_key_bytes(self) -> bytes:
+        """The newest master key: what new secrets, payloads and backups are sealed with."""
+        return self.keyring.newest
+
+    @property
+    def master_key_path(self) -> Path | None:
+        """The keyring file ``keyturn rotate-key`` adds a key to; None when the keys come from
+        KEYTURN_MASTER_KEY (then the operator puts the new key first there)."""
+        return None if self.master_key else self._master_key_path()
 
     def _master_key_path(self) -> Path:
         return self.master_key_file or self.data_dir / MASTER_KEY_FILE

@@ -27,7 +27,7 @@ async def connect(settings: Settings, *, worker: bool = False) -> Client:
         namespace=settings.temporal_namespace,
         api_key=settings.temporal_api_key,
         tls=settings.temporal_tls,
-        data_converter=data_converter(settings.master_key_bytes),
+        data_converter=data_converter(settings.keyring),
         runtime=runtime,
         interceptors=client_interceptors(),
     )
