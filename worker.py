@@ -153,7 +153,7 @@ async def main(settings: Settings | None = None) -> None:
     engine = make_engine(settings.resolved_database_url)
     seed_shipped_templates(engine)
     client = await connect(settings, worker=True)
-    await ensure_search_attributes(client, settings.temporal_namespace, SEARCH_ATTRIBUTES)
+    await ensure_search_attributes(client, settings.temporal["namespace"], SEARCH_ATTRIBUTES)
     await start_schedules(client, engine, settings)
     await verify_after_restore(engine, client, settings.task_queue)
     stop = asyncio.Event()

@@ -15,11 +15,20 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keyturn.crypto import derived_token
 from keyturn.keyring import Keyring, parse
+from keyturn.temporal_config import ClientConnectConfig, temporal_connection
 
 MASTER_KEY_FILE = "master.key"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -59,20 +68,15 @@ class Settings(BaseSettings):
         repr=False,
     )
 
-    temporal_address: str = Field(
-        default="127.0.0.1:7233",
-        validation_alias=AliasChoices("KEYTURN_TEMPORAL_ADDRESS", "TEMPORAL_ADDRESS"),
-    )
-    temporal_namespace: str = Field(
-        default="default",
-        validation_alias=AliasChoices("KEYTURN_TEMPORAL_NAMESPACE", "TEMPORAL_NAMESPACE"),
-    )
-    temporal_api_key: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("KEYTURN_TEMPORAL_API_KEY", "TEMPORAL_API_KEY"),
-        repr=False,
-    )
-    temporal_tls: bool = False
+    # Temporal's connection comes from temporalio.envconfig (a profile of the TOML file named by
+    # TEMPORAL_CONFIG_FILE or in the default place, TEMPORAL_PROFILE, TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS*), each KEYTURN_TEMPORAL_* on top.
+    # What is used in the end: ``Settings.temporal``.
+    temporal_profile: str | None = None
+    temporal_address: str | None = None
+    temporal_namespace: str | None = None
+    temporal_api_key: str | None = Field(default=None, repr=False)
+    temporal_tls: bool | None = None  # unset: the profile's; an API key implies TLS
     temporal_ui_port: int = 8233
     task_queue: str = "keyturn"
 
@@ -107,6 +111,24 @@ class Settings(BaseSettings):
         default=None, description="whsec_<base64>: the key that signs callbacks"
     )
     webhook_allow_http: bool = False  # http:// callbacks to loopback addresses (development)
+
+    _temporal: ClientConnectConfig = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _temporal_connection(self) -> Settings:
+        self._temporal = temporal_connection(
+            self.temporal_profile,
+            address=self.temporal_address,
+            namespace=self.temporal_namespace,
+            api_key=self.temporal_api_key,
+            tls=self.temporal_tls,
+        )
+        return self
+
+    @property
+    def temporal(self) -> ClientConnectConfig:
+        """Everything ``Client.connect`` needs to reach Temporal (keyturn/temporal.py)."""
+        return self._temporal
 
     @field_validator("webhook_secret")
     @classmethod
