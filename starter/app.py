@@ -39,7 +39,7 @@ def create_app(
             db = make_engine(settings.resolved_database_url)
             seed_shipped_templates(db)
             app.state.keyturn = AppState(
-                settings, db, Vault(settings.master_key_bytes), await connect(settings)
+                settings, db, Vault(settings.keyring), await connect(settings)
             )
         yield
 
@@ -55,7 +55,7 @@ def create_app(
     )
     if engine is not None and client is not None:
         seed_shipped_templates(engine)
-        app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
+        app.state.keyturn = AppState(settings, engine, Vault(settings.keyring), client)
     problems.install(app, on_refusal=_record_refusal)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     every_route_may_answer: dict[int | str, dict[str, Any]] = {

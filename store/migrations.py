@@ -165,6 +165,27 @@ def _v6_allow_insecure_transport(conn: Connection) -> None:
     _add_columns(conn, "device", {"allow_insecure_transport": f"BOOLEAN NOT NULL DEFAULT {false}"})
 
 
+def _v7_operation_callbacks(conn: Connection) -> None:
+    """Every request's callback URL is registered on its operation (the operationcallback
+    table, which create_all made), not only the starting request's: the one URL an operation
+    had moves there, first on its list. An ended operation's list is closed. The old column
+    stays, unread, for a previous release's process during a rolling upgrade."""
+    false = "false" if conn.dialect.name == "postgresql" else "0"
+    true = "true" if conn.dialect.name == "postgresql" else "1"
+    _add_columns(conn, "operation", {"callbacks_closed": f"BOOLEAN NOT NULL DEFAULT {false}"})
+    conn.execute(
+        text(
+            "INSERT INTO operationcallback (operation_id, position, url, created_at) "
+            "SELECT o.id, 1, o.callback_url, o.created_at FROM operation o "
+            "WHERE o.callback_url IS NOT NULL AND NOT EXISTS (SELECT 1 FROM operationcallback c "
+            "WHERE c.operation_id = o.id)"
+        )
+    )
+    conn.execute(
+        text(f"UPDATE operation SET callbacks_closed = {true} WHERE finished_at IS NOT NULL")
+    )
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
@@ -172,6 +193,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v4_recovery_by_hand,
     _v5_governance,
     _v6_allow_insecure_transport,
+    _v7_operation_callbacks,
 )
 LATEST = len(STEPS) + 1
 

@@ -197,7 +197,19 @@ class Operation(SQLModel, table=True):
     # restore the pending secret of the operation that was in flight (a verify tries it too).
     source_version_id: str | None = None
     requested_by: str | None = None  # the principal who asked; None: Keyturn itself (a trigger)
-    callback_url: str | None = None  # where the outcome is POSTed when the operation ends
+    # Its list of callback URLs (OperationCallback) is closed: the outcome is about to be POSTed
+    # to each, and a request that would join it starts a new operation instead.
+    callbacks_closed: bool = False
+
+
+class OperationCallback(SQLModel, table=True):
+    """Where an operation's outcome is POSTed when it ends: one row per requester's URL (the
+    request that started it and every one that joined it), in the order they were registered."""
+
+    operation_id: str = Field(primary_key=True)  # no foreign key: a join may come before the row
+    position: int = Field(primary_key=True)  # 1, 2, …: part of the webhook-id
+    url: str
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Attempt(SQLModel, table=True):

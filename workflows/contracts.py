@@ -144,6 +144,11 @@ def callback_workflow_id(operation_id: str) -> str:
 @dataclass(frozen=True)
 class CallbackInput:
     operation_id: str
+    # How many callback URLs the operation closed with: the callback workflow POSTs to each.
+    # 0: started by an older release, which told the one URL an operation then had.
+    receivers: int = 0
+    # The URL one delivery POSTs to (1, 2, …); 0: that older release's single delivery.
+    position: int = 0
 
 
 def initial_search_attributes(

@@ -81,6 +81,9 @@ _R = TypeVar("_R")
 GATE_PATCH = "one-writer-gate"
 # Operations that ask for a callback start its workflow when they end (none did before).
 CALLBACK_PATCH = "callback-on-end"
+# Histories with this marker close the operation's list of callback URLs as it ends (every
+# requester's, joins included) and tell each; before, only a starting request's URL was told.
+CALLBACKS_CLOSED_PATCH = "callbacks-closed-on-end"
 # The operation id became a search attribute: histories without the marker did not upsert it.
 OPERATION_ID_PATCH = "operation-id-search-attribute"
 # Histories with this marker verify inside the change activity (StepInput.verify_after_change).
@@ -173,6 +176,8 @@ class OperationWorkflow:
                     FinishInput(self._operation_id, "canceled", "canceled before it started"),
                 )
             await self._to_the_end(self._leave_gate)
+            if workflow.patched(CALLBACKS_CLOSED_PATCH):
+                await self._to_the_end(self._tell_requesters)
             raise
         self._device_id = admission.device_id
         self._order_key = admission.order_key
@@ -195,8 +200,10 @@ class OperationWorkflow:
         finally:
             # Whatever happened, the next operation on the credential must be told.
             await self._to_the_end(self._leave_gate)
-        if op.callback and workflow.patched(CALLBACK_PATCH):
-            await self._to_the_end(self._start_callback)
+        if workflow.patched(CALLBACKS_CLOSED_PATCH):
+            await self._to_the_end(self._tell_requesters)
+        elif op.callback and workflow.patched(CALLBACK_PATCH):
+            await self._to_the_end(lambda: self._start_callback(0))
         if self._canceled:
             raise asyncio.CancelledError(result.resolution)
         return result
@@ -659,14 +666,22 @@ class OperationWorkflow:
                 if task.done():  # it ended in the same activation as the cancel
                     return task.result()
 
-    async def _start_callback(self) -> None:
-        """Tell the requester the outcome, from a workflow of its own (ABANDON) that Temporal
-        retries: this operation ends now, whatever the receiver does."""
+    async def _tell_requesters(self) -> None:
+        """Close the list of callback URLs (a request that joins from now on starts a new
+        operation instead) and, if anyone asked, tell each of them the outcome."""
+        receivers = await self._call(steps.close_callbacks, GateCheck(self._operation_id))
+        if receivers:
+            await self._start_callback(receivers)
+
+    async def _start_callback(self, receivers: int) -> None:
+        """Tell the requesters the outcome, from a workflow of its own (ABANDON) that Temporal
+        retries: this operation ends now, whatever the receivers do. ``receivers`` 0: the one
+        callback an older release's operation had."""
         # A run of this workflow that was reset may have started it already.
         with contextlib.suppress(WorkflowAlreadyStartedError):
             await workflow.start_child_workflow(
                 CALLBACK_WORKFLOW,
-                CallbackInput(self._operation_id),
+                CallbackInput(self._operation_id, receivers),
                 id=callback_workflow_id(self._operation_id),
                 task_queue=workflow.info().task_queue,
                 parent_close_policy=ParentClosePolicy.ABANDON,

@@ -163,7 +163,13 @@ async def request_delayed(delayed: DelayedOperation) -> DelayedOutcome:
     raise NotImplementedError(DECLARATION)
 
 
-# Telling the requester the outcome (activities/callbacks.py), retried by Temporal.
+# Telling the requesters the outcome (activities/callbacks.py): close the list of callback URLs
+# as the operation ends (a local activity; how many), then POST to each, retried by Temporal.
+@_declare("keyturn.close_callbacks")
+async def close_callbacks(check: GateCheck) -> int:
+    raise NotImplementedError(DECLARATION)
+
+
 @_declare("keyturn.deliver_callback")
 async def deliver_callback(request: CallbackInput) -> None:
     raise NotImplementedError(DECLARATION)

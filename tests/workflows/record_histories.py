@@ -5,9 +5,10 @@ tests: it starts sshd and creates a throwaway user), then commit the files it wr
 
     python -m tests.workflows.record_histories v2 tests/workflows/histories
 
-It starts a Temporal dev server, a worker, the API and sshd, runs a change, a verify, a verify
-that finds drift and a change whose current secret is refused, and saves each history with
-payloads encrypted by the key in ``histories/master_key.hex``.
+It starts a Temporal dev server, a worker, the API, sshd and a callback receiver, runs a change,
+a change whose requester is told its outcome (and the delivery's own workflow), a verify, a
+verify that finds drift and a change whose current secret is refused, and saves each history
+with payloads encrypted by the key in ``histories/master_key.hex``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from keyturn.codec import data_converter
@@ -27,8 +29,9 @@ from starter.app import create_app
 from starter.devstack import temporal_cli
 from store.engine import make_engine
 from tests.servers.sshd import Sshd, Users
+from tests.servers.webhook_receiver import WebhookReceiver
 from worker import build_workers, run_workers
-from workflows.contracts import SEARCH_ATTRIBUTES
+from workflows.contracts import SEARCH_ATTRIBUTES, callback_workflow_id
 
 OLD = "Rec0rd-old-pass"
 
@@ -44,6 +47,8 @@ async def record(prefix: str, out: Path) -> None:
     sshd = Sshd()
     sshd.start()
     users = Users(sshd)
+    receiver = WebhookReceiver()
+    receiver.start()
     stop = asyncio.Event()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
@@ -51,6 +56,8 @@ async def record(prefix: str, out: Path) -> None:
             master_key=base64.b64encode(key).decode(),
             admin_token="record",
             task_queue="keyturn-record",
+            webhook_secret=SecretStr("whsec_" + base64.b64encode(b"record-webhook-key").decode()),
+            webhook_allow_http=True,
         )
         engine = make_engine(settings.resolved_database_url)
         workers = asyncio.create_task(
@@ -70,14 +77,20 @@ async def record(prefix: str, out: Path) -> None:
                     result: dict[str, str] = response.json()
                     return result
 
-                async def run(name: str, credential_id: str, kind: str) -> None:
-                    accepted = await post(
-                        f"/v1/credentials/{credential_id}/operations", {"kind": kind}
-                    )
-                    handle = env.client.get_workflow_handle(accepted["workflow_id"])
+                async def save(name: str, workflow_id: str) -> None:
+                    handle = env.client.get_workflow_handle(workflow_id)
                     await handle.result()
                     history = await handle.fetch_history()
                     (out / f"{prefix}_{name}.json").write_text(history.to_json())
+
+                async def run(
+                    name: str, credential_id: str, kind: str, **extra: object
+                ) -> dict[str, str]:
+                    accepted = await post(
+                        f"/v1/credentials/{credential_id}/operations", {"kind": kind, **extra}
+                    )
+                    await save(name, accepted["workflow_id"])
+                    return accepted
 
                 user = users.create(OLD)
                 device = await post(
@@ -103,6 +116,11 @@ async def record(prefix: str, out: Path) -> None:
                     },
                 )
                 await run("change", cred["id"], "change")
+                # Its requester is told the outcome (the delivery workflow is recorded too).
+                told = await run(
+                    "change_told", cred["id"], "change", callback_url=receiver.url("/a")
+                )
+                await save("callback", callback_workflow_id(told["operation_id"]))
                 await run("verify", cred["id"], "verify")
                 users.set_password(user, "Drifted-behind-its-back-1")
                 await run("verify_out_of_sync", cred["id"], "verify")
@@ -112,6 +130,7 @@ async def record(prefix: str, out: Path) -> None:
             await workers
             users.cleanup()
             sshd.close()
+            receiver.close()
             await env.shutdown()
 
 
