@@ -85,6 +85,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 triggers.due_page,
                 triggers.request_due,
                 triggers.request_delayed,
+                triggers.schedule_jit_removal,
                 callbacks.deliver_callback,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,

@@ -6,6 +6,8 @@ Each is idempotent, because Temporal may run an activity again after a crash.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 
@@ -29,6 +31,7 @@ from store.vault import Vault
 from store.versions import VersionNotUsable, chosen_version, fail_unsent_supplied
 from workflows import steps
 from workflows.contracts import (
+    SWITCH_KINDS,
     CommitInput,
     CommitOutcome,
     FinishInput,
@@ -36,6 +39,9 @@ from workflows.contracts import (
     StepInput,
 )
 from workflows.steps import implements
+
+# Kinds whose prepare generates the new secret (stored pending before the target is touched).
+SECRET_MAKING_KINDS = ("change", "reconcile", "jit-create")
 
 
 class StoreActivities:
@@ -81,7 +87,7 @@ class StoreActivities:
                         version_id=chosen.id,
                         version_state=chosen.state,
                     )
-            if operation.kind in ("change", "reconcile") and operation.pending_version_id is None:
+            if operation.kind in SECRET_MAKING_KINDS and operation.pending_version_id is None:
                 pending = self._vault.add(
                     session,
                     credential.id,
@@ -170,6 +176,10 @@ class StoreActivities:
                 Vault.promote(session, credential.id, operation.pending_version_id)
                 # The new secret was verified before the commit: both clocks restart.
                 credential.secret_changed_at = credential.verified_at = utcnow()
+            if operation.kind == "jit-create":
+                # The account exists, with the committed secret, until its time is up.
+                credential.active = True
+                credential.jit_until = utcnow() + timedelta(seconds=operation.ttl_seconds or 0)
             credential.sync_state = SyncState.IN_SYNC
             operation.status = status
             operation.resolution = step.resolution
@@ -243,6 +253,11 @@ class StoreActivities:
                 credential.sync_state = SyncState.IN_SYNC
                 if operation.kind == "verify":
                     credential.verified_at = utcnow()
+                if operation.kind in SWITCH_KINDS:
+                    # The target was seen in the state asked for: so is the credential.
+                    credential.active = operation.kind == "activate"
+                    if operation.kind == "jit-remove":
+                        credential.jit_until = None
             session.add_all([operation, credential])
             audit.record(
                 session,

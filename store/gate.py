@@ -51,6 +51,7 @@ class Registration:
     source_version_id: str | None = None
     requested_by: str | None = None  # the principal; None: Keyturn itself
     callback_url: str | None = None
+    ttl_seconds: int | None = None  # jit-create: the account's time to live
 
 
 def register(session: Session, request: Registration) -> Operation:
@@ -75,6 +76,9 @@ def register(session: Session, request: Registration) -> Operation:
         if existing.callback_url is None and request.callback_url:
             existing.callback_url = request.callback_url
             session.add(existing)
+        if existing.ttl_seconds is None and request.ttl_seconds:
+            existing.ttl_seconds = request.ttl_seconds
+            session.add(existing)
         if existing.gate_seq or existing.status != OperationStatus.SCHEDULED:
             return existing
         # A row an older release made before starting its workflow: queue it now.
@@ -95,6 +99,7 @@ def register(session: Session, request: Registration) -> Operation:
         source_version_id=request.source_version_id,
         requested_by=request.requested_by,
         callback_url=callback_url,
+        ttl_seconds=request.ttl_seconds,
     )
     operation.gate_seq = seq
     operation.gate_state = QUEUED if ahead else HOLDING

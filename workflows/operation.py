@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         SA_OPERATION,
         SA_STATUS,
         SA_TRIGGER,
+        SWITCH_KINDS,
         WORKFLOW_NAME,
         Admission,
         CallbackInput,
@@ -61,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         FailureKind,
         FinishInput,
         GateCheck,
+        JitRemoval,
         OperationInput,
         OperationPlan,
         OperationResult,
@@ -163,6 +165,7 @@ class OperationWorkflow:
                     op.parent_operation_id,
                     op.version_id,
                     op.requested_by,
+                    op.ttl_seconds,
                 ),
             )
         except asyncio.CancelledError:
@@ -287,6 +290,8 @@ class OperationWorkflow:
                 return await self._verify(step, plan)
             if op.kind in CHOSEN_SECRET_KINDS:
                 return await self._try_chosen(step, plan)
+            if op.kind in SWITCH_KINDS:
+                return await self._switch(op.kind, step, plan)
             finish = await self._change(step, plan)
             if (
                 finish is not None
@@ -361,6 +366,16 @@ class OperationWorkflow:
             if finish is not None:
                 await self._call(steps.finish, finish)
                 return finish, ()
+        if op.kind == "jit-create":
+            # The account exists from now on: its removal is scheduled before anything else,
+            # canceled or not (a durable timer on the Temporal server, see triggers/delayed.py).
+            await workflow.execute_activity(
+                steps.schedule_jit_removal,
+                JitRemoval(self._operation_id, op.ttl_seconds),
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+            return None, ()
         if self._canceled or op.kind == "verify" or op.kind in CHOSEN_SECRET_KINDS:
             return None, ()  # recovery by hand moves no chained credential
         return None, await self._start_children(op, "parent-changed")
@@ -488,6 +503,16 @@ class OperationWorkflow:
             if kind is not None:
                 self._resolution = f"probe after {kind}: the new secret logs in, adopted"
             return None  # the target has the new secret: commit it
+        if probe.current_works is None:
+            # jit-create: only the new account's secret was tried, and it does not log in.
+            return FinishInput(
+                step.operation_id,
+                "failed",
+                "probe: the new account's secret does not log in",
+                kind or "ChangeNotApplied",
+                message or "the account was not created with the new secret",
+                pending_version_fate="failed",
+            )
         if probe.current_works:
             return FinishInput(
                 step.operation_id,
@@ -560,6 +585,49 @@ class OperationWorkflow:
             "SecretRefused",
             "the chosen secret does not log in on the target",
             pending_version_fate="failed",
+        )
+
+    async def _switch(self, kind: str, step: StepInput, plan: OperationPlan) -> FinishInput:
+        """activate, deactivate, jit-remove: run the kind's template, then log in with the
+        current secret to see the account in the state asked for (activate: the login works;
+        the others: it is refused). That login decides, not the template's outcome: a template
+        that failed on an account already in that state (unlocking one not locked) did what was
+        asked. The secret never changes, so nothing here can put the credential out of sync."""
+        self._step = kind
+        wants_login = kind == "activate"
+        error: tuple[str, str] | None = None
+        try:
+            await self._executor(steps.change, step, plan)
+        except ActivityError as err:
+            if _sent_nothing(err):
+                return FinishInput(
+                    step.operation_id, "failed", "nothing was sent to the target", *_cause(err)
+                )
+            error = _cause(err)
+        self._step = "verify"
+        asked = "the login works" if wants_login else "the login is refused"
+        try:
+            probe = await self._executor(
+                steps.probe, dataclasses.replace(step, login_only=True), plan
+            )
+        except ActivityError as err:
+            return FinishInput(
+                step.operation_id,
+                "failed",
+                f"the target could not be asked whether {asked}",
+                *(error or _cause(err)),
+            )
+        if bool(probe.current_works) == wants_login:
+            resolution = f"verified: {asked}"
+            if error is not None:
+                resolution = f"the template failed ({error[0]}), but {asked}: as asked"
+            return FinishInput(step.operation_id, "succeeded", resolution)
+        still = "the login is still refused" if wants_login else "the login still works"
+        return FinishInput(
+            step.operation_id,
+            "failed",
+            f"verify: {still}",
+            *(error or ("ChangeNotApplied", f"{kind} ran, but {still}")),
         )
 
     async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
