@@ -8,7 +8,8 @@ mdb database and a log in a temp dir, and listens on a free 127.0.0.1 port. The 
 - users may write their own userPassword (``by self write``), bind anonymously (``by anonymous
   auth``), and nobody else may read it; passwords are stored ``{SSHA}``;
 - the ppolicy overlay with a default policy (MIN_LENGTH, quality checked), so a too short new
-  password is refused with constraintViolation, as a real directory's policy would;
+  password is refused with constraintViolation, as a real directory's policy would, and with
+  pwdLockout, so an entry an administrator locks (pwdAccountLockedTime) cannot bind;
 - a tiny schema with an Active-Directory-like ``unicodePwd`` octet-string attribute, so the AD
   template's exact modify request can be sent to a real server and its bytes read back;
 - TLS with a certificate of a throwaway CA: StartTLS on ``port``, LDAPS on ``ldaps_port``
@@ -207,6 +208,9 @@ class Slapd:
                         "pwdAttribute": "userPassword",
                         "pwdMinLength": str(MIN_LENGTH),
                         "pwdCheckQuality": "2",
+                        # An administrator's pwdAccountLockedTime locks an entry only under a
+                        # policy with pwdLockout; no pwdMaxFailure, so failed binds lock nothing.
+                        "pwdLockout": "TRUE",
                     },
                 ),
             ]
