@@ -31,6 +31,7 @@ from store.vault import Vault
 from store.versions import VersionNotUsable, chosen_version, fail_unsent_supplied
 from workflows import steps
 from workflows.contracts import (
+    LIFECYCLE_KINDS,
     SWITCH_KINDS,
     CommitInput,
     CommitOutcome,
@@ -66,6 +67,15 @@ class StoreActivities:
             device = session.get(Device, credential.device_id)
             assert device is not None
             policy = policy_for(session, credential)
+            if not credential.active and operation.kind not in LIFECYCLE_KINDS:
+                # Locked on its target: a login with any secret is refused, so a change could
+                # only end out of sync (and a Linux chpasswd would half-unlock the account).
+                raise ApplicationError(
+                    f"credential {credential.id} ({credential.username!r}) is inactive (locked "
+                    f"on its target): activate it before a {operation.kind}",
+                    type="ConfigurationError",
+                    non_retryable=True,
+                )
             if operation.base_version_id is None:
                 # What commit compares against: the vault's current version as of now.
                 current = Vault.current(session, credential.id)

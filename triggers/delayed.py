@@ -76,7 +76,7 @@ def delayed_verdict(
         return DelayedOutcome("dropped: the credential no longer exists")
     if delayed.kind == "jit-remove":
         return _jit_removal_verdict(credential)
-    if delayed.kind == "change" and not credential.active and delayed.trigger != "session-end":
+    if delayed.kind == "change" and not credential.active:
         return DelayedOutcome("dropped: the credential is inactive (locked on its target)")
     changed_at = as_utc(credential.secret_changed_at)
     # A change committed after the event satisfies it, unless (a view) the secret it set has
