@@ -235,3 +235,18 @@ async def test_activate_and_deactivate_with_changes_on_one_credential_and_device
         assert await ssh_users.password_works(user, secret)
     assert all(d["status"] == "succeeded" for d in done if d["credential_id"] == neighbour["id"])
     assert await ssh_users.password_works(neighbour_user, current_secret(stack, neighbour["id"]))
+
+
+async def test_executors_list_the_kinds_their_templates_cover(stack: Stack) -> None:
+    response = await stack.api.get("/v1/executors")
+    assert response.status_code == 200, response.text
+    executors = {e["name"]: e for e in response.json()}
+    lifecycle = ["activate", "change", "deactivate", "jit-create", "jit-remove", "verify"]
+    assert executors["ssh"]["operation_kinds"] == lifecycle
+    assert executors["postgresql"]["operation_kinds"] == lifecycle
+    assert executors["mysql"]["operation_kinds"] == lifecycle
+    assert executors["ldap"]["operation_kinds"] == ["activate", "change", "deactivate", "verify"]
+    assert executors["http"]["operation_kinds"] == ["change", "jit-create", "jit-remove", "verify"]
+    assert executors["winrm"]["operation_kinds"] == ["change", "verify"]
+    assert executors["ssh"]["default_templates"]["deactivate"] == "ssh/linux-lock"
+    assert "ldap/ad-disable" in executors["ldap"]["templates"]

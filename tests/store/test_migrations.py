@@ -136,3 +136,48 @@ def test_a_store_of_the_one_writer_release_gets_the_trigger_columns(empty_databa
     assert inspect(engine).has_table("credentialsession")
     make_engine(empty_database).dispose()
     engine.dispose()
+
+
+def test_a_store_before_lifecycle_operations_gets_active_credentials(empty_database: str) -> None:
+    """The activation and JIT step: every existing credential is active, none is a
+    just-in-time account, none names lifecycle templates; no policy locks after a session;
+    old operations have no time to live."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        for statement in (SCHEMAS / f"v2_{dialect}.sql").read_text().split(";\n"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 2)")
+        device_and_credential = ROWS.split(";\n")[:2]
+        blob = "'\\x00'" if dialect == "postgresql" else "X'00'"
+        for statement in [*device_and_credential, *V2_ROWS.replace("X'00'", blob).split(";\n")]:
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    with Session(engine) as session:
+        credential = session.get(Credential, "c1")
+        assert credential is not None
+        assert (credential.active, credential.jit_until, credential.lifecycle_templates) == (
+            True,
+            None,
+            {},
+        )
+        policy = session.get(Policy, "p1")
+        assert policy is not None and policy.lock_after_session is False
+    assert "ttl_seconds" in {c["name"] for c in inspect(engine).get_columns("operation")}
+    with session_scope(engine) as session:  # the new columns take values
+        credential = session.get(Credential, "c1")
+        assert credential is not None
+        credential.active = False
+        credential.lifecycle_templates = {"deactivate": "ssh/linux-lock"}
+        session.add(credential)
+    with Session(engine) as session:
+        stored = session.get(Credential, "c1")
+        assert stored is not None and stored.active is False
+        assert stored.lifecycle_templates == {"deactivate": "ssh/linux-lock"}
+    make_engine(empty_database).dispose()  # starting again changes nothing
+    engine.dispose()
