@@ -7,7 +7,9 @@ tests: it starts sshd and creates a throwaway user), then commit the files it wr
 
 It starts a Temporal dev server, a worker, the API and sshd, runs a change, a verify, a verify
 that finds drift and a change whose current secret is refused, and saves each history with
-payloads encrypted by the key in ``histories/master_key.hex``.
+payloads encrypted by the key in ``histories/master_key.hex``. With a third argument
+``lifecycle`` it records instead a deactivate, an activate, a jit-create and a jit-remove, through
+a sudo-capable admin account (``<prefix>_lifecycle_*.json``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import base64
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -33,7 +36,7 @@ from workflows.contracts import SEARCH_ATTRIBUTES
 OLD = "Rec0rd-old-pass"
 
 
-async def record(prefix: str, out: Path) -> None:
+async def record(prefix: str, out: Path, lifecycle: bool = False) -> None:
     key = bytes.fromhex((out / "master_key.hex").read_text().strip())
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
@@ -70,9 +73,9 @@ async def record(prefix: str, out: Path) -> None:
                     result: dict[str, str] = response.json()
                     return result
 
-                async def run(name: str, credential_id: str, kind: str) -> None:
+                async def run(name: str, credential_id: str, kind: str, **body: object) -> None:
                     accepted = await post(
-                        f"/v1/credentials/{credential_id}/operations", {"kind": kind}
+                        f"/v1/credentials/{credential_id}/operations", {"kind": kind, **body}
                     )
                     handle = env.client.get_workflow_handle(accepted["workflow_id"])
                     await handle.result()
@@ -93,6 +96,9 @@ async def record(prefix: str, out: Path) -> None:
                     "/v1/policies",
                     {"name": "record", "max_attempts": 1, "retry_interval_seconds": 0.2},
                 )
+                if lifecycle:
+                    await record_lifecycle(post, run, users, device["id"], policy["id"])
+                    return
                 cred = await post(
                     "/v1/credentials",
                     {
@@ -115,5 +121,40 @@ async def record(prefix: str, out: Path) -> None:
             await env.shutdown()
 
 
+async def record_lifecycle(
+    post: Callable[[str, dict[str, object]], Awaitable[dict[str, str]]],
+    run: Callable[..., Awaitable[None]],
+    users: Users,
+    device_id: str,
+    policy_id: str,
+) -> None:
+    admin = users.create(OLD)
+    users.make_admin(
+        admin,
+        ("/usr/sbin/chpasswd", "/usr/sbin/usermod", "/usr/sbin/useradd", "/usr/sbin/userdel"),
+    )
+    admin_cred = await post(
+        "/v1/credentials",
+        {"device_id": device_id, "username": admin, "password": OLD, "policy_id": policy_id},
+    )
+    for name, kinds in [
+        (users.create(OLD), ("deactivate", "activate")),
+        (users.new_name(), ("jit-create", "jit-remove")),
+    ]:
+        cred = await post(
+            "/v1/credentials",
+            {
+                "device_id": device_id,
+                "username": name,
+                "password": OLD,
+                "policy_id": policy_id,
+                "auth_credential_id": admin_cred["id"],
+            },
+        )
+        for kind in kinds:
+            ttl = {"ttl_seconds": 3600} if kind == "jit-create" else {}
+            await run(f"lifecycle_{kind.replace('-', '_')}", cred["id"], kind, **ttl)
+
+
 if __name__ == "__main__":
-    asyncio.run(record(sys.argv[1], Path(sys.argv[2])))
+    asyncio.run(record(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["lifecycle"]))
