@@ -250,3 +250,27 @@ async def test_executors_list_the_kinds_their_templates_cover(stack: Stack) -> N
     assert executors["winrm"]["operation_kinds"] == ["change", "verify"]
     assert executors["ssh"]["default_templates"]["deactivate"] == "ssh/linux-lock"
     assert "ldap/ad-disable" in executors["ldap"]["templates"]
+
+
+async def test_a_session_end_whose_lock_cannot_be_requested_is_a_problem_and_changes_nothing(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    # The policy locks after sessions, but the credential has no auth credential to do it with.
+    device = await ssh_device(stack, sshd)
+    user = ssh_users.create(OLD)
+    pol = await policy(stack, lock_after_session=True)
+    cred = await credential(stack, device["id"], user, OLD, policy_id=pol["id"])
+    events = f"/v1/credentials/{cred['id']}/events"
+    await stack.post(events, {"event": "session-start", "session_id": "s"}, expect=200)
+
+    response = await stack.api.post(events, json={"event": "session-end", "session_id": "s"})
+
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "the session asks for deactivate" in response.json()["detail"]
+    assert "auth_credential_id" in response.json()["detail"]
+    assert _operations(stack, cred["id"]) == []
+    # The session is open again: its end can be reported once the credential is fixed.
+    again = await stack.api.post(events, json={"event": "session-start", "session_id": "s"})
+    assert again.status_code == 409 and "is open" in again.json()["detail"], again.text
+    assert (await credential_row(stack, cred["id"]))["active"] is True
