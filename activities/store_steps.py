@@ -263,11 +263,12 @@ class StoreActivities:
                 credential.sync_state = SyncState.IN_SYNC
                 if operation.kind == "verify":
                     credential.verified_at = utcnow()
-                if operation.kind in SWITCH_KINDS:
-                    # The target was seen in the state asked for: so is the credential.
-                    credential.active = operation.kind == "activate"
-                    if operation.kind == "jit-remove":
-                        credential.jit_until = None
+            if operation.kind in SWITCH_KINDS and result.login_works is not None:
+                # What the login showed at the end, whatever the operation's status: a lock
+                # that landed before a cancel, or one the account already had, counts.
+                credential.active = result.login_works
+                if operation.kind == "jit-remove" and not result.login_works:
+                    credential.jit_until = None
             session.add_all([operation, credential])
             audit.record(
                 session,

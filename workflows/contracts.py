@@ -335,6 +335,9 @@ class FinishInput:
     error: str | None = None
     pending_version_fate: str | None = None  # "failed" when the target surely never took it
     out_of_sync: bool = False
+    # activate, deactivate, jit-remove: whether the current secret logged in at the end (None:
+    # not asked); the credential's "active" follows it, whatever the operation's status.
+    login_works: bool | None = None
 
 
 @dataclass(frozen=True)

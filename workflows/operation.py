@@ -124,6 +124,7 @@ class OperationWorkflow:
         self._canceled = False
         self._committing = False  # the commit has begun: a cancel is too late
         self._late_cancel = False
+        self._kind = ""  # the operation's kind, once it runs
 
     @workflow.query
     def status(self) -> dict[str, str | None]:
@@ -151,6 +152,7 @@ class OperationWorkflow:
             self._legacy = LegacyOperation()
             return await self._legacy.run(op)
         info = workflow.info()
+        self._kind = op.kind
         self._operation_id = op.operation_id or workflow.uuid4().hex
         try:
             admission: Admission = await self._call(
@@ -315,6 +317,8 @@ class OperationWorkflow:
         ask the target which secret it has, so vault and target agree before the operation
         ends canceled. None: the new secret is live, commit it (as canceled)."""
         reason = f"canceled during {self._step}"
+        if plan is not None and self._may_have_sent and self._kind in SWITCH_KINDS:
+            return await self._switch_after_cancel(step, plan, reason)
         if plan is None or not self._may_have_sent:
             return FinishInput(
                 self._operation_id,
@@ -351,6 +355,29 @@ class OperationWorkflow:
             "OutOfSync",
             "neither the new nor the old secret logs in",
             out_of_sync=True,
+        )
+
+    async def _switch_after_cancel(
+        self, step: StepInput, plan: OperationPlan, reason: str
+    ) -> FinishInput:
+        """An activate, deactivate or jit-remove canceled once its template may have run: log
+        in to see which state the account is in, so the credential's "active" says so. The
+        secret never moved, so whatever the login shows, nothing is out of sync."""
+        self._step = "probe after cancel"
+        try:
+            probe = await self._executor(
+                steps.probe, dataclasses.replace(step, login_only=True), plan
+            )
+        except ActivityError:
+            return FinishInput(
+                self._operation_id, "canceled", f"{reason}; the target could not be asked"
+            )
+        finally:
+            await self._drop_slot()
+        works = bool(probe.current_works)
+        state = "the login works" if works else "the login is refused"
+        return FinishInput(
+            self._operation_id, "canceled", f"{reason}; probe: {state}", login_works=works
         )
 
     async def _commit_and_chain(
@@ -617,17 +644,21 @@ class OperationWorkflow:
                 f"the target could not be asked whether {asked}",
                 *(error or _cause(err)),
             )
-        if bool(probe.current_works) == wants_login:
+        works = bool(probe.current_works)
+        if works == wants_login:
             resolution = f"verified: {asked}"
             if error is not None:
                 resolution = f"the template failed ({error[0]}), but {asked}: as asked"
-            return FinishInput(step.operation_id, "succeeded", resolution)
+            return FinishInput(step.operation_id, "succeeded", resolution, login_works=works)
         still = "the login is still refused" if wants_login else "the login still works"
+        error_type, message = error or ("ChangeNotApplied", f"{kind} ran, but {still}")
         return FinishInput(
             step.operation_id,
             "failed",
             f"verify: {still}",
-            *(error or ("ChangeNotApplied", f"{kind} ran, but {still}")),
+            error_type,
+            message,
+            login_works=works,
         )
 
     async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:

@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import Session, col, select
+from temporalio.client import WorkflowFailureError
 
 from store.models import AuditEvent, Operation
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.helpers import credential, current_secret, policy, ssh_device, ssh_template
 from tests.e2e.lifecycle_helpers import credential_row, operation_ended
 from tests.servers.sshd import Sshd, Users
 
@@ -274,3 +276,54 @@ async def test_a_session_end_whose_lock_cannot_be_requested_is_a_problem_and_cha
     again = await stack.api.post(events, json={"event": "session-start", "session_id": "s"})
     assert again.status_code == 409 and "is open" in again.json()["detail"], again.text
     assert (await credential_row(stack, cred["id"]))["active"] is True
+
+
+async def test_a_deactivate_canceled_after_the_lock_landed_says_so(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    # The shipped lock, then a command that never answers: canceled while it hangs, the lock
+    # has landed; the login after the cancel shows it, and the credential says inactive.
+    hold = f"keyturn-held-{secrets.token_hex(4)}"
+    lock = (Path(__file__).parents[2] / "executors/templates/ssh/linux-lock.tpl").read_text()
+    held = await ssh_template(
+        stack,
+        lock + f"exec: exec -a {hold} sleep 300\nexpect: keyturn-never-appears\n",
+        "deactivate",
+    )
+    _, cred, user = await _ssh_credential(
+        stack, sshd, ssh_users, lifecycle_templates={"deactivate": held}
+    )
+    accepted = await stack.post(
+        f"/v1/credentials/{cred['id']}/operations", {"kind": "deactivate"}, expect=202
+    )
+    try:
+        await _until_running(hold)
+        response = await stack.api.post(f"/v1/operations/{accepted['operation_id']}/cancel")
+        assert response.status_code == 202, response.text
+        with pytest.raises(WorkflowFailureError):  # the workflow ends canceled
+            await stack.client.get_workflow_handle(accepted["workflow_id"]).result()
+    finally:
+        await (await asyncio.create_subprocess_exec("pkill", "-f", hold)).wait()
+
+    done = await stack.get(f"/v1/operations/{accepted['operation_id']}")
+    assert done["status"] == "canceled", done
+    assert done["resolution"].endswith("probe: the login is refused"), done["resolution"]
+    row = await credential_row(stack, cred["id"])
+    assert row["active"] is False and row["sync_state"] == "in_sync"
+    assert not await ssh_users.password_works(user, OLD)
+    assert (await stack.run_operation(cred["id"], "activate"))["status"] == "succeeded"
+    assert await ssh_users.password_works(user, OLD)
+
+
+async def _until_running(name: str, within: float = 30) -> None:
+    """Wait until a process named ``name`` runs on the target (polls pgrep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        pgrep = await asyncio.create_subprocess_exec(
+            "pgrep", "-f", name, stdout=asyncio.subprocess.DEVNULL
+        )
+        if await pgrep.wait() == 0:
+            return
+        assert loop.time() < deadline, f"no process matched {name}"
+        await asyncio.sleep(0.05)
