@@ -215,3 +215,26 @@ async def test_lock_after_session_locks_at_the_end_and_the_next_start_unlocks_fi
     ), unlocked
     assert await ssh_users.password_works(user, OLD)
     assert (await credential_row(stack, cred["id"]))["active"] is True
+
+
+async def test_jit_create_of_an_existing_account_fails_and_leaves_it_alone(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    setup = await _admin(stack, sshd, ssh_users)
+    existing = ssh_users.create(OLD)
+    cred = await credential(
+        stack,
+        setup["device"]["id"],
+        existing,
+        "placeholder",
+        auth_credential_id=setup["admin"]["id"],
+        policy_id=setup["policy"]["id"],
+    )
+
+    created = await stack.run_operation_with(cred["id"], {"kind": "jit-create", "ttl_seconds": 60})
+
+    assert created["status"] == "failed", created
+    assert "useradd" in created["error"] and "already exists" in created["error"], created
+    assert await ssh_users.password_works(existing, OLD)  # chpasswd never ran
+    row = await credential_row(stack, cred["id"])
+    assert row["jit_until"] is None

@@ -238,3 +238,20 @@ async def test_rabbitmq_user_created_and_deleted_only(
     )
     assert response.status_code == 422, response.text
     assert "ships no deactivate template" in response.json()["detail"]
+
+
+async def test_rabbitmq_jit_create_leaves_an_existing_user_alone(
+    stack: Stack, rabbitmq: RabbitMQ, rabbit_users: RabbitUsers
+) -> None:
+    admin = rabbit_users.create(ADMIN_PW, tags=("administrator",))
+    existing = rabbit_users.create(OLD, tags=("monitoring",))
+    device = await _device(stack, "http", 15672, {"base_url": BASE_URL})
+    cred = await _managed(stack, device, admin, ADMIN_PW, existing, "placeholder")
+
+    created = await stack.run_operation_with(cred["id"], {"kind": "jit-create", "ttl_seconds": 60})
+
+    assert created["status"] == "failed", created
+    assert rabbitmq.password_works(existing, OLD)
+    assert rabbitmq.user(existing)["tags"] == ["monitoring"]
+    row = await credential_row(stack, cred["id"])
+    assert row["jit_until"] is None and row["current_version_id"] == cred["current_version_id"]
