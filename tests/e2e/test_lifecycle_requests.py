@@ -242,7 +242,7 @@ async def test_activate_and_deactivate_with_changes_on_one_credential_and_device
 async def test_executors_list_the_kinds_their_templates_cover(stack: Stack) -> None:
     response = await stack.api.get("/v1/executors")
     assert response.status_code == 200, response.text
-    executors = {e["name"]: e for e in response.json()}
+    executors = {e["name"]: e for e in response.json()["items"]}
     lifecycle = ["activate", "change", "deactivate", "jit-create", "jit-remove", "verify"]
     assert executors["ssh"]["operation_kinds"] == lifecycle
     assert executors["postgresql"]["operation_kinds"] == lifecycle
