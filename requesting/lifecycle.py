@@ -2,8 +2,9 @@
 
 Each of those runs a template of its own kind through the credential's auth credential, so the
 request is refused (InvalidRequest, nothing stored or started) when the device's executor has no
-such template, when the credential has no auth credential, or when a jit-create's time to live is
-missing or out of bounds; a ``ttl_seconds`` on any other kind is refused too.
+such template, when the credential has no auth credential, when a jit-create's time to live is
+missing or out of bounds, or when its account exists already; a ``ttl_seconds`` on any other kind
+is refused too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def check_lifecycle(
                 "ttl_seconds",
                 f"{ttl_seconds} is out of bounds: give {JIT_MIN_TTL_SECONDS} to "
                 f"{JIT_MAX_TTL_SECONDS} seconds",
+            )
+        if credential.jit_until is not None:
+            raise InvalidRequest(
+                "kind",
+                f"the credential's just-in-time account exists until "
+                f"{credential.jit_until.isoformat(timespec='seconds')}: request a jit-remove "
+                "first",
             )
     device = db.get(Device, credential.device_id)
     assert device is not None  # a foreign key

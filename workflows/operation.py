@@ -2,6 +2,9 @@
 
 register → wait for the credential's gate → prepare (store) → change (executor, retried per
 policy) → verify (executor) → commit (store, compare-and-set) → children → leave the gate.
+A jit-create follows the same path (its template creates the account) and, once committed,
+schedules the account's removal; activate, deactivate and jit-remove run their template, then
+log in to see the account in the state asked for (``_switch``): no secret changes.
 
 - One writer per credential: every operation registers at its credential's gate (store/gate.py)
   and, if another is ahead, waits for that one's signal; leaving signals the next. No workflow

@@ -131,6 +131,11 @@ async def test_a_just_in_time_account_is_created_logs_in_and_is_gone_after_its_t
     assert row["jit_until"] is not None and row["active"] is True
     assert "useradd" in created["attempts"][0]["transcript"]
     assert secret not in str(created)
+    # One account at a time: a second jit-create while it lives is refused.
+    again = await stack.api.post(
+        f"/v1/credentials/{cred['id']}/operations", json={"kind": "jit-create", "ttl_seconds": 60}
+    )
+    assert again.status_code == 422 and "request a jit-remove first" in again.text, again.text
 
     removed = await jit_removal_ended(stack, cred["id"])
 
