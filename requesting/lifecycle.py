@@ -3,18 +3,19 @@
 Each of those runs a template of its own kind through the credential's auth credential, so the
 request is refused (InvalidRequest, nothing stored or started) when the device's executor has no
 such template, when the credential has no auth credential, when a jit-create's time to live is
-missing or out of bounds, or when its account exists already; a ``ttl_seconds`` on any other kind
-is refused too.
+missing or out of bounds, or when its account exists already, and a jit-remove of a credential
+that never had a jit-create (an account Keyturn only manages); a ``ttl_seconds`` on any other
+kind is refused too.
 """
 
 from __future__ import annotations
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from executors.base import get_executor
 from requesting.errors import InvalidRequest
 from store.jobs import lifecycle_template
-from store.models import Credential, Device
+from store.models import Credential, Device, Operation
 from workflows.contracts import JIT_MAX_TTL_SECONDS, JIT_MIN_TTL_SECONDS, LIFECYCLE_KINDS
 
 
@@ -62,3 +63,21 @@ def check_lifecycle(
             f"{kind} runs through a privileged account: give the credential an "
             "auth_credential_id (PATCH /v1/credentials/{id})",
         )
+    if kind == "jit-remove" and not _ever_created(db, credential.id):
+        # Removing is for accounts Keyturn made: never a credential it only manages.
+        raise InvalidRequest(
+            "kind",
+            "a jit-remove removes an account a jit-create made, and this credential has had "
+            "no jit-create",
+        )
+
+
+def _ever_created(db: Session, credential_id: str) -> bool:
+    return (
+        db.exec(
+            select(Operation.id).where(
+                Operation.credential_id == credential_id, Operation.kind == "jit-create"
+            )
+        ).first()
+        is not None
+    )

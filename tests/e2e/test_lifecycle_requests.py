@@ -99,7 +99,10 @@ async def test_a_kind_the_credential_cannot_run_is_a_problem_and_changes_nothing
     )
     rabbit = await credential(stack, web["id"], "someone", OLD)
 
+    _, managed, managed_user = await _ssh_credential(stack, sshd, ssh_users)
     for cred, kind, says in [
+        # An account Keyturn only manages is never removed: no jit-create made it.
+        (managed, "jit-remove", "has had no jit-create"),
         (alone, "deactivate", "auth_credential_id"),
         (alone, "jit-remove", "auth_credential_id"),
         (rabbit, "activate", "ships no activate template"),
@@ -112,6 +115,7 @@ async def test_a_kind_the_credential_cannot_run_is_a_problem_and_changes_nothing
         assert says in response.json()["detail"], response.json()
         assert _operations(stack, cred["id"]) == []
     assert await ssh_users.password_works(user, OLD)
+    assert await ssh_users.password_works(managed_user, OLD)
 
 
 async def test_lifecycle_templates_must_be_of_their_kind_and_executor(
