@@ -86,6 +86,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 triggers.request_due,
                 triggers.request_delayed,
                 callbacks.close_callbacks,
+                triggers.schedule_jit_removal,
                 callbacks.deliver_callback,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,

@@ -18,6 +18,7 @@ from temporalio.service import RPCError
 
 from requesting.chosen import SecretChoice, check_secret_choice, fail_unused, store_supplied
 from requesting.errors import CredentialNotFound, InvalidRequest, TemporalUnavailable
+from requesting.lifecycle import check_lifecycle
 from store import gate
 from store.engine import in_thread, session_scope
 from store.models import Credential, Operation, OperationStatus, new_id
@@ -50,6 +51,7 @@ class OperationRequest:
     # Where the outcome is POSTed when the operation ends. Kept in the store only, never in the
     # workflow's input: a URL may carry a token of the receiver's.
     callback_url: str | None = None
+    ttl_seconds: int | None = None  # jit-create: how long the account lives once created
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ async def request_operation(
     await in_thread(
         engine, lambda db: check_secret_choice(db, credential, request.kind, request.choice)
     )
+    await in_thread(
+        engine, lambda db: check_lifecycle(db, credential, request.kind, request.ttl_seconds)
+    )
     if request.choice.names_a_secret:
         return await request_with_chosen_secret(
             engine, client, task_queue, credential, request, vault
@@ -100,6 +105,7 @@ async def request_operation(
             device_id=credential.device_id,
             callback=request.callback_url is not None,
             requested_by=request.requested_by,
+            ttl_seconds=request.ttl_seconds or 0,
         )
         try:
             handle = await client.start_workflow(
@@ -203,6 +209,7 @@ async def _admitted(
             source_version_id=operation.version_id or None,
             requested_by=request.requested_by,
             callback_url=request.callback_url,
+            ttl_seconds=operation.ttl_seconds or None,
         ),
     )
     status = OperationStatus.QUEUED if admission.queued else OperationStatus.SCHEDULED

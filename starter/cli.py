@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="read the secret from stdin: set-in-vault's password, or a change's next password",
     )
+    request.add_argument(
+        "--ttl-seconds", type=int, help="jit-create: how long the account lives once created"
+    )
     backup = sub.add_parser("backup", help="write the store and master key to FILE, encrypted")
     backup.add_argument("file", type=Path)
     restore = sub.add_parser("restore", help="restore FILE into an empty data directory")
@@ -62,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(_migrate(settings))
     if args.command == "request":
         choice = _secret_choice(args.kind, args.version_id, args.secret_stdin)
-        outcome = _request(settings, args.credential_id, args.kind, args.trigger, choice)
+        outcome = _request(
+            settings, args.credential_id, args.kind, args.trigger, choice, args.ttl_seconds
+        )
         _exit_now(asyncio.run(outcome))
     if args.command == "rotate-key":
         _exit_now(asyncio.run(_rotate_key(settings, args.forget_old)))
@@ -115,7 +120,12 @@ def _backup_or_restore(settings: Settings, command: str, file: Path) -> int:
 
 
 async def _request(
-    settings: Settings, credential_id: str, kind: str, trigger: str, choice: SecretChoice
+    settings: Settings,
+    credential_id: str,
+    kind: str,
+    trigger: str,
+    choice: SecretChoice,
+    ttl_seconds: int | None = None,
 ) -> int:
     """The same request path as the HTTP API's; prints the operation as JSON."""
     from keyturn.temporal import connect
@@ -130,7 +140,12 @@ async def _request(
             await connect(settings),
             settings.task_queue,
             OperationRequest(
-                credential_id, kind, trigger, choice, requested_by=f"cli:{getpass.getuser()}"
+                credential_id,
+                kind,
+                trigger,
+                choice,
+                requested_by=f"cli:{getpass.getuser()}",
+                ttl_seconds=ttl_seconds,
             ),
             Vault(settings.keyring),
         )

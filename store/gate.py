@@ -51,6 +51,7 @@ class Registration:
     source_version_id: str | None = None
     requested_by: str | None = None  # the principal; None: Keyturn itself
     callback_url: str | None = None
+    ttl_seconds: int | None = None  # jit-create: the account's time to live
 
 
 def register(session: Session, request: Registration) -> Operation:
@@ -74,6 +75,9 @@ def register(session: Session, request: Registration) -> Operation:
             session.add(existing)
         if request.callback_url:
             callbacks.add(session, existing.id, request.callback_url)
+        if existing.ttl_seconds is None and request.ttl_seconds:
+            existing.ttl_seconds = request.ttl_seconds
+            session.add(existing)
         if existing.gate_seq or existing.status != OperationStatus.SCHEDULED:
             return existing
         # A row an older release made before starting its workflow: queue it now.
@@ -92,6 +96,7 @@ def register(session: Session, request: Registration) -> Operation:
         parent_operation_id=request.parent_operation_id,
         source_version_id=request.source_version_id,
         requested_by=request.requested_by,
+        ttl_seconds=request.ttl_seconds,
     )
     operation.gate_seq = seq
     operation.gate_state = QUEUED if ahead else HOLDING

@@ -186,6 +186,26 @@ def _v7_operation_callbacks(conn: Connection) -> None:
     )
 
 
+def _v8_activation_and_jit(conn: Connection) -> None:
+    """Credential state moved by activate/deactivate, just-in-time accounts and their time to
+    live, per-credential lifecycle templates, and the policy's lock after a session."""
+    postgresql = conn.dialect.name == "postgresql"
+    timestamp = "TIMESTAMP WITH TIME ZONE" if postgresql else "DATETIME"
+    true, false = ("true", "false") if postgresql else ("1", "0")
+    json_empty = "JSON NOT NULL DEFAULT '{}'"
+    _add_columns(
+        conn,
+        "credential",
+        {
+            "active": f"BOOLEAN NOT NULL DEFAULT {true}",
+            "jit_until": timestamp,
+            "lifecycle_templates": json_empty,
+        },
+    )
+    _add_columns(conn, "operation", {"ttl_seconds": "INTEGER"})
+    _add_columns(conn, "policy", {"lock_after_session": f"BOOLEAN NOT NULL DEFAULT {false}"})
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
@@ -194,6 +214,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v5_governance,
     _v6_allow_insecure_transport,
     _v7_operation_callbacks,
+    _v8_activation_and_jit,
 )
 LATEST = len(STEPS) + 1
 

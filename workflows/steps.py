@@ -32,6 +32,7 @@ from workflows.contracts import (
     DueRequests,
     FinishInput,
     GateCheck,
+    JitRemoval,
     OperationPlan,
     ProbeOutcome,
     RegisterInput,
@@ -160,6 +161,13 @@ async def request_due(batch: DueRequests) -> int:
 
 @_declare("keyturn.request_delayed")
 async def request_delayed(delayed: DelayedOperation) -> DelayedOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+# After a jit-create committed: a delayed jit-remove ends the account when its time is up
+# (activities/triggers.py); returns the delayed workflow's id.
+@_declare("keyturn.schedule_jit_removal")
+async def schedule_jit_removal(removal: JitRemoval) -> str:
     raise NotImplementedError(DECLARATION)
 
 

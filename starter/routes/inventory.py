@@ -263,7 +263,10 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
             "auth_credential_id",
             f"template {change_name!r} connects with a privileged account: give auth_credential_id",
         )
+    for kind, name in body.lifecycle_templates.items():
+        _template_for(f"lifecycle_templates.{kind}", name, device.executor, kind, db)
     credential = Credential(
+        lifecycle_templates={str(kind): name for kind, name in body.lifecycle_templates.items()},
         device_id=device.id,
         username=body.username,
         profile=body.profile,

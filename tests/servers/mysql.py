@@ -130,7 +130,8 @@ class MysqlUsers:
                 connect_timeout=5,
             )
         except pymysql.err.OperationalError as exc:
-            if exc.args and exc.args[0] == _ACCESS_DENIED:
+            # A locked account is refused whatever the password (MariaDB 4151, MySQL 3118).
+            if exc.args and exc.args[0] in (_ACCESS_DENIED, 4151, 3118):
                 return False
             raise
         conn.close()

@@ -224,7 +224,8 @@ class Roles:
                 connect_timeout=10,
             )
         except psycopg.OperationalError as exc:
-            if exc.sqlstate in _AUTH_SQLSTATES or "authentication failed" in str(exc):
+            refused = ("authentication failed", "is not permitted to log in")  # NOLOGIN
+            if exc.sqlstate in _AUTH_SQLSTATES or any(text in str(exc) for text in refused):
                 return False
             raise
         await conn.close()

@@ -268,3 +268,41 @@ def test_an_operations_callback_url_moves_to_its_list_of_callbacks(empty_databas
     with Session(engine) as session:
         assert len(callbacks.urls(session, "ended")) == 1
     engine.dispose()
+
+
+def test_a_store_before_lifecycle_operations_gets_active_credentials(empty_database: str) -> None:
+    """The activation and JIT step (from v6): every existing credential is active, none is a
+    just-in-time account, none names lifecycle templates; no policy locks after a session;
+    old operations have no time to live."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / f"v6_{dialect}.sql").read_text())
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+        run_sql(conn, V6_ROWS)
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    with Session(engine) as session:
+        credential = session.get(Credential, "c1")
+        assert credential is not None
+        assert (credential.active, credential.jit_until, credential.lifecycle_templates) == (
+            True,
+            None,
+            {},
+        )
+    assert "ttl_seconds" in {c["name"] for c in inspect(engine).get_columns("operation")}
+    assert "lock_after_session" in {c["name"] for c in inspect(engine).get_columns("policy")}
+    with session_scope(engine) as session:  # the new columns take values
+        credential = session.get(Credential, "c1")
+        assert credential is not None
+        credential.active = False
+        credential.lifecycle_templates = {"deactivate": "ssh/linux-lock"}
+        session.add(credential)
+    with Session(engine) as session:
+        stored = session.get(Credential, "c1")
+        assert stored is not None and stored.active is False
+        assert stored.lifecycle_templates == {"deactivate": "ssh/linux-lock"}
+    make_engine(empty_database).dispose()  # starting again changes nothing
+    engine.dispose()

@@ -8,7 +8,9 @@ tests: it starts sshd and creates a throwaway user), then commit the files it wr
 It starts a Temporal dev server, a worker, the API, sshd and a callback receiver, runs a change,
 a change whose requester is told its outcome (and the delivery's own workflow), a verify, a
 verify that finds drift and a change whose current secret is refused, and saves each history
-with payloads encrypted by the key in ``histories/master_key.hex``.
+with payloads encrypted by the key in ``histories/master_key.hex``. With a third argument
+``lifecycle`` it records instead a deactivate, an activate, a jit-create and a jit-remove, through
+a sudo-capable admin account (``<prefix>_lifecycle_*.json``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import base64
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -36,7 +39,7 @@ from workflows.contracts import SEARCH_ATTRIBUTES, callback_workflow_id
 OLD = "Rec0rd-old-pass"
 
 
-async def record(prefix: str, out: Path) -> None:
+async def record(prefix: str, out: Path, lifecycle: bool = False) -> None:
     key = bytes.fromhex((out / "master_key.hex").read_text().strip())
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
@@ -106,6 +109,9 @@ async def record(prefix: str, out: Path) -> None:
                     "/v1/policies",
                     {"name": "record", "max_attempts": 1, "retry_interval_seconds": 0.2},
                 )
+                if lifecycle:
+                    await record_lifecycle(post, run, users, device["id"], policy["id"])
+                    return
                 cred = await post(
                     "/v1/credentials",
                     {
@@ -134,5 +140,40 @@ async def record(prefix: str, out: Path) -> None:
             await env.shutdown()
 
 
+async def record_lifecycle(
+    post: Callable[[str, dict[str, object]], Awaitable[dict[str, str]]],
+    run: Callable[..., Awaitable[dict[str, str]]],
+    users: Users,
+    device_id: str,
+    policy_id: str,
+) -> None:
+    admin = users.create(OLD)
+    users.make_admin(
+        admin,
+        ("/usr/sbin/chpasswd", "/usr/sbin/usermod", "/usr/sbin/useradd", "/usr/sbin/userdel"),
+    )
+    admin_cred = await post(
+        "/v1/credentials",
+        {"device_id": device_id, "username": admin, "password": OLD, "policy_id": policy_id},
+    )
+    for name, kinds in [
+        (users.create(OLD), ("deactivate", "activate")),
+        (users.new_name(), ("jit-create", "jit-remove")),
+    ]:
+        cred = await post(
+            "/v1/credentials",
+            {
+                "device_id": device_id,
+                "username": name,
+                "password": OLD,
+                "policy_id": policy_id,
+                "auth_credential_id": admin_cred["id"],
+            },
+        )
+        for kind in kinds:
+            ttl = {"ttl_seconds": 3600} if kind == "jit-create" else {}
+            await run(f"lifecycle_{kind.replace('-', '_')}", cred["id"], kind, **ttl)
+
+
 if __name__ == "__main__":
-    asyncio.run(record(sys.argv[1], Path(sys.argv[2])))
+    asyncio.run(record(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["lifecycle"]))
