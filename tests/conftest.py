@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.servers.mysql import MysqlServer, plain_server, running_server
+from tests.servers.postgresql import PostgresCluster, running_cluster
 from tests.servers.rsyslog import Rsyslog
 from tests.servers.sshd import Sshd, Users
 
@@ -56,3 +58,41 @@ def rsyslog() -> Iterator[Rsyslog]:
 
 
 # --- end of the rsyslog section ----------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# A throwaway PostgreSQL cluster (tests/servers/postgresql.py), one per session: the sql
+# executor's peer and the store's backend. scripts/setup-test-deps installs the server binaries.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    with running_cluster() as cluster:
+        print(f"\nPostgreSQL answered {cluster.start_seconds:.3f}s after start")  # noqa: T201 (for -s)
+        yield cluster
+
+
+# --- end of the PostgreSQL section -------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# A throwaway MariaDB serving TLS (tests/servers/mysql.py), one per session, and the server of
+# the cleartext path (the same one unless KEYTURN_TEST_MYSQL_* name another).
+# scripts/setup-test-deps installs mariadb-server.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[MysqlServer]:
+    with running_server() as server:
+        print(f"\nMariaDB answered {server.start_seconds:.3f}s after start")  # noqa: T201 (for -s)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def plain_mysql_server(mysql_server: MysqlServer) -> MysqlServer:
+    return plain_server(mysql_server)
+
+
+# --- end of the MariaDB section ----------------------------------------------------------------
