@@ -6,10 +6,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers.mysql import MysqlServer, plain_server, running_server
+from tests.servers.mysql import MysqlServer, override_address, plain_server, running_server
 from tests.servers.postgresql import PostgresCluster, running_cluster
 from tests.servers.rsyslog import Rsyslog
 from tests.servers.sshd import Sshd, Users
+from tests.servers.system_services import refuse_connections
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite starts every server it needs; the machine's own (PostgreSQL, MariaDB, RabbitMQ)
+    # are never used, so a connect to one is a mistake worth failing loudly. A MariaDB named on
+    # purpose (KEYTURN_TEST_MYSQL_HOST/PORT) is not a mistake.
+    named = override_address()
+    refuse_connections([named] if named else [])
+
 
 # ---------------------------------------------------------------------------------------------
 # OpenSSH server and throwaway users (tests/servers/sshd.py). Needs root, /usr/sbin/sshd, sudo:

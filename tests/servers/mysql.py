@@ -149,18 +149,25 @@ class MysqlUsers:
 # their own scope).
 
 
-def plain_server(throwaway: MysqlServer) -> MysqlServer:
-    """The server the KEYTURN_TEST_MYSQL_* variables name (HOST and PORT: both or neither), once
-    it answers; else ``throwaway``."""
+def override_address() -> tuple[str, int] | None:
+    """The server KEYTURN_TEST_MYSQL_HOST and _PORT name (both or neither), if they do."""
     host = os.environ.get("KEYTURN_TEST_MYSQL_HOST")
     port = os.environ.get("KEYTURN_TEST_MYSQL_PORT")
     if host is None and port is None:
-        return throwaway
+        return None
     if host is None or port is None:
         raise RuntimeError("set both KEYTURN_TEST_MYSQL_HOST and KEYTURN_TEST_MYSQL_PORT")
+    return host, int(port)
+
+
+def plain_server(throwaway: MysqlServer) -> MysqlServer:
+    """The server the KEYTURN_TEST_MYSQL_* variables name, once it answers; else ``throwaway``."""
+    address = override_address()
+    if address is None:
+        return throwaway
     server = MysqlServer(
-        host=host,
-        port=int(port),
+        host=address[0],
+        port=address[1],
         admin_user=os.environ.get("KEYTURN_TEST_MYSQL_USER", "root"),
         admin_password=os.environ.get("KEYTURN_TEST_MYSQL_PASSWORD", ""),
     )
