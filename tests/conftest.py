@@ -8,6 +8,7 @@ import pytest
 
 from tests.servers.mysql import MysqlServer, override_address, plain_server, running_server
 from tests.servers.postgresql import PostgresCluster, running_cluster
+from tests.servers.rabbitmq import boot_shared_node
 from tests.servers.rsyslog import Rsyslog
 from tests.servers.sshd import Sshd, Users
 from tests.servers.system_services import refuse_connections
@@ -19,6 +20,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # purpose (KEYTURN_TEST_MYSQL_HOST/PORT) is not a mistake.
     named = override_address()
     refuse_connections([named] if named else [])
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The RabbitMQ node takes the longest to start (an Erlang VM, ~10-30 s on two busy cores):
+    # boot it while the tests before the first one that needs it run.
+    if not session.config.option.collectonly and any(
+        isinstance(item, pytest.Function) and "rabbitmq" in item.fixturenames
+        for item in session.items
+    ):
+        boot_shared_node()
 
 
 # ---------------------------------------------------------------------------------------------

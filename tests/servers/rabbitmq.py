@@ -4,7 +4,8 @@ The machine's own RabbitMQ (if any) is never used. The node has a name, AMQP, di
 management ports of its own (all on 127.0.0.1), its own config, enabled-plugins file (with
 ``rabbitmq_management``), mnesia and log dirs in a temp dir, and runs as the ``rabbitmq`` OS user;
 only epmd, the Erlang port mapper, may be shared with other nodes. One node serves the whole test
-process: ``running_rabbitmq`` starts it on first use and it stops at exit. Users are created and
+process: ``running_rabbitmq`` starts it on first use (or tests/conftest.py boots it in the
+background once it sees a collected test that needs it) and it stops at exit. Users are created and
 deleted through the management API as ``guest``, the administrator a fresh node creates, who may
 log in from loopback only.
 """
@@ -12,6 +13,7 @@ log in from loopback only.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pwd
 import secrets
@@ -107,12 +109,14 @@ class RabbitNode:
         environment = [f"{key}={value}" for key, value in self._environment().items()]
         # env -i: runuser would set HOME to the rabbitmq user's (the system node's cookie) and
         # pass on whatever RABBITMQ_* or ERL_* variables the caller happens to have.
-        self._process = subprocess.Popen(
-            ["runuser", "-u", OS_USER, "--", "env", "-i", *environment, SERVER],
-            cwd=self._dir,
-            stdout=(self._dir / "stdout.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        with (self._dir / "stdout.log").open("wb") as output:  # the child keeps its own copy
+            self._process = subprocess.Popen(
+                ["runuser", "-u", OS_USER, "--", "env", "-i", *environment, SERVER],
+                cwd=self._dir,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a process group of its own, for close()
+            )
         client = RabbitMQ(self.base_url)
         try:
             client.wait_ready(START_DEADLINE, alive=self._alive)
@@ -140,11 +144,8 @@ class RabbitNode:
         """Stop the node (SIGTERM to the Erlang VM is a clean shutdown) and remove its files."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
-            pid_file = self._dir / "node.pid"
-            if pid_file.exists():
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-            else:  # the VM has not written its pid yet: end the chain from the top
-                process.send_signal(signal.SIGTERM)
+            # The whole chain this started (runuser, the start script, the VM), booted or not.
+            os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=STOP_DEADLINE)
             except subprocess.TimeoutExpired:
@@ -163,10 +164,23 @@ def shared_node() -> RabbitNode:
     with _node_lock:
         if _node is None:
             node = RabbitNode(MANAGEMENT_PORT)
+            atexit.register(node.close)  # first: a node still booting at exit is stopped too
             node.start()
-            atexit.register(node.close)
+            print(f"\nRabbitMQ answered {node.start_seconds:.3f}s after start")  # noqa: T201 (for -s)
             _node = node
         return _node
+
+
+def boot_shared_node() -> None:
+    """Start the node in the background: the Erlang VM boots while other tests run, and the first
+    test that needs it waits only for the rest. A failure shows when that test calls
+    ``shared_node`` (which tries again and raises)."""
+    threading.Thread(target=_boot_quietly, name="rabbitmq-boot", daemon=True).start()
+
+
+def _boot_quietly() -> None:
+    with contextlib.suppress(Exception):  # reported by the test that needs the node
+        shared_node()
 
 
 class RabbitMQ:
