@@ -7,9 +7,11 @@ import asyncio
 import socket
 from pathlib import Path
 
+import httpx
 import pymysql
 import pytest
 
+from tests.servers.rabbitmq import ADMIN, running_rabbitmq, shared_node
 from tests.servers.system_services import SYSTEM_PORTS, findings, refused
 
 TESTS = Path(__file__).parent
@@ -78,3 +80,16 @@ def test_other_loopback_ports_are_not_refused() -> None:
         assert refused(("127.0.0.1", port)) is None
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert refused(("10.0.0.6", 5432)) is None  # not loopback: a device's address
+
+
+def test_rabbitmq_is_a_node_of_its_own() -> None:
+    with running_rabbitmq() as server:
+        node = shared_node()
+        with httpx.Client(base_url=server.base_url, auth=ADMIN, trust_env=False) as client:
+            overview = client.get("/api/overview").json()
+    assert overview["node"] == node.name != "rabbit@localhost"
+    listeners = {(entry["protocol"], entry["port"]) for entry in overview["listeners"]}
+    assert ("amqp", node.amqp_port) in listeners
+    assert ("http", node.management_port) in listeners
+    assert ("clustering", node.dist_port) in listeners
+    assert not {port for _, port in listeners} & set(SYSTEM_PORTS)
