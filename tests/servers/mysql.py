@@ -35,6 +35,7 @@ from tests.servers.ports import free_port
 
 READY_DEADLINE = 30.0
 _ACCESS_DENIED = 1045
+_STANDARD_PORT = 3306  # only ever for a server a developer names (override_address)
 
 
 @dataclass
@@ -150,14 +151,13 @@ class MysqlUsers:
 
 
 def override_address() -> tuple[str, int] | None:
-    """The server KEYTURN_TEST_MYSQL_HOST and _PORT name (both or neither), if they do."""
+    """The server KEYTURN_TEST_MYSQL_HOST and _PORT name, if either is set (the other defaults to
+    127.0.0.1, or MariaDB's standard port)."""
     host = os.environ.get("KEYTURN_TEST_MYSQL_HOST")
     port = os.environ.get("KEYTURN_TEST_MYSQL_PORT")
     if host is None and port is None:
         return None
-    if host is None or port is None:
-        raise RuntimeError("set both KEYTURN_TEST_MYSQL_HOST and KEYTURN_TEST_MYSQL_PORT")
-    return host, int(port)
+    return host or "127.0.0.1", int(port or _STANDARD_PORT)
 
 
 def plain_server(throwaway: MysqlServer) -> MysqlServer:
