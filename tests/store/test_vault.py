@@ -1,4 +1,4 @@
-"""The store on both backends: SQLite (default) and the local PostgreSQL server."""
+"""The store on both backends: SQLite (default) and PostgreSQL (the session's throwaway cluster)."""
 
 from __future__ import annotations
 
