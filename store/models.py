@@ -97,6 +97,9 @@ class Policy(SQLModel, table=True):
     change_after_session_seconds: int | None = None
     max_session_wait_seconds: int | None = None  # None: an expiry change waits for the session
     paused: bool = False  # the policy's schedules are paused
+    # The key pair a change of an ssh-key credential generates (store/ssh_keys.py).
+    key_type: str = "ed25519"
+    key_bits: int | None = None  # rsa only; None: store.ssh_keys.DEFAULT_RSA_BITS
     created_at: datetime = Field(default_factory=utcnow)
 
     def password_rules(self) -> PasswordRules:
@@ -140,6 +143,13 @@ class Credential(SQLModel, table=True):
     # Set by ``keyturn restore`` when an operation was in flight at backup time: the next start
     # requests a verify, which also tries that operation's pending secret (starter/restored.py).
     needs_verify: bool = False
+    # "password", or "ssh-key": the secret is an OpenSSH private key whose public half a change
+    # installs in the account's authorized_keys on its device and on every key target.
+    secret_type: str = "password"
+    # Other devices where the same account must accept the same key (ids; ssh-key only).
+    key_targets: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # ssh-key: the key-remove template; change_template is then the key-install template.
+    key_remove_template: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     # Kept with the credential so sweeps find what is due through an index: when the current
     # secret became current, and when it was last seen to log in.
@@ -198,6 +208,8 @@ class Operation(SQLModel, table=True):
     source_version_id: str | None = None
     requested_by: str | None = None  # the principal who asked; None: Keyturn itself (a trigger)
     callback_url: str | None = None  # where the outcome is POSTed when the operation ends
+    # An ssh-key change: what happened on each device (store/key_results.py), no secret.
+    key_results: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class Attempt(SQLModel, table=True):

@@ -136,3 +136,33 @@ def test_a_store_of_the_one_writer_release_gets_the_trigger_columns(empty_databa
     assert inspect(engine).has_table("credentialsession")
     make_engine(empty_database).dispose()
     engine.dispose()
+
+
+def test_a_store_before_ssh_keys_holds_passwords_after_migrating(empty_database: str) -> None:
+    """The ssh-key step: every existing credential is a password credential with no key
+    targets, every policy makes ed25519 keys, no operation has key results."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        for statement in (SCHEMAS / f"v2_{dialect}.sql").read_text().split(";\n"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 2)")
+        blob = "'\\x00'" if dialect == "postgresql" else "X'00'"
+        rows = [*ROWS.split(";\n")[:2], *V2_ROWS.replace("X'00'", blob).split(";\n")]
+        for statement in rows:
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    with Session(engine) as session:
+        credential = session.get(Credential, "c1")
+        assert credential is not None
+        assert (credential.secret_type, credential.key_targets) == ("password", [])
+        assert credential.key_remove_template is None
+        policy = session.get(Policy, "p1")
+        assert policy is not None and (policy.key_type, policy.key_bits) == ("ed25519", None)
+    assert "key_results" in {c["name"] for c in inspect(engine).get_columns("operation")}
+    engine.dispose()
