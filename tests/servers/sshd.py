@@ -40,9 +40,13 @@ def _answers_banner(port: int) -> bool:
 
 
 class Sshd:
-    """``sshd -D`` with its own host key and config in a temp dir. Restartable on the same port."""
+    """``sshd -D`` with its own host key and config in a temp dir. Restartable on the same port.
 
-    def __init__(self) -> None:
+    ``authorized_keys_file``: sshd's AuthorizedKeysFile (relative to the home). Two servers with
+    different files are two hosts as far as keys go, though they share the local accounts."""
+
+    def __init__(self, authorized_keys_file: str = ".ssh/authorized_keys") -> None:
+        self.authorized_keys_file = authorized_keys_file
         self._dir = Path(tempfile.mkdtemp(prefix="keyturn-sshd-"))
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -82,6 +86,7 @@ class Sshd:
                     f"HostKey {self._host_key}",
                     f"PidFile {self._dir / 'sshd.pid'}",
                     "PasswordAuthentication yes",
+                    f"AuthorizedKeysFile {self.authorized_keys_file}",
                     "KbdInteractiveAuthentication yes",
                     "UsePAM yes",
                     "PermitRootLogin no",
@@ -188,6 +193,40 @@ class Users:
                 return True
         except asyncssh.PermissionDenied:
             return False
+
+    async def key_works(self, user: str, private_key: str, sshd: Sshd | None = None) -> bool:
+        """Does ``private_key`` log ``user`` in through ``sshd`` (default: the fixture's)?"""
+        server = sshd or self._sshd
+        try:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                port=server.port,
+                username=user,
+                known_hosts=([asyncssh.import_public_key(server.host_key_line)], [], []),
+                client_keys=[asyncssh.import_private_key(private_key)],
+                password=None,
+                agent_path=None,
+                config=None,
+                preferred_auth="publickey",
+                connect_timeout=10,
+            ):
+                return True
+        except asyncssh.PermissionDenied:
+            return False
+
+    def authorized_keys_path(self, user: str, sshd: Sshd | None = None) -> Path:
+        return Path(f"/home/{user}") / (sshd or self._sshd).authorized_keys_file
+
+    def write_authorized_keys(self, user: str, text: str, sshd: Sshd | None = None) -> None:
+        """The file as the account itself would have it: owned by it, in a directory it owns."""
+        path = self.authorized_keys_path(user, sshd)
+        subprocess.run(["install", "-d", "-o", user, "-g", user, "-m", "700", str(path.parent)])
+        path.write_text(text)
+        shutil.chown(path, user, user)
+        path.chmod(0o600)
+
+    def read_authorized_keys(self, user: str, sshd: Sshd | None = None) -> str:
+        return self.authorized_keys_path(user, sshd).read_text()
 
     def cleanup(self) -> None:
         for path in self._sudoers:
