@@ -13,6 +13,7 @@ import asyncssh
 KEY_TYPES = {"ed25519": "ssh-ed25519", "rsa": "ssh-rsa"}
 RSA_BITS = (2048, 8192)  # the sizes a policy may ask for (inclusive)
 DEFAULT_RSA_BITS = 3072
+MAX_PRIVATE_KEY = 16384  # characters: an 8192-bit RSA key in OpenSSH format is about 6 500
 _OPENSSH_HEADER = "-----BEGIN OPENSSH PRIVATE KEY-----"
 
 

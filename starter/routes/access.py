@@ -14,7 +14,9 @@ from starter.problems import Problem, not_found
 from starter.schemas import SecretOut, SessionEventIn, SessionOut
 from store import audit
 from store.engine import in_thread
+from store.jobs import SSH_KEY
 from store.models import Credential, CredentialSession, Policy
+from store.ssh_keys import public_key_line
 from store.vault import Vault
 from triggers.delayed import request_later
 from triggers.due import open_sessions
@@ -37,8 +39,10 @@ READER = "admin-token"
 async def read_secret(
     credential_id: str, app: State, request: Request, response: Response
 ) -> SecretOut:
-    """The current secret. Every read is an audit event naming who read it; with the policy's
-    ``change_after_view_seconds`` a change (trigger ``view``) follows that much later."""
+    """The current secret: ``password``, or for an ssh-key credential ``private_key`` and
+    ``public_key`` (its authorized_keys line). Every read is an audit event naming who read
+    it; with the policy's ``change_after_view_seconds`` a change (trigger ``view``) follows
+    that much later."""
     credential, policy = await in_thread(app.engine, lambda db: _with_policy(db, credential_id))
     now = datetime.now(UTC)
     if policy is not None and policy.change_after_view_seconds is not None:
@@ -105,7 +109,7 @@ def _reveal(db: Session, vault: Vault, credential: Credential, client: str | Non
     version = Vault.current(db, credential.id)
     if version is None:
         raise Problem(409, f"credential {credential.id} has no current secret")
-    password = vault.reveal(version)
+    secret = vault.reveal(version)
     audit.record(
         db,
         audit.VIEWED,
@@ -116,7 +120,14 @@ def _reveal(db: Session, vault: Vault, credential: Credential, client: str | Non
         client=client,
     )
     db.commit()
-    return SecretOut(password=password, version_id=version.id, changed_at=version.changed_at)
+    if credential.secret_type == SSH_KEY:
+        return SecretOut(
+            private_key=secret,
+            public_key=public_key_line(secret, f"keyturn:{credential.id}"),
+            version_id=version.id,
+            changed_at=version.changed_at,
+        )
+    return SecretOut(password=secret, version_id=version.id, changed_at=version.changed_at)
 
 
 def _start(db: Session, credential: Credential, session_id: str) -> CredentialSession:

@@ -47,8 +47,10 @@ router = APIRouter(route_class=StoreRoute)
         404: problem_response("no such credential"),
         422: problem_response(
             "invalid body: a trigger only Keyturn sets, a field its kind does not take, a "
-            "missing version_id (adopt) or password (set-in-vault), a next_password that "
-            "breaks the policy, a callback_url that is not https (or KEYTURN_WEBHOOK_SECRET unset)"
+            "missing version_id (adopt) or password (set-in-vault; private_key for an ssh-key "
+            "credential, which must parse), a next_password that breaks the policy (or given "
+            "for an ssh-key credential), a callback_url that is not https (or "
+            "KEYTURN_WEBHOOK_SECRET unset)"
         ),
         503: problem_response("Temporal did not accept the operation"),
     },
@@ -73,6 +75,7 @@ async def create_operation(
         version_id=body.version_id,
         password=_value(body.password),
         next_password=_value(body.next_password),
+        private_key=_value(body.private_key),
     )
     try:
         requested = await request_operation(
