@@ -30,6 +30,7 @@ READER = "admin-token"
 @router.get(
     "/credentials/{credential_id}/secret",
     response_model=SecretOut,
+    response_model_exclude_none=True,  # a password, or a key pair: only what the secret is
     responses={
         404: {"description": "no such credential"},
         409: {"description": "the credential has no current secret"},

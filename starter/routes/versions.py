@@ -44,6 +44,7 @@ def list_versions(credential_id: str, db: DB) -> list[SecretVersion]:
 @router.get(
     "/credentials/{credential_id}/versions/{version_id}/secret",
     response_model=VersionSecretOut,
+    response_model_exclude_none=True,  # public_key only for an ssh-key credential
     responses={
         404: problem_response("no such credential, or no such version of it"),
         409: problem_response("the version was encrypted with another master key"),

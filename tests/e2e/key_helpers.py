@@ -70,15 +70,21 @@ async def key_device(post: Post, sshd: Sshd) -> dict[str, Any]:
 
 
 async def key_account(
-    post: Post, users: Users, hosts: tuple[Sshd, Sshd], policy_id: str, **extra: Any
+    post: Post,
+    users: Users,
+    hosts: tuple[Sshd, Sshd],
+    policy_id: str,
+    device: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> KeyAccount:
     """A fresh account, its old key authorized on both hosts beside UNRELATED lines, and an
-    ssh-key credential on the first host with the second as its key target."""
+    ssh-key credential on the first host (``device``, or a new one) with the second as its key
+    target."""
     username = users.create(f"Unused-{secrets.token_hex(8)}")
     old_key = generate_private_key("ed25519", None)
     for host in hosts:
         users.write_authorized_keys(username, UNRELATED + public_key_line(old_key) + "\n", host)
-    devices = [await key_device(post, host) for host in hosts]
+    devices = [device or await key_device(post, hosts[0]), await key_device(post, hosts[1])]
     body = {
         "device_id": devices[0]["id"],
         "username": username,

@@ -94,7 +94,12 @@ async def test_a_key_change_moves_both_hosts_to_the_new_key_and_nothing_else(
     # The secret read answers the key pair; versions moved as for a password.
     secret = await stack.get(f"/v1/credentials/{account.credential_id}/secret")
     assert secret["private_key"] == new_key and secret["public_key"] == new_line
-    assert secret["password"] is None
+    assert "password" not in secret
+    version = await stack.api.get(
+        f"/v1/credentials/{account.credential_id}/versions/{secret['version_id']}/secret",
+        params={"reason": "test"},
+    )
+    assert version.json()["secret"] == new_key and version.json()["public_key"] == new_line
     assert sorted(state for _, state in versions(stack, account.credential_id)) == [
         "current",
         "previous",
@@ -114,6 +119,40 @@ async def test_a_key_change_moves_both_hosts_to_the_new_key_and_nothing_else(
     for text in texts:
         for key in (account.old_key, new_key):
             assert not key_leaks(text, key), key_leaks(text, key)
+
+
+async def test_a_key_change_through_a_sudo_account_on_the_credentials_device(
+    stack: Stack, sshd: Sshd, second_host: Sshd, ssh_users: Users
+) -> None:
+    """The credential's device is edited through its auth account (sudo -u the account); the
+    key target, as always, by the account itself with its key."""
+    admin_password = "Adm1n pass'word\"$"
+    admin = ssh_users.create(admin_password)
+    pol = await policy(stack)
+    first = await key_device(stack.post, sshd)
+    admin_cred = await stack.post(
+        "/v1/credentials",
+        {"device_id": first["id"], "username": admin, "password": admin_password},
+    )
+    account = await key_account(
+        stack.post, ssh_users, (sshd, second_host), pol["id"], device=first,
+        auth_credential_id=admin_cred["id"],
+    )  # fmt: skip
+    ssh_users.allow_shell_as(admin, account.username)
+    cred = await stack.get(f"/v1/credentials/{account.credential_id}")
+    assert cred["change_template"] == "ssh/authorized-keys-add-sudo"
+    assert cred["key_remove_template"] == "ssh/authorized-keys-remove-sudo"
+
+    op = await stack.run_operation(account.credential_id)
+
+    assert op["status"] == "succeeded", op
+    new_key = current_secret(stack, account.credential_id)
+    assert await account.logs_in_everywhere(ssh_users, new_key) == [True, True]
+    assert await account.logs_in_everywhere(ssh_users, account.old_key) == [False, False]
+    line = public_key_line(new_key, f"keyturn:{account.credential_id}")
+    assert account.files(ssh_users) == [UNRELATED + line + "\n"] * 2
+    assert "keyturn-sudo-password:" in op["attempts"][0]["transcript"]
+    assert admin_password not in json.dumps(op)
 
 
 async def test_a_key_target_that_fails_leaves_the_old_key_working_everywhere(

@@ -176,6 +176,15 @@ class Users:
         self._sudoers.append(path)
         subprocess.run(["visudo", "-c", "-q", "-f", str(path)], check=True)
 
+    def allow_shell_as(self, admin: str, user: str) -> None:
+        """Let ``admin`` run sh as ``user`` through sudo, asked for its own password (what the
+        ssh key templates' sudo variants need to edit that account's authorized_keys)."""
+        path = Path(f"/etc/sudoers.d/keyturn-test-{admin}-as-{user}")
+        path.write_text(f"{admin} ALL=({user}) /usr/bin/sh, /bin/sh\n")
+        path.chmod(0o440)
+        self._sudoers.append(path)
+        subprocess.run(["visudo", "-c", "-q", "-f", str(path)], check=True)
+
     async def password_works(self, user: str, password: str) -> bool:
         """Does ``password`` log ``user`` in through the fixture sshd (independently of Keyturn)?"""
         try:
