@@ -182,6 +182,66 @@ async def test_a_key_target_that_fails_leaves_the_old_key_working_everywhere(
     assert states == ["current", "failed"]
 
 
+async def test_an_old_key_that_cannot_be_removed_is_named_and_the_new_key_committed(
+    stack: Stack, sshd: Sshd, second_host: Sshd, ssh_users: Users
+) -> None:
+    """Step 3 fails on the credential's own device (its remove template fails): the new key
+    works everywhere, so it is current; the old key stays authorized there, and the result
+    says so, device by device."""
+    pol = await policy(stack)
+    template = f"remove-fails-{secrets.token_hex(3)}"
+    body = "# kind: key-remove\nexec: sh -c 'echo cannot; exit 3'\nexit: 0\n"
+    await stack.post(
+        "/v1/templates", {"name": template, "executor": "ssh", "kind": "key-remove", "body": body}
+    )
+    account = await key_account(
+        stack.post, ssh_users, (sshd, second_host), pol["id"], key_remove_template=template
+    )
+
+    op = await stack.run_operation(account.credential_id)
+
+    assert op["status"] == "succeeded", op
+    new_key = current_secret(stack, account.credential_id)
+    assert await account.logs_in_everywhere(ssh_users, new_key) == [True, True]
+    assert await account.logs_in_everywhere(ssh_users, account.old_key) == [True, False]
+    first, second = (
+        next(r for r in op["key_results"] if r["device_id"] == d) for d in account.device_ids
+    )
+    assert (first["old_key_removed"], second["old_key_removed"]) == (False, True), op
+    assert "the old key is still authorized" in first["detail"], first
+
+
+async def test_a_new_key_that_does_not_log_in_everywhere_is_taken_back_everywhere(
+    stack: Stack, sshd: Sshd, second_host: Sshd, ssh_users: Users
+) -> None:
+    """Step 2 fails: the credential's own device 'installs' the key without authorizing it (its
+    install template does nothing), the key target really authorizes it. The new key is removed
+    again from both, the vault keeps the old key, which works on both."""
+    pol = await policy(stack)
+    template = f"install-nothing-{secrets.token_hex(3)}"
+    body = "# kind: key-install\nexec: echo keyturn-keys-ok\nexit: 0\n"
+    await stack.post(
+        "/v1/templates", {"name": template, "executor": "ssh", "kind": "key-install", "body": body}
+    )
+    account = await key_account(
+        stack.post, ssh_users, (sshd, second_host), pol["id"], change_template=template
+    )
+
+    op = await stack.run_operation(account.credential_id)
+
+    assert op["status"] == "failed", op
+    assert op["error_type"] == "ChangeRejected", op
+    assert "removed again" in op["error"], op
+    assert current_secret(stack, account.credential_id) == account.old_key
+    assert await account.logs_in_everywhere(ssh_users, account.old_key) == [True, True]
+    old_line = public_key_line(account.old_key)
+    assert account.files(ssh_users) == [UNRELATED + old_line + "\n"] * 2
+    assert sorted(state for _, state in versions(stack, account.credential_id)) == [
+        "current",
+        "failed",
+    ]
+
+
 async def test_changes_and_verifies_requested_together_keep_one_key_working(
     stack: Stack, sshd: Sshd, second_host: Sshd, ssh_users: Users
 ) -> None:
