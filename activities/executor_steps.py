@@ -95,10 +95,11 @@ class ExecutorActivities:
         if job.pending_password is None:
             raise ApplicationError("operation has no pending secret", non_retryable=True)
         if job.holds_key:
-            keys = KeySteps(self, self._engine, job)
-            outcome = await self._recorded(
-                job, attempt_id, lambda: keys.change(may_have_sent), may_have_sent=may_have_sent
-            )
+
+            async def key_change() -> tuple[str, ChangeOutcome]:
+                return await KeySteps(self, self._engine, job).change(may_have_sent)
+
+            outcome = await self._recorded(job, attempt_id, key_change, may_have_sent=may_have_sent)
             failpoints.reach(failpoints.AFTER_CHANGE)
             return outcome  # verified on every device inside the change (key_steps)
         executor = get_executor(job.device.executor)
@@ -175,8 +176,11 @@ class ExecutorActivities:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
         job, attempt_id, _ = await asyncio.to_thread(self._begin, step, None, _attempt_number(step))
         if job.holds_key:
-            keys = KeySteps(self, self._engine, job)
-            return await self._recorded(job, attempt_id, lambda: keys.probe(step.login_only))
+
+            async def key_probe() -> tuple[str, ProbeOutcome]:
+                return await KeySteps(self, self._engine, job).probe(step.login_only)
+
+            return await self._recorded(job, attempt_id, key_probe)
         executor = get_executor(job.device.executor)
         username = job.credential.username
 

@@ -116,8 +116,11 @@ class StoreActivities:
                 max_attempts=policy.max_attempts,
                 retry_interval_seconds=policy.retry_interval_seconds,
                 backoff=policy.backoff,
-                step_timeout_seconds=policy.connect_timeout_seconds
-                + 4 * policy.read_timeout_seconds,
+                # An ssh-key change logs in on each of its devices in one step.
+                step_timeout_seconds=(
+                    policy.connect_timeout_seconds + 4 * policy.read_timeout_seconds
+                )
+                * _devices_per_step(credential),
                 can_reconcile=credential.reconcile_credential_id is not None,
                 auto_reconcile=credential.auto_reconcile
                 and credential.reconcile_credential_id is not None,
@@ -257,6 +260,10 @@ class StoreActivities:
                 resolution=result.resolution,
                 error_type=result.error_type,
             )
+
+
+def _devices_per_step(credential: Credential) -> int:
+    return 1 + len(credential.key_targets) if credential.secret_type == SSH_KEY else 1
 
 
 def new_secret(credential: Credential, policy: Policy) -> str:
