@@ -9,11 +9,19 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from executors.base import ConfigurationError, Executor, check_target, get_executor, registry
+from executors.base import (
+    ConfigurationError,
+    Executor,
+    check_target,
+    get_executor,
+    registry,
+    username_problem,
+)
 from executors.shipped import shipped_templates
 from requesting import TemporalUnavailable
 from starter.deps import ADMIN, DB, State, StoreRoute
-from starter.problems import Problem, invalid, not_found
+from starter.pages import Cursor, Limit, Page, by_age, keyset_page, shown_as
+from starter.problems import Problem, invalid, not_found, problem_response
 from starter.schemas import (
     CredentialIn,
     CredentialOut,
@@ -43,10 +51,13 @@ router = APIRouter(route_class=StoreRoute)
 _AUTH_TAGS = ("auth_password", "AUTH_PASSWORD", "auth_username", "AUTH_USER")
 
 
-@router.get("/executors", response_model=list[ExecutorOut])
-def list_executors() -> list[ExecutorOut]:
+@router.get("/executors", response_model=Page[ExecutorOut])
+def list_executors(limit: Limit = 100, cursor: Cursor = None) -> Page[ExecutorOut]:
+    """Executors by name. Few and fixed at start, so paged in memory."""
     shipped = shipped_templates()
-    return [
+    names = sorted(name for name in registry() if cursor is None or name > cursor)
+    shown, more = names[:limit], len(names) > limit
+    executors = [
         ExecutorOut(
             name=name,
             syntax=executor.syntax,
@@ -55,8 +66,9 @@ def list_executors() -> list[ExecutorOut]:
             operation_kinds=sorted({t.kind for t in shipped if t.executor == name}),
             templates=[t.name for t in shipped if t.executor == name],
         )
-        for name, executor in sorted(registry().items())
+        for name, executor in ((name, registry()[name]) for name in shown)
     ]
+    return Page(items=executors, next_cursor=shown[-1] if more else None)
 
 
 @router.post("/devices", status_code=201, response_model=DeviceOut)
@@ -81,9 +93,10 @@ def create_device(body: DeviceIn, db: DB) -> Device:
     return device
 
 
-@router.get("/devices", response_model=list[DeviceOut])
-def list_devices(db: DB) -> list[Device]:
-    return list(db.exec(select(Device).order_by(col(Device.created_at))))
+@router.get("/devices", response_model=Page[DeviceOut])
+def list_devices(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[DeviceOut]:
+    """Devices, oldest first."""
+    return keyset_page(db, select(Device), by_age(Device), limit, cursor, shown_as(DeviceOut))
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)
@@ -173,9 +186,10 @@ async def _apply_schedules(app: State, policy: Policy, before: Policy | None = N
         raise Problem(503, str(exc)) from None
 
 
-@router.get("/policies", response_model=list[PolicyOut])
-def list_policies(db: DB) -> list[Policy]:
-    return list(db.exec(select(Policy).order_by(col(Policy.created_at))))
+@router.get("/policies", response_model=Page[PolicyOut])
+def list_policies(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[PolicyOut]:
+    """Policies, oldest first."""
+    return keyset_page(db, select(Policy), by_age(Policy), limit, cursor, shown_as(PolicyOut))
 
 
 @router.get("/policies/{policy_id}", response_model=PolicyOut)
@@ -183,7 +197,12 @@ def get_policy(policy_id: str, db: DB) -> Policy:
     return db.get(Policy, policy_id) or _raise(not_found("policy", policy_id))
 
 
-@router.post("/templates", status_code=201, response_model=TemplateOut)
+@router.post(
+    "/templates",
+    status_code=201,
+    response_model=TemplateOut,
+    responses={409: problem_response("a shipped template has that name")},
+)
 def create_template(body: TemplateIn, db: DB) -> Template:
     """A new template, or a new version of one of yours. Shipped templates cannot be replaced."""
     executor = _known_executor(body.executor)
@@ -211,9 +230,11 @@ def create_template(body: TemplateIn, db: DB) -> Template:
     return template
 
 
-@router.get("/templates", response_model=list[TemplateOut])
-def list_templates(db: DB) -> list[Template]:
-    return list(db.exec(select(Template).order_by(col(Template.name), col(Template.version))))
+@router.get("/templates", response_model=Page[TemplateOut])
+def list_templates(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[TemplateOut]:
+    """Every version of every template, by name then version."""
+    keys = (col(Template.name), col(Template.version))
+    return keyset_page(db, select(Template), keys, limit, cursor, shown_as(TemplateOut))
 
 
 @router.post("/credentials", status_code=201, response_model=CredentialOut)
@@ -231,6 +252,9 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
         if auth.device_id != device.id:
             raise invalid("auth_credential_id", "the auth credential must be on the same device")
     executor = _known_executor(device.executor)
+    refused = username_problem(executor, body.username)
+    if refused is not None:
+        raise invalid("username", refused)
     secret = _registered_secret(body)
     key = body.secret_type == SSH_KEY
     change_kind = "key-install" if key else "change"
@@ -295,7 +319,8 @@ def update_credential(credential_id: str, body: CredentialPatch, db: DB) -> Cred
         if field == "auto_reconcile" and value is None:
             raise invalid(field, "must be true or false")
         setattr(credential, field, value)
-    _check_links(db, credential)
+    with db.no_autoflush:  # checked before the store sees the links (a flush would hit the FK)
+        _check_links(db, credential)
     db.add(credential)
     audit.record(
         db, "credential.updated", credential_id=credential.id, principal=ADMIN,
@@ -374,10 +399,13 @@ def _check_links(db: DB, credential: Credential) -> None:
         parent_id = parent.parent_id
 
 
-@router.get("/credentials", response_model=list[CredentialOut])
-def list_credentials(db: DB) -> list[CredentialOut]:
-    rows = db.exec(select(Credential).order_by(col(Credential.created_at)))
-    return [_credential_out(c, _current_id(db, c.id)) for c in rows]
+@router.get("/credentials", response_model=Page[CredentialOut])
+def list_credentials(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[CredentialOut]:
+    """Credentials, oldest first."""
+    return keyset_page(
+        db, select(Credential), by_age(Credential), limit, cursor,
+        lambda c: _credential_out(c, _current_id(db, c.id)),
+    )  # fmt: skip
 
 
 @router.get("/credentials/{credential_id}", response_model=CredentialOut)

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import datetime
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Response
 from pydantic import SecretStr
-from sqlalchemy import and_, or_
 from sqlmodel import col, select
 
 from governance import webhooks
@@ -22,6 +16,7 @@ from requesting import (
     request_operation,
 )
 from starter.deps import ADMIN, DB, State, StoreRoute
+from starter.pages import Cursor, Limit, Page, by_age, keyset_page
 from starter.problems import Problem, invalid, not_found, problem_response
 from starter.schemas import (
     AttemptOut,
@@ -29,7 +24,6 @@ from starter.schemas import (
     OperationAccepted,
     OperationIn,
     OperationOut,
-    OperationPage,
 )
 from store.engine import in_thread
 from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
@@ -156,21 +150,26 @@ async def cancel_operation(operation_id: str, app: State) -> OperationOut:
     return await in_thread(app.engine, lambda db: get_operation(operation_id, db))
 
 
-@router.get("/credentials/{credential_id}/operations", response_model=list[OperationOut])
-def list_operations(credential_id: str, db: DB) -> list[OperationOut]:
+@router.get(
+    "/credentials/{credential_id}/operations",
+    response_model=Page[OperationOut],
+    responses={404: problem_response("no such credential")},
+)
+def list_operations(
+    credential_id: str, db: DB, limit: Limit = 100, cursor: Cursor = None
+) -> Page[OperationOut]:
+    """The credential's operations, oldest first."""
     if db.get(Credential, credential_id) is None:
         raise not_found("credential", credential_id)
-    operations = db.exec(
-        select(Operation)
-        .where(Operation.credential_id == credential_id)
-        .order_by(col(Operation.created_at))
+    query = select(Operation).where(Operation.credential_id == credential_id)
+    return keyset_page(
+        db, query, by_age(Operation), limit, cursor, lambda op: get_operation(op.id, db)
     )
-    return [get_operation(op.id, db) for op in operations]
 
 
 @router.get(
     "/operations",
-    response_model=OperationPage,
+    response_model=Page[OperationOut],
     responses={422: {"description": "an unknown kind, trigger or status, or a bad cursor"}},
 )
 def search_operations(
@@ -180,9 +179,9 @@ def search_operations(
     kind: str | None = None,
     trigger: str | None = None,
     status: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> OperationPage:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[OperationOut]:
     """Operations, newest first, filtered by any of credential, device, kind, trigger, status."""
     for field, value, allowed in (
         ("kind", kind, OPERATION_KINDS),
@@ -203,28 +202,7 @@ def search_operations(
         query = query.where(Operation.trigger == trigger)
     if status is not None:
         query = query.where(Operation.status == OperationStatus(status))
-    if cursor is not None:
-        at, before_id = _decode_cursor(cursor)
-        query = query.where(
-            or_(
-                col(Operation.created_at) < at,
-                and_(col(Operation.created_at) == at, col(Operation.id) < before_id),
-            )
-        )
-    rows = db.exec(
-        query.order_by(col(Operation.created_at).desc(), col(Operation.id).desc()).limit(limit)
-    ).all()
-    next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
-    return OperationPage(items=[get_operation(op.id, db) for op in rows], next_cursor=next_cursor)
-
-
-def _encode_cursor(last: Operation) -> str:
-    return base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        at, _, operation_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), operation_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid("cursor", "pass next_cursor of the previous page as it was") from None
+    return keyset_page(
+        db, query, by_age(Operation), limit, cursor, lambda op: get_operation(op.id, db),
+        descending=True,
+    )  # fmt: skip

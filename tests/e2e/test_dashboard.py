@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from starter.app import create_app
 from store.engine import make_engine, session_scope
 from store.models import Credential, Device, Operation, OperationStatus, Policy, SyncState
 from tests.e2e.conftest import ADMIN_TOKEN
+from tests.servers.ports import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(
@@ -100,13 +100,6 @@ def _seed(engine: Engine) -> None:
         db.add_all([*rows, last])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 async def dashboard_url(
     temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
@@ -120,7 +113,7 @@ async def dashboard_url(
     )
     engine = make_engine(settings.resolved_database_url)
     _seed(engine)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, engine, temporal.client),
@@ -205,3 +198,24 @@ async def test_the_dashboard_shows_the_seeded_store(dashboard_url: str) -> None:
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     assert problems == [] or all("401" in p for p in problems), problems  # CSP kept everything
     assert all(url.startswith(dashboard_url) for url in requested), requested  # no external asset
+
+
+async def test_the_openapi_page_loads_nothing_from_outside_the_host(dashboard_url: str) -> None:
+    # A vault's API host reaches no outside network, and a script from a CDN would run beside
+    # the token typed into the page: every request the page makes stays on the API's origin.
+    requested: list[str] = []
+    problems: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM)
+        page = await browser.new_page()
+        page.on("request", lambda r: requested.append(r.url))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        await page.goto(f"{dashboard_url}/docs")
+        await page.wait_for_selector(".opblock")  # the API's operations are drawn
+        assert "/v1/devices" in await page.content()
+        # ReDoc is not offered: it draws a logo from its own CDN.
+        assert (await page.goto(f"{dashboard_url}/redoc")).status == 404  # type: ignore[union-attr]
+        await browser.close()
+    outside = [u for u in requested if not u.removeprefix("blob:").startswith(dashboard_url)]
+    assert len(requested) > 2 and outside == [], requested
+    assert problems == []
