@@ -376,15 +376,18 @@ async def test_the_openapi_lists_every_answer_of_the_recovery_routes(stack: Stac
         ("/v1/credentials/{credential_id}/versions/{version_id}/secret", "get"): {
             "200", "401", "404", "409", "422",
         },
+        # 400: a body that is not JSON (starter/problems.py), on every route with a body.
         ("/v1/credentials/{credential_id}/operations", "post"): {
-            "200", "202", "401", "404", "422", "503",
+            "200", "202", "400", "401", "404", "422", "503",
         },
     }  # fmt: skip
     for (path, method), codes in answers.items():
         # 413: a body over 1 MiB, on any /v1 route (starter/limits.py).
         assert set(paths[path][method]["responses"]) == codes | {"413"}, path
     operation_in = (await stack.get("/openapi.json"))["components"]["schemas"]["OperationIn"]
-    assert {"version_id", "password", "next_password"} <= set(operation_in["properties"])
+    assert {"version_id", "password", "next_password", "private_key"} <= set(
+        operation_in["properties"]
+    )
 
 
 async def test_the_cli_takes_a_secret_from_stdin_never_from_its_arguments(
