@@ -19,6 +19,7 @@ from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.key_steps import KeySteps
 from executors.base import (
     Account,
     AuthenticationFailed,
@@ -95,6 +96,14 @@ class ExecutorActivities:
         switch = job.operation.kind in SWITCH_KINDS  # runs its template; no secret changes
         if job.pending_password is None and not switch:
             raise ApplicationError("operation has no pending secret", non_retryable=True)
+        if job.holds_key:
+
+            async def key_change() -> tuple[str, ChangeOutcome]:
+                return await KeySteps(self, self._engine, job).change(may_have_sent)
+
+            outcome = await self._recorded(job, attempt_id, key_change, may_have_sent=may_have_sent)
+            failpoints.reach(failpoints.AFTER_CHANGE)
+            return outcome  # verified on every device inside the change (key_steps)
         executor = get_executor(job.device.executor)
         pending_account = Account(job.credential.username, job.pending_password or "")
 
@@ -168,6 +177,12 @@ class ExecutorActivities:
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
         job, attempt_id, _ = await asyncio.to_thread(self._begin, step, None, _attempt_number(step))
+        if job.holds_key:
+
+            async def key_probe() -> tuple[str, ProbeOutcome]:
+                return await KeySteps(self, self._engine, job).probe(step.login_only)
+
+            return await self._recorded(job, attempt_id, key_probe)
         executor = get_executor(job.device.executor)
         username = job.credential.username
 
@@ -203,7 +218,13 @@ class ExecutorActivities:
 
         return await self._recorded(job, attempt_id, attempt)
 
-    async def _login(self, job: Job, account: Account, call: Callable[[], Awaitable[_L]]) -> _L:
+    async def _login(
+        self,
+        job: Job,
+        account: Account,
+        call: Callable[[], Awaitable[_L]],
+        device_id: str | None = None,
+    ) -> _L:
         """One login that may be refused, charged to the account's lockout budget.
 
         The charge is kept unless the login is known not to have counted as a failure on the
@@ -214,7 +235,7 @@ class ExecutorActivities:
         classify (or a cancellation mid-call) is such a failure.
         """
         budget = Budget(
-            job.device.id,
+            device_id or job.device.id,  # a key target is its own device
             account.username,
             job.policy.lockout_budget,
             timedelta(seconds=job.policy.lockout_window_seconds),
@@ -414,9 +435,9 @@ class ExecutorActivities:
         with session_scope(self._engine) as session:
             seen_working(session, version_id, operation_id)
 
-    async def _pin_learned_key(self, job: Job, key: str | None) -> None:
+    async def _pin_learned_key(self, job: Job, key: str | None, device_id: str = "") -> None:
         if key:
-            await asyncio.to_thread(self._pin_key, job.device.id, key)
+            await asyncio.to_thread(self._pin_key, device_id or job.device.id, key)
 
     def _pin_key(self, device_id: str, key: str) -> None:
         """Trust on first use: the first key seen is pinned; later connections must match it."""

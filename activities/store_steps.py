@@ -15,11 +15,13 @@ from keyturn import failpoints
 from keyturn.settings import zone_task_queue
 from store import audit
 from store.engine import session_scope
+from store.jobs import SSH_KEY
 from store.models import (
     Credential,
     Device,
     Operation,
     OperationStatus,
+    Policy,
     SecretState,
     SecretVersion,
     SyncState,
@@ -27,6 +29,7 @@ from store.models import (
 )
 from store.passwords import generate_password
 from store.queries import policy_for
+from store.ssh_keys import generate_private_key
 from store.vault import Vault
 from store.versions import VersionNotUsable, chosen_version, fail_unsent_supplied
 from workflows import steps
@@ -101,7 +104,7 @@ class StoreActivities:
                 pending = self._vault.add(
                     session,
                     credential.id,
-                    generate_password(policy.password_rules()),
+                    new_secret(credential, policy),
                     SecretState.PENDING,
                     operation_id=operation.id,
                 )
@@ -129,8 +132,11 @@ class StoreActivities:
                 max_attempts=policy.max_attempts,
                 retry_interval_seconds=policy.retry_interval_seconds,
                 backoff=policy.backoff,
-                step_timeout_seconds=policy.connect_timeout_seconds
-                + 4 * policy.read_timeout_seconds,
+                # An ssh-key change logs in on each of its devices in one step.
+                step_timeout_seconds=(
+                    policy.connect_timeout_seconds + 4 * policy.read_timeout_seconds
+                )
+                * _devices_per_step(credential),
                 can_reconcile=credential.reconcile_credential_id is not None,
                 auto_reconcile=credential.auto_reconcile
                 and credential.reconcile_credential_id is not None,
@@ -280,6 +286,18 @@ class StoreActivities:
                 resolution=result.resolution,
                 error_type=result.error_type,
             )
+
+
+def _devices_per_step(credential: Credential) -> int:
+    return 1 + len(credential.key_targets) if credential.secret_type == SSH_KEY else 1
+
+
+def new_secret(credential: Credential, policy: Policy) -> str:
+    """A new password per the policy's rules, or for an ssh-key credential a new key pair
+    of the policy's type and size (the private key, OpenSSH format)."""
+    if credential.secret_type == SSH_KEY:
+        return generate_private_key(policy.key_type, policy.key_bits)
+    return generate_password(policy.password_rules())
 
 
 def _no_such_operation(operation_id: str) -> ApplicationError:

@@ -41,10 +41,11 @@ class Target:
 
 @dataclass(frozen=True)
 class Account:
-    """Who connects. The password is a secret: kept out of repr."""
+    """Who connects, with a password or (ssh) an OpenSSH private key. Secrets: kept out of repr."""
 
     username: str
     password: str = field(repr=False)
+    private_key: str = field(default="", repr=False)  # set: log in with this key, not a password
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,12 @@ def directive_lines(text: str, directives: Iterable[str]) -> list[tuple[int, str
 
 def request_secrets(context: TemplateContext | None, account: Account) -> tuple[str, ...]:
     """Everything a transcript or an error must never show: the context's secrets (a login
-    check may have no context) and the password the account connects with."""
-    return (*(context.secrets if context else ()), account.password)
+    check may have no context) and the password or private key the account connects with."""
+    return tuple(
+        s
+        for s in (*(context.secrets if context else ()), account.password, account.private_key)
+        if s
+    )
 
 
 def parse_template(target: Target, template: str, parse: Callable[[str], Parsed]) -> Parsed:

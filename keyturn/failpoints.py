@@ -20,6 +20,11 @@ CHANGE_SENT = "change-sent"  # the new secret is on the wire, the answer not yet
 AFTER_CHANGE = "after-change"  # the change succeeded, verify has not started
 DURING_COMMIT = "during-commit"  # inside the commit transaction, before it is committed
 ALL = (AFTER_PREPARE, CHANGE_SENT, AFTER_CHANGE, DURING_COMMIT)
+# An ssh-key change (activities/key_steps.py) installs on each device, verifies everywhere,
+# then removes the old key; it sends no password, so CHANGE_SENT is not on its path.
+KEY_INSTALLED_ON_ONE = "key-installed-on-one-device"  # the others do not have it yet
+KEY_VERIFIED = "key-verified-everywhere"  # the new key logs in everywhere; the old one is there too
+KEY_POINTS = (AFTER_PREPARE, KEY_INSTALLED_ON_ONE, KEY_VERIFIED, AFTER_CHANGE, DURING_COMMIT)
 # A sweep's page of operations has been requested, its activity not yet completed: the restarted
 # worker requests the page again.
 SWEEP_PAGE_REQUESTED = "sweep-page-requested"

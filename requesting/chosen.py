@@ -14,11 +14,18 @@ from sqlmodel import Session
 
 from requesting.errors import InvalidRequest
 from store import audit
+from store.jobs import SSH_KEY
 from store.models import Credential, Policy, SecretState, SecretVersion, utcnow
+from store.ssh_keys import KeyProblem, parse_private_key
 from store.vault import Vault
 
 # Which kinds take which part of a request; everything else refuses it.
-_TAKES = {"version_id": ("adopt",), "password": ("set-in-vault",), "next_password": ("change",)}
+_TAKES = {
+    "version_id": ("adopt",),
+    "password": ("set-in-vault",),
+    "next_password": ("change",),
+    "private_key": ("set-in-vault",),
+}
 MAX_SECRET_LENGTH = 1024
 
 
@@ -29,10 +36,14 @@ class SecretChoice:
     version_id: str | None = None  # adopt: the version to make current
     password: str | None = field(default=None, repr=False)  # set-in-vault: the value to store
     next_password: str | None = field(default=None, repr=False)  # change: instead of generated
+    private_key: str | None = field(default=None, repr=False)  # set-in-vault of an ssh-key
 
     @property
     def supplied(self) -> str | None:
-        return self.password if self.password is not None else self.next_password
+        for value in (self.password, self.private_key, self.next_password):
+            if value is not None:
+                return value
+        return None
 
     @property
     def names_a_secret(self) -> bool:
@@ -47,11 +58,19 @@ def check_secret_choice(
         "version_id": request.version_id,
         "password": request.password,
         "next_password": request.next_password,
+        "private_key": request.private_key,
     }
     for name, value in given.items():
         if value is not None and kind not in _TAKES[name]:
             kinds = " or ".join(_TAKES[name])
             raise InvalidRequest(name, f"only {kinds} operations take it, not {kind}")
+    if credential.secret_type == SSH_KEY:
+        _check_key_choice(credential, kind, request)
+        return
+    if request.private_key is not None:
+        raise InvalidRequest(
+            "private_key", f"credential {credential.id} holds a password: give password instead"
+        )
     if kind == "adopt":
         if not request.version_id:
             raise InvalidRequest("version_id", "adopt needs the id of the version to adopt")
@@ -62,7 +81,7 @@ def check_secret_choice(
                 f"credential {credential.id} has no secret version {request.version_id!r}; "
                 f"list them with GET /v1/credentials/{credential.id}/versions",
             )
-    if kind == "set-in-vault" and request.password is None:
+    if kind == "set-in-vault" and request.password is None:  # a password credential here
         raise InvalidRequest("password", "set-in-vault needs the password set on the target")
     secret = request.supplied
     if secret is not None:
@@ -74,6 +93,31 @@ def check_secret_choice(
             violation = (policy or Policy(name="(default)")).password_rules().violation(secret)
             if violation:
                 raise InvalidRequest(name, f"breaks the credential's policy: it {violation}")
+
+
+def _check_key_choice(credential: Credential, kind: str, request: SecretChoice) -> None:
+    """An ssh-key credential: set-in-vault takes a private key that parses; its next key is
+    always generated (a supplied one would have to be trusted never to have been seen)."""
+    if request.next_password is not None:
+        raise InvalidRequest(
+            "next_password",
+            f"credential {credential.id} holds an SSH key: a change generates its next key "
+            "pair per the policy's key_type and key_bits",
+        )
+    if request.password is not None:
+        raise InvalidRequest(
+            "password",
+            f"credential {credential.id} holds an SSH key: set-in-vault takes private_key",
+        )
+    if kind == "set-in-vault":
+        if request.private_key is None:
+            raise InvalidRequest(
+                "private_key", "set-in-vault of an ssh-key credential needs the private key"
+            )
+        try:
+            parse_private_key(request.private_key)
+        except KeyProblem as exc:
+            raise InvalidRequest("private_key", str(exc)) from None
 
 
 def store_supplied(

@@ -13,11 +13,13 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from store.passwords import PasswordRules
+from store.ssh_keys import DEFAULT_RSA_BITS, MAX_PRIVATE_KEY, RSA_BITS, key_bits_problem
 from triggers.window import DAYS, ChangeWindow, InvalidWindow
 from workflows.contracts import CLIENT_TRIGGERS, TRIGGERS
 
@@ -188,6 +190,13 @@ class PolicyIn(_In):
         description="the end of a credential's last open session deactivates it; the next "
         "session's start activates it first",
     )
+    key_type: Literal["ed25519", "rsa"] = Field(
+        default="ed25519", description="ssh-key credentials: the type of the key pairs made"
+    )
+    key_bits: int | None = Field(
+        default=None,
+        description=f"rsa only: {RSA_BITS[0]} to {RSA_BITS[1]} (null: {DEFAULT_RSA_BITS})",
+    )
 
     @model_validator(mode="after")
     def _rules_can_produce_a_password(self) -> PolicyIn:
@@ -197,6 +206,14 @@ class PolicyIn(_In):
         if problem:
             raise ValueError(problem)
         return self
+
+    @field_validator("key_bits")
+    @classmethod
+    def _key_bits_fit(cls, value: int | None, info: ValidationInfo) -> int | None:
+        problem = key_bits_problem(info.data.get("key_type", "ed25519"), value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class PolicyPatch(_In):
@@ -226,6 +243,8 @@ class PolicyPatch(_In):
     max_session_wait_seconds: int | None = None
     paused: bool | None = None
     lock_after_session: bool | None = None
+    key_type: str | None = None
+    key_bits: int | None = None
 
 
 class PolicyOut(PolicyIn):
@@ -237,7 +256,10 @@ class PolicyOut(PolicyIn):
 class TemplateIn(_In):
     name: str = Name
     executor: str = Field(default="ssh", min_length=1, max_length=50)
-    kind: Literal["change", "verify", "activate", "deactivate", "jit-create", "jit-remove"]
+    kind: Literal[
+        "change", "verify", "activate", "deactivate", "jit-create", "jit-remove",
+        "key-install", "key-remove",
+    ]  # fmt: skip
     body: str = Field(min_length=1, max_length=100_000)
 
 
@@ -255,7 +277,28 @@ class TemplateOut(BaseModel):
 class CredentialIn(_In):
     device_id: str = Field(min_length=1, max_length=64)
     username: str = Field(min_length=1, max_length=256)
-    password: Secret = Field(min_length=1, max_length=1024)
+    secret_type: Literal["password", "ssh-key"] = Field(
+        default="password",
+        description="ssh-key: the secret is an OpenSSH private key; a change makes a new key "
+        "pair, installs its public key in authorized_keys and removes the old one",
+    )
+    password: Secret | None = Field(
+        default=None, min_length=1, max_length=1024, description="the current password"
+    )
+    private_key: SecretStr | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_PRIVATE_KEY,
+        description="ssh-key: the current private key, OpenSSH format, unencrypted (write-only)",
+    )
+    key_targets: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="ssh-key: other devices where the same account must accept the same key",
+    )
+    key_remove_template: str | None = Field(
+        default=None, description="ssh-key: the key-remove template (default: the executor's)"
+    )
     change_template: str | None = None
     verify_template: str | None = None
     auth_credential_id: str | None = RefId
@@ -300,6 +343,9 @@ class CredentialOut(BaseModel):
     reconcile_credential_id: str | None
     auto_reconcile: bool
     sync_state: str
+    secret_type: str
+    key_targets: list[str]
+    key_remove_template: str | None
     current_version_id: str | None = None
     created_at: datetime
     active: bool = Field(description="false once deactivated (locked on its target)")
@@ -341,6 +387,12 @@ class OperationIn(_In):
         description="jit-create (required): how long the account lives once created; a "
         "jit-remove ends it then, or at the end of the credential's last session if sooner",
     )
+    private_key: SecretStr | None = Field(
+        default=None,
+        max_length=MAX_PRIVATE_KEY,
+        description="set-in-vault of an ssh-key credential: the private key whose public key "
+        "was authorized by other means (OpenSSH format, unencrypted; write-only)",
+    )
 
     @field_validator("trigger")
     @classmethod
@@ -370,6 +422,7 @@ class VersionSecretOut(BaseModel):
     version_id: str
     state: str
     secret: str = Field(repr=False)  # in the response body only, never in a repr or a log
+    public_key: str | None = Field(default=None, description="ssh-key: the secret's public key")
 
 
 class OperationAccepted(BaseModel):
@@ -396,6 +449,17 @@ class ChildOut(BaseModel):
     status: str
 
 
+class KeyResultOut(BaseModel):
+    device_id: str
+    device: str = Field(description="the device's name")
+    new_key_installed: bool
+    new_key_logs_in: bool
+    old_key_removed: bool | None = Field(
+        description="null: not tried (the change stopped before); false: still authorized there"
+    )
+    detail: str | None
+
+
 class OperationOut(BaseModel):
     id: str
     credential_id: str
@@ -418,6 +482,9 @@ class OperationOut(BaseModel):
     finished_at: datetime | None
     attempts: list[AttemptOut]
     children: list[ChildOut]
+    key_results: list[KeyResultOut] | None = Field(
+        None, description="an ssh-key change: what it did on each device (null otherwise)"
+    )
 
 
 class ExecutorOut(BaseModel):
@@ -430,7 +497,11 @@ class ExecutorOut(BaseModel):
 
 
 class SecretOut(BaseModel):
-    password: str = Field(repr=False)  # in the response body only, never in a repr or a log
+    # In the response body only, never in a repr or a log. A credential's secret is either a
+    # password or (ssh-key) a private key with its public key; the other fields are absent.
+    password: str | None = Field(default=None, repr=False)
+    private_key: str | None = Field(default=None, repr=False)
+    public_key: str | None = None
     version_id: str
     changed_at: datetime = Field(description="when this secret became current")
 

@@ -41,6 +41,21 @@ from workflows.contracts import LIFECYCLE_KINDS
 
 LIFECYCLE_FIELD = "lifecycle_templates"
 
+SSH_KEY = "ssh-key"  # Credential.secret_type of a credential whose secret is a private key
+
+
+@dataclass(frozen=True)
+class KeyDevice:
+    """One device where an ssh-key credential's public key is authorized: the credential's own
+    device first, then its key targets. A key target is reached as the account itself, with
+    the executor's own key templates; only the credential's device may use the auth account."""
+
+    device_id: str
+    target: Target
+    install_template: str
+    remove_template: str
+    privileged: bool  # the install and remove run as the auth (or reconcile) account
+
 
 @dataclass(frozen=True)
 class Job:
@@ -63,22 +78,44 @@ class Job:
     current_version_id: str = ""
     # Why the device's channel is not encrypted and verified, when the device allows that.
     insecure_transport: str | None = None
+    # An ssh-key credential: every device where its key is authorized (loaded for a change and
+    # for a login check alike). Empty for a password credential.
+    key_devices: tuple[KeyDevice, ...] = ()
+
+    @property
+    def holds_key(self) -> bool:
+        return self.credential.secret_type == SSH_KEY
+
+    def account(self, secret: str) -> Account:
+        """The credential's own account logging in with ``secret`` (a password or a key)."""
+        if self.holds_key:
+            return Account(self.credential.username, "", private_key=secret)
+        return Account(self.credential.username, secret)
 
     @property
     def connecting_account(self) -> Account:
         """Who logs in to run the change: the auth account if one is set, else the credential."""
-        return self.auth_account or Account(self.credential.username, self.current_password)
+        return self.auth_account or self.account(self.current_password)
 
-    def context(self, new_password: str | None = None) -> TemplateContext:
-        values = {}
+    def context(
+        self, new_password: str | None = None, values: dict[str, str] | None = None
+    ) -> TemplateContext:
+        """What templates may use. A private key never goes in: a key template gets the public
+        key it installs or removes in ``values``."""
+        values = dict(values or {})
         if self.operation.ttl_seconds:
             # jit-create: when the account's time is up (a PostgreSQL role's VALID UNTIL, say).
             until = utcnow() + timedelta(seconds=self.operation.ttl_seconds)
             values["valid_until"] = until.isoformat(timespec="seconds")
+        if self.holds_key:
+            current, new = "", ""
+        else:
+            current = self.current_password
+            new = new_password if new_password is not None else self.pending_password or ""
         return TemplateContext(
             username=self.credential.username,
-            current_password=self.current_password,
-            new_password=new_password if new_password is not None else self.pending_password or "",
+            current_password=current,
+            new_password=new,
             hostname=self.device.name,
             address=self.device.address,
             port=self.device.port,
@@ -89,7 +126,8 @@ class Job:
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return self.context().secrets
+        keys = (self.current_password, self.pending_password or "") if self.holds_key else ()
+        return (*self.context().secrets, *(k for k in keys if k))
 
 
 def lifecycle_template(executor: Executor, credential: Credential, kind: str) -> tuple[str, str]:
@@ -132,6 +170,10 @@ def load_job(
     with Session(engine, expire_on_commit=False) as session:
         operation = get_or_raise(session, Operation, operation_id)
         credential = get_or_raise(session, Credential, operation.credential_id)
+        if credential.secret_type == SSH_KEY:
+            # A key probe may finish or undo a change (activities/key_steps.py): it needs the
+            # key templates and the account that runs them, like the change.
+            for_change = True
         device = get_or_raise(session, Device, credential.device_id)
         policy = policy_for(session, credential)
         executor = _executor(device)
@@ -151,15 +193,17 @@ def load_job(
             if operation.pending_version_id
             else None
         )
+        rows = (device, credential, operation)
         verify_body = _template_body(
-            session,
-            executor,
-            (device, credential, operation),
-            "verify_template",
-            credential.verify_template,
+            session, executor, rows, "verify_template", credential.verify_template, "verify"
         )
         change_body = ""
         auth_account = None
+        key_devices: tuple[KeyDevice, ...] = ()
+        if credential.secret_type == SSH_KEY:
+            key_devices = _key_devices(
+                session, executor, rows, policy, for_change=for_change, via_reconcile=via_reconcile
+            )
         if for_change:
             change_name, field = credential.change_template, "change_template"
             privileged_id, role = credential.auth_credential_id, "auth_credential_id"
@@ -183,7 +227,8 @@ def load_job(
                         f"device) with PATCH /v1/credentials/{credential.id} to reconcile it",
                     )
                 privileged_id, role = credential.reconcile_credential_id, "reconcile_credential_id"
-                change_name = executor.default_templates.get("change-as-admin", "")
+                admin_kind = "key-install" if credential.secret_type == SSH_KEY else "change"
+                change_name = executor.default_templates.get(f"{admin_kind}-as-admin", "")
                 field = "change-as-admin template"
                 if not change_name:
                     raise _problem(
@@ -200,9 +245,13 @@ def load_job(
                     f"executor {device.executor!r} ships no {operation.kind} template: name "
                     f"one in credential {credential.id}'s lifecycle_templates",
                 )
-            change_body = _template_body(
-                session, executor, (device, credential, operation), field, change_name
-            )
+            if operation.kind in LIFECYCLE_KINDS:
+                change_kind = operation.kind
+            elif credential.secret_type == SSH_KEY:
+                change_kind = "key-install"
+            else:
+                change_kind = "change"
+            change_body = _template_body(session, executor, rows, field, change_name, change_kind)
             if privileged_id:
                 auth_account = _account(session, vault, device, credential, role, privileged_id)
         _record_secret_read(
@@ -225,6 +274,7 @@ def load_job(
             auth_account=auth_account,
             current_version_id=current.id,
             insecure_transport=insecure,
+            key_devices=key_devices,
         )
 
 
@@ -266,14 +316,12 @@ def _template_body(
     rows: tuple[Device, Credential, Operation],
     field: str,
     name: str,
+    kind: str,
 ) -> str:
     """The version of a credential's template current when the operation was requested,
-    checked: it exists, is of the device's executor and of the right kind, and parses.
-    ``field`` says where the name comes from."""
+    checked: it exists, is of the device's executor and of ``kind``, and parses. ``field``
+    says where the name comes from."""
     device, credential, operation = rows
-    kind = "verify" if field == "verify_template" else "change"
-    if field != "verify_template" and operation.kind in LIFECYCLE_KINDS:
-        kind = operation.kind
     whose = f"credential {credential.id} ({credential.username!r})"
     try:
         template = latest_template(session, name, as_of=operation.created_at)
@@ -304,6 +352,63 @@ def _template_body(
             f"{device.executor} executor: {exc}; save a corrected version",
         ) from None
     return template.body
+
+
+def _key_devices(
+    session: Session,
+    executor: Executor,
+    rows: tuple[Device, Credential, Operation],
+    policy: Policy,
+    *,
+    for_change: bool,
+    via_reconcile: bool,
+) -> tuple[KeyDevice, ...]:
+    """The credential's device and its key targets, each checked like the credential's own.
+    For a login check the templates are not needed (""), only where to connect."""
+    device, credential, operation = rows
+    privileged = via_reconcile or credential.auth_credential_id is not None
+    install = remove = ""
+    if for_change:
+        install_name = credential.change_template
+        remove_name = credential.key_remove_template or ""
+        if via_reconcile:
+            install_name = executor.default_templates.get("key-install-as-admin", "")
+            remove_name = executor.default_templates.get("key-remove-as-admin", "")
+        install = _template_body(
+            session, executor, rows, "change_template", install_name, "key-install"
+        )
+        remove = _template_body(
+            session, executor, rows, "key_remove_template", remove_name, "key-remove"
+        )
+    found = [KeyDevice(device.id, target_for(device, policy), install, remove, privileged)]
+    for device_id in credential.key_targets:
+        other = session.get(Device, device_id)
+        if other is None:
+            raise _problem(
+                device,
+                "key_targets",
+                f"credential {credential.id} ({credential.username!r}) names key target "
+                f"{device_id}, which is no longer a device: remove it from key_targets",
+            )
+        other_executor = _executor(other)
+        target = target_for(other, policy)
+        check_target(other_executor, target)
+        if for_change:
+            other_rows = (other, credential, operation)
+            defaults = other_executor.default_templates
+            install, remove = (
+                _template_body(
+                    session,
+                    other_executor,
+                    other_rows,
+                    f"{kind} template",
+                    defaults.get(kind, ""),
+                    kind,
+                )
+                for kind in ("key-install", "key-remove")
+            )
+        found.append(KeyDevice(other.id, target, install, remove, privileged=False))
+    return tuple(found)
 
 
 def _usable(session: Session, executor: str, kind: str) -> str:

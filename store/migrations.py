@@ -206,6 +206,24 @@ def _v8_activation_and_jit(conn: Connection) -> None:
     _add_columns(conn, "policy", {"lock_after_session": f"BOOLEAN NOT NULL DEFAULT {false}"})
 
 
+def _v9_ssh_keys(conn: Connection) -> None:
+    """SSH keys as secrets: a credential's secret type and key targets, a policy's key type,
+    an operation's per-device key results. Existing credentials hold passwords."""
+    _add_columns(
+        conn,
+        "credential",
+        {
+            "secret_type": "VARCHAR NOT NULL DEFAULT 'password'",
+            "key_targets": "JSON NOT NULL DEFAULT '[]'",
+            "key_remove_template": "VARCHAR",
+        },
+    )
+    _add_columns(
+        conn, "policy", {"key_type": "VARCHAR NOT NULL DEFAULT 'ed25519'", "key_bits": "INTEGER"}
+    )
+    _add_columns(conn, "operation", {"key_results": "JSON"})
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
@@ -215,6 +233,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v6_allow_insecure_transport,
     _v7_operation_callbacks,
     _v8_activation_and_jit,
+    _v9_ssh_keys,
 )
 LATEST = len(STEPS) + 1
 

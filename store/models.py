@@ -100,6 +100,9 @@ class Policy(SQLModel, table=True):
     # The end of a credential's last open session deactivates it (it is activated again, first,
     # when the next session starts).
     lock_after_session: bool = False
+    # The key pair a change of an ssh-key credential generates (store/ssh_keys.py).
+    key_type: str = "ed25519"
+    key_bits: int | None = None  # rsa only; None: store.ssh_keys.DEFAULT_RSA_BITS
     created_at: datetime = Field(default_factory=utcnow)
 
     def password_rules(self) -> PasswordRules:
@@ -143,6 +146,13 @@ class Credential(SQLModel, table=True):
     # Set by ``keyturn restore`` when an operation was in flight at backup time: the next start
     # requests a verify, which also tries that operation's pending secret (starter/restored.py).
     needs_verify: bool = False
+    # "password", or "ssh-key": the secret is an OpenSSH private key whose public half a change
+    # installs in the account's authorized_keys on its device and on every key target.
+    secret_type: str = "password"
+    # Other devices where the same account must accept the same key (ids; ssh-key only).
+    key_targets: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # ssh-key: the key-remove template; change_template is then the key-install template.
+    key_remove_template: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     # Kept with the credential so sweeps find what is due through an index: when the current
     # secret became current, and when it was last seen to log in.
@@ -215,6 +225,8 @@ class Operation(SQLModel, table=True):
     # to each, and a request that would join it starts a new operation instead.
     callbacks_closed: bool = False
     ttl_seconds: int | None = None  # jit-create: how long the account lives once created
+    # An ssh-key change: what happened on each device (store/key_results.py), no secret.
+    key_results: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class OperationCallback(SQLModel, table=True):

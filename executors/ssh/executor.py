@@ -1,4 +1,5 @@
-"""The ssh executor: log in with a password over SSH and drive commands with expect-style steps.
+"""The ssh executor: log in over SSH with a password or a private key and drive commands with
+expect-style steps. The key templates edit authorized_keys (executors/ssh/authorized_keys.py).
 
 Host keys are always checked: against the device's pinned keys, or (trust on first use, only when
 nothing is pinned yet) accepted once and returned so the caller pins them.
@@ -28,6 +29,7 @@ from executors.base import (
     redact,
 )
 from executors.common import parse_template, request_secrets, verify_template
+from executors.ssh import authorized_keys
 from executors.ssh.script import SYNTAX, Step, validate_script
 from executors.ssh.session import ScriptRunner
 from templating import TemplateContext
@@ -48,6 +50,12 @@ class SshExecutor:
         "deactivate": "ssh/linux-lock",
         "jit-create": "ssh/linux-useradd",
         "jit-remove": "ssh/linux-userdel",
+        # ssh-key credentials: install the new public key, remove the old one (the account
+        # itself logging in with its key, or through sudo).
+        "key-install": "ssh/authorized-keys-add",
+        "key-install-as-admin": "ssh/authorized-keys-add-sudo",
+        "key-remove": "ssh/authorized-keys-remove",
+        "key-remove-as-admin": "ssh/authorized-keys-remove-sudo",
     }
     default_port: ClassVar[int] = 22
 
@@ -56,7 +64,8 @@ class SshExecutor:
 
     def check_target(self, target: Target) -> None:
         """A device needs its host key pinned, or trust on first use; every pinned key must be
-        an OpenSSH public key line. The ssh executor takes no options."""
+        an OpenSSH public key line. The one option: ``authorized_keys_file``, where sshd reads
+        the accounts' keys when not ``~/.ssh/authorized_keys`` (its AuthorizedKeysFile)."""
         if not target.host_keys and not target.trust_on_first_use:
             raise ConfigurationError(
                 target.name,
@@ -74,21 +83,31 @@ class SshExecutor:
                     "not an OpenSSH public key ('ssh-ed25519 AAAA…')",
                     field=f"host_keys.{index}",
                 ) from None
-        if target.options:
+        unknown = sorted(set(target.options) - {authorized_keys.OPTION})
+        if unknown:
             raise ConfigurationError(
                 target.name,
                 "options",
-                f"the ssh executor takes no options (got {', '.join(sorted(target.options))})",
+                f"the ssh executor takes only the option {authorized_keys.OPTION!r}, "
+                f"not {', '.join(unknown)}",
             )
+        if authorized_keys.OPTION in target.options:
+            problem = authorized_keys.file_option_problem(target.options[authorized_keys.OPTION])
+            if problem:
+                raise ConfigurationError(
+                    target.name,
+                    "options",
+                    f"{authorized_keys.OPTION} {problem}",
+                    field=f"options.{authorized_keys.OPTION}",
+                )
 
     async def run(self, request: RunRequest) -> RunResult:
         steps = parse_template(request.target, request.template, validate_script)
         secrets = request_secrets(request.context, request.account)
         conn, learned = await _connect(request.target, request.account, secrets)
+        context = authorized_keys.with_edit_values(request.context, request.target.options)
         async with _closing(conn):
-            transcript = await self._run_steps(
-                conn, request.target, request.context, secrets, steps
-            )
+            transcript = await self._run_steps(conn, request.target, context, secrets, steps)
         return RunResult(transcript=transcript, learned_host_key=learned)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
@@ -182,6 +201,8 @@ async def _connect(
     known_hosts = _known_hosts(target)
     where = f"{target.address}:{target.port}"
     password = _Password(account.password)
+    if account.private_key:
+        return await _connect_with_key(target, account, known_hosts, secrets)
     try:
         conn = await asyncssh.connect(
             host=target.address,
@@ -204,23 +225,9 @@ async def _connect(
             preferred_auth="password,keyboard-interactive",
         )
     except asyncssh.HostKeyNotVerifiable:
-        offered = await _offered_key(target)
-        raise HostKeyMismatch(
-            target.name,
-            "host key",
-            f"the host key offered by {where}{offered} is not a pinned one: the host may not be "
-            "the one you think. If it was legitimately re-keyed, pin the key shown by "
-            f"`ssh-keyscan -p {target.port} {target.address}` after checking it out of band",
-        ) from None
+        raise await _host_key_mismatch(target) from None
     except asyncssh.KeyExchangeFailed as exc:
-        if known_hosts is not None and "host key" in str(exc).lower():
-            # The server has no key of any pinned type: for our purposes, a different host key.
-            raise HostKeyMismatch(
-                target.name,
-                "host key",
-                f"{where} offers no host key of a pinned type ({exc}); pin the key shown by "
-                f"`ssh-keyscan -p {target.port} {target.address}` after checking it out of band",
-            ) from None
+        _raise_if_host_key_type(target, known_hosts, exc)
         raise _connect_failed(target, exc, secrets, password.sent) from None
     except asyncssh.PermissionDenied:
         if not password.sent:
@@ -240,12 +247,84 @@ async def _connect(
         ) from None
     except (OSError, asyncssh.Error) as exc:  # TimeoutError (connect_timeout) is an OSError too
         raise _connect_failed(target, exc, secrets, password.sent) from None
-    learned = None
-    if known_hosts is None:
-        key = conn.get_server_host_key()
-        if key is not None:
-            learned = key.export_public_key().decode().strip()
-    return conn, learned
+    return conn, _learned_key(conn, known_hosts)
+
+
+async def _connect_with_key(
+    target: Target, account: Account, known_hosts: _KeyLists | None, secrets: tuple[str, ...]
+) -> tuple[asyncssh.SSHClientConnection, str | None]:
+    """Public-key authentication with the account's private key, and nothing else. The key
+    never leaves this process (only a signature does): a connection that fails has sent no
+    secret, so only the target's refusal of the key counts as a failed login."""
+    where = f"{target.address}:{target.port}"
+    try:
+        key = asyncssh.import_private_key(account.private_key)
+    except (asyncssh.KeyImportError, ValueError):
+        raise ConfigurationError(
+            target.name, "login", "the credential's private key does not parse", field="secret"
+        ) from None
+    try:
+        conn = await asyncssh.connect(
+            host=target.address,
+            port=target.port,
+            username=account.username,
+            known_hosts=known_hosts,
+            connect_timeout=target.connect_timeout + target.read_timeout,
+            client_keys=[key],
+            password=None,
+            agent_path=None,
+            config=None,
+            preferred_auth="publickey",
+        )
+    except asyncssh.HostKeyNotVerifiable:
+        raise await _host_key_mismatch(target) from None
+    except asyncssh.KeyExchangeFailed as exc:
+        _raise_if_host_key_type(target, known_hosts, exc)
+        raise _connect_failed(target, exc, secrets, False) from None
+    except asyncssh.PermissionDenied:
+        raise AuthenticationFailed(
+            target.name,
+            "login",
+            f"{where} refused the key of {account.username!r} (not in its authorized_keys, or "
+            "public-key login is off): check the credential (reconcile it if it drifted)",
+        ) from None
+    except (OSError, asyncssh.Error) as exc:
+        raise _connect_failed(target, exc, secrets, False) from None
+    return conn, _learned_key(conn, known_hosts)
+
+
+def _learned_key(conn: asyncssh.SSHClientConnection, known_hosts: _KeyLists | None) -> str | None:
+    """Trust on first use: the host key to pin, when none was."""
+    if known_hosts is not None:
+        return None
+    key = conn.get_server_host_key()
+    return key.export_public_key().decode().strip() if key is not None else None
+
+
+def _raise_if_host_key_type(
+    target: Target, known_hosts: _KeyLists | None, exc: asyncssh.KeyExchangeFailed
+) -> None:
+    if known_hosts is not None and "host key" in str(exc).lower():
+        # The server has no key of any pinned type: for our purposes, a different host key.
+        raise HostKeyMismatch(
+            target.name,
+            "host key",
+            f"{target.address}:{target.port} offers no host key of a pinned type ({exc}); pin "
+            f"the key shown by `ssh-keyscan -p {target.port} {target.address}` after checking "
+            "it out of band",
+        ) from None
+
+
+async def _host_key_mismatch(target: Target) -> HostKeyMismatch:
+    where = f"{target.address}:{target.port}"
+    offered = await _offered_key(target)
+    return HostKeyMismatch(
+        target.name,
+        "host key",
+        f"the host key offered by {where}{offered} is not a pinned one: the host may not be "
+        "the one you think. If it was legitimately re-keyed, pin the key shown by "
+        f"`ssh-keyscan -p {target.port} {target.address}` after checking it out of band",
+    )
 
 
 def _connect_failed(

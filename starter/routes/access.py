@@ -20,7 +20,9 @@ from starter.problems import Problem, invalid, not_found
 from starter.schemas import SecretOut, SessionEventIn, SessionOut
 from store import audit
 from store.engine import in_thread
+from store.jobs import SSH_KEY
 from store.models import Credential, CredentialSession, Policy
+from store.ssh_keys import public_key_line
 from store.vault import Vault
 from triggers.delayed import request_later
 from triggers.due import open_sessions
@@ -34,6 +36,7 @@ READER = "admin-token"
 @router.get(
     "/credentials/{credential_id}/secret",
     response_model=SecretOut,
+    response_model_exclude_none=True,  # a password, or a key pair: only what the secret is
     responses={
         404: {"description": "no such credential"},
         409: {"description": "the credential has no current secret"},
@@ -43,8 +46,10 @@ READER = "admin-token"
 async def read_secret(
     credential_id: str, app: State, request: Request, response: Response
 ) -> SecretOut:
-    """The current secret. Every read is an audit event naming who read it; with the policy's
-    ``change_after_view_seconds`` a change (trigger ``view``) follows that much later."""
+    """The current secret: ``password``, or for an ssh-key credential ``private_key`` and
+    ``public_key`` (its authorized_keys line). Every read is an audit event naming who read
+    it; with the policy's ``change_after_view_seconds`` a change (trigger ``view``) follows
+    that much later."""
     credential, policy = await in_thread(app.engine, lambda db: _with_policy(db, credential_id))
     now = datetime.now(UTC)
     # An inactive credential is locked on its target: a view asks for no change of it.
@@ -154,7 +159,7 @@ def _reveal(db: Session, vault: Vault, credential: Credential, client: str | Non
     version = Vault.current(db, credential.id)
     if version is None:
         raise Problem(409, f"credential {credential.id} has no current secret")
-    password = vault.reveal(version)
+    secret = vault.reveal(version)
     audit.record(
         db,
         audit.VIEWED,
@@ -165,7 +170,14 @@ def _reveal(db: Session, vault: Vault, credential: Credential, client: str | Non
         client=client,
     )
     db.commit()
-    return SecretOut(password=password, version_id=version.id, changed_at=version.changed_at)
+    if credential.secret_type == SSH_KEY:
+        return SecretOut(
+            private_key=secret,
+            public_key=public_key_line(secret, f"keyturn:{credential.id}"),
+            version_id=version.id,
+            changed_at=version.changed_at,
+        )
+    return SecretOut(password=secret, version_id=version.id, changed_at=version.changed_at)
 
 
 def _check_new(db: Session, credential: Credential, session_id: str) -> None:

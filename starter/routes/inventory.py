@@ -37,9 +37,10 @@ from starter.schemas import (
 )
 from store import audit
 from store.engine import in_thread
-from store.jobs import target_for
-from store.models import Credential, Device, Policy, Template, new_id
+from store.jobs import SSH_KEY, target_for
+from store.models import Credential, Device, Policy, SecretState, Template, new_id
 from store.queries import DEFAULT_POLICY, latest_template
+from store.ssh_keys import KeyProblem, parse_private_key
 from store.vault import Vault
 from templating import TemplateSyntaxProblem
 from triggers import schedules
@@ -254,10 +255,31 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
     refused = username_problem(executor, body.username)
     if refused is not None:
         raise invalid("username", refused)
-    change_name = body.change_template or _default_template(executor, "change", auth is not None)
+    secret = _registered_secret(body)
+    key = body.secret_type == SSH_KEY
+    change_kind = "key-install" if key else "change"
+    change_name = body.change_template or _default_template(executor, change_kind, auth is not None)
     verify_name = body.verify_template or _default_template(executor, "verify", False)
-    change = _template_for("change_template", change_name, device.executor, "change", db)
+    change = _template_for("change_template", change_name, device.executor, change_kind, db)
     _template_for("verify_template", verify_name, device.executor, "verify", db)
+    remove_name = None
+    if key:
+        remove_name = body.key_remove_template or _default_template(
+            executor, "key-remove", auth is not None, field="key_remove_template"
+        )
+        remove = _template_for(
+            "key_remove_template", remove_name, device.executor, "key-remove", db
+        )
+        if auth is None and any(tag in remove.body for tag in _AUTH_TAGS):
+            raise invalid(
+                "auth_credential_id",
+                f"template {remove_name!r} connects with a privileged account: give "
+                "auth_credential_id",
+            )
+        _check_key_targets(db, device, body.key_targets)
+    elif body.key_targets or body.key_remove_template:
+        field = "key_targets" if body.key_targets else "key_remove_template"
+        raise invalid(field, "only an ssh-key credential (secret_type ssh-key) takes it")
     if auth is None and any(tag in change.body for tag in _AUTH_TAGS):
         raise invalid(
             "auth_credential_id",
@@ -277,11 +299,14 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
         parent_id=body.parent_id,
         reconcile_credential_id=body.reconcile_credential_id,
         auto_reconcile=body.auto_reconcile,
+        secret_type=body.secret_type,
+        key_targets=list(body.key_targets),
+        key_remove_template=remove_name,
     )
     _check_links(db, credential)
     db.add(credential)
     db.flush()
-    version = app.vault.add(db, credential.id, body.password.get_secret_value(), "current")  # type: ignore[arg-type]
+    version = app.vault.add(db, credential.id, secret, SecretState.CURRENT)
     audit.record(
         db, "credential.created", credential_id=credential.id, principal=ADMIN,
         username=credential.username, version_id=version.id,
@@ -306,6 +331,45 @@ def update_credential(credential_id: str, body: CredentialPatch, db: DB) -> Cred
     )  # fmt: skip
     db.commit()
     return _credential_out(credential, _current_id(db, credential.id))
+
+
+def _registered_secret(body: CredentialIn) -> str:
+    """The credential's current secret: a password, or for an ssh-key credential an OpenSSH
+    private key that parses (refused, naming the field, before anything is stored)."""
+    if body.secret_type != SSH_KEY:
+        if body.private_key is not None:
+            raise invalid("private_key", "a password credential takes password; or set "
+                          "secret_type to ssh-key")  # fmt: skip
+        if body.password is None:
+            raise invalid("password", "the credential's current password is required")
+        return body.password.get_secret_value()
+    if body.password is not None:
+        raise invalid("password", "an ssh-key credential takes private_key, not password")
+    if body.private_key is None:
+        raise invalid("private_key", "an ssh-key credential needs its current private key")
+    private_key = body.private_key.get_secret_value()
+    try:
+        parse_private_key(private_key)
+    except KeyProblem as exc:
+        raise invalid("private_key", str(exc)) from None
+    return private_key
+
+
+def _check_key_targets(db: DB, device: Device, key_targets: list[str]) -> None:
+    """Each key target is another device whose executor can install keys."""
+    if len(set(key_targets)) != len(key_targets):
+        raise invalid("key_targets", "names a device twice")
+    for index, device_id in enumerate(key_targets):
+        field = f"key_targets.{index}"
+        other = db.get(Device, device_id)
+        if other is None:
+            raise invalid(field, f"no device with id {device_id!r}")
+        if other.id == device.id:
+            raise invalid(field, "is the credential's own device; list other devices only")
+        defaults = _known_executor(other.executor).default_templates
+        if not {"key-install", "key-remove"} <= set(defaults):
+            raise invalid(field, f"executor {other.executor!r} of device {other.name!r} "
+                          "ships no key templates: it cannot hold an SSH key")  # fmt: skip
 
 
 def _check_links(db: DB, credential: Credential) -> None:
@@ -369,12 +433,15 @@ def _known_executor(name: str) -> Executor:
         raise invalid("executor", str(exc)) from None
 
 
-def _default_template(executor: Executor, kind: str, privileged: bool) -> str:
+def _default_template(
+    executor: Executor, kind: str, privileged: bool, field: str | None = None
+) -> str:
     defaults = executor.default_templates
-    key = "change-as-admin" if kind == "change" and privileged else kind
+    key = f"{kind}-as-admin" if kind != "verify" and privileged else kind
     name = defaults.get(key)
     if name is None:
-        raise invalid(f"{kind}_template", f"executor has no default {key} template; name one")
+        field = field or ("verify_template" if kind == "verify" else "change_template")
+        raise invalid(field, f"executor {executor.name!r} has no default {key} template; name one")
     return name
 
 

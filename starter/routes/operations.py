@@ -41,11 +41,12 @@ router = APIRouter(route_class=StoreRoute)
         404: problem_response("no such credential"),
         422: problem_response(
             "invalid body: a trigger only Keyturn sets, a field its kind does not take, a "
-            "missing version_id (adopt) or password (set-in-vault), a next_password that "
-            "breaks the policy, a callback_url that is not https (or KEYTURN_WEBHOOK_SECRET "
-            "unset), a kind the device's executor has no template for (or, for activate, "
-            "deactivate, jit-create, jit-remove, no auth_credential_id), a jit-create without "
-            "a ttl_seconds in bounds"
+            "missing version_id (adopt) or password (set-in-vault; private_key for an ssh-key "
+            "credential, which must parse), a next_password that breaks the policy (or given "
+            "for an ssh-key credential), a callback_url that is not https (or "
+            "KEYTURN_WEBHOOK_SECRET unset), a kind the device's executor has no template for "
+            "(or, for activate, deactivate, jit-create, jit-remove, no auth_credential_id), a "
+            "jit-create without a ttl_seconds in bounds"
         ),
         503: problem_response("Temporal did not accept the operation"),
     },
@@ -70,6 +71,7 @@ async def create_operation(
         version_id=body.version_id,
         password=_value(body.password),
         next_password=_value(body.next_password),
+        private_key=_value(body.private_key),
     )
     try:
         requested = await request_operation(

@@ -16,7 +16,9 @@ from starter.pages import Cursor, Limit, Page, by_age, keyset_page, shown_as
 from starter.problems import Problem, not_found, problem_response
 from starter.schemas import VersionOut, VersionSecretOut
 from store import audit
+from store.jobs import SSH_KEY
 from store.models import Credential, SecretVersion
+from store.ssh_keys import public_key_line
 
 router = APIRouter(route_class=StoreRoute)
 
@@ -40,6 +42,7 @@ def list_versions(
 @router.get(
     "/credentials/{credential_id}/versions/{version_id}/secret",
     response_model=VersionSecretOut,
+    response_model_exclude_none=True,  # public_key only for an ssh-key credential
     responses={
         404: problem_response("no such credential, or no such version of it"),
         409: problem_response("the version was encrypted with another master key"),
@@ -56,8 +59,10 @@ def read_version_secret(
     app: State,
     response: Response,
 ) -> VersionSecretOut:
-    """One version's secret. The read and its reason are recorded before the secret is sent."""
-    if db.get(Credential, credential_id) is None:
+    """One version's secret (an ssh-key credential's: the private key, with its public key).
+    The read and its reason are recorded before the secret is sent."""
+    credential = db.get(Credential, credential_id)
+    if credential is None:
         raise not_found("credential", credential_id)
     version = db.get(SecretVersion, version_id)
     if version is None or version.credential_id != credential_id:
@@ -87,4 +92,9 @@ def read_version_secret(
     )
     db.commit()
     response.headers["Cache-Control"] = "no-store"
-    return VersionSecretOut(version_id=version.id, state=version.state, secret=secret)
+    public_key = None
+    if credential.secret_type == SSH_KEY:  # the secret is the private key
+        public_key = public_key_line(secret, f"keyturn:{credential.id}")
+    return VersionSecretOut(
+        version_id=version.id, state=version.state, secret=secret, public_key=public_key
+    )

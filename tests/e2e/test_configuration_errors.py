@@ -128,7 +128,7 @@ BAD_OPTIONS = [
     pytest.param("ldap", {"use_ssl": True}, "base_dn", id="ldap-no-base-dn"),
     pytest.param("http", {"auth": "kerberos"}, "'auth'", id="http-auth"),
     pytest.param("winrm", {"transport": "digest"}, "transport", id="winrm-transport"),
-    pytest.param("ssh", {"shell": "zsh"}, "takes no options", id="ssh-options"),
+    pytest.param("ssh", {"shell": "zsh"}, "takes only the option", id="ssh-options"),
 ]
 GOOD_OPTIONS: dict[str, dict[str, Any]] = {  # encrypted and verified: saved without exemption
     "postgresql": {"sslmode": "verify-full"},

@@ -385,7 +385,9 @@ async def test_the_openapi_lists_every_answer_of_the_recovery_routes(stack: Stac
         # 413: a body over 1 MiB, on any /v1 route (starter/limits.py).
         assert set(paths[path][method]["responses"]) == codes | {"413"}, path
     operation_in = (await stack.get("/openapi.json"))["components"]["schemas"]["OperationIn"]
-    assert {"version_id", "password", "next_password"} <= set(operation_in["properties"])
+    assert {"version_id", "password", "next_password", "private_key"} <= set(
+        operation_in["properties"]
+    )
 
 
 async def test_the_cli_takes_a_secret_from_stdin_never_from_its_arguments(

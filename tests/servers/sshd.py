@@ -40,9 +40,13 @@ def _answers_banner(port: int) -> bool:
 
 
 class Sshd:
-    """``sshd -D`` with its own host key and config in a temp dir. Restartable on the same port."""
+    """``sshd -D`` with its own host key and config in a temp dir. Restartable on the same port.
 
-    def __init__(self) -> None:
+    ``authorized_keys_file``: sshd's AuthorizedKeysFile (relative to the home). Two servers with
+    different files are two hosts as far as keys go, though they share the local accounts."""
+
+    def __init__(self, authorized_keys_file: str = ".ssh/authorized_keys") -> None:
+        self.authorized_keys_file = authorized_keys_file
         self._dir = Path(tempfile.mkdtemp(prefix="keyturn-sshd-"))
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -82,6 +86,7 @@ class Sshd:
                     f"HostKey {self._host_key}",
                     f"PidFile {self._dir / 'sshd.pid'}",
                     "PasswordAuthentication yes",
+                    f"AuthorizedKeysFile {self.authorized_keys_file}",
                     "KbdInteractiveAuthentication yes",
                     "UsePAM yes",
                     "PermitRootLogin no",
@@ -193,24 +198,14 @@ class Users:
         shutil.chown(ssh_dir / "authorized_keys", user, user)
         return key
 
-    async def key_works(self, user: str, key: asyncssh.SSHKey) -> bool:
-        """Does ``key`` log ``user`` in (public key authentication only)?"""
-        try:
-            async with asyncssh.connect(
-                "127.0.0.1",
-                port=self._sshd.port,
-                username=user,
-                known_hosts=([asyncssh.import_public_key(self._sshd.host_key_line)], [], []),
-                client_keys=[key],
-                agent_path=None,
-                preferred_auth="publickey",
-                connect_timeout=10,
-            ) as conn:
-                # An expired account may pass authentication and be stopped at the session.
-                result = await conn.run("true", check=False, timeout=10)
-                return result.exit_status == 0
-        except (asyncssh.PermissionDenied, asyncssh.ChannelOpenError, asyncssh.ConnectionLost):
-            return False
+    def allow_shell_as(self, admin: str, user: str) -> None:
+        """Let ``admin`` run sh as ``user`` through sudo, asked for its own password (what the
+        ssh key templates' sudo variants need to edit that account's authorized_keys)."""
+        path = Path(f"/etc/sudoers.d/keyturn-test-{admin}-as-{user}")
+        path.write_text(f"{admin} ALL=({user}) /usr/bin/sh, /bin/sh\n")
+        path.chmod(0o440)
+        self._sudoers.append(path)
+        subprocess.run(["visudo", "-c", "-q", "-f", str(path)], check=True)
 
     async def password_works(self, user: str, password: str) -> bool:
         """Does ``password`` log ``user`` in through the fixture sshd (independently of Keyturn)?"""
@@ -229,6 +224,46 @@ class Users:
                 return True
         except asyncssh.PermissionDenied:
             return False
+
+    async def key_works(
+        self, user: str, key: asyncssh.SSHKey | str, sshd: Sshd | None = None
+    ) -> bool:
+        """Does ``key`` (a key or an OpenSSH private key) log ``user`` in through ``sshd``
+        (default: the fixture's), by public key alone, as far as running a command?"""
+        server = sshd or self._sshd
+        client_key = asyncssh.import_private_key(key) if isinstance(key, str) else key
+        try:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                port=server.port,
+                username=user,
+                known_hosts=([asyncssh.import_public_key(server.host_key_line)], [], []),
+                client_keys=[client_key],
+                password=None,
+                agent_path=None,
+                config=None,
+                preferred_auth="publickey",
+                connect_timeout=10,
+            ) as conn:
+                # An expired account may pass authentication and be stopped at the session.
+                result = await conn.run("true", check=False, timeout=10)
+                return result.exit_status == 0
+        except (asyncssh.PermissionDenied, asyncssh.ChannelOpenError, asyncssh.ConnectionLost):
+            return False
+
+    def authorized_keys_path(self, user: str, sshd: Sshd | None = None) -> Path:
+        return Path(f"/home/{user}") / (sshd or self._sshd).authorized_keys_file
+
+    def write_authorized_keys(self, user: str, text: str, sshd: Sshd | None = None) -> None:
+        """The file as the account itself would have it: owned by it, in a directory it owns."""
+        path = self.authorized_keys_path(user, sshd)
+        subprocess.run(["install", "-d", "-o", user, "-g", user, "-m", "700", str(path.parent)])
+        path.write_text(text)
+        shutil.chown(path, user, user)
+        path.chmod(0o600)
+
+    def read_authorized_keys(self, user: str, sshd: Sshd | None = None) -> str:
+        return self.authorized_keys_path(user, sshd).read_text()
 
     def cleanup(self) -> None:
         for path in self._sudoers:

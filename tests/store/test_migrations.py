@@ -16,7 +16,12 @@ from keyturn.crypto import Cipher
 from starter.cli import main
 from store import audit, callbacks
 from store.engine import make_engine, session_scope
-from store.migrations import LATEST, alembic_config, current_version, revision_of
+from store.migrations import (
+    LATEST,
+    alembic_config,
+    current_version,
+    revision_of,
+)
 from store.models import (
     Credential,
     Device,
@@ -305,4 +310,38 @@ def test_a_store_before_lifecycle_operations_gets_active_credentials(empty_datab
         assert stored is not None and stored.active is False
         assert stored.lifecycle_templates == {"deactivate": "ssh/linux-lock"}
     make_engine(empty_database).dispose()  # starting again changes nothing
+    engine.dispose()
+
+
+def test_a_store_before_ssh_keys_holds_passwords_after_migrating(empty_database: str) -> None:
+    """The ssh-key step: every existing credential is a password credential with no key
+    targets, every policy makes ed25519 keys, no operation has key results."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / f"v6_{dialect}.sql").read_text())
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+        run_sql(conn, V6_ROWS)
+        run_sql(
+            conn,
+            "INSERT INTO policy (id, name, length, lowercase, uppercase, digits, symbols, "
+            "exclude, max_attempts, retry_interval_seconds, backoff, connect_timeout_seconds, "
+            "read_timeout_seconds, lockout_budget, lockout_window_seconds, "
+            "max_concurrent_operations, jitter_seconds, paused, created_at) VALUES ('p1', "
+            "'linux', 24, true, true, true, true, '', 5, 10, 2, 10, 30, 3, 900, 2, 0, false, "
+            "'2026-11-01 09:00:00')",
+        )
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    with Session(engine) as session:
+        credential = session.get(Credential, "c1")
+        assert credential is not None
+        assert (credential.secret_type, credential.key_targets) == ("password", [])
+        assert credential.key_remove_template is None
+        policy = session.get(Policy, "p1")
+        assert policy is not None and (policy.key_type, policy.key_bits) == ("ed25519", None)
+    assert "key_results" in {c["name"] for c in inspect(engine).get_columns("operation")}
+    assert current_version(engine) == LATEST
     engine.dispose()
