@@ -158,6 +158,30 @@ def _v6_allow_insecure_transport(conn: Connection) -> None:
     _add_columns(conn, "device", {"allow_insecure_transport": f"BOOLEAN NOT NULL DEFAULT {false}"})
 
 
+def _v10_principals(conn: Connection) -> None:
+    """Template review (maker-checker). The principal and token tables are new: create_all
+    made them. Templates stored before review existed are what ran until now: approved."""
+    timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    _add_columns(
+        conn,
+        "template",
+        {
+            "status": "VARCHAR NOT NULL DEFAULT 'pending'",
+            "author": "VARCHAR NOT NULL DEFAULT 'keyturn'",
+            "reviewed_by": "VARCHAR",
+            "reviewed_at": timestamp,
+            "approved_at": timestamp,
+            "review_note": "VARCHAR",
+        },
+    )
+    conn.execute(
+        text(
+            "UPDATE template SET status = 'approved', approved_at = created_at, "
+            "reviewed_at = created_at, reviewed_by = 'keyturn' WHERE approved_at IS NULL"
+        )
+    )
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
@@ -165,6 +189,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v4_recovery_by_hand,
     _v5_governance,
     _v6_allow_insecure_transport,
+    _v10_principals,
 )
 LATEST = len(STEPS) + 1
 

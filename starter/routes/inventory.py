@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -12,7 +12,19 @@ from sqlmodel import Session, col, select
 from executors.base import ConfigurationError, Executor, check_target, get_executor, registry
 from executors.shipped import shipped_templates
 from requesting import TemporalUnavailable
-from starter.deps import ADMIN, DB, State, StoreRoute
+from starter.authz import (
+    ADMIN,
+    APPROVER,
+    OPERATOR,
+    READERS,
+    TEMPLATE_AUTHOR,
+    Admin,
+    Caller,
+    Reader,
+    allow,
+    hidden,
+)
+from starter.deps import DB, State, StoreRoute
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
     CredentialIn,
@@ -24,8 +36,6 @@ from starter.schemas import (
     PolicyIn,
     PolicyOut,
     PolicyPatch,
-    TemplateIn,
-    TemplateOut,
 )
 from store import audit
 from store.engine import in_thread
@@ -33,17 +43,20 @@ from store.jobs import target_for
 from store.models import Credential, Device, Policy, Template, new_id
 from store.queries import DEFAULT_POLICY, latest_template
 from store.vault import Vault
-from templating import TemplateSyntaxProblem
 from triggers import schedules
 
 router = APIRouter(route_class=StoreRoute)
+# Operators keep inventory within their profiles; auditors and operators read it.
+Keeper = Annotated[Caller, Depends(allow(OPERATOR))]
 
 # Templates that need a privileged account refer to it; used to insist one is given.
 _AUTH_TAGS = ("auth_password", "AUTH_PASSWORD", "auth_username", "AUTH_USER")
 
 
 @router.get("/executors", response_model=list[ExecutorOut])
-def list_executors() -> list[ExecutorOut]:
+def list_executors(
+    caller: Annotated[Caller, Depends(allow(*READERS, TEMPLATE_AUTHOR, APPROVER))],
+) -> list[ExecutorOut]:
     shipped = shipped_templates()
     return [
         ExecutorOut(
@@ -59,8 +72,9 @@ def list_executors() -> list[ExecutorOut]:
 
 
 @router.post("/devices", status_code=201, response_model=DeviceOut)
-def create_device(body: DeviceIn, db: DB) -> Device:
-    executor = _known_executor(body.executor)
+def create_device(body: DeviceIn, db: DB, caller: Keeper) -> Device:
+    _may_place(caller, body.profile)
+    executor = known_executor(body.executor)
     default_port = executor.default_port
     if body.options.get("scheme") == "http":  # e.g. WinRM: 5985 over http, 5986 over https
         default_port = getattr(executor, "http_port", default_port)
@@ -73,7 +87,7 @@ def create_device(body: DeviceIn, db: DB) -> Device:
         raise Problem(409, f"a device named {body.name!r} exists; choose another name")
     db.add(device)
     audit.record(
-        db, "device.created", device_id=device.id, principal=ADMIN, name=device.name,
+        db, "device.created", device_id=device.id, principal=caller.name, name=device.name,
         executor=device.executor,
     )  # fmt: skip
     db.commit()
@@ -81,13 +95,27 @@ def create_device(body: DeviceIn, db: DB) -> Device:
 
 
 @router.get("/devices", response_model=list[DeviceOut])
-def list_devices(db: DB) -> list[Device]:
-    return list(db.exec(select(Device).order_by(col(Device.created_at))))
+def list_devices(db: DB, caller: Reader) -> list[Device]:
+    query = select(Device)
+    if caller.profiles is not None:
+        query = query.where(col(Device.profile).in_(caller.profiles))
+    return list(db.exec(query.order_by(col(Device.created_at))))
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)
-def get_device(device_id: str, db: DB) -> Device:
-    return db.get(Device, device_id) or _raise(not_found("device", device_id))
+def get_device(device_id: str, db: DB, caller: Reader) -> Device:
+    device = db.get(Device, device_id) or _raise(not_found("device", device_id))
+    hidden(caller, device.profile, "device", device_id)
+    return device
+
+
+def _may_place(caller: Caller, profile: str) -> None:
+    if not caller.sees(profile):
+        raise Problem(
+            403,
+            f"{caller.name} may not place objects in profile {profile!r}; its profiles: "
+            f"{', '.join(sorted(caller.profiles or ()))}",
+        )
 
 
 _POLICY_PROBLEMS: dict[int | str, dict[str, str]] = {
@@ -104,13 +132,13 @@ _POLICY_PROBLEMS: dict[int | str, dict[str, str]] = {
     response_model=PolicyOut,
     responses={k: v for k, v in _POLICY_PROBLEMS.items() if k != 404},
 )
-async def create_policy(body: PolicyIn, app: State) -> Policy:
+async def create_policy(body: PolicyIn, app: State, caller: Admin) -> Policy:
     """A policy with an expiry or a verification period gets its schedules at once."""
     policy = Policy(id=new_id(), **body.model_dump())
     await in_thread(app.engine, lambda db: _name_is_free(db, policy.name, policy.id))
     await _apply_schedules(app, policy)
     try:
-        await in_thread(app.engine, lambda db: _save(db, policy, "policy.created"))
+        await in_thread(app.engine, lambda db: _save(db, policy, "policy.created", caller))
     except IntegrityError:  # the same name, created meanwhile: undo the schedules
         await _apply_schedules(app, Policy(id=policy.id, name=policy.name), policy)
         raise Problem(409, f"a policy named {body.name!r} exists; choose another name") from None
@@ -118,7 +146,7 @@ async def create_policy(body: PolicyIn, app: State) -> Policy:
 
 
 @router.patch("/policies/{policy_id}", response_model=PolicyOut, responses=_POLICY_PROBLEMS)
-async def update_policy(policy_id: str, body: PolicyPatch, app: State) -> Policy:
+async def update_policy(policy_id: str, body: PolicyPatch, app: State, caller: Admin) -> Policy:
     """Change any field; its schedules are updated, paused, resumed or removed at once, before
     the change is stored (so a 503 leaves both as they were)."""
     policy = await in_thread(app.engine, lambda db: db.get(Policy, policy_id))
@@ -141,7 +169,7 @@ async def update_policy(policy_id: str, body: PolicyPatch, app: State) -> Policy
     await in_thread(app.engine, lambda db: _name_is_free(db, updated.name, updated.id))
     await _apply_schedules(app, updated, policy)
     try:
-        await in_thread(app.engine, lambda db: _save(db, updated, "policy.updated"))
+        await in_thread(app.engine, lambda db: _save(db, updated, "policy.updated", caller))
     except IntegrityError:
         await _apply_schedules(app, policy, updated)
         raise Problem(409, f"a policy named {updated.name!r} exists; choose another name") from None
@@ -154,9 +182,9 @@ def _name_is_free(db: Session, name: str, policy_id: str) -> None:
         raise Problem(409, f"a policy named {name!r} exists; choose another name")
 
 
-def _save(db: Session, policy: Policy, event: str) -> None:
+def _save(db: Session, policy: Policy, event: str, caller: Caller) -> None:
     db.merge(policy)
-    audit.record(db, event, principal=ADMIN, policy_id=policy.id, name=policy.name)
+    audit.record(db, event, principal=caller.name, policy_id=policy.id, name=policy.name)
     db.commit()
 
 
@@ -173,76 +201,53 @@ async def _apply_schedules(app: State, policy: Policy, before: Policy | None = N
 
 
 @router.get("/policies", response_model=list[PolicyOut])
-def list_policies(db: DB) -> list[Policy]:
+def list_policies(db: DB, caller: Reader) -> list[Policy]:
     return list(db.exec(select(Policy).order_by(col(Policy.created_at))))
 
 
 @router.get("/policies/{policy_id}", response_model=PolicyOut)
-def get_policy(policy_id: str, db: DB) -> Policy:
+def get_policy(policy_id: str, db: DB, caller: Reader) -> Policy:
     return db.get(Policy, policy_id) or _raise(not_found("policy", policy_id))
 
 
-@router.post("/templates", status_code=201, response_model=TemplateOut)
-def create_template(body: TemplateIn, db: DB) -> Template:
-    """A new template, or a new version of one of yours. Shipped templates cannot be replaced."""
-    executor = _known_executor(body.executor)
-    try:
-        executor.validate(body.body)
-    except TemplateSyntaxProblem as exc:
-        raise Problem(
-            422,
-            f"template does not parse: {exc}",
-            errors=[{"field": "body", "line": exc.line, "message": exc.message}],
-        ) from None
-    latest = db.exec(
-        select(Template).where(Template.name == body.name).order_by(col(Template.version).desc())
-    ).first()
-    if latest is not None and latest.shipped:
-        raise Problem(409, f"{body.name!r} is a shipped template; save yours under another name")
-    if latest is not None and latest.executor != body.executor:
-        raise invalid("executor", f"{body.name!r} is a template of executor {latest.executor!r}")
-    template = Template(**body.model_dump(), version=latest.version + 1 if latest else 1)
-    db.add(template)
-    audit.record(
-        db, "template.saved", principal=ADMIN, name=template.name, version=template.version
-    )
-    db.commit()
-    return template
-
-
-@router.get("/templates", response_model=list[TemplateOut])
-def list_templates(db: DB) -> list[Template]:
-    return list(db.exec(select(Template).order_by(col(Template.name), col(Template.version))))
-
-
 @router.post("/credentials", status_code=201, response_model=CredentialOut)
-def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
+def create_credential(body: CredentialIn, db: DB, app: State, caller: Keeper) -> CredentialOut:
+    """A credential's profile is its device's (a ``profile`` given must be the same)."""
     device = db.get(Device, body.device_id)
-    if device is None:
+    if device is None or not caller.sees(device.profile):
         raise invalid("device_id", f"no device with id {body.device_id!r}")
+    if "profile" in body.model_fields_set and body.profile != device.profile:
+        raise invalid("profile", f"a credential's profile is its device's: {device.profile!r}")
     auth = None
     if body.auth_credential_id:
         auth = db.get(Credential, body.auth_credential_id)
-        if auth is None:
+        if auth is None or not caller.sees(auth.profile):
             raise invalid(
                 "auth_credential_id", f"no credential with id {body.auth_credential_id!r}"
             )
         if auth.device_id != device.id:
             raise invalid("auth_credential_id", "the auth credential must be on the same device")
-    executor = _known_executor(device.executor)
+    executor = known_executor(device.executor)
     change_name = body.change_template or _default_template(executor, "change", auth is not None)
     verify_name = body.verify_template or _default_template(executor, "verify", False)
     change = _template_for("change_template", change_name, device.executor, "change", db)
     _template_for("verify_template", verify_name, device.executor, "verify", db)
-    if auth is None and any(tag in change.body for tag in _AUTH_TAGS):
+    uses_auth = any(tag in change.body for tag in _AUTH_TAGS)
+    if auth is None and uses_auth:
         raise invalid(
             "auth_credential_id",
             f"template {change_name!r} connects with a privileged account: give auth_credential_id",
         )
+    if auth is not None and uses_auth and caller.role != ADMIN:
+        raise Problem(
+            403,
+            f"only an admin may point {change_name!r}, a template that uses another credential's "
+            "password (auth_password), at that credential",
+        )
     credential = Credential(
         device_id=device.id,
         username=body.username,
-        profile=body.profile,
+        profile=device.profile,
         change_template=change_name,
         verify_template=verify_name,
         auth_credential_id=body.auth_credential_id,
@@ -251,12 +256,12 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
         reconcile_credential_id=body.reconcile_credential_id,
         auto_reconcile=body.auto_reconcile,
     )
-    _check_links(db, credential)
+    _check_links(db, credential, caller)
     db.add(credential)
     db.flush()
     version = app.vault.add(db, credential.id, body.password.get_secret_value(), "current")  # type: ignore[arg-type]
     audit.record(
-        db, "credential.created", credential_id=credential.id, principal=ADMIN,
+        db, "credential.created", credential_id=credential.id, principal=caller.name,
         username=credential.username, version_id=version.id,
     )  # fmt: skip
     db.commit()
@@ -264,29 +269,33 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
 
 
 @router.patch("/credentials/{credential_id}", response_model=CredentialOut)
-def update_credential(credential_id: str, body: CredentialPatch, db: DB) -> CredentialOut:
+def update_credential(
+    credential_id: str, body: CredentialPatch, db: DB, caller: Keeper
+) -> CredentialOut:
     credential = db.get(Credential, credential_id) or _raise(not_found("credential", credential_id))
+    hidden(caller, credential.profile, "credential", credential_id)
     for field, value in body.model_dump(exclude_unset=True).items():
         if field == "auto_reconcile" and value is None:
             raise invalid(field, "must be true or false")
         setattr(credential, field, value)
-    _check_links(db, credential)
+    _check_links(db, credential, caller)
     db.add(credential)
     audit.record(
-        db, "credential.updated", credential_id=credential.id, principal=ADMIN,
+        db, "credential.updated", credential_id=credential.id, principal=caller.name,
         fields=sorted(body.model_dump(exclude_unset=True)),
     )  # fmt: skip
     db.commit()
     return _credential_out(credential, _current_id(db, credential.id))
 
 
-def _check_links(db: DB, credential: Credential) -> None:
-    """Parent and reconcile links must name existing credentials, and parents form no cycle."""
+def _check_links(db: DB, credential: Credential, caller: Caller) -> None:
+    """Parent and reconcile links must name existing credentials of the caller's profiles, and
+    parents form no cycle."""
     if credential.policy_id and db.get(Policy, credential.policy_id) is None:
         raise invalid("policy_id", f"no policy with id {credential.policy_id!r}")
     if credential.reconcile_credential_id:
         reconcile = db.get(Credential, credential.reconcile_credential_id)
-        if reconcile is None:
+        if reconcile is None or not caller.sees(reconcile.profile):
             raise invalid(
                 "reconcile_credential_id",
                 f"no credential with id {credential.reconcile_credential_id!r}",
@@ -305,20 +314,24 @@ def _check_links(db: DB, credential: Credential) -> None:
             raise invalid("parent_id", "this parent link would make a cycle of credentials")
         seen.add(parent_id)
         parent = db.get(Credential, parent_id)
-        if parent is None:
+        if parent is None or not caller.sees(parent.profile):
             raise invalid("parent_id", f"no credential with id {parent_id!r}")
         parent_id = parent.parent_id
 
 
 @router.get("/credentials", response_model=list[CredentialOut])
-def list_credentials(db: DB) -> list[CredentialOut]:
-    rows = db.exec(select(Credential).order_by(col(Credential.created_at)))
+def list_credentials(db: DB, caller: Reader) -> list[CredentialOut]:
+    query = select(Credential)
+    if caller.profiles is not None:
+        query = query.where(col(Credential.profile).in_(caller.profiles))
+    rows = db.exec(query.order_by(col(Credential.created_at)))
     return [_credential_out(c, _current_id(db, c.id)) for c in rows]
 
 
 @router.get("/credentials/{credential_id}", response_model=CredentialOut)
-def get_credential(credential_id: str, db: DB) -> CredentialOut:
+def get_credential(credential_id: str, db: DB, caller: Reader) -> CredentialOut:
     credential = db.get(Credential, credential_id) or _raise(not_found("credential", credential_id))
+    hidden(caller, credential.profile, "credential", credential_id)
     return _credential_out(credential, _current_id(db, credential.id))
 
 
@@ -331,7 +344,7 @@ def _current_id(db: DB, credential_id: str) -> str | None:
     return current.id if current else None
 
 
-def _known_executor(name: str) -> Executor:
+def known_executor(name: str) -> Executor:
     try:
         return get_executor(name)
     except LookupError as exc:

@@ -11,7 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from sqlmodel import col, select
 
-from starter.deps import ADMIN, DB, State, StoreRoute
+from starter.authz import Admin, Reader, credential_for
+from starter.deps import DB, State, StoreRoute
 from starter.problems import Problem, not_found, problem_response
 from starter.schemas import VersionOut, VersionSecretOut
 from store import audit
@@ -25,11 +26,10 @@ router = APIRouter(route_class=StoreRoute)
     response_model=list[VersionOut],
     responses={404: problem_response("no such credential")},
 )
-def list_versions(credential_id: str, db: DB) -> list[SecretVersion]:
+def list_versions(credential_id: str, db: DB, caller: Reader) -> list[SecretVersion]:
     """Every secret version of the credential, oldest first: state, the operation that made
     it, and when a login with it was last seen to work. No secret."""
-    if db.get(Credential, credential_id) is None:
-        raise not_found("credential", credential_id)
+    credential_for(db, caller, credential_id)
     return list(
         db.exec(
             select(SecretVersion)
@@ -57,6 +57,7 @@ def read_version_secret(
     db: DB,
     app: State,
     response: Response,
+    caller: Admin,
 ) -> VersionSecretOut:
     """One version's secret. The read and its reason are recorded before the secret is sent."""
     if db.get(Credential, credential_id) is None:
@@ -81,7 +82,7 @@ def read_version_secret(
     audit.record(
         db,
         "secret.read",
-        principal=ADMIN,
+        principal=caller.name,
         credential_id=credential_id,
         version_id=version.id,
         version_state=version.state,
