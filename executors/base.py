@@ -201,6 +201,8 @@ class Executor(Protocol):
     # (when the credential has an auth credential) and "verify".
     default_templates: ClassVar[dict[str, str]]
     default_port: ClassVar[int]  # used when a device gives no port
+    # Optional, so not declared here: ``username_forbids: ClassVar[str]``, the characters the
+    # protocol cannot carry in a username (HTTP Basic: ":"), refused when a credential is saved.
 
     def validate(self, template: str) -> None:
         """Raise templating.TemplateSyntaxProblem (with its line) if the template is unusable."""
@@ -214,6 +216,15 @@ class Executor(Protocol):
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
         """Does the account log in? ok=False only for a refused secret; other errors raise."""
+
+
+def username_problem(executor: object, username: str) -> str | None:
+    """Why the executor cannot log in as ``username``, or None."""
+    forbidden = sorted(set(getattr(executor, "username_forbids", "")) & set(username))
+    if forbidden:
+        shown = " ".join(repr(char) for char in forbidden)
+        return f"executor {getattr(executor, 'name', '?')!r} cannot carry {shown} in a username"
+    return None
 
 
 def check_target(executor: object, target: Target) -> None:

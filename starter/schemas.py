@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from datetime import datetime
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from store.passwords import PasswordRules
 from triggers.window import DAYS, ChangeWindow, InvalidWindow
@@ -21,6 +31,37 @@ Trigger = Field(
     json_schema_extra={"enum": list(CLIENT_TRIGGERS)},
 )
 TriggerOut = Field(description="why it was requested", json_schema_extra={"enum": list(TRIGGERS)})
+# A reference to another object by id. Empty is refused here, with the field named: an empty
+# string is falsy, so it would skip the route's existence check and reach the foreign key.
+RefId = Field(default=None, min_length=1, max_length=64)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def _host_or_ip(value: str) -> str:
+    """A device address is a DNS host name or an IP literal: nothing a driver would read as a
+    URL, a port, a user or an option (``host:22``, ``user@host``, ``-oProxyCommand=…``)."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    if all(_HOST_LABEL.match(label) for label in labels):
+        return value
+    raise ValueError("must be a host name (letters, digits, hyphens, dots) or an IP address")
+
+
+def _no_nul(value: SecretStr) -> SecretStr:
+    # No target stores a NUL in a password: C strings cut it there, so what is set would not be
+    # what the vault keeps.
+    if "\0" in value.get_secret_value():
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+Address = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(_host_or_ip)]
+Secret = Annotated[SecretStr, AfterValidator(_no_nul)]
 
 
 class _In(BaseModel):
@@ -29,7 +70,7 @@ class _In(BaseModel):
 
 class DeviceIn(_In):
     name: str = Name
-    address: str = Field(min_length=1, max_length=255)
+    address: Address
     port: int | None = Field(default=None, ge=1, le=65535, description="executor's default")
     executor: str = Field(default="ssh", min_length=1, max_length=50)
     zone: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")
@@ -251,16 +292,16 @@ class IssuedOut(PrincipalOut):
 
 
 class CredentialIn(_In):
-    device_id: str
+    device_id: str = Field(min_length=1, max_length=64)
     username: str = Field(min_length=1, max_length=256)
-    password: SecretStr = Field(min_length=1, max_length=1024)
+    password: Secret = Field(min_length=1, max_length=1024)
     change_template: str | None = None
     verify_template: str | None = None
-    auth_credential_id: str | None = None
-    policy_id: str | None = None
+    auth_credential_id: str | None = RefId
+    policy_id: str | None = RefId
     profile: str = Field(default="default", min_length=1, max_length=100)
-    parent_id: str | None = None
-    reconcile_credential_id: str | None = None
+    parent_id: str | None = RefId
+    reconcile_credential_id: str | None = RefId
     auto_reconcile: bool = False
 
     @field_validator("username")
@@ -274,10 +315,10 @@ class CredentialIn(_In):
 class CredentialPatch(_In):
     """Links that may change after creation; an absent field is left as it is, null clears it."""
 
-    parent_id: str | None = None
-    reconcile_credential_id: str | None = None
+    parent_id: str | None = RefId
+    reconcile_credential_id: str | None = RefId
     auto_reconcile: bool | None = None
-    policy_id: str | None = None
+    policy_id: str | None = RefId
 
 
 class CredentialOut(BaseModel):
@@ -308,14 +349,17 @@ class OperationIn(_In):
     )
 
     version_id: str | None = Field(
-        default=None, max_length=64, description="adopt: the secret version to make current"
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="adopt: the secret version to make current",
     )
-    password: SecretStr | None = Field(
+    password: Secret | None = Field(
         default=None,
         max_length=1024,
         description="set-in-vault: the password set on the target by other means (write-only)",
     )
-    next_password: SecretStr | None = Field(
+    next_password: Secret | None = Field(
         default=None,
         max_length=1024,
         description="change: the new password, instead of a generated one; must fit the "

@@ -75,6 +75,7 @@ class HttpSettings:
 
 class HttpExecutor:
     name: ClassVar[str] = "http"
+    username_forbids: ClassVar[str] = ":"  # HTTP Basic joins user and password with one (RFC 7617)
     syntax: ClassVar[str] = SYNTAX
     # RabbitMQ's management API lets no one but an administrator change a password, not even
     # their own: "change" is the self-change of an administrator, "change-as-admin" the usual one.

@@ -9,7 +9,14 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from executors.base import ConfigurationError, Executor, check_target, get_executor, registry
+from executors.base import (
+    ConfigurationError,
+    Executor,
+    check_target,
+    get_executor,
+    registry,
+    username_problem,
+)
 from executors.shipped import shipped_templates
 from requesting import TemporalUnavailable
 from starter.authz import (
@@ -228,6 +235,9 @@ def create_credential(body: CredentialIn, db: DB, app: State, caller: Keeper) ->
         if auth.device_id != device.id:
             raise invalid("auth_credential_id", "the auth credential must be on the same device")
     executor = known_executor(device.executor)
+    refused = username_problem(executor, body.username)
+    if refused is not None:
+        raise invalid("username", refused)
     change_name = body.change_template or _default_template(executor, "change", auth is not None)
     verify_name = body.verify_template or _default_template(executor, "verify", False)
     change = _template_for("change_template", change_name, device.executor, "change", db)
