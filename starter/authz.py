@@ -178,9 +178,10 @@ def guard_router(router: APIRouter) -> None:
 
 def credential_for(db: Session, caller: Caller, credential_id: str) -> Credential:
     """The credential, or the 404 of one that does not exist when it is outside the caller's
-    profiles."""
+    profiles. An app's reach is its granted credentials (``granted``), whatever their profile."""
     credential = db.get(Credential, credential_id)
-    if credential is None or not caller.sees(credential.profile):
+    reaches = credential_id in caller.credential_ids if caller.role == APP else None
+    if credential is None or not (reaches or caller.sees(credential.profile)):
         raise not_found("credential", credential_id)
     return credential
 

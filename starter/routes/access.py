@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from requesting import TemporalUnavailable
 from starter.authz import APP, OPERATOR, Caller, allow, credential_for, granted
 from starter.deps import State, StoreRoute
-from starter.problems import Problem, not_found
+from starter.problems import Problem
 from starter.schemas import SecretOut, SessionEventIn, SessionOut
 from store import audit
 from store.engine import in_thread
@@ -113,12 +113,7 @@ async def _request_change(
 def _with_policy(
     db: Session, caller: Caller, credential_id: str
 ) -> tuple[Credential, Policy | None]:
-    if caller.role == APP:  # an app's reach is its granted credentials, whatever their profile
-        credential = db.get(Credential, credential_id)
-        if credential is None:
-            raise not_found("credential", credential_id)
-    else:
-        credential = credential_for(db, caller, credential_id)
+    credential = credential_for(db, caller, credential_id)
     policy = db.get(Policy, credential.policy_id) if credential.policy_id else None
     return credential, policy
 

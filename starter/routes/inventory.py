@@ -373,10 +373,8 @@ def _default_template(executor: Executor, kind: str, privileged: bool) -> str:
 def _template_for(field: str, name: str, executor: str, kind: str, db: DB) -> Template:
     try:
         template = latest_template(db, name)
-    except LookupError:
-        raise invalid(
-            field, f"no template named {name!r}; list them with GET /v1/templates"
-        ) from None
+    except LookupError as exc:  # none, or none approved yet
+        raise invalid(field, f"{exc}; list them with GET /v1/templates") from None
     if template.executor != executor:
         raise invalid(
             field, f"{name!r} is a {template.executor} template, the device uses {executor}"
