@@ -4,6 +4,8 @@ refused tokens."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -14,13 +16,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from starter.app import create_app
 from starter.authz import ROLES_EXTENSION, rule_of
-from store.models import AuditEvent, Operation, OperationStatus, PrincipalToken
+from store.models import AuditEvent, Operation, OperationStatus, Principal, PrincipalToken
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, policy, ssh_device
+from tests.e2e.leaks import assert_not_in_logs, assert_not_in_store
+from tests.e2e.secrets_search import assert_no_secret
 from tests.servers.sshd import Sshd, Users
 
 ROLES = ("admin", "operator", "auditor", "app", "template-author", "approver")
@@ -222,6 +226,12 @@ async def test_an_operator_of_one_profile_sees_nothing_of_another(
         headers=operator,
     )  # fmt: skip
     assert misplaced.status_code == 403
+    # Only an admin points a template that sends another credential's password at it.
+    privileged = {"device_id": inside["device_id"], "username": "v", "password": "x",
+                  "auth_credential_id": inside["credential_id"]}  # fmt: skip
+    refused = await stack.api.post("/v1/credentials", json=privileged, headers=operator)
+    assert refused.status_code == 403 and "only an admin" in refused.json()["detail"]
+    await stack.post("/v1/credentials", privileged)
     for secret in (
         f"/v1/credentials/{inside['credential_id']}/secret",
         f"/v1/credentials/{inside['credential_id']}/versions/{inside['version_id']}/secret?reason=x",
@@ -292,6 +302,33 @@ async def test_an_app_reads_only_its_granted_secrets_and_requests_a2a_changes(
     assert ("secret.viewed", app["name"]) in by_event
     assert any(e.operation_id == done["id"] and e.principal == app["name"] for e in events)
     assert len(refusals) == 5  # the other secret, two bodies, the other credential, devices
+
+
+async def test_app_changes_run_concurrently_with_others_on_the_same_credential(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    """Two a2a changes and an operator's verify of the same credential, requested together:
+    the changes are one operation (the second joins), the verify queues, all succeed."""
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd)
+    cred = await credential(stack, device["id"], user, OLD)
+    app = bearer((await make_principal(stack, "app", credential_ids=[cred["id"]]))["token"])
+    operator = bearer((await make_principal(stack, "operator", profiles=["default"]))["token"])
+    url = f"/v1/credentials/{cred['id']}/operations"
+    change = {"kind": "change", "trigger": "a2a"}
+    answers = await asyncio.gather(
+        stack.api.post(url, json=change, headers=app),
+        stack.api.post(url, json=change, headers=app),
+        stack.api.post(url, json={"kind": "verify"}, headers=operator),
+    )
+    assert all(a.status_code in (200, 202) for a in answers), [a.text for a in answers]
+    ids = {a.json()["operation_id"] for a in answers}
+    assert len(ids) == 2  # the second change joined the first
+    for answer in answers:
+        await stack.client.get_workflow_handle(answer.json()["workflow_id"]).result()
+    for operation_id in ids:
+        assert (await stack.get(f"/v1/operations/{operation_id}"))["status"] == "succeeded"
+    assert not await ssh_users.password_works(user, OLD)
 
 
 async def test_a_template_version_runs_only_once_another_principal_approves_it(
@@ -407,3 +444,65 @@ def _shipped_passwd() -> str:
     from executors.shipped import shipped_templates
 
     return next(t.body for t in shipped_templates() if t.name == "ssh/linux-passwd")
+
+
+async def test_a_token_is_shown_once_and_kept_only_as_a_hash(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    made = await make_principal(stack, "operator", profiles=["default"])
+    token = made["token"]
+    assert token.startswith(made["token_prefix"] + ".")
+    assert (await stack.api.get("/v1/devices", headers=bearer(token))).status_code == 200
+    listed = await stack.get(f"/v1/principals/{made['id']}")
+    assert [t["prefix"] for t in listed["tokens"]] == [made["token_prefix"]]
+    assert_no_secret((await stack.api.get("/v1/principals")).content, token)
+    assert_no_secret((await stack.api.get("/v1/audit?limit=1000")).content, token)
+    assert_not_in_store(stack, token, present=made["token_prefix"])
+    assert_not_in_logs(caplog, token)
+
+
+async def test_refused_principal_requests_change_nothing(stack: Stack) -> None:
+    """Every failure of the principal routes answers a problem naming what to fix, and stores
+    nothing."""
+    taken = await make_principal(stack, "auditor")
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    with Session(stack.engine) as db:
+        before = _principal_rows(db)
+    for body, status, says in (
+        ({"name": taken["name"], "role": "auditor"}, 409, "exists"),
+        ({"name": "x-" + secrets.token_hex(3), "role": "operator", "credential_ids": ["c"]},
+         422, "only an app"),
+        ({"name": "x-" + secrets.token_hex(3), "role": "app", "credential_ids": ["nope"]},
+         422, "no credential"),
+        ({"name": "x-" + secrets.token_hex(3), "role": "auditor", "expires_at": past},
+         422, "future"),
+        ({"name": "x-" + secrets.token_hex(3), "role": "root"}, 422, "role"),
+    ):  # fmt: skip
+        answer = await stack.api.post("/v1/principals", json=body)
+        assert answer.status_code == status, (body, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert says in answer.json()["detail"], answer.text
+    for method, path, status in (
+        ("DELETE", f"/v1/principals/{taken['id']}/tokens/kt_000000000000", 404),
+        ("DELETE", f"/v1/principals/nobody/tokens/{taken['token_prefix']}", 404),
+        ("POST", "/v1/principals/admin/tokens", 409),
+        ("POST", "/v1/principals/nobody/tokens", 404),
+    ):
+        answer = await stack.api.request(method, path, json={} if method == "POST" else None)
+        assert answer.status_code == status, (path, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+    operator = bearer(taken["token"])
+    assert (await stack.api.post("/v1/principals", json={}, headers=operator)).status_code == 403
+    with Session(stack.engine) as db:
+        assert _principal_rows(db) == before
+
+
+def _principal_rows(db: Session) -> tuple[int, int, int]:
+    """Principals, tokens, revoked tokens."""
+    revoked = select(PrincipalToken).where(col(PrincipalToken.revoked_at).is_not(None))
+    return (
+        len(db.exec(select(Principal)).all()),
+        len(db.exec(select(PrincipalToken)).all()),
+        len(db.exec(revoked).all()),
+    )
