@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.middleware.cors import CORSMiddleware
@@ -55,7 +56,11 @@ def create_app(
             )
         yield
 
-    app = FastAPI(
+    # The OpenAPI pages load Swagger UI and ReDoc from the API itself, never from a CDN: a
+    # vault's API host usually reaches no outside network, and a script from elsewhere would run
+    # with access to the token typed into the page. No /redoc: ReDoc draws a logo from its CDN.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="Keyturn",
         summary="Durable execution engine for privileged access management",
         version="0.1.0",
@@ -98,6 +103,7 @@ def create_app(
     app.include_router(dashboard.page)
     # Only the codec answers cross-origin requests, and only from the Temporal Web UI.
     app.add_middleware(CodecCors, origins=settings.codec_ui_origins)
+    problems.document_problems(app)
     return app
 
 

@@ -22,9 +22,59 @@ _TITLES = {
 }
 
 
+# The body of every error answer (RFC 9457), as the OpenAPI document shows it.
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "instance"],
+    "properties": {
+        "type": {"type": "string", "description": "always about:blank: the status says it all"},
+        "title": {"type": "string", "description": "the status in words"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "what went wrong and what to do about it"},
+        "instance": {"type": "string", "description": "the path that was called"},
+        "errors": {
+            "type": "array",
+            "description": "422: each bad field and why",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
 def problem_response(description: str) -> dict[str, Any]:
     """An OpenAPI ``responses=`` entry for an RFC 9457 problem answer."""
-    return {"description": description, "content": {PROBLEM_JSON: {}}}
+    return {"description": description, "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}}}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Show every 4xx and 5xx answer of every route with the problem schema, whatever its route
+    declared (a bare description, or FastAPI's own 422 body, which this API never sends)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        spec = build()
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        schemas["Problem"] = PROBLEM_SCHEMA
+        for methods in spec.get("paths", {}).values():
+            for operation in methods.values():
+                for status, answer in operation.get("responses", {}).items():
+                    if status[0] in "45":
+                        answer["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend it
 
 
 class Problem(Exception):

@@ -453,11 +453,6 @@ class ExecutorOut(BaseModel):
     templates: list[str] = Field(description="its shipped templates")
 
 
-class OperationPage(BaseModel):
-    items: list[OperationOut] = Field(description="newest first")
-    next_cursor: str | None = Field(description="pass as cursor for the next page; null: no more")
-
-
 class SecretOut(BaseModel):
     password: str = Field(repr=False)  # in the response body only, never in a repr or a log
     version_id: str
@@ -495,9 +490,10 @@ class AuditEventOut(BaseModel):
 
 
 class AuditPage(BaseModel):
-    events: list[AuditEventOut]
+    items: list[AuditEventOut] = Field(description="oldest first")
     next_cursor: str = Field(
-        description="pass as ?cursor= to read the events after these (an empty page: none yet)"
+        description="pass as ?cursor= to read the events after these. The trail is a log one "
+        "follows: never null, and an empty page means nothing newer yet"
     )
 
 

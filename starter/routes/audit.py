@@ -62,4 +62,4 @@ def read_audit(
     rows = db.exec(query.order_by(col(AuditEvent.id)).limit(limit)).all()
     events = [AuditEventOut.model_validate(row, from_attributes=True) for row in rows]
     last = events[-1].id if events else after
-    return AuditPage(events=events, next_cursor=str(last))
+    return AuditPage(items=events, next_cursor=str(last))

@@ -32,6 +32,7 @@ from starter.authz import (
     hidden,
 )
 from starter.deps import DB, State, StoreRoute
+from starter.pages import Cursor, Limit, Page, by_age, keyset_page, shown_as
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
     CredentialIn,
@@ -60,12 +61,17 @@ Keeper = Annotated[Caller, Depends(allow(OPERATOR))]
 _AUTH_TAGS = ("auth_password", "AUTH_PASSWORD", "auth_username", "AUTH_USER")
 
 
-@router.get("/executors", response_model=list[ExecutorOut])
+@router.get("/executors", response_model=Page[ExecutorOut])
 def list_executors(
     caller: Annotated[Caller, Depends(allow(*READERS, TEMPLATE_AUTHOR, APPROVER))],
-) -> list[ExecutorOut]:
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[ExecutorOut]:
+    """Executors by name. Few and fixed at start, so paged in memory."""
     shipped = shipped_templates()
-    return [
+    names = sorted(name for name in registry() if cursor is None or name > cursor)
+    shown, more = names[:limit], len(names) > limit
+    executors = [
         ExecutorOut(
             name=name,
             syntax=executor.syntax,
@@ -74,8 +80,9 @@ def list_executors(
             operation_kinds=sorted({t.kind for t in shipped if t.executor == name}),
             templates=[t.name for t in shipped if t.executor == name],
         )
-        for name, executor in sorted(registry().items())
+        for name, executor in ((name, registry()[name]) for name in shown)
     ]
+    return Page(items=executors, next_cursor=shown[-1] if more else None)
 
 
 @router.post("/devices", status_code=201, response_model=DeviceOut)
@@ -101,12 +108,15 @@ def create_device(body: DeviceIn, db: DB, caller: Keeper) -> Device:
     return device
 
 
-@router.get("/devices", response_model=list[DeviceOut])
-def list_devices(db: DB, caller: Reader) -> list[Device]:
+@router.get("/devices", response_model=Page[DeviceOut])
+def list_devices(
+    db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[DeviceOut]:
+    """Devices of the caller's profiles, oldest first."""
     query = select(Device)
     if caller.profiles is not None:
         query = query.where(col(Device.profile).in_(caller.profiles))
-    return list(db.exec(query.order_by(col(Device.created_at))))
+    return keyset_page(db, query, by_age(Device), limit, cursor, shown_as(DeviceOut))
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)
@@ -207,9 +217,12 @@ async def _apply_schedules(app: State, policy: Policy, before: Policy | None = N
         raise Problem(503, str(exc)) from None
 
 
-@router.get("/policies", response_model=list[PolicyOut])
-def list_policies(db: DB, caller: Reader) -> list[Policy]:
-    return list(db.exec(select(Policy).order_by(col(Policy.created_at))))
+@router.get("/policies", response_model=Page[PolicyOut])
+def list_policies(
+    db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[PolicyOut]:
+    """Policies, oldest first."""
+    return keyset_page(db, select(Policy), by_age(Policy), limit, cursor, shown_as(PolicyOut))
 
 
 @router.get("/policies/{policy_id}", response_model=PolicyOut)
@@ -329,13 +342,18 @@ def _check_links(db: DB, credential: Credential, caller: Caller) -> None:
         parent_id = parent.parent_id
 
 
-@router.get("/credentials", response_model=list[CredentialOut])
-def list_credentials(db: DB, caller: Reader) -> list[CredentialOut]:
+@router.get("/credentials", response_model=Page[CredentialOut])
+def list_credentials(
+    db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[CredentialOut]:
+    """Credentials of the caller's profiles, oldest first."""
     query = select(Credential)
     if caller.profiles is not None:
         query = query.where(col(Credential.profile).in_(caller.profiles))
-    rows = db.exec(query.order_by(col(Credential.created_at)))
-    return [_credential_out(c, _current_id(db, c.id)) for c in rows]
+    return keyset_page(
+        db, query, by_age(Credential), limit, cursor,
+        lambda c: _credential_out(c, _current_id(db, c.id)),
+    )  # fmt: skip
 
 
 @router.get("/credentials/{credential_id}", response_model=CredentialOut)

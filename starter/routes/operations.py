@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Response
 from pydantic import SecretStr
-from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from governance import webhooks
@@ -23,6 +19,7 @@ from requesting import (
 )
 from starter.authz import APP, OPERATOR, Caller, Reader, allow, credential_for, granted, hidden
 from starter.deps import DB, State, StoreRoute
+from starter.pages import Cursor, Limit, Page, by_age, keyset_page
 from starter.problems import Problem, invalid, not_found, problem_response
 from starter.schemas import (
     AttemptOut,
@@ -30,7 +27,6 @@ from starter.schemas import (
     OperationAccepted,
     OperationIn,
     OperationOut,
-    OperationPage,
 )
 from store.engine import in_thread
 from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
@@ -172,20 +168,26 @@ async def cancel_operation(operation_id: str, app: State, caller: Operator) -> O
     return await in_thread(app.engine, lambda db: get_operation(operation_id, db, caller))
 
 
-@router.get("/credentials/{credential_id}/operations", response_model=list[OperationOut])
-def list_operations(credential_id: str, db: DB, caller: Reader) -> list[OperationOut]:
+@router.get(
+    "/credentials/{credential_id}/operations",
+    response_model=Page[OperationOut],
+    responses={404: problem_response("no such credential")},
+)
+def list_operations(
+    credential_id: str, db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[OperationOut]:
+    """The credential's operations, oldest first."""
     credential = credential_for(db, caller, credential_id)
-    operations = db.exec(
-        select(Operation)
-        .where(Operation.credential_id == credential_id)
-        .order_by(col(Operation.created_at))
-    )
-    return [_operation_out(db, op, credential) for op in operations]
+    query = select(Operation).where(Operation.credential_id == credential_id)
+    return keyset_page(
+        db, query, by_age(Operation), limit, cursor,
+        lambda op: _operation_out(db, op, credential),
+    )  # fmt: skip
 
 
 @router.get(
     "/operations",
-    response_model=OperationPage,
+    response_model=Page[OperationOut],
     responses={422: {"description": "an unknown kind, trigger or status, or a bad cursor"}},
 )
 def search_operations(
@@ -196,9 +198,9 @@ def search_operations(
     kind: str | None = None,
     trigger: str | None = None,
     status: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: str | None = None,
-) -> OperationPage:
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> Page[OperationOut]:
     """Operations, newest first, filtered by any of credential, device, kind, trigger, status."""
     for field, value, allowed in (
         ("kind", kind, OPERATION_KINDS),
@@ -222,29 +224,8 @@ def search_operations(
         query = query.where(Operation.trigger == trigger)
     if status is not None:
         query = query.where(Operation.status == OperationStatus(status))
-    if cursor is not None:
-        at, before_id = _decode_cursor(cursor)
-        query = query.where(
-            or_(
-                col(Operation.created_at) < at,
-                and_(col(Operation.created_at) == at, col(Operation.id) < before_id),
-            )
-        )
-    rows = db.exec(
-        query.order_by(col(Operation.created_at).desc(), col(Operation.id).desc()).limit(limit)
-    ).all()
-    next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
-    items = [_operation_out(db, op, db.get(Credential, op.credential_id)) for op in rows]
-    return OperationPage(items=items, next_cursor=next_cursor)
-
-
-def _encode_cursor(last: Operation) -> str:
-    return base64.urlsafe_b64encode(f"{last.created_at.isoformat()}|{last.id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        at, _, operation_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(at), operation_id
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid("cursor", "pass next_cursor of the previous page as it was") from None
+    return keyset_page(
+        db, query, by_age(Operation), limit, cursor,
+        lambda op: _operation_out(db, op, db.get(Credential, op.credential_id)),
+        descending=True,
+    )  # fmt: skip

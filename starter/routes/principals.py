@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from starter.authz import APP, Admin
 from starter.deps import DB, StoreRoute
+from starter.pages import Cursor, Limit, Page, by_age, keyset_page
 from starter.problems import Problem, invalid, not_found, problem_response
 from starter.schemas import IssuedOut, PrincipalIn, PrincipalOut, TokenIn, TokenOut
 from store import audit, principals
@@ -62,11 +63,15 @@ def create_principal(body: PrincipalIn, db: DB, caller: Admin) -> IssuedOut:
     )
 
 
-@router.get("/principals", response_model=list[PrincipalOut])
-def list_principals(db: DB, caller: Admin) -> list[PrincipalOut]:
-    """Every principal with its tokens' prefixes, expiries and revocations (never a token)."""
-    rows = db.exec(select(Principal).order_by(col(Principal.created_at)))
-    return [_out(db, row) for row in rows]
+@router.get("/principals", response_model=Page[PrincipalOut])
+def list_principals(
+    db: DB, caller: Admin, limit: Limit = 100, cursor: Cursor = None
+) -> Page[PrincipalOut]:
+    """Principals, oldest first, with their tokens' prefixes, expiries and revocations (never
+    a token)."""
+    return keyset_page(
+        db, select(Principal), by_age(Principal), limit, cursor, lambda row: _out(db, row)
+    )
 
 
 @router.get(

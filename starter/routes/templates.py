@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 
 from starter.authz import APPROVER, READERS, TEMPLATE_AUTHOR, Caller, allow
 from starter.deps import DB, StoreRoute
+from starter.pages import Cursor, Limit, Page, keyset_page, shown_as
 from starter.problems import Problem, invalid, problem_response
 from starter.routes.inventory import known_executor
 from starter.schemas import TemplateDiffOut, TemplateIn, TemplateOut, TemplateReviewIn
@@ -67,23 +68,29 @@ def create_template(body: TemplateIn, db: DB, caller: Author) -> Template:
     return template
 
 
-@router.get("/templates", response_model=list[TemplateOut])
-def list_templates(db: DB, caller: TemplateReader) -> list[Template]:
-    """Every version of every template, with its review status."""
-    return list(db.exec(select(Template).order_by(col(Template.name), col(Template.version))))
+@router.get("/templates", response_model=Page[TemplateOut])
+def list_templates(
+    db: DB, caller: TemplateReader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[TemplateOut]:
+    """Every version of every template, by name then version, with its review status."""
+    keys = (col(Template.name), col(Template.version))
+    return keyset_page(db, select(Template), keys, limit, cursor, shown_as(TemplateOut))
 
 
 @router.get(
     "/templates/{name:path}/versions",
-    response_model=list[TemplateOut],
+    response_model=Page[TemplateOut],
     responses={404: problem_response("no such template")},
 )
-def list_versions(name: str, db: DB, caller: TemplateReader) -> list[Template]:
+def list_versions(
+    name: str, db: DB, caller: TemplateReader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[TemplateOut]:
     """The template's versions, oldest first: pending, approved, rejected and superseded."""
-    rows = _versions(db, name)
-    if not rows:
+    if db.exec(select(Template.id).where(Template.name == name)).first() is None:
         raise Problem(404, f"no template named {name!r}; list them with GET /v1/templates")
-    return rows
+    query = select(Template).where(Template.name == name)
+    keys = (col(Template.version),)
+    return keyset_page(db, query, keys, limit, cursor, shown_as(TemplateOut))
 
 
 @router.get(

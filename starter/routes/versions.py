@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from sqlmodel import col, select
+from sqlmodel import select
 
 from starter.authz import Admin, Reader, credential_for
 from starter.deps import DB, State, StoreRoute
+from starter.pages import Cursor, Limit, Page, by_age, keyset_page, shown_as
 from starter.problems import Problem, not_found, problem_response
 from starter.schemas import VersionOut, VersionSecretOut
 from store import audit
@@ -23,20 +24,17 @@ router = APIRouter(route_class=StoreRoute)
 
 @router.get(
     "/credentials/{credential_id}/versions",
-    response_model=list[VersionOut],
+    response_model=Page[VersionOut],
     responses={404: problem_response("no such credential")},
 )
-def list_versions(credential_id: str, db: DB, caller: Reader) -> list[SecretVersion]:
+def list_versions(
+    credential_id: str, db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[VersionOut]:
     """Every secret version of the credential, oldest first: state, the operation that made
     it, and when a login with it was last seen to work. No secret."""
     credential_for(db, caller, credential_id)
-    return list(
-        db.exec(
-            select(SecretVersion)
-            .where(SecretVersion.credential_id == credential_id)
-            .order_by(col(SecretVersion.created_at), col(SecretVersion.id))
-        )
-    )
+    query = select(SecretVersion).where(SecretVersion.credential_id == credential_id)
+    return keyset_page(db, query, by_age(SecretVersion), limit, cursor, shown_as(VersionOut))
 
 
 @router.get(

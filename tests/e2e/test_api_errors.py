@@ -149,7 +149,7 @@ async def test_templates_are_versioned_and_shipped_ones_protected(stack: Stack) 
         "/v1/templates", json={"name": "ssh/linux-passwd", "kind": "change", "body": body}
     )
     _problem(shipped, 409)
-    names = {t["name"] for t in (await stack.api.get("/v1/templates")).json()}
+    names = {t["name"] for t in (await stack.api.get("/v1/templates")).json()["items"]}
     assert {"ssh/linux-passwd", "ssh/linux-chpasswd", "ssh/verify-login", "mine"} <= names
 
 
@@ -195,3 +195,27 @@ async def test_healthz_answers_without_a_token_and_the_openapi_lists_401_and_413
             for method, operation in methods.items():
                 assert {"401", "413"} <= set(operation["responses"]), (method, path)
     assert "/healthz" in spec["paths"]
+
+
+async def test_every_error_answer_in_the_openapi_is_a_problem(stack: Stack) -> None:
+    spec = (await stack.api.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas  # FastAPI's own 422 body, never sent here
+    assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail", "instance"}
+    errors = 0
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            for status, answer in operation["responses"].items():
+                if status[0] in "45":
+                    errors += 1
+                    assert answer["content"] == {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    }, (method, path, status)
+    assert errors > 50
+    # And what is sent has the fields the schema requires.
+    answer = await stack.api.post("/v1/devices", json={"name": "x"})
+    body = answer.json()
+    assert answer.status_code == 422 and set(schemas["Problem"]["required"]) <= set(body)
+    assert all(set(error) == {"field", "message"} for error in body["errors"])

@@ -25,7 +25,7 @@ async def test_an_operation_and_its_configuration_are_audited(
     assert operation["status"] == "succeeded"
 
     page = await stack.get(f"/v1/audit?operation_id={operation['id']}")
-    events = page["events"]
+    events = page["items"]
     names = [e["event"] for e in events]
     for expected in (
         "operation.requested",
@@ -51,9 +51,9 @@ async def test_an_operation_and_its_configuration_are_audited(
     ids = [e["id"] for e in events]
     assert ids == sorted(ids)
 
-    mine = (await stack.get(f"/v1/audit?credential_id={cred['id']}&limit=1000"))["events"]
+    mine = (await stack.get(f"/v1/audit?credential_id={cred['id']}&limit=1000"))["items"]
     assert "credential.created" in [e["event"] for e in mine]
-    created = (await stack.get("/v1/audit?event=device.created&limit=1000"))["events"]
+    created = (await stack.get("/v1/audit?event=device.created&limit=1000"))["items"]
     assert any(e["device_id"] == device["id"] and e["principal"] == "admin" for e in created)
 
     everything = (await stack.api.get("/v1/audit?limit=1000")).content
@@ -68,11 +68,11 @@ async def test_pages_follow_the_cursor(stack: Stack) -> None:
     second = await stack.get(
         f"/v1/audit?event=policy.created&limit=2&cursor={first['next_cursor']}"
     )
-    assert len(first["events"]) == 2 and second["events"]
-    assert first["events"][-1]["id"] < second["events"][0]["id"]
+    assert len(first["items"]) == 2 and second["items"]
+    assert first["items"][-1]["id"] < second["items"][0]["id"]
     last = await stack.get("/v1/audit?limit=1000&since=2000-01-01T00:00:00Z")
     end = await stack.get(f"/v1/audit?cursor={last['next_cursor']}")
-    assert end["events"] == [] or end["events"][0]["id"] > last["events"][-1]["id"]
+    assert end["items"] == [] or end["items"][0]["id"] > last["items"][-1]["id"]
 
 
 async def test_refused_calls_are_audited_and_bad_filters_refused(stack: Stack) -> None:
@@ -82,16 +82,16 @@ async def test_refused_calls_are_audited_and_bad_filters_refused(stack: Stack) -
         transport=stack.api._transport, base_url="http://keyturn.test"
     ) as anonymous:
         assert (await anonymous.get("/v1/audit")).status_code == 401
-    refused = (await stack.get("/v1/audit?event=api.refused&limit=1000"))["events"]
+    refused = (await stack.get("/v1/audit?event=api.refused&limit=1000"))["items"]
     by_status = {(e["detail"]["status"], e["principal"], e["detail"]["path"]) for e in refused}
     assert (422, "admin", "/v1/devices") in by_status
     assert (401, "anonymous", "/v1/audit") in by_status
     assert all(e["outcome"] == "refused" for e in refused)
 
-    before = (await stack.get("/v1/audit?limit=1000&event=policy.created"))["events"]
+    before = (await stack.get("/v1/audit?limit=1000&event=policy.created"))["items"]
     for query in ("cursor=abc", "limit=0", "limit=5000", "since=yesterday"):
         response = await stack.api.get(f"/v1/audit?{query}")
         assert response.status_code == 422, query
         assert response.headers["content-type"] == "application/problem+json"
-    after = (await stack.get("/v1/audit?limit=1000&event=policy.created"))["events"]
+    after = (await stack.get("/v1/audit?limit=1000&event=policy.created"))["items"]
     assert after == before  # refusing changed nothing but the record of refusals

@@ -178,7 +178,7 @@ async def test_a_refused_callback_url_changes_nothing(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["errors"][0]["field"] == "callback_url"
-    assert (await stack.api.get(f"/v1/credentials/{cred}/operations")).json() == []
+    assert (await stack.api.get(f"/v1/credentials/{cred}/operations")).json()["items"] == []
 
 
 async def test_callbacks_need_a_webhook_secret(stack: Stack, sshd: Sshd, ssh_users: Users) -> None:
@@ -188,4 +188,4 @@ async def test_callbacks_need_a_webhook_secret(stack: Stack, sshd: Sshd, ssh_use
         json={"kind": "change", "callback_url": "https://hooks.example.test/k"},
     )
     assert response.status_code == 422 and "KEYTURN_WEBHOOK_SECRET" in response.text
-    assert (await stack.api.get(f"/v1/credentials/{cred}/operations")).json() == []
+    assert (await stack.api.get(f"/v1/credentials/{cred}/operations")).json()["items"] == []

@@ -69,8 +69,8 @@ async def test_cli_request_queues_with_an_api_request_on_the_same_credential(
     assert current_secret(stack, cred["id"]) != OLD
     assert OLD not in out + err
     # The audit trail names who asked: the shell's user through the CLI, the token's holder.
-    by_cli = (await stack.get(f"/v1/audit?operation_id={printed['operation_id']}"))["events"]
-    by_api = (await stack.get(f"/v1/audit?operation_id={api['operation_id']}"))["events"]
+    by_cli = (await stack.get(f"/v1/audit?operation_id={printed['operation_id']}"))["items"]
+    by_api = (await stack.get(f"/v1/audit?operation_id={api['operation_id']}"))["items"]
     assert {e["principal"] for e in by_cli} == {f"cli:{getpass.getuser()}"}
     assert {e["principal"] for e in by_api} == {"admin"}
 

@@ -118,7 +118,7 @@ async def test_the_codec_refuses_without_a_token(stack: Stack) -> None:
             assert response.status_code == 401, path
             assert response.headers["content-type"] == "application/problem+json"
             assert "payloads" not in response.json()
-    refused = (await stack.get("/v1/audit?event=api.refused&limit=1000"))["events"]
+    refused = (await stack.get("/v1/audit?event=api.refused&limit=1000"))["items"]
     assert stack.settings.resolved_admin_token not in json.dumps(refused)
     assert any(e["detail"]["path"] == "/codec/ui/<token>/decode" for e in refused)
 

@@ -159,7 +159,7 @@ async def test_the_executor_refuses_a_bad_device_option_when_the_device_is_saved
     assert refused.status_code == 422, refused.text
     problem = refused.json()
     assert problem["errors"][0]["field"] == "options" and field in problem["detail"], problem
-    assert name not in [d["name"] for d in (await stack.api.get("/v1/devices")).json()]
+    assert name not in [d["name"] for d in (await stack.api.get("/v1/devices")).json()["items"]]
 
 
 @pytest.mark.parametrize(("executor", "options", "field"), BAD_OPTIONS)

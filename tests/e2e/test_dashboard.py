@@ -205,3 +205,24 @@ async def test_the_dashboard_shows_the_seeded_store(dashboard_url: str) -> None:
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     assert problems == [] or all("401" in p for p in problems), problems  # CSP kept everything
     assert all(url.startswith(dashboard_url) for url in requested), requested  # no external asset
+
+
+async def test_the_openapi_page_loads_nothing_from_outside_the_host(dashboard_url: str) -> None:
+    # A vault's API host reaches no outside network, and a script from a CDN would run beside
+    # the token typed into the page: every request the page makes stays on the API's origin.
+    requested: list[str] = []
+    problems: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM)
+        page = await browser.new_page()
+        page.on("request", lambda r: requested.append(r.url))
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        await page.goto(f"{dashboard_url}/docs")
+        await page.wait_for_selector(".opblock")  # the API's operations are drawn
+        assert "/v1/devices" in await page.content()
+        # ReDoc is not offered: it draws a logo from its own CDN.
+        assert (await page.goto(f"{dashboard_url}/redoc")).status == 404  # type: ignore[union-attr]
+        await browser.close()
+    outside = [u for u in requested if not u.removeprefix("blob:").startswith(dashboard_url)]
+    assert len(requested) > 2 and outside == [], requested
+    assert problems == []

@@ -41,7 +41,7 @@ def file_executor_installed(stack: Stack) -> Iterator[None]:
 async def test_an_out_of_tree_executor_runs_an_operation(
     stack: Stack, file_executor_installed: None, tmp_path: Path
 ) -> None:
-    executors = {e["name"]: e for e in (await stack.api.get("/v1/executors")).json()}
+    executors = {e["name"]: e for e in (await stack.api.get("/v1/executors")).json()["items"]}
     assert "ssh" in executors and "file" in executors
     assert executors["file"]["templates"] == ["file/set-password", "file/verify"]
     assert executors["file"]["operation_kinds"] == ["change", "verify"]

@@ -193,9 +193,9 @@ async def test_an_operator_of_one_profile_sees_nothing_of_another(
     async def get(path: str, who: dict[str, str] = operator) -> httpx.Response:
         return await stack.api.get(path, headers=who)
 
-    devices = {d["id"] for d in (await get("/v1/devices")).json()}
+    devices = {d["id"] for d in (await get("/v1/devices?limit=500")).json()["items"]}
     assert inside["device_id"] in devices and outside["device_id"] not in devices
-    creds = {c["id"] for c in (await get("/v1/credentials")).json()}
+    creds = {c["id"] for c in (await get("/v1/credentials?limit=500")).json()["items"]}
     assert inside["credential_id"] in creds and outside["credential_id"] not in creds
     operations = {o["id"] for o in (await get("/v1/operations?limit=500")).json()["items"]}
     assert inside["operation_id"] in operations and outside["operation_id"] not in operations
@@ -238,7 +238,7 @@ async def test_an_operator_of_one_profile_sees_nothing_of_another(
     ):
         assert (await get(secret)).status_code == 403
     # The auditor of the same profile reads the trail of that profile only.
-    trail = (await get("/v1/audit?limit=1000", bearer(world.tokens["auditor"]))).json()["events"]
+    trail = (await get("/v1/audit?limit=1000", bearer(world.tokens["auditor"]))).json()["items"]
     seen = {e["credential_id"] for e in trail} | {e["device_id"] for e in trail}
     assert inside["credential_id"] in seen
     assert not {outside["credential_id"], outside["device_id"]} & seen
@@ -392,7 +392,7 @@ async def test_a_template_version_runs_only_once_another_principal_approves_it(
     transcript_after = " ".join(a["transcript"] for a in after["attempts"])
     assert "keyturn-v1-ran" in transcript_before and "keyturn-v2-ran" not in transcript_before
     assert "keyturn-v2-ran" in transcript_after
-    listed = (await stack.api.get(f"/v1/templates/{name}/versions")).json()
+    listed = (await stack.api.get(f"/v1/templates/{name}/versions")).json()["items"]
     statuses = {v["version"]: (v["status"], v["author"] != v["reviewed_by"]) for v in listed}
     assert statuses == {1: ("superseded", True), 2: ("approved", True), 3: ("rejected", True)}
     diff = await stack.get(f"/v1/templates/{name}/versions/2/diff")

@@ -59,7 +59,7 @@ async def _run(stack: Stack, credential_id: str, body: dict[str, Any]) -> dict[s
 async def _versions(stack: Stack, credential_id: str) -> list[dict[str, Any]]:
     response = await stack.api.get(f"/v1/credentials/{credential_id}/versions")
     assert response.status_code == 200, response.text
-    result: list[dict[str, Any]] = response.json()
+    result: list[dict[str, Any]] = response.json()["items"]
     return result
 
 

@@ -76,7 +76,7 @@ async def _until_received(rsyslog: Rsyslog, transports: tuple[str, ...], wanted:
 
 async def _audit_ids(stack: Stack, **filters: str) -> list[int]:
     query = "&".join(f"{k}={v}" for k, v in filters.items())
-    return [e["id"] for e in (await stack.get(f"/v1/audit?limit=1000&{query}"))["events"]]
+    return [e["id"] for e in (await stack.get(f"/v1/audit?limit=1000&{query}"))["items"]]
 
 
 async def test_an_operation_is_echoed_in_every_format_over_every_transport(
@@ -89,7 +89,7 @@ async def test_an_operation_is_echoed_in_every_format_over_every_transport(
     cred = await credential(stack, device["id"], user, OLD, policy_id=pol["id"])
     operation = await stack.run_operation(cred["id"])
     assert operation["status"] == "succeeded"
-    events = (await stack.get(f"/v1/audit?operation_id={operation['id']}"))["events"]
+    events = (await stack.get(f"/v1/audit?operation_id={operation['id']}"))["items"]
     by_id = {e["id"]: e for e in events}
     await _until_received(rsyslog, TRANSPORTS, set(by_id))
 
