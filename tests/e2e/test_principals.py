@@ -20,7 +20,15 @@ from sqlmodel import Session, col, select
 
 from starter.app import create_app
 from starter.authz import ROLES_EXTENSION, rule_of
-from store.models import AuditEvent, Operation, OperationStatus, Principal, PrincipalToken
+from store.models import (
+    AuditEvent,
+    Credential,
+    Operation,
+    OperationStatus,
+    Principal,
+    PrincipalToken,
+    SyncState,
+)
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, policy, ssh_device
 from tests.e2e.leaks import assert_not_in_logs, assert_not_in_store
@@ -506,3 +514,41 @@ def _principal_rows(db: Session) -> tuple[int, int, int]:
         len(db.exec(select(PrincipalToken)).all()),
         len(db.exec(revoked).all()),
     )
+
+
+async def test_the_dashboard_and_the_codec_serve_principals_by_role(
+    stack: Stack, world: World
+) -> None:
+    """The dashboard counts the caller's profiles only; the codec decodes for those who may
+    read operations."""
+    inside, outside = world.params["in"], world.params["out"]
+    with Session(stack.engine) as db:
+        for credential_id in (inside["credential_id"], outside["credential_id"]):
+            row = db.get(Credential, credential_id)
+            assert row is not None
+            row.sync_state = SyncState.OUT_OF_SYNC
+            db.add(row)
+        db.commit()
+    try:
+        both = {inside["credential_id"], outside["credential_id"]}
+        for role, wanted in (("admin", both), ("operator", {inside["credential_id"]})):
+            figures = (
+                await stack.api.get("/v1/dashboard", headers=bearer(world.tokens[role]))
+            ).json()
+            ids = {c["credential_id"] for c in figures["out_of_sync"]}
+            assert ids & both == wanted, role
+    finally:
+        with Session(stack.engine) as db:
+            for credential_id in (inside["credential_id"], outside["credential_id"]):
+                row = db.get(Credential, credential_id)
+                assert row is not None
+                row.sync_state = SyncState.IN_SYNC
+                db.add(row)
+            db.commit()
+    for role, status in (("operator", 200), ("auditor", 200), ("app", 403), ("approver", 403)):
+        decoded = await stack.api.post(
+            "/codec/decode", json={"payloads": []}, headers=bearer(world.tokens[role])
+        )
+        assert decoded.status_code == status, (role, decoded.text)
+    refused = await stack.api.post("/codec/decode", json={"payloads": []}, headers=bearer("x"))
+    assert refused.status_code == 401
