@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -63,7 +64,7 @@ class Summary:
 
 
 def summary(
-    db: Session, now: datetime | None = None, profiles: frozenset[str] | None = None
+    db: Session, now: datetime | None = None, profiles: Sequence[str] | None = None
 ) -> Summary:
     """``profiles``: count only the devices of these (None: every device)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -128,12 +129,12 @@ def summary(
     )
 
 
-def _within(profiles: frozenset[str] | None) -> ColumnElement[bool]:
+def _within(profiles: Sequence[str] | None) -> ColumnElement[bool]:
     """The rows of devices in ``profiles`` (joined to Device); every row when None."""
     return true() if profiles is None else col(Device.profile).in_(profiles)
 
 
-def _out_of_sync(db: Session, profiles: frozenset[str] | None) -> list[OutOfSync]:
+def _out_of_sync(db: Session, profiles: Sequence[str] | None) -> list[OutOfSync]:
     rows = db.exec(
         select(Credential, Device)
         .join(Device, col(Device.id) == col(Credential.device_id))
@@ -152,7 +153,7 @@ def _out_of_sync(db: Session, profiles: frozenset[str] | None) -> list[OutOfSync
     return found
 
 
-def _upcoming_expiries(db: Session, profiles: frozenset[str] | None) -> list[Expiry]:
+def _upcoming_expiries(db: Session, profiles: Sequence[str] | None) -> list[Expiry]:
     """The soonest due changes of every policy with an expiry. Per policy, its oldest secrets
     come first in the index the expiry sweeps read (policy_id, secret_changed_at, id): a few
     rows per policy whatever the number of credentials."""

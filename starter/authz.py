@@ -45,7 +45,7 @@ class Caller:
     id: str
     name: str  # what the audit trail and the SIEM echo call it
     role: Role
-    profiles: frozenset[str] | None  # None: every profile (an admin)
+    profiles: tuple[str, ...] | None  # sorted; None: every profile (an admin)
     credential_ids: frozenset[str]  # an app's granted credentials
 
     @classmethod
@@ -55,7 +55,7 @@ class Caller:
             id=row.id,
             name=row.name,
             role=role,
-            profiles=None if role == ADMIN else frozenset(row.profiles),
+            profiles=None if role == ADMIN else tuple(sorted(set(row.profiles))),
             credential_ids=frozenset(row.credential_ids),
         )
 
