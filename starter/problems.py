@@ -66,9 +66,15 @@ def document_problems(app: FastAPI) -> None:
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         schemas["Problem"] = PROBLEM_SCHEMA
-        for methods in spec.get("paths", {}).values():
+        for path, methods in spec.get("paths", {}).items():
             for operation in methods.values():
-                for status, answer in operation.get("responses", {}).items():
+                answers = operation.setdefault("responses", {})
+                # What any route of its shape can answer, whether or not it says so.
+                if "requestBody" in operation:
+                    answers.setdefault("400", {"description": "the body is not JSON"})
+                if path.startswith("/v1/") and "{" in path:
+                    answers.setdefault("404", {"description": "no such object (see detail)"})
+                for status, answer in answers.items():
                     if status[0] in "45":
                         answer["content"] = {PROBLEM_JSON: {"schema": _PROBLEM_REF}}
         app.openapi_schema = spec

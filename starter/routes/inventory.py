@@ -301,7 +301,8 @@ def update_credential(
         if field == "auto_reconcile" and value is None:
             raise invalid(field, "must be true or false")
         setattr(credential, field, value)
-    _check_links(db, credential, caller)
+    with db.no_autoflush:  # checked before the store sees the links (a flush would hit the FK)
+        _check_links(db, credential, caller)
     db.add(credential)
     audit.record(
         db, "credential.updated", credential_id=credential.id, principal=caller.name,

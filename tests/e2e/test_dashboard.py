@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from starter.app import create_app
 from store.engine import make_engine, session_scope
 from store.models import Credential, Device, Operation, OperationStatus, Policy, SyncState
 from tests.e2e.conftest import ADMIN_TOKEN
+from tests.servers.ports import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(
@@ -100,13 +100,6 @@ def _seed(engine: Engine) -> None:
         db.add_all([*rows, last])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 async def dashboard_url(
     temporal: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
@@ -120,7 +113,7 @@ async def dashboard_url(
     )
     engine = make_engine(settings.resolved_database_url)
     _seed(engine)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, engine, temporal.client),

@@ -13,7 +13,7 @@ from sqlmodel import Session, func, select
 
 from store.models import Credential, Device
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, ssh_device
+from tests.e2e.helpers import credential, policy, ssh_device
 from tests.servers.sshd import Sshd
 
 
@@ -56,6 +56,11 @@ async def test_an_empty_id_in_a_patch_is_refused(stack: Stack, sshd: Sshd) -> No
     path = f"/v1/credentials/{cred['id']}"
     for field in ("reconcile_credential_id", "parent_id", "policy_id"):
         await refused(stack, "PATCH", path, {field: ""}, field)
+        await refused(stack, "PATCH", path, {field: "no-such-id"}, field)
+    # An unknown link beside a good one: checked before the store sees either (it answered 500,
+    # the foreign key refusing a flush made by the check of the good one).
+    pol = await policy(stack)
+    await refused(stack, "PATCH", path, {"policy_id": pol["id"], "parent_id": "0"}, "parent_id")
     assert await stack.get(path) == cred
 
 

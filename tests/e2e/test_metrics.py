@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-import socket
 
 import httpx
 from temporalio.testing import WorkflowEnvironment
@@ -17,6 +16,7 @@ from keyturn.temporal import connect
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, policy, ssh_device
 from tests.e2e.metrics_scraping import parse, scrape, value
+from tests.servers.ports import free_port
 from tests.servers.sshd import Sshd, Users
 from workflows.device_slots import DeviceSlotsWorkflow
 
@@ -69,15 +69,8 @@ async def test_counters_match_the_operations_run(
     assert ("keyturn_lockout_waits_total", frozenset()) in after
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_a_worker_serves_the_sdk_metrics(temporal: WorkflowEnvironment) -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     settings = Settings(
         temporal_address=temporal.client.service_client.config.target_host,
         master_key=base64.b64encode(temporal.master_key).decode(),  # type: ignore[attr-defined]

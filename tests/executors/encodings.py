@@ -52,6 +52,10 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "utf-16le base64": lambda s: _b64(f'"{s}"'.encode("utf-16-le")),
     "utf-16le as latin-1": lambda s: s.encode("utf-16-le").decode("latin-1"),
     "hex": lambda s: s.encode().hex(),
+    "ldap filter value": lambda s: "".join(
+        {"\\": "\\5c", "*": "\\2a", "(": "\\28", ")": "\\29"}.get(c, c) for c in s
+    ),
+    "ldap dn value": lambda s: "".join("\\" + c if c in ',+"\\<>;=' else c for c in s),
 }
 
 
@@ -65,3 +69,12 @@ def encodings_present(text: str, secret: str) -> list[str]:
         if core and core in text:
             found.append(name)
     return found
+
+
+def assert_masked(texts: list[str], *secrets: str, where: str = "") -> None:
+    """The texts show a mask (so the secret was there to be masked) and no encoding of any of
+    ``secrets``."""
+    assert "***" in "".join(texts), f"nothing was masked: {where}"
+    for text in texts:
+        for secret in secrets:
+            assert not encodings_present(text, secret), (where, text)

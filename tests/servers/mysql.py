@@ -18,7 +18,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,6 +30,7 @@ import pymysql
 from pymysql.connections import Connection
 
 from tests.servers import tls
+from tests.servers.ports import free_port
 
 READY_DEADLINE = 30.0
 _ACCESS_DENIED = 1045
@@ -161,12 +161,6 @@ def ready_server() -> MysqlServer:
     return server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_server() -> Iterator[MysqlServer]:
     """A throwaway MariaDB with TLS on a free loopback port, removed afterwards."""
@@ -191,7 +185,7 @@ def running_server() -> Iterator[MysqlServer]:
     )
     if installed.returncode != 0:
         raise RuntimeError(f"mariadb-install-db failed:\n{installed.stdout}\n{installed.stderr}")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             "mariadbd",

@@ -15,7 +15,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from tests.servers import tls
+from tests.servers.ports import free_port
 
 START_DEADLINE = 30.0
 OS_USER = "postgres"
@@ -47,13 +47,6 @@ def _bin_dir() -> Path:
     if not found:
         raise RuntimeError("no PostgreSQL server found under /usr/lib/postgresql/*/bin")
     return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    # The kernel picks; there is a small race until postgres binds it, acceptable in tests.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PostgresCluster:
@@ -131,7 +124,7 @@ class PostgresCluster:
         if not self.data_dir.exists():
             self._initdb()
         if self._port is None:
-            self._port = _free_port()
+            self._port = free_port()
         options = (
             f"-p {self._port} -k {self._dir} -c listen_addresses=127.0.0.1 -c fsync=off "
             f"-c log_connections=on -c ssl=on -c ssl_cert_file={self.tls.cert} "

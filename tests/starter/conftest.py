@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.ports import free_port
+
 READY = "Press Ctrl-C to stop."
 STOP_TIMEOUT = 60.0  # seconds from SIGINT to exit; the workers' graceful shutdown takes up to 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -97,6 +97,21 @@ class LocalApi:
             http.close_connection = True
             http.connection.close()
             return None
+        if route == "/api/echo":
+            # Quotes what it was sent back in an error, in the forms careless APIs use: the body
+            # as text, inside JSON, base64 and hex, and the query string as received.
+            text = body.decode("utf-8", "replace")
+            return _answer(
+                http,
+                400,
+                {
+                    "error": f"cannot parse {text}",
+                    "body": text,
+                    "base64": base64.b64encode(body).decode(),
+                    "hex": body.hex(),
+                    "query": http.path.partition("?")[2],
+                },
+            )
         if route.startswith("/api/accounts/") and http.command == "PUT":
             name = unquote(route.removeprefix("/api/accounts/"))
             password = json.loads(body)["password"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from executors.base import (
     Account,
@@ -27,6 +28,7 @@ from executors.base import (
 )
 from executors.http import HttpExecutor
 from templating import TemplateContext
+from tests.executors.encodings import assert_masked, secrets_strategy
 from tests.executors.helpers import assert_no_secret as assert_no_secrets_in
 from tests.executors.helpers import error_texts
 from tests.executors.http.local_api import LocalApi
@@ -241,3 +243,28 @@ async def test_cleartext_or_unverified_is_refused(
     assert reason in str(caught.value)
     assert caught.value.login is LoginProgress.NOT_ATTEMPTED
     assert api.requests == []
+
+
+# Each request makes the API quote the new password back in a 400 answer: sent in a JSON body,
+# a form body, a query string and a header-free raw body, it comes back as text, JSON, base64,
+# hex and percent-encoded.
+ECHOES = [
+    'request: POST /api/echo\nbody: {"password": {{ new_password }}}\nexpect: 200\n',
+    "request: POST /api/echo\nform: password={{ new_password }}\nexpect: 200\n",
+    "request: GET /api/echo?password={{ new_password }}\nexpect: 200\n",
+]
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(secret=secrets_strategy)
+async def test_an_echoed_secret_is_redacted_in_every_encoding(
+    local_api: LocalApi, secret: str
+) -> None:
+    local_api.accounts["app"] = "Current-pass-1"
+    for template in ECHOES:
+        with pytest.raises(ExecutorError) as caught:
+            await change(local_api, template, "Current-pass-1", secret)
+        assert "400" in str(caught.value)  # the API did answer with the echo
+        assert_masked(error_texts(caught.value), secret, "Current-pass-1", where=template)

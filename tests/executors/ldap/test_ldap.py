@@ -24,7 +24,8 @@ from executors.base import (
 from executors.ldap import LdapExecutor
 from executors.ldap.script import canonical_dn, encode_value, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
-from tests.executors.helpers import make_context, make_target
+from tests.executors.encodings import assert_masked, secrets_strategy
+from tests.executors.helpers import error_texts, make_context, make_target
 from tests.servers.slapd import ADMIN_DN, ADMIN_PASSWORD, MIN_LENGTH, SUFFIX, Slapd, Users
 
 TEMPLATES = Path(__file__).parents[3] / "executors" / "templates" / "ldap"
@@ -363,3 +364,34 @@ async def test_a_hung_directory_times_out_as_connect_failed(
     # the password, went out: no verdict came back, so the login's outcome is unknown.
     assert caught.value.login is LoginProgress.UNKNOWN and not caught.value.may_retry
     assert ldap_users.password_works(user, OLD)
+
+
+# Operations that carry the new password as a value (a template may not put a secret in a DN
+# or a filter: servers log those in clear) where the directory refuses it or the executor shows
+# it: a value of the wrong syntax, and a comparison that does not match.
+ECHOES = [
+    "modify: {{ user_dn }}\n  add telephoneNumber: {{ new_password }}\n",
+    "compare: {{ user_dn }}\n  attribute: description\n  value: {{ new_password }}\n",
+]
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(secret=secrets_strategy)
+async def test_an_echoed_secret_is_redacted_in_every_encoding(
+    slapd: Slapd, ldap_users: Users, secret: str
+) -> None:
+    user = ldap_users.create(OLD)
+    for echo in ECHOES:
+        request = RunRequest(
+            target(slapd),
+            Account(ADMIN_DN, ADMIN_PASSWORD),
+            echo,
+            context(user, OLD, secret, ADMIN_PASSWORD),
+        )
+        try:
+            texts = [(await EXECUTOR.run(request)).transcript]
+        except ExecutorError as exc:
+            texts = error_texts(exc)
+        assert_masked(texts, secret, ADMIN_PASSWORD, where=echo)

@@ -34,7 +34,8 @@ from executors.base import (
 from executors.shipped import shipped_templates
 from executors.winrm.executor import BOOTSTRAP, PREAMBLE, WinrmExecutor, decode_stderr
 from templating import TemplateContext, TemplateSyntaxProblem, escaping
-from tests.executors.helpers import make_context, make_target
+from tests.executors.encodings import assert_masked, secrets_strategy
+from tests.executors.helpers import error_texts, make_context, make_target
 from tests.executors.http.local_api import LocalApi
 from tests.servers.wsman_peer import WsmanPeer, lex
 
@@ -284,6 +285,32 @@ async def test_policy_refusal_is_change_rejected_without_secrets(wsman: WsmanPee
     assert "win-host" in message and "status 1" in message
     assert wsman.users["frank"] == OLD
     assert_no_secret([message, caught.value.transcript], new, ADMIN_PASSWORD, OLD)
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(secret=secrets_strategy)
+async def test_an_echoed_secret_is_redacted_in_every_encoding(
+    wsman: WsmanPeer, secret: str
+) -> None:
+    # PowerShell over WinRM quotes the failing source line ("+ Set-LocalUser ... '<secret>'") in
+    # its CLIXML error, and a script may print the secret itself: neither reaches the error.
+    wsman.reset()
+    with_admin(wsman)
+    wsman.users["frank"] = OLD
+    wsman.min_length = 64  # longer than any drawn secret: the change is refused, with the echo
+    with pytest.raises(ChangeRejected) as refused:
+        await EXECUTOR.run(admin_request(wsman, "frank", secret))
+    printed = admin_request(wsman, "frank", secret)
+    template = (
+        "# kind: change\nWrite-Output {{ new_password }}\nSet-LocalUsr -Name {{ username }}\n"
+    )
+    with pytest.raises(TemplateFailed) as failed:
+        await EXECUTOR.run(RunRequest(printed.target, printed.account, template, printed.context))
+    assert wsman.users["frank"] == OLD
+    for caught in (refused.value, failed.value):
+        assert_masked(error_texts(caught), secret, ADMIN_PASSWORD, where=caught.kind)
 
 
 async def test_unknown_cmdlet_is_a_template_error(wsman: WsmanPeer) -> None:
