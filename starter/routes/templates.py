@@ -8,7 +8,7 @@ import difflib
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from sqlmodel import Session, col, select
 
 from starter.authz import APPROVER, READERS, TEMPLATE_AUTHOR, Caller, allow
@@ -25,6 +25,8 @@ router = APIRouter(route_class=StoreRoute)
 Author = Annotated[Caller, Depends(allow(TEMPLATE_AUTHOR))]
 Approver = Annotated[Caller, Depends(allow(APPROVER))]
 TemplateReader = Annotated[Caller, Depends(allow(*READERS, TEMPLATE_AUTHOR, APPROVER))]
+# A version number the store can hold (an INTEGER column): larger ones are refused as 422.
+Version = Annotated[int, Path(ge=1, le=2**31 - 1, description="the version number")]
 _NO_VERSION = problem_response("no such template, or no such version of it")
 
 
@@ -98,7 +100,7 @@ def list_versions(
     response_model=TemplateDiffOut,
     responses={404: _NO_VERSION},
 )
-def diff_version(name: str, version: int, db: DB, caller: TemplateReader) -> TemplateDiffOut:
+def diff_version(name: str, version: Version, db: DB, caller: TemplateReader) -> TemplateDiffOut:
     """What this version changes against the version before it."""
     template = _version(db, name, version)
     before = db.exec(
@@ -130,7 +132,9 @@ _REVIEW_PROBLEMS: dict[int | str, dict[str, Any]] = {
     response_model=TemplateOut,
     responses=_REVIEW_PROBLEMS,
 )
-def approve(name: str, version: int, body: TemplateReviewIn, db: DB, caller: Approver) -> Template:
+def approve(
+    name: str, version: Version, body: TemplateReviewIn, db: DB, caller: Approver
+) -> Template:
     """Approve a pending version: operations requested from now on run it, and the version
     approved before it (and pending ones older than it) become ``superseded``."""
     template = _pending(db, name, version, caller)
@@ -164,7 +168,9 @@ def approve(name: str, version: int, body: TemplateReviewIn, db: DB, caller: App
     response_model=TemplateOut,
     responses=_REVIEW_PROBLEMS,
 )
-def reject(name: str, version: int, body: TemplateReviewIn, db: DB, caller: Approver) -> Template:
+def reject(
+    name: str, version: Version, body: TemplateReviewIn, db: DB, caller: Approver
+) -> Template:
     """Reject a pending version: it never runs, and stays readable with the note."""
     template = _pending(db, name, version, caller)
     template.status = TemplateStatus.REJECTED
