@@ -159,8 +159,9 @@ def _v6_allow_insecure_transport(conn: Connection) -> None:
 
 
 def _v10_principals(conn: Connection) -> None:
-    """Template review (maker-checker). The principal and token tables are new: create_all
-    made them. Templates stored before review existed are what ran until now: approved."""
+    """Template review (maker-checker), and profiles. The principal and token tables are new:
+    create_all made them. Templates stored before review existed are what ran until now:
+    approved. A credential's profile is its device's, whatever an earlier release stored."""
     timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
     _add_columns(
         conn,
@@ -178,6 +179,12 @@ def _v10_principals(conn: Connection) -> None:
         text(
             "UPDATE template SET status = 'approved', approved_at = created_at, "
             "reviewed_at = created_at, reviewed_by = 'keyturn' WHERE approved_at IS NULL"
+        )
+    )
+    conn.execute(
+        text(
+            "UPDATE credential SET profile = (SELECT d.profile FROM device d "
+            "WHERE d.id = credential.device_id)"
         )
     )
 

@@ -152,6 +152,8 @@ def test_templates_stored_before_review_existed_stay_runnable(empty_database: st
             "INSERT INTO template (id, name, version, executor, kind, body, shipped, created_at) "
             "VALUES ('t1', 'mine', 1, 'ssh', 'change', 'exec: true', false, '2026-11-01 10:00:00')"
         )
+        for statement in ROWS.split(";\n")[:2]:  # a device and its credential
+            conn.exec_driver_sql(statement.replace("'default', 'ssh/linux", "'other', 'ssh/linux"))
     old.dispose()
     engine = make_engine(empty_database)
     with Session(engine) as session:
@@ -159,4 +161,7 @@ def test_templates_stored_before_review_existed_stay_runnable(empty_database: st
         assert (template.id, template.status, template.author) == ("t1", "approved", "keyturn")
         assert template.approved_at is not None
     assert {"principal", "principaltoken"} <= set(inspect(engine).get_table_names())
+    with Session(engine) as session:  # the credential had a profile of its own: now its device's
+        credential = session.get(Credential, "c1")
+        assert credential is not None and credential.profile == "default"
     engine.dispose()
