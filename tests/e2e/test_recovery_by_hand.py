@@ -67,12 +67,21 @@ def _states(versions: list[dict[str, Any]]) -> dict[str, str]:
     return {v["id"]: v["state"] for v in versions}
 
 
-def _store_counts(stack: Stack) -> tuple[int, int]:
+def _store_counts(stack: Stack, *credential_ids: str) -> tuple[int, int]:
+    """Operations and audit events of these credentials. Only theirs: the stack is shared, and
+    operations of earlier tests may still be writing their last events."""
     with Session(stack.engine) as session:
-        operations = session.exec(select(func.count()).select_from(Operation)).one()
+        operations = session.exec(
+            select(func.count())
+            .select_from(Operation)
+            .where(col(Operation.credential_id).in_(credential_ids))
+        ).one()
         # A refused call is itself an audit event (api.refused); anything else would be a change.
         events = session.exec(
-            select(func.count()).select_from(AuditEvent).where(AuditEvent.event != "api.refused")
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.event != "api.refused")
+            .where(col(AuditEvent.credential_id).in_(credential_ids))
         ).one()
         return operations, events
 
@@ -155,7 +164,7 @@ async def test_a_refused_secret_read_answers_a_problem_and_records_nothing(
     device = await ssh_device(stack, sshd)
     cred = await credential(stack, device["id"], ssh_users.create(OLD), OLD)
     other = await credential(stack, device["id"], ssh_users.create(OLD), "other-secret")
-    before = _store_counts(stack)
+    before = _store_counts(stack, cred["id"], other["id"])
 
     response = await stack.api.get(
         f"/v1/credentials/{cred['id']}/"
@@ -167,7 +176,7 @@ async def test_a_refused_secret_read_answers_a_problem_and_records_nothing(
     assert response.headers["content-type"] == "application/problem+json"
     assert says in response.json()["detail"]
     assert OLD not in response.text and "other-secret" not in response.text
-    assert _store_counts(stack) == before
+    assert _store_counts(stack, cred["id"], other["id"]) == before
 
 
 async def test_unknown_credentials_have_no_versions(stack: Stack) -> None:
@@ -285,7 +294,7 @@ async def test_a_refused_recovery_request_answers_a_problem_and_changes_nothing(
     other = await credential(stack, device["id"], ssh_users.create(OLD), OLD)
     ids = {"own": cred["current_version_id"], "other": other["current_version_id"]}
     body = {k: v.format(**ids) for k, v in body.items()}
-    before = (_store_counts(stack), await _versions(stack, cred["id"]))
+    before = (_store_counts(stack, cred["id"], other["id"]), await _versions(stack, cred["id"]))
 
     response = await stack.api.post(f"/v1/credentials/{cred['id']}/operations", json=body)
 
@@ -296,7 +305,10 @@ async def test_a_refused_recovery_request_answers_a_problem_and_changes_nothing(
     for secret in (body.get("password"), body.get("next_password")):
         if secret:
             assert secret not in response.text
-    assert (_store_counts(stack), await _versions(stack, cred["id"])) == before
+    assert (
+        _store_counts(stack, cred["id"], other["id"]),
+        await _versions(stack, cred["id"]),
+    ) == before
     assert [
         w async for w in stack.client.list_workflows(f"KeyturnCredentialId = '{cred['id']}'")
     ] == []
