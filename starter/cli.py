@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     backup.add_argument("file", type=Path)
     restore = sub.add_parser("restore", help="restore FILE into an empty data directory")
     restore.add_argument("file", type=Path)
+    sub.add_parser("migrate", help="bring the store's schema up to date (starting does it too)")
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first break")
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     if args.command == "audit":
         raise SystemExit(_verify_audit(settings))
+    if args.command == "migrate":
+        raise SystemExit(_migrate(settings))
     if args.command == "request":
         choice = _secret_choice(args.kind, args.version_id, args.secret_stdin)
         outcome = _request(settings, args.credential_id, args.kind, args.trigger, choice)
@@ -127,6 +130,19 @@ async def _request(
     finally:
         engine.dispose()
     print(json.dumps(dataclasses.asdict(requested)))
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from store.engine import make_engine
+    from store.migrations import current_version, revision_of
+
+    engine = make_engine(settings.resolved_database_url)  # migrates, as every start does
+    try:
+        version = current_version(engine)
+    finally:
+        engine.dispose()
+    print(f"keyturn migrate: the store is at schema version {version} ({revision_of(version)})")
     return 0
 
 

@@ -1,16 +1,23 @@
-"""Schema migrations: a store created by an earlier Keyturn is brought up to date at startup.
+"""Schema migrations: a store created by an earlier Keyturn is brought up to date at startup
+(and by ``keyturn migrate``).
 
-A fresh store is created whole by ``create_all`` and stamped with the latest version. An existing
-one is at version 1 (the schema before versions were recorded) or at the version it records, and
-each later step runs once, in order, in one transaction with the version it reaches. Steps only
-add (columns, enum values): a process of the previous release keeps working against a migrated
-store while a rolling upgrade finishes.
+Alembic runs them: each schema version is a revision in ``store/schema/versions`` that runs one
+step below, and the store records where it stands in Alembic's ``alembic_version`` table. A fresh
+store is created whole by ``create_all`` and stamped with the newest revision. A store of a
+release before Alembic is stamped with the version it recorded in ``schemaversion`` (or 1 when
+it recorded none) and upgraded from there. Every step runs once, in order, in one transaction with
+the version it reaches. Steps only add (columns, enum values): a process of the previous release
+keeps working against a migrated store while a rolling upgrade finishes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
@@ -209,14 +216,36 @@ def migrate(engine: Engine) -> int:
         if conn.dialect.name == "postgresql":
             # Two processes starting together (worker and API) migrate one after the other.
             conn.execute(text("SELECT pg_advisory_xact_lock(7419)"))
-        row = conn.execute(text("SELECT version FROM schemaversion WHERE id = 1")).first()
-        version = int(row[0]) if row else (1 if existed else LATEST)
-        for step in STEPS[version - 1 :]:
-            step(conn)
+        alembic = alembic_config(conn)
+        if MigrationContext.configure(conn).get_current_revision() is None:
+            row = conn.execute(text("SELECT version FROM schemaversion WHERE id = 1")).first()
+            version = int(row[0]) if row else (1 if existed else LATEST)
+            command.stamp(alembic, revision_of(version))
+        command.upgrade(alembic, "head")
         _append_only_audit(conn)
+        # Kept for the backup format and for tools of earlier releases, which read the version
+        # there; Alembic's own table is where migrations look.
         table = SchemaVersion.__table__  # type: ignore[attr-defined]
-        if row is None:
-            conn.execute(table.insert().values(id=1, version=LATEST))
-        elif version != LATEST:
-            conn.execute(table.update().where(table.c.id == 1).values(version=LATEST))
+        conn.execute(table.delete())
+        conn.execute(table.insert().values(id=1, version=LATEST))
     return LATEST
+
+
+def current_version(engine: Engine) -> int:
+    """The schema version the store is at, as Alembic recorded it."""
+    with engine.connect() as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+    return int(revision) if revision is not None else 0
+
+
+def revision_of(version: int) -> str:
+    """The Alembic revision of a schema version: version 6 is revision "0006"."""
+    return f"{version:04d}"
+
+
+def alembic_config(conn: Connection | None = None) -> Config:
+    """Alembic's configuration for the store, running on ``conn`` (``store/schema/env.py``)."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "schema"))
+    config.attributes["connection"] = conn
+    return config

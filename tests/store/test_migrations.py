@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
-from sqlmodel import Session
+from sqlalchemy.engine import Connection
+from sqlmodel import Session, select
 
+from keyturn.crypto import Cipher
+from starter.cli import main
 from store import audit
 from store.engine import make_engine, session_scope
-from store.migrations import LATEST
-from store.models import Credential, Device, Operation, OperationStatus, Policy
+from store.migrations import LATEST, alembic_config, current_version, revision_of
+from store.models import (
+    Credential,
+    Device,
+    Operation,
+    OperationStatus,
+    Policy,
+    SecretVersion,
+)
 from store.queries import latest_template
+from store.vault import Vault
 
 SCHEMAS = Path(__file__).parent / "schemas"
 # A row as the previous release wrote it (enum members are stored by name).
@@ -35,16 +49,19 @@ INSERT INTO auditevent (at, event, operation_id, credential_id, detail)
 """
 
 
+def run_sql(conn: Connection, script: str) -> None:
+    """Each statement of a script of ``;``-ended statements (a schema fixture, rows)."""
+    for statement in script.split(";\n"):
+        if statement.strip():
+            conn.exec_driver_sql(statement)
+
+
 def test_a_store_of_the_previous_release_is_migrated(empty_database: str) -> None:
     dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
     old = create_engine(empty_database)
     with old.begin() as conn:
-        for statement in (SCHEMAS / f"v1_{dialect}.sql").read_text().split(";\n"):
-            if statement.strip():
-                conn.exec_driver_sql(statement)
-        for statement in ROWS.split(";\n"):
-            if statement.strip():
-                conn.exec_driver_sql(statement)
+        run_sql(conn, (SCHEMAS / f"v1_{dialect}.sql").read_text())
+        run_sql(conn, ROWS)
     old.dispose()
 
     engine = make_engine(empty_database)
@@ -107,15 +124,11 @@ def test_a_store_of_the_one_writer_release_gets_the_trigger_columns(empty_databa
     dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
     old = create_engine(empty_database)
     with old.begin() as conn:
-        for statement in (SCHEMAS / f"v2_{dialect}.sql").read_text().split(";\n"):
-            if statement.strip():
-                conn.exec_driver_sql(statement)
+        run_sql(conn, (SCHEMAS / f"v2_{dialect}.sql").read_text())
         conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 2)")
-        device_and_credential = ROWS.split(";\n")[:2]  # the v1 operation row lacks gate_seq
+        device_and_credential = ";\n".join(ROWS.split(";\n")[:2])  # v1's operation lacks gate_seq
         blob = "'\\x00'" if dialect == "postgresql" else "X'00'"
-        for statement in [*device_and_credential, *V2_ROWS.replace("X'00'", blob).split(";\n")]:
-            if statement.strip():
-                conn.exec_driver_sql(statement)
+        run_sql(conn, device_and_credential + ";\n" + V2_ROWS.replace("X'00'", blob))
     old.dispose()
 
     engine = make_engine(empty_database)
@@ -164,4 +177,90 @@ def test_templates_stored_before_review_existed_stay_runnable(empty_database: st
     with Session(engine) as session:  # the credential had a profile of its own: now its device's
         credential = session.get(Credential, "c1")
         assert credential is not None and credential.profile == "default"
+    engine.dispose()
+
+
+V6_ROWS = """
+INSERT INTO device (id, name, address, port, executor, zone, profile, host_keys,
+  trust_on_first_use, options, allow_insecure_transport, created_at)
+  VALUES ('d1', 'web-1', '127.0.0.1', 22, 'ssh', 'default', 'default', '[]', false, '{}', false,
+  '2026-11-01 10:00:00');
+INSERT INTO credential (id, device_id, username, profile, change_template, verify_template,
+  auto_reconcile, sync_state, needs_verify, created_at, secret_changed_at, verified_at)
+  VALUES ('c1', 'd1', 'app', 'default', 'ssh/linux-passwd', 'ssh/verify-login', false,
+  'IN_SYNC', false, '2026-11-01 10:00:00', '2026-11-01 10:00:00', '2026-11-01 10:00:00');
+"""
+
+
+def test_a_store_of_the_release_before_alembic_is_stamped_and_keeps_every_secret(
+    empty_database: str,
+) -> None:
+    """v6 (the last release that recorded its version in ``schemaversion`` only): Alembic takes
+    it over from there, runs only the later steps, and every secret still decrypts."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    master_key = secrets.token_bytes(32)
+    cipher = Cipher(master_key, "secrets")  # as that release encrypted: the same cipher
+    kept = {"v-current": "first pw ' \\ é", "v-previous": "second pw 😀"}
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / f"v6_{dialect}.sql").read_text())
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+        run_sql(conn, V6_ROWS)
+        for version_id, secret in kept.items():
+            state = "CURRENT" if version_id == "v-current" else "PREVIOUS"
+            ciphertext = cipher.encrypt(secret.encode(), f"c1/{version_id}".encode())
+            conn.execute(
+                text(
+                    "INSERT INTO secretversion (id, credential_id, state, key_id, ciphertext, "
+                    "created_at, changed_at) VALUES (:id, 'c1', :state, :key_id, :ciphertext, "
+                    "'2026-11-01 10:00:00', '2026-11-01 10:00:00')"
+                ),
+                {
+                    "id": version_id,
+                    "state": state,
+                    "key_id": cipher.key_id,
+                    "ciphertext": ciphertext,
+                },
+            )
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    with engine.connect() as conn:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        assert revision == revision_of(LATEST)
+        assert conn.execute(text("SELECT version FROM schemaversion")).scalar_one() == LATEST
+    with Session(engine) as session:
+        rows = session.exec(select(SecretVersion).where(SecretVersion.credential_id == "c1"))
+        vault = Vault(master_key)
+        assert {row.id: vault.reveal(row) for row in rows} == kept
+    make_engine(empty_database).dispose()  # starting again runs nothing and changes nothing
+    engine.dispose()
+
+
+def test_each_schema_version_is_one_alembic_revision() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    chain = [revision.revision for revision in reversed(list(script.walk_revisions()))]
+    assert chain == [revision_of(version) for version in range(1, LATEST + 1)]
+    assert script.get_current_head() == revision_of(LATEST)
+
+
+def test_keyturn_migrate_brings_an_old_store_up_to_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'keyturn.db'}"
+    old = create_engine(url)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / "v1_sqlite.sql").read_text())
+    old.dispose()
+    monkeypatch.setenv("KEYTURN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("KEYTURN_DATABASE_URL", url)
+    with pytest.raises(SystemExit) as exited:
+        main(["migrate"])
+    assert exited.value.code == 0
+    said = capsys.readouterr().out
+    assert f"schema version {LATEST} ({revision_of(LATEST)})" in said
+    engine = create_engine(url)
+    assert current_version(engine) == LATEST
+    assert "allow_insecure_transport" in {c["name"] for c in inspect(engine).get_columns("device")}
     engine.dispose()

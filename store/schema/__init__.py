@@ -1,0 +1,1 @@
+"""Alembic's environment for the store: ``env.py`` and one revision per schema step."""
