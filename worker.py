@@ -44,7 +44,7 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
 
 def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
-    vault = Vault(settings.master_key_bytes)
+    vault = Vault(settings.keyring)
     store = StoreActivities(engine, vault, settings.task_queue)
     children = ChildPlanningActivities(engine)
     legacy_slots = LegacySlotActivities(engine)
@@ -85,6 +85,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 triggers.due_page,
                 triggers.request_due,
                 triggers.request_delayed,
+                callbacks.close_callbacks,
+                triggers.schedule_jit_removal,
                 callbacks.deliver_callback,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
@@ -152,7 +154,7 @@ async def main(settings: Settings | None = None) -> None:
     engine = make_engine(settings.resolved_database_url)
     seed_shipped_templates(engine)
     client = await connect(settings, worker=True)
-    await ensure_search_attributes(client, settings.temporal_namespace, SEARCH_ATTRIBUTES)
+    await ensure_search_attributes(client, settings.temporal["namespace"], SEARCH_ATTRIBUTES)
     await start_schedules(client, engine, settings)
     await verify_after_restore(engine, client, settings.task_queue)
     stop = asyncio.Event()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from store import audit
+from store import audit, callbacks
 from store.engine import session_scope
 from store.models import (
     Credential,
@@ -55,7 +55,7 @@ class ChildPlanningActivities:
                         operation_id=new_id(),
                         device_id=credential.device_id,
                         parent_operation_id=parent.id,
-                        callback=parent.callback_url is not None,
+                        callback=bool(callbacks.urls(session, parent.id)),
                     ),
                     operation_workflow_id(kind, credential.id),
                 )

@@ -47,6 +47,7 @@ from workflows import steps
 from workflows.contracts import (
     CHOSEN_SECRET_KINDS,
     NOTHING_SENT_DETAIL,
+    SWITCH_KINDS,
     ChangeOutcome,
     ProbeOutcome,
     StepInput,
@@ -91,10 +92,11 @@ class ExecutorActivities:
         job, attempt_id, may_have_sent = await asyncio.to_thread(
             self._begin, step, "change", _attempt_number(step)
         )
-        if job.pending_password is None:
+        switch = job.operation.kind in SWITCH_KINDS  # runs its template; no secret changes
+        if job.pending_password is None and not switch:
             raise ApplicationError("operation has no pending secret", non_retryable=True)
         executor = get_executor(job.device.executor)
-        pending_account = Account(job.credential.username, job.pending_password)
+        pending_account = Account(job.credential.username, job.pending_password or "")
 
         async def attempt() -> tuple[str, ChangeOutcome]:
             try:
@@ -115,7 +117,7 @@ class ExecutorActivities:
         async def attempt_once() -> tuple[str, ChangeOutcome]:
             # A retry after an attempt that may have reached the target first asks whether the
             # pending secret is already live, so the change is never applied twice.
-            if may_have_sent:
+            if may_have_sent and not switch:
                 probe = await self._login(
                     job,
                     pending_account,
@@ -184,9 +186,10 @@ class ExecutorActivities:
                 if pending.ok:
                     await self._seen_working(job, job.operation.pending_version_id)
                     return "\n".join(transcripts), ProbeOutcome(True, None)
-                if job.operation.kind in CHOSEN_SECRET_KINDS:
-                    # Only the chosen secret was asked about; a login with the current one
-                    # would spend the lockout budget for an answer no one uses.
+                if job.operation.kind in (*CHOSEN_SECRET_KINDS, "jit-create"):
+                    # Only the chosen (or the new account's) secret was asked about; a login
+                    # with the current one would spend the lockout budget for an answer no
+                    # one uses (a just-in-time account's current secret is a placeholder).
                     return "\n".join(transcripts), ProbeOutcome(False, None)
             account = Account(username, job.current_password)
             current = await self._login(

@@ -37,6 +37,7 @@ class GateActivities:
                     request.parent_operation_id,
                     request.source_version_id or None,
                     request.requested_by,
+                    ttl_seconds=request.ttl_seconds or None,
                 ),
             )
         except gate.NotRegistrable as exc:

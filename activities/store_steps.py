@@ -6,6 +6,8 @@ Each is idempotent, because Temporal may run an activity again after a crash.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 
@@ -29,6 +31,8 @@ from store.vault import Vault
 from store.versions import VersionNotUsable, chosen_version, fail_unsent_supplied
 from workflows import steps
 from workflows.contracts import (
+    LIFECYCLE_KINDS,
+    SWITCH_KINDS,
     CommitInput,
     CommitOutcome,
     FinishInput,
@@ -36,6 +40,9 @@ from workflows.contracts import (
     StepInput,
 )
 from workflows.steps import implements
+
+# Kinds whose prepare generates the new secret (stored pending before the target is touched).
+SECRET_MAKING_KINDS = ("change", "reconcile", "jit-create")
 
 
 class StoreActivities:
@@ -60,6 +67,15 @@ class StoreActivities:
             device = session.get(Device, credential.device_id)
             assert device is not None
             policy = policy_for(session, credential)
+            if not credential.active and operation.kind not in LIFECYCLE_KINDS:
+                # Locked on its target: a login with any secret is refused, so a change could
+                # only end out of sync (and a Linux chpasswd would half-unlock the account).
+                raise ApplicationError(
+                    f"credential {credential.id} ({credential.username!r}) is inactive (locked "
+                    f"on its target): activate it before a {operation.kind}",
+                    type="ConfigurationError",
+                    non_retryable=True,
+                )
             if operation.base_version_id is None:
                 # What commit compares against: the vault's current version as of now.
                 current = Vault.current(session, credential.id)
@@ -81,7 +97,7 @@ class StoreActivities:
                         version_id=chosen.id,
                         version_state=chosen.state,
                     )
-            if operation.kind in ("change", "reconcile") and operation.pending_version_id is None:
+            if operation.kind in SECRET_MAKING_KINDS and operation.pending_version_id is None:
                 pending = self._vault.add(
                     session,
                     credential.id,
@@ -170,6 +186,10 @@ class StoreActivities:
                 Vault.promote(session, credential.id, operation.pending_version_id)
                 # The new secret was verified before the commit: both clocks restart.
                 credential.secret_changed_at = credential.verified_at = utcnow()
+            if operation.kind == "jit-create":
+                # The account exists, with the committed secret, until its time is up.
+                credential.active = True
+                credential.jit_until = utcnow() + timedelta(seconds=operation.ttl_seconds or 0)
             credential.sync_state = SyncState.IN_SYNC
             operation.status = status
             operation.resolution = step.resolution
@@ -243,6 +263,12 @@ class StoreActivities:
                 credential.sync_state = SyncState.IN_SYNC
                 if operation.kind == "verify":
                     credential.verified_at = utcnow()
+            if operation.kind in SWITCH_KINDS and result.login_works is not None:
+                # What the login showed at the end, whatever the operation's status: a lock
+                # that landed before a cancel, or one the account already had, counts.
+                credential.active = result.login_works
+                if operation.kind == "jit-remove" and not result.login_works:
+                    credential.jit_until = None
             session.add_all([operation, credential])
             audit.record(
                 session,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -17,7 +17,7 @@ from keyturn import failpoints
 from requesting import CredentialNotFound, OperationRequest, request_operation
 from store.engine import in_thread
 from triggers import due
-from triggers.delayed import delayed_verdict, request_later
+from triggers.delayed import delayed_verdict, jit_until, request_later
 from workflows import steps
 from workflows.contracts import (
     SWEEPS,
@@ -26,6 +26,7 @@ from workflows.contracts import (
     DuePage,
     DueQuery,
     DueRequests,
+    JitRemoval,
 )
 from workflows.steps import implements
 
@@ -109,6 +110,23 @@ class TriggerActivities:
             return DelayedOutcome("dropped: the credential no longer exists")
         joined = " (joined the one in flight)" if requested.joined else ""
         return DelayedOutcome(f"requested operation {requested.operation_id}{joined}")
+
+    @implements(steps.schedule_jit_removal)
+    async def schedule_jit_removal(self, removal: JitRemoval) -> str:
+        """A delayed jit-remove at the account's ``jit_until`` (set by the commit): Temporal
+        holds the start delay, so a worker down at that moment removes it when it is back. If
+        one is already waiting for the credential (an earlier account removed early), it stands
+        and, when it fires, waits on for the later end (triggers/delayed.py)."""
+        until = await in_thread(self._engine, lambda db: jit_until(db, removal.operation_id))
+        if until is None:
+            return ""  # removed already (a jit-remove ran in between): nothing to schedule
+        credential_id, end = until
+        return await request_later(
+            self._client,
+            self._task_queue,
+            DelayedOperation(credential_id, "jit-remove", "expiry", end.isoformat()),
+            end - datetime.now(UTC),
+        )
 
 
 def _offset(credential_id: str, as_of: str, jitter: int) -> timedelta:

@@ -198,7 +198,9 @@ class Executor(Protocol):
     name: ClassVar[str]
     syntax: ClassVar[str]  # a short description of the template syntax, for GET /v1/executors
     # Shipped template names used when a credential names none: "change", "change-as-admin"
-    # (when the credential has an auth credential) and "verify".
+    # (when the credential has an auth credential) and "verify"; and, for the kinds the executor
+    # supports, "activate", "deactivate", "jit-create", "jit-remove" (run through the auth
+    # credential; a credential's lifecycle_templates may name others).
     default_templates: ClassVar[dict[str, str]]
     default_port: ClassVar[int]  # used when a device gives no port
     # Optional, so not declared here: ``username_forbids: ClassVar[str]``, the characters the

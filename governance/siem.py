@@ -242,6 +242,3 @@ class _Sender:
         self._unconfirmed.clear()
         if self._delivered is not None:
             self._sent = self._delivered
-        self._unconfirmed.clear()
-        if self._delivered is not None:
-            self._sent = self._delivered

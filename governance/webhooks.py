@@ -34,9 +34,11 @@ def headers(key: bytes, message_id: str, timestamp: int, body: bytes) -> dict[st
     }
 
 
-def message_id(operation_id: str) -> str:
-    """Stable per operation: a receiver drops a repeated delivery by this id."""
-    return f"msg_{operation_id}"
+def message_id(operation_id: str, position: int = 0) -> str:
+    """Stable per operation and callback URL (its position on the operation's list): a receiver
+    drops a repeated delivery by this id. Position 0, an older release's single delivery, keeps
+    the id it had."""
+    return f"msg_{operation_id}_{position}" if position else f"msg_{operation_id}"
 
 
 def body(timestamp: str, data: dict[str, Any]) -> bytes:

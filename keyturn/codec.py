@@ -12,21 +12,27 @@ from collections.abc import Sequence
 import temporalio.converter
 from temporalio.api.common.v1 import Payload
 
-from keyturn.crypto import Cipher
+from keyturn.keyring import Keyring
 
 ENCODING = b"binary/keyturn-aesgcm"
+PURPOSE = "payloads"
 
 
 class EncryptionCodec(temporalio.converter.PayloadCodec):
-    def __init__(self, master_key: bytes) -> None:
-        self._cipher = Cipher(master_key, "payloads")
-        self._key_id = self._cipher.key_id.encode()
+    """Encodes with the keyring's newest key and decodes with whichever key a payload names,
+    so workflows started before a key rotation keep replaying while the old key is in the
+    ring. A single key (bytes) is a keyring of one."""
+
+    def __init__(self, keys: Keyring | bytes) -> None:
+        self._keyring = keys if isinstance(keys, Keyring) else Keyring.of(keys)
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        cipher = self._keyring.cipher(PURPOSE)
+        key_id = cipher.key_id.encode()
         return [
             Payload(
-                metadata={"encoding": ENCODING, "encryption-key-id": self._key_id},
-                data=self._cipher.encrypt(p.SerializeToString()),
+                metadata={"encoding": ENCODING, "encryption-key-id": key_id},
+                data=cipher.encrypt(p.SerializeToString()),
             )
             for p in payloads
         ]
@@ -37,16 +43,18 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
             if p.metadata.get("encoding") != ENCODING:
                 decoded.append(p)
                 continue
-            if p.metadata.get("encryption-key-id") != self._key_id:
-                raise ValueError("payload was encrypted with another Keyturn master key")
-            decoded.append(Payload.FromString(self._cipher.decrypt(p.data)))
+            key_id = p.metadata.get("encryption-key-id", b"").decode()
+            cipher = self._keyring.cipher_for(PURPOSE, key_id)
+            if cipher is None:
+                raise ValueError("payload was encrypted with a master key not in the keyring")
+            decoded.append(Payload.FromString(cipher.decrypt(p.data)))
         return decoded
 
 
-def data_converter(master_key: bytes) -> temporalio.converter.DataConverter:
+def data_converter(keys: Keyring | bytes) -> temporalio.converter.DataConverter:
     return dataclasses.replace(
         temporalio.converter.default(),
-        payload_codec=EncryptionCodec(master_key),
+        payload_codec=EncryptionCodec(keys),
         failure_converter_class=_EncodedFailureConverter,
     )
 

@@ -15,10 +15,20 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from keyturn.crypto import derived_token
+from keyturn.keyring import Keyring, parse
+from keyturn.temporal_config import ClientConnectConfig, temporal_connection
 
 MASTER_KEY_FILE = "master.key"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -58,27 +68,25 @@ class Settings(BaseSettings):
         repr=False,
     )
 
-    temporal_address: str = Field(
-        default="127.0.0.1:7233",
-        validation_alias=AliasChoices("KEYTURN_TEMPORAL_ADDRESS", "TEMPORAL_ADDRESS"),
-    )
-    temporal_namespace: str = Field(
-        default="default",
-        validation_alias=AliasChoices("KEYTURN_TEMPORAL_NAMESPACE", "TEMPORAL_NAMESPACE"),
-    )
-    temporal_api_key: str | None = Field(
-        default=None,
-        validation_alias=AliasChoices("KEYTURN_TEMPORAL_API_KEY", "TEMPORAL_API_KEY"),
-        repr=False,
-    )
-    temporal_tls: bool = False
+    # Temporal's connection comes from temporalio.envconfig (a profile of the TOML file named by
+    # TEMPORAL_CONFIG_FILE or in the default place, TEMPORAL_PROFILE, TEMPORAL_ADDRESS,
+    # TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS*), each KEYTURN_TEMPORAL_* on top.
+    # What is used in the end: ``Settings.temporal``.
+    temporal_profile: str | None = None
+    temporal_address: str | None = None
+    temporal_namespace: str | None = None
+    temporal_api_key: str | None = Field(default=None, repr=False)
+    temporal_tls: bool | None = None  # unset: the profile's; an API key implies TLS
     temporal_ui_port: int = 8233
     task_queue: str = "keyturn"
 
     # Secrets are kept out of repr(), which a traceback or a debug log may show.
     master_key: str | None = Field(
         default=None,
-        description="base64 of 32 bytes; otherwise read from master_key_file",
+        description=(
+            "base64 of 32 bytes, or several separated by commas, newest first (a keyring); "
+            "otherwise read from master_key_file (one key per line, newest first)"
+        ),
         repr=False,
     )
     master_key_file: Path | None = None
@@ -104,6 +112,24 @@ class Settings(BaseSettings):
     )
     webhook_allow_http: bool = False  # http:// callbacks to loopback addresses (development)
 
+    _temporal: ClientConnectConfig = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _temporal_connection(self) -> Settings:
+        self._temporal = temporal_connection(
+            self.temporal_profile,
+            address=self.temporal_address,
+            namespace=self.temporal_namespace,
+            api_key=self.temporal_api_key,
+            tls=self.temporal_tls,
+        )
+        return self
+
+    @property
+    def temporal(self) -> ClientConnectConfig:
+        """Everything ``Client.connect`` needs to reach Temporal (keyturn/temporal.py)."""
+        return self._temporal
+
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secret_form(cls, secret: SecretStr | None) -> SecretStr | None:
@@ -123,21 +149,29 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'keyturn.db').resolve()}"
 
     @cached_property
-    def master_key_bytes(self) -> bytes:
-        """Encrypts secrets at rest and workflow payloads; never stored in the database."""
+    def keyring(self) -> Keyring:
+        """The master keys, newest first (keyturn/keyring.py): they encrypt secrets at rest and
+        workflow payloads, and are never stored in the database."""
         if self.master_key:
-            raw = base64.b64decode(self.master_key)
-        else:
-            path = self._master_key_path()
-            if not path.exists():
-                raise FileNotFoundError(
-                    f"no master key at {path}: set KEYTURN_MASTER_KEY (base64 of 32 bytes) or "
-                    "KEYTURN_MASTER_KEY_FILE, or run `keyturn dev` once to generate one"
-                )
-            raw = base64.b64decode(path.read_bytes().strip())
-        if len(raw) != 32:
-            raise ValueError("KEYTURN_MASTER_KEY must be the base64 encoding of exactly 32 bytes")
-        return raw
+            return Keyring.of(*parse(self.master_key, "KEYTURN_MASTER_KEY"))
+        path = self._master_key_path()
+        if not path.exists():
+            raise FileNotFoundError(
+                f"no master key at {path}: set KEYTURN_MASTER_KEY (base64 of 32 bytes) or "
+                "KEYTURN_MASTER_KEY_FILE, or run `keyturn dev` once to generate one"
+            )
+        return Keyring.from_file(path)
+
+    @property
+    def master_key_bytes(self) -> bytes:
+        """The newest master key: what new secrets, payloads and backups are sealed with."""
+        return self.keyring.newest
+
+    @property
+    def master_key_path(self) -> Path | None:
+        """The keyring file ``keyturn rotate-key`` adds a key to; None when the keys come from
+        KEYTURN_MASTER_KEY (then the operator puts the new key first there)."""
+        return None if self.master_key else self._master_key_path()
 
     def _master_key_path(self) -> Path:
         return self.master_key_file or self.data_dir / MASTER_KEY_FILE

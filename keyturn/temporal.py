@@ -23,11 +23,8 @@ async def connect(settings: Settings, *, worker: bool = False) -> Client:
     KEYTURN_WORKER_METRICS_ADDRESS when it is set (one runtime per process)."""
     runtime = sdk_runtime(settings.worker_metrics_address) if worker else None
     return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        api_key=settings.temporal_api_key,
-        tls=settings.temporal_tls,
-        data_converter=data_converter(settings.master_key_bytes),
+        **settings.temporal,
+        data_converter=data_converter(settings.keyring),
         runtime=runtime,
         interceptors=client_interceptors(),
     )

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from requesting.chosen import SecretChoice, check_secret_choice, fail_unused, store_supplied
 from requesting.errors import CredentialNotFound, InvalidRequest, TemporalUnavailable
+from requesting.lifecycle import check_lifecycle
 from store import gate
-from store.engine import in_thread
+from store.engine import in_thread, session_scope
 from store.models import Credential, Operation, OperationStatus, new_id
 from store.vault import Vault
 from workflows.contracts import (
@@ -35,6 +36,8 @@ from workflows.contracts import (
 # A request that finds a running operation of its kind joins it; if that one ends between the
 # start attempt and the look, the request starts again (a bounded number of times).
 START_TRIES = 3
+# A joining request that finds the operation ending waits this long for its workflow to close.
+ENDING_WAIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class OperationRequest:
     # Where the outcome is POSTed when the operation ends. Kept in the store only, never in the
     # workflow's input: a URL may carry a token of the receiver's.
     callback_url: str | None = None
+    ttl_seconds: int | None = None  # jit-create: how long the account lives once created
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Requested:
     workflow_id: str
     status: str  # scheduled, or queued when another operation on the credential is ahead
     joined: bool  # an operation of this kind was already in flight: this is it
+    run_id: str | None = None  # the workflow run joined
 
 
 async def request_operation(
@@ -83,6 +88,9 @@ async def request_operation(
     await in_thread(
         engine, lambda db: check_secret_choice(db, credential, request.kind, request.choice)
     )
+    await in_thread(
+        engine, lambda db: check_lifecycle(db, credential, request.kind, request.ttl_seconds)
+    )
     if request.choice.names_a_secret:
         return await request_with_chosen_secret(
             engine, client, task_queue, credential, request, vault
@@ -97,6 +105,7 @@ async def request_operation(
             device_id=credential.device_id,
             callback=request.callback_url is not None,
             requested_by=request.requested_by,
+            ttl_seconds=request.ttl_seconds or 0,
         )
         try:
             handle = await client.start_workflow(
@@ -111,9 +120,9 @@ async def request_operation(
             )
         except WorkflowAlreadyStartedError:
             running = await _running_operation(engine, client, workflow_id)
-            if running is not None:
+            if running is not None and await _joined_callback(engine, client, running, request):
                 return running
-            continue  # it ended between our attempt and our look: start one
+            continue  # it ended (or is ending) between our attempt and our look: start one
         except RPCError as exc:
             raise TemporalUnavailable(
                 f"Temporal at {client.service_client.config.target_host} did not accept the "
@@ -200,10 +209,41 @@ async def _admitted(
             source_version_id=operation.version_id or None,
             requested_by=request.requested_by,
             callback_url=request.callback_url,
+            ttl_seconds=operation.ttl_seconds or None,
         ),
     )
     status = OperationStatus.QUEUED if admission.queued else OperationStatus.SCHEDULED
     return Requested(operation.operation_id, workflow_id, status, joined=False)
+
+
+async def _joined_callback(
+    engine: Engine, client: Client, running: Requested, request: OperationRequest
+) -> bool:
+    """Register the joining request's callback URL on the operation in flight. False when that
+    operation has already closed its callbacks: it is ending, so once its workflow has ended
+    (which frees the workflow id) the request starts an operation of its own, whose outcome it
+    will be told, instead of joining one that would never tell it."""
+    url = request.callback_url
+    if url is None:
+        return True
+
+    def join() -> bool:
+        with session_scope(engine) as db:
+            return gate.join_callback(db, running.operation_id, request.credential_id, url)
+
+    if await asyncio.to_thread(join):
+        return True
+    handle = client.get_workflow_handle(running.workflow_id, run_id=running.run_id)
+    try:
+        await asyncio.wait_for(handle.result(), ENDING_WAIT_SECONDS)
+    except WorkflowFailureError:
+        pass  # ended canceled or failed: its id is free all the same
+    except TimeoutError:
+        raise TemporalUnavailable(
+            f"operation {running.operation_id} has ended but its workflow {running.workflow_id} "
+            f"is still closing; send the request again"
+        ) from None
+    return False
 
 
 async def _running_operation(engine: Engine, client: Client, workflow_id: str) -> Requested | None:
@@ -213,7 +253,7 @@ async def _running_operation(engine: Engine, client: Client, workflow_id: str) -
     operation_id = await description.memo_value("operation_id", None, type_hint=str)
     row = await in_thread(engine, lambda db: _operation_row(db, operation_id, description.run_id))
     if row is not None:
-        return Requested(row.id, workflow_id, row.status, joined=True)
+        return Requested(row.id, workflow_id, row.status, joined=True, run_id=description.run_id)
     if operation_id is None:
         # Started with the Temporal client alone and not registered yet: its own id comes with
         # its first step; until then the workflow is what there is to follow.
@@ -221,7 +261,9 @@ async def _running_operation(engine: Engine, client: Client, workflow_id: str) -
         operation_id = status.get("operation_id") or None
         if operation_id is None:
             return None
-    return Requested(operation_id, workflow_id, OperationStatus.SCHEDULED, joined=True)
+    return Requested(
+        operation_id, workflow_id, OperationStatus.SCHEDULED, joined=True, run_id=description.run_id
+    )
 
 
 def _operation_row(db: Session, operation_id: str | None, run_id: str) -> Operation | None:

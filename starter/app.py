@@ -52,7 +52,7 @@ def create_app(
             seed_shipped_templates(db)
             _ensure_bootstrap(db)
             app.state.keyturn = AppState(
-                settings, db, Vault(settings.master_key_bytes), await connect(settings)
+                settings, db, Vault(settings.keyring), await connect(settings)
             )
         yield
 
@@ -69,7 +69,7 @@ def create_app(
     if engine is not None and client is not None:
         seed_shipped_templates(engine)
         _ensure_bootstrap(engine)
-        app.state.keyturn = AppState(settings, engine, Vault(settings.master_key_bytes), client)
+        app.state.keyturn = AppState(settings, engine, Vault(settings.keyring), client)
     problems.install(app, on_refusal=_record_refusal)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     every_route_may_answer: dict[int | str, dict[str, Any]] = {

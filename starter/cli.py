@@ -1,5 +1,5 @@
 """The ``keyturn`` command: ``dev`` (the whole embedded stack), ``api``, ``worker``, ``request``,
-``backup``, ``restore``, ``audit verify``."""
+``backup``, ``restore``, ``rotate-key``, ``audit verify``."""
 
 from __future__ import annotations
 
@@ -37,10 +37,21 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="read the secret from stdin: set-in-vault's password, or a change's next password",
     )
+    request.add_argument(
+        "--ttl-seconds", type=int, help="jit-create: how long the account lives once created"
+    )
     backup = sub.add_parser("backup", help="write the store and master key to FILE, encrypted")
     backup.add_argument("file", type=Path)
     restore = sub.add_parser("restore", help="restore FILE into an empty data directory")
     restore.add_argument("file", type=Path)
+    rotate = sub.add_parser(
+        "rotate-key", help="a new master key; every secret re-encrypted with it"
+    )
+    rotate.add_argument(
+        "--forget-old",
+        action="store_true",
+        help="remove the older keys, once no open workflow holds a payload they sealed",
+    )
     sub.add_parser("migrate", help="bring the store's schema up to date (starting does it too)")
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
@@ -54,8 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(_migrate(settings))
     if args.command == "request":
         choice = _secret_choice(args.kind, args.version_id, args.secret_stdin)
-        outcome = _request(settings, args.credential_id, args.kind, args.trigger, choice)
+        outcome = _request(
+            settings, args.credential_id, args.kind, args.trigger, choice, args.ttl_seconds
+        )
         _exit_now(asyncio.run(outcome))
+    if args.command == "rotate-key":
+        _exit_now(asyncio.run(_rotate_key(settings, args.forget_old)))
     if args.command in ("backup", "restore"):
         raise SystemExit(_backup_or_restore(settings, args.command, args.file))
     if args.command == "dev":
@@ -105,7 +120,12 @@ def _backup_or_restore(settings: Settings, command: str, file: Path) -> int:
 
 
 async def _request(
-    settings: Settings, credential_id: str, kind: str, trigger: str, choice: SecretChoice
+    settings: Settings,
+    credential_id: str,
+    kind: str,
+    trigger: str,
+    choice: SecretChoice,
+    ttl_seconds: int | None = None,
 ) -> int:
     """The same request path as the HTTP API's; prints the operation as JSON."""
     from keyturn.temporal import connect
@@ -120,9 +140,14 @@ async def _request(
             await connect(settings),
             settings.task_queue,
             OperationRequest(
-                credential_id, kind, trigger, choice, requested_by=f"cli:{getpass.getuser()}"
+                credential_id,
+                kind,
+                trigger,
+                choice,
+                requested_by=f"cli:{getpass.getuser()}",
+                ttl_seconds=ttl_seconds,
             ),
-            Vault(settings.master_key_bytes),
+            Vault(settings.keyring),
         )
     except RequestFailed as exc:
         print(f"keyturn request: {exc}", file=sys.stderr)
@@ -130,6 +155,21 @@ async def _request(
     finally:
         engine.dispose()
     print(json.dumps(dataclasses.asdict(requested)))
+    return 0
+
+
+async def _rotate_key(settings: Settings, forget_old: bool) -> int:
+    from keyturn.temporal import connect
+    from starter.key_rotation import RotationRefused, forget_old_keys, rotate
+
+    try:
+        if forget_old:
+            print(await forget_old_keys(settings, await connect(settings)))
+        else:
+            print(await asyncio.to_thread(rotate, settings))
+    except RotationRefused as exc:
+        print(f"keyturn rotate-key: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -50,13 +50,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def dev_server_command(settings: Settings) -> list[str]:
-    host, _, port = settings.temporal_address.rpartition(":")
+    host, _, port = settings.temporal["target_host"].rpartition(":")
     command = [
         temporal_cli(), "server", "start-dev",
         "--ip", host or "127.0.0.1",
         "--port", port,
         "--ui-port", str(settings.temporal_ui_port),
-        "--namespace", settings.temporal_namespace,
+        "--namespace", settings.temporal["namespace"],
         "--db-filename", str((settings.data_dir / "temporal.db").resolve()),
         "--sqlite-pragma", "journal_mode=wal",
         "--sqlite-pragma", "synchronous=normal",
@@ -81,7 +81,8 @@ async def wait_for_temporal(settings: Settings, server: asyncio.subprocess.Proce
         if server.returncode is not None:
             raise RuntimeError(
                 f"the Temporal dev server exited with {server.returncode}; is "
-                f"{settings.temporal_address} or port {settings.temporal_ui_port} already in use?"
+                f"{settings.temporal['target_host']} or port {settings.temporal_ui_port} "
+                "already in use?"
             )
         try:
             return await connect(settings, worker=True)  # the dev stack runs workers
@@ -137,12 +138,12 @@ async def run_dev(settings: Settings) -> None:
         )
         await verify_after_restore(engine, client, settings.task_queue)
         await _until_listening(api, api_task)
-        host = settings.temporal_address.rpartition(":")[0] or "127.0.0.1"
+        host = settings.temporal["target_host"].rpartition(":")[0] or "127.0.0.1"
         print(
             "Keyturn is running\n"
             f"  HTTP API      http://{settings.api_host}:{settings.api_port}/v1  "
             f"(OpenAPI: http://{settings.api_host}:{settings.api_port}/docs)\n"
-            f"  Temporal      {settings.temporal_address}  "
+            f"  Temporal      {settings.temporal['target_host']}  "
             f"(Web UI: http://{host}:{settings.temporal_ui_port}, payloads decoded by "
             f"http://{settings.api_host}:{settings.api_port}/codec)\n"
             f"  Dashboard     http://{settings.api_host}:{settings.api_port}/ui/\n"

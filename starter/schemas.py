@@ -22,7 +22,18 @@ from triggers.window import DAYS, ChangeWindow, InvalidWindow
 from workflows.contracts import CLIENT_TRIGGERS, TRIGGERS
 
 Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]*$")
-OperationKind = Literal["change", "verify", "reconcile", "adopt", "set-in-vault"]
+OperationKind = Literal[
+    "change",
+    "verify",
+    "reconcile",
+    "adopt",
+    "set-in-vault",
+    "activate",
+    "deactivate",
+    "jit-create",
+    "jit-remove",
+]
+LifecycleKind = Literal["activate", "deactivate", "jit-create", "jit-remove"]
 # Triggers are one closed list (workflows/contracts.py TRIGGERS); a request may claim only
 # CLIENT_TRIGGERS, the others are set by Keyturn itself.
 Trigger = Field(
@@ -172,6 +183,11 @@ class PolicyIn(_In):
         description="how long an expiry change waits for open sessions (null: until they end)",
     )
     paused: bool = Field(default=False, description="the policy's schedules are paused")
+    lock_after_session: bool = Field(
+        default=False,
+        description="the end of a credential's last open session deactivates it; the next "
+        "session's start activates it first",
+    )
 
     @model_validator(mode="after")
     def _rules_can_produce_a_password(self) -> PolicyIn:
@@ -209,6 +225,7 @@ class PolicyPatch(_In):
     change_after_session_seconds: int | None = None
     max_session_wait_seconds: int | None = None
     paused: bool | None = None
+    lock_after_session: bool | None = None
 
 
 class PolicyOut(PolicyIn):
@@ -220,7 +237,7 @@ class PolicyOut(PolicyIn):
 class TemplateIn(_In):
     name: str = Name
     executor: str = Field(default="ssh", min_length=1, max_length=50)
-    kind: Literal["change", "verify"]
+    kind: Literal["change", "verify", "activate", "deactivate", "jit-create", "jit-remove"]
     body: str = Field(min_length=1, max_length=100_000)
 
 
@@ -303,6 +320,11 @@ class CredentialIn(_In):
     parent_id: str | None = RefId
     reconcile_credential_id: str | None = RefId
     auto_reconcile: bool = False
+    lifecycle_templates: dict[LifecycleKind, str] = Field(
+        default_factory=dict,
+        description="templates for activate, deactivate, jit-create, jit-remove instead of the "
+        "executor's defaults, by kind",
+    )
 
     @field_validator("username")
     @classmethod
@@ -336,6 +358,11 @@ class CredentialOut(BaseModel):
     sync_state: str
     current_version_id: str | None = None
     created_at: datetime
+    active: bool = Field(description="false once deactivated (locked on its target)")
+    jit_until: datetime | None = Field(
+        description="a just-in-time account exists until then (null: none is out there)"
+    )
+    lifecycle_templates: dict[str, str]
 
 
 class OperationIn(_In):
@@ -364,6 +391,11 @@ class OperationIn(_In):
         max_length=1024,
         description="change: the new password, instead of a generated one; must fit the "
         "credential's policy (write-only)",
+    )
+    ttl_seconds: int | None = Field(
+        default=None,
+        description="jit-create (required): how long the account lives once created; a "
+        "jit-remove ends it then, or at the end of the credential's last session if sooner",
     )
 
     @field_validator("trigger")
@@ -472,6 +504,11 @@ class SessionOut(BaseModel):
     open_sessions: int = Field(description="sessions of the credential still open")
     change_requested: bool = Field(
         description="this was the last open session and the policy asks for a change after it"
+    )
+    operation_id: str | None = Field(
+        default=None,
+        description="the activate (session start on an inactive credential), deactivate "
+        "(lock_after_session) or jit-remove (a just-in-time account) this event requested",
     )
 
 

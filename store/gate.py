@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from store import audit
+from store import audit, callbacks
 from store.engine import session_scope
 from store.models import (
     Credential,
@@ -51,6 +51,7 @@ class Registration:
     source_version_id: str | None = None
     requested_by: str | None = None  # the principal; None: Keyturn itself
     callback_url: str | None = None
+    ttl_seconds: int | None = None  # jit-create: the account's time to live
 
 
 def register(session: Session, request: Registration) -> Operation:
@@ -72,18 +73,19 @@ def register(session: Session, request: Registration) -> Operation:
         if existing.requested_by is None and request.requested_by:
             existing.requested_by = request.requested_by
             session.add(existing)
-        if existing.callback_url is None and request.callback_url:
-            existing.callback_url = request.callback_url
+        if request.callback_url:
+            callbacks.add(session, existing.id, request.callback_url)
+        if existing.ttl_seconds is None and request.ttl_seconds:
+            existing.ttl_seconds = request.ttl_seconds
             session.add(existing)
         if existing.gate_seq or existing.status != OperationStatus.SCHEDULED:
             return existing
         # A row an older release made before starting its workflow: queue it now.
     ahead = _tail(session, credential.id)
-    callback_url = request.callback_url
-    if callback_url is None and request.parent_operation_id:
-        # A chained operation tells its parent's requester when it ends, too.
-        parent = session.get(Operation, request.parent_operation_id)
-        callback_url = parent.callback_url if parent else None
+    if request.callback_url:
+        callbacks.add(session, request.operation_id, request.callback_url)
+    elif existing is None and request.parent_operation_id:
+        callbacks.inherit(session, request.parent_operation_id, request.operation_id)
     operation = existing or Operation(
         id=request.operation_id,
         credential_id=credential.id,
@@ -94,7 +96,7 @@ def register(session: Session, request: Registration) -> Operation:
         parent_operation_id=request.parent_operation_id,
         source_version_id=request.source_version_id,
         requested_by=request.requested_by,
-        callback_url=callback_url,
+        ttl_seconds=request.ttl_seconds,
     )
     operation.gate_seq = seq
     operation.gate_state = QUEUED if ahead else HOLDING
@@ -166,6 +168,23 @@ def leave(session: Session, operation_id: str) -> Operation | None:
         follower.gate_state = HOLDING
         session.add(follower)
     return follower
+
+
+def join_callback(session: Session, operation_id: str, credential_id: str, url: str) -> bool:
+    """Register the callback URL of a request that joins the operation in flight; False if the
+    operation has closed its callbacks (it is ending: the request must start a new one)."""
+    _lock(session, credential_id)
+    return callbacks.add(session, operation_id, url)
+
+
+def close_callbacks(session: Session, operation_id: str) -> int:
+    """The operation has ended: close its callback URLs; how many will be told."""
+    operation = session.get(Operation, operation_id)
+    if operation is None:
+        return 0
+    _lock(session, operation.credential_id)
+    session.refresh(operation)
+    return callbacks.close(session, operation)
 
 
 def holds(session: Session, operation_id: str) -> bool:

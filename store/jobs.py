@@ -9,6 +9,7 @@ missing or has no current secret. Such a job never reaches a target, so it costs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -24,10 +25,21 @@ from executors.base import (
 )
 from store import audit
 from store.engine import session_scope
-from store.models import Credential, Device, Operation, Policy, SecretVersion, Template
+from store.models import (
+    Credential,
+    Device,
+    Operation,
+    Policy,
+    SecretVersion,
+    Template,
+    utcnow,
+)
 from store.queries import get_or_raise, latest_template, policy_for
 from store.vault import Vault
 from templating import TemplateContext, TemplateSyntaxProblem
+from workflows.contracts import LIFECYCLE_KINDS
+
+LIFECYCLE_FIELD = "lifecycle_templates"
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,11 @@ class Job:
         return self.auth_account or Account(self.credential.username, self.current_password)
 
     def context(self, new_password: str | None = None) -> TemplateContext:
+        values = {}
+        if self.operation.ttl_seconds:
+            # jit-create: when the account's time is up (a PostgreSQL role's VALID UNTIL, say).
+            until = utcnow() + timedelta(seconds=self.operation.ttl_seconds)
+            values["valid_until"] = until.isoformat(timespec="seconds")
         return TemplateContext(
             username=self.credential.username,
             current_password=self.current_password,
@@ -67,11 +84,21 @@ class Job:
             port=self.device.port,
             auth_username=self.auth_account.username if self.auth_account else "",
             auth_password=self.auth_account.password if self.auth_account else "",
+            values=values,
         )
 
     @property
     def secrets(self) -> tuple[str, ...]:
         return self.context().secrets
+
+
+def lifecycle_template(executor: Executor, credential: Credential, kind: str) -> tuple[str, str]:
+    """The template an activate, deactivate, jit-create or jit-remove runs, and where its name
+    comes from: the credential's own choice, else the executor's default ("" if none)."""
+    chosen = credential.lifecycle_templates.get(kind)
+    if chosen:
+        return chosen, f"{LIFECYCLE_FIELD}.{kind}"
+    return executor.default_templates.get(kind, ""), f"{kind} template"
 
 
 def target_for(device: Device, policy: Policy) -> Target:
@@ -136,7 +163,17 @@ def load_job(
         if for_change:
             change_name, field = credential.change_template, "change_template"
             privileged_id, role = credential.auth_credential_id, "auth_credential_id"
-            if via_reconcile:
+            if operation.kind in LIFECYCLE_KINDS:
+                change_name, field = lifecycle_template(executor, credential, operation.kind)
+                if privileged_id is None:
+                    raise _problem(
+                        device,
+                        "auth_credential_id",
+                        f"credential {credential.id} ({credential.username!r}) has no "
+                        f"auth_credential_id: {operation.kind} runs through a privileged account "
+                        "on the same device; set one",
+                    )
+            elif via_reconcile:
                 if credential.reconcile_credential_id is None:
                     raise _problem(
                         device,
@@ -156,6 +193,13 @@ def load_job(
                         f"credential {credential.id} ({credential.username!r}) cannot be "
                         "reconciled",
                     )
+            if not change_name:
+                raise _problem(
+                    device,
+                    field,
+                    f"executor {device.executor!r} ships no {operation.kind} template: name "
+                    f"one in credential {credential.id}'s lifecycle_templates",
+                )
             change_body = _template_body(
                 session, executor, (device, credential, operation), field, change_name
             )
@@ -228,6 +272,8 @@ def _template_body(
     ``field`` says where the name comes from."""
     device, credential, operation = rows
     kind = "verify" if field == "verify_template" else "change"
+    if field != "verify_template" and operation.kind in LIFECYCLE_KINDS:
+        kind = operation.kind
     whose = f"credential {credential.id} ({credential.username!r})"
     try:
         template = latest_template(session, name, as_of=operation.created_at)

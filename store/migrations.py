@@ -165,6 +165,47 @@ def _v6_allow_insecure_transport(conn: Connection) -> None:
     _add_columns(conn, "device", {"allow_insecure_transport": f"BOOLEAN NOT NULL DEFAULT {false}"})
 
 
+def _v7_operation_callbacks(conn: Connection) -> None:
+    """Every request's callback URL is registered on its operation (the operationcallback
+    table, which create_all made), not only the starting request's: the one URL an operation
+    had moves there, first on its list. An ended operation's list is closed. The old column
+    stays, unread, for a previous release's process during a rolling upgrade."""
+    false = "false" if conn.dialect.name == "postgresql" else "0"
+    true = "true" if conn.dialect.name == "postgresql" else "1"
+    _add_columns(conn, "operation", {"callbacks_closed": f"BOOLEAN NOT NULL DEFAULT {false}"})
+    conn.execute(
+        text(
+            "INSERT INTO operationcallback (operation_id, position, url, created_at) "
+            "SELECT o.id, 1, o.callback_url, o.created_at FROM operation o "
+            "WHERE o.callback_url IS NOT NULL AND NOT EXISTS (SELECT 1 FROM operationcallback c "
+            "WHERE c.operation_id = o.id)"
+        )
+    )
+    conn.execute(
+        text(f"UPDATE operation SET callbacks_closed = {true} WHERE finished_at IS NOT NULL")
+    )
+
+
+def _v8_activation_and_jit(conn: Connection) -> None:
+    """Credential state moved by activate/deactivate, just-in-time accounts and their time to
+    live, per-credential lifecycle templates, and the policy's lock after a session."""
+    postgresql = conn.dialect.name == "postgresql"
+    timestamp = "TIMESTAMP WITH TIME ZONE" if postgresql else "DATETIME"
+    true, false = ("true", "false") if postgresql else ("1", "0")
+    json_empty = "JSON NOT NULL DEFAULT '{}'"
+    _add_columns(
+        conn,
+        "credential",
+        {
+            "active": f"BOOLEAN NOT NULL DEFAULT {true}",
+            "jit_until": timestamp,
+            "lifecycle_templates": json_empty,
+        },
+    )
+    _add_columns(conn, "operation", {"ttl_seconds": "INTEGER"})
+    _add_columns(conn, "policy", {"lock_after_session": f"BOOLEAN NOT NULL DEFAULT {false}"})
+
+
 def _v10_principals(conn: Connection) -> None:
     """Template review (maker-checker), and profiles. The principal and token tables are new:
     create_all made them. Templates stored before review existed are what ran until now:
@@ -203,6 +244,8 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v4_recovery_by_hand,
     _v5_governance,
     _v6_allow_insecure_transport,
+    _v7_operation_callbacks,
+    _v8_activation_and_jit,
     _v10_principals,
 )
 LATEST = len(STEPS) + 1

@@ -113,6 +113,9 @@ class Policy(SQLModel, table=True):
     change_after_session_seconds: int | None = None
     max_session_wait_seconds: int | None = None  # None: an expiry change waits for the session
     paused: bool = False  # the policy's schedules are paused
+    # The end of a credential's last open session deactivates it (it is activated again, first,
+    # when the next session starts).
+    lock_after_session: bool = False
     created_at: datetime = Field(default_factory=utcnow)
 
     def password_rules(self) -> PasswordRules:
@@ -169,6 +172,17 @@ class Credential(SQLModel, table=True):
     # secret became current, and when it was last seen to log in.
     secret_changed_at: datetime = Field(default_factory=utcnow)
     verified_at: datetime = Field(default_factory=utcnow)
+    # Moved by activate and deactivate (and jit-create, jit-remove): an inactive account is
+    # locked on its target, so no expiry or view asks for its change.
+    active: bool = True
+    # A just-in-time account exists until then (a delayed jit-remove ends it); None: no such
+    # account is out there (never created, or removed).
+    jit_until: datetime | None = None
+    # Templates for activate, deactivate, jit-create and jit-remove instead of the executor's
+    # defaults ({"deactivate": "ldap/ad-disable"}, say).
+    lifecycle_templates: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
 
 
 class CredentialSession(SQLModel, table=True):
@@ -221,7 +235,20 @@ class Operation(SQLModel, table=True):
     # restore the pending secret of the operation that was in flight (a verify tries it too).
     source_version_id: str | None = None
     requested_by: str | None = None  # the principal who asked; None: Keyturn itself (a trigger)
-    callback_url: str | None = None  # where the outcome is POSTed when the operation ends
+    # Its list of callback URLs (OperationCallback) is closed: the outcome is about to be POSTed
+    # to each, and a request that would join it starts a new operation instead.
+    callbacks_closed: bool = False
+    ttl_seconds: int | None = None  # jit-create: how long the account lives once created
+
+
+class OperationCallback(SQLModel, table=True):
+    """Where an operation's outcome is POSTed when it ends: one row per requester's URL (the
+    request that started it and every one that joined it), in the order they were registered."""
+
+    operation_id: str = Field(primary_key=True)  # no foreign key: a join may come before the row
+    position: int = Field(primary_key=True)  # 1, 2, …: part of the webhook-id
+    url: str
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Attempt(SQLModel, table=True):

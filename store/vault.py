@@ -6,15 +6,22 @@ copied onto another row does not decrypt.
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 
-from keyturn.crypto import Cipher
+from keyturn.keyring import Keyring
+from store.engine import session_scope
 from store.models import SecretState, SecretVersion, new_id, utcnow
+
+PURPOSE = "secrets"
 
 
 class Vault:
-    def __init__(self, master_key: bytes) -> None:
-        self._cipher = Cipher(master_key, "secrets")
+    """Encrypts with the keyring's newest key; decrypts with whichever key a version names.
+    A single key (bytes) is a keyring of one."""
+
+    def __init__(self, keys: Keyring | bytes) -> None:
+        self._keyring = keys if isinstance(keys, Keyring) else Keyring.of(keys)
 
     def add(
         self,
@@ -25,12 +32,13 @@ class Vault:
         operation_id: str | None = None,
     ) -> SecretVersion:
         version_id = new_id()
+        cipher = self._keyring.cipher(PURPOSE)
         version = SecretVersion(
             id=version_id,
             credential_id=credential_id,
             state=state,
-            key_id=self._cipher.key_id,
-            ciphertext=self._cipher.encrypt(secret.encode(), _aad(credential_id, version_id)),
+            key_id=cipher.key_id,
+            ciphertext=cipher.encrypt(secret.encode(), _aad(credential_id, version_id)),
             operation_id=operation_id,
         )
         session.add(version)
@@ -38,13 +46,29 @@ class Vault:
 
     def reveal(self, version: SecretVersion) -> str:
         """Decrypt; call only inside an activity, and keep the value in memory only."""
-        if version.key_id != self._cipher.key_id:
+        cipher = self._keyring.cipher_for(PURPOSE, version.key_id)
+        if cipher is None:
             raise LookupError(
                 f"secret version {version.id} was encrypted with key {version.key_id}; "
-                "start Keyturn with that master key"
+                "start Keyturn with that master key in its keyring"
             )
         aad = _aad(version.credential_id, version.id)
-        return self._cipher.decrypt(version.ciphertext, aad).decode()
+        return cipher.decrypt(version.ciphertext, aad).decode()
+
+    @property
+    def newest_key_id(self) -> str:
+        return self._keyring.cipher(PURPOSE).key_id
+
+    def reencrypt(self, version: SecretVersion) -> bool:
+        """Seal ``version`` with the newest key (in the caller's transaction); False if it
+        already was. Its state and ids do not change, so nothing else notices."""
+        cipher = self._keyring.cipher(PURPOSE)
+        if version.key_id == cipher.key_id:
+            return False
+        aad = _aad(version.credential_id, version.id)
+        version.ciphertext = cipher.encrypt(self.reveal(version).encode(), aad)
+        version.key_id = cipher.key_id
+        return True
 
     @staticmethod
     def current(session: Session, credential_id: str) -> SecretVersion | None:
@@ -78,3 +102,25 @@ class Vault:
 
 def _aad(credential_id: str, version_id: str) -> bytes:
     return f"{credential_id}/{version_id}".encode()
+
+
+def reencrypt_all(engine: Engine, vault: Vault, batch: int = 200) -> int:
+    """Seal every secret version with the vault's newest key; how many were re-sealed. Runs
+    in batches, each its own transaction, until none is left under an older key: a version a
+    process wrote with the older key while this ran is caught by a later batch."""
+    total = 0
+    while True:
+        with session_scope(engine) as session:
+            versions = session.exec(
+                select(SecretVersion)
+                .where(SecretVersion.key_id != vault.newest_key_id)
+                .order_by(col(SecretVersion.id))
+                .limit(batch)
+                .with_for_update()
+            ).all()
+            for version in versions:
+                vault.reencrypt(version)
+                session.add(version)
+        if not versions:
+            return total
+        total += len(versions)

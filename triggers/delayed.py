@@ -17,7 +17,7 @@ from temporalio.service import RPCError
 
 from requesting import TemporalUnavailable
 from store.audit import VIEWED
-from store.models import AuditEvent, Credential, Policy, as_utc
+from store.models import AuditEvent, Credential, Operation, Policy, as_utc
 from triggers.due import open_sessions
 from triggers.window import opens_in
 from workflows.contracts import (
@@ -74,6 +74,10 @@ def delayed_verdict(
     credential = db.get(Credential, delayed.credential_id)
     if credential is None:
         return DelayedOutcome("dropped: the credential no longer exists")
+    if delayed.kind == "jit-remove":
+        return _jit_removal_verdict(credential)
+    if delayed.kind == "change" and not credential.active:
+        return DelayedOutcome("dropped: the credential is inactive (locked on its target)")
     changed_at = as_utc(credential.secret_changed_at)
     # A change committed after the event satisfies it, unless (a view) the secret it set has
     # been read since: a later view deduplicated into this request must not go unanswered.
@@ -90,3 +94,25 @@ def delayed_verdict(
     if wait:
         return DelayedOutcome("outside the change window", wait.total_seconds())
     return None
+
+
+def _jit_removal_verdict(credential: Credential) -> DelayedOutcome | None:
+    """A just-in-time account's removal is due at its ``jit_until``, whatever the change window:
+    None (request it) once that has passed; wait on if a later account replaced the one this
+    removal was asked for; nothing to do if it is gone already (a session's end removed it)."""
+    if credential.jit_until is None:
+        return DelayedOutcome("satisfied: the just-in-time account is removed already")
+    left = (as_utc(credential.jit_until) - datetime.now(UTC)).total_seconds()
+    if left > 0:
+        return DelayedOutcome("the just-in-time account lives on", left)
+    return None
+
+
+def jit_until(db: Session, operation_id: str) -> tuple[str, datetime] | None:
+    """The credential of a committed jit-create and the end of its account's time to live;
+    None once the account is removed."""
+    operation = db.get(Operation, operation_id)
+    credential = db.get(Credential, operation.credential_id) if operation else None
+    if credential is None or credential.jit_until is None:
+        return None
+    return credential.id, as_utc(credential.jit_until)

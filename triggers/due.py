@@ -69,6 +69,9 @@ def due_page(session: Session, query: DueQuery, now: datetime | None = None) -> 
         Credential.policy_id == policy.id,
         age <= datetime.fromisoformat(query.as_of) - timedelta(seconds=period),
         Credential.sync_state != SyncState.OUT_OF_SYNC,  # drift is reconcile's to fix
+        # Locked on its target: neither changed (its login is refused) nor verified (which
+        # would find the refusal and call it drift).
+        col(Credential.active).is_(True),
     )
     if query.cursor:
         after, _, after_id = query.cursor.partition("|")
@@ -100,6 +103,8 @@ def skip_reason(
         return "done since the sweep began"
     if credential.sync_state == SyncState.OUT_OF_SYNC:
         return "out of sync"
+    if not credential.active:
+        return "inactive: locked on its target"
     if in_flight(session, credential_id, SWEEPS[purpose][0]):
         # Asking again would only join it, at the cost of Temporal calls, on every sweep.
         return "its operation is in flight"

@@ -1,13 +1,16 @@
-"""Telling the requesting module an operation's outcome: one signed POST, retried by Temporal.
+"""Telling the requesting modules an operation's outcome: one signed POST per callback URL
+registered on it (the request that started it and every one that joined), retried by Temporal.
 
 The operation workflow starts this one as an abandoned child when it ends, so the operation is
-over (its gate left, its workflow id free for the next request) while the delivery is retried,
-with backoff, until the receiver answers 2xx or the time limit passes. The webhook-id is the
-operation's, so every attempt carries the same one.
+over (its gate left, its workflow id free for the next request) while each delivery is retried,
+with backoff, until its receiver answers 2xx or the time limit passes. The webhook-id is the
+operation's and the URL's position on its list, so every attempt carries the same one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
@@ -32,6 +35,20 @@ ATTEMPT_TIMEOUT = timedelta(seconds=30)
 class CallbackWorkflow:
     @workflow.run
     async def run(self, request: CallbackInput) -> None:
+        if not request.receivers:  # started by an older release: its one delivery
+            await self._deliver(request)
+            return
+        # One delivery per URL, each retried on its own: a failing receiver delays no other.
+        deliveries = [
+            self._deliver(dataclasses.replace(request, position=position))
+            for position in range(1, request.receivers + 1)
+        ]
+        outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            raise failed[0]
+
+    async def _deliver(self, request: CallbackInput) -> None:
         await workflow.execute_activity(
             steps.deliver_callback,
             request,

@@ -15,7 +15,27 @@ DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
 CALLBACK_WORKFLOW = "KeyturnCallback"
 SWEEP_WORKFLOW = "KeyturnSweep"
 DELAYED_OPERATION_WORKFLOW = "KeyturnDelayedOperation"
-OPERATION_KINDS = ("change", "verify", "reconcile", "adopt", "set-in-vault")
+OPERATION_KINDS = (
+    "change",
+    "verify",
+    "reconcile",
+    "adopt",
+    "set-in-vault",
+    "activate",
+    "deactivate",
+    "jit-create",
+    "jit-remove",
+)
+# Kinds that switch an account on or off (or remove it) and leave its secret alone: each runs
+# the executor's template of that kind through the auth credential, then logs in with the
+# current secret to see the account in the state asked for.
+SWITCH_KINDS = ("activate", "deactivate", "jit-remove")
+# Kinds that run a template of their own kind (its ``# kind:`` header), always through the
+# credential's auth credential: an account cannot unlock or create itself.
+LIFECYCLE_KINDS = ("activate", "deactivate", "jit-create", "jit-remove")
+# A just-in-time account lives at least this long: shorter could end before it is used.
+JIT_MIN_TTL_SECONDS = 5
+JIT_MAX_TTL_SECONDS = 30 * 24 * 3600
 # Kinds that make a chosen secret current once it is seen to log in, and change nothing else.
 CHOSEN_SECRET_KINDS = ("adopt", "set-in-vault")
 # Why an operation was requested: one closed list, used by the API, the search attribute and the
@@ -134,6 +154,8 @@ class OperationInput:
     # The requester asked to be told the outcome: the URL itself stays in the store.
     callback: bool = False
     requested_by: str | None = None  # the principal who asked; None: Keyturn itself
+    # jit-create: how long the account lives once created (a delayed jit-remove ends it).
+    ttl_seconds: int = 0
 
 
 def callback_workflow_id(operation_id: str) -> str:
@@ -144,6 +166,11 @@ def callback_workflow_id(operation_id: str) -> str:
 @dataclass(frozen=True)
 class CallbackInput:
     operation_id: str
+    # How many callback URLs the operation closed with: the callback workflow POSTs to each.
+    # 0: started by an older release, which told the one URL an operation then had.
+    receivers: int = 0
+    # The URL one delivery POSTs to (1, 2, …); 0: that older release's single delivery.
+    position: int = 0
 
 
 def initial_search_attributes(
@@ -183,6 +210,7 @@ class RegisterInput:
     parent_operation_id: str | None = None
     source_version_id: str = ""  # OperationInput.version_id
     requested_by: str | None = None
+    ttl_seconds: int = 0  # OperationInput.ttl_seconds
 
 
 @dataclass(frozen=True)
@@ -312,6 +340,9 @@ class FinishInput:
     error: str | None = None
     pending_version_fate: str | None = None  # "failed" when the target surely never took it
     out_of_sync: bool = False
+    # activate, deactivate, jit-remove: whether the current secret logged in at the end (None:
+    # not asked); the credential's "active" follows it, whatever the operation's status.
+    login_works: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -370,6 +401,14 @@ class DelayedOperation:
     kind: str
     trigger: str
     since: str  # ISO time of the event that asked for it
+
+
+@dataclass(frozen=True)
+class JitRemoval:
+    """After a jit-create committed: remove the account ``ttl_seconds`` after it was created."""
+
+    operation_id: str
+    ttl_seconds: int
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 register → wait for the credential's gate → prepare (store) → change (executor, retried per
 policy) → verify (executor) → commit (store, compare-and-set) → children → leave the gate.
+A jit-create follows the same path (its template creates the account) and, once committed,
+schedules the account's removal; activate, deactivate and jit-remove run their template, then
+log in to see the account in the state asked for (``_switch``): no secret changes.
 
 - One writer per credential: every operation registers at its credential's gate (store/gate.py)
   and, if another is ahead, waits for that one's signal; leaving signals the next. No workflow
@@ -50,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         SA_OPERATION,
         SA_STATUS,
         SA_TRIGGER,
+        SWITCH_KINDS,
         WORKFLOW_NAME,
         Admission,
         CallbackInput,
@@ -61,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         FailureKind,
         FinishInput,
         GateCheck,
+        JitRemoval,
         OperationInput,
         OperationPlan,
         OperationResult,
@@ -81,6 +86,9 @@ _R = TypeVar("_R")
 GATE_PATCH = "one-writer-gate"
 # Operations that ask for a callback start its workflow when they end (none did before).
 CALLBACK_PATCH = "callback-on-end"
+# Histories with this marker close the operation's list of callback URLs as it ends (every
+# requester's, joins included) and tell each; before, only a starting request's URL was told.
+CALLBACKS_CLOSED_PATCH = "callbacks-closed-on-end"
 # The operation id became a search attribute: histories without the marker did not upsert it.
 OPERATION_ID_PATCH = "operation-id-search-attribute"
 # Histories with this marker verify inside the change activity (StepInput.verify_after_change).
@@ -122,6 +130,7 @@ class OperationWorkflow:
         self._canceled = False
         self._committing = False  # the commit has begun: a cancel is too late
         self._late_cancel = False
+        self._kind = ""  # the operation's kind, once it runs
 
     @workflow.query
     def status(self) -> dict[str, str | None]:
@@ -149,6 +158,7 @@ class OperationWorkflow:
             self._legacy = LegacyOperation()
             return await self._legacy.run(op)
         info = workflow.info()
+        self._kind = op.kind
         self._operation_id = op.operation_id or workflow.uuid4().hex
         try:
             admission: Admission = await self._call(
@@ -163,6 +173,7 @@ class OperationWorkflow:
                     op.parent_operation_id,
                     op.version_id,
                     op.requested_by,
+                    op.ttl_seconds,
                 ),
             )
         except asyncio.CancelledError:
@@ -173,6 +184,8 @@ class OperationWorkflow:
                     FinishInput(self._operation_id, "canceled", "canceled before it started"),
                 )
             await self._to_the_end(self._leave_gate)
+            if workflow.patched(CALLBACKS_CLOSED_PATCH):
+                await self._to_the_end(self._tell_requesters)
             raise
         self._device_id = admission.device_id
         self._order_key = admission.order_key
@@ -195,8 +208,10 @@ class OperationWorkflow:
         finally:
             # Whatever happened, the next operation on the credential must be told.
             await self._to_the_end(self._leave_gate)
-        if op.callback and workflow.patched(CALLBACK_PATCH):
-            await self._to_the_end(self._start_callback)
+        if workflow.patched(CALLBACKS_CLOSED_PATCH):
+            await self._to_the_end(self._tell_requesters)
+        elif op.callback and workflow.patched(CALLBACK_PATCH):
+            await self._to_the_end(lambda: self._start_callback(0))
         if self._canceled:
             raise asyncio.CancelledError(result.resolution)
         return result
@@ -287,6 +302,8 @@ class OperationWorkflow:
                 return await self._verify(step, plan)
             if op.kind in CHOSEN_SECRET_KINDS:
                 return await self._try_chosen(step, plan)
+            if op.kind in SWITCH_KINDS:
+                return await self._switch(op.kind, step, plan)
             finish = await self._change(step, plan)
             if (
                 finish is not None
@@ -310,6 +327,8 @@ class OperationWorkflow:
         ask the target which secret it has, so vault and target agree before the operation
         ends canceled. None: the new secret is live, commit it (as canceled)."""
         reason = f"canceled during {self._step}"
+        if plan is not None and self._may_have_sent and self._kind in SWITCH_KINDS:
+            return await self._switch_after_cancel(step, plan, reason)
         if plan is None or not self._may_have_sent:
             return FinishInput(
                 self._operation_id,
@@ -348,6 +367,29 @@ class OperationWorkflow:
             out_of_sync=True,
         )
 
+    async def _switch_after_cancel(
+        self, step: StepInput, plan: OperationPlan, reason: str
+    ) -> FinishInput:
+        """An activate, deactivate or jit-remove canceled once its template may have run: log
+        in to see which state the account is in, so the credential's "active" says so. The
+        secret never moved, so whatever the login shows, nothing is out of sync."""
+        self._step = "probe after cancel"
+        try:
+            probe = await self._executor(
+                steps.probe, dataclasses.replace(step, login_only=True), plan
+            )
+        except ActivityError:
+            return FinishInput(
+                self._operation_id, "canceled", f"{reason}; the target could not be asked"
+            )
+        finally:
+            await self._drop_slot()
+        works = bool(probe.current_works)
+        state = "the login works" if works else "the login is refused"
+        return FinishInput(
+            self._operation_id, "canceled", f"{reason}; probe: {state}", login_works=works
+        )
+
     async def _commit_and_chain(
         self, op: OperationInput, step: StepInput, plan: OperationPlan
     ) -> tuple[FinishInput | None, tuple[str, ...]]:
@@ -361,6 +403,16 @@ class OperationWorkflow:
             if finish is not None:
                 await self._call(steps.finish, finish)
                 return finish, ()
+        if op.kind == "jit-create":
+            # The account exists from now on: its removal is scheduled before anything else,
+            # canceled or not (a durable timer on the Temporal server, see triggers/delayed.py).
+            await workflow.execute_activity(
+                steps.schedule_jit_removal,
+                JitRemoval(self._operation_id, op.ttl_seconds),
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+            )
+            return None, ()
         if self._canceled or op.kind == "verify" or op.kind in CHOSEN_SECRET_KINDS:
             return None, ()  # recovery by hand moves no chained credential
         return None, await self._start_children(op, "parent-changed")
@@ -488,6 +540,16 @@ class OperationWorkflow:
             if kind is not None:
                 self._resolution = f"probe after {kind}: the new secret logs in, adopted"
             return None  # the target has the new secret: commit it
+        if probe.current_works is None:
+            # jit-create: only the new account's secret was tried, and it does not log in.
+            return FinishInput(
+                step.operation_id,
+                "failed",
+                "probe: the new account's secret does not log in",
+                kind or "ChangeNotApplied",
+                message or "the account was not created with the new secret",
+                pending_version_fate="failed",
+            )
         if probe.current_works:
             return FinishInput(
                 step.operation_id,
@@ -560,6 +622,53 @@ class OperationWorkflow:
             "SecretRefused",
             "the chosen secret does not log in on the target",
             pending_version_fate="failed",
+        )
+
+    async def _switch(self, kind: str, step: StepInput, plan: OperationPlan) -> FinishInput:
+        """activate, deactivate, jit-remove: run the kind's template, then log in with the
+        current secret to see the account in the state asked for (activate: the login works;
+        the others: it is refused). That login decides, not the template's outcome: a template
+        that failed on an account already in that state (unlocking one not locked) did what was
+        asked. The secret never changes, so nothing here can put the credential out of sync."""
+        self._step = kind
+        wants_login = kind == "activate"
+        error: tuple[str, str] | None = None
+        try:
+            await self._executor(steps.change, step, plan)
+        except ActivityError as err:
+            if _sent_nothing(err):
+                return FinishInput(
+                    step.operation_id, "failed", "nothing was sent to the target", *_cause(err)
+                )
+            error = _cause(err)
+        self._step = "verify"
+        asked = "the login works" if wants_login else "the login is refused"
+        try:
+            probe = await self._executor(
+                steps.probe, dataclasses.replace(step, login_only=True), plan
+            )
+        except ActivityError as err:
+            return FinishInput(
+                step.operation_id,
+                "failed",
+                f"the target could not be asked whether {asked}",
+                *(error or _cause(err)),
+            )
+        works = bool(probe.current_works)
+        if works == wants_login:
+            resolution = f"verified: {asked}"
+            if error is not None:
+                resolution = f"the template failed ({error[0]}), but {asked}: as asked"
+            return FinishInput(step.operation_id, "succeeded", resolution, login_works=works)
+        still = "the login is still refused" if wants_login else "the login still works"
+        error_type, message = error or ("ChangeNotApplied", f"{kind} ran, but {still}")
+        return FinishInput(
+            step.operation_id,
+            "failed",
+            f"verify: {still}",
+            error_type,
+            message,
+            login_works=works,
         )
 
     async def _verify(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
@@ -659,14 +768,22 @@ class OperationWorkflow:
                 if task.done():  # it ended in the same activation as the cancel
                     return task.result()
 
-    async def _start_callback(self) -> None:
-        """Tell the requester the outcome, from a workflow of its own (ABANDON) that Temporal
-        retries: this operation ends now, whatever the receiver does."""
+    async def _tell_requesters(self) -> None:
+        """Close the list of callback URLs (a request that joins from now on starts a new
+        operation instead) and, if anyone asked, tell each of them the outcome."""
+        receivers = await self._call(steps.close_callbacks, GateCheck(self._operation_id))
+        if receivers:
+            await self._start_callback(receivers)
+
+    async def _start_callback(self, receivers: int) -> None:
+        """Tell the requesters the outcome, from a workflow of its own (ABANDON) that Temporal
+        retries: this operation ends now, whatever the receivers do. ``receivers`` 0: the one
+        callback an older release's operation had."""
         # A run of this workflow that was reset may have started it already.
         with contextlib.suppress(WorkflowAlreadyStartedError):
             await workflow.start_child_workflow(
                 CALLBACK_WORKFLOW,
-                CallbackInput(self._operation_id),
+                CallbackInput(self._operation_id, receivers),
                 id=callback_workflow_id(self._operation_id),
                 task_queue=workflow.info().task_queue,
                 parent_close_policy=ParentClosePolicy.ABANDON,

@@ -32,6 +32,7 @@ from workflows.contracts import (
     DueRequests,
     FinishInput,
     GateCheck,
+    JitRemoval,
     OperationPlan,
     ProbeOutcome,
     RegisterInput,
@@ -163,7 +164,20 @@ async def request_delayed(delayed: DelayedOperation) -> DelayedOutcome:
     raise NotImplementedError(DECLARATION)
 
 
-# Telling the requester the outcome (activities/callbacks.py), retried by Temporal.
+# After a jit-create committed: a delayed jit-remove ends the account when its time is up
+# (activities/triggers.py); returns the delayed workflow's id.
+@_declare("keyturn.schedule_jit_removal")
+async def schedule_jit_removal(removal: JitRemoval) -> str:
+    raise NotImplementedError(DECLARATION)
+
+
+# Telling the requesters the outcome (activities/callbacks.py): close the list of callback URLs
+# as the operation ends (a local activity; how many), then POST to each, retried by Temporal.
+@_declare("keyturn.close_callbacks")
+async def close_callbacks(check: GateCheck) -> int:
+    raise NotImplementedError(DECLARATION)
+
+
 @_declare("keyturn.deliver_callback")
 async def deliver_callback(request: CallbackInput) -> None:
     raise NotImplementedError(DECLARATION)

@@ -83,6 +83,8 @@ class HttpExecutor:
         "change": "http/rabbitmq-change-self",
         "change-as-admin": "http/rabbitmq-change-admin",
         "verify": "http/rabbitmq-verify",
+        "jit-create": "http/rabbitmq-create-user",
+        "jit-remove": "http/rabbitmq-delete-user",
     }
     default_port: ClassVar[int] = 443
 

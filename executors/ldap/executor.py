@@ -144,6 +144,8 @@ class LdapExecutor:
         "change": "ldap/passwd-modify-self",
         "change-as-admin": "ldap/passwd-modify-admin",
         "verify": "ldap/verify-bind",
+        "activate": "ldap/ppolicy-unlock",
+        "deactivate": "ldap/ppolicy-lock",
     }
     default_port: ClassVar[int] = 389
 

@@ -47,6 +47,9 @@ from templating import TemplateContext
 from templating.escaping import Escape, mysql_literal, sql_literal
 
 _ACCESS_DENIED = 1045
+# A locked account (ALTER USER … ACCOUNT LOCK): MySQL says 3118, MariaDB 4151. The server
+# refuses the login whatever the password: a refusal, as a wrong password is.
+_ACCOUNT_LOCKED = (3118, 4151)
 _DB_ACCESS_DENIED = (1044, 1049)  # no access to / no such database: the login itself worked
 # Client-side codes (can't connect, lost, gone away, …) and server states where the statement
 # may not have run: lock wait timeout, deadlock, too many connections, query interrupted.
@@ -66,6 +69,10 @@ class MysqlExecutor(SqlExecutor["Connection[Any]"]):
         "change": "mysql/set-password-self",
         "change-as-admin": "mysql/alter-user-admin",
         "verify": "mysql/verify-login",
+        "activate": "mysql/account-unlock",
+        "deactivate": "mysql/account-lock",
+        "jit-create": "mysql/create-user",
+        "jit-remove": "mysql/drop-user",
     }
     default_port: ClassVar[int] = 3306
     literal_context: ClassVar[str] = "mysql_literal"
@@ -284,6 +291,12 @@ async def _connect(target: Target, account: Account, secrets: tuple[str, ...]) -
         code, message = _code_and_message(exc)
         # The server's error code in answer to the handshake response says refused (1045) or
         # accepted but not allowed that database (1044/1049); anything else is unclassified.
+        if code in _ACCOUNT_LOCKED:
+            raise AuthenticationFailed(
+                target.name,
+                "login",
+                f"{where} refused {account.username!r}: the account is locked",
+            ) from None
         if code == _ACCESS_DENIED:
             raise AuthenticationFailed(
                 target.name,

@@ -76,6 +76,10 @@ class PostgresqlExecutor(SqlExecutor[AsyncConnection[Any]]):
         "change": "postgresql/alter-role-self",
         "change-as-admin": "postgresql/alter-role-admin",
         "verify": "postgresql/verify-login",
+        "activate": "postgresql/role-login",
+        "deactivate": "postgresql/role-nologin",
+        "jit-create": "postgresql/create-role",
+        "jit-remove": "postgresql/drop-role",
     }
     default_port: ClassVar[int] = 5432
 

@@ -44,6 +44,10 @@ class SshExecutor:
         "change": "ssh/linux-passwd",
         "change-as-admin": "ssh/linux-chpasswd",
         "verify": "ssh/verify-login",
+        "activate": "ssh/linux-unlock",
+        "deactivate": "ssh/linux-lock",
+        "jit-create": "ssh/linux-useradd",
+        "jit-remove": "ssh/linux-userdel",
     }
     default_port: ClassVar[int] = 22
 

@@ -9,10 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from sqlmodel import Session, select
 
-from requesting import TemporalUnavailable
+from requesting import (
+    CredentialNotFound,
+    InvalidRequest,
+    OperationRequest,
+    TemporalUnavailable,
+    request_operation,
+)
 from starter.authz import APP, OPERATOR, Caller, allow, credential_for, granted
 from starter.deps import State, StoreRoute
-from starter.problems import Problem
+from starter.problems import Problem, invalid, not_found
 from starter.schemas import SecretOut, SessionEventIn, SessionOut
 from store import audit
 from store.engine import in_thread
@@ -47,7 +53,8 @@ async def read_secret(
         app.engine, lambda db: _with_policy(db, caller, credential_id)
     )
     now = datetime.now(UTC)
-    if policy is not None and policy.change_after_view_seconds is not None:
+    # An inactive credential is locked on its target: a view asks for no change of it.
+    if policy is not None and policy.change_after_view_seconds is not None and credential.active:
         # Asked before the secret is shown: a read that cannot be followed by its change fails.
         await _request_change(app, credential, "view", now, policy.change_after_view_seconds)
     client = request.client.host if request.client else None
@@ -63,7 +70,11 @@ async def read_secret(
     responses={
         404: {"description": "no such credential"},
         409: {"description": "the session is already open (start) or not open (end)"},
-        503: {"description": "Temporal did not take the change asked after the last session"},
+        422: {
+            "description": "the activate, deactivate or jit-remove the event asks for cannot "
+            "be requested (no such template, no auth_credential_id): nothing is recorded"
+        },
+        503: {"description": "Temporal did not take the operation the event asks for"},
     },
 )
 async def session_event(
@@ -77,23 +88,63 @@ async def session_event(
         app.engine, lambda db: _with_policy(db, caller, credential_id)
     )
     if body.event == "session-start":
+        await in_thread(app.engine, lambda db: _check_new(db, credential, body.session_id))
+        # A locked credential is activated first: the activate is requested (and queued at
+        # the credential's gate) before the session is recorded, so a refusal records nothing.
+        activate = None if credential.active else await _request(app, credential, "activate")
         row = await in_thread(
             app.engine, lambda db: _start(db, credential, body.session_id, caller)
         )
-        return await in_thread(app.engine, lambda db: _session_out(db, row, False))
+        return await in_thread(app.engine, lambda db: _session_out(db, row, False, activate))
     row, last = await in_thread(
         app.engine, lambda db: _end(db, credential, body.session_id, caller)
     )
     delay = policy.change_after_session_seconds if policy else None
     change = last and delay is not None
-    if change:
-        assert row.ended_at is not None and delay is not None
-        try:
+    after: str | None = None
+    try:
+        if change:
+            assert row.ended_at is not None and delay is not None
             await _request_change(app, credential, "session-end", row.ended_at, delay)
-        except Problem:
-            await in_thread(app.engine, lambda db: _reopen(db, row, caller))  # 503: no change
-            raise
-    return await in_thread(app.engine, lambda db: _session_out(db, row, change))
+        if last:
+            after = await _after_last_session(app, credential, policy)
+    except Problem:
+        await in_thread(
+            app.engine, lambda db: _reopen(db, row, caller)
+        )  # a refusal changes nothing
+        raise
+    return await in_thread(app.engine, lambda db: _session_out(db, row, change, after))
+
+
+async def _after_last_session(
+    app: State, credential: Credential, policy: Policy | None
+) -> str | None:
+    """The end of the last open session removes a just-in-time account at once (before its
+    time to live ends), or locks the credential when the policy says lock_after_session."""
+    if credential.jit_until is not None:
+        return await _request(app, credential, "jit-remove")
+    if policy is not None and policy.lock_after_session and credential.active:
+        return await _request(app, credential, "deactivate")
+    return None
+
+
+async def _request(app: State, credential: Credential, kind: str) -> str:
+    """Request ``kind`` for a session event: the operation's id."""
+    trigger = "session-start" if kind == "activate" else "session-end"
+    try:
+        requested = await request_operation(
+            app.engine,
+            app.client,
+            app.settings.task_queue,
+            OperationRequest(credential.id, kind, trigger),
+        )
+    except InvalidRequest as exc:
+        raise invalid("kind", f"the session asks for {kind}, which fails: {exc.message}") from None
+    except TemporalUnavailable as exc:
+        raise Problem(503, str(exc)) from None
+    except CredentialNotFound:
+        raise not_found("credential", credential.id) from None
+    return requested.operation_id
 
 
 async def _request_change(
@@ -138,13 +189,17 @@ def _reveal(
     return SecretOut(password=password, version_id=version.id, changed_at=version.changed_at)
 
 
-def _start(
-    db: Session, credential: Credential, session_id: str, caller: Caller
-) -> CredentialSession:
+def _check_new(db: Session, credential: Credential, session_id: str) -> None:
     existing = db.get(CredentialSession, (credential.id, session_id))
     if existing is not None:
         state = "is open" if existing.ended_at is None else "has ended"
         raise Problem(409, f"session {session_id!r} {state}; a new session needs a new id")
+
+
+def _start(
+    db: Session, credential: Credential, session_id: str, caller: Caller
+) -> CredentialSession:
+    _check_new(db, credential, session_id)
     row = CredentialSession(credential_id=credential.id, session_id=session_id)
     db.add(row)
     audit.record(
@@ -200,7 +255,9 @@ def _reopen(db: Session, row: CredentialSession, caller: Caller) -> None:
     db.commit()
 
 
-def _session_out(db: Session, row: CredentialSession, change: bool) -> SessionOut:
+def _session_out(
+    db: Session, row: CredentialSession, change: bool, operation_id: str | None = None
+) -> SessionOut:
     return SessionOut(
         credential_id=row.credential_id,
         session_id=row.session_id,
@@ -208,4 +265,5 @@ def _session_out(db: Session, row: CredentialSession, change: bool) -> SessionOu
         ended_at=row.ended_at,
         open_sessions=open_sessions(db, row.credential_id),
         change_requested=change,
+        operation_id=operation_id,
     )

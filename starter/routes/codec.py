@@ -84,7 +84,7 @@ async def _convert(body: dict[str, Any], app: AppState, *, decode: bool) -> dict
         payloads = ParseDict(body, Payloads())
     except ParseError as exc:
         raise Problem(422, f'send {{"payloads": [...]}} as Temporal does: {exc}') from None
-    codec = EncryptionCodec(app.settings.master_key_bytes)
+    codec = EncryptionCodec(app.settings.keyring)
     try:
         converted = await (codec.decode if decode else codec.encode)(list(payloads.payloads))
     except ValueError as exc:

@@ -267,7 +267,10 @@ def create_credential(body: CredentialIn, db: DB, app: State, caller: Keeper) ->
             f"only an admin may point {change_name!r}, a template that uses another credential's "
             "password (auth_password), at that credential",
         )
+    for kind, name in body.lifecycle_templates.items():
+        _template_for(f"lifecycle_templates.{kind}", name, device.executor, kind, db)
     credential = Credential(
+        lifecycle_templates={str(kind): name for kind, name in body.lifecycle_templates.items()},
         device_id=device.id,
         username=body.username,
         profile=device.profile,

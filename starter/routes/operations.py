@@ -46,7 +46,10 @@ Operator = Annotated[Caller, Depends(allow(OPERATOR))]
         422: problem_response(
             "invalid body: a trigger only Keyturn sets, a field its kind does not take, a "
             "missing version_id (adopt) or password (set-in-vault), a next_password that "
-            "breaks the policy, a callback_url that is not https (or KEYTURN_WEBHOOK_SECRET unset)"
+            "breaks the policy, a callback_url that is not https (or KEYTURN_WEBHOOK_SECRET "
+            "unset), a kind the device's executor has no template for (or, for activate, "
+            "deactivate, jit-create, jit-remove, no auth_credential_id), a jit-create without "
+            "a ttl_seconds in bounds"
         ),
         503: problem_response("Temporal did not accept the operation"),
     },
@@ -92,6 +95,7 @@ async def create_operation(
                 choice,
                 requested_by=caller.name,
                 callback_url=body.callback_url,
+                ttl_seconds=body.ttl_seconds,
             ),
             app.vault,
         )

@@ -6,7 +6,15 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-connection: Connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=None)
-with context.begin_transaction():
-    context.run_migrations()
+
+def run() -> None:
+    connection: Connection = context.config.attributes["connection"]
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+# Alembic runs this file inside a migration context; a plain import (a tool walking the
+# package) finds none and does nothing.
+if getattr(context, "config", None) is not None:
+    run()

@@ -90,3 +90,23 @@ def leef(message: str) -> tuple[list[str], dict[str, str]]:
     char = chr(int(delimiter[1:], 16)) if delimiter.startswith(("x", "0x")) else delimiter
     pairs = dict(item.split("=", 1) for item in attributes.split(char) if item)
     return header, pairs
+
+
+def format_of(line: str) -> str:
+    """Which of Keyturn's formats a received line is in: rfc5424, cef or leef."""
+    rest = syslog(line)[1]
+    if rest.startswith("- CEF:"):
+        return "cef"
+    if rest.startswith("- LEEF:"):
+        return "leef"
+    return "rfc5424"
+
+
+def audit_id(line: str) -> int:
+    """The audit id a received line carries, whatever its format."""
+    fmt, rest = format_of(line), syslog(line)[1]
+    if fmt == "cef":
+        return int(cef(rest[2:])[1]["cs4"])
+    if fmt == "leef":
+        return int(leef(rest[2:])[1]["auditId"])
+    return int(structured_data(rest)[1]["auditId"])

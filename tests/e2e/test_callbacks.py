@@ -1,26 +1,36 @@
-"""Callbacks to the requesting module: one POST per operation (and per chained one), signed per
-Standard Webhooks, retried by Temporal with the same webhook-id; refused URLs change nothing."""
+"""Callbacks to the requesting modules: one POST per operation (and per chained one) to every
+requester's URL, joins included, signed per Standard Webhooks, retried by Temporal with the same
+webhook-id; canceled operations call back too; refused URLs change nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import secrets
+import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
+import worker as worker_module
+from activities.callbacks import CallbackActivities
+from requesting.operations import OperationRequest, Requested, request_operation
+from store import gate
 from tests.e2e.conftest import Stack, running_stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.helpers import credential, current_secret, policy, ssh_device, wait_for_step
 from tests.e2e.secrets_search import assert_no_secret
 from tests.servers.sshd import Sshd, Users
 from tests.servers.webhook_receiver import Delivery, WebhookReceiver
-from workflows.contracts import callback_workflow_id
+from workflows.contracts import GateCheck, callback_workflow_id
 
 KEY = secrets.token_bytes(32)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -101,7 +111,7 @@ async def test_one_signed_post_per_operation_even_when_requested_together(
     assert set(bodies) == {a["operation_id"] for a in accepted}
     for (cred, kind), operation in zip(requests, accepted, strict=True):
         delivery, body = bodies[operation["operation_id"]]
-        assert delivery.headers["webhook-id"] == f"msg_{operation['operation_id']}"
+        assert delivery.headers["webhook-id"] == f"msg_{operation['operation_id']}_1"
         assert body["type"] == "operation.ended"
         data = body["data"]
         assert (data["credential_id"], data["kind"], data["trigger"]) == (cred, kind, "manual")
@@ -125,7 +135,7 @@ async def test_a_failing_receiver_gets_the_same_message_again(
     await _delivered(stack, operation["id"])
     deliveries = receiver.to(path)
     assert [d.answered for d in deliveries] == [500, 500, 200]
-    assert {d.headers["webhook-id"] for d in deliveries} == {f"msg_{operation['id']}"}
+    assert {d.headers["webhook-id"] for d in deliveries} == {f"msg_{operation['id']}_1"}
     assert all(_verified(d)["data"]["operation_id"] == operation["id"] for d in deliveries)
 
 
@@ -189,3 +199,193 @@ async def test_callbacks_need_a_webhook_secret(stack: Stack, sshd: Sshd, ssh_use
     )
     assert response.status_code == 422 and "KEYTURN_WEBHOOK_SECRET" in response.text
     assert (await stack.api.get(f"/v1/credentials/{cred}/operations")).json()["items"] == []
+
+
+@asynccontextmanager
+async def _workers_on(stack: Stack, queue: str) -> AsyncIterator[None]:
+    """Workers of the stack's (same store, same dev server) serving a task queue of the test's
+    own, from the moment the test chooses: until then, what is requested there waits."""
+    settings = stack.settings.model_copy(update={"task_queue": queue})
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        worker_module.run_workers(
+            worker_module.build_workers(stack.client, settings, stack.engine), stop
+        )
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        await running
+
+
+async def _request(stack: Stack, queue: str, credential_id: str, kind: str, url: str) -> Requested:
+    return await request_operation(
+        stack.engine,
+        stack.client,
+        queue,
+        OperationRequest(credential_id, kind, callback_url=url, requested_by="admin"),
+    )
+
+
+async def _ended(stack: Stack, requested: Requested) -> None:
+    with contextlib.suppress(WorkflowFailureError):  # a canceled operation fails its workflow
+        await stack.client.get_workflow_handle(requested.workflow_id).result()
+    await _delivered(stack, requested.operation_id)
+
+
+async def test_every_request_that_joins_an_operation_is_told_its_outcome(
+    hooked: Stack, receiver: WebhookReceiver, sshd: Sshd, ssh_users: Users
+) -> None:
+    """Four changes of one credential requested together join one operation; a verify of the
+    same credential queues behind it and a change of another credential on the same device runs
+    beside it. Nothing runs until every request is answered (no worker serves their queue yet),
+    so the joins are certain: each requester's URL gets one signed POST of the operation its
+    request was answered with."""
+    stack = hooked
+    first, second = await _change_users(stack, sshd, ssh_users, 2)
+    queue = f"{stack.settings.task_queue}-joins-{secrets.token_hex(4)}"
+    asked = [(first, "change")] * 4 + [(first, "verify"), (second, "change")]
+    paths = [f"/hook/{secrets.token_hex(4)}" for _ in asked]
+    answers = await asyncio.gather(
+        *(
+            _request(stack, queue, cred, kind, receiver.url(path))
+            for (cred, kind), path in zip(asked, paths, strict=True)
+        )
+    )
+    changes = answers[:4]
+    assert len({a.operation_id for a in changes}) == 1
+    assert sorted(a.joined for a in changes) == [False, True, True, True]
+
+    async with _workers_on(stack, queue):
+        for answer in {a.operation_id: a for a in answers}.values():
+            await _ended(stack, answer)
+
+    ids = set()
+    for answer, path in zip(answers, paths, strict=True):
+        (delivery,) = receiver.to(path)
+        data = _verified(delivery)["data"]
+        assert data["operation_id"] == answer.operation_id and data["status"] == "succeeded"
+        assert delivery.headers["webhook-id"].startswith(f"msg_{answer.operation_id}_")
+        ids.add(delivery.headers["webhook-id"])
+    assert len(ids) == len(answers)  # one stable id per operation and URL
+    received = b"\n".join(d.body for p in paths for d in receiver.to(p))
+    assert_no_secret(received, OLD, current_secret(stack, first), current_secret(stack, second))
+
+
+class _HeldClose(CallbackActivities):
+    """The real close_callbacks, after which the operation waits for the test: a request can
+    join just as the operation ends."""
+
+    closed = threading.Event()
+    proceed = threading.Event()
+
+    @activity.defn(name="keyturn.close_callbacks")
+    def close_callbacks(self, check: GateCheck) -> int:
+        receivers = super().close_callbacks(check)
+        type(self).closed.set()
+        assert type(self).proceed.wait(60)
+        return receivers
+
+
+async def test_a_request_that_comes_as_the_operation_ends_starts_its_own(
+    hooked: Stack,
+    receiver: WebhookReceiver,
+    sshd: Sshd,
+    ssh_users: Users,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operation has closed its callbacks but its workflow still runs: a request of the same
+    kind cannot join it unseen. It waits for that workflow to end and starts an operation of
+    its own, whose outcome it is told."""
+    stack = hooked
+    (cred,) = await _change_users(stack, sshd, ssh_users, 1)
+    queue = f"{stack.settings.task_queue}-ending-{secrets.token_hex(4)}"
+    monkeypatch.setattr(worker_module, "CallbackActivities", _HeldClose)
+    refused = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    join_callback = gate.join_callback
+
+    def noticed(*args: Any) -> bool:  # the real registration, observed
+        joined = join_callback(*args)
+        if not joined:
+            loop.call_soon_threadsafe(refused.set)
+        return joined
+
+    monkeypatch.setattr(gate, "join_callback", noticed)
+    early, late = f"/hook/{secrets.token_hex(4)}", f"/hook/{secrets.token_hex(4)}"
+    try:
+        async with _workers_on(stack, queue):
+            ending = await _request(stack, queue, cred, "change", receiver.url(early))
+            assert await asyncio.to_thread(_HeldClose.closed.wait, 60)
+            arriving = asyncio.create_task(
+                _request(stack, queue, cred, "change", receiver.url(late))
+            )
+            await asyncio.wait_for(refused.wait(), 30)  # it found the operation ending
+            assert not arriving.done()  # and waits for its workflow to end
+            _HeldClose.proceed.set()
+            own = await arriving
+            await _ended(stack, ending)
+            await _ended(stack, own)
+    finally:
+        _HeldClose.proceed.set()
+
+    assert not own.joined and own.operation_id != ending.operation_id
+    for path, operation_id in ((early, ending.operation_id), (late, own.operation_id)):
+        (delivery,) = receiver.to(path)
+        assert _verified(delivery)["data"]["operation_id"] == operation_id
+
+
+async def test_an_operation_canceled_while_queued_at_the_gate_calls_back(
+    hooked: Stack, receiver: WebhookReceiver, sshd: Sshd, ssh_users: Users
+) -> None:
+    """A verify holds the credential's gate (its queue has no worker); a change queued behind
+    it is canceled: its requester is told, outcome canceled."""
+    stack = hooked
+    (cred,) = await _change_users(stack, sshd, ssh_users, 1)
+    idle = f"{stack.settings.task_queue}-idle-{secrets.token_hex(4)}"
+    holder = await _request(stack, idle, cred, "verify", receiver.url("/hook/never"))
+    path = f"/hook/{secrets.token_hex(4)}"
+    try:
+        queued = await stack.post(
+            f"/v1/credentials/{cred}/operations",
+            {"kind": "change", "callback_url": receiver.url(path)},
+            expect=202,
+        )
+        assert queued["status"] == "queued"
+        await wait_for_step(
+            stack, queued["workflow_id"], f"queued behind operation {holder.operation_id}"
+        )
+        canceled = await stack.post(f"/v1/operations/{queued['operation_id']}/cancel", {}, 202)
+        await _ended(stack, Requested(canceled["id"], queued["workflow_id"], "", False))
+    finally:
+        await stack.client.get_workflow_handle(holder.workflow_id).terminate("test over")
+
+    (delivery,) = receiver.to(path)
+    data = _verified(delivery)["data"]
+    assert (data["operation_id"], data["status"]) == (queued["operation_id"], "canceled")
+    assert data["resolution"].startswith("canceled while queued behind operation")
+
+
+async def test_an_operation_canceled_before_it_started_calls_back(
+    hooked: Stack, receiver: WebhookReceiver, sshd: Sshd, ssh_users: Users
+) -> None:
+    """Canceled before any worker ran its first step (it is canceled while it registers): its
+    requester is told all the same, outcome canceled, and the credential is untouched."""
+    stack = hooked
+    (cred,) = await _change_users(stack, sshd, ssh_users, 1)
+    queue = f"{stack.settings.task_queue}-unstarted-{secrets.token_hex(4)}"
+    path = f"/hook/{secrets.token_hex(4)}"
+    requested = await _request(stack, queue, cred, "change", receiver.url(path))
+    await stack.post(f"/v1/operations/{requested.operation_id}/cancel", {}, 202)
+
+    async with _workers_on(stack, queue):
+        await _ended(stack, requested)
+
+    (delivery,) = receiver.to(path)
+    data = _verified(delivery)["data"]
+    assert (data["operation_id"], data["status"]) == (requested.operation_id, "canceled")
+    row = await stack.get(f"/v1/operations/{requested.operation_id}")
+    assert row["status"] == "canceled" and row["resolution"] == "canceled before it started"
+    assert row["attempts"] == []
+    assert current_secret(stack, cred) == OLD

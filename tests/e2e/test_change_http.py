@@ -1,5 +1,5 @@
 """A password change over HTTP, end to end: HTTP API → Temporal workflow → worker → RabbitMQ's
-real management API (127.0.0.1:15672)."""
+real management API (a throwaway node's)."""
 
 from __future__ import annotations
 

@@ -13,15 +13,9 @@ from sqlmodel import Session, select
 from store.models import AuditEvent
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy
-from tests.servers.mysql import MysqlServer, MysqlUsers, ready_server, running_server, users_on
+from tests.servers.mysql import MysqlServer, MysqlUsers, users_on
 
 OLD = "Old-pass w0rd;$'\"\\x é"
-
-
-@pytest.fixture(scope="module")
-def mysql_server() -> Iterator[MysqlServer]:
-    with running_server() as server:
-        yield server
 
 
 @pytest.fixture
@@ -61,10 +55,12 @@ async def test_change_through_the_api(
     assert new not in str(op) and OLD not in str(op)
 
 
-async def test_cleartext_only_when_the_device_allows_it_and_audited(stack: Stack) -> None:
-    """The machine's MariaDB serves no TLS: such a device is refused when saved unless it
-    allows cleartext, and every operation on one that does is audited."""
-    server = ready_server()
+async def test_cleartext_only_when_the_device_allows_it_and_audited(
+    stack: Stack, plain_mysql_server: MysqlServer
+) -> None:
+    """A device that asks for no TLS ({"ssl": false}) is refused when saved unless it allows
+    cleartext, and every operation on one that does is audited."""
+    server = plain_mysql_server
     with users_on(server) as users:
         user = users.create(OLD)
         device: dict[str, Any] = {

@@ -91,3 +91,25 @@ async def test_cli_request_for_an_unknown_credential_says_so_and_starts_nothing(
 async def test_cli_request_refuses_an_unknown_trigger(stack: Stack) -> None:
     code, _, err = await _keyturn(stack, "request", "any", "--trigger", "whenever")
     assert code == 2 and "invalid choice: 'whenever'" in err
+
+
+async def test_cli_jit_create_needs_a_time_to_live_and_starts_nothing_without(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    device = await ssh_device(stack, sshd)
+    admin = await credential(stack, device["id"], ssh_users.create("Adm1n-cli"), "Adm1n-cli")
+    cred = await credential(
+        stack, device["id"], "kt_not_yet", "placeholder", auth_credential_id=admin["id"]
+    )
+
+    code, out, err = await _keyturn(stack, "request", cred["id"], "--kind", "jit-create")
+    assert code == 1 and out == ""
+    assert "ttl_seconds: a jit-create needs the account's time to live" in err
+    code, _, err = await _keyturn(
+        stack, "request", cred["id"], "--kind", "jit-create", "--ttl-seconds", "2"
+    )
+    assert code == 1 and "out of bounds" in err
+    found = [
+        w.id async for w in stack.client.list_workflows(f"KeyturnCredentialId = '{cred['id']}'")
+    ]
+    assert found == []

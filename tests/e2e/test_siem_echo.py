@@ -15,7 +15,7 @@ from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import credential, current_secret, policy, ssh_device
 from tests.e2e.metrics_scraping import scrape, value
 from tests.e2e.secrets_search import assert_no_secret
-from tests.e2e.siem_parsing import cef, leef, structured_data, syslog
+from tests.e2e.siem_parsing import audit_id, cef, format_of, leef, structured_data, syslog
 from tests.servers.rsyslog import TRANSPORTS, Rsyslog
 from tests.servers.sshd import Sshd, Users
 
@@ -39,26 +39,8 @@ async def siem_stack(
         yield stack
 
 
-def _format_of(line: str) -> str:
-    rest = syslog(line)[1]
-    if rest.startswith("- CEF:"):
-        return "cef"
-    if rest.startswith("- LEEF:"):
-        return "leef"
-    return "rfc5424"
-
-
-def _audit_id(line: str) -> int:
-    fmt, rest = _format_of(line), syslog(line)[1]
-    if fmt == "cef":
-        return int(cef(rest[2:])[1]["cs4"])
-    if fmt == "leef":
-        return int(leef(rest[2:])[1]["auditId"])
-    return int(structured_data(rest)[1]["auditId"])
-
-
 def _ids(rsyslog: Rsyslog, transport: str, fmt: str) -> list[int]:
-    return [_audit_id(line) for line in rsyslog.received(transport) if _format_of(line) == fmt]
+    return [audit_id(line) for line in rsyslog.received(transport) if format_of(line) == fmt]
 
 
 async def _until_received(rsyslog: Rsyslog, transports: tuple[str, ...], wanted: set[int]) -> None:
@@ -95,13 +77,13 @@ async def test_an_operation_is_echoed_in_every_format_over_every_transport(
 
     finished = next(e for e in events if e["event"] == "operation.succeeded")
     for transport in TRANSPORTS:
-        lines = [m for m in rsyslog.received(transport) if _audit_id(m) in by_id]
+        lines = [m for m in rsyslog.received(transport) if audit_id(m) in by_id]
         for line in lines:
             header, rest = syslog(line)
             assert header["app"] == "keyturn" and int(header["pri"]) // 8 == 10  # authpriv
-            event = by_id[_audit_id(line)]
+            event = by_id[audit_id(line)]
             assert header["msgid"] == event["event"]
-            fmt = _format_of(line)
+            fmt = format_of(line)
             if fmt == "rfc5424":
                 sd_id, params = structured_data(rest)
                 assert sd_id == "keyturn@32473"
@@ -179,16 +161,16 @@ async def test_nothing_is_lost_over_tcp_and_tls_while_the_receiver_is_down(
         # In order, each id once, except a replay from the last delivered event when the
         # connection came back: one restart at most, itself in order.
         restarts, seen, first_seen, previous = 0, set(), [], first_during - 1
-        for audit_id in after:
-            if audit_id <= previous:
+        for event_id in after:
+            if event_id <= previous:
                 restarts += 1
-                assert audit_id in seen, (transport, fmt, after[:20])
+                assert event_id in seen, (transport, fmt, after[:20])
             else:
-                assert audit_id == previous + 1, (transport, fmt, after[:20])  # no gap
-            if audit_id not in seen:
-                seen.add(audit_id)
-                first_seen.append(audit_id)
-            previous = audit_id
+                assert event_id == previous + 1, (transport, fmt, after[:20])  # no gap
+            if event_id not in seen:
+                seen.add(event_id)
+                first_seen.append(event_id)
+            previous = event_id
         assert restarts <= 1, (transport, fmt, after[:20])
         assert first_seen == sorted(first_seen)
 

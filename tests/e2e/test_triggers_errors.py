@@ -253,7 +253,7 @@ async def test_the_openapi_lists_every_answer_of_the_trigger_routes(stack: Stack
     # (starter/authz.py); a body that is not JSON, on a route that takes one.
     every_route = {"403", "413"}
     for (path, method), codes in expected.items():
-        body = {"400"} if method in ("post", "patch") else set()
+        body = {"400"} if method in ("post", "patch") else set()  # a body that is not JSON
         assert set(paths[path][method]["responses"]) == codes | every_route | body, (path, method)
     schemas = (await stack.get("/openapi.json"))["components"]["schemas"]
     assert schemas["OperationIn"]["properties"]["trigger"]["enum"] == list(CLIENT_TRIGGERS)

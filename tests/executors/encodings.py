@@ -52,10 +52,6 @@ ENCODINGS: dict[str, Callable[[str], str]] = {
     "utf-16le base64": lambda s: _b64(f'"{s}"'.encode("utf-16-le")),
     "utf-16le as latin-1": lambda s: s.encode("utf-16-le").decode("latin-1"),
     "hex": lambda s: s.encode().hex(),
-    "ldap filter value": lambda s: "".join(
-        {"\\": "\\5c", "*": "\\2a", "(": "\\28", ")": "\\29"}.get(c, c) for c in s
-    ),
-    "ldap dn value": lambda s: "".join("\\" + c if c in ',+"\\<>;=' else c for c in s),
 }
 
 

@@ -6,6 +6,7 @@ import base64
 from pathlib import Path
 
 import pytest
+from temporalio.service import TLSConfig
 
 from keyturn.settings import Settings
 
@@ -14,12 +15,75 @@ def test_temporal_environment_variables_are_honoured(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("TEMPORAL_ADDRESS", "temporal.example:7233")
     monkeypatch.setenv("TEMPORAL_NAMESPACE", "pam")
     settings = Settings()
-    assert (settings.temporal_address, settings.temporal_namespace) == (
+    assert (settings.temporal["target_host"], settings.temporal["namespace"]) == (
         "temporal.example:7233",
         "pam",
     )
     monkeypatch.setenv("KEYTURN_TEMPORAL_ADDRESS", "keyturn.example:7233")
-    assert Settings().temporal_address == "keyturn.example:7233"  # Keyturn's own wins
+    assert Settings().temporal["target_host"] == "keyturn.example:7233"  # Keyturn's own wins
+
+
+PROFILES = """
+[profile.default]
+address = "default.example:7233"
+
+[profile.prod]
+address = "prod.example:7233"
+namespace = "pam"
+api_key = "prod-api-key"
+
+[profile.prod.tls]
+server_name = "temporal.prod.example"
+server_ca_cert_path = "{ca}"
+"""
+
+
+def test_a_profile_of_temporal_s_config_file_is_honoured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    config = tmp_path / "temporal.toml"
+    config.write_text(PROFILES.format(ca=ca))
+    monkeypatch.setenv("TEMPORAL_CONFIG_FILE", str(config))
+    assert Settings().temporal["target_host"] == "default.example:7233"  # the default profile
+
+    monkeypatch.setenv("TEMPORAL_PROFILE", "prod")
+    prod = Settings().temporal
+    assert (prod["target_host"], prod["namespace"], prod["api_key"]) == (
+        "prod.example:7233",
+        "pam",
+        "prod-api-key",
+    )
+    tls = prod["tls"]
+    assert isinstance(tls, TLSConfig)  # the profile's certificates, read from their file
+    assert (tls.domain, tls.server_root_ca_cert) == ("temporal.prod.example", ca.read_bytes())
+
+    # KEYTURN_* on top: a profile chosen by Keyturn's variable, a namespace of its own.
+    monkeypatch.delenv("TEMPORAL_PROFILE")
+    monkeypatch.setenv("KEYTURN_TEMPORAL_PROFILE", "prod")
+    monkeypatch.setenv("KEYTURN_TEMPORAL_NAMESPACE", "keyturn")
+    ours = Settings().temporal
+    assert (ours["target_host"], ours["namespace"]) == ("prod.example:7233", "keyturn")
+    assert isinstance(ours["tls"], TLSConfig)
+    monkeypatch.setenv("KEYTURN_TEMPORAL_TLS", "false")  # turned off explicitly: off
+    assert Settings().temporal["tls"] is False
+
+
+def test_an_api_key_implies_tls_unless_it_is_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ADDRESS", "NAMESPACE", "API_KEY", "PROFILE", "TLS"):
+        monkeypatch.delenv(f"TEMPORAL_{name}", raising=False)
+    monkeypatch.setenv("TEMPORAL_CONFIG_FILE", "/nonexistent/temporal.toml")
+    assert Settings().temporal == {"target_host": "127.0.0.1:7233", "namespace": "default"}
+    monkeypatch.setenv("KEYTURN_TEMPORAL_API_KEY", "cloud-key")
+    cloud = Settings().temporal
+    assert (cloud["api_key"], cloud["tls"]) == ("cloud-key", True)
+    monkeypatch.setenv("KEYTURN_TEMPORAL_TLS", "0")
+    assert Settings().temporal["tls"] is False
+    monkeypatch.delenv("KEYTURN_TEMPORAL_API_KEY")
+    monkeypatch.delenv("KEYTURN_TEMPORAL_TLS")
+    monkeypatch.setenv("TEMPORAL_API_KEY", "from-temporal-s-variable")
+    assert Settings().temporal["tls"] is True
 
 
 def test_first_run_generates_a_private_master_key_and_token(tmp_path: Path) -> None:

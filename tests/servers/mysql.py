@@ -2,12 +2,13 @@
 
 ``running_server`` initialises a data directory in a temp dir (mariadb-install-db) and starts
 ``mariadbd`` as the ``mysql`` OS user on a free loopback port, with a certificate of a throwaway CA
-(``client_options`` are the device options that verify it). ``ready_server`` is the machine's own
-server instead (127.0.0.1:3306, without TLS; KEYTURN_TEST_MYSQL_HOST/PORT/USER/PASSWORD override
-it), for the one test of the insecure path. The tests log in as an administrator (root without a
-password) to create ``kt_<random>``@'%' accounts, and drop them at cleanup. Neither server has
-anonymous accounts, which would otherwise shadow '%' accounts for logins from localhost (MariaDB
-matches the most specific host first, then user).
+(``client_options`` are the device options that verify it). The tests never use a server the
+machine may run. ``plain_server`` is the server for the one test of the insecure path: the
+throwaway one (it answers in cleartext a client that asks for no TLS) unless
+KEYTURN_TEST_MYSQL_HOST/PORT/USER/PASSWORD name another. The tests log in as an administrator
+(root without a password) to create ``kt_<random>``@'%' accounts, and drop them at cleanup. The
+server has no anonymous accounts, which would otherwise shadow '%' accounts for logins from
+localhost (MariaDB matches the most specific host first, then user).
 """
 
 from __future__ import annotations
@@ -34,23 +35,17 @@ from tests.servers.ports import free_port
 
 READY_DEADLINE = 30.0
 _ACCESS_DENIED = 1045
+_STANDARD_PORT = 3306  # only ever for a server a developer names (override_address)
 
 
 @dataclass
 class MysqlServer:
-    host: str = field(
-        default_factory=lambda: os.environ.get("KEYTURN_TEST_MYSQL_HOST", "127.0.0.1")
-    )
-    port: int = field(
-        default_factory=lambda: int(os.environ.get("KEYTURN_TEST_MYSQL_PORT", "3306"))
-    )
-    admin_user: str = field(
-        default_factory=lambda: os.environ.get("KEYTURN_TEST_MYSQL_USER", "root")
-    )
-    admin_password: str = field(
-        default_factory=lambda: os.environ.get("KEYTURN_TEST_MYSQL_PASSWORD", ""), repr=False
-    )
+    host: str
+    port: int
+    admin_user: str = "root"
+    admin_password: str = field(default="", repr=False)
     ready_seconds: float | None = None
+    start_seconds: float | None = None  # a throwaway server's start to ready, for the report
     ca_file: Path | None = None  # set when the server serves TLS with a test CA's certificate
 
     def client_options(self) -> dict[str, object]:
@@ -130,7 +125,8 @@ class MysqlUsers:
                 connect_timeout=5,
             )
         except pymysql.err.OperationalError as exc:
-            if exc.args and exc.args[0] == _ACCESS_DENIED:
+            # A locked account is refused whatever the password (MariaDB 4151, MySQL 3118).
+            if exc.args and exc.args[0] in (_ACCESS_DENIED, 4151, 3118):
                 return False
             raise
         conn.close()
@@ -155,8 +151,27 @@ class MysqlUsers:
 # their own scope).
 
 
-def ready_server() -> MysqlServer:
-    server = MysqlServer()
+def override_address() -> tuple[str, int] | None:
+    """The server KEYTURN_TEST_MYSQL_HOST and _PORT name, if either is set (the other defaults to
+    127.0.0.1, or MariaDB's standard port)."""
+    host = os.environ.get("KEYTURN_TEST_MYSQL_HOST")
+    port = os.environ.get("KEYTURN_TEST_MYSQL_PORT")
+    if host is None and port is None:
+        return None
+    return host or "127.0.0.1", int(port or _STANDARD_PORT)
+
+
+def plain_server(throwaway: MysqlServer) -> MysqlServer:
+    """The server the KEYTURN_TEST_MYSQL_* variables name, once it answers; else ``throwaway``."""
+    address = override_address()
+    if address is None:
+        return throwaway
+    server = MysqlServer(
+        host=address[0],
+        port=address[1],
+        admin_user=os.environ.get("KEYTURN_TEST_MYSQL_USER", "root"),
+        admin_password=os.environ.get("KEYTURN_TEST_MYSQL_PASSWORD", ""),
+    )
     server.wait_ready()
     return server
 
@@ -164,6 +179,7 @@ def ready_server() -> MysqlServer:
 @contextmanager
 def running_server() -> Iterator[MysqlServer]:
     """A throwaway MariaDB with TLS on a free loopback port, removed afterwards."""
+    began = time.monotonic()
     directory = Path(tempfile.mkdtemp(prefix="keyturn-mariadb-"))
     owner = pwd.getpwnam("mysql")
     files = tls.issue(directory / "tls")
@@ -211,6 +227,7 @@ def running_server() -> Iterator[MysqlServer]:
     )
     try:
         server.wait_ready()
+        server.start_seconds = time.monotonic() - began
         yield server
     finally:
         process.send_signal(signal.SIGTERM)

@@ -1,11 +1,12 @@
 """A throwaway PostgreSQL cluster on a loopback port, and throwaway roles to log in as.
 
-The machine's own cluster (127.0.0.1:5432) trusts every TCP login from 127.0.0.1, so a wrong
-password would log in anyway: password checks cannot be tested against it. So the tests run their
+The tests never use a cluster the machine may run (one that trusts logins from 127.0.0.1 would
+let a wrong password in, and nothing may depend on a service someone left running). They run their
 own cluster, initdb'd into a temp dir with ``scram-sha-256`` for every connection, started as the
 ``postgres`` OS user (initdb and postgres refuse to run as root). Start to ready takes ~1 s. It
 serves TLS (``ssl=on``) with a certificate of a throwaway CA: ``client_options`` are the device
-options that verify it (``sslmode=verify-full``).
+options that verify it (``sslmode=verify-full``). The store's tests create databases on it
+(``new_databases``) and log in as the superuser (``url``).
 """
 
 from __future__ import annotations
@@ -167,6 +168,28 @@ class PostgresCluster:
         except OSError:
             return ""
 
+    def url(self, database: str = "postgres", driver: str = "postgresql") -> str:
+        """The superuser's URL of ``database``; ``postgresql+psycopg`` is SQLAlchemy's driver."""
+        return f"{driver}://{SUPERUSER}:{self.superuser_password}@127.0.0.1:{self.port}/{database}"
+
+    @contextmanager
+    def new_databases(self, count: int = 1) -> Iterator[list[str]]:
+        """``count`` new empty databases (their names), dropped afterwards with any sessions."""
+        names = [f"keyturn_test_{secrets.token_hex(4)}" for _ in range(count)]
+        with self.superuser_connection() as admin:
+            for name in names:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield names
+        finally:
+            with self.superuser_connection() as admin:
+                for name in names:
+                    admin.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(name)
+                        )
+                    )
+
     def superuser_connection(self) -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(
             host="127.0.0.1",
@@ -224,7 +247,8 @@ class Roles:
                 connect_timeout=10,
             )
         except psycopg.OperationalError as exc:
-            if exc.sqlstate in _AUTH_SQLSTATES or "authentication failed" in str(exc):
+            refused = ("authentication failed", "is not permitted to log in")  # NOLOGIN
+            if exc.sqlstate in _AUTH_SQLSTATES or any(text in str(exc) for text in refused):
                 return False
             raise
         await conn.close()

@@ -8,9 +8,11 @@ mdb database and a log in a temp dir, and listens on a free 127.0.0.1 port. The 
 - users may write their own userPassword (``by self write``), bind anonymously (``by anonymous
   auth``), and nobody else may read it; passwords are stored ``{SSHA}``;
 - the ppolicy overlay with a default policy (MIN_LENGTH, quality checked), so a too short new
-  password is refused with constraintViolation, as a real directory's policy would;
-- a tiny schema with an Active-Directory-like ``unicodePwd`` octet-string attribute, so the AD
-  template's exact modify request can be sent to a real server and its bytes read back;
+  password is refused with constraintViolation, as a real directory's policy would, and with
+  pwdLockout, so an entry an administrator locks (pwdAccountLockedTime) cannot bind;
+- a tiny schema with Active-Directory-like ``unicodePwd`` (octet string) and
+  ``userAccountControl`` (integer) attributes, so the AD templates' exact modify requests can be
+  sent to a real server and read back (a stand-in: no AD runs here, and slapd enforces neither);
 - TLS with a certificate of a throwaway CA: StartTLS on ``port``, LDAPS on ``ldaps_port``
   (``client_options`` are the device options of a verified StartTLS session).
 """
@@ -49,7 +51,11 @@ _AD_SCHEMA = """\
 attributetype ( 1.3.6.1.4.1.32473.1.1.1 NAME 'unicodePwd'
     DESC 'Active Directory password: UTF-16-LE, double-quoted'
     EQUALITY octetStringMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.40 SINGLE-VALUE )
-objectclass ( 1.3.6.1.4.1.32473.1.2.1 NAME 'keyturnAdAccount' AUXILIARY MAY unicodePwd )
+attributetype ( 1.3.6.1.4.1.32473.1.1.2 NAME 'userAccountControl'
+    DESC 'Active Directory account flags (a stand-in: slapd stores them, enforces nothing)'
+    EQUALITY integerMatch SYNTAX 1.3.6.1.4.1.1466.115.121.1.27 SINGLE-VALUE )
+objectclass ( 1.3.6.1.4.1.32473.1.2.1 NAME 'keyturnAdAccount' AUXILIARY
+    MAY ( unicodePwd $ userAccountControl ) )
 """
 
 
@@ -207,6 +213,9 @@ class Slapd:
                         "pwdAttribute": "userPassword",
                         "pwdMinLength": str(MIN_LENGTH),
                         "pwdCheckQuality": "2",
+                        # An administrator's pwdAccountLockedTime locks an entry only under a
+                        # policy with pwdLockout; no pwdMaxFailure, so failed binds lock nothing.
+                        "pwdLockout": "TRUE",
                     },
                 ),
             ]

@@ -163,13 +163,54 @@ class Users:
         # chpasswd reads "user:password" on stdin, so the password is on no command line.
         subprocess.run(["chpasswd"], input=f"{user}:{password}\n".encode(), check=True)
 
-    def make_admin(self, user: str) -> None:
-        """Let ``user`` run chpasswd as root through sudo, asked for its own password."""
+    def make_admin(self, user: str, commands: tuple[str, ...] = ("/usr/sbin/chpasswd",)) -> None:
+        """Let ``user`` run ``commands`` (default: chpasswd) as root through sudo, asked for its
+        own password."""
         path = Path(f"/etc/sudoers.d/keyturn-test-{user}")
-        path.write_text(f"{user} ALL=(root) /usr/sbin/chpasswd\n")
+        path.write_text(f"{user} ALL=(root) {', '.join(commands)}\n")
         path.chmod(0o440)
         self._sudoers.append(path)
         subprocess.run(["visudo", "-c", "-q", "-f", str(path)], check=True)
+
+    def new_name(self) -> str:
+        """A name for an account something else creates (a just-in-time account), removed at
+        cleanup like the others if it exists then."""
+        name = f"kt_{secrets.token_hex(6)}"
+        self._users.append(name)
+        return name
+
+    @staticmethod
+    def exists(user: str) -> bool:
+        return subprocess.run(["id", "-u", user], capture_output=True).returncode == 0
+
+    def authorize_key(self, user: str) -> asyncssh.SSHKey:
+        """A fresh key pair whose public key is in ``user``'s authorized_keys."""
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        ssh_dir = Path(f"~{user}").expanduser() / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_bytes(key.export_public_key())
+        shutil.chown(ssh_dir, user, user)
+        shutil.chown(ssh_dir / "authorized_keys", user, user)
+        return key
+
+    async def key_works(self, user: str, key: asyncssh.SSHKey) -> bool:
+        """Does ``key`` log ``user`` in (public key authentication only)?"""
+        try:
+            async with asyncssh.connect(
+                "127.0.0.1",
+                port=self._sshd.port,
+                username=user,
+                known_hosts=([asyncssh.import_public_key(self._sshd.host_key_line)], [], []),
+                client_keys=[key],
+                agent_path=None,
+                preferred_auth="publickey",
+                connect_timeout=10,
+            ) as conn:
+                # An expired account may pass authentication and be stopped at the session.
+                result = await conn.run("true", check=False, timeout=10)
+                return result.exit_status == 0
+        except (asyncssh.PermissionDenied, asyncssh.ChannelOpenError, asyncssh.ConnectionLost):
+            return False
 
     async def password_works(self, user: str, password: str) -> bool:
         """Does ``password`` log ``user`` in through the fixture sshd (independently of Keyturn)?"""

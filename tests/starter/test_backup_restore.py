@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -31,9 +30,10 @@ from store.models import (
 )
 from store.vault import Vault
 from tests.e2e.leaks import forms
+from tests.servers.postgresql import PostgresCluster
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-PG_STORE = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+PG_DRIVER = "postgresql+psycopg"
+PG_STORE = "<the session's PostgreSQL>"  # a parameter that stands for pg_cluster's URL
 PASSPHRASE = "correct horse battery staple"
 SECRET = "Backed-up-secret-1!"
 PENDING = "Pending-when-backed-up-2!"
@@ -45,28 +45,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @contextmanager
-def _pg_databases() -> Iterator[tuple[str, str]]:
-    """Two empty databases on the local PostgreSQL server."""
-    names = [f"keyturn_backup_{secrets.token_hex(4)}" for _ in range(2)]
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        for name in names:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        first, second = (f"postgresql+psycopg://postgres@127.0.0.1:5432/{n}" for n in names)
-        yield first, second
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            for name in names:
-                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+def _pg_databases(cluster: PostgresCluster) -> Iterator[tuple[str, str]]:
+    """Two empty databases on the session's throwaway PostgreSQL cluster."""
+    with cluster.new_databases(2) as (first, second):
+        yield cluster.url(first, driver=PG_DRIVER), cluster.url(second, driver=PG_DRIVER)
 
 
 @pytest.fixture
-def databases(backend: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+def databases(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, str]]:
     """The store backed up and the one restored into ("": the data dir's SQLite file)."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'source.db'}", ""
         return
-    with _pg_databases() as urls:
+    with _pg_databases(request.getfixturevalue("pg_cluster")) as urls:
         yield urls
 
 
@@ -210,7 +203,7 @@ def backup_file(
         ({}, "unrelated.txt", "is not empty"),
         ({"KEYTURN_MASTER_KEY": base64.b64encode(b"k" * 32).decode()}, None, "not the master key"),
         (
-            {"KEYTURN_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"},
+            {"KEYTURN_DATABASE_URL": PG_STORE},
             None,
             "backup is of a sqlite store",
         ),
@@ -221,11 +214,15 @@ def test_a_refused_restore_says_why_and_writes_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
     env: dict[str, str],
     prepare: str | None,
     says: str,
 ) -> None:
     file, _ = backup_file
+    if env.get("KEYTURN_DATABASE_URL") == PG_STORE:
+        cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+        env = {**env, "KEYTURN_DATABASE_URL": cluster.url(driver=PG_DRIVER)}
     data_dir = tmp_path / "restored"
     if prepare:
         data_dir.mkdir()
@@ -247,12 +244,13 @@ def test_a_refused_restore_says_why_and_writes_nothing(
 
 
 def test_a_restore_into_a_database_with_tables_is_refused(
+    pg_cluster: PostgresCluster,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     key = base64.b64encode(secrets.token_bytes(32)).decode()
-    with _pg_databases() as (source_url, _):
+    with _pg_databases(pg_cluster) as (source_url, _):
         make_engine(source_url).dispose()  # a Keyturn store: it has tables
         file = tmp_path / "pg.backup"
         env = {"KEYTURN_MASTER_KEY": key, "KEYTURN_BACKUP_PASSPHRASE": PASSPHRASE}

@@ -68,7 +68,7 @@ def test_dev_stack_starts_persists_and_stops(
     assert first.stop() == 0
 
     second = start_dev(dev_env)
-    devices = httpx.get(f"{api}/v1/devices", headers=headers).json()
+    devices = httpx.get(f"{api}/v1/devices", headers=headers).json()["items"]
     assert [d["id"] for d in devices] == [device.json()["id"]]
     assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}  # no token needed
     assert second.stop() == 0

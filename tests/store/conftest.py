@@ -1,18 +1,15 @@
-"""The store's backends: SQLite (the default) and the local PostgreSQL server."""
+"""The store's backends: SQLite (the default) and PostgreSQL (the session's throwaway cluster)."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy.engine import Engine
 
 from store.engine import make_engine
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.servers.postgresql import PostgresCluster
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -21,14 +18,9 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    name = f"keyturn_test_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")  # not for SQLite alone
+    with cluster.new_databases() as (name,):
+        yield cluster.url(name, driver="postgresql+psycopg")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy.engine import Engine
 
 from activities.store_steps import StoreActivities
-from store import gate
+from store import callbacks, gate
 from store.engine import session_scope
 from store.models import Operation, OperationStatus, SecretState
 from store.vault import Vault
@@ -101,3 +101,53 @@ def test_commit_never_overwrites_a_current_secret_that_moved(engine: Engine) -> 
     with session_scope(engine) as session:
         current = Vault.current(session, credential_id)
         assert current is not None and current.id == pending
+
+
+def _join(engine: Engine, operation_id: str, credential_id: str, url: str) -> bool:
+    with session_scope(engine) as session:
+        return gate.join_callback(session, operation_id, credential_id, url)
+
+
+def test_a_join_is_told_unless_it_comes_after_the_operation_closed_its_callbacks(
+    engine: Engine,
+) -> None:
+    """Joins race the operation's end: every join the store accepted is on the list the
+    operation closed with, and every join after that is refused (the request starts anew)."""
+    credential_id = a_credential(engine)
+    operation_id = _register(engine, credential_id)
+    urls = [f"https://hooks.example.test/{n}" for n in range(24)]
+
+    def close() -> int:
+        with session_scope(engine) as session:
+            return gate.close_callbacks(session, operation_id)
+
+    with ThreadPoolExecutor(8) as pool:
+        joins = [pool.submit(_join, engine, operation_id, credential_id, u) for u in urls[:12]]
+        closing = pool.submit(close)
+        joins += [pool.submit(_join, engine, operation_id, credential_id, u) for u in urls[12:]]
+        told = closing.result()
+        accepted = [u for u, j in zip(urls, joins, strict=True) if j.result()]
+    with session_scope(engine) as session:
+        assert sorted(callbacks.urls(session, operation_id)) == sorted(accepted)
+        assert told == len(accepted)
+        assert not _join(engine, operation_id, credential_id, "https://hooks.example.test/late")
+        assert gate.close_callbacks(session, operation_id) == told  # closing again: the same
+
+
+def test_a_url_given_twice_is_told_once_and_a_join_may_come_before_the_row(
+    engine: Engine,
+) -> None:
+    credential_id = a_credential(engine)
+    operation_id = secrets.token_hex(8)  # its workflow started; no step has registered it yet
+    url = "https://hooks.example.test/a"
+    assert _join(engine, operation_id, credential_id, url)
+    gate.admit(
+        engine,
+        gate.Registration(
+            operation_id, credential_id, "change", "manual", "wf", "run", callback_url=url
+        ),
+    )
+    assert _join(engine, operation_id, credential_id, "https://hooks.example.test/b")
+    with session_scope(engine) as session:
+        assert callbacks.urls(session, operation_id) == [url, "https://hooks.example.test/b"]
+        assert gate.close_callbacks(session, operation_id) == 2

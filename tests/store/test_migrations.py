@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 
 from keyturn.crypto import Cipher
 from starter.cli import main
-from store import audit
+from store import audit, callbacks
 from store.engine import make_engine, session_scope
 from store.migrations import LATEST, alembic_config, current_version, revision_of
 from store.models import (
@@ -263,4 +263,75 @@ def test_keyturn_migrate_brings_an_old_store_up_to_date(
     engine = create_engine(url)
     assert current_version(engine) == LATEST
     assert "allow_insecure_transport" in {c["name"] for c in inspect(engine).get_columns("device")}
+    engine.dispose()
+
+
+def test_an_operations_callback_url_moves_to_its_list_of_callbacks(empty_database: str) -> None:
+    """v6 → v7: the one URL an operation had is first on its list; an ended operation's list
+    is closed, a running one's still open to joins."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / f"v6_{dialect}.sql").read_text())
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+        run_sql(conn, V6_ROWS)
+        for operation_id, finished in (("ended", "'2026-11-01 10:05:00'"), ("running", "NULL")):
+            conn.exec_driver_sql(
+                "INSERT INTO operation (id, credential_id, kind, trigger, status, workflow_id, "
+                "created_at, finished_at, gate_seq, callback_url) VALUES "
+                f"('{operation_id}', 'c1', 'change', 'manual', 'SUCCEEDED', 'w', "
+                f"'2026-11-01 10:00:00', {finished}, 0, 'https://hooks.example.test/{dialect}')"
+            )
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    with Session(engine) as session:
+        for operation_id, closed in (("ended", True), ("running", False)):
+            assert callbacks.urls(session, operation_id) == [
+                f"https://hooks.example.test/{dialect}"
+            ]
+            row = session.get(Operation, operation_id)
+            assert row is not None and row.callbacks_closed is closed
+    make_engine(empty_database).dispose()  # starting again changes nothing
+    with Session(engine) as session:
+        assert len(callbacks.urls(session, "ended")) == 1
+    engine.dispose()
+
+
+def test_a_store_before_lifecycle_operations_gets_active_credentials(empty_database: str) -> None:
+    """The activation and JIT step (from v6): every existing credential is active, none is a
+    just-in-time account, none names lifecycle templates; no policy locks after a session;
+    old operations have no time to live."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / f"v6_{dialect}.sql").read_text())
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+        run_sql(conn, V6_ROWS)
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    with Session(engine) as session:
+        credential = session.get(Credential, "c1")
+        assert credential is not None
+        assert (credential.active, credential.jit_until, credential.lifecycle_templates) == (
+            True,
+            None,
+            {},
+        )
+    assert "ttl_seconds" in {c["name"] for c in inspect(engine).get_columns("operation")}
+    assert "lock_after_session" in {c["name"] for c in inspect(engine).get_columns("policy")}
+    with session_scope(engine) as session:  # the new columns take values
+        credential = session.get(Credential, "c1")
+        assert credential is not None
+        credential.active = False
+        credential.lifecycle_templates = {"deactivate": "ssh/linux-lock"}
+        session.add(credential)
+    with Session(engine) as session:
+        stored = session.get(Credential, "c1")
+        assert stored is not None and stored.active is False
+        assert stored.lifecycle_templates == {"deactivate": "ssh/linux-lock"}
+    make_engine(empty_database).dispose()  # starting again changes nothing
     engine.dispose()

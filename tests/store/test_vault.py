@@ -1,4 +1,4 @@
-"""The store on both backends: SQLite (default) and the local PostgreSQL server."""
+"""The store on both backends: SQLite (default) and PostgreSQL (the session's throwaway cluster)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from cryptography.exceptions import InvalidTag
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from keyturn.crypto import Cipher
+from keyturn.keyring import Keyring
 from store.engine import session_scope
 from store.models import SecretState, SecretVersion
-from store.vault import Vault
+from store.vault import Vault, reencrypt_all
 from tests.store.helpers import a_credential
 
 
@@ -42,3 +44,32 @@ def test_ciphertext_is_bound_to_its_row_and_key(engine: Engine) -> None:
         vault.reveal(b)
     with pytest.raises(LookupError, match="master key"):
         Vault(secrets.token_bytes(32)).reveal(a)
+
+
+def test_after_a_rotation_every_version_is_sealed_with_the_new_key_alone(engine: Engine) -> None:
+    """Versions written under the old key, some while the ring already held the new one (a
+    process that had not read the keyring again): re-encrypted, each still reveals its secret
+    with the new key alone, and no ciphertext in the store opens with the old key."""
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+    credential_id = a_credential(engine)
+    written = {}
+    with session_scope(engine) as session:
+        for n in range(250):  # more than one batch
+            version = Vault(old).add(session, credential_id, f"secret-{n}", SecretState.PREVIOUS)
+            written[version.id] = f"secret-{n}"
+    rotated = Vault(Keyring.of(new, old))
+    with session_scope(engine) as session:
+        version = rotated.add(session, credential_id, "after", SecretState.CURRENT)
+        written[version.id] = "after"
+
+    assert reencrypt_all(engine, rotated, batch=100) == 250
+    assert reencrypt_all(engine, rotated) == 0  # nothing left under the old key
+
+    only_new, only_old = Vault(new), Cipher(old, "secrets")
+    with Session(engine) as session:
+        versions = session.exec(select(SecretVersion)).all()
+    assert {v.key_id for v in versions} == {only_new.newest_key_id}
+    assert {v.id: only_new.reveal(v) for v in versions} == written
+    for version in versions:
+        with pytest.raises(InvalidTag):
+            only_old.decrypt(version.ciphertext, f"{credential_id}/{version.id}".encode())

@@ -28,6 +28,8 @@ from templating.escaping import (
     sql_ident,
     sql_literal,
 )
+from tests.servers.mysql import MysqlServer
+from tests.servers.postgresql import PostgresCluster
 
 TEXT = st.text(
     alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
@@ -37,14 +39,14 @@ TRICKY = "x'; DROP ROLE admin; -- \\ \" % $ {} é ß ж ‘’"
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
-        yield c
+def postgres(pg_cluster: PostgresCluster) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with pg_cluster.superuser_connection() as connection:
+        yield connection
 
 
 @pytest.fixture(scope="module")
-def mariadb() -> Iterator[pymysql.connections.Connection]:
-    connection = pymysql.connect(host="127.0.0.1", user="root", charset="utf8mb4")
+def mariadb(mysql_server: MysqlServer) -> Iterator[pymysql.connections.Connection]:
+    connection = mysql_server.admin()
     yield connection
     connection.close()
 
@@ -114,7 +116,7 @@ def test_powershell_string_reads_back(value: str) -> None:
 
 
 def test_automatic_escape_applies_to_every_tag_unless_a_filter_escaped_it() -> None:
-    context = TemplateContext("ro'le", "old", TRICKY, "h", "127.0.0.1", 5432)
+    context = TemplateContext("ro'le", "old", TRICKY, "h", "127.0.0.1", 25432)
     sql = render(
         "ALTER ROLE {{ username | sql_ident }} WITH PASSWORD {{ new_password }}",
         context,

@@ -5,9 +5,12 @@ tests: it starts sshd and creates a throwaway user), then commit the files it wr
 
     python -m tests.workflows.record_histories v2 tests/workflows/histories
 
-It starts a Temporal dev server, a worker, the API and sshd, runs a change, a verify, a verify
-that finds drift and a change whose current secret is refused, and saves each history with
-payloads encrypted by the key in ``histories/master_key.hex``.
+It starts a Temporal dev server, a worker, the API, sshd and a callback receiver, runs a change,
+a change whose requester is told its outcome (and the delivery's own workflow), a verify, a
+verify that finds drift and a change whose current secret is refused, and saves each history
+with payloads encrypted by the key in ``histories/master_key.hex``. With a third argument
+``lifecycle`` it records instead a deactivate, an activate, a jit-create and a jit-remove, through
+a sudo-capable admin account (``<prefix>_lifecycle_*.json``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import asyncio
 import base64
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+from pydantic import SecretStr
 from temporalio.testing import WorkflowEnvironment
 
 from keyturn.codec import data_converter
@@ -27,13 +32,14 @@ from starter.app import create_app
 from starter.devstack import temporal_cli
 from store.engine import make_engine
 from tests.servers.sshd import Sshd, Users
+from tests.servers.webhook_receiver import WebhookReceiver
 from worker import build_workers, run_workers
-from workflows.contracts import SEARCH_ATTRIBUTES
+from workflows.contracts import SEARCH_ATTRIBUTES, callback_workflow_id
 
 OLD = "Rec0rd-old-pass"
 
 
-async def record(prefix: str, out: Path) -> None:
+async def record(prefix: str, out: Path, lifecycle: bool = False) -> None:
     key = bytes.fromhex((out / "master_key.hex").read_text().strip())
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
@@ -44,6 +50,8 @@ async def record(prefix: str, out: Path) -> None:
     sshd = Sshd()
     sshd.start()
     users = Users(sshd)
+    receiver = WebhookReceiver()
+    receiver.start()
     stop = asyncio.Event()
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
@@ -51,6 +59,8 @@ async def record(prefix: str, out: Path) -> None:
             master_key=base64.b64encode(key).decode(),
             admin_token="record",
             task_queue="keyturn-record",
+            webhook_secret=SecretStr("whsec_" + base64.b64encode(b"record-webhook-key").decode()),
+            webhook_allow_http=True,
         )
         engine = make_engine(settings.resolved_database_url)
         workers = asyncio.create_task(
@@ -70,14 +80,20 @@ async def record(prefix: str, out: Path) -> None:
                     result: dict[str, str] = response.json()
                     return result
 
-                async def run(name: str, credential_id: str, kind: str) -> None:
-                    accepted = await post(
-                        f"/v1/credentials/{credential_id}/operations", {"kind": kind}
-                    )
-                    handle = env.client.get_workflow_handle(accepted["workflow_id"])
+                async def save(name: str, workflow_id: str) -> None:
+                    handle = env.client.get_workflow_handle(workflow_id)
                     await handle.result()
                     history = await handle.fetch_history()
                     (out / f"{prefix}_{name}.json").write_text(history.to_json())
+
+                async def run(
+                    name: str, credential_id: str, kind: str, **extra: object
+                ) -> dict[str, str]:
+                    accepted = await post(
+                        f"/v1/credentials/{credential_id}/operations", {"kind": kind, **extra}
+                    )
+                    await save(name, accepted["workflow_id"])
+                    return accepted
 
                 user = users.create(OLD)
                 device = await post(
@@ -93,6 +109,9 @@ async def record(prefix: str, out: Path) -> None:
                     "/v1/policies",
                     {"name": "record", "max_attempts": 1, "retry_interval_seconds": 0.2},
                 )
+                if lifecycle:
+                    await record_lifecycle(post, run, users, device["id"], policy["id"])
+                    return
                 cred = await post(
                     "/v1/credentials",
                     {
@@ -103,6 +122,11 @@ async def record(prefix: str, out: Path) -> None:
                     },
                 )
                 await run("change", cred["id"], "change")
+                # Its requester is told the outcome (the delivery workflow is recorded too).
+                told = await run(
+                    "change_told", cred["id"], "change", callback_url=receiver.url("/a")
+                )
+                await save("callback", callback_workflow_id(told["operation_id"]))
                 await run("verify", cred["id"], "verify")
                 users.set_password(user, "Drifted-behind-its-back-1")
                 await run("verify_out_of_sync", cred["id"], "verify")
@@ -112,8 +136,44 @@ async def record(prefix: str, out: Path) -> None:
             await workers
             users.cleanup()
             sshd.close()
+            receiver.close()
             await env.shutdown()
 
 
+async def record_lifecycle(
+    post: Callable[[str, dict[str, object]], Awaitable[dict[str, str]]],
+    run: Callable[..., Awaitable[dict[str, str]]],
+    users: Users,
+    device_id: str,
+    policy_id: str,
+) -> None:
+    admin = users.create(OLD)
+    users.make_admin(
+        admin,
+        ("/usr/sbin/chpasswd", "/usr/sbin/usermod", "/usr/sbin/useradd", "/usr/sbin/userdel"),
+    )
+    admin_cred = await post(
+        "/v1/credentials",
+        {"device_id": device_id, "username": admin, "password": OLD, "policy_id": policy_id},
+    )
+    for name, kinds in [
+        (users.create(OLD), ("deactivate", "activate")),
+        (users.new_name(), ("jit-create", "jit-remove")),
+    ]:
+        cred = await post(
+            "/v1/credentials",
+            {
+                "device_id": device_id,
+                "username": name,
+                "password": OLD,
+                "policy_id": policy_id,
+                "auth_credential_id": admin_cred["id"],
+            },
+        )
+        for kind in kinds:
+            ttl = {"ttl_seconds": 3600} if kind == "jit-create" else {}
+            await run(f"lifecycle_{kind.replace('-', '_')}", cred["id"], kind, **ttl)
+
+
 if __name__ == "__main__":
-    asyncio.run(record(sys.argv[1], Path(sys.argv[2])))
+    asyncio.run(record(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["lifecycle"]))

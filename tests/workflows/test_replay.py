@@ -5,7 +5,10 @@ credential gate (a change with a chained child, a verify, a refused change), v2_
 before recovery by hand (a change, a verify, a verify that finds drift, a refused change;
 recorded with record_histories.py; a change over SSH with a chained child and a verify of an
 unreachable device, from before callbacks and the operation-id search attribute), v3_* a sweep
-and a delayed change, v4_* the same four operations verifying inside the change activity. Their
+and a delayed change, v4_* the same four operations verifying inside the change activity, v5_*
+the same with their callbacks closed as they end, one change told its outcome and that
+delivery's own workflow (one POST per registered URL); v5_lifecycle_* a deactivate, an
+activate, a jit-create (which schedules its removal) and a jit-remove. Their
 payloads are encrypted with the throwaway key beside them. Replaying them against today's
 workflow proves an upgrade does not break an operation in flight.
 """

@@ -1,4 +1,4 @@
-"""Fixtures for the http executor: RabbitMQ's management API (a running service) and its users,
+"""Fixtures for the http executor: RabbitMQ's management API (a throwaway node) and its users,
 and a local API on loopback for OAuth 2.0, TLS and failure modes."""
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from executors.http.script import parse_json_path
 from executors.shipped import shipped_templates
 from templating import TemplateContext, TemplateSyntaxProblem
 from tests.executors.helpers import assert_no_secret, error_texts, make_context, make_target
-from tests.servers.rabbitmq import BASE_URL, RabbitMQ, RabbitUsers
+from tests.servers.rabbitmq import BASE_URL, MANAGEMENT_PORT, RabbitMQ, RabbitUsers
 
 TEMPLATES = {template.name: template.body for template in shipped_templates()}
 EXECUTOR = HttpExecutor()
@@ -45,11 +45,11 @@ passwords = st.one_of(
 
 
 def target(**options: object) -> Target:
-    # RabbitMQ's management API on the test machine is plain http: the device allows it.
+    # The throwaway RabbitMQ node's management API is plain http: the device allows it.
     return make_target(
         "rabbit-test",
         "127.0.0.1",
-        15672,
+        MANAGEMENT_PORT,
         options={"base_url": BASE_URL, **options},
         allow_insecure_transport=True,
     )
@@ -59,7 +59,14 @@ def context(
     username: str, current: str, new: str, auth_user: str = "", auth_password: str = ""
 ) -> TemplateContext:
     return make_context(
-        "rabbit-test", "127.0.0.1", 15672, username, current, new, auth_user, auth_password
+        "rabbit-test",
+        "127.0.0.1",
+        MANAGEMENT_PORT,
+        username,
+        current,
+        new,
+        auth_user,
+        auth_password,
     )
 
 

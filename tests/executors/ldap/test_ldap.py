@@ -366,6 +366,27 @@ async def test_a_hung_directory_times_out_as_connect_failed(
     assert ldap_users.password_works(user, OLD)
 
 
+@pytest.mark.parametrize(("name", "flags"), [("ad-disable", b"514"), ("ad-enable", b"512")])
+async def test_ad_account_templates_send_the_exact_modify(
+    slapd: Slapd, ldap_users: Users, name: str, flags: bytes
+) -> None:
+    # No Active Directory runs here: slapd stands in with an AD-like userAccountControl
+    # attribute (tests/servers/slapd.py). It proves the request the shipped template sends and
+    # that it lands on the entry; that AD then refuses (or allows) the logins is AD's part,
+    # which only a real domain controller can show.
+    user = ldap_users.create(OLD, ad=True)
+    result = await EXECUTOR.run(
+        RunRequest(
+            target(slapd),
+            Account(ADMIN_DN, ADMIN_PASSWORD),
+            template(name),
+            context(user, OLD, "", ADMIN_PASSWORD),
+        )
+    )
+    assert ldap_users.attribute(Users.dn(user), "userAccountControl") == flags
+    assert f"> modify {Users.dn(user)} replace userAccountControl=" in result.transcript
+
+
 # Operations that carry the new password as a value (a template may not put a secret in a DN
 # or a filter: servers log those in clear) where the directory refuses it or the executor shows
 # it: a value of the wrong syntax, and a comparison that does not match.

@@ -1,4 +1,4 @@
-"""MysqlExecutor against the machine's real MariaDB (no Temporal involved)."""
+"""MysqlExecutor against a real MariaDB, the session's throwaway server (no Temporal involved)."""
 
 from __future__ import annotations
 

@@ -559,6 +559,9 @@ async def test_exec_arguments_are_shell_quoted_by_default(
     password = "Current-pass-1234"
     user = ssh_users.create(password)
     digest = hashlib.sha256(word.encode()).hexdigest()
+    # The secret is masked wherever it stands: a word found in the command's own text or in
+    # the digest would mask those too, which is right but not what this test looks at.
+    assume(word not in f"$ printf %s '' | sha256sum\n< {digest}  -\n= exit 0")
     template = f"exec: printf %s {{{{ new_password }}}} | sha256sum\nexpect: {digest}\nexit: 0\n"
     request = RunRequest(
         target(sshd), Account(user, password), template, context(sshd, user, password, word)

@@ -287,10 +287,12 @@ async def test_policy_refusal_is_change_rejected_without_secrets(wsman: WsmanPee
     assert_no_secret([message, caught.value.transcript], new, ADMIN_PASSWORD, OLD)
 
 
+# The stand-in's PowerShell reads one statement per line: no control characters in a secret here
+# (real PowerShell takes a newline inside a quoted string; the SSH and SQL tests send them).
 @settings(
     max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(secret=secrets_strategy)
+@given(secret=secrets_strategy.filter(lambda s: not any(c in s for c in "\n\t\r")))
 async def test_an_echoed_secret_is_redacted_in_every_encoding(
     wsman: WsmanPeer, secret: str
 ) -> None:

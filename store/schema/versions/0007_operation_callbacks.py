@@ -1,4 +1,4 @@
-"""Schema version 7: principals and template review (planned as step 10; renumbered at merge)."""
+"""Schema version 7: every request's callback URL registered on its operation."""
 
 from __future__ import annotations
 
