@@ -396,7 +396,9 @@ def _template_for(field: str, name: str, executor: str, kind: str, db: DB) -> Te
     try:
         template = latest_template(db, name)
     except LookupError as exc:  # none, or none approved yet
-        raise invalid(field, f"{exc}; list them with GET /v1/templates") from None
+        exists = db.exec(select(Template.id).where(Template.name == name)).first()
+        shown = str(exc) if exists else f"no template named {name!r}"
+        raise invalid(field, f"{shown}; list them with GET /v1/templates") from None
     if template.executor != executor:
         raise invalid(
             field, f"{name!r} is a {template.executor} template, the device uses {executor}"
