@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import ColumnElement, true
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
@@ -61,7 +63,10 @@ class Summary:
     upcoming_expiries: list[Expiry] = field(default_factory=list)
 
 
-def summary(db: Session, now: datetime | None = None) -> Summary:
+def summary(
+    db: Session, now: datetime | None = None, profiles: Sequence[str] | None = None
+) -> Summary:
+    """``profiles``: count only the devices of these (None: every device)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
     end = now.replace(minute=0, second=0, microsecond=0) + BUCKET
     start = end - WINDOW
@@ -78,6 +83,7 @@ def summary(db: Session, now: datetime | None = None) -> Summary:
         .join(Credential, col(Credential.id) == col(Operation.credential_id))
         .join(Device, col(Device.id) == col(Credential.device_id))
         .where(col(Operation.status).in_(ENDED), col(Operation.finished_at) >= start)
+        .where(_within(profiles))
     ).all()
     by_executor: dict[str, int] = {}
     by_device: dict[str, tuple[str, int]] = {}
@@ -92,6 +98,9 @@ def summary(db: Session, now: datetime | None = None) -> Summary:
     counts = dict(
         db.exec(
             select(Operation.status, func.count())
+            .join(Credential, col(Credential.id) == col(Operation.credential_id))
+            .join(Device, col(Device.id) == col(Credential.device_id))
+            .where(_within(profiles))
             .where(
                 col(Operation.status).in_(
                     (OperationStatus.QUEUED, OperationStatus.SCHEDULED, OperationStatus.RUNNING)
@@ -115,16 +124,22 @@ def summary(db: Session, now: datetime | None = None) -> Summary:
         ],
         in_flight=counts.get(OperationStatus.SCHEDULED, 0) + counts.get(OperationStatus.RUNNING, 0),
         queued=counts.get(OperationStatus.QUEUED, 0),
-        out_of_sync=_out_of_sync(db),
-        upcoming_expiries=_upcoming_expiries(db),
+        out_of_sync=_out_of_sync(db, profiles),
+        upcoming_expiries=_upcoming_expiries(db, profiles),
     )
 
 
-def _out_of_sync(db: Session) -> list[OutOfSync]:
+def _within(profiles: Sequence[str] | None) -> ColumnElement[bool]:
+    """The rows of devices in ``profiles`` (joined to Device); every row when None."""
+    return true() if profiles is None else col(Device.profile).in_(profiles)
+
+
+def _out_of_sync(db: Session, profiles: Sequence[str] | None) -> list[OutOfSync]:
     rows = db.exec(
         select(Credential, Device)
         .join(Device, col(Device.id) == col(Credential.device_id))
         .where(Credential.sync_state == SyncState.OUT_OF_SYNC)
+        .where(_within(profiles))
         .order_by(col(Device.name), col(Credential.username))
     ).all()
     found = []
@@ -138,7 +153,7 @@ def _out_of_sync(db: Session) -> list[OutOfSync]:
     return found
 
 
-def _upcoming_expiries(db: Session) -> list[Expiry]:
+def _upcoming_expiries(db: Session, profiles: Sequence[str] | None) -> list[Expiry]:
     """The soonest due changes of every policy with an expiry. Per policy, its oldest secrets
     come first in the index the expiry sweeps read (policy_id, secret_changed_at, id): a few
     rows per policy whatever the number of credentials."""
@@ -150,6 +165,7 @@ def _upcoming_expiries(db: Session) -> list[Expiry]:
             select(Credential, Device)
             .join(Device, col(Device.id) == col(Credential.device_id))
             .where(Credential.policy_id == policy.id)
+            .where(_within(profiles))
             .order_by(col(Credential.secret_changed_at), col(Credential.id))
             .limit(UPCOMING)
         ).all()

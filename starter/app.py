@@ -16,14 +16,26 @@ from temporalio.client import Client
 
 from keyturn.settings import Settings
 from keyturn.temporal import connect
-from starter import problems
-from starter.deps import AppState, principal_of, require_token
+from starter import authz, problems
+from starter.deps import AppState, principal_of
 from starter.limits import MAX_BODY, BodyLimit
 from starter.problems import problem_response
-from starter.routes import access, audit, codec, dashboard, inventory, metrics, operations, versions
+from starter.routes import (
+    access,
+    audit,
+    codec,
+    dashboard,
+    inventory,
+    metrics,
+    operations,
+    principals,
+    templates,
+    versions,
+)
 from starter.schemas import HealthOut
 from store import audit as audit_trail
 from store.engine import in_thread, make_engine
+from store.principals import ensure_bootstrap as bootstrap_principal
 from store.seed import seed_shipped_templates
 from store.vault import Vault
 
@@ -38,6 +50,7 @@ def create_app(
         if not hasattr(app.state, "keyturn"):
             db = make_engine(settings.resolved_database_url)
             seed_shipped_templates(db)
+            _ensure_bootstrap(db)
             app.state.keyturn = AppState(
                 settings, db, Vault(settings.keyring), await connect(settings)
             )
@@ -55,25 +68,28 @@ def create_app(
     )
     if engine is not None and client is not None:
         seed_shipped_templates(engine)
+        _ensure_bootstrap(engine)
         app.state.keyturn = AppState(settings, engine, Vault(settings.keyring), client)
     problems.install(app, on_refusal=_record_refusal)
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     every_route_may_answer: dict[int | str, dict[str, Any]] = {
-        401: problem_response("missing or wrong admin API token"),
         413: problem_response(f"the request body is larger than {MAX_BODY} bytes"),
     }
     for router in (
         inventory.router,
+        templates.router,
+        principals.router,
         operations.router,
         access.router,
         versions.router,
         audit.router,
         dashboard.api,
     ):
+        authz.guard_router(router)
         app.include_router(
             router,
             prefix="/v1",
-            dependencies=[Depends(require_token)],
+            dependencies=[Depends(authz.authenticate)],
             responses=every_route_may_answer,
         )
 
@@ -109,6 +125,11 @@ class CodecCors:
             await self._cors(scope, receive, send)
         else:
             await self._app(scope, receive, send)
+
+
+def _ensure_bootstrap(engine: Engine) -> None:
+    with Session(engine) as db:
+        bootstrap_principal(db)
 
 
 async def _record_refusal(request: Request, status: int, detail: str) -> None:

@@ -26,13 +26,11 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio.client import Client
 
 from keyturn.settings import Settings
-from starter.problems import Problem
 from store.vault import Vault
 
 
@@ -89,14 +87,17 @@ def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
     return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
 
 
-_bearer = HTTPBearer(auto_error=False)
 # The principal of the admin token, as the audit trail and the SIEM echo name it.
 ADMIN = "admin"
 ANONYMOUS = "anonymous"
 
 
 def principal_of(request: Request) -> str:
-    """Who sent this request: the admin token's holder, or someone without it."""
+    """Who sent this request: the principal its token authenticated (also when the token was
+    refused as revoked or expired), the admin token's holder, or someone without a token."""
+    known: str | None = getattr(request.state, "principal", None)
+    if known is not None:
+        return known
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     app: AppState | None = getattr(request.app.state, "keyturn", None)
@@ -104,17 +105,6 @@ def principal_of(request: Request) -> str:
         return ANONYMOUS
     expected = app.settings.resolved_admin_token
     return ADMIN if secrets.compare_digest(token.encode(), expected.encode()) else ANONYMOUS
-
-
-def require_token(
-    app: Annotated[AppState, Depends(state)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    expected = app.settings.resolved_admin_token
-    if credentials is None or not secrets.compare_digest(
-        credentials.credentials.encode(), expected.encode()
-    ):
-        raise Problem(401, "send 'Authorization: Bearer <token>' with the admin API token")
 
 
 State = Annotated[AppState, Depends(state)]

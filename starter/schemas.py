@@ -272,6 +272,62 @@ class TemplateOut(BaseModel):
     body: str
     shipped: bool
     created_at: datetime
+    status: str = Field(description="pending, approved, rejected or superseded")
+    author: str
+    reviewed_by: str | None
+    reviewed_at: datetime | None
+    review_note: str | None
+
+
+class TemplateReviewIn(_In):
+    note: str | None = Field(default=None, max_length=2000, description="kept with the version")
+
+
+class TemplateDiffOut(BaseModel):
+    name: str
+    version: int
+    against: int | None = Field(description="the version compared with (null: none before)")
+    diff: str = Field(description="unified diff of the bodies")
+
+
+PrincipalRole = Literal["admin", "operator", "auditor", "app", "template-author", "approver"]
+
+
+class PrincipalIn(_In):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
+    role: PrincipalRole
+    profiles: list[str] = Field(default_factory=list, max_length=100)
+    credential_ids: list[str] = Field(
+        default_factory=list, max_length=1000, description="app only: the credentials it reads"
+    )
+    expires_at: datetime | None = Field(default=None, description="when its first token expires")
+
+
+class TokenIn(_In):
+    expires_at: datetime | None = None
+
+
+class TokenOut(BaseModel):
+    prefix: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class PrincipalOut(BaseModel):
+    id: str
+    name: str
+    role: str
+    profiles: list[str]
+    credential_ids: list[str]
+    created_by: str
+    created_at: datetime
+    tokens: list[TokenOut] = Field(default_factory=list)
+
+
+class IssuedOut(PrincipalOut):
+    token: str = Field(description="shown this once: Keyturn keeps only its hash")
+    token_prefix: str
 
 
 class CredentialIn(_In):

@@ -224,6 +224,37 @@ def _v9_ssh_keys(conn: Connection) -> None:
     _add_columns(conn, "operation", {"key_results": "JSON"})
 
 
+def _v10_principals(conn: Connection) -> None:
+    """Template review (maker-checker), and profiles. The principal and token tables are new:
+    create_all made them. Templates stored before review existed are what ran until now:
+    approved. A credential's profile is its device's, whatever an earlier release stored."""
+    timestamp = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+    _add_columns(
+        conn,
+        "template",
+        {
+            "status": "VARCHAR NOT NULL DEFAULT 'pending'",
+            "author": "VARCHAR NOT NULL DEFAULT 'keyturn'",
+            "reviewed_by": "VARCHAR",
+            "reviewed_at": timestamp,
+            "approved_at": timestamp,
+            "review_note": "VARCHAR",
+        },
+    )
+    conn.execute(
+        text(
+            "UPDATE template SET status = 'approved', approved_at = created_at, "
+            "reviewed_at = created_at, reviewed_by = 'keyturn' WHERE approved_at IS NULL"
+        )
+    )
+    conn.execute(
+        text(
+            "UPDATE credential SET profile = (SELECT d.profile FROM device d "
+            "WHERE d.id = credential.device_id)"
+        )
+    )
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
@@ -234,6 +265,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v7_operation_callbacks,
     _v8_activation_and_jit,
     _v9_ssh_keys,
+    _v10_principals,
 )
 LATEST = len(STEPS) + 1
 

@@ -47,6 +47,22 @@ class OperationStatus(enum.StrEnum):
         return self in (OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.CANCELED)
 
 
+class TemplateStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    AUDITOR = "auditor"
+    APP = "app"
+    TEMPLATE_AUTHOR = "template-author"
+    APPROVER = "approver"
+
+
 class SyncState(enum.StrEnum):
     IN_SYNC = "in_sync"
     OUT_OF_SYNC = "out_of_sync"
@@ -122,6 +138,14 @@ class Template(SQLModel, table=True):
     body: str = Field(sa_column=Column(Text, nullable=False))
     shipped: bool = False
     created_at: datetime = Field(default_factory=utcnow)
+    # Maker-checker: a version runs only once an approver other than its author approved it.
+    # pending → approved (→ superseded by a newer approved version) or rejected.
+    status: str = TemplateStatus.PENDING
+    author: str = "keyturn"  # the principal who proposed it (shipped: keyturn)
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+    approved_at: datetime | None = None  # operations requested from then on may run it
+    review_note: str | None = None
 
 
 class Credential(SQLModel, table=True):
@@ -249,6 +273,31 @@ class Attempt(SQLModel, table=True):
     outcome: str = "running"  # running | succeeded | <error kind>
     detail: str | None = None
     transcript: str = Field(default="", sa_column=Column(Text, nullable=False))
+
+
+class Principal(SQLModel, table=True):
+    """Who may call the API: a role, the profiles it sees and, for an ``app``, the credentials
+    whose secrets it reads. Its name is what the audit trail and the SIEM echo call it."""
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    role: str
+    profiles: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    credential_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_by: str = "keyturn"
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class PrincipalToken(SQLModel, table=True):
+    """An API token of a principal, stored as its SHA-256 only; ``prefix`` (shown in lists and
+    the audit trail) names it without revealing it."""
+
+    prefix: str = Field(primary_key=True)
+    principal_id: str = Field(foreign_key="principal.id", index=True)
+    digest: str
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class AuditEvent(SQLModel, table=True):

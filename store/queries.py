@@ -14,14 +14,20 @@ _Row = TypeVar("_Row")
 
 
 def latest_template(session: Session, name: str, as_of: datetime | None = None) -> Template:
-    """The newest version of a template; ``as_of``: the newest saved by then. An operation runs
-    the versions current when it was requested, whatever is saved while it waits or runs."""
-    query = select(Template).where(Template.name == name)
+    """The newest approved version of a template; ``as_of``: the newest approved by then. An
+    operation runs the versions approved when it was requested, whatever is saved or approved
+    while it waits or runs; a version still pending (or rejected) runs nowhere."""
+    query = select(Template).where(Template.name == name, col(Template.approved_at).is_not(None))
     if as_of is not None:
-        query = query.where(col(Template.created_at) <= as_of)
+        query = query.where(col(Template.approved_at) <= as_of)
     template = session.exec(query.order_by(col(Template.version).desc())).first()
     if template is None:
-        raise LookupError(f"template {name!r} does not exist")
+        exists = session.exec(select(Template.id).where(Template.name == name)).first()
+        raise LookupError(
+            f"template {name!r} has no approved version yet"
+            if exists
+            else f"template {name!r} does not exist"
+        )
     return template
 
 

@@ -1,4 +1,5 @@
-"""Shipped templates are stored like user templates, so one lookup serves both."""
+"""Shipped templates are stored like user templates, so one lookup serves both. They are
+approved at install: reviewed with the release that ships them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from executors.shipped import shipped_templates
-from store.models import Template
+from store.models import Template, TemplateStatus, utcnow
 
 
 def seed_shipped_templates(engine: Engine) -> None:
@@ -20,6 +21,10 @@ def seed_shipped_templates(engine: Engine) -> None:
             ).first()
             if latest is not None and latest.body == shipped.body:
                 continue
+            now = utcnow()
+            if latest is not None and latest.status == TemplateStatus.APPROVED:
+                latest.status = TemplateStatus.SUPERSEDED
+                session.add(latest)
             session.add(
                 Template(
                     name=shipped.name,
@@ -28,6 +33,10 @@ def seed_shipped_templates(engine: Engine) -> None:
                     kind=shipped.kind,
                     body=shipped.body,
                     shipped=True,
+                    status=TemplateStatus.APPROVED,
+                    reviewed_by="keyturn",
+                    reviewed_at=now,
+                    approved_at=now,
                 )
             )
         session.commit()

@@ -4,8 +4,9 @@ sessions that use it. Both may ask for a change later, as the credential's polic
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlmodel import Session, select
 
 from requesting import (
@@ -15,7 +16,8 @@ from requesting import (
     TemporalUnavailable,
     request_operation,
 )
-from starter.deps import ADMIN, State, StoreRoute
+from starter.authz import APP, OPERATOR, Caller, allow, credential_for, granted
+from starter.deps import State, StoreRoute
 from starter.problems import Problem, invalid, not_found
 from starter.schemas import SecretOut, SessionEventIn, SessionOut
 from store import audit
@@ -29,8 +31,9 @@ from triggers.due import open_sessions
 from workflows.contracts import DelayedOperation
 
 router = APIRouter(route_class=StoreRoute)
-# Until principals exist, everyone holds the admin token: that is who reads.
-READER = "admin-token"
+# Secrets are read by admins and by apps, each app its granted credentials only.
+SecretReader = Annotated[Caller, Depends(allow(APP))]
+SessionReporter = Annotated[Caller, Depends(allow(OPERATOR, APP))]
 
 
 @router.get(
@@ -44,13 +47,16 @@ READER = "admin-token"
     },
 )
 async def read_secret(
-    credential_id: str, app: State, request: Request, response: Response
+    credential_id: str, app: State, request: Request, response: Response, caller: SecretReader
 ) -> SecretOut:
     """The current secret: ``password``, or for an ssh-key credential ``private_key`` and
     ``public_key`` (its authorized_keys line). Every read is an audit event naming who read
     it; with the policy's ``change_after_view_seconds`` a change (trigger ``view``) follows
     that much later."""
-    credential, policy = await in_thread(app.engine, lambda db: _with_policy(db, credential_id))
+    granted(caller, credential_id)
+    credential, policy = await in_thread(
+        app.engine, lambda db: _with_policy(db, caller, credential_id)
+    )
     now = datetime.now(UTC)
     # An inactive credential is locked on its target: a view asks for no change of it.
     if policy is not None and policy.change_after_view_seconds is not None and credential.active:
@@ -58,7 +64,9 @@ async def read_secret(
         await _request_change(app, credential, "view", now, policy.change_after_view_seconds)
     client = request.client.host if request.client else None
     response.headers["Cache-Control"] = "no-store"  # no proxy or browser keeps a copy
-    return await in_thread(app.engine, lambda db: _reveal(db, app.vault, credential, client))
+    return await in_thread(
+        app.engine, lambda db: _reveal(db, app.vault, credential, client, caller)
+    )
 
 
 @router.post(
@@ -74,19 +82,28 @@ async def read_secret(
         503: {"description": "Temporal did not take the operation the event asks for"},
     },
 )
-async def session_event(credential_id: str, body: SessionEventIn, app: State) -> SessionOut:
+async def session_event(
+    credential_id: str, body: SessionEventIn, app: State, caller: SessionReporter
+) -> SessionOut:
     """A session using the credential started or ended. While one is open an expiry change
     waits (up to the policy's ``max_session_wait_seconds``); with the policy's
     ``change_after_session_seconds``, the end of the last open session asks for a change."""
-    credential, policy = await in_thread(app.engine, lambda db: _with_policy(db, credential_id))
+    granted(caller, credential_id)
+    credential, policy = await in_thread(
+        app.engine, lambda db: _with_policy(db, caller, credential_id)
+    )
     if body.event == "session-start":
         await in_thread(app.engine, lambda db: _check_new(db, credential, body.session_id))
         # A locked credential is activated first: the activate is requested (and queued at
         # the credential's gate) before the session is recorded, so a refusal records nothing.
         activate = None if credential.active else await _request(app, credential, "activate")
-        row = await in_thread(app.engine, lambda db: _start(db, credential, body.session_id))
+        row = await in_thread(
+            app.engine, lambda db: _start(db, credential, body.session_id, caller)
+        )
         return await in_thread(app.engine, lambda db: _session_out(db, row, False, activate))
-    row, last = await in_thread(app.engine, lambda db: _end(db, credential, body.session_id))
+    row, last = await in_thread(
+        app.engine, lambda db: _end(db, credential, body.session_id, caller)
+    )
     delay = policy.change_after_session_seconds if policy else None
     change = last and delay is not None
     after: str | None = None
@@ -97,7 +114,9 @@ async def session_event(credential_id: str, body: SessionEventIn, app: State) ->
         if last:
             after = await _after_last_session(app, credential, policy)
     except Problem:
-        await in_thread(app.engine, lambda db: _reopen(db, row))  # a refusal changes nothing
+        await in_thread(
+            app.engine, lambda db: _reopen(db, row, caller)
+        )  # a refusal changes nothing
         raise
     return await in_thread(app.engine, lambda db: _session_out(db, row, change, after))
 
@@ -147,15 +166,17 @@ async def _request_change(
         raise Problem(503, str(exc)) from None
 
 
-def _with_policy(db: Session, credential_id: str) -> tuple[Credential, Policy | None]:
-    credential = db.get(Credential, credential_id)
-    if credential is None:
-        raise not_found("credential", credential_id)
+def _with_policy(
+    db: Session, caller: Caller, credential_id: str
+) -> tuple[Credential, Policy | None]:
+    credential = credential_for(db, caller, credential_id)
     policy = db.get(Policy, credential.policy_id) if credential.policy_id else None
     return credential, policy
 
 
-def _reveal(db: Session, vault: Vault, credential: Credential, client: str | None) -> SecretOut:
+def _reveal(
+    db: Session, vault: Vault, credential: Credential, client: str | None, caller: Caller
+) -> SecretOut:
     version = Vault.current(db, credential.id)
     if version is None:
         raise Problem(409, f"credential {credential.id} has no current secret")
@@ -163,10 +184,10 @@ def _reveal(db: Session, vault: Vault, credential: Credential, client: str | Non
     audit.record(
         db,
         audit.VIEWED,
-        principal=ADMIN,
+        principal=caller.name,
         credential_id=credential.id,
         version_id=version.id,
-        by=READER,
+        by=caller.name,
         client=client,
     )
     db.commit()
@@ -187,18 +208,26 @@ def _check_new(db: Session, credential: Credential, session_id: str) -> None:
         raise Problem(409, f"session {session_id!r} {state}; a new session needs a new id")
 
 
-def _start(db: Session, credential: Credential, session_id: str) -> CredentialSession:
+def _start(
+    db: Session, credential: Credential, session_id: str, caller: Caller
+) -> CredentialSession:
     _check_new(db, credential, session_id)
     row = CredentialSession(credential_id=credential.id, session_id=session_id)
     db.add(row)
     audit.record(
-        db, "session.started", principal=ADMIN, credential_id=credential.id, session_id=session_id
+        db,
+        "session.started",
+        principal=caller.name,
+        credential_id=credential.id,
+        session_id=session_id,
     )
     db.commit()
     return row
 
 
-def _end(db: Session, credential: Credential, session_id: str) -> tuple[CredentialSession, bool]:
+def _end(
+    db: Session, credential: Credential, session_id: str, caller: Caller
+) -> tuple[CredentialSession, bool]:
     """Close the session; whether it was the credential's last open one. The credential's row
     is locked first (PostgreSQL), so of two sessions ending together exactly one is last."""
     db.exec(select(Credential).where(Credential.id == credential.id).with_for_update()).one()
@@ -213,7 +242,7 @@ def _end(db: Session, credential: Credential, session_id: str) -> tuple[Credenti
     audit.record(
         db,
         "session.ended",
-        principal=ADMIN,
+        principal=caller.name,
         credential_id=credential.id,
         session_id=session_id,
         last=last,
@@ -222,7 +251,7 @@ def _end(db: Session, credential: Credential, session_id: str) -> tuple[Credenti
     return row, last
 
 
-def _reopen(db: Session, row: CredentialSession) -> None:
+def _reopen(db: Session, row: CredentialSession, caller: Caller) -> None:
     stored = db.get(CredentialSession, (row.credential_id, row.session_id))
     if stored is not None:
         stored.ended_at = None
@@ -230,7 +259,7 @@ def _reopen(db: Session, row: CredentialSession) -> None:
     audit.record(
         db,
         "session.end_undone",
-        principal=ADMIN,
+        principal=caller.name,
         credential_id=row.credential_id,
         session_id=row.session_id,
         reason="the change after it could not be requested",

@@ -5,13 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import or_
 from sqlmodel import col, select
 
+from starter.authz import AUDITOR, Caller, allow
 from starter.deps import DB, StoreRoute
 from starter.problems import invalid
 from starter.schemas import AuditEventOut, AuditPage
-from store.models import AuditEvent, as_utc
+from store.models import AuditEvent, Credential, Device, as_utc
 
 router = APIRouter(route_class=StoreRoute)
 
@@ -23,6 +25,7 @@ router = APIRouter(route_class=StoreRoute)
 )
 def read_audit(
     db: DB,
+    caller: Annotated[Caller, Depends(allow(AUDITOR))],
     credential_id: str | None = None,
     operation_id: str | None = None,
     event: str | None = None,
@@ -30,13 +33,23 @@ def read_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> AuditPage:
-    """Events oldest first. ``cursor`` (from ``next_cursor``) continues after the last page."""
+    """Events oldest first. ``cursor`` (from ``next_cursor``) continues after the last page.
+    A principal scoped to profiles reads the events of their devices and credentials only."""
     after = 0
     if cursor is not None:
         if not cursor.isdigit():
             raise invalid("cursor", "pass the next_cursor of a previous page unchanged")
         after = int(cursor)
     query = select(AuditEvent).where(col(AuditEvent.id) > after)
+    if caller.profiles is not None:
+        devices = select(Device.id).where(col(Device.profile).in_(caller.profiles))
+        credentials = select(Credential.id).where(col(Credential.profile).in_(caller.profiles))
+        query = query.where(
+            or_(
+                col(AuditEvent.device_id).in_(devices),
+                col(AuditEvent.credential_id).in_(credentials),
+            )
+        )
     if credential_id is not None:
         query = query.where(AuditEvent.credential_id == credential_id)
     if operation_id is not None:

@@ -8,11 +8,13 @@ import functools
 import hashlib
 import re
 from importlib import resources
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
 from governance.dashboard import Summary, summary
+from starter.authz import READERS, Caller, allow
 from starter.deps import DB, StoreRoute
 
 api = APIRouter(route_class=StoreRoute)
@@ -20,10 +22,11 @@ page = APIRouter()
 
 
 @api.get("/dashboard", response_model=Summary)
-def figures(db: DB) -> Summary:
+def figures(db: DB, caller: Annotated[Caller, Depends(allow(*READERS))]) -> Summary:
     """Operations ended per hour over the last 24 h, failures by executor and device, operations
-    in flight and queued, out-of-sync credentials with their last operation."""
-    return summary(db)
+    in flight and queued, out-of-sync credentials with their last operation: of the caller's
+    profiles."""
+    return summary(db, profiles=caller.profiles)
 
 
 @page.get("/ui/", response_class=HTMLResponse, include_in_schema=False)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -19,9 +19,21 @@ from executors.base import (
 )
 from executors.shipped import shipped_templates
 from requesting import TemporalUnavailable
-from starter.deps import ADMIN, DB, State, StoreRoute
+from starter.authz import (
+    ADMIN,
+    APPROVER,
+    OPERATOR,
+    READERS,
+    TEMPLATE_AUTHOR,
+    Admin,
+    Caller,
+    Reader,
+    allow,
+    hidden,
+)
+from starter.deps import DB, State, StoreRoute
 from starter.pages import Cursor, Limit, Page, by_age, keyset_page, shown_as
-from starter.problems import Problem, invalid, not_found, problem_response
+from starter.problems import Problem, invalid, not_found
 from starter.schemas import (
     CredentialIn,
     CredentialOut,
@@ -32,8 +44,6 @@ from starter.schemas import (
     PolicyIn,
     PolicyOut,
     PolicyPatch,
-    TemplateIn,
-    TemplateOut,
 )
 from store import audit
 from store.engine import in_thread
@@ -42,17 +52,22 @@ from store.models import Credential, Device, Policy, SecretState, Template, new_
 from store.queries import DEFAULT_POLICY, latest_template
 from store.ssh_keys import KeyProblem, parse_private_key
 from store.vault import Vault
-from templating import TemplateSyntaxProblem
 from triggers import schedules
 
 router = APIRouter(route_class=StoreRoute)
+# Operators keep inventory within their profiles; auditors and operators read it.
+Keeper = Annotated[Caller, Depends(allow(OPERATOR))]
 
 # Templates that need a privileged account refer to it; used to insist one is given.
 _AUTH_TAGS = ("auth_password", "AUTH_PASSWORD", "auth_username", "AUTH_USER")
 
 
 @router.get("/executors", response_model=Page[ExecutorOut])
-def list_executors(limit: Limit = 100, cursor: Cursor = None) -> Page[ExecutorOut]:
+def list_executors(
+    caller: Annotated[Caller, Depends(allow(*READERS, TEMPLATE_AUTHOR, APPROVER))],
+    limit: Limit = 100,
+    cursor: Cursor = None,
+) -> Page[ExecutorOut]:
     """Executors by name. Few and fixed at start, so paged in memory."""
     shipped = shipped_templates()
     names = sorted(name for name in registry() if cursor is None or name > cursor)
@@ -72,8 +87,9 @@ def list_executors(limit: Limit = 100, cursor: Cursor = None) -> Page[ExecutorOu
 
 
 @router.post("/devices", status_code=201, response_model=DeviceOut)
-def create_device(body: DeviceIn, db: DB) -> Device:
-    executor = _known_executor(body.executor)
+def create_device(body: DeviceIn, db: DB, caller: Keeper) -> Device:
+    _may_place(caller, body.profile)
+    executor = known_executor(body.executor)
     default_port = executor.default_port
     if body.options.get("scheme") == "http":  # e.g. WinRM: 5985 over http, 5986 over https
         default_port = getattr(executor, "http_port", default_port)
@@ -86,7 +102,7 @@ def create_device(body: DeviceIn, db: DB) -> Device:
         raise Problem(409, f"a device named {body.name!r} exists; choose another name")
     db.add(device)
     audit.record(
-        db, "device.created", device_id=device.id, principal=ADMIN, name=device.name,
+        db, "device.created", device_id=device.id, principal=caller.name, name=device.name,
         executor=device.executor,
     )  # fmt: skip
     db.commit()
@@ -94,14 +110,30 @@ def create_device(body: DeviceIn, db: DB) -> Device:
 
 
 @router.get("/devices", response_model=Page[DeviceOut])
-def list_devices(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[DeviceOut]:
-    """Devices, oldest first."""
-    return keyset_page(db, select(Device), by_age(Device), limit, cursor, shown_as(DeviceOut))
+def list_devices(
+    db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[DeviceOut]:
+    """Devices of the caller's profiles, oldest first."""
+    query = select(Device)
+    if caller.profiles is not None:
+        query = query.where(col(Device.profile).in_(caller.profiles))
+    return keyset_page(db, query, by_age(Device), limit, cursor, shown_as(DeviceOut))
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)
-def get_device(device_id: str, db: DB) -> Device:
-    return db.get(Device, device_id) or _raise(not_found("device", device_id))
+def get_device(device_id: str, db: DB, caller: Reader) -> Device:
+    device = db.get(Device, device_id) or _raise(not_found("device", device_id))
+    hidden(caller, device.profile, "device", device_id)
+    return device
+
+
+def _may_place(caller: Caller, profile: str) -> None:
+    if not caller.sees(profile):
+        raise Problem(
+            403,
+            f"{caller.name} may not place objects in profile {profile!r}; its profiles: "
+            f"{', '.join(sorted(caller.profiles or ()))}",
+        )
 
 
 _POLICY_PROBLEMS: dict[int | str, dict[str, str]] = {
@@ -118,13 +150,13 @@ _POLICY_PROBLEMS: dict[int | str, dict[str, str]] = {
     response_model=PolicyOut,
     responses={k: v for k, v in _POLICY_PROBLEMS.items() if k != 404},
 )
-async def create_policy(body: PolicyIn, app: State) -> Policy:
+async def create_policy(body: PolicyIn, app: State, caller: Admin) -> Policy:
     """A policy with an expiry or a verification period gets its schedules at once."""
     policy = Policy(id=new_id(), **body.model_dump())
     await in_thread(app.engine, lambda db: _name_is_free(db, policy.name, policy.id))
     await _apply_schedules(app, policy)
     try:
-        await in_thread(app.engine, lambda db: _save(db, policy, "policy.created"))
+        await in_thread(app.engine, lambda db: _save(db, policy, "policy.created", caller))
     except IntegrityError:  # the same name, created meanwhile: undo the schedules
         await _apply_schedules(app, Policy(id=policy.id, name=policy.name), policy)
         raise Problem(409, f"a policy named {body.name!r} exists; choose another name") from None
@@ -132,7 +164,7 @@ async def create_policy(body: PolicyIn, app: State) -> Policy:
 
 
 @router.patch("/policies/{policy_id}", response_model=PolicyOut, responses=_POLICY_PROBLEMS)
-async def update_policy(policy_id: str, body: PolicyPatch, app: State) -> Policy:
+async def update_policy(policy_id: str, body: PolicyPatch, app: State, caller: Admin) -> Policy:
     """Change any field; its schedules are updated, paused, resumed or removed at once, before
     the change is stored (so a 503 leaves both as they were)."""
     policy = await in_thread(app.engine, lambda db: db.get(Policy, policy_id))
@@ -155,7 +187,7 @@ async def update_policy(policy_id: str, body: PolicyPatch, app: State) -> Policy
     await in_thread(app.engine, lambda db: _name_is_free(db, updated.name, updated.id))
     await _apply_schedules(app, updated, policy)
     try:
-        await in_thread(app.engine, lambda db: _save(db, updated, "policy.updated"))
+        await in_thread(app.engine, lambda db: _save(db, updated, "policy.updated", caller))
     except IntegrityError:
         await _apply_schedules(app, policy, updated)
         raise Problem(409, f"a policy named {updated.name!r} exists; choose another name") from None
@@ -168,9 +200,9 @@ def _name_is_free(db: Session, name: str, policy_id: str) -> None:
         raise Problem(409, f"a policy named {name!r} exists; choose another name")
 
 
-def _save(db: Session, policy: Policy, event: str) -> None:
+def _save(db: Session, policy: Policy, event: str, caller: Caller) -> None:
     db.merge(policy)
-    audit.record(db, event, principal=ADMIN, policy_id=policy.id, name=policy.name)
+    audit.record(db, event, principal=caller.name, policy_id=policy.id, name=policy.name)
     db.commit()
 
 
@@ -187,71 +219,36 @@ async def _apply_schedules(app: State, policy: Policy, before: Policy | None = N
 
 
 @router.get("/policies", response_model=Page[PolicyOut])
-def list_policies(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[PolicyOut]:
+def list_policies(
+    db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[PolicyOut]:
     """Policies, oldest first."""
     return keyset_page(db, select(Policy), by_age(Policy), limit, cursor, shown_as(PolicyOut))
 
 
 @router.get("/policies/{policy_id}", response_model=PolicyOut)
-def get_policy(policy_id: str, db: DB) -> Policy:
+def get_policy(policy_id: str, db: DB, caller: Reader) -> Policy:
     return db.get(Policy, policy_id) or _raise(not_found("policy", policy_id))
 
 
-@router.post(
-    "/templates",
-    status_code=201,
-    response_model=TemplateOut,
-    responses={409: problem_response("a shipped template has that name")},
-)
-def create_template(body: TemplateIn, db: DB) -> Template:
-    """A new template, or a new version of one of yours. Shipped templates cannot be replaced."""
-    executor = _known_executor(body.executor)
-    try:
-        executor.validate(body.body)
-    except TemplateSyntaxProblem as exc:
-        raise Problem(
-            422,
-            f"template does not parse: {exc}",
-            errors=[{"field": "body", "line": exc.line, "message": exc.message}],
-        ) from None
-    latest = db.exec(
-        select(Template).where(Template.name == body.name).order_by(col(Template.version).desc())
-    ).first()
-    if latest is not None and latest.shipped:
-        raise Problem(409, f"{body.name!r} is a shipped template; save yours under another name")
-    if latest is not None and latest.executor != body.executor:
-        raise invalid("executor", f"{body.name!r} is a template of executor {latest.executor!r}")
-    template = Template(**body.model_dump(), version=latest.version + 1 if latest else 1)
-    db.add(template)
-    audit.record(
-        db, "template.saved", principal=ADMIN, name=template.name, version=template.version
-    )
-    db.commit()
-    return template
-
-
-@router.get("/templates", response_model=Page[TemplateOut])
-def list_templates(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[TemplateOut]:
-    """Every version of every template, by name then version."""
-    keys = (col(Template.name), col(Template.version))
-    return keyset_page(db, select(Template), keys, limit, cursor, shown_as(TemplateOut))
-
-
 @router.post("/credentials", status_code=201, response_model=CredentialOut)
-def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
+def create_credential(body: CredentialIn, db: DB, app: State, caller: Keeper) -> CredentialOut:
+    """A credential's profile is its device's (a ``profile`` given must be the same)."""
     device = db.get(Device, body.device_id)
-    if device is None:
+    if device is None or not caller.sees(device.profile):
         raise invalid("device_id", f"no device with id {body.device_id!r}")
+    if "profile" in body.model_fields_set and body.profile != device.profile:
+        raise invalid("profile", f"a credential's profile is its device's: {device.profile!r}")
     auth = None
     if body.auth_credential_id:
         auth = db.get(Credential, body.auth_credential_id)
-        if auth is None:
+        if auth is None or not caller.sees(auth.profile):
             raise invalid(
                 "auth_credential_id", f"no credential with id {body.auth_credential_id!r}"
             )
         if auth.device_id != device.id:
             raise invalid("auth_credential_id", "the auth credential must be on the same device")
-    executor = _known_executor(device.executor)
+    executor = known_executor(device.executor)
     refused = username_problem(executor, body.username)
     if refused is not None:
         raise invalid("username", refused)
@@ -276,14 +273,21 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
                 f"template {remove_name!r} connects with a privileged account: give "
                 "auth_credential_id",
             )
-        _check_key_targets(db, device, body.key_targets)
+        _check_key_targets(db, caller, device, body.key_targets)
     elif body.key_targets or body.key_remove_template:
         field = "key_targets" if body.key_targets else "key_remove_template"
         raise invalid(field, "only an ssh-key credential (secret_type ssh-key) takes it")
-    if auth is None and any(tag in change.body for tag in _AUTH_TAGS):
+    uses_auth = any(tag in change.body for tag in _AUTH_TAGS)
+    if auth is None and uses_auth:
         raise invalid(
             "auth_credential_id",
             f"template {change_name!r} connects with a privileged account: give auth_credential_id",
+        )
+    if auth is not None and uses_auth and caller.role != ADMIN:
+        raise Problem(
+            403,
+            f"only an admin may point {change_name!r}, a template that uses another credential's "
+            "password (auth_password), at that credential",
         )
     for kind, name in body.lifecycle_templates.items():
         _template_for(f"lifecycle_templates.{kind}", name, device.executor, kind, db)
@@ -291,7 +295,7 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
         lifecycle_templates={str(kind): name for kind, name in body.lifecycle_templates.items()},
         device_id=device.id,
         username=body.username,
-        profile=body.profile,
+        profile=device.profile,
         change_template=change_name,
         verify_template=verify_name,
         auth_credential_id=body.auth_credential_id,
@@ -303,12 +307,12 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
         key_targets=list(body.key_targets),
         key_remove_template=remove_name,
     )
-    _check_links(db, credential)
+    _check_links(db, credential, caller)
     db.add(credential)
     db.flush()
     version = app.vault.add(db, credential.id, secret, SecretState.CURRENT)
     audit.record(
-        db, "credential.created", credential_id=credential.id, principal=ADMIN,
+        db, "credential.created", credential_id=credential.id, principal=caller.name,
         username=credential.username, version_id=version.id,
     )  # fmt: skip
     db.commit()
@@ -316,17 +320,20 @@ def create_credential(body: CredentialIn, db: DB, app: State) -> CredentialOut:
 
 
 @router.patch("/credentials/{credential_id}", response_model=CredentialOut)
-def update_credential(credential_id: str, body: CredentialPatch, db: DB) -> CredentialOut:
+def update_credential(
+    credential_id: str, body: CredentialPatch, db: DB, caller: Keeper
+) -> CredentialOut:
     credential = db.get(Credential, credential_id) or _raise(not_found("credential", credential_id))
+    hidden(caller, credential.profile, "credential", credential_id)
     for field, value in body.model_dump(exclude_unset=True).items():
         if field == "auto_reconcile" and value is None:
             raise invalid(field, "must be true or false")
         setattr(credential, field, value)
     with db.no_autoflush:  # checked before the store sees the links (a flush would hit the FK)
-        _check_links(db, credential)
+        _check_links(db, credential, caller)
     db.add(credential)
     audit.record(
-        db, "credential.updated", credential_id=credential.id, principal=ADMIN,
+        db, "credential.updated", credential_id=credential.id, principal=caller.name,
         fields=sorted(body.model_dump(exclude_unset=True)),
     )  # fmt: skip
     db.commit()
@@ -355,30 +362,32 @@ def _registered_secret(body: CredentialIn) -> str:
     return private_key
 
 
-def _check_key_targets(db: DB, device: Device, key_targets: list[str]) -> None:
-    """Each key target is another device whose executor can install keys."""
+def _check_key_targets(db: DB, caller: Caller, device: Device, key_targets: list[str]) -> None:
+    """Each key target is another device of the caller's profiles whose executor can install
+    keys (one outside them is "no device", as everywhere: ids do not leak)."""
     if len(set(key_targets)) != len(key_targets):
         raise invalid("key_targets", "names a device twice")
     for index, device_id in enumerate(key_targets):
         field = f"key_targets.{index}"
         other = db.get(Device, device_id)
-        if other is None:
+        if other is None or not caller.sees(other.profile):
             raise invalid(field, f"no device with id {device_id!r}")
         if other.id == device.id:
             raise invalid(field, "is the credential's own device; list other devices only")
-        defaults = _known_executor(other.executor).default_templates
+        defaults = known_executor(other.executor).default_templates
         if not {"key-install", "key-remove"} <= set(defaults):
             raise invalid(field, f"executor {other.executor!r} of device {other.name!r} "
                           "ships no key templates: it cannot hold an SSH key")  # fmt: skip
 
 
-def _check_links(db: DB, credential: Credential) -> None:
-    """Parent and reconcile links must name existing credentials, and parents form no cycle."""
+def _check_links(db: DB, credential: Credential, caller: Caller) -> None:
+    """Parent and reconcile links must name existing credentials of the caller's profiles, and
+    parents form no cycle."""
     if credential.policy_id and db.get(Policy, credential.policy_id) is None:
         raise invalid("policy_id", f"no policy with id {credential.policy_id!r}")
     if credential.reconcile_credential_id:
         reconcile = db.get(Credential, credential.reconcile_credential_id)
-        if reconcile is None:
+        if reconcile is None or not caller.sees(reconcile.profile):
             raise invalid(
                 "reconcile_credential_id",
                 f"no credential with id {credential.reconcile_credential_id!r}",
@@ -397,23 +406,29 @@ def _check_links(db: DB, credential: Credential) -> None:
             raise invalid("parent_id", "this parent link would make a cycle of credentials")
         seen.add(parent_id)
         parent = db.get(Credential, parent_id)
-        if parent is None:
+        if parent is None or not caller.sees(parent.profile):
             raise invalid("parent_id", f"no credential with id {parent_id!r}")
         parent_id = parent.parent_id
 
 
 @router.get("/credentials", response_model=Page[CredentialOut])
-def list_credentials(db: DB, limit: Limit = 100, cursor: Cursor = None) -> Page[CredentialOut]:
-    """Credentials, oldest first."""
+def list_credentials(
+    db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
+) -> Page[CredentialOut]:
+    """Credentials of the caller's profiles, oldest first."""
+    query = select(Credential)
+    if caller.profiles is not None:
+        query = query.where(col(Credential.profile).in_(caller.profiles))
     return keyset_page(
-        db, select(Credential), by_age(Credential), limit, cursor,
+        db, query, by_age(Credential), limit, cursor,
         lambda c: _credential_out(c, _current_id(db, c.id)),
     )  # fmt: skip
 
 
 @router.get("/credentials/{credential_id}", response_model=CredentialOut)
-def get_credential(credential_id: str, db: DB) -> CredentialOut:
+def get_credential(credential_id: str, db: DB, caller: Reader) -> CredentialOut:
     credential = db.get(Credential, credential_id) or _raise(not_found("credential", credential_id))
+    hidden(caller, credential.profile, "credential", credential_id)
     return _credential_out(credential, _current_id(db, credential.id))
 
 
@@ -426,7 +441,7 @@ def _current_id(db: DB, credential_id: str) -> str | None:
     return current.id if current else None
 
 
-def _known_executor(name: str) -> Executor:
+def known_executor(name: str) -> Executor:
     try:
         return get_executor(name)
     except LookupError as exc:
@@ -448,10 +463,10 @@ def _default_template(
 def _template_for(field: str, name: str, executor: str, kind: str, db: DB) -> Template:
     try:
         template = latest_template(db, name)
-    except LookupError:
-        raise invalid(
-            field, f"no template named {name!r}; list them with GET /v1/templates"
-        ) from None
+    except LookupError as exc:  # none, or none approved yet
+        exists = db.exec(select(Template.id).where(Template.name == name)).first()
+        shown = str(exc) if exists else f"no template named {name!r}"
+        raise invalid(field, f"{shown}; list them with GET /v1/templates") from None
     if template.executor != executor:
         raise invalid(
             field, f"{name!r} is a {template.executor} template, the device uses {executor}"

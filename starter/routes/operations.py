@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
 from pydantic import SecretStr
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from governance import webhooks
 from requesting import (
@@ -15,7 +17,8 @@ from requesting import (
     TemporalUnavailable,
     request_operation,
 )
-from starter.deps import ADMIN, DB, State, StoreRoute
+from starter.authz import APP, OPERATOR, Caller, Reader, allow, credential_for, granted, hidden
+from starter.deps import DB, State, StoreRoute
 from starter.pages import Cursor, Limit, Page, by_age, keyset_page
 from starter.problems import Problem, invalid, not_found, problem_response
 from starter.schemas import (
@@ -30,6 +33,7 @@ from store.models import Attempt, Credential, Operation, OperationStatus, SyncSt
 from workflows.contracts import OPERATION_KINDS, TRIGGERS
 
 router = APIRouter(route_class=StoreRoute)
+Operator = Annotated[Caller, Depends(allow(OPERATOR))]
 
 
 @router.post(
@@ -52,13 +56,21 @@ router = APIRouter(route_class=StoreRoute)
     },
 )
 async def create_operation(
-    credential_id: str, body: OperationIn, app: State, response: Response
+    credential_id: str,
+    body: OperationIn,
+    app: State,
+    response: Response,
+    caller: Annotated[Caller, Depends(allow(OPERATOR, APP))],
 ) -> OperationAccepted:
     """Request an operation. ``adopt``, ``set-in-vault`` and a change with ``next_password``
-    are never joined to another operation: each acts with the secret it names."""
-    credential = await in_thread(app.engine, lambda db: db.get(Credential, credential_id))
-    if credential is None:
-        raise not_found("credential", credential_id)
+    are never joined to another operation: each acts with the secret it names. An ``app``
+    requests ``change`` with trigger ``a2a`` for its granted credentials only."""
+    granted(caller, credential_id)
+    if caller.role == APP and (body.kind != "change" or body.trigger != "a2a"):
+        raise Problem(403, f"{caller.name} is an app: it requests change with trigger a2a only")
+    if caller.role == OPERATOR and body.trigger == "a2a":
+        raise invalid("trigger", "a2a is an application's trigger: an app principal claims it")
+    credential = await in_thread(app.engine, lambda db: credential_for(db, caller, credential_id))
     if body.kind == "reconcile" and not credential.reconcile_credential_id:
         raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
     if body.callback_url is not None:
@@ -83,7 +95,7 @@ async def create_operation(
                 body.kind,
                 body.trigger,
                 choice,
-                requested_by=ADMIN,
+                requested_by=caller.name,
                 callback_url=body.callback_url,
                 ttl_seconds=body.ttl_seconds,
             ),
@@ -110,10 +122,22 @@ def _value(secret: SecretStr | None) -> str | None:
 
 
 @router.get("/operations/{operation_id}", response_model=OperationOut)
-def get_operation(operation_id: str, db: DB) -> OperationOut:
+def get_operation(operation_id: str, db: DB, caller: Reader) -> OperationOut:
+    operation, credential = _visible(db, caller, operation_id)
+    return _operation_out(db, operation, credential)
+
+
+def _visible(db: Session, caller: Caller, operation_id: str) -> tuple[Operation, Credential | None]:
     operation = db.get(Operation, operation_id)
     if operation is None:
         raise not_found("operation", operation_id)
+    credential = db.get(Credential, operation.credential_id)
+    hidden(caller, credential.profile if credential else "", "operation", operation_id)
+    return operation, credential
+
+
+def _operation_out(db: DB, operation: Operation, credential: Credential | None) -> OperationOut:
+    operation_id = operation.id
     attempts = db.exec(
         select(Attempt)
         .where(Attempt.operation_id == operation_id)
@@ -124,7 +148,6 @@ def get_operation(operation_id: str, db: DB) -> OperationOut:
         .where(Operation.parent_operation_id == operation_id)
         .order_by(col(Operation.created_at))
     )
-    credential = db.get(Credential, operation.credential_id)
     fields = operation.model_dump()
     if operation.status != OperationStatus.QUEUED:
         fields["waiting_for"] = None  # who it waited for matters only while it waits
@@ -141,16 +164,14 @@ def get_operation(operation_id: str, db: DB) -> OperationOut:
 
 
 @router.post("/operations/{operation_id}/cancel", status_code=202, response_model=OperationOut)
-async def cancel_operation(operation_id: str, app: State) -> OperationOut:
+async def cancel_operation(operation_id: str, app: State, caller: Operator) -> OperationOut:
     """Ask the operation to stop. Vault and target agree when it has (see the README's
     "Cancel"); a cancel that arrives once the commit has begun is too late."""
-    operation = await in_thread(app.engine, lambda db: db.get(Operation, operation_id))
-    if operation is None:
-        raise not_found("operation", operation_id)
+    operation, _ = await in_thread(app.engine, lambda db: _visible(db, caller, operation_id))
     if OperationStatus(operation.status).terminal:
         raise Problem(409, f"operation {operation_id} has ended ({operation.status})")
     await app.client.get_workflow_handle(operation.workflow_id, run_id=operation.run_id).cancel()
-    return await in_thread(app.engine, lambda db: get_operation(operation_id, db))
+    return await in_thread(app.engine, lambda db: get_operation(operation_id, db, caller))
 
 
 @router.get(
@@ -159,15 +180,15 @@ async def cancel_operation(operation_id: str, app: State) -> OperationOut:
     responses={404: problem_response("no such credential")},
 )
 def list_operations(
-    credential_id: str, db: DB, limit: Limit = 100, cursor: Cursor = None
+    credential_id: str, db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
 ) -> Page[OperationOut]:
     """The credential's operations, oldest first."""
-    if db.get(Credential, credential_id) is None:
-        raise not_found("credential", credential_id)
+    credential = credential_for(db, caller, credential_id)
     query = select(Operation).where(Operation.credential_id == credential_id)
     return keyset_page(
-        db, query, by_age(Operation), limit, cursor, lambda op: get_operation(op.id, db)
-    )
+        db, query, by_age(Operation), limit, cursor,
+        lambda op: _operation_out(db, op, credential),
+    )  # fmt: skip
 
 
 @router.get(
@@ -177,6 +198,7 @@ def list_operations(
 )
 def search_operations(
     db: DB,
+    caller: Reader,
     credential_id: str | None = None,
     device_id: str | None = None,
     kind: str | None = None,
@@ -194,6 +216,9 @@ def search_operations(
         if value is not None and value not in allowed:
             raise invalid(field, f"one of {', '.join(allowed)}")
     query = select(Operation)
+    if caller.profiles is not None:
+        in_profiles = select(Credential.id).where(col(Credential.profile).in_(caller.profiles))
+        query = query.where(col(Operation.credential_id).in_(in_profiles))
     if credential_id is not None:
         query = query.where(Operation.credential_id == credential_id)
     if device_id is not None:
@@ -206,6 +231,7 @@ def search_operations(
     if status is not None:
         query = query.where(Operation.status == OperationStatus(status))
     return keyset_page(
-        db, query, by_age(Operation), limit, cursor, lambda op: get_operation(op.id, db),
+        db, query, by_age(Operation), limit, cursor,
+        lambda op: _operation_out(db, op, db.get(Credential, op.credential_id)),
         descending=True,
     )  # fmt: skip

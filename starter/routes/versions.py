@@ -11,7 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from sqlmodel import select
 
-from starter.deps import ADMIN, DB, State, StoreRoute
+from starter.authz import Admin, Reader, credential_for
+from starter.deps import DB, State, StoreRoute
 from starter.pages import Cursor, Limit, Page, by_age, keyset_page, shown_as
 from starter.problems import Problem, not_found, problem_response
 from starter.schemas import VersionOut, VersionSecretOut
@@ -29,12 +30,11 @@ router = APIRouter(route_class=StoreRoute)
     responses={404: problem_response("no such credential")},
 )
 def list_versions(
-    credential_id: str, db: DB, limit: Limit = 100, cursor: Cursor = None
+    credential_id: str, db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
 ) -> Page[VersionOut]:
     """Every secret version of the credential, oldest first: state, the operation that made
     it, and when a login with it was last seen to work. No secret."""
-    if db.get(Credential, credential_id) is None:
-        raise not_found("credential", credential_id)
+    credential_for(db, caller, credential_id)
     query = select(SecretVersion).where(SecretVersion.credential_id == credential_id)
     return keyset_page(db, query, by_age(SecretVersion), limit, cursor, shown_as(VersionOut))
 
@@ -58,6 +58,7 @@ def read_version_secret(
     db: DB,
     app: State,
     response: Response,
+    caller: Admin,
 ) -> VersionSecretOut:
     """One version's secret (an ssh-key credential's: the private key, with its public key).
     The read and its reason are recorded before the secret is sent."""
@@ -84,7 +85,7 @@ def read_version_secret(
     audit.record(
         db,
         "secret.read",
-        principal=ADMIN,
+        principal=caller.name,
         credential_id=credential_id,
         version_id=version.id,
         version_state=version.state,

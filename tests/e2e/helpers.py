@@ -6,6 +6,7 @@ import asyncio
 import secrets
 from typing import Any
 
+import httpx
 from sqlmodel import Session, select
 
 from store.models import Attempt, SecretVersion
@@ -89,5 +90,23 @@ async def wait_for_step(stack: Stack, workflow_id: str, step: str, within: float
 async def ssh_template(stack: Stack, body: str, kind: str = "change", name: str = "") -> str:
     """Save an ssh template (a new version if ``name`` exists); its name."""
     name = name or f"ssh/test-{secrets.token_hex(4)}"
-    await stack.post("/v1/templates", {"name": name, "executor": "ssh", "kind": kind, "body": body})
+    saved = await stack.post(
+        "/v1/templates", {"name": name, "executor": "ssh", "kind": kind, "body": body}
+    )
+    await approve_template(stack.api, name, saved["version"])
     return name
+
+
+async def approve_template(api: httpx.AsyncClient, name: str, version: int) -> None:
+    """Approve a template version the admin proposed, as an approver of the test's own: a
+    version runs only once someone other than its author approved it."""
+    made = await api.post(
+        "/v1/principals", json={"name": f"approver-{secrets.token_hex(4)}", "role": "approver"}
+    )
+    assert made.status_code == 201, made.text
+    approved = await api.post(
+        f"/v1/templates/{name}/versions/{version}/approve",
+        json={},
+        headers={"Authorization": f"Bearer {made.json()['token']}"},
+    )
+    assert approved.status_code == 200, approved.text

@@ -34,6 +34,7 @@ from store.engine import make_engine
 from store.models import Credential, Operation, SecretState, SecretVersion
 from store.vault import Vault
 from tests.e2e.conftest import ADMIN_TOKEN, Stack
+from tests.e2e.helpers import approve_template
 from tests.servers.sshd import Sshd, Users
 
 KEYTURN = str(Path(sys.executable).with_name("keyturn"))
@@ -182,10 +183,11 @@ async def test_backup_during_20_changes_then_restore_and_start_on_a_fresh_data_d
             ("prompt", HELD_AT_PROMPT),
         ):
             templates[name] = f"ssh/backup-{name}-{secrets.token_hex(4)}"
-            await post(
+            saved = await post(
                 "/v1/templates",
                 {"name": templates[name], "executor": "ssh", "kind": "change", "body": body},
             )
+            await approve_template(api, templates[name], saved["version"])
         users = [ssh_users.create(OLD) for _ in range(20)]
         creds = []
         for i, user in enumerate(users):

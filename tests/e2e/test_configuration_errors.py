@@ -19,7 +19,14 @@ from sqlmodel import Session, col, delete, select
 
 from store.models import Credential, Device, LoginCharge, Template
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device, versions
+from tests.e2e.helpers import (
+    approve_template,
+    credential,
+    current_secret,
+    policy,
+    ssh_device,
+    versions,
+)
 from tests.servers.sshd import Sshd, Users
 
 OLD = "C0nfig-old-pass"
@@ -79,9 +86,10 @@ async def test_a_deleted_template_fails_at_once(stack: Stack, sshd: Sshd, ssh_us
     user = ssh_users.create(OLD)
     name = f"test/short-lived-{secrets.token_hex(4)}"
     body = "# kind: change\nexec: true\nexit: 0\n"
-    await stack.post(
+    saved = await stack.post(
         "/v1/templates", {"name": name, "executor": "ssh", "kind": "change", "body": body}
     )
+    await approve_template(stack.api, name, saved["version"])
     device = await ssh_device(stack, sshd)
     pol = await policy(stack, max_attempts=5, retry_interval_seconds=2.0)
     cred = await credential(

@@ -15,7 +15,7 @@ from temporalio.client import WorkflowFailureError
 
 from keyturn.codec import EncryptionCodec
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device
+from tests.e2e.helpers import approve_template, credential, current_secret, policy, ssh_device
 from tests.e2e.leaks import store_bytes
 from tests.executors.encodings import encodings_present
 from tests.servers.postgresql import PostgresCluster, roles_on, running_cluster
@@ -120,10 +120,11 @@ async def test_a_secret_the_target_echoes_is_nowhere_in_any_encoding(
         texts: list[str] = []
         for name, body in ECHOES.items():
             template = f"{name}-{secrets.token_hex(3)}"
-            await stack.post(
+            saved = await stack.post(
                 "/v1/templates",
                 {"name": template, "executor": "postgresql", "kind": "change", "body": body},
             )
+            await approve_template(stack.api, template, saved["version"])
             cred = await credential(
                 stack, device["id"], user, NASTY, policy_id=pol["id"], change_template=template
             )

@@ -23,7 +23,7 @@ from keyturn.codec import EncryptionCodec
 from store.models import Credential
 from store.ssh_keys import generate_private_key, public_key_line
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import current_secret, policy, versions
+from tests.e2e.helpers import approve_template, current_secret, policy, versions
 from tests.e2e.key_helpers import (
     UNRELATED,
     KeyAccount,
@@ -191,9 +191,10 @@ async def test_an_old_key_that_cannot_be_removed_is_named_and_the_new_key_commit
     pol = await policy(stack)
     template = f"remove-fails-{secrets.token_hex(3)}"
     body = "# kind: key-remove\nexec: sh -c 'echo cannot; exit 3'\nexit: 0\n"
-    await stack.post(
+    saved = await stack.post(
         "/v1/templates", {"name": template, "executor": "ssh", "kind": "key-remove", "body": body}
     )
+    await approve_template(stack.api, template, saved["version"])
     account = await key_account(
         stack.post, ssh_users, (sshd, second_host), pol["id"], key_remove_template=template
     )
@@ -220,9 +221,10 @@ async def test_a_new_key_that_does_not_log_in_everywhere_is_taken_back_everywher
     pol = await policy(stack)
     template = f"install-nothing-{secrets.token_hex(3)}"
     body = "# kind: key-install\nexec: echo keyturn-keys-ok\nexit: 0\n"
-    await stack.post(
+    saved = await stack.post(
         "/v1/templates", {"name": template, "executor": "ssh", "kind": "key-install", "body": body}
     )
+    await approve_template(stack.api, template, saved["version"])
     account = await key_account(
         stack.post, ssh_users, (sshd, second_host), pol["id"], change_template=template
     )

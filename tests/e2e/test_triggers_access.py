@@ -78,7 +78,7 @@ async def test_views_are_audited_and_followed_by_exactly_one_change(
     viewed = audit_events(stack, "secret.viewed", cred["id"])
     assert len(viewed) == 3
     assert all(
-        e.detail["by"] == "admin-token" and e.detail["version_id"] == cred["current_version_id"]
+        e.detail["by"] == "admin" and e.detail["version_id"] == cred["current_version_id"]
         for e in viewed
     )
     new = current_secret(stack, cred["id"])

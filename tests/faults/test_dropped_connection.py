@@ -12,6 +12,7 @@ import secrets
 
 import pytest
 
+from tests.e2e.helpers import approve_template
 from tests.faults.conftest import FaultStack, WorkerProcess
 from tests.faults.helpers import (
     ALREADY_LIVE,
@@ -72,6 +73,7 @@ async def test_change_accepted_then_connection_dropped(
             "body": DROPPING_TEMPLATE,
         },
     )
+    await approve_template(fault_stack.api, template["name"], template["version"])
     device = await ssh_device(fault_stack, sshd)
     policy = await fast_policy(fault_stack, max_attempts=max_attempts)
     target = await register_target(

@@ -30,6 +30,7 @@ from store.models import (
     Policy,
     SecretVersion,
 )
+from store.queries import latest_template
 from store.vault import Vault
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -153,6 +154,34 @@ def test_a_store_of_the_one_writer_release_gets_the_trigger_columns(empty_databa
     assert {"ix_credential_expiry", "ix_credential_verify"} <= indexes
     assert inspect(engine).has_table("credentialsession")
     make_engine(empty_database).dispose()
+    engine.dispose()
+
+
+def test_templates_stored_before_review_existed_stay_runnable(empty_database: str) -> None:
+    """Step 10 (principals): a template saved by an earlier release is what ran until then, so
+    it is approved; the principal tables are new."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        for statement in (SCHEMAS / f"v1_{dialect}.sql").read_text().split(";\n"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+        conn.exec_driver_sql(
+            "INSERT INTO template (id, name, version, executor, kind, body, shipped, created_at) "
+            "VALUES ('t1', 'mine', 1, 'ssh', 'change', 'exec: true', false, '2026-11-01 10:00:00')"
+        )
+        for statement in ROWS.split(";\n")[:2]:  # a device and its credential
+            conn.exec_driver_sql(statement.replace("'default', 'ssh/linux", "'other', 'ssh/linux"))
+    old.dispose()
+    engine = make_engine(empty_database)
+    with Session(engine) as session:
+        template = latest_template(session, "mine")
+        assert (template.id, template.status, template.author) == ("t1", "approved", "keyturn")
+        assert template.approved_at is not None
+    assert {"principal", "principaltoken"} <= set(inspect(engine).get_table_names())
+    with Session(engine) as session:  # the credential had a profile of its own: now its device's
+        credential = session.get(Credential, "c1")
+        assert credential is not None and credential.profile == "default"
     engine.dispose()
 
 

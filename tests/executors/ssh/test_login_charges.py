@@ -36,6 +36,8 @@ from store.models import (
     Policy,
     SecretState,
     Template,
+    TemplateStatus,
+    utcnow,
 )
 from store.seed import seed_shipped_templates
 from store.vault import Vault
@@ -99,9 +101,15 @@ class Store:
             return operation.id, device.id
 
     def template(self, body: str) -> str:
+        """A template as if reviewed: operations run approved versions only."""
         name = f"test/{secrets.token_hex(4)}"
         with Session(self.engine) as session:
-            session.add(Template(name=name, executor="ssh", kind="change", body=body))
+            session.add(
+                Template(
+                    name=name, executor="ssh", kind="change", body=body,
+                    status=TemplateStatus.APPROVED, approved_at=utcnow(),
+                )
+            )  # fmt: skip
             session.commit()
         return name
 
