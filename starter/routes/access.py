@@ -57,6 +57,14 @@ async def read_secret(
     credential, policy = await in_thread(
         app.engine, lambda db: _with_policy(db, caller, credential_id)
     )
+    if credential.jit_until is not None and credential_id not in caller.credential_ids:
+        # A just-in-time account exists for whoever it was made for: the principal it is
+        # granted to reads its secret, no one else (an admin included).
+        raise Problem(
+            403,
+            f"credential {credential_id} is a just-in-time account: only a principal granted "
+            "it (credential_ids) reads its secret",
+        )
     now = datetime.now(UTC)
     # An inactive credential is locked on its target: a view asks for no change of it.
     if policy is not None and policy.change_after_view_seconds is not None and credential.active:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from store.models import Credential
+from store.models import AuditEvent, Credential
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy, ssh_device
 from tests.e2e.lifecycle_helpers import (
@@ -243,3 +243,37 @@ async def test_jit_create_of_an_existing_account_fails_and_leaves_it_alone(
     assert await ssh_users.password_works(existing, OLD)  # chpasswd never ran
     row = await credential_row(stack, cred["id"])
     assert row["jit_until"] is None
+
+
+async def test_only_the_granted_principal_reads_a_just_in_time_accounts_secret(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    setup = await _admin(stack, sshd, ssh_users)
+    user = ssh_users.new_name()
+    cred = await credential(
+        stack, setup["device"]["id"], user, "placeholder", auth_credential_id=setup["admin"]["id"]
+    )
+    created = await stack.run_operation_with(cred["id"], {"kind": "jit-create", "ttl_seconds": 600})
+    assert created["status"] == "succeeded", created
+    app = await stack.post(
+        "/v1/principals",
+        {"name": f"jit-user-{user}", "role": "app", "credential_ids": [cred["id"]]},
+    )
+
+    refused = await stack.api.get(f"/v1/credentials/{cred['id']}/secret")  # the admin's token
+    as_app = await stack.api.get(
+        f"/v1/credentials/{cred['id']}/secret",
+        headers={"Authorization": f"Bearer {app['token']}"},
+    )
+
+    assert refused.status_code == 403, refused.text
+    assert "just-in-time" in refused.json()["detail"] and "password" not in refused.json()
+    assert as_app.status_code == 200, as_app.text
+    assert await ssh_users.password_works(user, as_app.json()["password"])
+    with Session(stack.engine) as db:
+        reads = db.exec(
+            select(AuditEvent)
+            .where(AuditEvent.credential_id == cred["id"])
+            .where(AuditEvent.event == "secret.viewed")
+        ).all()
+    assert [event.principal for event in reads] == [app["name"]]
