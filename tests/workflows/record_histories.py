@@ -10,13 +10,16 @@ a change whose requester is told its outcome (and the delivery's own workflow), 
 verify that finds drift and a change whose current secret is refused, and saves each history
 with payloads encrypted by the key in ``histories/master_key.hex``. With a third argument
 ``lifecycle`` it records instead a deactivate, an activate, a jit-create and a jit-remove, through
-a sudo-capable admin account (``<prefix>_lifecycle_*.json``).
+a sudo-capable admin account (``<prefix>_lifecycle_*.json``); with ``paths``, a reconcile, a
+verify retried against an unreachable device and an operation canceled while queued
+(``<prefix>_paths_*.json``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import httpx
 from pydantic import SecretStr
+from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from keyturn.codec import data_converter
@@ -31,6 +35,7 @@ from keyturn.settings import Settings
 from starter.app import create_app
 from starter.devstack import temporal_cli
 from store.engine import make_engine
+from tests.servers.ports import free_port
 from tests.servers.sshd import Sshd, Users
 from tests.servers.webhook_receiver import WebhookReceiver
 from worker import build_workers, run_workers
@@ -39,7 +44,7 @@ from workflows.contracts import SEARCH_ATTRIBUTES, callback_workflow_id
 OLD = "Rec0rd-old-pass"
 
 
-async def record(prefix: str, out: Path, lifecycle: bool = False) -> None:
+async def record(prefix: str, out: Path, mode: str = "operations") -> None:
     key = bytes.fromhex((out / "master_key.hex").read_text().strip())
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
@@ -82,7 +87,9 @@ async def record(prefix: str, out: Path, lifecycle: bool = False) -> None:
 
                 async def save(name: str, workflow_id: str) -> None:
                     handle = env.client.get_workflow_handle(workflow_id)
-                    await handle.result()
+                    # A canceled operation's workflow ends canceled: its history is what counts.
+                    with contextlib.suppress(WorkflowFailureError):
+                        await handle.result()
                     history = await handle.fetch_history()
                     (out / f"{prefix}_{name}.json").write_text(history.to_json())
 
@@ -109,8 +116,11 @@ async def record(prefix: str, out: Path, lifecycle: bool = False) -> None:
                     "/v1/policies",
                     {"name": "record", "max_attempts": 1, "retry_interval_seconds": 0.2},
                 )
-                if lifecycle:
+                if mode == "lifecycle":
                     await record_lifecycle(post, run, users, device["id"], policy["id"])
+                    return
+                if mode == "paths":
+                    await record_paths(post, run, save, users, device["id"], policy["id"])
                     return
                 cred = await post(
                     "/v1/credentials",
@@ -175,5 +185,63 @@ async def record_lifecycle(
             await run(f"lifecycle_{kind.replace('-', '_')}", cred["id"], kind, **ttl)
 
 
+async def record_paths(
+    post: Callable[[str, dict[str, object]], Awaitable[dict[str, str]]],
+    run: Callable[..., Awaitable[dict[str, str]]],
+    save: Callable[[str, str], Awaitable[None]],
+    users: Users,
+    device_id: str,
+    policy_id: str,
+) -> None:
+    """The paths the plain operations do not take: a reconcile through a privileged account,
+    retries of an unreachable device, and an operation canceled while queued at its gate."""
+    admin = users.create(OLD)
+    users.make_admin(admin, ("/usr/sbin/chpasswd",))
+    admin_cred = await post(
+        "/v1/credentials",
+        {"device_id": device_id, "username": admin, "password": OLD, "policy_id": policy_id},
+    )
+    drifted = users.create(OLD)
+    cred = await post(
+        "/v1/credentials",
+        {
+            "device_id": device_id,
+            "username": drifted,
+            "password": OLD,
+            "policy_id": policy_id,
+            "reconcile_credential_id": admin_cred["id"],
+        },
+    )
+    users.set_password(drifted, "Drifted-behind-its-back-1")
+    await run("paths_reconcile", cred["id"], "reconcile")
+
+    retrying = await post(
+        "/v1/policies",
+        {"name": "record-retries", "max_attempts": 3, "retry_interval_seconds": 0.2},
+    )
+    closed = await post(
+        "/v1/devices",
+        {"name": "record-closed", "address": "127.0.0.1", "port": free_port(),
+         "trust_on_first_use": True},
+    )  # fmt: skip
+    unreachable = await post(
+        "/v1/credentials",
+        {"device_id": closed["id"], "username": "nobody", "password": OLD,
+         "policy_id": retrying["id"]},
+    )  # fmt: skip
+    await run("paths_verify_retried", unreachable["id"], "verify")
+
+    busy = users.create(OLD)
+    gated = await post(
+        "/v1/credentials",
+        {"device_id": device_id, "username": busy, "password": OLD, "policy_id": policy_id},
+    )
+    holding = await post(f"/v1/credentials/{gated['id']}/operations", {"kind": "change"})
+    queued = await post(f"/v1/credentials/{gated['id']}/operations", {"kind": "verify"})
+    await post(f"/v1/operations/{queued['operation_id']}/cancel", {})
+    await save("paths_canceled_while_queued", queued["workflow_id"])
+    await save("paths_change_ahead_of_a_cancel", holding["workflow_id"])
+
+
 if __name__ == "__main__":
-    asyncio.run(record(sys.argv[1], Path(sys.argv[2]), sys.argv[3:] == ["lifecycle"]))
+    asyncio.run(record(sys.argv[1], Path(sys.argv[2]), *sys.argv[3:4]))
