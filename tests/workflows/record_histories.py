@@ -11,7 +11,8 @@ verify that finds drift and a change whose current secret is refused, and saves 
 with payloads encrypted by the key in ``histories/master_key.hex``. With a third argument
 ``lifecycle`` it records instead a deactivate, an activate, a jit-create and a jit-remove, through
 a sudo-capable admin account (``<prefix>_lifecycle_*.json``); with ``paths``, a reconcile, a
-verify retried against an unreachable device and an operation canceled while queued
+verify retried against an unreachable device, one waiting out the lockout window and an
+operation canceled while queued
 (``<prefix>_paths_*.json``).
 """
 
@@ -194,7 +195,8 @@ async def record_paths(
     policy_id: str,
 ) -> None:
     """The paths the plain operations do not take: a reconcile through a privileged account,
-    retries of an unreachable device, and an operation canceled while queued at its gate."""
+    retries of an unreachable device, a wait for the lockout window, and an operation canceled
+    while queued at its gate."""
     admin = users.create(OLD)
     users.make_admin(admin, ("/usr/sbin/chpasswd",))
     admin_cred = await post(
@@ -230,6 +232,21 @@ async def record_paths(
          "policy_id": retrying["id"]},
     )  # fmt: skip
     await run("paths_verify_retried", unreachable["id"], "verify")
+
+    # A verify that finds its lockout budget spent by the one before, waits out the window and
+    # then logs in (and finds the drift).
+    budget = await post(
+        "/v1/policies",
+        {"name": "record-lockout", "max_attempts": 3, "retry_interval_seconds": 0.2,
+         "lockout_budget": 1, "lockout_window_seconds": 3},
+    )  # fmt: skip
+    locked = await post(
+        "/v1/credentials",
+        {"device_id": device_id, "username": users.create(OLD), "password": "drifted",
+         "policy_id": budget["id"]},
+    )  # fmt: skip
+    await run("paths_verify_spends_the_budget", locked["id"], "verify")
+    await run("paths_verify_waits_for_the_lockout_window", locked["id"], "verify")
 
     busy = users.create(OLD)
     gated = await post(

@@ -9,8 +9,9 @@ and a delayed change, v4_* the same four operations verifying inside the change 
 the same with their callbacks closed as they end, one change told its outcome and that
 delivery's own workflow (one POST per registered URL); v5_lifecycle_* a deactivate, an
 activate, a jit-create (which schedules its removal) and a jit-remove; v6_paths_* a reconcile
-through a privileged account, a verify retried against an unreachable device, an operation
-canceled while queued at its gate and the change it waited behind. Their
+through a privileged account, a verify retried against an unreachable device, a verify waiting
+out its lockout window (and the one that spent the budget), an operation canceled while queued
+at its gate and the change it waited behind. Their
 payloads are encrypted with the throwaway key beside them. Replaying them against today's
 workflow proves an upgrade does not break an operation in flight.
 """
