@@ -21,7 +21,7 @@ from pydantic import (
 from store.passwords import PasswordRules
 from store.ssh_keys import DEFAULT_RSA_BITS, MAX_PRIVATE_KEY, RSA_BITS, key_bits_problem
 from triggers.window import DAYS, ChangeWindow, InvalidWindow
-from workflows.contracts import CLIENT_TRIGGERS, TRIGGERS
+from workflows.contracts import CLIENT_TRIGGERS, OPERATION_KINDS, TRIGGERS
 
 Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]*$")
 OperationKind = Literal[
@@ -35,6 +35,7 @@ OperationKind = Literal[
     "jit-create",
     "jit-remove",
 ]
+assert get_args(OperationKind) == OPERATION_KINDS  # the API's list is the workflows' list
 LifecycleKind = Literal["activate", "deactivate", "jit-create", "jit-remove"]
 # Triggers are one closed list (workflows/contracts.py TRIGGERS); a request may claim only
 # CLIENT_TRIGGERS, the others are set by Keyturn itself.
