@@ -18,13 +18,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlmodel import Session
+from sqlalchemy import true
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session, col
 
 from starter.deps import AppState, state
 from starter.problems import Problem, not_found, problem_response
@@ -61,6 +63,10 @@ class Caller:
 
     def sees(self, profile: str) -> bool:
         return self.profiles is None or profile in self.profiles
+
+    def sees_rows(self, profile: Any) -> ColumnElement[bool]:
+        """``sees`` for a query: rows whose ``profile`` column is one of the caller's."""
+        return true() if self.profiles is None else col(profile).in_(self.profiles)
 
 
 def hidden(caller: Caller, profile: str, kind: str, key: str) -> None:

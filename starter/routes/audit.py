@@ -42,8 +42,8 @@ def read_audit(
         after = int(cursor)
     query = select(AuditEvent).where(col(AuditEvent.id) > after)
     if caller.profiles is not None:
-        devices = select(Device.id).where(col(Device.profile).in_(caller.profiles))
-        credentials = select(Credential.id).where(col(Credential.profile).in_(caller.profiles))
+        devices = select(Device.id).where(caller.sees_rows(Device.profile))
+        credentials = select(Credential.id).where(caller.sees_rows(Credential.profile))
         query = query.where(
             or_(
                 col(AuditEvent.device_id).in_(devices),

@@ -7,7 +7,7 @@ from typing import Annotated, NoReturn
 from fastapi import APIRouter, Depends
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from executors.base import (
     ConfigurationError,
@@ -114,9 +114,7 @@ def list_devices(
     db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
 ) -> Page[DeviceOut]:
     """Devices of the caller's profiles, oldest first."""
-    query = select(Device)
-    if caller.profiles is not None:
-        query = query.where(col(Device.profile).in_(caller.profiles))
+    query = select(Device).where(caller.sees_rows(Device.profile))
     return keyset_page(db, query, by_age(Device), limit, cursor, shown_as(DeviceOut))
 
 
@@ -416,9 +414,7 @@ def list_credentials(
     db: DB, caller: Reader, limit: Limit = 100, cursor: Cursor = None
 ) -> Page[CredentialOut]:
     """Credentials of the caller's profiles, oldest first."""
-    query = select(Credential)
-    if caller.profiles is not None:
-        query = query.where(col(Credential.profile).in_(caller.profiles))
+    query = select(Credential).where(caller.sees_rows(Credential.profile))
     return keyset_page(
         db, query, by_age(Credential), limit, cursor,
         lambda c: _credential_out(c, _current_id(db, c.id)),

@@ -217,7 +217,7 @@ def search_operations(
             raise invalid(field, f"one of {', '.join(allowed)}")
     query = select(Operation)
     if caller.profiles is not None:
-        in_profiles = select(Credential.id).where(col(Credential.profile).in_(caller.profiles))
+        in_profiles = select(Credential.id).where(caller.sees_rows(Credential.profile))
         query = query.where(col(Operation.credential_id).in_(in_profiles))
     if credential_id is not None:
         query = query.where(Operation.credential_id == credential_id)
