@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, true
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, func, select
 
 from store.models import Credential, Device, Operation, OperationStatus, Policy, SyncState, as_utc
+from store.queries import within_profiles
 
 WINDOW = timedelta(hours=24)
 BUCKET = timedelta(hours=1)
@@ -83,7 +83,7 @@ def summary(
         .join(Credential, col(Credential.id) == col(Operation.credential_id))
         .join(Device, col(Device.id) == col(Credential.device_id))
         .where(col(Operation.status).in_(ENDED), col(Operation.finished_at) >= start)
-        .where(_within(profiles))
+        .where(within_profiles(Device.profile, profiles))
     ).all()
     by_executor: dict[str, int] = {}
     by_device: dict[str, tuple[str, int]] = {}
@@ -100,7 +100,7 @@ def summary(
             select(Operation.status, func.count())
             .join(Credential, col(Credential.id) == col(Operation.credential_id))
             .join(Device, col(Device.id) == col(Credential.device_id))
-            .where(_within(profiles))
+            .where(within_profiles(Device.profile, profiles))
             .where(
                 col(Operation.status).in_(
                     (OperationStatus.QUEUED, OperationStatus.SCHEDULED, OperationStatus.RUNNING)
@@ -129,17 +129,12 @@ def summary(
     )
 
 
-def _within(profiles: Sequence[str] | None) -> ColumnElement[bool]:
-    """The rows of devices in ``profiles`` (joined to Device); every row when None."""
-    return true() if profiles is None else col(Device.profile).in_(profiles)
-
-
 def _out_of_sync(db: Session, profiles: Sequence[str] | None) -> list[OutOfSync]:
     rows = db.exec(
         select(Credential, Device)
         .join(Device, col(Device.id) == col(Credential.device_id))
         .where(Credential.sync_state == SyncState.OUT_OF_SYNC)
-        .where(_within(profiles))
+        .where(within_profiles(Device.profile, profiles))
         .order_by(col(Device.name), col(Credential.username))
     ).all()
     found = []
@@ -165,7 +160,7 @@ def _upcoming_expiries(db: Session, profiles: Sequence[str] | None) -> list[Expi
             select(Credential, Device)
             .join(Device, col(Device.id) == col(Credential.device_id))
             .where(Credential.policy_id == policy.id)
-            .where(_within(profiles))
+            .where(within_profiles(Device.profile, profiles))
             .order_by(col(Credential.secret_changed_at), col(Credential.id))
             .limit(UPCOMING)
         ).all()

@@ -24,14 +24,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import true
 from sqlalchemy.sql.elements import ColumnElement
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from starter.deps import AppState, state
 from starter.problems import Problem, not_found, problem_response
 from store import principals
 from store.models import Credential, Principal, Role
+from store.queries import within_profiles
 
 ADMIN, OPERATOR, AUDITOR, APP = Role.ADMIN, Role.OPERATOR, Role.AUDITOR, Role.APP
 TEMPLATE_AUTHOR, APPROVER = Role.TEMPLATE_AUTHOR, Role.APPROVER
@@ -66,7 +66,7 @@ class Caller:
 
     def sees_rows(self, profile: Any) -> ColumnElement[bool]:
         """``sees`` for a query: rows whose ``profile`` column is one of the caller's."""
-        return true() if self.profiles is None else col(profile).in_(self.profiles)
+        return within_profiles(profile, self.profiles)
 
 
 def hidden(caller: Caller, profile: str, kind: str, key: str) -> None:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from sqlalchemy import ColumnElement, true
 from sqlmodel import Session, col, select
 
 from store.models import Credential, Policy, Template
 
 DEFAULT_POLICY = Policy(name="(default)")
 _Row = TypeVar("_Row")
+
+
+def within_profiles(profile: Any, profiles: Sequence[str] | None) -> ColumnElement[bool]:
+    """Rows whose ``profile`` column is one of ``profiles``; every row when None (an admin)."""
+    return true() if profiles is None else col(profile).in_(profiles)
 
 
 def latest_template(session: Session, name: str, as_of: datetime | None = None) -> Template:
