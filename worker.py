@@ -24,6 +24,7 @@ from activities.executor_steps import ExecutorActivities
 from activities.gate import GateActivities
 from activities.legacy.slot_rows import LegacySlotActivities
 from activities.store_steps import StoreActivities
+from activities.task_steps import TaskExecutorActivities, TaskStoreActivities
 from activities.triggers import TriggerActivities
 from governance.siem import SiemEcho
 from keyturn.settings import Settings
@@ -32,13 +33,14 @@ from requesting.restored import request_verifies_after_restore
 from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
-from triggers import schedules
+from triggers import schedules, task_schedules
 from workflows.callback import CallbackWorkflow
 from workflows.contracts import SEARCH_ATTRIBUTES
 from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
 from workflows.sweep import SweepWorkflow
+from workflows.task_run import TaskRunWorkflow, TaskTargetWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
@@ -53,6 +55,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     executor = ExecutorActivities(engine, vault)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
+    task_store = TaskStoreActivities(engine, settings.task_queue)
+    task_executor = TaskExecutorActivities(engine, vault)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -68,6 +72,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 SweepWorkflow,
                 DelayedOperationWorkflow,
                 CallbackWorkflow,
+                TaskRunWorkflow,
+                TaskTargetWorkflow,
             ],
             activities=[
                 gate.register,
@@ -88,6 +94,9 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 callbacks.close_callbacks,
                 triggers.schedule_jit_removal,
                 callbacks.deliver_callback,
+                task_store.begin_task_run,
+                task_store.prepare_task_target,
+                task_store.end_task_run,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
                 legacy_slots.release_slot,
@@ -100,7 +109,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         Worker(
             client,
             task_queue=settings.zone_task_queue(zone),
-            activities=[executor.change, executor.probe],
+            activities=[executor.change, executor.probe, task_executor.run_task],
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
         for zone in settings.zones
@@ -113,6 +122,10 @@ async def start_schedules(client: Client, engine: Engine, settings: Settings) ->
     done = await schedules.reconcile(client, engine, settings)
     logging.getLogger("keyturn").info(
         "schedules of %d policies in place; %d orphans removed", done.applied, len(done.removed)
+    )
+    tasks = await task_schedules.reconcile(client, engine, settings)
+    logging.getLogger("keyturn").info(
+        "schedules of %d tasks in place; %d orphans removed", tasks.applied, len(tasks.removed)
     )
 
 

@@ -29,6 +29,7 @@ from starter.routes import (
     metrics,
     operations,
     principals,
+    tasks,
     templates,
     versions,
 )
@@ -80,6 +81,7 @@ def create_app(
         templates.router,
         principals.router,
         operations.router,
+        tasks.router,
         access.router,
         versions.router,
         audit.router,

@@ -255,6 +255,12 @@ def _v10_principals(conn: Connection) -> None:
     )
 
 
+def _v11_tasks(conn: Connection) -> None:
+    """The task manager: tasks, their runs and each run's per-credential results. The three
+    tables are new (create_all made them); nothing that exists changes. Operations of kind
+    ``task`` fit the operation table as it is."""
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
@@ -266,6 +272,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v8_activation_and_jit,
     _v9_ssh_keys,
     _v10_principals,
+    _v11_tasks,
 )
 LATEST = len(STEPS) + 1
 

@@ -39,6 +39,11 @@ from workflows.contracts import (
     SlotRelease,
     SlotRequest,
     StepInput,
+    TaskOutcome,
+    TaskRunEnd,
+    TaskRunPlan,
+    TaskRunStart,
+    TaskStep,
     WorkflowRef,
 )
 
@@ -209,4 +214,26 @@ async def acquire_slot(step: StepInput) -> None:
 
 @_declare("keyturn.release_slot")
 async def release_slot(step: StepInput) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+# Tasks (activities/task_steps.py): a run's start and end and each target's preparation (local
+# activities), and the task itself, on the device's zone task queue.
+@_declare("keyturn.begin_task_run")
+async def begin_task_run(start: TaskRunStart) -> TaskRunPlan:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.prepare_task_target")
+async def prepare_task_target(step: TaskStep) -> OperationPlan:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.run_task")
+async def run_task(step: TaskStep) -> TaskOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.end_task_run")
+async def end_task_run(end: TaskRunEnd) -> str:
     raise NotImplementedError(DECLARATION)

@@ -30,7 +30,7 @@ from starter.schemas import (
 )
 from store.engine import in_thread
 from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
-from workflows.contracts import OPERATION_KINDS, TRIGGERS
+from workflows.contracts import OPERATION_KINDS, TASK_KIND, TRIGGERS
 
 router = APIRouter(route_class=StoreRoute)
 Operator = Annotated[Caller, Depends(allow(OPERATOR))]
@@ -209,7 +209,7 @@ def search_operations(
 ) -> Page[OperationOut]:
     """Operations, newest first, filtered by any of credential, device, kind, trigger, status."""
     for field, value, allowed in (
-        ("kind", kind, OPERATION_KINDS),
+        ("kind", kind, (*OPERATION_KINDS, TASK_KIND)),
         ("trigger", trigger, TRIGGERS),
         ("status", status, tuple(OperationStatus)),
     ):
