@@ -317,7 +317,9 @@ async def test_postgresql_terminate_idle_sessions(
         task = await _task(stack, "postgresql/terminate-idle-sessions", [cred["id"]])
         with pg_cluster.superuser_connection() as superuser:  # may end others' sessions
             superuser.execute(
-                sql.SQL("GRANT pg_signal_backend, pg_read_all_stats TO {}").format(sql.Identifier(admin))
+                sql.SQL("GRANT pg_signal_backend, pg_read_all_stats TO {}").format(
+                    sql.Identifier(admin)
+                )
             )
         idle = psycopg.connect(
             host="127.0.0.1",
@@ -369,3 +371,51 @@ async def test_ldap_list_locked_accounts(stack: Stack, slapd: Slapd, ldap_users:
     listed = result["output"].lower().splitlines()
     assert LdapUsers.dn(locked).lower() in listed
     assert LdapUsers.dn(unlocked).lower() not in listed
+
+
+async def test_a_task_that_cannot_work_is_refused_and_nothing_is_stored(
+    stack: Stack, sshd: Sshd, ssh_users: Users, pg_cluster: PostgresCluster
+) -> None:
+    (cred,) = await _ssh_credentials(stack, sshd, ssh_users, 1)
+    other_profile = await ssh_device(stack, sshd, profile=f"p-{secrets.token_hex(3)}")
+    elsewhere = await credential(stack, other_profile["id"], "someone", PASSWORD)
+    pg = await stack.post(
+        "/v1/devices",
+        {
+            "name": f"pg-{secrets.token_hex(4)}",
+            "address": "127.0.0.1",
+            "port": pg_cluster.port,
+            "executor": "postgresql",
+            "options": {"database": "postgres", **pg_cluster.client_options()},
+        },
+    )
+    on_pg = await credential(stack, pg["id"], "someone", PASSWORD)
+    taken = await _task(stack, "ssh/uptime", [cred])
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"template": "ssh/linux-passwd"}, 422, "template"),  # a change template
+        ({"template": "ssh/no-such-task"}, 422, "template"),
+        ({"credential_ids": ["nope"]}, 422, "credential_ids.0"),
+        ({"credential_ids": [cred, on_pg["id"]]}, 422, "credential_ids.1"),  # other executor
+        ({"credential_ids": [cred, elsewhere["id"]]}, 422, "credential_ids"),  # two profiles
+        ({"template": "ssh/service-restart", "parameters": {"service": 1}}, 422, ""),
+        ({"schedule": {"cron": "every day"}}, 422, ""),
+        ({"schedule": {"cron": "0 3 * * *", "timezone": "Mars/Olympus"}}, 422, ""),
+        ({"schedule": {"cron": "0 3 * * *", "every_seconds": 5}}, 422, ""),
+        ({"schedule": {"cron": "99 3 * * *"}}, 422, "schedule"),  # Temporal refuses it
+        ({"name": taken["name"]}, 409, ""),
+    ]
+    for change, status, field in cases:
+        body = {
+            "name": f"refused-{secrets.token_hex(3)}",
+            "template": "ssh/uptime",
+            "credential_ids": [cred],
+            **change,
+        }
+        refused = await stack.api.post("/v1/tasks", json=body)
+        assert refused.status_code == status, (change, refused.text)
+        assert refused.headers["content-type"] == "application/problem+json"
+        if field:
+            assert refused.json()["errors"][0]["field"] == field, refused.json()
+    with Session(stack.engine) as db:
+        refused_names = db.exec(select(Task).where(col(Task.name).startswith("refused-"))).all()
+    assert refused_names == []
