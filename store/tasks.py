@@ -121,7 +121,8 @@ def refuse_run(session: Session, run: TaskRun, reason: str) -> None:
 
 def end_run(session: Session, run_id: str, canceled: bool) -> str:
     """Settle each result its child could not (ended before running the task) from its
-    operation, and the run's status: succeeded when every target did."""
+    operation, and the run's status: succeeded when every target did, failed when one failed,
+    else canceled (the run was, or some of its targets were)."""
     run = session.get(TaskRun, run_id)
     if run is None:
         raise LookupError(f"task run {run_id} not found")
@@ -139,10 +140,13 @@ def end_run(session: Session, run_id: str, canceled: bool) -> str:
         session.add(result)
     if OperationStatus(run.status).terminal:
         return str(run.status)
-    if canceled:
-        status = OperationStatus.CANCELED
-    elif results and all(r.status == OperationStatus.SUCCEEDED for r in results):
+    statuses = {OperationStatus(r.status) for r in results}
+    if results and statuses == {OperationStatus.SUCCEEDED}:
         status = OperationStatus.SUCCEEDED
+    elif canceled or (
+        OperationStatus.CANCELED in statuses and OperationStatus.FAILED not in statuses
+    ):
+        status = OperationStatus.CANCELED  # the run, or a target of it, was canceled; none failed
     else:
         status = OperationStatus.FAILED
     run.status = status

@@ -25,6 +25,7 @@ from tests.servers.slapd import ADMIN_DN, ADMIN_PASSWORD, SUFFIX, Slapd, running
 from tests.servers.slapd import Users as LdapUsers
 from tests.servers.slapd import users_on as ldap_users_on
 from tests.servers.sshd import Sshd, Users
+from triggers import task_schedules
 from workflows.contracts import TASK_RUN_WORKFLOW, task_schedule_id, task_target_workflow_id
 
 PASSWORD = "Task-pass w0rd;$'\"x"
@@ -419,3 +420,86 @@ async def test_a_task_that_cannot_work_is_refused_and_nothing_is_stored(
     with Session(stack.engine) as db:
         refused_names = db.exec(select(Task).where(col(Task.name).startswith("refused-"))).all()
     assert refused_names == []
+
+
+async def test_a_target_canceled_while_queued_cancels_its_run_and_no_other(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    (cred,) = await _ssh_credentials(stack, sshd, ssh_users, 1)
+    slow = await ssh_template(stack, SLOW_TASK, kind="task")
+    task = await _task(stack, slow, [cred])
+    first = await stack.post(f"/v1/tasks/{task['id']}/runs", {"parameters": {"seconds": "2"}}, 202)
+    await _registered(stack, cred)
+    second = await stack.post(f"/v1/tasks/{task['id']}/runs", {}, 202)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:  # the second run's operation queued behind the first's
+        run = await stack.get(f"/v1/tasks/{task['id']}/runs/{second['run_id']}")
+        operation_id = run["results"][0]["operation_id"] if run["results"] else None
+        if operation_id:
+            with Session(stack.engine) as db:
+                queued = db.get(Operation, operation_id)
+            if queued is not None and queued.status == "queued":
+                break
+        assert loop.time() < deadline, run
+        await asyncio.sleep(0.05)
+
+    canceled = await stack.api.post(f"/v1/operations/{operation_id}/cancel")
+    assert canceled.status_code == 202, canceled.text
+    for accepted in (first, second):
+        await stack.client.get_workflow_handle(accepted["workflow_id"]).result()
+
+    ran = await stack.get(f"/v1/tasks/{task['id']}/runs/{first['run_id']}")
+    dropped = await stack.get(f"/v1/tasks/{task['id']}/runs/{second['run_id']}")
+    assert (ran["status"], dropped["status"]) == ("succeeded", "canceled")
+    assert dropped["results"][0]["status"] == "canceled"
+    op = await stack.get(f"/v1/operations/{operation_id}")
+    assert op["status"] == "canceled" and op["attempts"] == []  # it never ran
+
+
+async def test_schedules_are_made_to_match_the_tasks_on_start(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    """At a worker's start: a task whose schedule went missing gets it back, and the schedule
+    of a task that is gone is removed."""
+    (cred,) = await _ssh_credentials(stack, sshd, ssh_users, 1)
+    hourly = {"cron": "0 * * * *", "timezone": "Europe/Paris"}
+    kept = await _task(stack, "ssh/uptime", [cred], schedule=hourly)
+    orphan = await _task(stack, "ssh/uptime", [cred], schedule=hourly)
+    await stack.client.get_schedule_handle(kept["schedule_id"]).delete()
+    with Session(stack.engine) as db:  # gone from the store behind Temporal's back
+        row = db.get(Task, orphan["id"])
+        assert row is not None
+        row.deleted_at = row.created_at
+        db.add(row)
+        db.commit()
+
+    done = await task_schedules.reconcile(stack.client, stack.engine, stack.settings)
+
+    assert orphan["schedule_id"] in done.removed
+    described = await stack.client.get_schedule_handle(kept["schedule_id"]).describe()
+    # Temporal keeps a cron spec as its calendar: minute 0 of every hour.
+    (calendar,) = described.schedule.spec.calendars
+    assert [(r.start, r.end) for r in calendar.minute] == [(0, 0)]
+    assert described.schedule.spec.time_zone_name == "Europe/Paris"
+    with pytest.raises(RPCError):
+        await stack.client.get_schedule_handle(orphan["schedule_id"]).describe()
+    await stack.client.get_schedule_handle(kept["schedule_id"]).delete()
+
+
+async def test_a_task_template_with_a_bad_declaration_is_refused_when_saved(stack: Stack) -> None:
+    refused = await stack.api.post(
+        "/v1/templates",
+        json={
+            "name": f"ssh/task-{secrets.token_hex(3)}",
+            "executor": "ssh",
+            "kind": "task",
+            "body": "# kind: task\n# param: n float\nexec: echo {{ params.n }}\n",
+        },
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0] == {
+        "field": "body",
+        "line": 2,
+        "message": "parameter 'n': unknown type 'float' (string, int, bool, choice(a,b,…))",
+    }
