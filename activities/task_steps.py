@@ -41,6 +41,9 @@ from workflows.contracts import (
 from workflows.steps import implements
 
 TASK_STEP = "task"  # the attempt's step
+# Characters of a target's output the store keeps (redacted first, then cut, so no piece of a
+# secret survives at the cut).
+OUTPUT_KEPT = 1_000_000
 
 
 class TaskStoreActivities:
@@ -166,7 +169,7 @@ class TaskExecutorActivities(ExecutorActivities):
         # Executors redact already; again here, with every secret the job holds.
         output = redact(
             result.output if result.output is not None else result.transcript, job.secrets
-        )
+        )[:OUTPUT_KEPT]
         status = "succeeded" if result.exit_status in (None, 0) else "failed"
         return await self._kept(step, status, result.exit_status, output)
 
