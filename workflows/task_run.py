@@ -25,7 +25,13 @@ from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    FailureError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from workflows import steps
@@ -250,15 +256,23 @@ class TaskTargetWorkflow:
         try:
             await self._take_slot(plan, token, admission.order_key)
             self._step = "running the task"
-            return await workflow.execute_activity(
-                steps.run_task,
-                step,
-                task_queue=plan.zone_task_queue,
-                start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
-                heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
-                # Once: a task may not be safe to repeat. Its failure is the answer.
-                retry_policy=RetryPolicy(maximum_attempts=1),
-            )
+            try:
+                return await workflow.execute_activity(
+                    steps.run_task,
+                    step,
+                    task_queue=plan.zone_task_queue,
+                    start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
+                    heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
+                    # Once: a task may not be safe to repeat. Its failure is the answer.
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                    # A cancel waits for the executor to stop (the attempt is recorded), so the
+                    # device slot and the gate are given back only once nothing runs.
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+            except ActivityError as err:
+                if is_cancelled_exception(err):
+                    raise asyncio.CancelledError() from err
+                raise
         finally:
             self._granted.discard(token)
             await _local(steps.release_device_slot, SlotRelease(self._device_id, token))

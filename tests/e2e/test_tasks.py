@@ -40,7 +40,7 @@ ECHO_TASK = (
     " {{ params.count }} {{ current_password }}; id -un\n"
 )
 SLOW_TASK = """# kind: task
-# param: seconds choice(1,2) 1
+# param: seconds choice(1,2,30) 1
 exec: sleep {{ params.seconds }}; echo slept
 """
 
@@ -503,3 +503,41 @@ async def test_a_task_template_with_a_bad_declaration_is_refused_when_saved(stac
         "line": 2,
         "message": "parameter 'n': unknown type 'float' (string, int, bool, choice(a,b,…))",
     }
+
+
+async def test_a_target_canceled_while_running_stops_and_frees_its_credential(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    (cred,) = await _ssh_credentials(stack, sshd, ssh_users, 1)
+    slow = await ssh_template(stack, SLOW_TASK, kind="task")
+    task = await _task(stack, slow, [cred])
+    accepted = await stack.post(
+        f"/v1/tasks/{task['id']}/runs", {"parameters": {"seconds": "30"}}, 202
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:  # its attempt has begun: the command is running on the host
+        with Session(stack.engine) as db:
+            attempt = db.exec(
+                select(Attempt)
+                .join(Operation, col(Operation.id) == col(Attempt.operation_id))
+                .where(Operation.credential_id == cred)
+            ).first()
+        if attempt is not None:
+            break
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+
+    canceled = await stack.api.post(f"/v1/operations/{attempt.operation_id}/cancel")
+    assert canceled.status_code == 202, canceled.text
+    async with asyncio.timeout(20):  # well before the command's 30 s
+        await stack.client.get_workflow_handle(accepted["workflow_id"]).result()
+
+    run = await stack.get(f"/v1/tasks/{task['id']}/runs/{accepted['run_id']}")
+    assert run["status"] == "canceled", run
+    op = await stack.get(f"/v1/operations/{attempt.operation_id}")
+    assert op["status"] == "canceled"
+    assert [(a["step"], a["outcome"]) for a in op["attempts"]] == [("task", "canceled")]
+    # The gate and the device's slot were given back: a change runs at once.
+    changed = await stack.run_operation(cred)
+    assert changed["status"] == "succeeded", changed
