@@ -11,7 +11,8 @@ delivery's own workflow (one POST per registered URL); v5_lifecycle_* a deactiva
 activate, a jit-create (which schedules its removal) and a jit-remove; v6_paths_* a reconcile
 through a privileged account, a verify retried against an unreachable device, a verify waiting
 out its lockout window (and the one that spent the budget), an operation canceled while queued
-at its gate and the change it waited behind. Their
+at its gate and the change it waited behind; v7_tasks_* a task's run on two credentials and
+its two children. Their
 payloads are encrypted with the throwaway key beside them. Replaying them against today's
 workflow proves an upgrade does not break an operation in flight.
 """
@@ -30,6 +31,7 @@ from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
 from workflows.sweep import SweepWorkflow
+from workflows.task_run import TaskRunWorkflow, TaskTargetWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -40,6 +42,8 @@ WORKFLOWS = [
     SweepWorkflow,
     DelayedOperationWorkflow,
     CallbackWorkflow,
+    TaskRunWorkflow,
+    TaskTargetWorkflow,
 ]
 
 
