@@ -541,3 +541,33 @@ async def test_a_target_canceled_while_running_stops_and_frees_its_credential(
     # The gate and the device's slot were given back: a change runs at once.
     changed = await stack.run_operation(cred)
     assert changed["status"] == "succeeded", changed
+
+
+async def test_a_run_takes_no_more_of_a_device_than_its_cap(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    """Three accounts on one device that takes one operation at a time: the run's targets
+    take turns on it (the device's slots), and all succeed."""
+    device = await ssh_device(stack, sshd, max_concurrent_operations=1)
+    creds = [
+        (await credential(stack, device["id"], ssh_users.create(PASSWORD), PASSWORD))["id"]
+        for _ in range(3)
+    ]
+    slow = await ssh_template(stack, SLOW_TASK, kind="task")
+    task = await _task(stack, slow, creds)
+
+    run = await _run(stack, task["id"], {"seconds": "1"})
+
+    assert run["status"] == "succeeded", run
+    with Session(stack.engine) as db:
+        attempts = sorted(
+            db.exec(
+                select(Attempt).where(
+                    col(Attempt.operation_id).in_([r["operation_id"] for r in run["results"]])
+                )
+            ).all(),
+            key=lambda a: a.started_at,
+        )
+    assert len(attempts) == 3
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        assert before.finished_at is not None and before.finished_at <= after.started_at
