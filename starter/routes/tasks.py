@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
+from temporalio.service import RPCError, RPCStatusCode
 
 from requesting import InvalidRequest, TemporalUnavailable
 from requesting.tasks import request_task_run
@@ -29,7 +30,7 @@ from starter.task_schemas import (
 )
 from store import audit, tasks
 from store.engine import in_thread
-from store.models import Credential, Device, Task, TaskRun, utcnow
+from store.models import Credential, Device, OperationStatus, Task, TaskRun, utcnow
 from templating.parameters import ParameterProblem, resolve
 from triggers import task_schedules
 from workflows.contracts import task_schedule_id
@@ -220,11 +221,37 @@ def list_runs(
 def get_run(task_id: str, run_id: str, db: DB, caller: TaskReader) -> TaskRunOut:
     """A run: its status, and per credential its device, status, exit status and whole
     (redacted) output."""
+    return _run_out(db, _run(db, caller, task_id, run_id))
+
+
+@router.post(
+    "/tasks/{task_id}/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=TaskRunOut,
+    responses={409: problem_response("the run has ended"), 503: _UNAVAILABLE},
+)
+async def cancel_run(task_id: str, run_id: str, app: State, caller: Operator) -> TaskRunOut:
+    """Cancel a run: each target still queued ends at once, each running one once its executor
+    has stopped (the command is interrupted); the run ends ``canceled``, unless a target had
+    failed. To cancel one target only, cancel its operation."""
+    run = await in_thread(app.engine, lambda db: _run(db, caller, task_id, run_id))
+    if OperationStatus(run.status).terminal:
+        raise Problem(409, f"run {run_id} has ended ({run.status})")
+    try:
+        await app.client.get_workflow_handle(run.workflow_id).cancel()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # it ended meanwhile
+            raise Problem(409, f"run {run_id} has ended") from None
+        raise Problem(503, f"Temporal did not take the cancel: {exc}") from None
+    return await in_thread(app.engine, lambda db: _run_out(db, _run(db, caller, task_id, run_id)))
+
+
+def _run(db: Session, caller: Caller, task_id: str, run_id: str) -> TaskRun:
     _task(db, caller, task_id)
     run = db.get(TaskRun, run_id)
     if run is None or run.task_id != task_id:
         raise not_found("task run", run_id)
-    return _run_out(db, run)
+    return run
 
 
 def _task(db: Session, caller: Caller, task_id: str) -> Task:

@@ -25,6 +25,11 @@ DOCUMENTED = [
     ("post", "/v1/tasks/{task_id}/runs", {"202", "401", "403", "404", "409", "422", "503"}),
     ("get", "/v1/tasks/{task_id}/runs", {"200", "401", "403", "404", "422"}),
     ("get", "/v1/tasks/{task_id}/runs/{run_id}", {"200", "401", "403", "404"}),
+    (
+        "post",
+        "/v1/tasks/{task_id}/runs/{run_id}/cancel",
+        {"202", "401", "403", "404", "409", "503"},
+    ),
 ]
 
 

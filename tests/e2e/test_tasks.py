@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from sqlmodel import Session, col, select
-from temporalio.client import ScheduleActionStartWorkflow
+from temporalio.client import ScheduleActionStartWorkflow, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from store.models import Attempt, AuditEvent, Operation, Task, TaskRun
@@ -571,3 +571,45 @@ async def test_a_run_takes_no_more_of_a_device_than_its_cap(
     assert len(attempts) == 3
     for before, after in zip(attempts, attempts[1:], strict=False):
         assert before.finished_at is not None and before.finished_at <= after.started_at
+
+
+async def test_a_run_canceled_while_it_runs_stops_every_target(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    creds = await _ssh_credentials(stack, sshd, ssh_users, 2)
+    slow = await ssh_template(stack, SLOW_TASK, kind="task")
+    task = await _task(stack, slow, creds)
+    accepted = await stack.post(
+        f"/v1/tasks/{task['id']}/runs", {"parameters": {"seconds": "30"}}, 202
+    )
+    path = f"/v1/tasks/{task['id']}/runs/{accepted['run_id']}"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:  # both commands are running on the host: each target's attempt has begun
+        results = (await stack.get(path))["results"]
+        with Session(stack.engine) as db:
+            attempts = db.exec(
+                select(Attempt).where(
+                    col(Attempt.operation_id).in_([r["operation_id"] for r in results])
+                )
+            ).all()
+        if len(attempts) == 2:
+            break
+        assert loop.time() < deadline, results
+        await asyncio.sleep(0.05)
+
+    canceled = await stack.api.post(f"{path}/cancel")
+    assert canceled.status_code == 202, canceled.text
+    async with asyncio.timeout(20):  # well before the commands' 30 s
+        with pytest.raises(WorkflowFailureError):  # the run's workflow ends canceled
+            await stack.client.get_workflow_handle(accepted["workflow_id"]).result()
+
+    run = await stack.get(path)
+    assert run["status"] == "canceled", run
+    assert [r["status"] for r in run["results"]] == ["canceled", "canceled"]
+    for result in run["results"]:  # each executor had stopped when the run ended
+        op = await stack.get(f"/v1/operations/{result['operation_id']}")
+        assert op["status"] == "canceled", op
+        assert [(a["step"], a["outcome"]) for a in op["attempts"]] == [("task", "canceled")]
+    again = await stack.api.post(f"{path}/cancel")
+    assert again.status_code == 409
