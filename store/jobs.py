@@ -293,6 +293,13 @@ def load_task_job(
         device = get_or_raise(session, Device, credential.device_id)
         run = get_or_raise(session, TaskRun, run_id)
         task = get_or_raise(session, Task, run.task_id)
+        if not credential.active:
+            raise _problem(
+                device,
+                "active",
+                f"credential {credential.id} ({credential.username!r}) is inactive (locked on "
+                "its target): activate it before a task runs as it",
+            )
         policy = policy_for(session, credential)
         executor = _executor(device)
         target = target_for(device, policy)

@@ -16,7 +16,14 @@ from sqlmodel import Session, col, select
 from temporalio.client import ScheduleActionStartWorkflow, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
-from store.models import Attempt, AuditEvent, Operation, Task, TaskRun
+from store.models import (
+    Attempt,
+    AuditEvent,
+    Credential,
+    Operation,
+    Task,
+    TaskRun,
+)
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, policy, ssh_device, ssh_template
 from tests.e2e.leaks import assert_not_in_histories
@@ -613,3 +620,34 @@ async def test_a_run_canceled_while_it_runs_stops_every_target(
         assert [(a["step"], a["outcome"]) for a in op["attempts"]] == [("task", "canceled")]
     again = await stack.api.post(f"{path}/cancel")
     assert again.status_code == 409
+
+
+async def test_an_inactive_credential_fails_its_target_without_a_login(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    """A deactivated account is locked on its target: the task does not try to log in as it
+    (which would spend its lockout budget); the other target runs."""
+    locked, usable = await _ssh_credentials(stack, sshd, ssh_users, 2)
+    with Session(stack.engine) as db:
+        row = db.get(Credential, locked)
+        assert row is not None
+        row.active = False
+        db.add(row)
+        db.commit()
+    task = await _task(stack, "ssh/uptime", [locked, usable])
+
+    run = await _run(stack, task["id"], {})
+
+    assert run["status"] == "failed"
+    results = {r["credential_id"]: r for r in run["results"]}
+    assert results[usable]["status"] == "succeeded"
+    assert (results[locked]["status"], results[locked]["error_type"]) == (
+        "failed",
+        "ConfigurationError",
+    )
+    assert "activate it" in results[locked]["error"]
+    # The account is not really locked here: had the task logged in, it would have succeeded.
+    op = await stack.get(f"/v1/operations/{results[locked]['operation_id']}")
+    assert [(a["step"], a["outcome"], a["transcript"]) for a in op["attempts"]] == [
+        ("task", "ConfigurationError", "")
+    ]
