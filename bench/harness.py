@@ -447,6 +447,7 @@ async def temporal_timeline(client: Client, samples: Sequence[KeyturnSample]) ->
 class Figures:
     lines: list[str] = field(default_factory=list)
     load: float = field(default_factory=lambda: os.getloadavg()[0])
+    failure: str = ""  # set when the figures are printed though some operations failed
 
 
 async def post_json(api: httpx.AsyncClient, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
