@@ -11,7 +11,9 @@ import asyncio
 import base64
 import contextlib
 import os
+import re
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -725,3 +727,60 @@ class ProcessMeter:
     def used(self) -> dict[str, float]:
         end = self._read()
         return {name: end[name] - self._start[name] for name in end}
+
+
+# -- profiling a process (py-spy) ---------------------------------------------------------------
+
+PROFILE_RATE = 100  # samples per second
+_LINE_NUMBER = re.compile(r":\d+\)$")
+
+
+@contextlib.contextmanager
+def profiling(pid: int, output: Path | None) -> Iterator[None]:
+    """Sample ``pid`` with py-spy while the block runs, into ``output`` (collapsed stacks);
+    nothing when ``output`` is None. Non-blocking: the process is not paused to be sampled."""
+    if output is None:
+        yield
+        return
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        raise BenchFailed(f"{py_spy} is missing: pip install -e '.[dev]'")
+    argv = [str(py_spy), "record", "--pid", str(pid), "--rate", str(PROFILE_RATE)]
+    argv += ["--format", "raw", "--output", str(output), "--nonblocking"]
+    recorder = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)  # py-spy writes its output as it stops
+        try:
+            _, errors = recorder.communicate(timeout=PROCESS_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            _, errors = recorder.communicate()
+        if not output.exists():
+            raise BenchFailed(f"py-spy wrote no profile: {errors.decode(errors='replace')[-500:]}")
+
+
+def top_frames(profile: Path, count: int = 15) -> list[str]:
+    """The functions that took most samples of a py-spy profile (collapsed stacks), by own time
+    (the sampled frame itself) and by total time (anywhere on the stack)."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in profile.read_text(errors="replace").splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        frames = [_LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
+        n = int(number)
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    if not samples:
+        return ["profile: no samples"]
+    lines = [f"profile of the worker: {samples} samples at {PROFILE_RATE}/s, top by own time"]
+    lines += [f"  {n / samples:6.1%}  {frame}" for frame, n in own.most_common(count)]
+    lines.append("top by total time (the frame or anything it called)")
+    lines += [f"  {n / samples:6.1%}  {frame}" for frame, n in total.most_common(count)]
+    return lines

@@ -51,6 +51,7 @@ from bench.harness import (  # noqa: E402
     keyturn_processes,
     keyturn_timeline,
     post_json,
+    profiling,
     progress,
     register_credentials,
     register_policy,
@@ -59,6 +60,7 @@ from bench.harness import (  # noqa: E402
     temporal_dev_server,
     temporal_server_pids,
     temporal_timeline,
+    top_frames,
 )
 from bench.peer import Peer  # noqa: E402
 from store.engine import make_engine  # noqa: E402
@@ -152,8 +154,9 @@ async def run(args: argparse.Namespace) -> Figures:
                 "bench": [os.getpid()],
             }
         )
-        seconds, samples = await run_phase(n, users, c, keyturn.change)
-        used = meter.used()
+        with profiling(processes.worker.pid, args.profile):
+            seconds, samples = await run_phase(n, users, c, keyturn.change)
+            used = meter.used()
         progress(f"{seconds:.2f} s; checking the vault against the peer")
         check_vault(engine, settings.master_key_bytes, credentials, peer)
         out += keyturn_timeline(engine, samples)
@@ -161,6 +164,8 @@ async def run(args: argparse.Namespace) -> Figures:
 
     rate = n / seconds
     out += cpu_lines(used, n, seconds)
+    if args.profile is not None:
+        out += top_frames(args.profile, args.profile_top)
     out += [
         f"peer: {peer.logins} logins, {peer.changes} changes, {peer.refused} refused",
         "",
@@ -184,6 +189,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=int, default=None, metavar="W", help="changes before measuring (M)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="sample the worker with py-spy while measuring; FILE gets its collapsed stacks "
+        "(flamegraph.pl or speedscope read them) and the report its top functions. py-spy "
+        "takes CPU too: compare figures of runs without it",
+    )
+    parser.add_argument("--profile-top", type=int, default=15, metavar="K")
     args = parser.parse_args(argv)
     if min(args.changes, args.users, args.concurrency) < 1:
         parser.error("--changes, --users and --concurrency must be at least 1")
