@@ -183,6 +183,15 @@ async def until_held(peer: Peer, expected: int, processes: KeyturnProcesses) -> 
     return time.monotonic() - started
 
 
+def running_attempts(engine: Engine) -> int:
+    """Change attempts begun and not ended: the executor activities the worker is running."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Attempt.id).where(Attempt.step == "change", Attempt.outcome == "running")
+        ).all()
+    return len(rows)
+
+
 def unsuccessful_attempts(engine: Engine) -> Counter[str]:
     """Attempts (change, verify, probe) that did not succeed, by step and outcome."""
     with Session(engine) as session:
@@ -241,10 +250,11 @@ async def run(args: argparse.Namespace) -> Figures:
         timings.append((f"request {ops} changes (202s)", time.monotonic() - began))
         progress(f"waiting for the peer to hold {expected} sessions")
         timings.append(
-            ("then until the peer holds them", await until_held(peer, expected, processes))
+            ("then until the held count settles", await until_held(peer, expected, processes))
         )
         held = peer.held
         in_flight = Memory.read(processes, temporal)
+        attempting = running_attempts(engine)
         running = (
             await env.client.count_workflows(
                 f"ExecutionStatus = 'Running' AND WorkflowType = '{WORKFLOW_NAME}'"
@@ -276,7 +286,8 @@ async def run(args: argparse.Namespace) -> Figures:
         after.line("  after release, all ended"),
         "",
         f"in flight: {running} operation workflows running, {held} passwd sessions held at the "
-        f"peer (of {expected} the device caps allow), the rest queued",
+        f"peer (of {expected} the device caps allow), {attempting} change attempts begun in the "
+        "store; the others wait for a device slot or for the worker to take their activity",
         f"peer: {peer.logins} logins, {peer.changes} changes, {peer.refused} refused, "
         f"at most {peer.most_held} held at once",
         *(f"{label:<40}{seconds:8.1f} s" for label, seconds in timings),
