@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,12 +39,14 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: bench/ is on sys.path, the repo root is not
 
+from bench.peer import Peer  # noqa: E402
 from keyturn.codec import data_converter  # noqa: E402
 from keyturn.settings import Settings  # noqa: E402
 from starter.app import create_app  # noqa: E402
 from starter.devstack import temporal_cli  # noqa: E402
 from store.models import Attempt, Operation  # noqa: E402
 from store.passwords import PasswordRules  # noqa: E402
+from store.vault import Vault  # noqa: E402
 from worker import build_workers, run_workers  # noqa: E402
 from workflows.contracts import (  # noqa: E402
     SEARCH_ATTRIBUTES,
@@ -499,6 +502,21 @@ async def register_credentials(
     return credentials
 
 
+# -- checking the outcome -----------------------------------------------------------------------
+
+
+def check_vault(
+    engine: Engine, master_key: bytes, credentials: Mapping[str, str], peer: Peer
+) -> None:
+    """The vault's current secret of every credential is the peer's password for it."""
+    vault = Vault(master_key)
+    with Session(engine) as session:
+        for user, credential_id in credentials.items():
+            version = Vault.current(session, credential_id)
+            if version is None or vault.reveal(version) != peer.accounts[user]:
+                raise BenchFailed(f"the vault's current secret of {user} is not the peer's")
+
+
 # -- the stack ----------------------------------------------------------------------------------
 
 
@@ -595,8 +613,6 @@ class KeyturnProcesses:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

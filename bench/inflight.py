@@ -54,6 +54,7 @@ from bench.harness import (  # noqa: E402
     Figures,
     KeyturnProcesses,
     bench_settings,
+    check_vault,
     keyturn_processes,
     memory_kib,
     post_json,
@@ -64,7 +65,6 @@ from bench.harness import (  # noqa: E402
     temporal_dev_server,
     temporal_server_pids,
 )
-from bench.orchestrator import check_vault  # noqa: E402
 from bench.peer import Peer  # noqa: E402
 from store.engine import make_engine  # noqa: E402
 from store.models import Attempt  # noqa: E402

@@ -34,9 +34,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: bench/ is on sys.path, the repo root is not
@@ -48,6 +45,7 @@ from bench.harness import (  # noqa: E402
     KeyturnRotator,
     ProcessMeter,
     bench_settings,
+    check_vault,
     keyturn_processes,
     keyturn_timeline,
     post_json,
@@ -66,7 +64,6 @@ from bench.peer import Peer  # noqa: E402
 from store.engine import make_engine  # noqa: E402
 from store.passwords import generate_password  # noqa: E402
 from store.seed import seed_shipped_templates  # noqa: E402
-from store.vault import Vault  # noqa: E402
 
 DEFAULT_CHANGES = 150
 DEFAULT_USERS = 30
@@ -82,18 +79,6 @@ CPU_LABELS = {
     "temporal": "temporal server",
     "bench": "this process (client + peer)",
 }
-
-
-def check_vault(
-    engine: Engine, master_key: bytes, credentials: Mapping[str, str], peer: Peer
-) -> None:
-    """The vault's current secret of every credential is the peer's password for it."""
-    vault = Vault(master_key)
-    with Session(engine) as session:
-        for user, credential_id in credentials.items():
-            version = Vault.current(session, credential_id)
-            if version is None or vault.reveal(version) != peer.accounts[user]:
-                raise BenchFailed(f"the vault's current secret of {user} is not the peer's")
 
 
 def cpu_lines(used: Mapping[str, float], changes: int, seconds: float) -> list[str]:
