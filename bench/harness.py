@@ -72,6 +72,11 @@ POLICY: dict[str, Any] = {
     "max_concurrent_operations": 1000,
 }
 WORKER_STOP_SECONDS = 5.0
+# The change templates a benchmark may run: the user's own passwd, or chpasswd through one sudo
+# account (the credentials' auth credential).
+PASSWD = "ssh/linux-passwd"
+CHPASSWD = "ssh/linux-chpasswd"
+TEMPLATES = (PASSWD, CHPASSWD)
 
 _S = TypeVar("_S")
 
@@ -500,6 +505,14 @@ async def register_credentials(
             body["auth_credential_id"] = auth_credential_id
         credentials[user] = str((await post_json(api, "/v1/credentials", body))["id"])
     return credentials
+
+
+async def expect_template(api: httpx.AsyncClient, credential_id: str, template: str) -> None:
+    """The store picks a credential's change template; make sure it picked the one asked for."""
+    response = await api.get(f"/v1/credentials/{credential_id}")
+    chosen = response.json().get("change_template") if response.status_code == 200 else None
+    if chosen != template:
+        raise BenchFailed(f"the credentials change with {chosen!r}, not {template!r}")
 
 
 # -- checking the outcome -----------------------------------------------------------------------

@@ -39,13 +39,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: bench/ is on sys.path, the repo root is not
 
 from bench.harness import (  # noqa: E402
+    CHPASSWD,
+    PASSWD,
     RULES,
+    TEMPLATES,
     BenchFailed,
     Figures,
     KeyturnRotator,
     ProcessMeter,
     bench_settings,
     check_vault,
+    expect_template,
     keyturn_processes,
     keyturn_timeline,
     post_json,
@@ -109,7 +113,12 @@ async def run(args: argparse.Namespace) -> Figures:
     n, c = args.changes, args.concurrency
 
     accounts = {f"kt_{secrets.token_hex(6)}": generate_password(RULES) for _ in range(args.users)}
-    peer = Peer(accounts)
+    peer = Peer(dict(accounts))
+    admin = None
+    if args.template == CHPASSWD:  # one sudo account changes them all
+        admin = f"kt_{secrets.token_hex(6)}"
+        peer.accounts[admin] = generate_password(RULES)
+        peer.sudoers.add(admin)
     key = secrets.token_bytes(32)
     progress("starting the Temporal dev server, the worker and the API processes, the peer")
     async with contextlib.AsyncExitStack() as stack:
@@ -124,7 +133,16 @@ async def run(args: argparse.Namespace) -> Figures:
         api, processes = await stack.enter_async_context(keyturn_processes(settings, env))
         device = await post_json(api, "/v1/devices", ssh_device(port, peer.host_key_line))
         policy_id = await register_policy(api)
-        credentials = await register_credentials(api, device["id"], policy_id, dict(accounts))
+        auth_id = None
+        if admin is not None:
+            auth = await register_credentials(
+                api, device["id"], policy_id, {admin: peer.accounts[admin]}
+            )
+            auth_id = auth[admin]
+        credentials = await register_credentials(
+            api, device["id"], policy_id, dict(accounts), auth_credential_id=auth_id
+        )
+        await expect_template(api, next(iter(credentials.values())), args.template)
         keyturn = KeyturnRotator(api, env.client, credentials)
         users = list(credentials)
 
@@ -154,8 +172,9 @@ async def run(args: argparse.Namespace) -> Figures:
     out += [
         f"peer: {peer.logins} logins, {peer.changes} changes, {peer.refused} refused",
         "",
-        f"template ssh/linux-passwd against the in-process asyncssh peer; aim ≤ {AIM_EVENTS:g} "
-        "history events per change",
+        f"template {args.template}"
+        + (f" through the sudo account {admin}" if admin else "")
+        + f" against the in-process asyncssh peer; aim ≤ {AIM_EVENTS:g} history events per change",
         f"N={n} changes, M={args.users} credentials on one device, C={c} in flight, "
         f"warm-up {args.warmup}, {os.cpu_count()} CPUs, load average at start {figures.load:.2f}",
         f"keyturn against the peer: {seconds:7.2f} s  {rate:6.2f} changes/s",
@@ -167,6 +186,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="N password changes over M credentials on an in-process SSH peer that costs "
         "almost nothing, C in flight: Keyturn's own ceiling and CPU per change.",
+    )
+    parser.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default=PASSWD,
+        help="the change template: the user's own passwd, or chpasswd through one sudo account",
     )
     parser.add_argument("--changes", "-n", type=int, default=DEFAULT_CHANGES, metavar="N")
     parser.add_argument("--users", "-m", type=int, default=DEFAULT_USERS, metavar="M")

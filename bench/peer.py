@@ -3,9 +3,12 @@ ssh/verify-login expect, at almost no CPU cost, so a benchmark measures Keyturn 
 
 It accepts password logins against an in-memory table (user → password), answers ``id -un``
 with the user's name, and plays ``passwd``: the current/new/retype prompts, then updates the
-table, so a login with the new password works right after. No shell, no PAM, no fork; an ed25519
-host key (the cheapest handshake). With ``hold`` set, each ``passwd`` waits for the event before
-its first prompt: a slow target that keeps many sessions open at once.
+table, so a login with the new password works right after. For ssh/linux-chpasswd it plays the
+template's command line too: each ``sudo -S -p PROMPT`` asks for the password of the account
+logged in (which must be in ``sudoers``), ``echo`` echoes, and ``chpasswd`` reads
+``user:password`` lines until the end of input and updates the table. No shell, no PAM, no fork;
+an ed25519 host key (the cheapest handshake). With ``hold`` set, each ``passwd`` waits for the
+event before its first prompt: a slow target that keeps many sessions open at once.
 
 One peer may listen on many ports (``listen(count)``): each port is a device of its own to
 Keyturn, since its per-device cap counts devices, not servers.
@@ -14,6 +17,7 @@ Keyturn, since its per-device cap counts devices, not servers.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import MutableMapping
 
 import asyncssh
@@ -24,6 +28,8 @@ RETYPE_PROMPT = "Retype new password: "
 UPDATED = "passwd: password updated successfully\n"
 REFUSED = "passwd: Authentication token manipulation error\npasswd: password unchanged\n"
 MISMATCH = "Sorry, passwords do not match.\npasswd: password unchanged\n"
+SUDO_PROMPT = re.compile(r"-p '([^']*)'")
+SUDO_REFUSED = "Sorry, try again.\nsudo: 1 incorrect password attempt\n"
 
 
 class Peer:
@@ -33,6 +39,7 @@ class Peer:
         self, accounts: MutableMapping[str, str], hold: asyncio.Event | None = None
     ) -> None:
         self.accounts = accounts
+        self.sudoers: set[str] = set()  # accounts whose sudo may run chpasswd
         self.hold = hold
         self.held = 0  # passwd sessions waiting at the hold right now
         self.most_held = 0
@@ -80,6 +87,8 @@ class Peer:
                 process.exit(0)
             elif process.command == "passwd":
                 process.exit(await self._passwd(user, process))
+            elif process.command is not None and process.command.startswith("sudo "):
+                process.exit(await self._shell_line(user, process.command, process))
             else:
                 process.stderr.write(f"{process.command}: command not found\n")
                 process.exit(127)
@@ -112,6 +121,33 @@ class Peer:
         self.accounts[user] = new
         self.changes += 1
         process.stdout.write(UPDATED)
+        return 0
+
+    async def _shell_line(
+        self, user: str, command: str, process: asyncssh.SSHServerProcess[str]
+    ) -> int:
+        """``sudo … -v && echo … && sudo … chpasswd``, as ssh/linux-chpasswd runs it."""
+        for part in (p.strip() for p in command.split("&&")):
+            if part.startswith("echo "):
+                process.stdout.write(part.removeprefix("echo ") + "\n")
+                continue
+            if not part.startswith("sudo ") or user not in self.sudoers:
+                process.stdout.write(f"{user} is not in the sudoers file.\n")
+                return 1
+            prompt = SUDO_PROMPT.search(part)
+            process.stdout.write(prompt.group(1) if prompt else f"[sudo] password for {user}: ")
+            if await _line(process) != self.accounts.get(user):
+                self.refused += 1
+                process.stdout.write(SUDO_REFUSED)
+                return 1
+            if part.endswith("chpasswd"):
+                while line := await process.stdin.readline():
+                    name, _, password = line.rstrip("\r\n").partition(":")
+                    if name not in self.accounts:
+                        process.stdout.write(f"chpasswd: line 1: user '{name}' does not exist\n")
+                        return 1
+                    self.accounts[name] = password
+                    self.changes += 1
         return 0
 
 

@@ -58,7 +58,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-import httpx
 from sqlmodel import Session
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,8 +65,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a script: bench/ is on sys.path, the repo root is not
 
 from bench.harness import (  # noqa: E402
+    CHPASSWD,
     HEADER,
+    PASSWD,
     RULES,
+    TEMPLATES,
     BenchFailed,
     CpuMeter,
     CpuUse,
@@ -76,6 +78,7 @@ from bench.harness import (  # noqa: E402
     KeyturnSample,
     StoreCounter,
     bench_settings,
+    expect_template,
     keyturn_in_process,
     keyturn_timeline,
     post_json,
@@ -99,9 +102,6 @@ DEFAULT_CHANGES = 60
 DEFAULT_USERS = 6
 DEFAULT_CONCURRENCY = 3
 DEFAULT_ROUNDS = 3
-PASSWD = "ssh/linux-passwd"
-CHPASSWD = "ssh/linux-chpasswd"
-TEMPLATES = (PASSWD, CHPASSWD)
 STEP_TIMEOUT = 30.0  # per raw step (connect + run); generous, a healthy step takes milliseconds
 
 # What the shipped ssh templates do, so the raw path does the same work on the target.
@@ -274,14 +274,6 @@ class RawRotator:
 
 
 RAW_CHANGE = {PASSWD: "passwd", CHPASSWD: "sudo -v, sudo chpasswd"}
-
-
-async def expect_template(api: httpx.AsyncClient, credential_id: str, template: str) -> None:
-    """The store picks a credential's change template; make sure it picked the one asked for."""
-    response = await api.get(f"/v1/credentials/{credential_id}")
-    chosen = response.json().get("change_template") if response.status_code == 200 else None
-    if chosen != template:
-        raise BenchFailed(f"the credentials change with {chosen!r}, not {template!r}")
 
 
 async def run(args: argparse.Namespace, sshd: Sshd, users: Users) -> Figures:
