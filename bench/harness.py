@@ -380,7 +380,7 @@ def keyturn_timeline(engine: Engine, samples: Sequence[KeyturnSample]) -> list[s
 
 TIMELINE = {
     "to_change": "POST, start workflow, prepare, dispatch change",
-    "change": "change attempt (ssh login + the change + 2 writes)",
+    "change": "change attempt (ssh login + change + 2 writes)",
     "to_verify": "change reported → verify attempt starts",
     "verify": "verify attempt (ssh login + id -un + 2 writes)",
     "to_commit": "verify reported → commit done",
