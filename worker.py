@@ -102,6 +102,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
             client,
             task_queue=settings.zone_task_queue(zone),
             activities=[executor.change, executor.probe],
+            max_concurrent_activities=settings.max_concurrent_executor_calls,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
         for zone in settings.zones
