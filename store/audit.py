@@ -125,10 +125,13 @@ def _lock_head(session: Session) -> AuditHead:
             update(AuditHead).where(col(AuditHead.id) == 1).values(last_id=AuditHead.last_id)
         )
         if bumped.rowcount:  # type: ignore[attr-defined]
-            head = session.get(AuditHead, 1)
-            assert head is not None
-            session.refresh(head)
-            return head
+            # Read after the lock, and fresh even if this session holds the row already: one
+            # statement (get-then-refresh was two).
+            return session.exec(
+                select(AuditHead)
+                .where(col(AuditHead.id) == 1)
+                .execution_options(populate_existing=True)
+            ).one()
         try:
             with session.begin_nested():
                 session.add(AuditHead(id=1, last_id=0, hash=GENESIS))

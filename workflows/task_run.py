@@ -278,18 +278,18 @@ class TaskTargetWorkflow:
             await _local(steps.release_device_slot, SlotRelease(self._device_id, token))
 
     async def _take_slot(self, plan: OperationPlan, token: str, order_key: str) -> None:
-        """One of the device's slots, granted by its semaphore workflow's signal."""
+        """One of the device's slots: granted in the semaphore's answer when one is free, else
+        by its signal when this target's turn comes."""
         info = workflow.info()
-        await _local(
-            steps.request_device_slot,
-            SlotRequest(
-                plan.device_id or self._device_id,
-                token,
-                WorkflowRef(info.workflow_id, info.run_id),
-                plan.device_capacity,
-                order_key,
-            ),
+        request = SlotRequest(
+            plan.device_id or self._device_id,
+            token,
+            WorkflowRef(info.workflow_id, info.run_id),
+            plan.device_capacity,
+            order_key,
         )
+        if await _local(steps.acquire_device_slot, request):
+            self._granted.add(token)
         if token not in self._granted:
             self._step = "waiting for a device slot"
             await workflow.wait_condition(lambda: token in self._granted)
