@@ -62,6 +62,14 @@ class TaskScheduleIn(_In):
         return {"cron": self.cron, "timezone": self.timezone}
 
 
+def _distinct_ids(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise ValueError("each credential once")
+    if any(not item or len(item) > 64 for item in value):
+        raise ValueError("credential ids are 1 to 64 characters")
+    return value
+
+
 class TaskIn(_In):
     name: str = Name
     template: str = Field(min_length=1, max_length=200, description="a template of kind task")
@@ -76,11 +84,21 @@ class TaskIn(_In):
     @field_validator("credential_ids")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("each credential once")
-        if any(not item or len(item) > 64 for item in value):
-            raise ValueError("credential ids are 1 to 64 characters")
-        return value
+        return _distinct_ids(value)
+
+
+class TaskPatch(_In):
+    """What may change after creation; an absent field is left as it is, a null schedule
+    removes it. Checked as a new task would be, the template's parameters included."""
+
+    credential_ids: list[str] | None = Field(default=None, min_length=1, max_length=500)
+    parameters: dict[str, Any] | None = None
+    schedule: TaskScheduleIn | None = None
+
+    @field_validator("credential_ids")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _distinct_ids(value)
 
 
 class TaskOut(BaseModel):

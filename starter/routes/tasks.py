@@ -23,6 +23,7 @@ from starter.problems import Problem, invalid, not_found, problem_response
 from starter.task_schemas import (
     TaskIn,
     TaskOut,
+    TaskPatch,
     TaskResultOut,
     TaskRunAccepted,
     TaskRunIn,
@@ -87,8 +88,10 @@ async def create_task(body: TaskIn, app: State, caller: Operator) -> TaskOut:
     return _out(task)
 
 
-def _checked(db: Session, body: TaskIn, caller: Caller) -> Task:
-    if db.exec(select(Task.id).where(Task.name == body.name)).first() is not None:
+def _checked(db: Session, body: TaskIn, caller: Caller, task_id: str | None = None) -> Task:
+    """The task ``body`` describes, checked (``task_id``: the task it updates)."""
+    named = db.exec(select(Task.id).where(Task.name == body.name)).first()
+    if named is not None and named != task_id:
         raise Problem(409, f"a task named {body.name!r} exists; choose another name")
     try:
         template, parameters = tasks.task_template(db, body.template)
@@ -122,7 +125,8 @@ def _checked(db: Session, body: TaskIn, caller: Caller) -> Task:
         template=template.name,
         executor=template.executor,
         credential_ids=list(body.credential_ids),
-        parameters=dict(values),
+        # Only the values given: a default comes from the template version each run uses.
+        parameters={name: values[name] for name in body.parameters},
         schedule=body.schedule.stored() if body.schedule else None,
         profile=profiles.pop(),
         created_by=caller.name,
@@ -141,6 +145,61 @@ def list_tasks(
 @router.get("/tasks/{task_id}", response_model=TaskOut)
 def get_task(task_id: str, db: DB, caller: TaskReader) -> TaskOut:
     return _out(_task(db, caller, task_id))
+
+
+@router.patch(
+    "/tasks/{task_id}",
+    response_model=TaskOut,
+    responses={
+        409: problem_response("the task is deleted"),
+        422: problem_response(
+            "as for POST /v1/tasks: a credential or parameter the template cannot take, a "
+            "schedule Temporal cannot read, or a schedule while a required parameter has no value"
+        ),
+        503: _UNAVAILABLE,
+    },
+)
+async def update_task(task_id: str, body: TaskPatch, app: State, caller: Operator) -> TaskOut:
+    """Change a task's credentials, parameters or schedule (null: none). The schedule is made
+    to match before the task is stored; runs already requested keep their own values."""
+    task = await in_thread(app.engine, lambda db: _task(db, caller, task_id))
+    if task.deleted_at is not None:
+        raise Problem(409, f"task {task_id} is deleted")
+    given = body.model_fields_set
+    schedule = body.schedule.model_dump(exclude_none=True) if body.schedule else None
+    # Both parts are checked already (the stored task when it was saved, the patch by its
+    # schema): together they make a valid TaskIn.
+    merged = TaskIn.model_validate(
+        {
+            "name": task.name,
+            "template": task.template,
+            "credential_ids": body.credential_ids or task.credential_ids,
+            "parameters": (body.parameters or {}) if "parameters" in given else task.parameters,
+            "schedule": schedule if "schedule" in given else task.schedule,
+        }
+    )
+    updated = await in_thread(app.engine, lambda db: _checked(db, merged, caller, task.id))
+    task.credential_ids, task.parameters = updated.credential_ids, updated.parameters
+    task.schedule, task.profile = updated.schedule, updated.profile
+    try:
+        await task_schedules.apply(app.client, app.settings, task)
+    except task_schedules.ScheduleRefused as exc:
+        raise invalid("schedule", f"Temporal refused it: {exc}") from None
+    except TemporalUnavailable as exc:
+        raise Problem(503, str(exc)) from None
+
+    def save(db: Session) -> Task:
+        db.add(task)
+        audit.record(
+            db, "task.updated", principal=caller.name, task_id=task.id, changed=sorted(given),
+            credential_ids=task.credential_ids, schedule=task.schedule,
+            parameters=sorted(task.parameters),
+        )  # fmt: skip
+        db.commit()
+        db.refresh(task)
+        return task
+
+    return _out(await in_thread(app.engine, save))
 
 
 @router.delete("/tasks/{task_id}", response_model=TaskOut, responses={503: _UNAVAILABLE})

@@ -651,3 +651,46 @@ async def test_an_inactive_credential_fails_its_target_without_a_login(
     assert [(a["step"], a["outcome"], a["transcript"]) for a in op["attempts"]] == [
         ("task", "ConfigurationError", "")
     ]
+
+
+async def test_a_task_s_schedule_parameters_and_credentials_change_with_patch(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    first, second = await _ssh_credentials(stack, sshd, ssh_users, 2)
+    template = await ssh_template(stack, ECHO_TASK, kind="task")
+    task = await _task(stack, template, [first], parameters={"word": "a"})
+    path = f"/v1/tasks/{task['id']}"
+    handle = stack.client.get_schedule_handle(task_schedule_id(task["id"]))
+
+    cron = {"cron": "15 2 * * *", "timezone": "Asia/Tokyo"}
+    changed = await stack.api.patch(
+        path, json={"schedule": cron, "credential_ids": [first, second]}
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["schedule"] == cron and changed.json()["credential_ids"] == [
+        first,
+        second,
+    ]
+    assert (await handle.describe()).schedule.spec.time_zone_name == "Asia/Tokyo"
+    assert changed.json()["parameters"] == {"word": "a"}  # absent: left as it was
+
+    # With a schedule, the required word cannot go; a bad value is refused too: nothing changes.
+    for body, field in [
+        ({"parameters": {}}, "parameters.word"),
+        ({"parameters": {"word": "b", "mode": "medium"}}, "parameters.mode"),
+        ({"schedule": {"every_seconds": 0}}, ""),
+    ]:
+        refused = await stack.api.patch(path, json=body)
+        assert refused.status_code == 422, refused.text
+        if field:
+            assert refused.json()["errors"][0]["field"] == field
+    assert (await stack.get(path))["parameters"] == {"word": "a"}
+
+    cleared = await stack.api.patch(path, json={"schedule": None, "parameters": {}})
+    assert cleared.status_code == 200, cleared.text
+    assert (cleared.json()["schedule"], cleared.json()["schedule_id"]) == (None, None)
+    with pytest.raises(RPCError):
+        await handle.describe()
+
+    assert (await stack.api.delete(path)).status_code == 200
+    assert (await stack.api.patch(path, json={"parameters": {}})).status_code == 409
