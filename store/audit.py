@@ -47,7 +47,9 @@ def record(
 ) -> AuditEvent:
     """Append an event in ``session``'s transaction. ``principal`` defaults to whoever requested
     the operation (or Keyturn itself), ``device_id`` to the credential's device."""
-    operation = session.get(Operation, operation_id) if operation_id else None
+    # A caller that names credential, device and principal spares the lookups (hot paths do).
+    known = credential_id and device_id and principal
+    operation = session.get(Operation, operation_id) if operation_id and not known else None
     if operation is not None:
         credential_id = credential_id or operation.credential_id
         principal = principal or operation.requested_by
