@@ -80,7 +80,6 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 gate.leave_gate,
                 gate.check_gate,
                 slots.request_device_slot,
-                slots.acquire_device_slot,
                 slots.release_device_slot,
                 slots.workflows_running,
                 store.prepare,

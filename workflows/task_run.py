@@ -278,8 +278,8 @@ class TaskTargetWorkflow:
             await _local(steps.release_device_slot, SlotRelease(self._device_id, token))
 
     async def _take_slot(self, plan: OperationPlan, token: str, order_key: str) -> None:
-        """One of the device's slots: granted in the semaphore's answer when one is free, else
-        by its signal when this target's turn comes."""
+        """One of the device's slots, granted by the semaphore's signal when this target's
+        turn comes."""
         info = workflow.info()
         request = SlotRequest(
             plan.device_id or self._device_id,
@@ -288,8 +288,7 @@ class TaskTargetWorkflow:
             plan.device_capacity,
             order_key,
         )
-        if await _local(steps.acquire_device_slot, request):
-            self._granted.add(token)
+        await _local(steps.request_device_slot, request)
         if token not in self._granted:
             self._step = "waiting for a device slot"
             await workflow.wait_condition(lambda: token in self._granted)
