@@ -41,6 +41,20 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     return re.sub(pattern, REDACTED, text)
 
 
+def redact_cut(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` redacted, where ``text`` was cut at its end before it could be redacted (a
+    capped buffer): a piece of a secret left at the cut matches no form, so whatever ends the
+    text and could be the start of a form is dropped as well."""
+    redacted = redact(text, secrets)
+    forms = {form for secret in secrets if secret for form in secret_forms(secret)}
+    longest = max((len(form) for form in forms), default=0)
+    for size in range(min(len(redacted), longest - 1), 0, -1):
+        tail = redacted[-size:]
+        if any(form.startswith(tail) for form in forms):
+            return redacted[:-size]
+    return redacted
+
+
 def secret_forms(secret: str) -> frozenset[str]:
     """The secret and each encoding of it that may appear inside a longer text. Computed per
     call, never cached: a cache would keep secrets in memory after their activity ends."""

@@ -28,6 +28,7 @@ from executors.base import (
     redact,
 )
 from executors.common import masked
+from executors.redaction import redact_cut
 from executors.ssh.script import (
     Step,
     compile_pattern,
@@ -122,13 +123,16 @@ class ScriptRunner:
         self._secret_sent = False
         self._output: list[str] = []  # every command's output, for a task's result
         self._output_size = 0
+        self._output_cut = False  # output was dropped past the cap: it ends anywhere
         self._exited = False  # the running command's exit status was read (exit:)
         self.exit_status: int | None = None  # the last exit status read
 
     def output(self) -> str:
         """What the commands printed (stdout and stderr), redacted, then cut to OUTPUT_LIMIT."""
-        text = redact("".join(self._output).replace("\r", ""), self._secrets)
-        return text[:OUTPUT_LIMIT]
+        text = "".join(self._output).replace("\r", "")
+        # Collection stopped at a read's end, maybe inside a secret: that piece must go too.
+        cleaned = redact_cut if self._output_cut else redact
+        return cleaned(text, self._secrets)[:OUTPUT_LIMIT]
 
     async def run(self, steps: list[Step], wait_for_exit: bool = False) -> str:
         """Run the steps; ``wait_for_exit`` (a task): then wait for the last command to end
@@ -210,6 +214,8 @@ class ScriptRunner:
                 if self._output_size < 2 * OUTPUT_LIMIT:
                     self._output.append(data)
                     self._output_size += len(data)
+                else:
+                    self._output_cut = True
                 self.transcript.output(data)
                 self._changed.set()
         except asyncio.CancelledError:

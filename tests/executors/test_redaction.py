@@ -7,6 +7,7 @@ import json
 from hypothesis import example, given, settings
 
 from executors.base import REDACTED, redact
+from executors.redaction import redact_cut
 from tests.executors.encodings import ENCODINGS, encodings_present, secrets_strategy
 
 
@@ -43,3 +44,14 @@ def test_a_mask_is_not_redacted_again() -> None:
     once = redact("printf %s '*' and * and \"*\"", ("*",))
     assert once == "printf %s '***' and *** and \"***\""
     assert redact(once, ("*",)) == once
+
+
+@settings(max_examples=30, deadline=None)
+@given(secret=secrets_strategy)
+def test_a_text_cut_inside_a_secret_keeps_no_piece_of_it(secret: str) -> None:
+    """A buffer that stopped inside a secret (raw, or in one of its forms): the piece goes."""
+    for form in (secret, secret.encode().hex(), json.dumps(secret)[1:-1]):
+        for cut in range(1, len(form)):
+            redacted = redact_cut(f"kept: {secret} then {form[:cut]}", (secret,))
+            assert redacted.startswith(f"kept: {REDACTED} then"), (form, cut, redacted)
+            assert len(redacted) <= len(f"kept: {REDACTED} then "), (form, cut, redacted)

@@ -73,3 +73,24 @@ async def test_output_is_cut_after_it_is_redacted(
     result = await EXECUTOR.run(_request(sshd, user, "exec: echo 1234567{{ current_password }}\n"))
 
     assert result.output == "1234567***"
+
+
+async def test_a_secret_at_the_end_of_what_was_kept_is_not_left_in_part(
+    sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Output past twice the limit is not kept, and what is kept ends where a read ended,
+    maybe inside a secret. Here the whole password (masked to 3 characters: the redacted text
+    is far under the limit), then its first 7 characters, then the rest: the reads are apart
+    (the host sleeps between them), so the kept output ends inside the second password."""
+    monkeypatch.setattr(session_module, "OUTPUT_LIMIT", 10)  # kept while under 20 characters
+    user = ssh_users.create(PASSWORD)
+    body = (
+        "exec: printf %s {{ current_password }}; sleep 1; printf %s {{ current_password[:7] }};"
+        " sleep 1; printf %s {{ current_password[7:] }}\n"
+    )
+
+    result = await EXECUTOR.run(_request(sshd, user, body))
+
+    assert result.exit_status == 0
+    assert result.output == "***"
+    assert PASSWORD[:7] not in (result.output or "")
