@@ -4,10 +4,14 @@ against a real OpenSSH server (no Temporal involved)."""
 from __future__ import annotations
 
 import dataclasses
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from executors.base import Account, ChangeRejected, RunRequest
+from executors.shipped import shipped_templates
 from executors.ssh import SshExecutor
 from executors.ssh import session as session_module
 from tests.executors.helpers import make_context, make_target
@@ -94,3 +98,33 @@ async def test_a_secret_at_the_end_of_what_was_kept_is_not_left_in_part(
     assert result.exit_status == 0
     assert result.output == "***"
     assert PASSWORD[:7] not in (result.output or "")
+
+
+@pytest.fixture
+def writable_dir() -> Iterator[Path]:
+    """A directory every account may write to (a test account's commands leave marks here)."""
+    with tempfile.TemporaryDirectory(prefix="kt-injection-") as name:
+        Path(name).chmod(0o777)
+        yield Path(name)
+
+
+async def test_a_parameter_cannot_run_a_command_of_its_own(
+    sshd: Sshd, ssh_users: Users, writable_dir: Path
+) -> None:
+    """The shipped ssh/service-restart with a service name that tries to run commands of its
+    own (after ';', in $(…), in backquotes): none runs; systemctl gets it as one name."""
+    user = ssh_users.create(PASSWORD)
+    ssh_users.make_admin(user, ("/usr/bin/systemctl",))
+    markers = [writable_dir / name for name in ("semicolon", "subshell", "backquote", "control")]
+    (restart,) = [t for t in shipped_templates() if t.name == "ssh/service-restart"]
+    service = f"x; touch {markers[0]}; echo $(touch {markers[1]}) `touch {markers[2]}`"
+
+    result = await EXECUTOR.run(_request(sshd, user, restart.body, service=service))
+    control = await EXECUTOR.run(
+        _request(sshd, user, "exec: touch {{ params.path }}\n", path=str(markers[3]))
+    )
+
+    assert control.exit_status == 0 and markers[3].exists()  # a touch as this account works
+    assert [m.exists() for m in markers[:3]] == [False, False, False], result.output
+    assert result.exit_status != 0  # systemctl was asked for a unit of that odd name
+    assert "systemctl restart -- 'x; touch " in result.transcript
