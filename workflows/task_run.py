@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -78,9 +79,20 @@ GATE_CHECK_INTERVAL = timedelta(minutes=5)
 
 
 async def _local(activity: Callable[[_P], Awaitable[_R]], arg: _P) -> _R:
-    return await workflow.execute_local_activity(
-        activity, arg, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
-    )
+    """A store step. A cancel lets it finish (what it wrote is known: a registration at the
+    gate must be left again) and then surfaces as CancelledError, as every other step's does."""
+    try:
+        return await workflow.execute_local_activity(
+            activity,
+            arg,
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+    except ActivityError as err:
+        if is_cancelled_exception(err):
+            raise asyncio.CancelledError() from err
+        raise
 
 
 @workflow.defn(name=TASK_RUN_WORKFLOW)
@@ -173,18 +185,29 @@ class TaskTargetWorkflow:
     @workflow.run
     async def run(self, target: TaskTargetInput) -> TaskTargetResult:
         info = workflow.info()
-        admission: Admission = await _local(
-            steps.register,
-            RegisterInput(
-                target.operation_id,
-                target.credential_id,
-                TASK_KIND,
-                target.trigger,
-                info.workflow_id,
-                info.run_id,
-                requested_by=target.requested_by,
-            ),
-        )
+        try:
+            admission: Admission = await _local(
+                steps.register,
+                RegisterInput(
+                    target.operation_id,
+                    target.credential_id,
+                    TASK_KIND,
+                    target.trigger,
+                    info.workflow_id,
+                    info.run_id,
+                    requested_by=target.requested_by,
+                ),
+            )
+        except asyncio.CancelledError:
+            # Canceled while registering: the row may exist; record it and leave the gate, or
+            # the credential's next operation would wait behind it for ever.
+            with contextlib.suppress(ActivityError, ApplicationError):  # no row: nothing to do
+                await _local(
+                    steps.finish,
+                    FinishInput(target.operation_id, "canceled", "canceled before it started"),
+                )
+            await _leave_gate(target.operation_id)
+            raise
         self._device_id = admission.device_id
         self._status = "queued" if admission.queued else "running"
         workflow.upsert_search_attributes(
@@ -222,9 +245,7 @@ class TaskTargetWorkflow:
             await _local(steps.finish, finish)
         finally:
             # Whatever happened, the next operation on the credential must be told.
-            follower = await _local(steps.leave_gate, GateCheck(target.operation_id))
-            if follower is not None:
-                await _signal(follower, "gate_open")
+            await _leave_gate(target.operation_id)
         self._status = finish.status
         workflow.upsert_search_attributes([SA_STATUS.value_set(finish.status)])
         return TaskTargetResult(
@@ -300,6 +321,13 @@ def _resolution(outcome: TaskOutcome) -> str:
     if outcome.exit_status is None:
         return "the task ran"
     return f"the task ran and exited with status {outcome.exit_status}"
+
+
+async def _leave_gate(operation_id: str) -> None:
+    """Leave the credential's gate and tell the next operation it is its turn."""
+    follower = await _local(steps.leave_gate, GateCheck(operation_id))
+    if follower is not None:
+        await _signal(follower, "gate_open")
 
 
 async def _signal(ref: WorkflowRef, signal: str) -> None:

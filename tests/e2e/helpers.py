@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ from store.models import Attempt, SecretVersion
 from store.vault import Vault
 from tests.e2e.conftest import Stack
 from tests.servers.sshd import Sshd
+from worker import build_workers, run_workers
 
 FAST_RETRIES = {"max_attempts": 3, "retry_interval_seconds": 0.3, "backoff": 1.0}
 
@@ -110,3 +113,19 @@ async def approve_template(api: httpx.AsyncClient, name: str, version: int) -> N
         headers={"Authorization": f"Bearer {made.json()['token']}"},
     )
     assert approved.status_code == 200, approved.text
+
+
+@asynccontextmanager
+async def workers_on(stack: Stack, queue: str) -> AsyncIterator[None]:
+    """Workers of the stack's (same store, same dev server) serving a task queue of the test's
+    own, from the moment the test chooses: until then, what is requested there waits."""
+    settings = stack.settings.model_copy(update={"task_queue": queue})
+    stop = asyncio.Event()
+    running = asyncio.create_task(
+        run_workers(build_workers(stack.client, settings, stack.engine), stop)
+    )
+    try:
+        yield
+    finally:
+        stop.set()
+        await running

@@ -13,7 +13,6 @@ import json
 import secrets
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -26,7 +25,14 @@ from activities.callbacks import CallbackActivities
 from requesting.operations import OperationRequest, Requested, request_operation
 from store import gate
 from tests.e2e.conftest import Stack, running_stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device, wait_for_step
+from tests.e2e.helpers import (
+    credential,
+    current_secret,
+    policy,
+    ssh_device,
+    wait_for_step,
+    workers_on,
+)
 from tests.e2e.secrets_search import assert_no_secret
 from tests.servers.sshd import Sshd, Users
 from tests.servers.webhook_receiver import Delivery, WebhookReceiver
@@ -201,24 +207,6 @@ async def test_callbacks_need_a_webhook_secret(stack: Stack, sshd: Sshd, ssh_use
     assert (await stack.api.get(f"/v1/credentials/{cred}/operations")).json()["items"] == []
 
 
-@asynccontextmanager
-async def _workers_on(stack: Stack, queue: str) -> AsyncIterator[None]:
-    """Workers of the stack's (same store, same dev server) serving a task queue of the test's
-    own, from the moment the test chooses: until then, what is requested there waits."""
-    settings = stack.settings.model_copy(update={"task_queue": queue})
-    stop = asyncio.Event()
-    running = asyncio.create_task(
-        worker_module.run_workers(
-            worker_module.build_workers(stack.client, settings, stack.engine), stop
-        )
-    )
-    try:
-        yield
-    finally:
-        stop.set()
-        await running
-
-
 async def _request(stack: Stack, queue: str, credential_id: str, kind: str, url: str) -> Requested:
     return await request_operation(
         stack.engine,
@@ -257,7 +245,7 @@ async def test_every_request_that_joins_an_operation_is_told_its_outcome(
     assert len({a.operation_id for a in changes}) == 1
     assert sorted(a.joined for a in changes) == [False, True, True, True]
 
-    async with _workers_on(stack, queue):
+    async with workers_on(stack, queue):
         for answer in {a.operation_id: a for a in answers}.values():
             await _ended(stack, answer)
 
@@ -315,7 +303,7 @@ async def test_a_request_that_comes_as_the_operation_ends_starts_its_own(
     monkeypatch.setattr(gate, "join_callback", noticed)
     early, late = f"/hook/{secrets.token_hex(4)}", f"/hook/{secrets.token_hex(4)}"
     try:
-        async with _workers_on(stack, queue):
+        async with workers_on(stack, queue):
             ending = await _request(stack, queue, cred, "change", receiver.url(early))
             assert await asyncio.to_thread(_HeldClose.closed.wait, 60)
             arriving = asyncio.create_task(
@@ -379,7 +367,7 @@ async def test_an_operation_canceled_before_it_started_calls_back(
     requested = await _request(stack, queue, cred, "change", receiver.url(path))
     await stack.post(f"/v1/operations/{requested.operation_id}/cancel", {}, 202)
 
-    async with _workers_on(stack, queue):
+    async with workers_on(stack, queue):
         await _ended(stack, requested)
 
     (delivery,) = receiver.to(path)

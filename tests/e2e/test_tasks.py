@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,9 +14,12 @@ import psycopg
 import pytest
 from psycopg import sql
 from sqlmodel import Session, col, select
+from temporalio import activity
 from temporalio.client import ScheduleActionStartWorkflow, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
+import worker as worker_module
+from activities.gate import GateActivities
 from store.models import (
     Attempt,
     AuditEvent,
@@ -23,9 +27,17 @@ from store.models import (
     Operation,
     Task,
     TaskRun,
+    new_id,
 )
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, policy, ssh_device, ssh_template
+from tests.e2e.helpers import (
+    credential,
+    current_secret,
+    policy,
+    ssh_device,
+    ssh_template,
+    workers_on,
+)
 from tests.e2e.leaks import assert_not_in_histories
 from tests.servers.postgresql import PostgresCluster, Roles, roles_on
 from tests.servers.slapd import ADMIN_DN, ADMIN_PASSWORD, SUFFIX, Slapd, running_slapd
@@ -33,7 +45,15 @@ from tests.servers.slapd import Users as LdapUsers
 from tests.servers.slapd import users_on as ldap_users_on
 from tests.servers.sshd import Sshd, Users
 from triggers import task_schedules
-from workflows.contracts import TASK_RUN_WORKFLOW, task_schedule_id, task_target_workflow_id
+from workflows.contracts import (
+    TASK_RUN_WORKFLOW,
+    TASK_TARGET_WORKFLOW,
+    Admission,
+    RegisterInput,
+    TaskTargetInput,
+    task_schedule_id,
+    task_target_workflow_id,
+)
 
 PASSWORD = "Task-pass w0rd;$'\"x"
 # Prints its parameters and the account's password (which must come back masked), then who
@@ -694,3 +714,66 @@ async def test_a_task_s_schedule_parameters_and_credentials_change_with_patch(
 
     assert (await stack.api.delete(path)).status_code == 200
     assert (await stack.api.patch(path, json={"parameters": {}})).status_code == 409
+
+
+class _HeldRegister(GateActivities):
+    """The real register (the operation is at its credential's gate), after which the target
+    waits for the test: a cancel comes while it registers."""
+
+    registered = threading.Event()
+    proceed = threading.Event()
+
+    @activity.defn(name="keyturn.register")
+    def register(self, request: RegisterInput) -> Admission:
+        admission = super().register(request)
+        type(self).registered.set()
+        assert type(self).proceed.wait(60)
+        return admission
+
+
+async def test_a_target_canceled_while_it_registers_leaves_its_credential_free(
+    stack: Stack, sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target canceled while it registers at its credential's gate (as when a run is canceled
+    as soon as it starts): it ends canceled and leaves the gate, so the credential's next
+    operation runs."""
+    (cred,) = await _ssh_credentials(stack, sshd, ssh_users, 1)
+    queue = f"{stack.settings.task_queue}-held-{secrets.token_hex(4)}"
+    run_id, operation_id = new_id(), new_id()
+    monkeypatch.setattr(worker_module, "GateActivities", _HeldRegister)
+    _HeldRegister.registered.clear()
+    _HeldRegister.proceed.clear()
+    async with workers_on(stack, queue):
+        handle = await stack.client.start_workflow(
+            TASK_TARGET_WORKFLOW,
+            TaskTargetInput(run_id, cred, operation_id, "manual", "admin"),
+            id=task_target_workflow_id(run_id, cred),
+            task_queue=queue,
+        )
+        try:
+            assert await asyncio.to_thread(_HeldRegister.registered.wait, 30)
+            await handle.cancel()
+            # The cancel is in the workflow's history before register's answer is.
+            await _cancel_requested(stack, handle.id)
+        finally:
+            _HeldRegister.proceed.set()
+        with pytest.raises(WorkflowFailureError):  # it ends canceled
+            await handle.result()
+
+    with Session(stack.engine) as db:
+        operation = db.get(Operation, operation_id)
+    assert operation is not None and operation.status == "canceled", operation
+    async with asyncio.timeout(30):  # it would queue for ever behind a target still at the gate
+        changed = await stack.run_operation(cred)
+    assert changed["status"] == "succeeded", changed
+
+
+async def _cancel_requested(stack: Stack, workflow_id: str, within: float = 20) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        async for event in stack.client.get_workflow_handle(workflow_id).fetch_history_events():
+            if event.HasField("workflow_execution_cancel_requested_event_attributes"):
+                return
+        assert loop.time() < deadline, "the cancel was not recorded"
+        await asyncio.sleep(0.05)
