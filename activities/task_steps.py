@@ -130,7 +130,12 @@ class TaskStoreActivities:
     @implements(steps.end_task_run)
     def end_task_run(self, end: TaskRunEnd) -> str:
         with session_scope(self._engine) as session:
-            return tasks.end_run(session, end.run_id, end.canceled)
+            try:
+                return tasks.end_run(session, end.run_id, end.canceled)
+            except LookupError as exc:  # a scheduled run canceled before its row was made
+                raise ApplicationError(
+                    str(exc), type="NotRegistrable", non_retryable=True
+                ) from None
 
 
 class TaskExecutorActivities(ExecutorActivities):

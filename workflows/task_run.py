@@ -109,16 +109,22 @@ class TaskRunWorkflow:
     async def run(self, request: TaskRunInput) -> TaskRunResult:
         info = workflow.info()
         self._run_id = request.run_id or workflow.uuid4().hex
-        plan: TaskRunPlan = await _local(
-            steps.begin_task_run,
-            TaskRunStart(
-                request.task_id,
-                self._run_id,
-                request.trigger,
-                info.workflow_id,
-                request.requested_by,
-            ),
-        )
+        try:
+            plan: TaskRunPlan = await _local(
+                steps.begin_task_run,
+                TaskRunStart(
+                    request.task_id,
+                    self._run_id,
+                    request.trigger,
+                    info.workflow_id,
+                    request.requested_by,
+                ),
+            )
+        except asyncio.CancelledError:
+            # Canceled as it began: nothing runs, and nothing else would end the run's row.
+            with contextlib.suppress(ActivityError, ApplicationError):  # no row: nothing to end
+                self._status = await _local(steps.end_task_run, TaskRunEnd(self._run_id, True))
+            raise
         if plan.refused:
             self._status = "failed"
             return TaskRunResult(self._run_id, "failed", [])

@@ -20,6 +20,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 import worker as worker_module
 from activities.gate import GateActivities
+from activities.task_steps import TaskStoreActivities
+from requesting.tasks import request_task_run
 from store.models import (
     Attempt,
     AuditEvent,
@@ -50,6 +52,8 @@ from workflows.contracts import (
     TASK_TARGET_WORKFLOW,
     Admission,
     RegisterInput,
+    TaskRunPlan,
+    TaskRunStart,
     TaskTargetInput,
     task_schedule_id,
     task_target_workflow_id,
@@ -777,3 +781,50 @@ async def _cancel_requested(stack: Stack, workflow_id: str, within: float = 20) 
                 return
         assert loop.time() < deadline, "the cancel was not recorded"
         await asyncio.sleep(0.05)
+
+
+class _HeldBegin(TaskStoreActivities):
+    """The real begin_task_run (the run is marked running), after which the run waits for the
+    test: a cancel comes while the run begins."""
+
+    begun = threading.Event()
+    proceed = threading.Event()
+
+    @activity.defn(name="keyturn.begin_task_run")
+    def begin_task_run(self, start: TaskRunStart) -> TaskRunPlan:
+        plan = super().begin_task_run(start)
+        type(self).begun.set()
+        assert type(self).proceed.wait(60)
+        return plan
+
+
+async def test_a_run_canceled_as_it_begins_ends_canceled(
+    stack: Stack, sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run canceled (through the API) while its first step runs: it ends canceled, with its
+    targets, rather than staying ``running`` for ever with nothing left to end it."""
+    (cred,) = await _ssh_credentials(stack, sshd, ssh_users, 1)
+    task = await _task(stack, "ssh/uptime", [cred])
+    queue = f"{stack.settings.task_queue}-held-{secrets.token_hex(4)}"
+    monkeypatch.setattr(worker_module, "TaskStoreActivities", _HeldBegin)
+    _HeldBegin.begun.clear()
+    _HeldBegin.proceed.clear()
+    async with workers_on(stack, queue):
+        requested = await request_task_run(
+            stack.engine, stack.client, queue, task["id"], {}, "admin"
+        )
+        path = f"/v1/tasks/{task['id']}/runs/{requested.run_id}"
+        try:
+            assert await asyncio.to_thread(_HeldBegin.begun.wait, 30)
+            canceled = await stack.api.post(f"{path}/cancel")
+            assert canceled.status_code == 202, canceled.text
+            await _cancel_requested(stack, requested.workflow_id)
+        finally:
+            _HeldBegin.proceed.set()
+        with pytest.raises(WorkflowFailureError):  # it ends canceled
+            await stack.client.get_workflow_handle(requested.workflow_id).result()
+
+    run = await stack.get(path)
+    assert run["status"] == "canceled", run
+    assert [r["status"] for r in run["results"]] == ["canceled"], run
+    assert (await stack.api.post(f"{path}/cancel")).status_code == 409
