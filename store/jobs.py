@@ -284,7 +284,7 @@ def load_task_job(
     engine: Engine, vault: Vault, operation_id: str, run_id: str
 ) -> tuple[Job, dict[str, str | int | bool]]:
     """What one target of a task's run needs: the job (its ``change_template`` is the task's
-    template, the version approved when the operation was registered; the account is the
+    template, the version its run's parameters were checked against; the account is the
     credential's own, with its current secret) and the run's parameters, checked when the
     run was requested. ConfigurationError for anything that cannot work, as for a change."""
     with Session(engine, expire_on_commit=False) as session:
@@ -313,7 +313,11 @@ def load_task_job(
                 "so the task cannot log in as it",
             )
         rows = (device, credential, operation)
-        body = _template_body(session, executor, rows, "template", task.template, TASK_KIND)
+        # The version the run's parameters were checked against, whatever was approved since.
+        version = run.template_version or None
+        body = _template_body(
+            session, executor, rows, "template", task.template, TASK_KIND, version
+        )
         _record_secret_read(engine, operation, [current.id], False, "task")
         job = Job(
             operation=operation,
@@ -371,14 +375,18 @@ def _template_body(
     field: str,
     name: str,
     kind: str,
+    version: int | None = None,
 ) -> str:
-    """The version of a credential's template current when the operation was requested,
-    checked: it exists, is of the device's executor and of ``kind``, and parses. ``field``
-    says where the name comes from."""
+    """The version of a credential's template current when the operation was requested (or
+    ``version``, one a request was checked against), checked: it exists, is of the device's
+    executor and of ``kind``, and parses. ``field`` says where the name comes from."""
     device, credential, operation = rows
     whose = f"credential {credential.id} ({credential.username!r})"
     try:
-        template = latest_template(session, name, as_of=operation.created_at)
+        if version is None:
+            template = latest_template(session, name, as_of=operation.created_at)
+        else:
+            template = _approved_version(session, name, version)
     except LookupError:
         usable = _usable(session, device.executor, kind)
         raise _problem(
@@ -406,6 +414,19 @@ def _template_body(
             f"{device.executor} executor: {exc}; save a corrected version",
         ) from None
     return template.body
+
+
+def _approved_version(session: Session, name: str, version: int) -> Template:
+    template = session.exec(
+        select(Template).where(
+            Template.name == name,
+            Template.version == version,
+            col(Template.approved_at).is_not(None),
+        )
+    ).first()
+    if template is None:
+        raise LookupError(f"template {name!r} has no approved version {version}")
+    return template
 
 
 def _key_devices(

@@ -828,3 +828,40 @@ async def test_a_run_canceled_as_it_begins_ends_canceled(
     assert run["status"] == "canceled", run
     assert [r["status"] for r in run["results"]] == ["canceled"], run
     assert (await stack.api.post(f"{path}/cancel")).status_code == 409
+
+
+async def test_a_run_uses_the_template_version_its_parameters_were_checked_against(
+    stack: Stack, sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version approved after a run was requested, before its targets start, is not the one
+    the run runs: the run names the version its parameters were checked against (here the
+    new one would need a parameter the run does not have)."""
+    (cred,) = await _ssh_credentials(stack, sshd, ssh_users, 1)
+    name = await ssh_template(
+        stack, "# kind: task\n# param: word string\nexec: echo one {{ params.word }}\n", "task"
+    )
+    task = await _task(stack, name, [cred])
+    queue = f"{stack.settings.task_queue}-held-{secrets.token_hex(4)}"
+    monkeypatch.setattr(worker_module, "TaskStoreActivities", _HeldBegin)
+    _HeldBegin.begun.clear()
+    _HeldBegin.proceed.clear()
+    async with workers_on(stack, queue):
+        requested = await request_task_run(
+            stack.engine, stack.client, queue, task["id"], {"word": "w"}, "admin"
+        )
+        try:
+            assert await asyncio.to_thread(_HeldBegin.begun.wait, 30)
+            await ssh_template(
+                stack,
+                "# kind: task\n# param: word string\n# param: other string\n"
+                "exec: echo two {{ params.word }} {{ params.other }}\n",
+                "task",
+                name=name,
+            )
+        finally:
+            _HeldBegin.proceed.set()
+        await stack.client.get_workflow_handle(requested.workflow_id).result()
+
+    run = await stack.get(f"/v1/tasks/{task['id']}/runs/{requested.run_id}")
+    assert (run["status"], run["template_version"]) == ("succeeded", 1), run
+    assert run["results"][0]["output"] == "one w\n"
