@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.callbacks import CallbackActivities
+from activities.certificates import CertificateActivities
 from activities.child_planning import ChildPlanningActivities
 from activities.device_slots import DeviceSlotActivities
 from activities.executor_steps import ExecutorActivities
@@ -33,7 +34,9 @@ from store.engine import STORE_ACTIVITY_THREADS, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
 from triggers import schedules
+from triggers.certificate_renewal import ensure_renewal_schedule
 from workflows.callback import CallbackWorkflow
+from workflows.certificate import CertificateRenewalWorkflow, CertificateWorkflow
 from workflows.contracts import SEARCH_ATTRIBUTES
 from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
@@ -53,6 +56,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     executor = ExecutorActivities(engine, vault)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
+    certificates = CertificateActivities(engine, vault, settings, client)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -68,6 +72,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 SweepWorkflow,
                 DelayedOperationWorkflow,
                 CallbackWorkflow,
+                CertificateWorkflow,
+                CertificateRenewalWorkflow,
             ],
             activities=[
                 gate.register,
@@ -88,6 +94,14 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 callbacks.close_callbacks,
                 triggers.schedule_jit_removal,
                 callbacks.deliver_callback,
+                certificates.cert_open,
+                certificates.cert_finish,
+                certificates.cert_request,
+                certificates.cert_approved,
+                certificates.cert_sign,
+                certificates.cert_revoke,
+                certificates.cert_publish_plan,
+                certificates.cert_renew_due,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
                 legacy_slots.release_slot,
@@ -100,7 +114,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         Worker(
             client,
             task_queue=settings.zone_task_queue(zone),
-            activities=[executor.change, executor.probe],
+            activities=[executor.change, executor.probe, certificates.cert_publish],
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
         for zone in settings.zones
@@ -111,6 +125,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
 async def start_schedules(client: Client, engine: Engine, settings: Settings) -> None:
     """Every policy's schedules as the store says, whatever happened while Keyturn was down."""
     done = await schedules.reconcile(client, engine, settings)
+    await ensure_renewal_schedule(client, settings)
     logging.getLogger("keyturn").info(
         "schedules of %d policies in place; %d orphans removed", done.applied, len(done.removed)
     )

@@ -255,6 +255,61 @@ def _v10_principals(conn: Connection) -> None:
     )
 
 
+def _v11_reserved_for_tasks(conn: Connection) -> None:
+    """Schema version 11 belongs to the task manager, released beside certificates: this
+    placeholder (and revision 0011_reserved_for_tasks) is replaced by its step when both land."""
+
+
+def _v12_certificates(conn: Connection) -> None:
+    """Certificates and their CAs (new tables: create_all made them). A certificate's actions
+    are operations that act on no credential: an operation names its certificate instead, so
+    its credential becomes optional. SQLite cannot drop a NOT NULL in place: the table is
+    rebuilt (foreign keys checked at commit, when every reference finds its row again)."""
+    _add_columns(conn, "operation", {"certificate_id": "VARCHAR"})
+    conn.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_operation_certificate_id ON operation (certificate_id)")
+    )
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE operation ALTER COLUMN credential_id DROP NOT NULL"))
+        return
+    columns = inspect(conn).get_columns("operation")
+    nullable = next(c["nullable"] for c in columns if c["name"] == "credential_id")
+    if nullable:
+        return
+    _rebuild_sqlite_table(conn, "operation", lambda ddl: ddl.replace(
+        "credential_id VARCHAR NOT NULL", "credential_id VARCHAR"
+    ))  # fmt: skip
+
+
+def _rebuild_sqlite_table(conn: Connection, table: str, change: Callable[[str], str]) -> None:
+    """SQLite's way to alter a column: a copy of the table with the changed definition, the
+    rows copied over, the old table dropped and the copy renamed, its indexes made again."""
+    ddl = conn.execute(
+        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"), {"t": table}
+    ).scalar_one()
+    indexes = [
+        row[0]
+        for row in conn.execute(
+            text(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t "
+                "AND sql IS NOT NULL"
+            ),
+            {"t": table},
+        )
+    ]
+    changed = change(ddl)
+    if changed == ddl:
+        raise RuntimeError(f"the {table} table's definition is not the one this step expects")
+    columns = ", ".join(c["name"] for c in inspect(conn).get_columns(table))
+    conn.execute(text("PRAGMA defer_foreign_keys = ON"))
+    conn.execute(text(changed.replace(f"CREATE TABLE {table}", f"CREATE TABLE {table}_new", 1)))
+    conn.execute(text(f"INSERT INTO {table}_new ({columns}) SELECT {columns} FROM {table}"))
+    conn.execute(text(f"DROP TABLE {table}"))
+    conn.execute(text(f"ALTER TABLE {table}_new RENAME TO {table}"))
+    for index in indexes:
+        conn.execute(text(index))
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
@@ -266,6 +321,8 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v8_activation_and_jit,
     _v9_ssh_keys,
     _v10_principals,
+    _v11_reserved_for_tasks,
+    _v12_certificates,
 )
 LATEST = len(STEPS) + 1
 
@@ -311,3 +368,9 @@ def alembic_config(conn: Connection | None = None) -> Config:
     config.set_main_option("script_location", str(Path(__file__).parent / "schema"))
     config.attributes["connection"] = conn
     return config
+
+
+def step_named(name: str) -> int:
+    """The position of a step in STEPS, for a revision that names its step rather than counting
+    (so that steps of parallel releases can be reordered without touching it)."""
+    return [step.__name__ for step in STEPS].index(name)

@@ -6,6 +6,8 @@ copied onto another row does not decrypt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -70,6 +72,23 @@ class Vault:
         version.key_id = cipher.key_id
         return True
 
+    def seal(self, owner: str, secret: str) -> Sealed:
+        """Encrypt a secret that belongs to no credential (a certificate's or a CA's private
+        key) with the newest key, bound to ``owner`` ("certificate/<id>", "ca/<name>"): a
+        ciphertext copied onto another row does not open."""
+        cipher = self._keyring.cipher(PURPOSE)
+        return Sealed(cipher.key_id, cipher.encrypt(secret.encode(), _owner_aad(owner)))
+
+    def unseal(self, owner: str, key_id: str, ciphertext: bytes) -> str:
+        """Decrypt what ``seal`` made; call only inside an activity or a command, in memory."""
+        cipher = self._keyring.cipher_for(PURPOSE, key_id)
+        if cipher is None:
+            raise LookupError(
+                f"the secret of {owner} was encrypted with key {key_id}; start Keyturn with "
+                "that master key in its keyring"
+            )
+        return cipher.decrypt(ciphertext, _owner_aad(owner)).decode()
+
     @staticmethod
     def current(session: Session, credential_id: str) -> SecretVersion | None:
         return session.exec(
@@ -98,6 +117,16 @@ class Vault:
         pending.state = SecretState.CURRENT
         pending.changed_at = now
         session.add(pending)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    key_id: str
+    ciphertext: bytes = field(repr=False)
+
+
+def _owner_aad(owner: str) -> bytes:
+    return f"sealed/{owner}".encode()
 
 
 def _aad(credential_id: str, version_id: str) -> bytes:

@@ -1,0 +1,14 @@
+"""Schema version 11: reserved for the task manager (a placeholder, replaced when it lands)."""
+
+from __future__ import annotations
+
+from alembic import op
+
+from store.migrations import STEPS
+
+revision = "0011"
+down_revision = "0010"
+
+
+def upgrade() -> None:
+    STEPS[9](op.get_bind())
