@@ -263,8 +263,7 @@ def _v11_reserved_for_tasks(conn: Connection) -> None:
 def _v12_certificates(conn: Connection) -> None:
     """Certificates and their CAs (new tables: create_all made them). A certificate's actions
     are operations that act on no credential: an operation names its certificate instead, so
-    its credential becomes optional. SQLite cannot drop a NOT NULL in place: the table is
-    rebuilt (foreign keys checked at commit, when every reference finds its row again)."""
+    its credential becomes optional."""
     _add_columns(conn, "operation", {"certificate_id": "VARCHAR"})
     conn.execute(
         text("CREATE INDEX IF NOT EXISTS ix_operation_certificate_id ON operation (certificate_id)")
@@ -272,42 +271,30 @@ def _v12_certificates(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(text("ALTER TABLE operation ALTER COLUMN credential_id DROP NOT NULL"))
         return
-    columns = inspect(conn).get_columns("operation")
-    nullable = next(c["nullable"] for c in columns if c["name"] == "credential_id")
-    if nullable:
-        return
-    _rebuild_sqlite_table(conn, "operation", lambda ddl: ddl.replace(
-        "credential_id VARCHAR NOT NULL", "credential_id VARCHAR"
-    ))  # fmt: skip
+    _drop_sqlite_not_null(
+        conn, "operation", "credential_id VARCHAR NOT NULL", "credential_id VARCHAR"
+    )
 
 
-def _rebuild_sqlite_table(conn: Connection, table: str, change: Callable[[str], str]) -> None:
-    """SQLite's way to alter a column: a copy of the table with the changed definition, the
-    rows copied over, the old table dropped and the copy renamed, its indexes made again."""
+def _drop_sqlite_not_null(conn: Connection, table: str, before: str, after: str) -> None:
+    """SQLite cannot drop a NOT NULL in place. Rebuilding the table would trip the foreign keys
+    of the tables referring to it (they cannot be switched off inside a transaction); removing
+    a NOT NULL changes nothing on disk, so SQLite's documented way is to edit the table's
+    definition in its schema and bump the schema version (https://sqlite.org/lang_altertable.html,
+    "Making Other Kinds Of Table Schema Changes"). Idempotent."""
     ddl = conn.execute(
         text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"), {"t": table}
     ).scalar_one()
-    indexes = [
-        row[0]
-        for row in conn.execute(
-            text(
-                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t "
-                "AND sql IS NOT NULL"
-            ),
-            {"t": table},
-        )
-    ]
-    changed = change(ddl)
-    if changed == ddl:
-        raise RuntimeError(f"the {table} table's definition is not the one this step expects")
-    columns = ", ".join(c["name"] for c in inspect(conn).get_columns(table))
-    conn.execute(text("PRAGMA defer_foreign_keys = ON"))
-    conn.execute(text(changed.replace(f"CREATE TABLE {table}", f"CREATE TABLE {table}_new", 1)))
-    conn.execute(text(f"INSERT INTO {table}_new ({columns}) SELECT {columns} FROM {table}"))
-    conn.execute(text(f"DROP TABLE {table}"))
-    conn.execute(text(f"ALTER TABLE {table}_new RENAME TO {table}"))
-    for index in indexes:
-        conn.execute(text(index))
+    if before not in ddl:
+        return
+    version = conn.execute(text("PRAGMA schema_version")).scalar_one()
+    conn.execute(text("PRAGMA writable_schema = ON"))
+    conn.execute(
+        text("UPDATE sqlite_master SET sql = :sql WHERE type = 'table' AND name = :t"),
+        {"sql": ddl.replace(before, after, 1), "t": table},
+    )
+    conn.execute(text(f"PRAGMA schema_version = {int(version) + 1}"))
+    conn.execute(text("PRAGMA writable_schema = OFF"))
 
 
 # STEPS[n] takes a store from version n + 1 to n + 2.
