@@ -145,8 +145,9 @@ class CertificateActivities:
         del key
         with session_scope(self._engine) as session:
             certificate = get_or_raise(session, Certificate, step.certificate_id)
-            # An automatic renewal renews what was approved; a person's request is approved.
-            needs = certificate.requires_approval and step.trigger != RENEWAL_TRIGGER
+            # Approval is of what is asked for (subject, names, CA), which a renewal keeps: a
+            # certificate approved once is renewed without asking again.
+            needs = certificate.requires_approval and certificate.approved_by is None
             certificate.csr_pem = csr
             certificate.pending_key_id = sealed.key_id
             certificate.pending_key_ciphertext = sealed.ciphertext

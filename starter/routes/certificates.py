@@ -258,25 +258,13 @@ async def publish_certificate(
 async def renew_certificate(
     certificate_id: str, body: ActionIn, app: State, caller: Operator
 ) -> CertificateActionAccepted:
-    """A new key pair and CSR, signed and published like the first request (approved again
-    when approvers exist). A failed request is requested again the same way."""
+    """A new key pair and CSR, signed and published like the first request. What was approved
+    (subject, names, CA) is not approved again; a request that failed before it was approved
+    waits for approval again. A failed request is requested again the same way."""
     certificate = await in_thread(app.engine, lambda db: _visible(db, caller, certificate_id))
     if certificate.status == CertStatus.REVOKED:
         raise Problem(409, f"certificate {certificate_id} is revoked: request a new one")
-    await in_thread(app.engine, lambda db: _requested_by(db, certificate_id, caller.name))
     return await _accepted(app, certificate_id, CERT_REQUEST, caller)
-
-
-def _requested_by(db: Session, certificate_id: str, principal: str) -> None:
-    """A renewal asked by a person is theirs to have approved (by someone else)."""
-    certificate = db.get(Certificate, certificate_id)
-    if certificate is None:
-        return
-    approvers = db.exec(select(Principal).where(Principal.role == Role.APPROVER)).first()
-    certificate.requested_by = principal
-    certificate.requires_approval = approvers is not None
-    db.add(certificate)
-    db.commit()
 
 
 async def _accepted(

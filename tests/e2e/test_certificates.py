@@ -1,0 +1,406 @@
+"""Certificates end to end, against real servers: requested (key and CSR made by Keyturn),
+approved by someone other than the requester, signed by the internal CA (made by
+``keyturn ca init``), published over SSH (the session's sshd) to a real nginx that is reloaded
+and serves it, renewed by the renewal schedule when due, revoked into a CRL that the real
+``openssl crl`` parses. Plus bad input, one action at a time, and no private key anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from sqlmodel import Session, col, select
+
+from starter.cli import main
+from store.certificates import ca_owner
+from store.models import (
+    AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    Operation,
+    utcnow,
+)
+from store.vault import Vault
+from tests.e2e.conftest import Stack
+from tests.e2e.helpers import credential, ssh_device
+from tests.e2e.leaks import assert_not_in_histories, assert_not_in_logs, assert_not_in_store
+from tests.e2e.secrets_search import assert_no_secret
+from tests.e2e.test_principals import bearer, make_principal
+from tests.servers.nginx import Nginx
+from tests.servers.sshd import Sshd
+
+DEADLINE = 60.0
+
+
+def init_ca(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+            ) -> tuple[str, str]:  # fmt: skip
+    """``keyturn ca init`` on the stack's store; the CA's name and certificate."""
+    name = f"ca-{secrets.token_hex(4)}"
+    monkeypatch.setenv("KEYTURN_DATA_DIR", str(stack.settings.data_dir))
+    monkeypatch.setenv("KEYTURN_DATABASE_URL", stack.settings.resolved_database_url)
+    monkeypatch.setenv("KEYTURN_MASTER_KEY", stack.settings.master_key or "")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["ca", "init", "--name", name, "--subject", f"CN=Keyturn test {name}"])
+    assert exited.value.code == 0
+    pem = capsys.readouterr().out
+    assert pem.startswith("-----BEGIN CERTIFICATE-----")
+    with pytest.raises(SystemExit) as again:  # a name is taken once
+        main(["ca", "init", "--name", name])
+    assert again.value.code == 1
+    return name, pem
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll ``check`` until it holds, or fail after DEADLINE seconds."""
+    deadline = time.monotonic() + DEADLINE
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def status_is(stack: Stack, certificate_id: str, status: str) -> None:
+    async def check() -> bool:
+        shown: str = (await stack.get(f"/v1/certificates/{certificate_id}"))["status"]
+        return shown == status
+
+    await until(check, f"certificate {certificate_id} to be {status}")
+
+
+async def finished(stack: Stack, workflow_id: str) -> dict[str, Any]:
+    outcome: dict[str, Any] = await stack.client.get_workflow_handle(workflow_id).result()
+    return outcome if isinstance(outcome, dict) else outcome.__dict__
+
+
+def served_certificate(port: int, ca_pem: str) -> x509.Certificate:
+    """Connect as a client that trusts only the CA, checking the chain and the host name."""
+    context = ssl.create_default_context(cadata=ca_pem)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+async def approve(stack: Stack, certificate_id: str, approver_token: str) -> None:
+    """A request of the admin waits for approval when approvers exist: an approver gives it."""
+    await until(
+        lambda: _settled(stack, certificate_id), f"certificate {certificate_id} to be requested"
+    )
+    shown = await stack.get(f"/v1/certificates/{certificate_id}")
+    if shown["status"] == "awaiting_approval":
+        answer = await stack.api.post(
+            f"/v1/certificates/{certificate_id}/approve", json={},
+            headers=bearer(approver_token),
+        )  # fmt: skip
+        assert answer.status_code == 200, answer.text
+
+
+async def _settled(stack: Stack, certificate_id: str) -> bool:
+    shown = await stack.get(f"/v1/certificates/{certificate_id}")
+    status: str = shown["status"]
+    return status in ("awaiting_approval", "issued", "failed")
+
+
+@pytest.fixture
+async def approver(stack: Stack) -> str:
+    return str((await make_principal(stack, "approver"))["token"])
+
+
+async def test_a_certificate_is_requested_approved_signed_published_renewed_and_revoked(
+    stack: Stack,
+    sshd: Sshd,
+    nginx: Nginx,
+    approver: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    keyturn_logs: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    ca, ca_pem = init_ca(stack, monkeypatch, capsys)
+    device = await ssh_device(stack, sshd)
+    account = await credential(stack, device["id"], nginx.user, nginx.password)
+    answers: list[httpx.Response] = []
+    stack.api.event_hooks["response"] = [_keep(answers)]
+    try:
+        created = await stack.post(
+            "/v1/certificates",
+            {
+                "name": f"web-{secrets.token_hex(4)}",
+                "subject": "CN=localhost,O=Keyturn tests",
+                "sans": ["localhost", "127.0.0.1"],
+                "key_type": "ecdsa-p256",
+                "validity_days": 30,
+                "ca": ca,
+                "renew_before_days": 7,
+                "publish_to": [
+                    {
+                        "device_id": device["id"],
+                        "credential_id": account["id"],
+                        "cert_path": str(nginx.cert_path),
+                        "key_path": str(nginx.key_path),
+                        "reload_command": nginx.reload_command,
+                        "verify_port": nginx.port,
+                    }
+                ],
+            },
+        )
+        certificate_id = created["id"]
+        assert created["requires_approval"] is True and created["requested_by"] == "admin"
+        await status_is(stack, certificate_id, "awaiting_approval")
+        # The requester may not approve their own request, even as an admin; nothing moves.
+        own = await stack.api.post(f"/v1/certificates/{certificate_id}/approve", json={})
+        assert own.status_code == 403, own.text
+        assert own.headers["content-type"] == "application/problem+json"
+        assert (await stack.get(f"/v1/certificates/{certificate_id}"))["status"] == (
+            "awaiting_approval"
+        )
+        approved = await stack.api.post(
+            f"/v1/certificates/{certificate_id}/approve", json={}, headers=bearer(approver)
+        )
+        assert approved.status_code == 200, approved.text
+        outcome = await stack.client.get_workflow_handle(created["workflow_id"]).result()
+        assert outcome.status == "succeeded", outcome
+
+        issued = await stack.get(f"/v1/certificates/{certificate_id}")
+        assert issued["status"] == "issued" and issued["approved_by"].startswith("approver-")
+        assert issued["published_at"] is not None
+        # nginx serves it: the chain checks against the CA alone, for the name asked for.
+        served = served_certificate(nginx.port, ca_pem)
+        assert f"{served.serial_number:X}" == issued["serial"]
+        assert served.subject.rfc4514_string() == "O=Keyturn tests,CN=localhost"
+        assert x509.load_pem_x509_certificate(issued["certificate_pem"].encode()) == served
+        assert (nginx.key_path.stat().st_mode & 0o777) == 0o600
+        assert not list(nginx.dir.glob(".keyturn-*")), "a temp file was left behind"
+        key_pem = nginx.key_path.read_text()
+        # Each action is an operation of its kind, visible like any other, in order.
+        operations = (await stack.get(f"/v1/operations?certificate_id={certificate_id}"))["items"]
+        assert [(o["kind"], o["status"]) for o in reversed(operations)] == [
+            ("cert-request", "succeeded"), ("cert-sign", "succeeded"),
+            ("cert-publish", "succeeded"),
+        ]  # fmt: skip
+        assert all(o["credential_id"] is None for o in operations)
+        published = next(o for o in operations if o["kind"] == "cert-publish")
+        assert published["attempts"][0]["outcome"] == "succeeded"
+        kinds = (await stack.get("/v1/operations?kind=cert-sign&limit=500"))["items"]
+        assert next(o for o in operations if o["kind"] == "cert-sign")["id"] in {
+            o["id"] for o in kinds
+        }
+
+        # Renewal: make it due (within its renew_before_days); the schedule renews and
+        # republishes it, no approval needed for what was approved.
+        with Session(stack.engine) as db:
+            row = db.get(Certificate, certificate_id)
+            assert row is not None
+            row.not_after = utcnow() + timedelta(days=2)
+            db.add(row)
+            db.commit()
+
+        async def renewed() -> bool:
+            shown = await stack.get(f"/v1/certificates/{certificate_id}")
+            return bool(shown["serial"] != issued["serial"] and shown["published_at"] !=
+                        issued["published_at"])  # fmt: skip
+
+        await until(renewed, "the renewal schedule to renew and republish")
+        renewal = await stack.get(f"/v1/certificates/{certificate_id}")
+        served = served_certificate(nginx.port, ca_pem)
+        assert f"{served.serial_number:X}" == renewal["serial"]
+        renewals = (
+            await stack.get(
+                f"/v1/operations?certificate_id={certificate_id}&trigger=certificate-renewal"
+            )  # fmt: skip
+        )["items"]
+        assert {o["kind"] for o in renewals} == {"cert-request", "cert-sign", "cert-publish"}
+        await until(lambda: _idle(stack, certificate_id), "the renewal to end")
+        renewed_key = nginx.key_path.read_text()
+        assert renewed_key != key_pem
+
+        # Revoke: marked revoked with its reason, and the CA's CRL lists its serial.
+        revoking = await stack.post(
+            f"/v1/certificates/{certificate_id}/revoke", {"reason": "keyCompromise"}, expect=202
+        )
+        assert revoking["kind"] == "cert-revoke"
+        await stack.client.get_workflow_handle(revoking["workflow_id"]).result()
+        revoked = await stack.get(f"/v1/certificates/{certificate_id}")
+        assert (revoked["status"], revoked["revocation_reason"]) == ("revoked", "keyCompromise")
+        crl = await stack.api.get(f"/v1/cas/{ca}/crl")
+        assert crl.status_code == 200 and crl.headers["content-type"] == "application/pkix-crl"
+        (tmp_path / "ca.crl").write_bytes(crl.content)
+        (tmp_path / "ca.pem").write_text(ca_pem)
+        parsed = await asyncio.to_thread(
+            subprocess.run,
+            ["openssl", "crl", "-inform", "DER", "-in", str(tmp_path / "ca.crl"), "-noout",
+             "-text", "-CAfile", str(tmp_path / "ca.pem")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert f"Serial Number: {revoked['serial']}" in parsed.stdout, parsed.stdout
+        assert "Key Compromise" in parsed.stdout
+        assert "verify OK" in parsed.stderr + parsed.stdout
+        revoke_op = await stack.get(f"/v1/operations/{revoking['operation_id']}")
+        assert revoke_op["status"] == "succeeded"
+        with Session(stack.engine) as db:
+            events = {
+                e.event for e in db.exec(select(AuditEvent).where(
+                    col(AuditEvent.operation_id).in_([o["id"] for o in operations]
+                                                     + [revoking["operation_id"]])))
+            }  # fmt: skip
+        assert {"certificate.issued", "certificate.approved", "certificate.published",
+                "certificate.revoked", "operation.succeeded"} <= events  # fmt: skip
+    finally:
+        stack.api.event_hooks["response"] = []
+
+    # No private key, the certificate's (either) or the CA's, anywhere it could leak.
+    with Session(stack.engine) as db:
+        ca_row = db.get(CertificateAuthority, ca)
+        assert ca_row is not None and ca_row.key_id and ca_row.key_ciphertext
+        ca_key = Vault(stack.settings.keyring).unseal(ca_owner(ca), ca_row.key_id,
+                                                       ca_row.key_ciphertext)  # fmt: skip
+        trail = json.dumps([e.model_dump(mode="json") for e in db.exec(select(AuditEvent))])
+    workflows = [created["workflow_id"]]
+    for key in (key_pem, renewed_key, ca_key):
+        body = _key_body(key)
+        await assert_not_in_histories(stack, workflows, body)
+        assert_not_in_logs(keyturn_logs, body)
+        assert_not_in_store(stack, body, present=certificate_id)
+        assert_no_secret(trail, body, key)
+        for answer in answers:
+            assert_no_secret(answer.content, body, key)
+
+
+def _key_body(pem: str) -> str:
+    """The base64 of a PEM key, on one line: what any leak of it would contain."""
+    return "".join(line for line in pem.splitlines() if not line.startswith("-----"))[:64]
+
+
+def _keep(answers: list[httpx.Response]) -> Callable[[httpx.Response], Awaitable[None]]:
+    async def keep(response: httpx.Response) -> None:
+        await response.aread()
+        answers.append(response)
+
+    return keep
+
+
+async def _idle(stack: Stack, certificate_id: str) -> bool:
+    with Session(stack.engine) as db:
+        running = db.exec(
+            select(Operation).where(
+                Operation.certificate_id == certificate_id,
+                col(Operation.finished_at).is_(None),
+            )
+        ).all()
+    return not running
+
+
+async def test_bad_certificate_requests_are_refused_and_create_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca, _ = init_ca(stack, monkeypatch, capsys)
+    good = {"name": f"bad-{secrets.token_hex(4)}", "subject": "CN=x", "sans": ["x.example"],
+            "key_type": "ecdsa-p256", "validity_days": 10, "ca": ca}  # fmt: skip
+    with Session(stack.engine) as db:
+        before = (len(db.exec(select(Certificate)).all()), len(db.exec(select(Operation)).all()))
+    for change, field in (
+        ({"ca": "no-such-ca"}, "ca"),
+        ({"key_type": "dsa-1024"}, "key_type"),
+        ({"sans": ["not a name!"]}, "sans.0"),
+        ({"sans": ["-leading.example"]}, "sans.0"),
+        ({"validity_days": 0}, "validity_days"),
+        ({"validity_days": -5}, "validity_days"),
+        ({"subject": "CN"}, "subject"),
+        (
+            {
+                "publish_to": [
+                    {
+                        "device_id": "nope",
+                        "credential_id": "nope",
+                        "cert_path": "/a.pem",
+                        "key_path": "/a.key",
+                        "verify_port": 443,
+                    }
+                ]
+            },
+            "publish_to.0.device_id",
+        ),  # fmt: skip
+        (
+            {
+                "publish_to": [
+                    {
+                        "device_id": "d",
+                        "credential_id": "c",
+                        "cert_path": "relative.pem",
+                        "key_path": "/a.key",
+                        "verify_port": 443,
+                    }
+                ]
+            },
+            "publish_to.0.cert_path",
+        ),  # fmt: skip
+    ):
+        answer = await stack.api.post("/v1/certificates", json={**good, **change})
+        assert answer.status_code == 422, (change, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert field in {e["field"] for e in answer.json()["errors"]}, answer.json()
+    unknown = await stack.api.post("/v1/cas/no-such-ca/crl")
+    assert unknown.status_code == 405
+    assert (await stack.api.get("/v1/cas/no-such-ca/crl")).status_code == 404
+    with Session(stack.engine) as db:
+        after = (len(db.exec(select(Certificate)).all()), len(db.exec(select(Operation)).all()))
+    assert after == before
+
+
+async def test_one_action_at_a_time_on_a_certificate(
+    stack: Stack, approver: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Actions asked together on one certificate: one runs, the others are answered 409 with
+    nothing stored for them (not queued); a busy certificate holds up no other one."""
+    ca, _ = init_ca(stack, monkeypatch, capsys)
+    made = [
+        await stack.post("/v1/certificates", {"name": f"one-{secrets.token_hex(4)}",
+                                              "subject": "CN=one", "validity_days": 5, "ca": ca})
+        for _ in range(2)
+    ]  # fmt: skip
+    for certificate in made:
+        await approve(stack, certificate["id"], approver)
+        await stack.client.get_workflow_handle(certificate["workflow_id"]).result()
+        await status_is(stack, certificate["id"], "issued")
+    target, neighbour = made[0]["id"], made[1]["id"]
+    with Session(stack.engine) as db:
+        operations_before = len(db.exec(select(Operation)).all())
+    answers = await asyncio.gather(
+        stack.api.post(f"/v1/certificates/{target}/renew", json={}),
+        stack.api.post(f"/v1/certificates/{target}/renew", json={}),
+        stack.api.post(f"/v1/certificates/{target}/revoke", json={"reason": "superseded"}),
+        stack.api.post(f"/v1/certificates/{neighbour}/revoke", json={"reason": "superseded"}),
+    )
+    on_target = sorted(a.status_code for a in answers[:3])
+    assert on_target == [202, 409, 409], [a.text for a in answers]
+    assert answers[3].status_code == 202, answers[3].text
+    busy = next(a for a in answers[:3] if a.status_code == 409)
+    assert busy.headers["content-type"] == "application/problem+json"
+    assert "one action at a time" in busy.json()["detail"]
+    with Session(stack.engine) as db:
+        assert len(db.exec(select(Operation)).all()) == operations_before + 2
+    winner = next(a for a in answers[:3] if a.status_code == 202).json()
+    await stack.client.get_workflow_handle(winner["workflow_id"]).result()
+    await stack.client.get_workflow_handle(answers[3].json()["workflow_id"]).result()
+    assert (await stack.get(f"/v1/certificates/{neighbour}"))["status"] == "revoked"
+    # Once it ended, the next action runs.
+    again = await stack.post(f"/v1/certificates/{target}/revoke", {"reason": "superseded"},
+                             expect=202)  # fmt: skip
+    await stack.client.get_workflow_handle(again["workflow_id"]).result()
+    assert (await stack.get(f"/v1/certificates/{target}"))["status"] == "revoked"
