@@ -47,10 +47,11 @@ def init_ca(settings: Settings, name: str, plugin_name: str, config: dict[str, A
             if crl is not None:
                 ca.crl_number, ca.crl_der = 1, crl
             del made, keys
+        certificate_pem = ca.certificate_pem
         with Session(engine) as db:
             db.add(ca)
             audit.record(db, "ca.created", name=name, plugin=plugin_name)
             db.commit()
-        return ca.certificate_pem
+        return certificate_pem
     finally:
         engine.dispose()

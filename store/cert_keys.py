@@ -72,7 +72,8 @@ def subject_problem(subject: str) -> str | None:
     try:
         name = subject_name(subject)
     except ValueError as exc:
-        return f"not an RFC 4514 distinguished name or a common name: {exc}"
+        why = f": {exc}" if str(exc) else ""
+        return f"not an RFC 4514 distinguished name (CN=web,O=Acme) or a common name{why}"
     if not list(name):
         return "the subject is empty"
     return None
