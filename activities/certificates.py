@@ -41,7 +41,6 @@ from store.cert_keys import certificate_der, generate_key, make_csr, private_pem
 from store.certificates import (
     ca_keys,
     certificate_key,
-    certificate_owner,
     due_for_renewal,
     note_operation,
     revocations,
@@ -61,7 +60,7 @@ from store.models import (
     utcnow,
 )
 from store.queries import get_or_raise, policy_for
-from store.vault import Vault
+from store.vault import Vault, certificate_owner
 from workflows import steps
 from workflows.contracts import (
     CERT_REQUEST,

@@ -11,10 +11,9 @@ from sqlmodel import Session
 from executors.ca.base import CaConfigurationError, CaKeys, CrlRequest, get_ca_plugin
 from keyturn.settings import Settings
 from store import audit
-from store.certificates import ca_owner
 from store.engine import make_engine
 from store.models import CertificateAuthority
-from store.vault import Vault
+from store.vault import Vault, ca_owner
 
 
 class CaCommandFailed(Exception):

@@ -19,15 +19,7 @@ from store.models import (
     OperationStatus,
     utcnow,
 )
-from store.vault import Vault
-
-
-def ca_owner(name: str) -> str:
-    return f"ca/{name}"
-
-
-def certificate_owner(certificate_id: str) -> str:
-    return f"certificate/{certificate_id}"
+from store.vault import Vault, ca_owner, certificate_owner
 
 
 def ca_keys(ca: CertificateAuthority, vault: Vault) -> CaKeys:

@@ -23,7 +23,6 @@ from cryptography import x509
 from sqlmodel import Session, col, select
 
 from starter.cli import main
-from store.certificates import ca_owner
 from store.models import (
     AuditEvent,
     Certificate,
@@ -31,7 +30,7 @@ from store.models import (
     Operation,
     utcnow,
 )
-from store.vault import Vault
+from store.vault import Vault, ca_owner
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, ssh_device
 from tests.e2e.leaks import assert_not_in_histories, assert_not_in_logs, assert_not_in_store
