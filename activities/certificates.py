@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
@@ -22,10 +22,12 @@ from temporalio.exceptions import ApplicationError
 
 from executors.base import (
     Account,
+    AuthenticationFailed,
     ConfigurationError,
     ExecutorError,
     InstalledFile,
     InstallRequest,
+    LoginProgress,
     get_executor,
     installs_files,
     redact,
@@ -47,7 +49,9 @@ from store.certificates import (
     store_crl,
 )
 from store.engine import in_thread, session_scope
+from store.gate import credential_busy
 from store.jobs import target_for
+from store.lockout import Budget, BudgetSpent, LockoutLedger
 from store.models import (
     Attempt,
     Certificate,
@@ -76,6 +80,7 @@ from workflows.contracts import (
 from workflows.steps import implements
 
 RENEWAL_TRIGGER = "certificate-renewal"
+CREDENTIAL_BUSY = "CredentialBusy"  # the workflow asks again once the credential is free
 # A CRL rebuilt by two revocations at once: the later one builds again from the store.
 CRL_TRIES = 5
 
@@ -88,6 +93,7 @@ class CertificateActivities:
         self._vault = vault
         self._settings = settings
         self._client = client
+        self._ledger = LockoutLedger(engine)
 
     # --- the operations' rows -------------------------------------------------------------
 
@@ -270,17 +276,28 @@ class CertificateActivities:
             targets = []
             for index, entry in enumerate(certificate.publish_to):
                 device = get_or_raise(session, Device, entry["device_id"])
+                credential = get_or_raise(session, Credential, entry["credential_id"])
                 queue = self._settings.zone_task_queue(device.zone)
-                targets.append(PublishTarget(index, device.id, queue))
+                capacity = (
+                    device.max_concurrent_operations
+                    or policy_for(session, credential).max_concurrent_operations
+                )
+                targets.append(PublishTarget(index, device.id, queue, capacity))
             return targets
 
     @implements(steps.cert_publish)
     async def cert_publish(self, step: PublishStep) -> PublishOutcome:
         """Install certificate (with its chain) and key on one device over its executor, run
         the reload command, then check that its TLS port serves the new certificate."""
-        job = await asyncio.to_thread(lambda: self._publish_job(step))
+        job = await asyncio.to_thread(self._publish_job, step)
         secrets = job.request.secrets
-        attempt_id = await asyncio.to_thread(lambda: _attempt(self._engine, step.operation_id))
+        try:
+            charge = await asyncio.to_thread(self._ledger.reserve, job.budget)
+        except BudgetSpent as exc:
+            raise ApplicationError(
+                str(exc), type="LockoutBudgetSpent", non_retryable=True
+            ) from None
+        attempt_id = await asyncio.to_thread(_attempt, self._engine, step.operation_id)
         try:
             executor = get_executor(job.executor)
             if not installs_files(executor):
@@ -288,13 +305,23 @@ class CertificateActivities:
                 raise ConfigurationError(job.device_name, "publish", cause)
             result = await executor.install_files(job.request)  # type: ignore[attr-defined]
         except ExecutorError as exc:
+            refused = exc.login in (LoginProgress.REFUSED, LoginProgress.UNKNOWN)
+            await asyncio.to_thread(self._ledger.settle, charge, failed=refused)
             message = redact(str(exc), secrets)
             shown = redact(exc.transcript, secrets)
             await asyncio.to_thread(
                 _attempt_done, self._engine, attempt_id, exc.kind, message, shown
             )
+            if isinstance(exc, AuthenticationFailed) and await asyncio.to_thread(
+                self._secret_moved, job
+            ):  # a change committed since the secret was read: publish again after it
+                raise ApplicationError(message, type=CREDENTIAL_BUSY, non_retryable=True) from None
             retry = exc.may_retry
             raise ApplicationError(message, type=exc.kind, non_retryable=not retry) from None
+        except BaseException:  # not classified (or canceled mid-call): it may have been refused
+            await asyncio.to_thread(self._ledger.settle, charge, failed=True)
+            raise
+        await asyncio.to_thread(self._ledger.settle, charge, failed=False)
         transcript = redact(result.transcript, secrets)
         del job.request, secrets  # the key's and the account's plaintext go with them
         served, seen = await wait_until_served(
@@ -313,12 +340,25 @@ class CertificateActivities:
         await asyncio.to_thread(lambda: _published(self._engine, attempt_id, step, transcript))
         return PublishOutcome(device_id=job.device_id, served_matches=True)
 
+    def _secret_moved(self, job: _PublishJob) -> bool:
+        with Session(self._engine) as session:
+            current = self._vault.current(session, job.credential_id)
+        return current is not None and current.id != job.secret_version_id
+
     def _publish_job(self, step: PublishStep) -> _PublishJob:
         with Session(self._engine) as session:
             certificate = get_or_raise(session, Certificate, step.certificate_id)
             entry = certificate.publish_to[step.index]
             device = get_or_raise(session, Device, entry["device_id"])
             credential = get_or_raise(session, Credential, entry["credential_id"])
+            if credential_busy(session, credential.id):
+                raise ApplicationError(
+                    f"credential {credential.id} is busy with another operation; the publish "
+                    "waits for it to end",
+                    type=CREDENTIAL_BUSY,
+                    non_retryable=True,
+                )
+            policy = policy_for(session, credential)
             version = self._vault.current(session, credential.id)
             if version is None or not certificate.certificate_pem:
                 raise ApplicationError("nothing to publish with", type="ConfigurationError",
@@ -337,10 +377,17 @@ class CertificateActivities:
                 InstalledFile(entry["key_path"], key.encode(), 0o600),
             )  # fmt: skip
             request = InstallRequest(
-                target_for(device, policy_for(session, credential)), account, files,
+                target_for(device, policy), account, files,
                 entry.get("reload_command") or None, secrets=(key, secret),
             )  # fmt: skip
+            budget = Budget(
+                device.id, credential.username, policy.lockout_budget,
+                timedelta(seconds=policy.lockout_window_seconds),
+            )  # fmt: skip
             return _PublishJob(
+                credential_id=credential.id,
+                secret_version_id=version.id,
+                budget=budget,
                 executor=device.executor,
                 device_id=device.id,
                 device_name=device.name,
@@ -379,13 +426,18 @@ class CertificateActivities:
 class _PublishJob:
     """What one publish needs, loaded in one read; lives only inside the activity."""
 
-    __slots__ = ("address", "certificate_der", "device_id", "device_name", "executor",
-                 "request", "server_name", "verify_port")  # fmt: skip
+    __slots__ = ("address", "budget", "certificate_der", "credential_id", "device_id",
+                 "device_name", "executor", "request", "secret_version_id", "server_name",
+                 "verify_port")  # fmt: skip
 
     def __init__(
-        self, *, executor: str, device_id: str, device_name: str, address: str,
-        verify_port: int, server_name: str, certificate_der: bytes, request: InstallRequest,
+        self, *, credential_id: str, secret_version_id: str, budget: Budget, executor: str,
+        device_id: str, device_name: str, address: str, verify_port: int, server_name: str,
+        certificate_der: bytes, request: InstallRequest,
     ) -> None:  # fmt: skip
+        self.credential_id = credential_id
+        self.secret_version_id = secret_version_id
+        self.budget = budget
         self.executor = executor
         self.device_id = device_id
         self.device_name = device_name

@@ -192,6 +192,12 @@ def holds(session: Session, operation_id: str) -> bool:
     return operation is not None and operation.gate_state == HOLDING
 
 
+def credential_busy(session: Session, credential_id: str) -> bool:
+    """Whether an operation is in the credential's gate (running or queued): what reads its
+    secret from outside the gate (a certificate's publish) waits until none is."""
+    return _tail(session, credential_id) is not None
+
+
 def ahead_of(session: Session, operation_id: str) -> Operation | None:
     operation = session.get(Operation, operation_id)
     if operation is None or operation.waiting_for is None:

@@ -34,6 +34,9 @@ with workflow.unsafe.imports_passed_through():
         PublishStep,
         PublishTarget,
         RenewalSweep,
+        SlotRelease,
+        SlotRequest,
+        WorkflowRef,
     )
 
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -44,9 +47,14 @@ RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=3,
     non_retryable_error_types=["ConfigurationError", "AuthenticationFailed", "HostKeyMismatch",
-                               "CertificateNotServed", "CaError"],
+                               "CertificateNotServed", "CaError", "CredentialBusy",
+                               "LockoutBudgetSpent"],
 )  # fmt: skip
 STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
+# A publish whose credential is busy with another operation asks again this often, this long.
+CREDENTIAL_BUSY = "CredentialBusy"
+CREDENTIAL_RETRY = timedelta(seconds=1)
+CREDENTIAL_WAIT = timedelta(minutes=30)
 
 
 class _Failed(Exception):
@@ -61,6 +69,12 @@ class CertificateWorkflow:
         self._requested_by: str | None = None
         self._awaiting_approval = False
         self._approved_by: str | None = None
+        self._granted: set[str] = set()
+
+    @workflow.signal(name="slot_granted")
+    def slot_granted(self, token: str) -> None:
+        """The device's semaphore workflow: this publish may use one of its slots."""
+        self._granted.add(token)
 
     @workflow.query
     def awaiting_approval(self) -> bool:
@@ -187,18 +201,51 @@ class CertificateWorkflow:
         failures = []
         for target in targets:  # one device after the other: a broken one stops none of the rest
             try:
-                await workflow.execute_activity(
-                    steps.cert_publish,
-                    PublishStep(step.operation_id, step.certificate_id, target.index),
-                    task_queue=target.task_queue,
-                    start_to_close_timeout=REMOTE_TIMEOUT,
-                    retry_policy=RETRY,
-                )
-            except ActivityError as exc:
-                failures.append((target.device_id, _failure(exc)))
+                await self._publish_on(step, target)
+            except _Failed as failed:
+                failures.append((target.device_id, failed))
         if failures:
             shown = "; ".join(f"device {device}: {failed}" for device, failed in failures)
             raise _Failed(failures[0][1].error_type, shown)
+
+    async def _publish_on(self, step: CertStep, target: PublishTarget) -> None:
+        """One device: within one of its slots (its cap on operations at once holds for
+        publishing too); while another operation acts on the credential it logs in with, the
+        publish waits for it (a change in flight would make the secret it reads stale)."""
+        token = f"{step.operation_id}/{target.index}"
+        info = workflow.info()
+        order_key = f"{workflow.now().replace(tzinfo=None).isoformat()}/{step.operation_id}"
+        await workflow.execute_local_activity(
+            steps.request_device_slot,
+            SlotRequest(target.device_id, token, WorkflowRef(info.workflow_id, info.run_id),
+                        target.device_capacity, order_key),
+            start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
+        )  # fmt: skip
+        try:
+            await workflow.wait_condition(lambda: token in self._granted)
+            waited = timedelta()
+            while True:
+                try:
+                    await workflow.execute_activity(
+                        steps.cert_publish,
+                        PublishStep(step.operation_id, step.certificate_id, target.index),
+                        task_queue=target.task_queue,
+                        start_to_close_timeout=REMOTE_TIMEOUT,
+                        retry_policy=RETRY,
+                    )
+                    return
+                except ActivityError as exc:
+                    failed = _failure(exc)
+                    if failed.error_type != CREDENTIAL_BUSY or waited >= CREDENTIAL_WAIT:
+                        raise failed from None
+                # A durable timer: the credential's operation ends in its own time.
+                await workflow.sleep(CREDENTIAL_RETRY)
+                waited += CREDENTIAL_RETRY
+        finally:
+            await workflow.execute_local_activity(
+                steps.release_device_slot, SlotRelease(target.device_id, token),
+                start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
+            )  # fmt: skip
 
 
 _Body = Callable[[CertStep], Awaitable[None]]

@@ -483,6 +483,7 @@ class PublishTarget:
     index: int
     device_id: str
     task_queue: str
+    device_capacity: int = 0  # operations allowed on the device at once (its slots)
 
 
 @dataclass(frozen=True)

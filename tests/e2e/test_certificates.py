@@ -37,7 +37,7 @@ from tests.e2e.leaks import assert_not_in_histories, assert_not_in_logs, assert_
 from tests.e2e.secrets_search import assert_no_secret
 from tests.e2e.test_principals import bearer, make_principal
 from tests.servers.nginx import Nginx
-from tests.servers.sshd import Sshd
+from tests.servers.sshd import Sshd, Users
 
 DEADLINE = 60.0
 
@@ -382,8 +382,7 @@ async def test_one_action_at_a_time_on_a_certificate(
         await stack.client.get_workflow_handle(certificate["workflow_id"]).result()
         await status_is(stack, certificate["id"], "issued")
     target, neighbour = made[0]["id"], made[1]["id"]
-    with Session(stack.engine) as db:
-        operations_before = len(db.exec(select(Operation)).all())
+    operations_before = _asked(stack, target, neighbour)
     answers = await asyncio.gather(
         stack.api.post(f"/v1/certificates/{target}/renew", json={}),
         stack.api.post(f"/v1/certificates/{target}/renew", json={}),
@@ -396,14 +395,78 @@ async def test_one_action_at_a_time_on_a_certificate(
     busy = next(a for a in answers[:3] if a.status_code == 409)
     assert busy.headers["content-type"] == "application/problem+json"
     assert "one action at a time" in busy.json()["detail"]
-    with Session(stack.engine) as db:
-        assert len(db.exec(select(Operation)).all()) == operations_before + 2
+    assert _asked(stack, target, neighbour) == operations_before + 2  # the 409s stored nothing
     winner = next(a for a in answers[:3] if a.status_code == 202).json()
     await stack.client.get_workflow_handle(winner["workflow_id"]).result()
     await stack.client.get_workflow_handle(answers[3].json()["workflow_id"]).result()
     assert (await stack.get(f"/v1/certificates/{neighbour}"))["status"] == "revoked"
-    # Once it ended, the next action runs.
-    again = await stack.post(f"/v1/certificates/{target}/revoke", {"reason": "superseded"},
-                             expect=202)  # fmt: skip
-    await stack.client.get_workflow_handle(again["workflow_id"]).result()
+    # Once it ended, the next action runs (a revocation, unless the winner was one).
+    if winner["kind"] == "cert-request":
+        again = await stack.post(
+            f"/v1/certificates/{target}/revoke", {"reason": "superseded"}, expect=202
+        )
+        await stack.client.get_workflow_handle(again["workflow_id"]).result()
     assert (await stack.get(f"/v1/certificates/{target}"))["status"] == "revoked"
+
+
+def _asked(stack: Stack, *certificate_ids: str) -> int:
+    """Operations of these certificates that a request made (the ones their workflows add
+    after a request, cert-sign and cert-publish, left out)."""
+    with Session(stack.engine) as db:
+        return len(
+            db.exec(
+                select(Operation).where(
+                    col(Operation.certificate_id).in_(certificate_ids),
+                    col(Operation.kind).in_(["cert-request", "cert-revoke"]),
+                )
+            ).all()
+        )
+
+
+async def test_a_publish_and_a_change_of_the_account_it_logs_in_with_at_once(
+    stack: Stack,
+    sshd: Sshd,
+    nginx: Nginx,
+    approver: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A publish asked together with a change of the account it logs in as, on the same device:
+    the publish waits while the credential is in an operation (its secret would go stale), takes
+    one of the device's slots, and both end succeeded: the new password logs in and nginx serves
+    the certificate."""
+    ca, ca_pem = await init_ca(stack, monkeypatch, capsys)
+    device = await ssh_device(stack, sshd)
+    account = await credential(stack, device["id"], nginx.user, nginx.password)
+    created = await stack.post(
+        "/v1/certificates",
+        {"name": f"busy-{secrets.token_hex(4)}", "subject": "CN=localhost",
+         "sans": ["localhost"], "validity_days": 3, "ca": ca,
+         "publish_to": [{"device_id": device["id"], "credential_id": account["id"],
+                         "cert_path": str(nginx.cert_path), "key_path": str(nginx.key_path),
+                         "reload_command": nginx.reload_command, "verify_port": nginx.port}]},
+    )  # fmt: skip
+    await approve(stack, created["id"], approver)
+    await stack.client.get_workflow_handle(created["workflow_id"]).result()
+    first = await stack.get(f"/v1/certificates/{created['id']}")
+    assert first["status"] == "issued"
+
+    change, publish = await asyncio.gather(
+        stack.api.post(f"/v1/credentials/{account['id']}/operations", json={"kind": "change"}),
+        stack.api.post(f"/v1/certificates/{created['id']}/publish", json={}),
+    )
+    assert (change.status_code, publish.status_code) == (202, 202), (change.text, publish.text)
+    changed, published = change.json(), publish.json()
+    await stack.client.get_workflow_handle(changed["workflow_id"]).result()
+    outcome = await stack.client.get_workflow_handle(published["workflow_id"]).result()
+    assert outcome["status"] == "succeeded", outcome
+    assert (await stack.get(f"/v1/operations/{changed['operation_id']}"))["status"] == ("succeeded")
+    operation = await stack.get(f"/v1/operations/{published['operation_id']}")
+    assert operation["status"] == "succeeded" and operation["kind"] == "cert-publish"
+    new_password = (await stack.get(f"/v1/credentials/{account['id']}/secret"))["password"]
+    nginx.password = new_password  # what later users of the session's nginx account log in with
+    assert new_password and await Users(sshd).password_works(nginx.user, new_password)
+    served = served_certificate(nginx.port, ca_pem)
+    assert f"{served.serial_number:X}" == first["serial"]
+    after = await stack.get(f"/v1/certificates/{created['id']}")
+    assert after["published_at"] > first["published_at"]
