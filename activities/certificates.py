@@ -34,12 +34,12 @@ from executors.base import (
 )
 from executors.ca.base import CaError, CaKeys, CrlRequest, SignRequest, get_ca_plugin
 from executors.ca.base import CertificateAuthority as CertificateAuthorityPlugin
+from executors.ca.keys import certificate_der, generate_key, make_csr, private_pem
 from executors.tls_check import wait_until_served
 from keyturn.settings import Settings
 from requesting.certificates import CertificateBusy, request_certificate_action
 from requesting.errors import TemporalUnavailable
 from store import audit
-from store.cert_keys import certificate_der, generate_key, make_csr, private_pem
 from store.certificates import (
     ca_keys,
     certificate_key,

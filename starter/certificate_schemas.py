@@ -8,8 +8,8 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, Field
 
+from executors.ca.keys import KEY_TYPES, MAX_SANS, san_problem, subject_problem
 from starter.schemas import Name, _In
-from store.cert_keys import KEY_TYPES, MAX_SANS, san_problem, subject_problem
 from workflows.contracts import CERTIFICATE_KINDS
 
 KeyType = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"]

@@ -21,7 +21,7 @@ from executors.ca.base import (
     Signed,
     SignRequest,
 )
-from store.cert_keys import KEY_TYPES, generate_key, load_private_key, private_pem
+from executors.ca.keys import KEY_TYPES, generate_key, load_private_key, private_pem
 
 _SETTINGS = {"subject", "validity_days", "key_type"}
 DEFAULT_CA_DAYS = 3650

@@ -19,7 +19,7 @@ from executors.ca.base import (
     get_ca_plugin,
 )
 from executors.ca.internal import InternalCa
-from store.cert_keys import generate_key, make_csr, san_problem
+from executors.ca.keys import generate_key, make_csr, san_problem
 
 
 def test_the_internal_ca_is_an_installed_plugin_of_the_interface() -> None:
