@@ -11,6 +11,7 @@ import time
 # check asks again until the new certificate is served or this long has passed.
 SERVED_DEADLINE = 20.0
 _RETRY_EVERY = 0.2
+STABLE_ANSWERS = 3
 
 
 async def served_certificate(host: str, port: int, server_name: str, within: float) -> bytes:
@@ -37,16 +38,24 @@ async def served_certificate(host: str, port: int, server_name: str, within: flo
 async def wait_until_served(
     host: str, port: int, server_name: str, expected: bytes, deadline: float = SERVED_DEADLINE
 ) -> tuple[bool, str]:
-    """Whether ``expected`` (DER) is served within ``deadline`` seconds, and what was seen last."""
+    """Whether ``expected`` (DER) is served within ``deadline`` seconds, and what was seen last.
+    It must be served on STABLE_ANSWERS connections in a row: while a reload hands over, old
+    and new server processes both accept connections for a moment."""
     until = time.monotonic() + deadline
     seen = "nothing yet"
+    in_a_row = 0
     while True:
         try:
             served = await served_certificate(host, port, server_name, within=5.0)
             if served == expected:
-                return True, "served"
+                in_a_row += 1
+                if in_a_row >= STABLE_ANSWERS:
+                    return True, "served"
+                continue
+            in_a_row = 0
             seen = "another certificate"
         except (OSError, ssl.SSLError, TimeoutError) as exc:
+            in_a_row = 0
             seen = f"no TLS answer ({type(exc).__name__}: {exc})"
         if time.monotonic() >= until:
             return False, seen
