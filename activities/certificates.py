@@ -123,7 +123,7 @@ class CertificateActivities:
             certificate = session.get(Certificate, finish.certificate_id)
             if (
                 certificate is not None
-                and finish.status == OperationStatus.FAILED
+                and finish.status in (OperationStatus.FAILED, OperationStatus.CANCELED)
                 and finish.kind in ("cert-request", "cert-sign")
                 and certificate.status != CertStatus.ISSUED  # a failed renewal keeps the old one
             ):
@@ -131,7 +131,7 @@ class CertificateActivities:
                 session.add(certificate)
             audit.record(
                 session, f"operation.{finish.status}", operation_id=finish.operation_id,
-                outcome="ok" if finish.status == OperationStatus.SUCCEEDED else "failed",
+                outcome="ok" if finish.status == OperationStatus.SUCCEEDED else finish.status,
                 kind=finish.kind, certificate_id=finish.certificate_id,
                 error_type=finish.error_type,
             )  # fmt: skip

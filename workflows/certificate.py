@@ -10,12 +10,13 @@ one action at a time acts on a certificate.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from workflows import steps
@@ -26,6 +27,9 @@ with workflow.unsafe.imports_passed_through():
         CERT_REVOKE,
         CERTIFICATE_RENEWAL_WORKFLOW,
         CERTIFICATE_WORKFLOW,
+        SA_KIND,
+        SA_OPERATION,
+        SA_STATUS,
         CertApproval,
         CertFinish,
         CertificateInput,
@@ -117,7 +121,9 @@ class CertificateWorkflow:
                 await self._operation(first, self._revoke)
                 done.append(first.operation_id)
         except _Failed:
+            workflow.upsert_search_attributes([SA_STATUS.value_set("failed")])
             return CertificateOutcome("failed", done)
+        workflow.upsert_search_attributes([SA_STATUS.value_set("succeeded")])
         return CertificateOutcome("succeeded", done)
 
     def _step(self, request: CertificateInput, operation_id: str, kind: str) -> CertStep:
@@ -136,10 +142,24 @@ class CertificateWorkflow:
         await workflow.execute_local_activity(
             steps.cert_open, step, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
         )
+        # Findable in the Web UI by the operation running now, like every operation.
+        workflow.upsert_search_attributes(
+            [
+                SA_OPERATION.value_set(step.operation_id),
+                SA_KIND.value_set(step.kind),
+                SA_STATUS.value_set("running"),
+            ]
+        )
         try:
             await body(step)
         except _Failed as failed:
             await self._finish(step, "failed", failed.error_type, str(failed))
+            raise
+        except asyncio.CancelledError:
+            # POST /v1/operations/{id}/cancel: recorded, then the workflow ends canceled. A
+            # request canceled before it was signed leaves the certificate failed (never signed).
+            await self._finish(step, "canceled", "Canceled", "canceled by request")
+            workflow.upsert_search_attributes([SA_STATUS.value_set("canceled")])
             raise
         await self._finish(step, "succeeded")
 
@@ -254,7 +274,9 @@ _KIND = {CERT_REQUEST: "cert-request", CERT_PUBLISH: "cert-publish", CERT_REVOKE
 
 def _failure(exc: ActivityError) -> _Failed:
     """The activity's own error (type and message), never a secret: activities raise only
-    redacted messages."""
+    redacted messages. An activity canceled because the workflow was is the cancel itself."""
+    if is_cancelled_exception(exc):
+        raise asyncio.CancelledError() from exc
     cause = exc.cause
     if isinstance(cause, ApplicationError):
         return _Failed(cause.type or "ApplicationError", cause.message)

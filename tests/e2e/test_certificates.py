@@ -16,11 +16,13 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from cryptography import x509
 from sqlmodel import Session, col, select
+from temporalio.client import WorkflowFailureError
 
 from starter.cli import main
 from store.models import (
@@ -76,6 +78,12 @@ async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     while not await check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.1)
+
+
+async def ended(stack: Stack, workflow_id: str) -> Any:
+    """The workflow's result, or a failure after DEADLINE seconds rather than a hung test."""
+    handle = stack.client.get_workflow_handle(workflow_id)
+    return await asyncio.wait_for(handle.result(), DEADLINE)
 
 
 async def status_is(stack: Stack, certificate_id: str, status: str) -> None:
@@ -192,7 +200,7 @@ async def test_a_certificate_is_requested_approved_signed_published_renewed_and_
             f"/v1/certificates/{certificate_id}/approve", json={}, headers=bearer(approver)
         )
         assert approved.status_code == 200, approved.text
-        outcome = await stack.client.get_workflow_handle(created["workflow_id"]).result()
+        outcome = await ended(stack, created["workflow_id"])
         assert outcome["status"] == "succeeded", outcome
 
         issued = await stack.get(f"/v1/certificates/{certificate_id}")
@@ -251,7 +259,7 @@ async def test_a_certificate_is_requested_approved_signed_published_renewed_and_
             f"/v1/certificates/{certificate_id}/revoke", {"reason": "keyCompromise"}, expect=202
         )
         assert revoking["kind"] == "cert-revoke"
-        await stack.client.get_workflow_handle(revoking["workflow_id"]).result()
+        await ended(stack, revoking["workflow_id"])
         revoked = await stack.get(f"/v1/certificates/{certificate_id}")
         assert (revoked["status"], revoked["revocation_reason"]) == ("revoked", "keyCompromise")
         crl = await stack.api.get(f"/v1/cas/{ca}/crl")
@@ -394,7 +402,7 @@ async def test_one_action_at_a_time_on_a_certificate(
     ]  # fmt: skip
     for certificate in made:
         await approve(stack, certificate["id"], approver)
-        await stack.client.get_workflow_handle(certificate["workflow_id"]).result()
+        await ended(stack, certificate["workflow_id"])
         await status_is(stack, certificate["id"], "issued")
     target, neighbour = made[0]["id"], made[1]["id"]
     operations_before = _asked(stack, target, neighbour)
@@ -412,15 +420,15 @@ async def test_one_action_at_a_time_on_a_certificate(
     assert "one action at a time" in busy.json()["detail"]
     assert _asked(stack, target, neighbour) == operations_before + 2  # the 409s stored nothing
     winner = next(a for a in answers[:3] if a.status_code == 202).json()
-    await stack.client.get_workflow_handle(winner["workflow_id"]).result()
-    await stack.client.get_workflow_handle(answers[3].json()["workflow_id"]).result()
+    await ended(stack, winner["workflow_id"])
+    await ended(stack, answers[3].json()["workflow_id"])
     assert (await stack.get(f"/v1/certificates/{neighbour}"))["status"] == "revoked"
     # Once it ended, the next action runs (a revocation, unless the winner was one).
     if winner["kind"] == "cert-request":
         again = await stack.post(
             f"/v1/certificates/{target}/revoke", {"reason": "superseded"}, expect=202
         )
-        await stack.client.get_workflow_handle(again["workflow_id"]).result()
+        await ended(stack, again["workflow_id"])
     assert (await stack.get(f"/v1/certificates/{target}"))["status"] == "revoked"
 
 
@@ -462,7 +470,7 @@ async def test_a_publish_and_a_change_of_the_account_it_logs_in_with_at_once(
                          "reload_command": nginx.reload_command, "verify_port": nginx.port}]},
     )  # fmt: skip
     await approve(stack, created["id"], approver)
-    await stack.client.get_workflow_handle(created["workflow_id"]).result()
+    await ended(stack, created["workflow_id"])
     first = await stack.get(f"/v1/certificates/{created['id']}")
     assert first["status"] == "issued"
 
@@ -472,8 +480,8 @@ async def test_a_publish_and_a_change_of_the_account_it_logs_in_with_at_once(
     )
     assert (change.status_code, publish.status_code) == (202, 202), (change.text, publish.text)
     changed, published = change.json(), publish.json()
-    await stack.client.get_workflow_handle(changed["workflow_id"]).result()
-    outcome = await stack.client.get_workflow_handle(published["workflow_id"]).result()
+    await ended(stack, changed["workflow_id"])
+    outcome = await ended(stack, published["workflow_id"])
     assert outcome["status"] == "succeeded", outcome
     assert (await stack.get(f"/v1/operations/{changed['operation_id']}"))["status"] == ("succeeded")
     operation = await stack.get(f"/v1/operations/{published['operation_id']}")
@@ -484,3 +492,34 @@ async def test_a_publish_and_a_change_of_the_account_it_logs_in_with_at_once(
     await serves(nginx.port, ca_pem, first["serial"])
     after = await stack.get(f"/v1/certificates/{created['id']}")
     assert after["published_at"] > first["published_at"]
+
+
+async def test_a_request_waiting_for_approval_is_canceled_and_requested_again(
+    stack: Stack, approver: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """A request canceled while it waits for approval ends canceled and the certificate failed
+    (never signed): it cannot be approved any more, and a renewal requests it again."""
+    ca, _ = await init_ca(stack, monkeypatch, capsys)
+    created = await stack.post(
+        "/v1/certificates",
+        {"name": f"cancel-{secrets.token_hex(4)}", "subject": "CN=c", "validity_days": 2,
+         "ca": ca},
+    )  # fmt: skip
+    await status_is(stack, created["id"], "awaiting_approval")
+    await stack.post(f"/v1/operations/{created['operation_id']}/cancel", {}, expect=202)
+    with pytest.raises(WorkflowFailureError):
+        await ended(stack, created["workflow_id"])
+    operation = await stack.get(f"/v1/operations/{created['operation_id']}")
+    assert (operation["status"], operation["kind"]) == ("canceled", "cert-request")
+    assert (await stack.get(f"/v1/certificates/{created['id']}"))["status"] == "failed"
+    late = await stack.api.post(
+        f"/v1/certificates/{created['id']}/approve", json={}, headers=bearer(approver)
+    )
+    assert late.status_code == 409, late.text
+    again = await stack.post(f"/v1/certificates/{created['id']}/renew", {}, expect=202)
+    await status_is(stack, created["id"], "awaiting_approval")  # never approved: asked again
+    await approve(stack, created["id"], approver)
+    outcome = await ended(stack, again["workflow_id"])
+    assert outcome["status"] == "succeeded"
+    assert (await stack.get(f"/v1/certificates/{created['id']}"))["status"] == "issued"
