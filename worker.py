@@ -30,11 +30,11 @@ from governance.siem import SiemEcho
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
 from requesting.restored import request_verifies_after_restore
-from store.engine import STORE_ACTIVITY_THREADS, make_engine
+from store.engine import STORE_ACTIVITY_THREADS, in_thread, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
 from triggers import schedules
-from triggers.certificate_renewal import ensure_renewal_schedule
+from triggers.certificate_renewal import ensure_renewal_schedule, renews_any
 from workflows.callback import CallbackWorkflow
 from workflows.certificate import CertificateRenewalWorkflow, CertificateWorkflow
 from workflows.contracts import SEARCH_ATTRIBUTES
@@ -125,7 +125,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
 async def start_schedules(client: Client, engine: Engine, settings: Settings) -> None:
     """Every policy's schedules as the store says, whatever happened while Keyturn was down."""
     done = await schedules.reconcile(client, engine, settings)
-    await ensure_renewal_schedule(client, settings)
+    if await in_thread(engine, renews_any):  # the API makes it with the first such certificate
+        await ensure_renewal_schedule(client, settings)
     logging.getLogger("keyturn").info(
         "schedules of %d policies in place; %d orphans removed", done.applied, len(done.removed)
     )

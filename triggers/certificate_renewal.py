@@ -2,13 +2,15 @@
 a Temporal Schedule (``keyturn-certificate-renewal-<task queue>``) fires a renewal sweep every
 ``KEYTURN_SWEEP_INTERVAL_SECONDS``; the sweep requests a renewal (trigger
 ``certificate-renewal``) of each certificate then due. One schedule per deployment: server
-state does not grow with certificates.
+state does not grow with certificates. It is made with the first certificate that has a
+``renew_before_days``, and at a worker's start when the store holds one.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlmodel import Session, col, select
 from temporalio.client import (
     Client,
     Schedule,
@@ -24,11 +26,18 @@ from temporalio.service import RPCError
 
 from keyturn.settings import Settings
 from requesting import TemporalUnavailable
+from store.models import Certificate
 from workflows.contracts import (
     CERTIFICATE_RENEWAL_WORKFLOW,
     RenewalSweep,
     certificate_renewal_schedule_id,
 )
+
+
+def renews_any(session: Session) -> bool:
+    """Whether any certificate asks to be renewed (else no schedule is needed yet)."""
+    query = select(Certificate.id).where(col(Certificate.renew_before_days).is_not(None))
+    return session.exec(query.limit(1)).first() is not None
 
 
 def renewal_schedule(settings: Settings) -> Schedule:
