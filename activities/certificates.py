@@ -100,6 +100,9 @@ class CertificateActivities:
     @implements(steps.cert_open)
     def cert_open(self, step: CertStep) -> None:
         with session_scope(self._engine) as session:
+            before = session.get(Operation, step.operation_id)
+            if before is not None and before.status != OperationStatus.SCHEDULED:
+                return  # a retry: it was opened
             note_operation(
                 session, step.operation_id, step.certificate_id, step.kind,
                 workflow_id=step.workflow_id, trigger=step.trigger,
@@ -186,6 +189,8 @@ class CertificateActivities:
                 return certificate, get_or_raise(session, CertificateAuthority, certificate.ca)
 
         certificate, ca = await asyncio.to_thread(load)
+        if certificate.pending_key_ciphertext is None and certificate.status == CertStatus.ISSUED:
+            return  # a retry of a signature that landed: its key is the one in use now
         if not certificate.csr_pem or certificate.pending_key_ciphertext is None:
             raise ApplicationError("no pending request to sign", type="ConfigurationError",
                                    non_retryable=True)  # fmt: skip
