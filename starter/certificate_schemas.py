@@ -90,7 +90,7 @@ class RevokeIn(_In):
 
 
 class ApproveIn(_In):
-    note: str | None = Field(None, max_length=500)
+    """An approval says nothing more than who gives it (the caller)."""
 
 
 class ActionIn(_In):

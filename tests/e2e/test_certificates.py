@@ -23,6 +23,7 @@ import pytest
 from cryptography import x509
 from sqlmodel import Session, col, select
 from temporalio.client import WorkflowFailureError
+from temporalio.worker import Replayer
 
 from starter.cli import main
 from store.models import (
@@ -40,6 +41,7 @@ from tests.e2e.secrets_search import assert_no_secret
 from tests.e2e.test_principals import bearer, make_principal
 from tests.servers.nginx import Nginx
 from tests.servers.sshd import Sshd, Users
+from workflows.certificate import CertificateWorkflow
 
 DEADLINE = 60.0
 
@@ -287,6 +289,16 @@ async def test_a_certificate_is_requested_approved_signed_published_renewed_and_
                 "certificate.revoked", "operation.succeeded"} <= events  # fmt: skip
     finally:
         stack.api.event_hooks["response"] = []
+
+    # Every run of its workflow (request with approval, renewal, revocation) replays.
+    runs = [
+        r async for r in stack.client.list_workflows(f"WorkflowId = '{created['workflow_id']}'")
+    ]
+    assert len(runs) == 3
+    replayer = Replayer(workflows=[CertificateWorkflow], data_converter=stack.client.data_converter)
+    for run in runs:
+        handle = stack.client.get_workflow_handle(run.id, run_id=run.run_id)
+        await replayer.replay_workflow(await handle.fetch_history())
 
     # No private key, the certificate's (either) or the CA's, anywhere it could leak.
     with Session(stack.engine) as db:
