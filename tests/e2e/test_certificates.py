@@ -291,10 +291,14 @@ async def test_a_certificate_is_requested_approved_signed_published_renewed_and_
         stack.api.event_hooks["response"] = []
 
     # Every run of its workflow (request with approval, renewal, revocation) replays.
-    runs = [
-        r async for r in stack.client.list_workflows(f"WorkflowId = '{created['workflow_id']}'")
-    ]
-    assert len(runs) == 3
+    query = f"WorkflowId = '{created['workflow_id']}'"
+    runs: list[Any] = []
+
+    async def listed() -> bool:  # visibility follows the runs' ends closely, not at once
+        runs[:] = [r async for r in stack.client.list_workflows(query)]
+        return len(runs) == 3
+
+    await until(listed, "the certificate's three runs to be listed")
     replayer = Replayer(workflows=[CertificateWorkflow], data_converter=stack.client.data_converter)
     for run in runs:
         handle = stack.client.get_workflow_handle(run.id, run_id=run.run_id)
