@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-expiry clean
+.PHONY: run test lint bench bench-chpasswd bench-orchestrator bench-inflight bench-expiry clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: $(STAMP)
 bench: $(STAMP)
 	scripts/setup-test-deps
 	$(BIN)/python bench/rotate.py
+
+bench-chpasswd: $(STAMP)
+	scripts/setup-test-deps
+	$(BIN)/python bench/rotate.py --template ssh/linux-chpasswd
+
+bench-orchestrator: $(STAMP)
+	$(BIN)/python bench/orchestrator.py
+
+bench-inflight: $(STAMP)
+	$(BIN)/python bench/inflight.py
 
 bench-expiry: $(STAMP)
 	$(BIN)/python bench/expiry.py

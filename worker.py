@@ -80,6 +80,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 gate.leave_gate,
                 gate.check_gate,
                 slots.request_device_slot,
+                slots.acquire_device_slot,
                 slots.release_device_slot,
                 slots.workflows_running,
                 store.prepare,
@@ -115,6 +116,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
             client,
             task_queue=settings.zone_task_queue(zone),
             activities=[executor.change, executor.probe, certificates.cert_publish],
+            max_concurrent_activities=settings.max_concurrent_executor_calls,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
         for zone in settings.zones

@@ -341,7 +341,7 @@ class ExecutorActivities:
                 transcript, outcome = await body()
         except BudgetSpent as exc:
             await asyncio.to_thread(
-                self._finish_attempt, attempt_id, "LockoutBudgetSpent", str(exc), ""
+                self._finish_attempt, attempt_id, "LockoutBudgetSpent", str(exc), "", job
             )
             # Retryable, after the window frees a login: the wait is Temporal's, durable.
             raise ApplicationError(
@@ -352,7 +352,7 @@ class ExecutorActivities:
             ) from None
         except ExecutorError as exc:
             await asyncio.to_thread(
-                self._finish_attempt, attempt_id, exc.kind, str(exc), exc.transcript
+                self._finish_attempt, attempt_id, exc.kind, str(exc), exc.transcript, job
             )
             raise _failure(exc, job.secrets) from None
         except asyncio.CancelledError:
@@ -364,14 +364,17 @@ class ExecutorActivities:
                     "canceled",
                     "the operation was canceled while this attempt ran",
                     "",
+                    job,
                 )
             )
             raise
         except Exception as exc:
             detail = redact(f"{type(exc).__name__}: {exc}", job.secrets)
-            await asyncio.to_thread(self._finish_attempt, attempt_id, "error", detail, "")
+            await asyncio.to_thread(self._finish_attempt, attempt_id, "error", detail, "", job)
             raise ApplicationError(detail, type="InternalError") from None
-        await asyncio.to_thread(self._finish_attempt, attempt_id, "succeeded", None, transcript)
+        await asyncio.to_thread(
+            self._finish_attempt, attempt_id, "succeeded", None, transcript, job
+        )
         return outcome
 
     def _start_attempt(self, operation_id: str, step: str, number: int) -> str:
@@ -393,7 +396,12 @@ class ExecutorActivities:
             return attempt.id
 
     def _finish_attempt(
-        self, attempt_id: str, outcome: str, detail: str | None, transcript: str
+        self,
+        attempt_id: str,
+        outcome: str,
+        detail: str | None,
+        transcript: str,
+        job: Job | None = None,  # loaded already: its ids spare the audit record's lookups
     ) -> None:
         with session_scope(self._engine) as session:
             attempt = session.get(Attempt, attempt_id)
@@ -411,6 +419,15 @@ class ExecutorActivities:
                 outcome="succeeded" if outcome == "succeeded" else "failed",
                 number=attempt.number,
                 result=outcome,
+                **(
+                    {
+                        "credential_id": job.credential.id,
+                        "device_id": job.device.id,
+                        "principal": job.operation.requested_by or audit.KEYTURN,
+                    }
+                    if job is not None
+                    else {}
+                ),
             )
 
     def _previous_may_have_sent(self, operation_id: str, number: int) -> bool:

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     zones: list[str] = Field(default_factory=lambda: ["default"])
+    # Executor calls (change, probe) a worker runs at once, per zone. Each mostly waits on its
+    # target; the device caps, not this, keep targets from being crowded. Temporal's default
+    # (100) held a thousand operations on five hundred devices to a tenth of what the caps allow.
+    max_concurrent_executor_calls: int = Field(default=1000, ge=1, le=100_000)
     # How often each policy's expiry and verification schedules sweep for due credentials, and
     # how many credentials a sweep reads per page.
     sweep_interval_seconds: float = Field(default=60.0, ge=1.0)

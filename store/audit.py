@@ -47,7 +47,9 @@ def record(
 ) -> AuditEvent:
     """Append an event in ``session``'s transaction. ``principal`` defaults to whoever requested
     the operation (or Keyturn itself), ``device_id`` to the credential's device."""
-    operation = session.get(Operation, operation_id) if operation_id else None
+    # A caller that names credential, device and principal spares the lookups (hot paths do).
+    known = credential_id and device_id and principal
+    operation = session.get(Operation, operation_id) if operation_id and not known else None
     if operation is not None:
         credential_id = credential_id or operation.credential_id
         principal = principal or operation.requested_by
@@ -125,10 +127,13 @@ def _lock_head(session: Session) -> AuditHead:
             update(AuditHead).where(col(AuditHead.id) == 1).values(last_id=AuditHead.last_id)
         )
         if bumped.rowcount:  # type: ignore[attr-defined]
-            head = session.get(AuditHead, 1)
-            assert head is not None
-            session.refresh(head)
-            return head
+            # Read after the lock, and fresh even if this session holds the row already: one
+            # statement (get-then-refresh was two).
+            return session.exec(
+                select(AuditHead)
+                .where(col(AuditHead.id) == 1)
+                .execution_options(populate_existing=True)
+            ).one()
         try:
             with session.begin_nested():
                 session.add(AuditHead(id=1, last_id=0, hash=GENESIS))

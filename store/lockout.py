@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -107,13 +107,12 @@ class LockoutLedger:
     def settle(self, charge_id: str, *, failed: bool) -> None:
         """``failed``: the login was refused, or may have been (its verdict is unknown); its
         charge is kept until it leaves the window. Any other login gives its charge back."""
+        # One statement each way, by id: settling is on every login's path.
+        charge = col(LoginCharge.id) == charge_id
         with session_scope(self._engine) as session:
-            charge = session.get(LoginCharge, charge_id)
-            if charge is None:
-                return
             if failed:
-                charge.state = "failed"
-                charge.at = utcnow()
-                session.add(charge)
+                session.execute(
+                    update(LoginCharge).where(charge).values(state="failed", at=utcnow())
+                )
             else:
-                session.delete(charge)
+                session.execute(delete(LoginCharge).where(charge))

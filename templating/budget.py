@@ -61,6 +61,70 @@ def _current() -> Budget:
     return budget if budget is not None else Budget.start()
 
 
+class _Watch:
+    """One watched block: the thread to interrupt, its deadline, and whether it still runs."""
+
+    def __init__(self, thread_id: int, deadline: float) -> None:
+        self.thread = ctypes.c_ulong(thread_id)
+        self.deadline = deadline
+        self.lock = threading.Lock()
+        self.running = True
+        self.fired = False
+
+    def fire(self) -> None:
+        with self.lock:
+            if self.running:
+                self.fired = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    self.thread, ctypes.py_object(BudgetExceeded)
+                )
+
+    def end(self) -> None:
+        with self.lock:
+            self.running = False
+        if self.fired:  # withdraw it if it has not been delivered yet
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(self.thread, None)
+
+
+class _Watchdog:
+    """One thread for the whole process that fires each watch at its deadline. A thread (or a
+    timer) per rendering cost more than many renderings themselves."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._watches: set[_Watch] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watch: _Watch) -> None:
+        with self._changed:
+            self._watches.add(watch)
+            if self._thread is None or not self._thread.is_alive():  # also after a fork
+                self._thread = threading.Thread(
+                    target=self._run, name="keyturn-render-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify()
+
+    def remove(self, watch: _Watch) -> None:
+        with self._changed:
+            self._watches.discard(watch)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = [w for w in self._watches if w.deadline <= now]
+                self._watches.difference_update(due)
+                if not due:
+                    earliest = min((w.deadline for w in self._watches), default=None)
+                    self._changed.wait(None if earliest is None else earliest - now)
+            for watch in due:
+                watch.fire()
+
+
+_WATCHDOG = _Watchdog()
+
+
 @contextlib.contextmanager
 def watchdog(budget: Budget) -> Iterator[None]:
     """Raise BudgetExceeded in this thread if the block is still running at the deadline.
@@ -69,29 +133,13 @@ def watchdog(budget: Budget) -> Iterator[None]:
     template can write (it is compiled to Python code). A pending exception not yet delivered
     when the block ends is withdrawn, so none ever escapes past the block.
     """
-    thread = ctypes.c_ulong(threading.get_ident())
-    lock = threading.Lock()
-    running = True
-    fired = False
-
-    def fire() -> None:
-        nonlocal fired
-        with lock:
-            if running:
-                fired = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, ctypes.py_object(BudgetExceeded))
-
-    timer = threading.Timer(max(0.0, budget.deadline - time.monotonic()), fire)
-    timer.daemon = True
-    timer.start()
+    watch = _Watch(threading.get_ident(), budget.deadline)
+    _WATCHDOG.add(watch)
     try:
         yield
     finally:
-        with lock:
-            running = False
-        timer.cancel()
-        if fired:  # withdraw it if it has not been delivered yet
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(thread, None)
+        watch.end()
+        _WATCHDOG.remove(watch)
 
 
 def budgeted_range(*args: int) -> Iterator[int]:

@@ -12,6 +12,8 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 WORKFLOW_NAME = "KeyturnOperation"
 DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
+# The semaphore's update that queues a request and answers whether it holds a slot already.
+ACQUIRE_SLOT_UPDATE = "acquire_now"
 CALLBACK_WORKFLOW = "KeyturnCallback"
 SWEEP_WORKFLOW = "KeyturnSweep"
 DELAYED_OPERATION_WORKFLOW = "KeyturnDelayedOperation"

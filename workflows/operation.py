@@ -93,6 +93,13 @@ CALLBACKS_CLOSED_PATCH = "callbacks-closed-on-end"
 OPERATION_ID_PATCH = "operation-id-search-attribute"
 # Histories with this marker verify inside the change activity (StepInput.verify_after_change).
 VERIFY_IN_CHANGE_PATCH = "verify-in-change"
+# One marker for every patch above: a history that has it behaves as if each of them were
+# recorded. Every patch costs its history a marker and a search-attribute upsert; four of them
+# were a fifth of an operation's events. Histories recorded before it still call each patch.
+# Histories with it also ask for their device slot by update (acquire_device_slot), granted in
+# the answer when a slot is free, where the earlier ones asked by signal and waited for one.
+# The next change to this workflow adds its own patch beside this one, as before.
+ALL_PATCHES_OF_2026_11 = "all-patches-of-2026-11"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -115,6 +122,7 @@ VERIFIED = "verified: the new secret logs in"
 class OperationWorkflow:
     def __init__(self) -> None:
         self._legacy: LegacyOperation | None = None
+        self._all_patches = False  # set by run, first thing (see _patched)
         self._status = "scheduled"
         self._step = "register"
         self._resolution = VERIFIED
@@ -152,9 +160,17 @@ class OperationWorkflow:
     def slot_granted(self, token: str) -> None:
         self._granted.add(token)
 
+    def _patched(self, patch_id: str) -> bool:
+        """``workflow.patched``, answered True without a marker once the history has the
+        marker that stands for all of them (ALL_PATCHES_OF_2026_11)."""
+        return self._all_patches or workflow.patched(patch_id)
+
     @workflow.run
     async def run(self, op: OperationInput) -> OperationResult:
-        if not workflow.patched(GATE_PATCH):
+        # Asked first, in the first workflow task: a history recorded before the marker existed
+        # has none here, and replays each patch's own marker below.
+        self._all_patches = workflow.patched(ALL_PATCHES_OF_2026_11)
+        if not self._patched(GATE_PATCH):
             self._legacy = LegacyOperation()
             return await self._legacy.run(op)
         info = workflow.info()
@@ -184,7 +200,7 @@ class OperationWorkflow:
                     FinishInput(self._operation_id, "canceled", "canceled before it started"),
                 )
             await self._to_the_end(self._leave_gate)
-            if workflow.patched(CALLBACKS_CLOSED_PATCH):
+            if self._patched(CALLBACKS_CLOSED_PATCH):
                 await self._to_the_end(self._tell_requesters)
             raise
         self._device_id = admission.device_id
@@ -198,7 +214,7 @@ class OperationWorkflow:
             SA_TRIGGER.value_set(op.trigger),
             SA_STATUS.value_set(self._status),
         ]
-        if workflow.patched(OPERATION_ID_PATCH):
+        if self._patched(OPERATION_ID_PATCH):
             updates.append(SA_OPERATION.value_set(self._operation_id))
         workflow.upsert_search_attributes(updates)
         if workflow.memo_value("operation_id", None, type_hint=str) != self._operation_id:
@@ -208,9 +224,9 @@ class OperationWorkflow:
         finally:
             # Whatever happened, the next operation on the credential must be told.
             await self._to_the_end(self._leave_gate)
-        if workflow.patched(CALLBACKS_CLOSED_PATCH):
+        if self._patched(CALLBACKS_CLOSED_PATCH):
             await self._to_the_end(self._tell_requesters)
-        elif op.callback and workflow.patched(CALLBACK_PATCH):
+        elif op.callback and self._patched(CALLBACK_PATCH):
             await self._to_the_end(lambda: self._start_callback(0))
         if self._canceled:
             raise asyncio.CancelledError(result.resolution)
@@ -504,7 +520,7 @@ class OperationWorkflow:
         """None means: commit. Otherwise the terminal state to record."""
         self._step = "change"
         change_step = step
-        if workflow.patched(VERIFY_IN_CHANGE_PATCH):
+        if self._patched(VERIFY_IN_CHANGE_PATCH):
             change_step = dataclasses.replace(step, verify_after_change=True)
         try:
             outcome = await self._executor(steps.change, change_step, plan)
@@ -806,16 +822,18 @@ class OperationWorkflow:
         token = f"{self._operation_id}/{self._slots_asked}"
         self._slot = token
         info = workflow.info()
-        await self._call(
-            steps.request_device_slot,
-            SlotRequest(
-                plan.device_id or self._device_id,
-                token,
-                WorkflowRef(info.workflow_id, info.run_id),
-                plan.device_capacity,
-                self._order_key,
-            ),
+        request = SlotRequest(
+            plan.device_id or self._device_id,
+            token,
+            WorkflowRef(info.workflow_id, info.run_id),
+            plan.device_capacity,
+            self._order_key,
         )
+        if self._all_patches:
+            if await self._call(steps.acquire_device_slot, request):
+                self._granted.add(token)  # a free slot: granted by the update's answer
+        else:
+            await self._call(steps.request_device_slot, request)
         if token not in self._granted:
             step, self._step = self._step, "waiting for a device slot"
             await workflow.wait_condition(lambda: token in self._granted)

@@ -114,6 +114,12 @@ async def request_device_slot(request: SlotRequest) -> None:
     raise NotImplementedError(DECLARATION)
 
 
+@_declare("keyturn.acquire_device_slot")
+async def acquire_device_slot(request: SlotRequest) -> bool:
+    """Queue for a slot by an update of the semaphore: True when the slot is granted at once."""
+    raise NotImplementedError(DECLARATION)
+
+
 @_declare("keyturn.release_device_slot")
 async def release_device_slot(release: SlotRelease) -> None:
     raise NotImplementedError(DECLARATION)

@@ -20,3 +20,22 @@ async def test_the_worker_implements_every_declared_step(stack: Stack) -> None:
         for fn in w.config().get("activities", ())
     }
     assert served == steps.declared_names()
+
+
+async def test_each_zone_worker_runs_as_many_executor_calls_at_once_as_the_setting_says(
+    stack: Stack,
+) -> None:
+    """Temporal's default (100 activities) would hold operations the device caps allow."""
+    settings = stack.settings.model_copy(
+        update={
+            "task_queue": f"{stack.settings.task_queue}-y",
+            "zones": ["default", "dmz"],
+            "max_concurrent_executor_calls": 750,
+        }
+    )
+    workers = build_workers(stack.client, settings, stack.engine)
+    zone_workers = [
+        w for w in workers if "workflows" not in w.config() or not w.config()["workflows"]
+    ]
+    assert len(zone_workers) == 2
+    assert {w.config().get("max_concurrent_activities") for w in zone_workers} == {750}

@@ -3,6 +3,7 @@ clear error naming its line, and normal templates are untouched."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -52,3 +53,31 @@ def test_the_watchdog_interrupts_a_loop_and_never_fires_after_its_block() -> Non
     with watchdog(Budget.start(seconds=0.05)):
         pass  # done before the deadline
     time.sleep(0.2)  # past the deadline: nothing is raised here
+
+
+def test_one_watchdog_thread_serves_every_rendering_each_at_its_own_deadline() -> None:
+    render("{{ 1 }}", CONTEXT)  # the watchdog's thread exists from the first rendering on
+    threads = threading.active_count()
+    for _ in range(200):
+        render("{% for i in range(3) %}{{ i }}{% endfor %}", CONTEXT)
+    assert threading.active_count() == threads, "a rendering started a thread of its own"
+
+    outcomes: dict[str, str] = {}
+
+    def spin(name: str, seconds: float, spins: int) -> None:
+        try:
+            with watchdog(Budget.start(seconds=seconds)):
+                for _ in range(spins):
+                    pass
+            outcomes[name] = "finished"
+        except BudgetExceeded:
+            outcomes[name] = "interrupted"
+
+    # A block that never ends beside one that ends well within a long deadline.
+    short = threading.Thread(target=spin, args=("short", 0.05, 10**12))
+    long = threading.Thread(target=spin, args=("long", 30.0, 10**5))
+    short.start()
+    long.start()
+    short.join(timeout=10)
+    long.join(timeout=10)
+    assert outcomes == {"short": "interrupted", "long": "finished"}

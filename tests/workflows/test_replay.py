@@ -11,7 +11,8 @@ delivery's own workflow (one POST per registered URL); v5_lifecycle_* a deactiva
 activate, a jit-create (which schedules its removal) and a jit-remove; v6_paths_* a reconcile
 through a privileged account, a verify retried against an unreachable device, a verify waiting
 out its lockout window (and the one that spent the budget), an operation canceled while queued
-at its gate and the change it waited behind. Their
+at its gate and the change it waited behind; v7_* the same operations and paths with one patch
+marker standing for every earlier patch and the device slot asked for by update. Their
 payloads are encrypted with the throwaway key beside them. Replaying them against today's
 workflow proves an upgrade does not break an operation in flight.
 """
