@@ -25,6 +25,7 @@ from activities.executor_steps import ExecutorActivities
 from activities.gate import GateActivities
 from activities.legacy.slot_rows import LegacySlotActivities
 from activities.store_steps import StoreActivities
+from activities.task_steps import TaskExecutorActivities, TaskStoreActivities
 from activities.triggers import TriggerActivities
 from governance.siem import SiemEcho
 from keyturn.settings import Settings
@@ -33,7 +34,7 @@ from requesting.restored import request_verifies_after_restore
 from store.engine import STORE_ACTIVITY_THREADS, in_thread, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
-from triggers import schedules
+from triggers import schedules, task_schedules
 from triggers.certificate_renewal import ensure_renewal_schedule, renews_any
 from workflows.callback import CallbackWorkflow
 from workflows.certificate import CertificateRenewalWorkflow, CertificateWorkflow
@@ -42,6 +43,7 @@ from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
 from workflows.sweep import SweepWorkflow
+from workflows.task_run import TaskRunWorkflow, TaskTargetWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 
@@ -56,6 +58,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     executor = ExecutorActivities(engine, vault)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
+    task_store = TaskStoreActivities(engine, settings.task_queue)
+    task_executor = TaskExecutorActivities(engine, vault)
     certificates = CertificateActivities(engine, vault, settings, client)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
@@ -72,6 +76,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 SweepWorkflow,
                 DelayedOperationWorkflow,
                 CallbackWorkflow,
+                TaskRunWorkflow,
+                TaskTargetWorkflow,
                 CertificateWorkflow,
                 CertificateRenewalWorkflow,
             ],
@@ -80,7 +86,6 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 gate.leave_gate,
                 gate.check_gate,
                 slots.request_device_slot,
-                slots.acquire_device_slot,
                 slots.release_device_slot,
                 slots.workflows_running,
                 store.prepare,
@@ -95,6 +100,9 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 callbacks.close_callbacks,
                 triggers.schedule_jit_removal,
                 callbacks.deliver_callback,
+                task_store.begin_task_run,
+                task_store.prepare_task_target,
+                task_store.end_task_run,
                 certificates.cert_open,
                 certificates.cert_finish,
                 certificates.cert_request,
@@ -115,7 +123,12 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         Worker(
             client,
             task_queue=settings.zone_task_queue(zone),
-            activities=[executor.change, executor.probe, certificates.cert_publish],
+            activities=[
+                executor.change,
+                executor.probe,
+                task_executor.run_task,
+                certificates.cert_publish,
+            ],
             max_concurrent_activities=settings.max_concurrent_executor_calls,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
@@ -131,6 +144,10 @@ async def start_schedules(client: Client, engine: Engine, settings: Settings) ->
         await ensure_renewal_schedule(client, settings)
     logging.getLogger("keyturn").info(
         "schedules of %d policies in place; %d orphans removed", done.applied, len(done.removed)
+    )
+    tasks = await task_schedules.reconcile(client, engine, settings)
+    logging.getLogger("keyturn").info(
+        "schedules of %d tasks in place; %d orphans removed", tasks.applied, len(tasks.removed)
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -22,7 +22,6 @@ from workflows.contracts import (
     WorkflowRef,
     device_slots_workflow_id,
 )
-from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.steps import implements
 
 
@@ -42,22 +41,6 @@ class DeviceSlotActivities:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             start_signal="acquire",
             start_signal_args=[request],
-        )
-
-    @implements(steps.acquire_device_slot)
-    async def acquire_device_slot(self, request: SlotRequest) -> bool:
-        """Queue for a slot, starting the device's semaphore if it is not running; True when
-        the slot is granted at once. Repeating it is harmless: the token is queued once."""
-        return await self._client.execute_update_with_start_workflow(
-            DeviceSlotsWorkflow.acquire_now,
-            request,
-            start_workflow_operation=WithStartWorkflowOperation(
-                DeviceSlotsWorkflow.run,
-                SlotsState(request.device_id, max(request.capacity, 1)),
-                id=device_slots_workflow_id(request.device_id),
-                task_queue=self._task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            ),
         )
 
     @implements(steps.release_device_slot)

@@ -54,6 +54,9 @@ class RunRequest:
     account: Account
     template: str
     context: TemplateContext
+    # A task template (kind "task"): report what it printed and how its last command ended
+    # (RunResult.output and exit_status). An executor that cannot leaves them None.
+    task: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,10 @@ class InstallRequest:
 class RunResult:
     transcript: str  # already redacted
     learned_host_key: str | None = None  # trust-on-first-use: the key to pin from now on
+    # Tasks only (RunRequest.task): the target's output, redacted (a command's stdout and
+    # stderr, a query's values, a search's entries), and the last command's exit status.
+    output: str | None = None
+    exit_status: int | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from starter.routes import (
     metrics,
     operations,
     principals,
+    tasks,
     templates,
     versions,
 )
@@ -81,6 +82,7 @@ def create_app(
         templates.router,
         principals.router,
         operations.router,
+        tasks.router,
         access.router,
         versions.router,
         certificates.router,

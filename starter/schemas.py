@@ -259,7 +259,7 @@ class TemplateIn(_In):
     executor: str = Field(default="ssh", min_length=1, max_length=50)
     kind: Literal[
         "change", "verify", "activate", "deactivate", "jit-create", "jit-remove",
-        "key-install", "key-remove",
+        "key-install", "key-remove", "task",
     ]  # fmt: skip
     body: str = Field(min_length=1, max_length=100_000)
 

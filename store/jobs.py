@@ -31,13 +31,15 @@ from store.models import (
     Operation,
     Policy,
     SecretVersion,
+    Task,
+    TaskRun,
     Template,
     utcnow,
 )
 from store.queries import get_or_raise, latest_template, policy_for
 from store.vault import Vault
 from templating import TemplateContext, TemplateSyntaxProblem
-from workflows.contracts import LIFECYCLE_KINDS
+from workflows.contracts import LIFECYCLE_KINDS, TASK_KIND
 
 LIFECYCLE_FIELD = "lifecycle_templates"
 
@@ -276,6 +278,58 @@ def load_job(
             insecure_transport=insecure,
             key_devices=key_devices,
         )
+
+
+def load_task_job(
+    engine: Engine, vault: Vault, operation_id: str, run_id: str
+) -> tuple[Job, dict[str, str | int | bool]]:
+    """What one target of a task's run needs: the job (its ``change_template`` is the task's
+    template, the version approved when the operation was registered; the account is the
+    credential's own, with its current secret) and the run's parameters, checked when the
+    run was requested. ConfigurationError for anything that cannot work, as for a change."""
+    with Session(engine, expire_on_commit=False) as session:
+        operation = get_or_raise(session, Operation, operation_id)
+        credential = get_or_raise(session, Credential, operation.on_credential)
+        device = get_or_raise(session, Device, credential.device_id)
+        run = get_or_raise(session, TaskRun, run_id)
+        task = get_or_raise(session, Task, run.task_id)
+        if not credential.active:
+            raise _problem(
+                device,
+                "active",
+                f"credential {credential.id} ({credential.username!r}) is inactive (locked on "
+                "its target): activate it before a task runs as it",
+            )
+        policy = policy_for(session, credential)
+        executor = _executor(device)
+        target = target_for(device, policy)
+        check_target(executor, target)
+        current = Vault.current(session, credential.id)
+        if current is None:
+            raise _problem(
+                device,
+                "secret",
+                f"credential {credential.id} ({credential.username!r}) has no current secret, "
+                "so the task cannot log in as it",
+            )
+        rows = (device, credential, operation)
+        body = _template_body(session, executor, rows, "template", task.template, TASK_KIND)
+        _record_secret_read(engine, operation, [current.id], False, "task")
+        job = Job(
+            operation=operation,
+            credential=credential,
+            device=device,
+            policy=policy,
+            target=target,
+            change_template=body,
+            verify_template="",
+            current_password=vault.reveal(current),
+            pending_password=None,
+            auth_account=None,
+            current_version_id=current.id,
+            insecure_transport=insecure_transport(executor, target),
+        )
+        return job, dict(run.parameters)
 
 
 def _record_secret_read(

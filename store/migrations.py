@@ -255,9 +255,10 @@ def _v10_principals(conn: Connection) -> None:
     )
 
 
-def _v11_reserved_for_tasks(conn: Connection) -> None:
-    """Schema version 11 belongs to the task manager, released beside certificates: this
-    placeholder (and revision 0011_reserved_for_tasks) is replaced by its step when both land."""
+def _v11_tasks(conn: Connection) -> None:
+    """The task manager: tasks, their runs and each run's per-credential results. The three
+    tables are new (create_all made them); nothing that exists changes. Operations of kind
+    ``task`` fit the operation table as it is."""
 
 
 def _v12_certificates(conn: Connection) -> None:
@@ -308,7 +309,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v8_activation_and_jit,
     _v9_ssh_keys,
     _v10_principals,
-    _v11_reserved_for_tasks,
+    _v11_tasks,
     _v12_certificates,
 )
 LATEST = len(STEPS) + 1

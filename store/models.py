@@ -399,6 +399,60 @@ class DeviceSlot(SQLModel, table=True):
     acquired_at: datetime = Field(default_factory=utcnow)
 
 
+class Task(SQLModel, table=True):
+    """A task: a template of kind ``task``, the accounts it runs as (one credential per target,
+    each naming its device), the parameter values it keeps, and its schedule, if any (a Temporal
+    Schedule ``keyturn-task-<id>`` runs it)."""
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    template: str  # a template name; each run uses the version approved when it was requested
+    executor: str  # the template's executor: every credential's device uses it
+    credential_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # {"cron": "0 3 * * *", "timezone": "Europe/Paris"} or {"every_seconds": 3600}; None: on
+    # demand only.
+    schedule: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # The profile of its credentials (one for all): who sees the task sees them.
+    profile: str = Field(default="default", index=True)
+    created_by: str = "keyturn"
+    created_at: datetime = Field(default_factory=utcnow)
+    # Deleted: its schedule is gone and it runs no more; it and its runs stay readable.
+    deleted_at: datetime | None = None
+
+
+class TaskRun(SQLModel, table=True):
+    """One run of a task: a workflow with one child per credential (TaskResult)."""
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    task_id: str = Field(foreign_key="task.id", index=True)
+    template_version: int = 0  # the version of the task's template this run uses
+    trigger: str = "manual"  # manual, or task-schedule
+    status: OperationStatus = OperationStatus.SCHEDULED
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    workflow_id: str = Field(index=True)
+    requested_by: str | None = None  # the principal; None: the task's schedule
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class TaskResult(SQLModel, table=True):
+    """What one run did with one credential: an operation of kind ``task`` at the credential's
+    gate, its exit status and its whole output (redacted; the workflow keeps only its start)."""
+
+    run_id: str = Field(foreign_key="taskrun.id", primary_key=True)
+    credential_id: str = Field(primary_key=True)
+    device_id: str
+    operation_id: str = Field(index=True)
+    status: OperationStatus = OperationStatus.SCHEDULED
+    exit_status: int | None = None
+    output: str = Field(default="", sa_column=Column(Text, nullable=False))
+    error_type: str | None = None
+    error: str | None = None
+    finished_at: datetime | None = None
+
+
 class CertStatus(enum.StrEnum):
     REQUESTED = "requested"  # the key pair and CSR are being made
     AWAITING_APPROVAL = "awaiting_approval"  # an approver other than the requester must approve

@@ -5,14 +5,17 @@ flight: each is recorded as failed (``RestoredInFlight``) and leaves its credent
 its credential is flagged ``needs_verify`` (sync state ``unknown``): the next start requests a
 verify for it (requesting/restored.py), which also tries the pending secret the operation left,
 since the target may have taken it. Logins that were in flight stay charged to the lockout
-budget, as failed: whether the target counted them is unknown.
+budget, as failed: whether the target counted them is unknown. A task's run in flight is failed
+too, with each of its targets that had not ended (its operation is settled like any other).
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from store import audit
 from store.engine import session_scope
@@ -23,6 +26,8 @@ from store.models import (
     Operation,
     OperationStatus,
     SyncState,
+    TaskResult,
+    TaskRun,
     utcnow,
 )
 
@@ -73,4 +78,23 @@ def settle_in_flight(engine: Engine) -> list[str]:
             charge.state = "failed"
             session.add(charge)
         session.execute(delete(DeviceSlot))  # held by operations that are gone
+        _settle_task_runs(session, now)
     return sorted(flagged)
+
+
+def _settle_task_runs(session: Session, now: datetime) -> None:
+    why = "Keyturn was restored from a backup taken while this run was in flight"
+    for result in session.exec(select(TaskResult).where(col(TaskResult.status).in_(IN_FLIGHT))):
+        result.status = OperationStatus.FAILED
+        result.error_type, result.error = RESTORED_IN_FLIGHT, why
+        result.finished_at = now
+        session.add(result)
+    for run in session.exec(select(TaskRun).where(col(TaskRun.status).in_(IN_FLIGHT))):
+        run.status = OperationStatus.FAILED
+        run.error = why
+        run.finished_at = now
+        session.add(run)
+        audit.record(
+            session, "task.run_restored_in_flight", outcome="failed", task_id=run.task_id,
+            run_id=run.id, trigger=run.trigger,
+        )  # fmt: skip

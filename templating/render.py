@@ -69,6 +69,8 @@ class TemplateContext:
     auth_username: str = ""
     auth_password: str = field(default="", repr=False)
     values: dict[str, str] = field(default_factory=dict)
+    # A task's parameters (templating/parameters.py), checked against their declarations.
+    params: dict[str, str | int | bool] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print secrets, even by accident in a traceback
         return f"TemplateContext(username={self.username!r}, hostname={self.hostname!r})"
@@ -84,6 +86,7 @@ class TemplateContext:
             "address": self.address,
             "port": self.port,
             "values": self.values,
+            "params": self.params,
         }
 
     @property

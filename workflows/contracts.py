@@ -12,8 +12,6 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 
 WORKFLOW_NAME = "KeyturnOperation"
 DEVICE_SLOTS_WORKFLOW = "KeyturnDeviceSlots"
-# The semaphore's update that queues a request and answers whether it holds a slot already.
-ACQUIRE_SLOT_UPDATE = "acquire_now"
 CALLBACK_WORKFLOW = "KeyturnCallback"
 SWEEP_WORKFLOW = "KeyturnSweep"
 DELAYED_OPERATION_WORKFLOW = "KeyturnDelayedOperation"
@@ -417,6 +415,118 @@ class JitRemoval:
 class DelayedOutcome:
     outcome: str  # what happened, for the workflow's result
     retry_in_seconds: float | None = None  # outside the change window: ask again then
+
+
+# -- Tasks (workflows/task_run.py): a task's run, one child per credential it runs as. ---------
+TASK_RUN_WORKFLOW = "KeyturnTaskRun"
+TASK_TARGET_WORKFLOW = "KeyturnTaskTarget"
+# A task's run is an operation of this kind on each credential: it queues at the credential's
+# gate like any other, and shows among its operations. Not requested through the operations
+# route (OPERATION_KINDS): a task's run is.
+TASK_KIND = "task"
+# Characters of a target's (redacted) output kept in the workflow's result; the store keeps it
+# whole. History stays small whatever a command prints.
+TASK_OUTPUT_IN_RESULT = 4096
+
+
+def task_schedule_id(task_id: str) -> str:
+    return f"keyturn-task-{task_id}"
+
+
+def task_run_workflow_id(name: str) -> str:
+    """A run requested by hand: its run id. A scheduled one: the task id, to which the schedule
+    appends each run's time."""
+    return f"keyturn-task-run-{name}"
+
+
+def task_target_workflow_id(run_id: str, credential_id: str) -> str:
+    return f"keyturn-task-{run_id}-{credential_id}"
+
+
+@dataclass(frozen=True)
+class TaskRunInput:
+    """What starts a task's run: the task, and for a run requested by hand the run the request
+    stored (with its checked parameters). A scheduled run names none: the workflow does."""
+
+    task_id: str
+    run_id: str = ""
+    trigger: str = "task-schedule"
+    requested_by: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskRunStart:
+    task_id: str
+    run_id: str
+    trigger: str
+    workflow_id: str
+    requested_by: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskTarget:
+    credential_id: str
+    device_id: str
+    operation_id: str
+
+
+@dataclass(frozen=True)
+class TaskRunPlan:
+    run_id: str
+    targets: list[TaskTarget]
+    refused: str = ""  # why the run cannot start (its parameters no longer fit, say): it failed
+
+
+@dataclass(frozen=True)
+class TaskTargetInput:
+    run_id: str
+    credential_id: str
+    operation_id: str
+    trigger: str
+    requested_by: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskStep:
+    run_id: str
+    credential_id: str
+    operation_id: str
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What the task did on one target: the start of its redacted output (the store keeps it
+    whole), its exit status, or why it could not run."""
+
+    status: str  # succeeded (exit status 0, or none to report) or failed
+    exit_status: int | None = None
+    output: str = ""
+    output_truncated: bool = False
+    error_type: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskTargetResult:
+    credential_id: str
+    operation_id: str
+    status: str
+    exit_status: int | None = None
+    output: str = ""
+    output_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class TaskRunEnd:
+    run_id: str
+    canceled: bool = False
+
+
+@dataclass(frozen=True)
+class TaskRunResult:
+    run_id: str
+    status: str
+    results: list[TaskTargetResult]
 
 
 # --- Certificates (workflows/certificate.py) ---------------------------------------------------

@@ -1,13 +1,10 @@
 """A device's concurrency slots: one semaphore workflow per device, FIFO, alive only while some
 operation holds or waits for a slot.
 
-Operations ask for a slot with update-with-start (so the semaphore starts if it is not running):
-the update queues the request and answers at once whether the slot is granted, which it is
-whenever the device has a free slot and nobody waits. Otherwise the grant comes later, by a
-signal back. Waiting therefore costs the waiter no timer, no retry and no store polling, whether
-it lasts seconds or hours, and the common case (a free slot) costs no signal and no extra
-workflow task on either side. Operations of the previous release ask with signal-with-start
-(the ``acquire`` signal) and are always granted by signal.
+Operations ask for a slot with signal-with-start (so the semaphore starts if it is not running,
+and a request can never be lost to one that is just finishing: Temporal refuses to complete a
+workflow that has unhandled signals) and are granted it by a signal back. Waiting therefore
+costs the waiter no timer, no retry and no store polling, whether it lasts seconds or hours.
 
 Chosen over a table of slots polled by the waiters (what came before): the grant order is the
 semaphore's own state, a worker crash loses nothing (it is a workflow), and a holder whose
@@ -28,7 +25,6 @@ from temporalio.exceptions import FailureError
 with workflow.unsafe.imports_passed_through():
     from workflows import steps
     from workflows.contracts import (
-        ACQUIRE_SLOT_UPDATE,
         DEVICE_SLOTS_WORKFLOW,
         SlotRelease,
         SlotRequest,
@@ -65,23 +61,6 @@ class DeviceSlotsWorkflow:
             # FIFO by when the operation was requested, not by when its request got here.
             self._waiters.sort(key=lambda w: w.order_key)
         self._changed = True
-
-    @workflow.update(name=ACQUIRE_SLOT_UPDATE)
-    def acquire_now(self, request: SlotRequest) -> bool:
-        """Queue the request; True when it holds a slot now (no grant signal will follow).
-        Granted here only when a slot is free and no one else waits: waiters are granted in
-        their order by the run loop, by signal."""
-        self.acquire(request)
-        if request.token in self._holders:
-            return True  # a repeated request (a retried activity) of a granted token
-        if (
-            len(self._holders) < self._capacity
-            and len(self._waiters) == 1
-            and self._waiters[0].token == request.token
-        ):
-            self._holders[request.token] = self._waiters.pop()
-            return True
-        return False
 
     @workflow.signal
     def release(self, release: SlotRelease) -> None:

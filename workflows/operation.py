@@ -96,8 +96,6 @@ VERIFY_IN_CHANGE_PATCH = "verify-in-change"
 # One marker for every patch above: a history that has it behaves as if each of them were
 # recorded. Every patch costs its history a marker and a search-attribute upsert; four of them
 # were a fifth of an operation's events. Histories recorded before it still call each patch.
-# Histories with it also ask for their device slot by update (acquire_device_slot), granted in
-# the answer when a slot is free, where the earlier ones asked by signal and waited for one.
 # The next change to this workflow adds its own patch beside this one, as before.
 ALL_PATCHES_OF_2026_11 = "all-patches-of-2026-11"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
@@ -829,11 +827,7 @@ class OperationWorkflow:
             plan.device_capacity,
             self._order_key,
         )
-        if self._all_patches:
-            if await self._call(steps.acquire_device_slot, request):
-                self._granted.add(token)  # a free slot: granted by the update's answer
-        else:
-            await self._call(steps.request_device_slot, request)
+        await self._call(steps.request_device_slot, request)
         if token not in self._granted:
             step, self._step = self._step, "waiting for a device slot"
             await workflow.wait_condition(lambda: token in self._granted)

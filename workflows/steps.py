@@ -47,6 +47,11 @@ from workflows.contracts import (
     SlotRelease,
     SlotRequest,
     StepInput,
+    TaskOutcome,
+    TaskRunEnd,
+    TaskRunPlan,
+    TaskRunStart,
+    TaskStep,
     WorkflowRef,
 )
 
@@ -111,12 +116,6 @@ async def check_gate(check: GateCheck) -> bool:
 # Device slots (activities/device_slots.py), local activities.
 @_declare("keyturn.request_device_slot")
 async def request_device_slot(request: SlotRequest) -> None:
-    raise NotImplementedError(DECLARATION)
-
-
-@_declare("keyturn.acquire_device_slot")
-async def acquire_device_slot(request: SlotRequest) -> bool:
-    """Queue for a slot by an update of the semaphore: True when the slot is granted at once."""
     raise NotImplementedError(DECLARATION)
 
 
@@ -271,4 +270,26 @@ async def acquire_slot(step: StepInput) -> None:
 
 @_declare("keyturn.release_slot")
 async def release_slot(step: StepInput) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+# Tasks (activities/task_steps.py): a run's start and end and each target's preparation (local
+# activities), and the task itself, on the device's zone task queue.
+@_declare("keyturn.begin_task_run")
+async def begin_task_run(start: TaskRunStart) -> TaskRunPlan:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.prepare_task_target")
+async def prepare_task_target(step: TaskStep) -> OperationPlan:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.run_task")
+async def run_task(step: TaskStep) -> TaskOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.end_task_run")
+async def end_task_run(end: TaskRunEnd) -> str:
     raise NotImplementedError(DECLARATION)

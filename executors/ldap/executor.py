@@ -168,9 +168,18 @@ class LdapExecutor:
         operations = parse_template(request.target, request.template, validate_script)
         settings = Settings.from_target(request.target)
         transcript = await asyncio.to_thread(
-            _session, request.target, settings, request.account, operations, request.context
+            _session,
+            request.target,
+            settings,
+            request.account,
+            operations,
+            request.context,
+            request.task,
         )
-        return RunResult(transcript=transcript)
+        if not request.task:
+            return RunResult(transcript=transcript.text())
+        # Every operation succeeded (a failing one raises): the task ends as a command exiting 0.
+        return RunResult(transcript=transcript.text(), output=transcript.output(), exit_status=0)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
         check_target(self, request.target)  # options and transport, before anything
@@ -188,7 +197,7 @@ class LdapExecutor:
             )
         except _BindRefused:
             return LoginResult(ok=False)
-        return LoginResult(ok=True, transcript=transcript)
+        return LoginResult(ok=True, transcript=transcript.text())
 
 
 def _session(
@@ -197,8 +206,10 @@ def _session(
     account: Account,
     operations: list[Operation],
     context: TemplateContext | None,
-) -> str:
-    """One blocking LDAP session, run in a worker thread. Returns the redacted transcript."""
+    task: bool = False,
+) -> Transcript:
+    """One blocking LDAP session, run in a worker thread. Returns its transcript. ``task``: a
+    search without expect: lists what it finds, however many (none included)."""
     secrets = request_secrets(context, account)
     transcript = Transcript(secrets)
     bind_dn = settings.dn_of(account.username)
@@ -211,11 +222,12 @@ def _session(
                 bind_dn=bind_dn,
                 base_dn=settings.base_dn,
             )
-            OperationRunner(conn, target, ldap_context, secrets, transcript).run(operations)
+            runner = OperationRunner(conn, target, ldap_context, secrets, transcript, task=task)
+            runner.run(operations)
     finally:
         with contextlib.suppress(Exception):  # the outcome is known; a failed unbind is noise
             conn.unbind()
-    return transcript.text()
+    return transcript
 
 
 def _server(target: Target, settings: Settings) -> ldap3.Server:
@@ -345,12 +357,16 @@ class Transcript:
     def __init__(self, secrets: tuple[str, ...]) -> None:
         self._secrets = secrets
         self._lines: list[str] = []
+        self.entries: list[str] = []  # the DNs searches found: a task's output
 
     def note(self, text: str) -> None:
         self._lines.append(text)
 
     def text(self) -> str:
         return redact("\n".join(self._lines), self._secrets)
+
+    def output(self) -> str:
+        return redact("\n".join(self.entries), self._secrets)
 
 
 class OperationRunner:
@@ -363,7 +379,9 @@ class OperationRunner:
         context: LdapContext,
         secrets: tuple[str, ...],
         transcript: Transcript,
+        task: bool = False,
     ) -> None:
+        self._task = task
         self._conn = conn
         self._target = target
         self._context = context
@@ -433,6 +451,9 @@ class OperationRunner:
         else:
             self._check(op, result, changes=False)
         self._transcript.note(f"< {len(found)} entries")
+        self._transcript.entries.extend(str(entry.get("dn", "")) for entry in found)
+        if expected is None and self._task:
+            return  # a task lists what it finds: none is an answer too
         if (expected is None and not found) or (expected is not None and len(found) != expected):
             want = "at least 1" if expected is None else str(expected)
             raise self._error(

@@ -191,9 +191,14 @@ class StatementRunner:
         self._verify = verify
         self._lines: list[str] = []
         self._secret_sent = False
+        self._values: list[str] = []  # each statement's first value: a task's output
 
     def transcript(self) -> str:
         return redact("\n".join(self._lines), self._secrets)
+
+    def output(self) -> str:
+        """A task's output: the first value each statement returned, one per line, redacted."""
+        return redact("\n".join(self._values), self._secrets)
 
     async def run(self, statements: list[Statement]) -> str:
         for statement in statements:
@@ -212,6 +217,7 @@ class StatementRunner:
             self._lines.append(f"< {result.status}")
             if result.first_value is not None:
                 self._lines.append(f"< {self._shown(result.first_value)}")
+                self._values.append(result.first_value)
             if statement.expect is not None:
                 await asyncio.to_thread(self._check_expect, statement, result)  # renders
         return self.transcript()
@@ -328,8 +334,12 @@ class SqlExecutor(ABC, Generic[Connection]):
         secrets = request_secrets(request.context, request.account)
         conn = await self._connect(request.target, request.account, secrets)
         async with self._closing(conn):
-            transcript = await self._run(conn, request.target, request.context, secrets, statements)
-        return RunResult(transcript=transcript)
+            runner = self._runner(conn, request.target, request.context, secrets)
+            transcript = await runner.run(statements)
+        if not request.task:
+            return RunResult(transcript=transcript)
+        # Every statement ran (a failing one raises): the task ends as a command exiting 0.
+        return RunResult(transcript=transcript, output=runner.output(), exit_status=0)
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
         check_target(self, request.target)  # options and transport, before anything
@@ -359,10 +369,19 @@ class SqlExecutor(ABC, Generic[Connection]):
         statements: list[Statement],
         verify: bool = False,
     ) -> str:
+        return await self._runner(conn, target, context, secrets, verify).run(statements)
+
+    def _runner(
+        self,
+        conn: Connection,
+        target: Target,
+        context: TemplateContext,
+        secrets: tuple[str, ...],
+        verify: bool = False,
+    ) -> StatementRunner:
         session = self._session(conn, target)
         context = self._context(target, context)
-        runner = StatementRunner(session, target.name, context, secrets, verify=verify)
-        return await runner.run(statements)
+        return StatementRunner(session, target.name, context, secrets, verify=verify)
 
     def _context(self, target: Target, context: TemplateContext) -> TemplateContext:
         """The context the statements render in; a driver may add values of its own."""

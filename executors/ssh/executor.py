@@ -107,9 +107,19 @@ class SshExecutor:
         secrets = request_secrets(request.context, request.account)
         conn, learned = await _connect(request.target, request.account, secrets)
         context = authorized_keys.with_edit_values(request.context, request.target.options)
+        runner = ScriptRunner(
+            conn, request.target.name, context, secrets, request.target.read_timeout
+        )
         async with _closing(conn):
-            transcript = await self._run_steps(conn, request.target, context, secrets, steps)
-        return RunResult(transcript=transcript, learned_host_key=learned)
+            transcript = await runner.run(steps, wait_for_exit=request.task)
+        if not request.task:
+            return RunResult(transcript=transcript, learned_host_key=learned)
+        return RunResult(
+            transcript=transcript,
+            learned_host_key=learned,
+            output=runner.output(),
+            exit_status=runner.exit_status,
+        )
 
     async def check_login(self, request: LoginRequest) -> LoginResult:
         verify = verify_template(request, validate_script)

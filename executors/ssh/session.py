@@ -50,6 +50,9 @@ _TERM_SIZE = (200, 50)
 # Ask for untranslated messages, so English expect: patterns match. Targets whose sshd does not
 # AcceptEnv LC_* ignore it silently.
 _ENV = {"LC_ALL": "C"}
+# A task's output is kept up to this many characters (what the store keeps of it); twice that is
+# collected, so that redacting before the cut never leaves a piece of a secret at the cut.
+OUTPUT_LIMIT = 1_000_000
 
 
 class Transcript:
@@ -117,14 +120,33 @@ class ScriptRunner:
         self._changed = asyncio.Event()
         self._fails: list[_FailPattern] = []
         self._secret_sent = False
+        self._output: list[str] = []  # every command's output, for a task's result
+        self._output_size = 0
+        self._exited = False  # the running command's exit status was read (exit:)
+        self.exit_status: int | None = None  # the last exit status read
 
-    async def run(self, steps: list[Step]) -> str:
+    def output(self) -> str:
+        """What the commands printed (stdout and stderr), redacted, then cut to OUTPUT_LIMIT."""
+        text = redact("".join(self._output).replace("\r", ""), self._secrets)
+        return text[:OUTPUT_LIMIT]
+
+    async def run(self, steps: list[Step], wait_for_exit: bool = False) -> str:
+        """Run the steps; ``wait_for_exit`` (a task): then wait for the last command to end
+        (unless an exit: read its status already) and keep its exit status, whatever it is."""
         try:
             for step in steps:
                 try:
                     await self._step(step)
                 except (asyncssh.Error, OSError) as exc:
                     raise self._lost_error(step, f"the connection failed: {exc}") from None
+            if wait_for_exit and steps and self._process is not None and not self._exited:
+                try:
+                    # A command that reads its input gets its end rather than waiting for it.
+                    with contextlib.suppress(Exception):
+                        self._process.stdin.write_eof()
+                    self.exit_status = await self._wait_for_exit(steps[-1])
+                except (asyncssh.Error, OSError) as exc:
+                    raise self._lost_error(steps[-1], f"the connection failed: {exc}") from None
         finally:
             await self._stop_process()
         return self.transcript.text()
@@ -159,6 +181,7 @@ class ScriptRunner:
         await self._stop_process()
         self._fails.clear()  # fail patterns belong to the process they were declared for
         self._buffer, self._ended, self._lost = "", False, None
+        self._exited = False
         self.transcript.note(f"$ {shown}")
         if self._bears_secret(command, shown):
             self._secret_sent = True
@@ -184,6 +207,9 @@ class ScriptRunner:
         try:
             while data := await process.stdout.read(_READ_SIZE):
                 self._buffer += data
+                if self._output_size < 2 * OUTPUT_LIMIT:
+                    self._output.append(data)
+                    self._output_size += len(data)
                 self.transcript.output(data)
                 self._changed.set()
         except asyncio.CancelledError:
@@ -226,6 +252,14 @@ class ScriptRunner:
             failpoints.reach(failpoints.CHANGE_SENT)  # the new secret is on the wire
 
     async def _exit(self, step: Step, expected: int) -> None:
+        status = await self._wait_for_exit(step)
+        if status != expected:
+            cause = f"the command exited with status {status}, expected {expected}"
+            error = TemplateFailed if status in _NOT_FOUND_STATUSES else ChangeRejected
+            raise self._error(error, step, f"{cause}; last output: {self._tail()!r}")
+
+    async def _wait_for_exit(self, step: Step) -> int:
+        """Wait for the running command to end; its exit status (fail: patterns checked)."""
         process = self._require_process(step)
         deadline = asyncio.get_running_loop().time() + self._timeout
         while not self._ended:
@@ -248,10 +282,9 @@ class ScriptRunner:
         if self._lost is not None or status is None or status < 0:
             raise self._ended_error(step, "the command ended without an exit status")
         self.transcript.note(f"= exit {status}")
-        if status != expected:
-            cause = f"the command exited with status {status}, expected {expected}"
-            error = TemplateFailed if status in _NOT_FOUND_STATUSES else ChangeRejected
-            raise self._error(error, step, f"{cause}; last output: {self._tail()!r}")
+        self._exited = True
+        self.exit_status = status
+        return status
 
     # -- helpers ---------------------------------------------------------------------------
 

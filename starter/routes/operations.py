@@ -38,7 +38,7 @@ from store.models import (
     OperationStatus,
     SyncState,
 )
-from workflows.contracts import CERTIFICATE_KINDS, OPERATION_KINDS, TRIGGERS
+from workflows.contracts import CERTIFICATE_KINDS, OPERATION_KINDS, TASK_KIND, TRIGGERS
 
 router = APIRouter(route_class=StoreRoute)
 Operator = Annotated[Caller, Depends(allow(OPERATOR))]
@@ -223,7 +223,7 @@ def search_operations(
     """Operations, newest first, filtered by any of credential, certificate, device, kind,
     trigger, status. A certificate's actions (cert-*) are operations too."""
     for field, value, allowed in (
-        ("kind", kind, OPERATION_KINDS + CERTIFICATE_KINDS),
+        ("kind", kind, (*OPERATION_KINDS, TASK_KIND, *CERTIFICATE_KINDS)),
         ("trigger", trigger, TRIGGERS),
         ("status", status, tuple(OperationStatus)),
     ):

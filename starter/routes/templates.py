@@ -20,6 +20,8 @@ from starter.schemas import TemplateDiffOut, TemplateIn, TemplateOut, TemplateRe
 from store import audit
 from store.models import Template, TemplateStatus, utcnow
 from templating import TemplateSyntaxProblem
+from templating.parameters import declared
+from workflows.contracts import TASK_KIND
 
 router = APIRouter(route_class=StoreRoute)
 Author = Annotated[Caller, Depends(allow(TEMPLATE_AUTHOR))]
@@ -45,6 +47,8 @@ def create_template(body: TemplateIn, db: DB, caller: Author) -> Template:
     executor = known_executor(body.executor)
     try:
         executor.validate(body.body)
+        if body.kind == TASK_KIND:
+            declared(body.body)  # its parameter declarations
     except TemplateSyntaxProblem as exc:
         raise Problem(
             422,

@@ -248,11 +248,16 @@ async def test_executors_list_the_kinds_their_templates_cover(stack: Stack) -> N
     assert response.status_code == 200, response.text
     executors = {e["name"]: e for e in response.json()["items"]}
     lifecycle = ["activate", "change", "deactivate", "jit-create", "jit-remove", "verify"]
-    # ssh also covers the two steps of an ssh-key change (key-install, key-remove).
-    assert executors["ssh"]["operation_kinds"] == sorted([*lifecycle, "key-install", "key-remove"])
-    assert executors["postgresql"]["operation_kinds"] == lifecycle
+    # ssh also covers the two steps of an ssh-key change (key-install, key-remove); ssh,
+    # postgresql and ldap ship task templates.
+    assert executors["ssh"]["operation_kinds"] == sorted(
+        [*lifecycle, "key-install", "key-remove", "task"]
+    )
+    assert executors["postgresql"]["operation_kinds"] == sorted([*lifecycle, "task"])
     assert executors["mysql"]["operation_kinds"] == lifecycle
-    assert executors["ldap"]["operation_kinds"] == ["activate", "change", "deactivate", "verify"]
+    assert executors["ldap"]["operation_kinds"] == [
+        "activate", "change", "deactivate", "task", "verify",
+    ]  # fmt: skip
     assert executors["http"]["operation_kinds"] == ["change", "jit-create", "jit-remove", "verify"]
     assert executors["winrm"]["operation_kinds"] == ["change", "verify"]
     assert executors["ssh"]["default_templates"]["deactivate"] == "ssh/linux-lock"

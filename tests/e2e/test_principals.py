@@ -31,6 +31,7 @@ from store.models import (
     Principal,
     PrincipalToken,
     SyncState,
+    TaskRun,
 )
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, policy, ssh_device
@@ -39,7 +40,10 @@ from tests.e2e.secrets_search import assert_no_secret
 from tests.servers.sshd import Sshd, Users
 
 ROLES = ("admin", "operator", "auditor", "app", "template-author", "approver")
-PROFILED = ("device_id", "credential_id", "operation_id", "version_id", "certificate_id")
+PROFILED = (
+    "device_id", "credential_id", "operation_id", "version_id", "task_id", "run_id",
+    "certificate_id",
+)  # fmt: skip
 OLD = "Old-pass w0rd;$#'\"\\x"
 
 
@@ -89,6 +93,18 @@ async def _profile_objects(stack: Stack, profile: str, ca: str) -> dict[str, str
         requested_by="admin",
     )
     operation_id = operation.id
+    task = await stack.post(
+        "/v1/tasks",
+        {"name": f"task-{secrets.token_hex(4)}", "template": "ssh/uptime",
+         "credential_ids": [cred["id"]]},
+    )  # fmt: skip
+    run = TaskRun(
+        task_id=task["id"],
+        workflow_id=f"none-{secrets.token_hex(4)}",
+        status=OperationStatus.SUCCEEDED,
+        requested_by="admin",
+    )
+    run_id = run.id
     # A revoked certificate of someone else's: every action on it is refused without starting
     # anything (409), or its body is (422).
     certificate = Certificate(
@@ -98,14 +114,15 @@ async def _profile_objects(stack: Stack, profile: str, ca: str) -> dict[str, str
     )  # fmt: skip
     certificate_id = certificate.id
     with Session(stack.engine) as db:
-        db.add(operation)
-        db.add(certificate)
+        db.add_all([operation, run, certificate])
         db.commit()
     return {
         "device_id": device["id"],
         "credential_id": cred["id"],
         "operation_id": operation_id,
         "version_id": cred["current_version_id"],
+        "task_id": task["id"],
+        "run_id": run_id,
         "certificate_id": certificate_id,
     }
 
@@ -227,12 +244,16 @@ async def test_an_operator_of_one_profile_sees_nothing_of_another(
     assert inside["credential_id"] in creds and outside["credential_id"] not in creds
     operations = {o["id"] for o in (await get("/v1/operations?limit=500")).json()["items"]}
     assert inside["operation_id"] in operations and outside["operation_id"] not in operations
+    tasks = {t["id"] for t in (await get("/v1/tasks?limit=500")).json()["items"]}
+    assert inside["task_id"] in tasks and outside["task_id"] not in tasks
     for path in (
         f"/v1/devices/{outside['device_id']}",
         f"/v1/credentials/{outside['credential_id']}",
         f"/v1/credentials/{outside['credential_id']}/versions",
         f"/v1/credentials/{outside['credential_id']}/operations",
         f"/v1/operations/{outside['operation_id']}",
+        f"/v1/tasks/{outside['task_id']}",
+        f"/v1/tasks/{outside['task_id']}/runs/{outside['run_id']}",
     ):
         refused = await get(path)
         assert refused.status_code == 404, path

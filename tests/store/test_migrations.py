@@ -31,6 +31,7 @@ from store.models import (
     OperationStatus,
     Policy,
     SecretVersion,
+    Task,
 )
 from store.queries import latest_template
 from store.vault import Vault
@@ -375,6 +376,37 @@ def test_a_store_before_ssh_keys_holds_passwords_after_migrating(empty_database:
         assert policy is not None and (policy.key_type, policy.key_bits) == ("ed25519", None)
     assert "key_results" in {c["name"] for c in inspect(engine).get_columns("operation")}
     assert current_version(engine) == LATEST
+    engine.dispose()
+
+
+def test_a_store_before_tasks_gets_the_task_tables_and_keeps_its_operations(
+    empty_database: str,
+) -> None:
+    """Step 11 (tasks): the task, task run and task result tables are new; what exists stays,
+    and an operation of kind task fits the operation table as it was."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / f"v6_{dialect}.sql").read_text())
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+        run_sql(conn, V6_ROWS)
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    assert {"task", "taskrun", "taskresult"} <= set(inspect(engine).get_table_names())
+    assert current_version(engine) == LATEST
+    with session_scope(engine) as session:
+        session.add(Task(id="t1", name="uptime", template="ssh/uptime", executor="ssh",
+                         credential_ids=["c1"]))  # fmt: skip
+        session.add(
+            Operation(id="o9", credential_id="c1", kind="task", workflow_id="keyturn-task-r1-c1")
+        )
+    with Session(engine) as session:
+        task = session.get(Task, "t1")
+        assert task is not None and (task.credential_ids, task.schedule) == (["c1"], None)
+        operation = session.get(Operation, "o9")
+        assert operation is not None and operation.kind == "task"
     engine.dispose()
 
 

@@ -13,7 +13,8 @@ with payloads encrypted by the key in ``histories/master_key.hex``. With a third
 a sudo-capable admin account (``<prefix>_lifecycle_*.json``); with ``paths``, a reconcile, a
 verify retried against an unreachable device, one waiting out the lockout window and an
 operation canceled while queued
-(``<prefix>_paths_*.json``).
+(``<prefix>_paths_*.json``); with ``tasks``, a task's run on two credentials and its two
+children (``<prefix>_tasks_*.json``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tests.servers.ports import free_port
 from tests.servers.sshd import Sshd, Users
 from tests.servers.webhook_receiver import WebhookReceiver
 from worker import build_workers, run_workers
-from workflows.contracts import SEARCH_ATTRIBUTES, callback_workflow_id
+from workflows.contracts import SEARCH_ATTRIBUTES, callback_workflow_id, task_target_workflow_id
 
 OLD = "Rec0rd-old-pass"
 
@@ -122,6 +123,9 @@ async def record(prefix: str, out: Path, mode: str = "operations") -> None:
                     return
                 if mode == "paths":
                     await record_paths(post, run, save, users, device["id"], policy["id"])
+                    return
+                if mode == "tasks":
+                    await record_tasks(post, save, users, device["id"], policy["id"])
                     return
                 cred = await post(
                     "/v1/credentials",
@@ -258,6 +262,39 @@ async def record_paths(
     await post(f"/v1/operations/{queued['operation_id']}/cancel", {})
     await save("paths_canceled_while_queued", queued["workflow_id"])
     await save("paths_change_ahead_of_a_cancel", holding["workflow_id"])
+
+
+async def record_tasks(
+    post: Callable[[str, dict[str, object]], Awaitable[dict[str, str]]],
+    save: Callable[[str, str], Awaitable[None]],
+    users: Users,
+    device_id: str,
+    policy_id: str,
+) -> None:
+    """A task's run (ssh/uptime) on two credentials of one device: the run and each child."""
+    credentials = [
+        await post(
+            "/v1/credentials",
+            {
+                "device_id": device_id,
+                "username": users.create(OLD),
+                "password": OLD,
+                "policy_id": policy_id,
+            },
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    task = await post(
+        "/v1/tasks",
+        {"name": "record-uptime", "template": "ssh/uptime",
+         "credential_ids": [c["id"] for c in credentials]},
+    )  # fmt: skip
+    accepted = await post(f"/v1/tasks/{task['id']}/runs", {})
+    await save("tasks_run", accepted["workflow_id"])
+    for number, cred in enumerate(credentials, start=1):
+        await save(
+            f"tasks_target_{number}", task_target_workflow_id(accepted["run_id"], cred["id"])
+        )
 
 
 if __name__ == "__main__":

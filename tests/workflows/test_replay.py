@@ -12,7 +12,8 @@ activate, a jit-create (which schedules its removal) and a jit-remove; v6_paths_
 through a privileged account, a verify retried against an unreachable device, a verify waiting
 out its lockout window (and the one that spent the budget), an operation canceled while queued
 at its gate and the change it waited behind; v7_* the same operations and paths with one patch
-marker standing for every earlier patch and the device slot asked for by update. Their
+marker standing for every earlier patch; v7_tasks_* a
+task's run on two credentials and its two children. Their
 payloads are encrypted with the throwaway key beside them. Replaying them against today's
 workflow proves an upgrade does not break an operation in flight.
 """
@@ -31,6 +32,7 @@ from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
 from workflows.sweep import SweepWorkflow
+from workflows.task_run import TaskRunWorkflow, TaskTargetWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -41,6 +43,8 @@ WORKFLOWS = [
     SweepWorkflow,
     DelayedOperationWorkflow,
     CallbackWorkflow,
+    TaskRunWorkflow,
+    TaskTargetWorkflow,
 ]
 
 

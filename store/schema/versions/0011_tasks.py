@@ -1,4 +1,4 @@
-"""Schema version 11: reserved for the task manager (a placeholder, replaced when it lands)."""
+"""Schema version 11: the task manager (tasks, task runs, task results)."""
 
 from __future__ import annotations
 
