@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.callbacks import CallbackActivities
+from activities.certificates import CertificateActivities
 from activities.child_planning import ChildPlanningActivities
 from activities.device_slots import DeviceSlotActivities
 from activities.executor_steps import ExecutorActivities
@@ -30,11 +31,13 @@ from governance.siem import SiemEcho
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
 from requesting.restored import request_verifies_after_restore
-from store.engine import STORE_ACTIVITY_THREADS, make_engine
+from store.engine import STORE_ACTIVITY_THREADS, in_thread, make_engine
 from store.seed import seed_shipped_templates
 from store.vault import Vault
 from triggers import schedules, task_schedules
+from triggers.certificate_renewal import ensure_renewal_schedule, renews_any
 from workflows.callback import CallbackWorkflow
+from workflows.certificate import CertificateRenewalWorkflow, CertificateWorkflow
 from workflows.contracts import SEARCH_ATTRIBUTES
 from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
@@ -57,6 +60,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     callbacks = CallbackActivities(engine, settings)
     task_store = TaskStoreActivities(engine, settings.task_queue)
     task_executor = TaskExecutorActivities(engine, vault)
+    certificates = CertificateActivities(engine, vault, settings, client)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -74,6 +78,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 CallbackWorkflow,
                 TaskRunWorkflow,
                 TaskTargetWorkflow,
+                CertificateWorkflow,
+                CertificateRenewalWorkflow,
             ],
             activities=[
                 gate.register,
@@ -97,6 +103,14 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 task_store.begin_task_run,
                 task_store.prepare_task_target,
                 task_store.end_task_run,
+                certificates.cert_open,
+                certificates.cert_finish,
+                certificates.cert_request,
+                certificates.cert_approved,
+                certificates.cert_sign,
+                certificates.cert_revoke,
+                certificates.cert_publish_plan,
+                certificates.cert_renew_due,
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
                 legacy_slots.release_slot,
@@ -109,7 +123,12 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         Worker(
             client,
             task_queue=settings.zone_task_queue(zone),
-            activities=[executor.change, executor.probe, task_executor.run_task],
+            activities=[
+                executor.change,
+                executor.probe,
+                task_executor.run_task,
+                certificates.cert_publish,
+            ],
             max_concurrent_activities=settings.max_concurrent_executor_calls,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
@@ -121,6 +140,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
 async def start_schedules(client: Client, engine: Engine, settings: Settings) -> None:
     """Every policy's schedules as the store says, whatever happened while Keyturn was down."""
     done = await schedules.reconcile(client, engine, settings)
+    if await in_thread(engine, renews_any):  # the API makes it with the first such certificate
+        await ensure_renewal_schedule(client, settings)
     logging.getLogger("keyturn").info(
         "schedules of %d policies in place; %d orphans removed", done.applied, len(done.removed)
     )

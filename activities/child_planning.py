@@ -38,7 +38,7 @@ class ChildPlanningActivities:
         with Session(self._engine) as session:
             parent = get_or_raise(session, Operation, request.operation_id)
             if request.reason == "reconcile":
-                targets = [(get_or_raise(session, Credential, parent.credential_id), "reconcile")]
+                targets = [(get_or_raise(session, Credential, parent.on_credential), "reconcile")]
             else:
                 children = session.exec(
                     select(Credential)

@@ -68,6 +68,27 @@ class LoginRequest:
 
 
 @dataclass(frozen=True)
+class InstalledFile:
+    """A file to write on the target: written beside ``path`` and renamed over it, created with
+    ``mode`` (so a private key is never readable by others, not even for a moment)."""
+
+    path: str
+    content: bytes = field(repr=False)
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """Install files on the target, then run ``command`` (a reload), as ``account``."""
+
+    target: Target
+    account: Account
+    files: tuple[InstalledFile, ...]
+    command: str | None = None
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # redacted from every transcript
+
+
+@dataclass(frozen=True)
 class RunResult:
     transcript: str  # already redacted
     learned_host_key: str | None = None  # trust-on-first-use: the key to pin from now on
@@ -212,7 +233,9 @@ class Executor(Protocol):
     default_templates: ClassVar[dict[str, str]]
     default_port: ClassVar[int]  # used when a device gives no port
     # Optional, so not declared here: ``username_forbids: ClassVar[str]``, the characters the
-    # protocol cannot carry in a username (HTTP Basic: ":"), refused when a credential is saved.
+    # protocol cannot carry in a username (HTTP Basic: ":"), refused when a credential is saved;
+    # and ``async install_files(request: InstallRequest) -> RunResult``, for an executor that
+    # can place files on its targets (certificate publishing; ``installs_files`` tells).
 
     def validate(self, template: str) -> None:
         """Raise templating.TemplateSyntaxProblem (with its line) if the template is unusable."""
@@ -281,3 +304,8 @@ def get_executor(name: str) -> Executor:
     except KeyError:
         known = ", ".join(sorted(registry())) or "none"
         raise LookupError(f"no executor named {name!r} is installed (installed: {known})") from None
+
+
+def installs_files(executor: object) -> bool:
+    """Whether the executor can publish files (a certificate and its key) to its targets."""
+    return callable(getattr(executor, "install_files", None))

@@ -23,6 +23,7 @@ from starter.problems import problem_response
 from starter.routes import (
     access,
     audit,
+    certificates,
     codec,
     dashboard,
     inventory,
@@ -84,6 +85,7 @@ def create_app(
         tasks.router,
         access.router,
         versions.router,
+        certificates.router,
         audit.router,
         dashboard.api,
     ):

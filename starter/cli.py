@@ -1,5 +1,5 @@
 """The ``keyturn`` command: ``dev`` (the whole embedded stack), ``api``, ``worker``, ``request``,
-``backup``, ``restore``, ``rotate-key``, ``audit verify``."""
+``backup``, ``restore``, ``rotate-key``, ``audit verify``, ``ca init``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,15 @@ def main(argv: list[str] | None = None) -> None:
         help="remove the older keys, once no open workflow holds a payload they sealed",
     )
     sub.add_parser("migrate", help="bring the store's schema up to date (starting does it too)")
+    ca = sub.add_parser("ca", help="certificate authorities")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser(
+        "init", help="make a CA whose key Keyturn holds (sealed in the vault); print its cert"
+    )
+    ca_init.add_argument("--name", default="internal", help="what certificates name as their ca")
+    ca_init.add_argument("--plugin", default="internal", help="the CA plugin (keyturn.cas)")
+    ca_init.add_argument("--subject", help="the CA's distinguished name (CN=…)")
+    ca_init.add_argument("--validity-days", type=int, help="how long the CA's certificate lasts")
     audit = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first break")
@@ -63,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(_verify_audit(settings))
     if args.command == "migrate":
         raise SystemExit(_migrate(settings))
+    if args.command == "ca":
+        raise SystemExit(_init_ca(settings, args))
     if args.command == "request":
         choice = _secret_choice(args.kind, args.version_id, args.secret_stdin)
         outcome = _request(
@@ -83,6 +94,22 @@ def main(argv: list[str] | None = None) -> None:
         import worker
 
         asyncio.run(worker.main(settings))
+
+
+def _init_ca(settings: Settings, args: argparse.Namespace) -> int:
+    from starter.ca_commands import CaCommandFailed, init_ca
+
+    config: dict[str, object] = {}
+    if args.subject:
+        config["subject"] = args.subject
+    if args.validity_days is not None:
+        config["validity_days"] = args.validity_days
+    try:
+        print(init_ca(settings, args.name, args.plugin, config), end="")
+    except CaCommandFailed as exc:
+        print(f"keyturn ca init: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _exit_now(code: int) -> NoReturn:

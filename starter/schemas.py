@@ -21,7 +21,7 @@ from pydantic import (
 from store.passwords import PasswordRules
 from store.ssh_keys import DEFAULT_RSA_BITS, MAX_PRIVATE_KEY, RSA_BITS, key_bits_problem
 from triggers.window import DAYS, ChangeWindow, InvalidWindow
-from workflows.contracts import CLIENT_TRIGGERS, OPERATION_KINDS, TRIGGERS
+from workflows.contracts import CERTIFICATE_KINDS, CLIENT_TRIGGERS, OPERATION_KINDS, TRIGGERS
 
 Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/@:-]*$")
 OperationKind = Literal[
@@ -519,8 +519,16 @@ class KeyResultOut(BaseModel):
 
 class OperationOut(BaseModel):
     id: str
-    credential_id: str
-    kind: str
+    credential_id: str | None = Field(
+        description="the credential it acts on; null for a certificate's action"
+    )
+    certificate_id: str | None = Field(
+        None, description="the certificate a cert-* operation acts on (null otherwise)"
+    )
+    kind: str = Field(
+        description="a credential operation's kind, or a certificate's: "
+        + ", ".join(CERTIFICATE_KINDS)
+    )
     trigger: str = TriggerOut
     status: str = Field(
         description="queued (behind another operation on the credential), scheduled (accepted, "

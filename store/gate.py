@@ -142,7 +142,7 @@ def leave(session: Session, operation_id: str) -> Operation | None:
     operation = session.get(Operation, operation_id)
     if operation is None:
         return None
-    _lock(session, operation.credential_id)
+    _lock(session, operation.on_credential)
     # Read again under the lock: the operation ahead may have just handed this one the gate.
     session.refresh(operation)
     follower = session.exec(
@@ -182,7 +182,7 @@ def close_callbacks(session: Session, operation_id: str) -> int:
     operation = session.get(Operation, operation_id)
     if operation is None:
         return 0
-    _lock(session, operation.credential_id)
+    _lock(session, operation.on_credential)
     session.refresh(operation)
     return callbacks.close(session, operation)
 
@@ -190,6 +190,12 @@ def close_callbacks(session: Session, operation_id: str) -> int:
 def holds(session: Session, operation_id: str) -> bool:
     operation = session.get(Operation, operation_id)
     return operation is not None and operation.gate_state == HOLDING
+
+
+def credential_busy(session: Session, credential_id: str) -> bool:
+    """Whether an operation is in the credential's gate (running or queued): what reads its
+    secret from outside the gate (a certificate's publish) waits until none is."""
+    return _tail(session, credential_id) is not None
 
 
 def ahead_of(session: Session, operation_id: str) -> Operation | None:

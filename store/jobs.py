@@ -171,7 +171,7 @@ def load_job(
     Raises ConfigurationError for anything that cannot work (see the module docstring)."""
     with Session(engine, expire_on_commit=False) as session:
         operation = get_or_raise(session, Operation, operation_id)
-        credential = get_or_raise(session, Credential, operation.credential_id)
+        credential = get_or_raise(session, Credential, operation.on_credential)
         if credential.secret_type == SSH_KEY:
             # A key probe may finish or undo a change (activities/key_steps.py): it needs the
             # key templates and the account that runs them, like the change.
@@ -289,7 +289,7 @@ def load_task_job(
     run was requested. ConfigurationError for anything that cannot work, as for a change."""
     with Session(engine, expire_on_commit=False) as session:
         operation = get_or_raise(session, Operation, operation_id)
-        credential = get_or_raise(session, Credential, operation.credential_id)
+        credential = get_or_raise(session, Credential, operation.on_credential)
         device = get_or_raise(session, Device, credential.device_id)
         run = get_or_raise(session, TaskRun, run_id)
         task = get_or_raise(session, Task, run.task_id)

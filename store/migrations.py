@@ -261,6 +261,43 @@ def _v11_tasks(conn: Connection) -> None:
     ``task`` fit the operation table as it is."""
 
 
+def _v12_certificates(conn: Connection) -> None:
+    """Certificates and their CAs (new tables: create_all made them). A certificate's actions
+    are operations that act on no credential: an operation names its certificate instead, so
+    its credential becomes optional."""
+    _add_columns(conn, "operation", {"certificate_id": "VARCHAR"})
+    conn.execute(
+        text("CREATE INDEX IF NOT EXISTS ix_operation_certificate_id ON operation (certificate_id)")
+    )
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE operation ALTER COLUMN credential_id DROP NOT NULL"))
+        return
+    _drop_sqlite_not_null(
+        conn, "operation", "credential_id VARCHAR NOT NULL", "credential_id VARCHAR"
+    )
+
+
+def _drop_sqlite_not_null(conn: Connection, table: str, before: str, after: str) -> None:
+    """SQLite cannot drop a NOT NULL in place. Rebuilding the table would trip the foreign keys
+    of the tables referring to it (they cannot be switched off inside a transaction); removing
+    a NOT NULL changes nothing on disk, so SQLite's documented way is to edit the table's
+    definition in its schema and bump the schema version (https://sqlite.org/lang_altertable.html,
+    "Making Other Kinds Of Table Schema Changes"). Idempotent."""
+    ddl = conn.execute(
+        text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"), {"t": table}
+    ).scalar_one()
+    if before not in ddl:
+        return
+    version = conn.execute(text("PRAGMA schema_version")).scalar_one()
+    conn.execute(text("PRAGMA writable_schema = ON"))
+    conn.execute(
+        text("UPDATE sqlite_master SET sql = :sql WHERE type = 'table' AND name = :t"),
+        {"sql": ddl.replace(before, after, 1), "t": table},
+    )
+    conn.execute(text(f"PRAGMA schema_version = {int(version) + 1}"))
+    conn.execute(text("PRAGMA writable_schema = OFF"))
+
+
 # STEPS[n] takes a store from version n + 1 to n + 2.
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
@@ -273,6 +310,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v9_ssh_keys,
     _v10_principals,
     _v11_tasks,
+    _v12_certificates,
 )
 LATEST = len(STEPS) + 1
 
@@ -318,3 +356,9 @@ def alembic_config(conn: Connection | None = None) -> Config:
     config.set_main_option("script_location", str(Path(__file__).parent / "schema"))
     config.attributes["connection"] = conn
     return config
+
+
+def step_named(name: str) -> int:
+    """The position of a step in STEPS, for a revision that names its step rather than counting
+    (so that steps of parallel releases can be reordered without touching it)."""
+    return [step.__name__ for step in STEPS].index(name)

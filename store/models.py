@@ -222,7 +222,7 @@ class SecretVersion(SQLModel, table=True):
 
 class Operation(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True)
-    credential_id: str = Field(foreign_key="credential.id", index=True)
+    credential_id: str | None = Field(default=None, foreign_key="credential.id", index=True)
     kind: str
     trigger: str = "manual"
     status: OperationStatus = OperationStatus.SCHEDULED
@@ -251,6 +251,18 @@ class Operation(SQLModel, table=True):
     ttl_seconds: int | None = None  # jit-create: how long the account lives once created
     # An ssh-key change: what happened on each device (store/key_results.py), no secret.
     key_results: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    # A certificate's action (cert-request, cert-sign, cert-revoke, cert-publish): it acts on
+    # that certificate and on no credential (credential_id is then None).
+    certificate_id: str | None = Field(default=None, index=True)
+
+    @property
+    def on_credential(self) -> str:
+        """The credential this operation acts on: every kind has one but a certificate's."""
+        if self.credential_id is None:
+            raise LookupError(
+                f"operation {self.id} acts on certificate {self.certificate_id}, not a credential"
+            )
+        return self.credential_id
 
 
 class OperationCallback(SQLModel, table=True):
@@ -439,3 +451,64 @@ class TaskResult(SQLModel, table=True):
     error_type: str | None = None
     error: str | None = None
     finished_at: datetime | None = None
+
+
+class CertStatus(enum.StrEnum):
+    REQUESTED = "requested"  # the key pair and CSR are being made
+    AWAITING_APPROVAL = "awaiting_approval"  # an approver other than the requester must approve
+    ISSUED = "issued"  # signed by its CA
+    REVOKED = "revoked"
+    FAILED = "failed"  # the request was never signed (see the operation's error)
+
+
+class CertificateAuthority(SQLModel, table=True):
+    """A CA certificates are signed in: its plugin (``keyturn.cas``), the plugin's settings,
+    and, for a CA whose key Keyturn holds (``internal``), its certificate, its private key
+    (encrypted like every secret: store/sealed.py) and its current CRL."""
+
+    name: str = Field(primary_key=True)
+    plugin: str
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    certificate_pem: str = Field(default="", sa_column=Column(Text, nullable=False))
+    key_id: str | None = None
+    key_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    crl_number: int = 0
+    crl_der: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Certificate(SQLModel, table=True):
+    """A managed certificate: what to ask for, where to install it, and what it is now. Its
+    private key is sealed in the vault (``key_ciphertext``), never in a workflow or a log."""
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    subject: str
+    sans: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    key_type: str
+    validity_days: int
+    ca: str = Field(foreign_key="certificateauthority.name")
+    # [{"device_id", "credential_id", "cert_path", "key_path", "reload_command", "verify_port"}]
+    publish_to: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    renew_before_days: int | None = None
+    status: str = CertStatus.REQUESTED
+    requested_by: str = "keyturn"
+    requires_approval: bool = False
+    approved_by: str | None = None
+    serial: str | None = None  # hex, as openssl prints it
+    not_before: datetime | None = Field(default=None)
+    not_after: datetime | None = Field(default=None, index=True)
+    certificate_pem: str | None = Field(default=None, sa_column=Column(Text))
+    csr_pem: str | None = Field(default=None, sa_column=Column(Text))
+    key_id: str | None = None
+    key_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    # A request's new key, until its certificate is signed: the key in use stays until then.
+    pending_key_id: str | None = None
+    pending_key_ciphertext: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    profile: str = "default"
+    revoked_at: datetime | None = None
+    revocation_reason: str | None = None
+    published_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow)

@@ -66,7 +66,8 @@ def settle_in_flight(engine: Engine) -> list[str]:
                 kind=operation.kind,
                 pending_version_id=operation.pending_version_id,
             )
-            flagged.add(operation.credential_id)
+            if operation.credential_id is not None:  # a certificate's action flags no credential
+                flagged.add(operation.credential_id)
         for credential_id in flagged:
             credential = session.get(Credential, credential_id)
             if credential is not None:

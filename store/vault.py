@@ -6,12 +6,21 @@ copied onto another row does not decrypt.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from keyturn.keyring import Keyring
 from store.engine import session_scope
-from store.models import SecretState, SecretVersion, new_id, utcnow
+from store.models import (
+    Certificate,
+    CertificateAuthority,
+    SecretState,
+    SecretVersion,
+    new_id,
+    utcnow,
+)
 
 PURPOSE = "secrets"
 
@@ -70,6 +79,29 @@ class Vault:
         version.key_id = cipher.key_id
         return True
 
+    def seal(self, owner: str, secret: str) -> Sealed:
+        """Encrypt a secret that belongs to no credential (a certificate's or a CA's private
+        key) with the newest key, bound to ``owner`` ("certificate/<id>", "ca/<name>"): a
+        ciphertext copied onto another row does not open."""
+        cipher = self._keyring.cipher(PURPOSE)
+        return Sealed(cipher.key_id, cipher.encrypt(secret.encode(), _owner_aad(owner)))
+
+    def reseal(self, owner: str, key_id: str, ciphertext: bytes) -> Sealed | None:
+        """``seal`` again with the newest key; None if it already was."""
+        if key_id == self.newest_key_id:
+            return None
+        return self.seal(owner, self.unseal(owner, key_id, ciphertext))
+
+    def unseal(self, owner: str, key_id: str, ciphertext: bytes) -> str:
+        """Decrypt what ``seal`` made; call only inside an activity or a command, in memory."""
+        cipher = self._keyring.cipher_for(PURPOSE, key_id)
+        if cipher is None:
+            raise LookupError(
+                f"the secret of {owner} was encrypted with key {key_id}; start Keyturn with "
+                "that master key in its keyring"
+            )
+        return cipher.decrypt(ciphertext, _owner_aad(owner)).decode()
+
     @staticmethod
     def current(session: Session, credential_id: str) -> SecretVersion | None:
         return session.exec(
@@ -100,12 +132,33 @@ class Vault:
         session.add(pending)
 
 
+@dataclass(frozen=True)
+class Sealed:
+    key_id: str
+    ciphertext: bytes = field(repr=False)
+
+
+def ca_owner(name: str) -> str:
+    """Whose sealed secret a CA's private key is."""
+    return f"ca/{name}"
+
+
+def certificate_owner(certificate_id: str) -> str:
+    """Whose sealed secret a certificate's private key (and its pending one) is."""
+    return f"certificate/{certificate_id}"
+
+
+def _owner_aad(owner: str) -> bytes:
+    return f"sealed/{owner}".encode()
+
+
 def _aad(credential_id: str, version_id: str) -> bytes:
     return f"{credential_id}/{version_id}".encode()
 
 
 def reencrypt_all(engine: Engine, vault: Vault, batch: int = 200) -> int:
-    """Seal every secret version with the vault's newest key; how many were re-sealed. Runs
+    """Seal every secret version (and every certificate's and CA's private key) with the
+    vault's newest key; how many were re-sealed. Runs
     in batches, each its own transaction, until none is left under an older key: a version a
     process wrote with the older key while this ran is caught by a later batch."""
     total = 0
@@ -122,5 +175,34 @@ def reencrypt_all(engine: Engine, vault: Vault, batch: int = 200) -> int:
                 vault.reencrypt(version)
                 session.add(version)
         if not versions:
-            return total
+            return total + reseal_keys(engine, vault)
         total += len(versions)
+
+
+def reseal_keys(engine: Engine, vault: Vault) -> int:
+    """Seal every certificate's and CA's private key with the vault's newest key; how many.
+    One transaction: there are few of them."""
+    count = 0
+    with session_scope(engine) as session:
+        for ca in session.exec(select(CertificateAuthority).with_for_update()):
+            if ca.key_id and ca.key_ciphertext is not None:
+                sealed = vault.reseal(ca_owner(ca.name), ca.key_id, ca.key_ciphertext)
+                if sealed is not None:
+                    ca.key_id, ca.key_ciphertext = sealed.key_id, sealed.ciphertext
+                    session.add(ca)
+                    count += 1
+        for cert in session.exec(select(Certificate).with_for_update()):
+            owner = certificate_owner(cert.id)
+            if cert.key_id and cert.key_ciphertext is not None:
+                sealed = vault.reseal(owner, cert.key_id, cert.key_ciphertext)
+                if sealed is not None:
+                    cert.key_id, cert.key_ciphertext = sealed.key_id, sealed.ciphertext
+                    count += 1
+            if cert.pending_key_id and cert.pending_key_ciphertext is not None:
+                sealed = vault.reseal(owner, cert.pending_key_id, cert.pending_key_ciphertext)
+                if sealed is not None:
+                    cert.pending_key_id = sealed.key_id
+                    cert.pending_key_ciphertext = sealed.ciphertext
+                    count += 1
+            session.add(cert)
+    return count

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.servers.mysql import MysqlServer, override_address, plain_server, running_server
+from tests.servers.nginx import Nginx
 from tests.servers.postgresql import PostgresCluster, running_cluster
 from tests.servers.rabbitmq import boot_shared_node
 from tests.servers.rsyslog import Rsyslog
@@ -60,6 +61,28 @@ def ssh_users(sshd: Sshd) -> Iterator[Users]:
 
 
 # --- end of the sshd section -------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx on a loopback port (tests/servers/nginx.py), one per session: the TLS server certificates
+# are published to. It runs as a throwaway account of the shared sshd, which Keyturn logs in as
+# to install the certificate and reload it. scripts/setup-test-deps installs nginx.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def nginx(sshd: Sshd) -> Iterator[Nginx]:
+    users = Users(sshd)
+    server = Nginx(users)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+        users.cleanup()
+
+
+# --- end of the nginx section ------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------

@@ -527,3 +527,108 @@ class TaskRunResult:
     run_id: str
     status: str
     results: list[TaskTargetResult]
+
+
+# --- Certificates (workflows/certificate.py) ---------------------------------------------------
+CERTIFICATE_WORKFLOW = "KeyturnCertificate"
+CERTIFICATE_RENEWAL_WORKFLOW = "KeyturnCertificateRenewal"
+# Each action on a certificate is an operation of its own kind, acting on no credential.
+CERTIFICATE_KINDS = ("cert-request", "cert-sign", "cert-revoke", "cert-publish")
+# What a request may ask of a certificate's workflow: request (make a key and a CSR, wait for
+# approval if needed, sign, publish; a renewal is a request again), publish, revoke.
+CERT_REQUEST, CERT_PUBLISH, CERT_REVOKE = "request", "publish", "revoke"
+CERTIFICATE_ACTIONS = (CERT_REQUEST, CERT_PUBLISH, CERT_REVOKE)
+CERT_APPROVE_UPDATE = "approve"
+
+
+def certificate_workflow_id(certificate_id: str) -> str:
+    """Fixed per certificate: one action at a time on it (a second is refused while one runs)."""
+    return f"keyturn-cert-{certificate_id}"
+
+
+def certificate_renewal_schedule_id(task_queue: str) -> str:
+    """One renewal schedule per deployment (its task queue)."""
+    return f"keyturn-certificate-renewal-{task_queue}"
+
+
+@dataclass(frozen=True)
+class CertificateInput:
+    """What starts a certificate's workflow: the action and the id of its first operation."""
+
+    certificate_id: str
+    action: str
+    operation_id: str
+    trigger: str = "manual"
+    requested_by: str | None = None
+    reason: str = ""  # revoke: why (an RFC 5280 reason name, or words of the requester)
+
+
+@dataclass(frozen=True)
+class CertStep:
+    """One operation of a certificate's workflow, as its activities see it."""
+
+    operation_id: str
+    certificate_id: str
+    kind: str
+    trigger: str = "manual"
+    requested_by: str | None = None
+    workflow_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class CertRequested:
+    requires_approval: bool
+
+
+@dataclass(frozen=True)
+class CertApproval:
+    principal: str
+    operation_id: str = ""
+    certificate_id: str = ""
+
+
+@dataclass(frozen=True)
+class PublishTarget:
+    """One publish_to entry of a certificate, and the task queue of its device's zone."""
+
+    index: int
+    device_id: str
+    task_queue: str
+    device_capacity: int = 0  # operations allowed on the device at once (its slots)
+
+
+@dataclass(frozen=True)
+class PublishStep:
+    operation_id: str
+    certificate_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    device_id: str
+    served_matches: bool  # the TLS port served the certificate just installed
+
+
+@dataclass(frozen=True)
+class CertFinish:
+    operation_id: str
+    certificate_id: str
+    kind: str
+    status: str  # succeeded | failed
+    error_type: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class CertificateOutcome:
+    status: str  # succeeded | failed
+    operation_ids: list[str]
+
+
+@dataclass(frozen=True)
+class RenewalSweep:
+    """One run of the renewal schedule: renew what is due as of its start."""
+
+    as_of: str = ""

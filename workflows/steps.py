@@ -19,6 +19,10 @@ from temporalio import activity
 from workflows.contracts import (
     Admission,
     CallbackInput,
+    CertApproval,
+    CertFinish,
+    CertRequested,
+    CertStep,
     ChangeOutcome,
     ChildNotStarted,
     ChildrenRequest,
@@ -35,7 +39,11 @@ from workflows.contracts import (
     JitRemoval,
     OperationPlan,
     ProbeOutcome,
+    PublishOutcome,
+    PublishStep,
+    PublishTarget,
     RegisterInput,
+    RenewalSweep,
     SlotRelease,
     SlotRequest,
     StepInput,
@@ -196,6 +204,54 @@ async def change(step: StepInput) -> ChangeOutcome:
 
 @_declare("keyturn.probe")
 async def probe(step: StepInput) -> ProbeOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+# Certificates (activities/certificates.py): the store side on the main task queue (opening and
+# finishing an operation: local activities), the CA's calls there too, publishing on the zone
+# task queue of each device.
+@_declare("keyturn.cert_open")
+async def cert_open(step: CertStep) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.cert_finish")
+async def cert_finish(finish: CertFinish) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.cert_request")
+async def cert_request(step: CertStep) -> CertRequested:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.cert_approved")
+async def cert_approved(approval: CertApproval) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.cert_sign")
+async def cert_sign(step: CertStep) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.cert_revoke")
+async def cert_revoke(step: CertStep) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.cert_publish_plan")
+async def cert_publish_plan(step: CertStep) -> list[PublishTarget]:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.cert_publish")
+async def cert_publish(step: PublishStep) -> PublishOutcome:
+    raise NotImplementedError(DECLARATION)
+
+
+@_declare("keyturn.cert_renew_due")
+async def cert_renew_due(sweep: RenewalSweep) -> int:
     raise NotImplementedError(DECLARATION)
 
 

@@ -35,7 +35,7 @@ class LegacySlotActivities:
         """
         with Session(self._engine) as session:
             operation = get_or_raise(session, Operation, step.operation_id)
-            credential = get_or_raise(session, Credential, operation.credential_id)
+            credential = get_or_raise(session, Credential, operation.on_credential)
             device = get_or_raise(session, Device, credential.device_id)
             limit = (
                 device.max_concurrent_operations

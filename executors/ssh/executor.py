@@ -20,6 +20,7 @@ from executors.base import (
     ConfigurationError,
     ConnectFailed,
     HostKeyMismatch,
+    InstallRequest,
     LoginProgress,
     LoginRequest,
     LoginResult,
@@ -29,7 +30,7 @@ from executors.base import (
     redact,
 )
 from executors.common import parse_template, request_secrets, verify_template
-from executors.ssh import authorized_keys
+from executors.ssh import authorized_keys, files
 from executors.ssh.script import SYNTAX, Step, validate_script
 from executors.ssh.session import ScriptRunner
 from templating import TemplateContext
@@ -135,6 +136,17 @@ class SshExecutor:
                 steps, context = verify
                 transcript = await self._run_steps(conn, request.target, context, secrets, steps)
         return LoginResult(ok=True, transcript=transcript, learned_host_key=learned)
+
+    async def install_files(self, request: InstallRequest) -> RunResult:
+        """Write each file through a temp file renamed over it, then run the reload command."""
+        self.check_target(request.target)
+        secrets = (*request_secrets(None, request.account), *request.secrets)
+        conn, learned = await _connect(request.target, request.account, secrets)
+        async with _closing(conn):
+            transcript = await files.install(
+                conn, request.target, request.files, request.command, secrets
+            )
+        return RunResult(transcript=transcript, learned_host_key=learned)
 
     async def _run_steps(
         self,

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
 from pydantic import SecretStr
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from governance import webhooks
@@ -29,8 +30,15 @@ from starter.schemas import (
     OperationOut,
 )
 from store.engine import in_thread
-from store.models import Attempt, Credential, Operation, OperationStatus, SyncState
-from workflows.contracts import OPERATION_KINDS, TASK_KIND, TRIGGERS
+from store.models import (
+    Attempt,
+    Certificate,
+    Credential,
+    Operation,
+    OperationStatus,
+    SyncState,
+)
+from workflows.contracts import CERTIFICATE_KINDS, OPERATION_KINDS, TASK_KIND, TRIGGERS
 
 router = APIRouter(route_class=StoreRoute)
 Operator = Annotated[Caller, Depends(allow(OPERATOR))]
@@ -131,6 +139,10 @@ def _visible(db: Session, caller: Caller, operation_id: str) -> tuple[Operation,
     operation = db.get(Operation, operation_id)
     if operation is None:
         raise not_found("operation", operation_id)
+    if operation.credential_id is None:  # a certificate's action: its certificate's profile
+        certificate = db.get(Certificate, operation.certificate_id or "")
+        hidden(caller, certificate.profile if certificate else "", "operation", operation_id)
+        return operation, None
     credential = db.get(Credential, operation.credential_id)
     hidden(caller, credential.profile if credential else "", "operation", operation_id)
     return operation, credential
@@ -157,7 +169,7 @@ def _operation_out(db: DB, operation: Operation, credential: Credential | None) 
         and credential.sync_state == SyncState.OUT_OF_SYNC,
         attempts=[AttemptOut(**a.model_dump()) for a in attempts],
         children=[
-            ChildOut(operation_id=c.id, credential_id=c.credential_id, kind=c.kind, status=c.status)
+            ChildOut(operation_id=c.id, credential_id=c.on_credential, kind=c.kind, status=c.status)
             for c in children
         ],
     )
@@ -200,6 +212,7 @@ def search_operations(
     db: DB,
     caller: Reader,
     credential_id: str | None = None,
+    certificate_id: str | None = None,
     device_id: str | None = None,
     kind: str | None = None,
     trigger: str | None = None,
@@ -207,9 +220,10 @@ def search_operations(
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Page[OperationOut]:
-    """Operations, newest first, filtered by any of credential, device, kind, trigger, status."""
+    """Operations, newest first, filtered by any of credential, certificate, device, kind,
+    trigger, status. A certificate's actions (cert-*) are operations too."""
     for field, value, allowed in (
-        ("kind", kind, (*OPERATION_KINDS, TASK_KIND)),
+        ("kind", kind, (*OPERATION_KINDS, TASK_KIND, *CERTIFICATE_KINDS)),
         ("trigger", trigger, TRIGGERS),
         ("status", status, tuple(OperationStatus)),
     ):
@@ -218,9 +232,17 @@ def search_operations(
     query = select(Operation)
     if caller.profiles is not None:
         in_profiles = select(Credential.id).where(caller.sees_rows(Credential.profile))
-        query = query.where(col(Operation.credential_id).in_(in_profiles))
+        certificates = select(Certificate.id).where(caller.sees_rows(Certificate.profile))
+        query = query.where(
+            or_(
+                col(Operation.credential_id).in_(in_profiles),
+                col(Operation.certificate_id).in_(certificates),
+            )
+        )
     if credential_id is not None:
         query = query.where(Operation.credential_id == credential_id)
+    if certificate_id is not None:
+        query = query.where(Operation.certificate_id == certificate_id)
     if device_id is not None:
         on_device = select(Credential.id).where(Credential.device_id == device_id)
         query = query.where(col(Operation.credential_id).in_(on_device))
@@ -232,6 +254,6 @@ def search_operations(
         query = query.where(Operation.status == OperationStatus(status))
     return keyset_page(
         db, query, by_age(Operation), limit, cursor,
-        lambda op: _operation_out(db, op, db.get(Credential, op.credential_id)),
+        lambda op: _operation_out(db, op, db.get(Credential, op.credential_id or "")),
         descending=True,
     )  # fmt: skip

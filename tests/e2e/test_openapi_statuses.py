@@ -1,4 +1,5 @@
-"""Every status code the governance routes answer is documented in the OpenAPI."""
+"""Every status code the governance and certificate routes answer is documented in the
+OpenAPI."""
 
 from __future__ import annotations
 
@@ -31,6 +32,29 @@ DOCUMENTED = [
         "/v1/tasks/{task_id}/runs/{run_id}/cancel",
         {"202", "401", "403", "404", "409", "503"},
     ),
+    ("post", "/v1/certificates", {"201", "401", "403", "409", "422", "503"}),
+    ("get", "/v1/certificates", {"200", "401", "422"}),
+    (
+        "post",
+        "/v1/certificates/{certificate_id}/approve",
+        {"200", "401", "403", "404", "409", "422", "503"},
+    ),
+    (
+        "post",
+        "/v1/certificates/{certificate_id}/revoke",
+        {"202", "401", "403", "404", "409", "422", "503"},
+    ),
+    (
+        "post",
+        "/v1/certificates/{certificate_id}/publish",
+        {"202", "401", "403", "404", "409", "422", "503"},
+    ),
+    (
+        "post",
+        "/v1/certificates/{certificate_id}/renew",
+        {"202", "401", "403", "404", "409", "422", "503"},
+    ),
+    ("get", "/v1/cas/{ca_name}/crl", {"200", "401", "403", "404"}),
 ]
 
 

@@ -22,6 +22,9 @@ from starter.app import create_app
 from starter.authz import ROLES_EXTENSION, rule_of
 from store.models import (
     AuditEvent,
+    Certificate,
+    CertificateAuthority,
+    CertStatus,
     Credential,
     Operation,
     OperationStatus,
@@ -37,7 +40,10 @@ from tests.e2e.secrets_search import assert_no_secret
 from tests.servers.sshd import Sshd, Users
 
 ROLES = ("admin", "operator", "auditor", "app", "template-author", "approver")
-PROFILED = ("device_id", "credential_id", "operation_id", "version_id", "task_id", "run_id")
+PROFILED = (
+    "device_id", "credential_id", "operation_id", "version_id", "task_id", "run_id",
+    "certificate_id",
+)  # fmt: skip
 OLD = "Old-pass w0rd;$#'\"\\x"
 
 
@@ -62,7 +68,7 @@ class World:
     params: dict[str, dict[str, str]]  # "in" | "out" → path parameter → value
 
 
-async def _profile_objects(stack: Stack, profile: str) -> dict[str, str]:
+async def _profile_objects(stack: Stack, profile: str, ca: str) -> dict[str, str]:
     device = await stack.post(
         "/v1/devices",
         {
@@ -99,8 +105,16 @@ async def _profile_objects(stack: Stack, profile: str) -> dict[str, str]:
         requested_by="admin",
     )
     run_id = run.id
+    # A revoked certificate of someone else's: every action on it is refused without starting
+    # anything (409), or its body is (422).
+    certificate = Certificate(
+        name=f"cert-{secrets.token_hex(4)}", subject="CN=x", key_type="ecdsa-p256",
+        validity_days=1, ca=ca, status=CertStatus.REVOKED, requested_by="someone-else",
+        profile=profile,
+    )  # fmt: skip
+    certificate_id = certificate.id
     with Session(stack.engine) as db:
-        db.add_all([operation, run])
+        db.add_all([operation, run, certificate])
         db.commit()
     return {
         "device_id": device["id"],
@@ -109,13 +123,20 @@ async def _profile_objects(stack: Stack, profile: str) -> dict[str, str]:
         "version_id": cred["current_version_id"],
         "task_id": task["id"],
         "run_id": run_id,
+        "certificate_id": certificate_id,
     }
 
 
 @pytest.fixture(scope="module")
 async def world(stack: Stack) -> World:
     a, b = f"pa-{secrets.token_hex(3)}", f"pb-{secrets.token_hex(3)}"
-    inside, outside = await _profile_objects(stack, a), await _profile_objects(stack, b)
+    ca = CertificateAuthority(name=f"ca-{secrets.token_hex(4)}", plugin="internal", crl_der=b"0")
+    ca_name = ca.name
+    with Session(stack.engine) as db:
+        db.add(ca)
+        db.commit()
+    inside = await _profile_objects(stack, a, ca_name)
+    outside = await _profile_objects(stack, b, ca_name)
     tokens = {"admin": stack.api.headers["Authorization"].removeprefix("Bearer ")}
     names = {"admin": "admin"}
     for role in ROLES[1:]:
@@ -131,6 +152,7 @@ async def world(stack: Stack) -> World:
         "version": "1",
         "principal_id": victim["id"],
         "prefix": victim["token_prefix"],
+        "ca_name": ca_name,
     }
     return World(a, b, tokens, names, {"in": {**inside, **shared}, "out": {**outside, **shared}})
 

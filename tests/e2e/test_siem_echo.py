@@ -9,8 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from sqlmodel import Session
 from temporalio.testing import WorkflowEnvironment
 
+from starter.ca_commands import init_ca
+from store.models import Certificate, CertificateAuthority
+from store.vault import Vault, ca_owner, certificate_owner
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import credential, current_secret, policy, ssh_device
 from tests.e2e.metrics_scraping import scrape, value
@@ -187,3 +191,51 @@ async def _until_delivered(stack: Stack, rsyslog: Rsyslog) -> None:
             return
         assert loop.time() < deadline, depths
         await asyncio.sleep(0.1)
+
+
+async def test_a_certificates_actions_are_echoed_without_its_keys(
+    siem_stack: Stack, rsyslog: Rsyslog
+) -> None:
+    """cert-request, cert-sign and cert-revoke are operations like any other: their audit
+    events reach the SIEM, in every format, and no private key goes with them."""
+    stack = siem_stack
+    ca = f"ca-{secrets.token_hex(4)}"
+    await asyncio.to_thread(init_ca, stack.settings, ca, "internal", {})
+    created = await stack.post(
+        "/v1/certificates",
+        {"name": f"siem-{secrets.token_hex(4)}", "subject": "CN=siem", "validity_days": 1,
+         "ca": ca},
+    )  # fmt: skip
+    await asyncio.wait_for(
+        stack.client.get_workflow_handle(created["workflow_id"]).result(), ARRIVAL_DEADLINE
+    )
+    revoking = await stack.post(
+        f"/v1/certificates/{created['id']}/revoke", {"reason": "superseded"}, expect=202
+    )
+    await asyncio.wait_for(
+        stack.client.get_workflow_handle(revoking["workflow_id"]).result(), ARRIVAL_DEADLINE
+    )
+    operations = (await stack.get(f"/v1/operations?certificate_id={created['id']}"))["items"]
+    assert {o["kind"] for o in operations} == {"cert-request", "cert-sign", "cert-revoke"}
+    wanted: set[int] = set()
+    for operation in operations:
+        wanted |= set(await _audit_ids(stack, operation_id=operation["id"]))
+    events = {e["event"] for e in (await stack.get("/v1/audit?limit=1000"))["items"]
+              if e["id"] in wanted}  # fmt: skip
+    assert {"certificate.issued", "certificate.revoked", "operation.succeeded"} <= events
+    await _until_received(rsyslog, TRANSPORTS, wanted)
+    with Session(stack.engine) as db:
+        row = db.get(CertificateAuthority, ca)
+        certificate = db.get(Certificate, created["id"])
+        assert row is not None and row.key_id and row.key_ciphertext is not None
+        assert certificate is not None and certificate.key_id and certificate.key_ciphertext
+        vault = Vault(stack.settings.keyring)
+        keys = [
+            vault.unseal(ca_owner(ca), row.key_id, row.key_ciphertext),
+            vault.unseal(certificate_owner(certificate.id), certificate.key_id,
+                         certificate.key_ciphertext),
+        ]  # fmt: skip
+    received = "\n".join(m for t in TRANSPORTS for m in rsyslog.received(t))
+    for key in keys:
+        body = "".join(line for line in key.splitlines() if not line.startswith("-----"))
+        assert_no_secret(received, body[:64], key)

@@ -10,6 +10,7 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from keyturn.crypto import Cipher
@@ -23,6 +24,7 @@ from store.migrations import (
     revision_of,
 )
 from store.models import (
+    Attempt,
     Credential,
     Device,
     Operation,
@@ -405,4 +407,57 @@ def test_a_store_before_tasks_gets_the_task_tables_and_keeps_its_operations(
         assert task is not None and (task.credential_ids, task.schedule) == (["c1"], None)
         operation = session.get(Operation, "o9")
         assert operation is not None and operation.kind == "task"
+    engine.dispose()
+
+
+def test_operations_of_a_store_before_certificates_keep_their_attempts(
+    empty_database: str,
+) -> None:
+    """The certificates step: an operation may act on a certificate instead of a credential, so
+    its credential becomes optional (SQLite rebuilds the table); every operation, its attempts
+    and their link, and the table's indexes stay."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / f"v6_{dialect}.sql").read_text())
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+        run_sql(conn, V6_ROWS)
+        conn.exec_driver_sql(
+            "INSERT INTO operation (id, credential_id, kind, trigger, status, workflow_id, "
+            "created_at, gate_seq) VALUES ('o1', 'c1', 'change', 'manual', 'SUCCEEDED', 'w', "
+            "'2026-11-01 10:00:00', 0)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO attempt (id, operation_id, step, number, started_at, outcome, "
+            "transcript) VALUES ('a1', 'o1', 'change', 1, '2026-11-01 10:00:00', 'succeeded', "
+            "'ok')"
+        )
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    columns = {c["name"]: c for c in inspect(engine).get_columns("operation")}
+    assert columns["credential_id"]["nullable"] and "certificate_id" in columns
+    indexes = {i["name"] for i in inspect(engine).get_indexes("operation")}
+    assert {"ix_operation_credential_id", "ix_operation_certificate_id"} <= indexes
+    with Session(engine) as session:
+        kept = session.get(Operation, "o1")
+        assert kept is not None and kept.on_credential == "c1"
+        attempts = session.exec(select(Attempt).where(Attempt.operation_id == "o1")).all()
+        assert [a.id for a in attempts] == ["a1"]
+    with session_scope(engine) as session:  # an operation of a certificate is storable
+        session.add(
+            Operation(
+                id="o2", credential_id=None, certificate_id="cert-1", kind="cert-sign",
+                workflow_id="keyturn-cert-cert-1",
+            )
+        )  # fmt: skip
+    if dialect == "sqlite":
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    with session_scope(engine) as session:  # and the link from attempts still holds
+        session.add(Attempt(id="a2", operation_id="o1", step="verify", number=2))
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        session.add(Attempt(id="a3", operation_id="nowhere", step="verify", number=1))
+    assert current_version(engine) == LATEST
     engine.dispose()

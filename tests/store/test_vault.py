@@ -12,8 +12,8 @@ from sqlmodel import Session, select
 from keyturn.crypto import Cipher
 from keyturn.keyring import Keyring
 from store.engine import session_scope
-from store.models import SecretState, SecretVersion
-from store.vault import Vault, reencrypt_all
+from store.models import Certificate, CertificateAuthority, SecretState, SecretVersion
+from store.vault import Vault, certificate_owner, reencrypt_all
 from tests.store.helpers import a_credential
 
 
@@ -73,3 +73,46 @@ def test_after_a_rotation_every_version_is_sealed_with_the_new_key_alone(engine:
     for version in versions:
         with pytest.raises(InvalidTag):
             only_old.decrypt(version.ciphertext, f"{credential_id}/{version.id}".encode())
+
+
+def test_a_rotation_reseals_certificate_and_ca_keys(engine: Engine) -> None:
+    """Keys that belong to no credential (a CA's, a certificate's current and pending ones) are
+    sealed with the new key too, and each opens only as what it belongs to."""
+    old, new = secrets.token_bytes(32), secrets.token_bytes(32)
+    before = Vault(old)
+    ca_key, key, pending = before.seal("ca/x", "ca-key"), None, None
+    with session_scope(engine) as session:
+        session.add(
+            CertificateAuthority(
+                name="x", plugin="internal", key_id=ca_key.key_id,
+                key_ciphertext=ca_key.ciphertext,
+            )
+        )  # fmt: skip
+        session.flush()  # the CA first: the certificate refers to it
+        certificate = Certificate(name="web", subject="CN=web", key_type="ecdsa-p256",
+                                  validity_days=1, ca="x")  # fmt: skip
+        key = before.seal(certificate_owner(certificate.id), "cert-key")
+        pending = before.seal(certificate_owner(certificate.id), "next-key")
+        certificate.key_id, certificate.key_ciphertext = key.key_id, key.ciphertext
+        certificate.pending_key_id = pending.key_id
+        certificate.pending_key_ciphertext = pending.ciphertext
+        certificate_id = certificate.id
+        session.add(certificate)
+
+    rotated = Vault(Keyring.of(new, old))
+    assert reencrypt_all(engine, rotated) == 3
+    assert reencrypt_all(engine, rotated) == 0
+
+    only_new = Vault(new)
+    with Session(engine) as session:
+        ca = session.get(CertificateAuthority, "x")
+        row = session.get(Certificate, certificate_id)
+    assert ca is not None and row is not None
+    assert ca.key_ciphertext is not None and row.key_ciphertext is not None
+    assert row.pending_key_ciphertext is not None and row.key_id and row.pending_key_id
+    assert only_new.unseal("ca/x", ca.key_id or "", ca.key_ciphertext) == "ca-key"
+    owner = certificate_owner(certificate_id)
+    assert only_new.unseal(owner, row.key_id, row.key_ciphertext) == "cert-key"
+    assert only_new.unseal(owner, row.pending_key_id, row.pending_key_ciphertext) == "next-key"
+    with pytest.raises(InvalidTag):  # bound to its owner: another's ciphertext does not open
+        only_new.unseal("ca/x", row.key_id, row.key_ciphertext)

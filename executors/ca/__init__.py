@@ -1,0 +1,1 @@
+"""Certificate authorities: the plugin interface (``base``) and Keyturn's internal CA."""
