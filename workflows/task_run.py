@@ -11,8 +11,8 @@ the gate.
 So a task never runs on a credential while another operation (a change, say) acts on it, and
 never takes more of a device than its cap (workflows/device_slots.py), exactly like the
 operation workflow. A task is run once: whatever it does may not be safe to repeat, so a
-failure is reported, not retried. Only the start of each output reaches the history
-(TASK_OUTPUT_IN_RESULT); the store keeps it whole.
+failure is reported, not retried. Only the start of each output reaches the history, in its
+target's result (TASK_OUTPUT_IN_RESULT), none in the run's; the store keeps it whole.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -152,8 +153,13 @@ class TaskRunWorkflow:
             # The children are canceled with the run: each records its outcome as it ends.
             canceled = True
             answers = []
+        # Without the outputs: each child's result has its own, the store keeps them whole, and
+        # 500 targets' starts of output (escaped in JSON, up to 6 bytes a character) would pass
+        # Temporal's 2 MB limit on one payload, so the run could never complete.
         results = [
-            answer
+            dataclasses.replace(
+                answer, output="", output_truncated=answer.output_truncated or bool(answer.output)
+            )
             if isinstance(answer, TaskTargetResult)
             else TaskTargetResult(target.credential_id, target.operation_id, "failed")
             for target, answer in zip(plan.targets, answers, strict=False)
