@@ -18,6 +18,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import jinja2
+from jinja2 import nodes
+
 from templating.render import TemplateSyntaxProblem
 
 TYPES = ("string", "int", "bool", "choice")
@@ -91,6 +94,34 @@ def declared(body: str) -> tuple[Parameter, ...]:
             raise TemplateSyntaxProblem(f"parameter {parameter.name!r} is declared twice", number)
         found[parameter.name] = parameter
     return tuple(found.values())
+
+
+def check_references(body: str, parameters: tuple[Parameter, ...]) -> None:
+    """TemplateSyntaxProblem (with its line) for a ``params.<name>`` the template reads but does
+    not declare: found when the template is saved, not by a run half-way through its commands.
+    A text Jinja cannot read as a whole is left to the executor's own checks."""
+    names = {parameter.name for parameter in parameters}
+    try:
+        tree = jinja2.Environment().parse(body)
+    except jinja2.TemplateSyntaxError:
+        return
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        name: object = None
+        if isinstance(node, nodes.Getattr):
+            target, name = node.node, node.attr
+        elif isinstance(node, nodes.Getitem):
+            target = node.node
+            if isinstance(node.arg, nodes.Const):
+                name = node.arg.value
+        if name is None or not (isinstance(target, nodes.Name) and target.name == "params"):
+            continue  # not a parameter, or a name computed at render time (checked then)
+        if name not in names:
+            known = ", ".join(sorted(names)) or "none"
+            raise TemplateSyntaxProblem(
+                f"params.{name} is not declared (a '# param: {name} <type>' line); "
+                f"declared: {known}",
+                node.lineno,
+            )
 
 
 def _parse(text: str, line: int) -> Parameter:

@@ -20,7 +20,7 @@ from starter.schemas import TemplateDiffOut, TemplateIn, TemplateOut, TemplateRe
 from store import audit
 from store.models import Template, TemplateStatus, utcnow
 from templating import TemplateSyntaxProblem
-from templating.parameters import declared
+from templating.parameters import check_references, declared
 from workflows.contracts import TASK_KIND
 
 router = APIRouter(route_class=StoreRoute)
@@ -48,7 +48,7 @@ def create_template(body: TemplateIn, db: DB, caller: Author) -> Template:
     try:
         executor.validate(body.body)
         if body.kind == TASK_KIND:
-            declared(body.body)  # its parameter declarations
+            check_references(body.body, declared(body.body))  # declared, and only those read
     except TemplateSyntaxProblem as exc:
         raise Problem(
             422,

@@ -541,6 +541,24 @@ async def test_a_task_template_with_a_bad_declaration_is_refused_when_saved(stac
         "line": 2,
         "message": "parameter 'n': unknown type 'float' (string, int, bool, choice(a,b,…))",
     }
+    # A parameter read but not declared: refused now, not by a run after its first command.
+    name = f"ssh/task-{secrets.token_hex(3)}"
+    refused = await stack.api.post(
+        "/v1/templates",
+        json={
+            "name": name,
+            "executor": "ssh",
+            "kind": "task",
+            "body": "# kind: task\n# param: n int\nexec: echo {{ params.n }}\n"
+            "exec: echo {{ params.m }}\n",
+        },
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    (error,) = refused.json()["errors"]
+    assert (error["field"], error["line"]) == ("body", 4), error
+    assert "params.m is not declared" in error["message"]
+    assert (await stack.api.get(f"/v1/templates/{name}/versions")).status_code == 404
 
 
 async def test_a_target_canceled_while_running_stops_and_frees_its_credential(

@@ -7,7 +7,13 @@ import pytest
 
 from executors.shipped import shipped_templates
 from templating import TemplateContext, TemplateSyntaxProblem, escaping, render
-from templating.parameters import Parameter, ParameterProblem, declared, resolve
+from templating.parameters import (
+    Parameter,
+    ParameterProblem,
+    check_references,
+    declared,
+    resolve,
+)
 
 BODY = """# kind: task
 # param: service string
@@ -108,6 +114,9 @@ def test_a_parameter_is_escaped_for_where_it_lands() -> None:
 
 def test_every_shipped_task_template_declares_its_parameters_soundly() -> None:
     tasks = {t.name: declared(t.body) for t in shipped_templates() if t.kind == "task"}
+    for template in shipped_templates():
+        if template.kind == "task":
+            check_references(template.body, tasks[template.name])  # reads only what it declares
     assert set(tasks) >= {
         "ssh/uptime",
         "ssh/service-restart",
@@ -120,3 +129,17 @@ def test_every_shipped_task_template_declares_its_parameters_soundly() -> None:
         Parameter("idle_minutes", "int", default=60),
     )
     assert tasks["ssh/uptime"] == ()
+
+
+def test_a_parameter_read_but_not_declared_is_refused_with_its_line() -> None:
+    body = (
+        "# kind: task\n# param: word string\n"
+        "exec: echo {{ params.word }}\nexec: echo {{ params.wrod }}\n"
+    )
+    with pytest.raises(TemplateSyntaxProblem) as problem:
+        check_references(body, declared(body))
+    assert problem.value.line == 4 and "params.wrod is not declared" in problem.value.message
+    by_item = "# kind: task\nexec: echo {{ params['n'] }}\n"
+    with pytest.raises(TemplateSyntaxProblem):
+        check_references(by_item, declared(by_item))
+    check_references(body.replace("wrod", "word"), declared(body))  # every one declared
