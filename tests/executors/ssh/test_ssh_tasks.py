@@ -96,8 +96,9 @@ async def test_a_secret_at_the_end_of_what_was_kept_is_not_left_in_part(
     result = await EXECUTOR.run(_request(sshd, user, body))
 
     assert result.exit_status == 0
-    assert result.output == "***"
-    assert PASSWORD[:7] not in (result.output or "")
+    # "***" when the reads came apart; "******" if a busy event loop read the last two as one
+    # (then nothing was cut inside a secret). Never a piece of the password.
+    assert result.output in ("***", "******"), result.output
 
 
 @pytest.fixture
