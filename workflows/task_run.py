@@ -80,19 +80,19 @@ GATE_CHECK_INTERVAL = timedelta(minutes=5)
 
 
 async def _local(activity: Callable[[_P], Awaitable[_R]], arg: _P) -> _R:
-    """A store step. A cancel lets it finish (what it wrote is known: a registration at the
-    gate must be left again) and then surfaces as CancelledError, as every other step's does."""
-    try:
-        return await workflow.execute_local_activity(
-            activity,
-            arg,
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    """A store step. A cancel that comes while it runs lets it finish first (what it wrote must
+    be known: a registration at the gate has to be left again), then surfaces as
+    CancelledError, as every other step's does; a step that completes never swallows it."""
+    step = asyncio.ensure_future(
+        workflow.execute_local_activity(
+            activity, arg, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
         )
-    except ActivityError as err:
-        if is_cancelled_exception(err):
-            raise asyncio.CancelledError() from err
+    )
+    try:
+        return await asyncio.shield(step)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # the cancel is the answer now, whatever it did
+            await step
         raise
 
 
