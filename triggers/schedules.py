@@ -11,6 +11,7 @@ with policies, not credentials.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -82,7 +83,7 @@ async def apply(client: Client, settings: Settings, wanted: Wanted) -> None:
         for purpose in SWEEPS:
             handle = client.get_schedule_handle(schedule_id(purpose, wanted.policy_id))
             if purpose not in wanted.purposes:
-                await _delete(client, schedule_id(purpose, wanted.policy_id))
+                await delete_schedule(client, schedule_id(purpose, wanted.policy_id))
                 continue
             schedule = _schedule(settings, wanted, purpose)
             try:
@@ -108,7 +109,8 @@ async def apply(client: Client, settings: Settings, wanted: Wanted) -> None:
         ) from None
 
 
-async def _delete(client: Client, schedule: str) -> bool:
+async def delete_schedule(client: Client, schedule: str) -> bool:
+    """Delete a schedule; False when there was none."""
     try:
         await client.get_schedule_handle(schedule).delete()
     except RPCError as exc:
@@ -120,8 +122,34 @@ async def _delete(client: Client, schedule: str) -> bool:
 
 @dataclass(frozen=True)
 class Reconciled:
-    applied: int  # policies whose schedules were made to match
-    removed: tuple[str, ...]  # schedules of policies that no longer exist
+    applied: int  # owners (policies, tasks) whose schedules were made to match
+    removed: tuple[str, ...]  # schedules whose owner no longer exists
+
+
+async def remove_orphans(
+    client: Client,
+    settings: Settings,
+    *,
+    orphaned: Callable[[str], bool],
+    workflow: str,
+    owner: str,
+) -> tuple[str, ...]:
+    """Delete the schedules ``orphaned`` picks by id, but only those Keyturn's own: they start
+    ``workflow`` on this deployment's task queue (another deployment may share the namespace)."""
+    removed = []
+    async for entry in await client.list_schedules():
+        if not orphaned(entry.id):
+            continue
+        action = (await client.get_schedule_handle(entry.id).describe()).schedule.action
+        if (
+            isinstance(action, ScheduleActionStartWorkflow)
+            and action.workflow == workflow
+            and action.task_queue == settings.task_queue
+            and await delete_schedule(client, entry.id)
+        ):
+            removed.append(entry.id)
+            log.info("removed schedule %s: its %s no longer exists", entry.id, owner)
+    return tuple(removed)
 
 
 async def reconcile(client: Client, engine: Engine, settings: Settings) -> Reconciled:
@@ -132,22 +160,15 @@ async def reconcile(client: Client, engine: Engine, settings: Settings) -> Recon
     for wanted in policies:
         await apply(client, settings, wanted)
     known = {p.policy_id for p in policies}
-    removed = []
-    async for entry in await client.list_schedules():
-        purpose, policy_id = _parse(entry.id)
-        if not purpose or policy_id in known:
-            continue
-        description = await client.get_schedule_handle(entry.id).describe()
-        action = description.schedule.action
-        if (
-            isinstance(action, ScheduleActionStartWorkflow)
-            and action.workflow == SWEEP_WORKFLOW
-            and action.task_queue == settings.task_queue
-            and await _delete(client, entry.id)
-        ):
-            removed.append(entry.id)
-            log.info("removed schedule %s: its policy no longer exists", entry.id)
-    return Reconciled(len(policies), tuple(removed))
+
+    def orphaned(schedule: str) -> bool:
+        purpose, policy_id = _parse(schedule)
+        return bool(purpose) and policy_id not in known
+
+    removed = await remove_orphans(
+        client, settings, orphaned=orphaned, workflow=SWEEP_WORKFLOW, owner="policy"
+    )
+    return Reconciled(len(policies), removed)
 
 
 def _parse(schedule: str) -> tuple[str, str]:

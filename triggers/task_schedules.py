@@ -11,7 +11,6 @@ schedules of tasks that are gone.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +35,7 @@ from keyturn.settings import Settings
 from requesting import TemporalUnavailable
 from store.engine import in_thread
 from store.models import Task
+from triggers.schedules import Reconciled, delete_schedule, remove_orphans
 from workflows.contracts import (
     TASK_RUN_WORKFLOW,
     TaskRunInput,
@@ -82,7 +82,7 @@ async def apply(client: Client, settings: Settings, task: Task) -> None:
     schedule_id = task_schedule_id(task.id)
     try:
         if not task.schedule or task.deleted_at is not None:
-            await _delete(client, schedule_id)
+            await delete_schedule(client, schedule_id)
             return
         schedule = _schedule(settings, task.id, task.name, task.schedule)
         try:
@@ -106,27 +106,11 @@ async def apply(client: Client, settings: Settings, task: Task) -> None:
 
 async def remove(client: Client, task_id: str) -> None:
     try:
-        await _delete(client, task_schedule_id(task_id))
+        await delete_schedule(client, task_schedule_id(task_id))
     except RPCError as exc:
         raise TemporalUnavailable(
             f"Temporal did not remove the schedule of task {task_id}: {exc}"
         ) from None
-
-
-async def _delete(client: Client, schedule_id: str) -> bool:
-    try:
-        await client.get_schedule_handle(schedule_id).delete()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    applied: int  # tasks whose schedule was made to match
-    removed: tuple[str, ...]  # schedules of tasks that no longer exist (or have none)
 
 
 async def reconcile(client: Client, engine: Engine, settings: Settings) -> Reconciled:
@@ -151,17 +135,12 @@ async def reconcile(client: Client, engine: Engine, settings: Settings) -> Recon
             log.warning("the schedule of task %s is refused by Temporal: %s", task.name, exc)
     known = {task_schedule_id(task.id) for task in scheduled if task.schedule}
     prefix = task_schedule_id("")
-    removed = []
-    async for entry in await client.list_schedules():
-        if not entry.id.startswith(prefix) or entry.id in known:
-            continue
-        action = (await client.get_schedule_handle(entry.id).describe()).schedule.action
-        if (
-            isinstance(action, ScheduleActionStartWorkflow)
-            and action.workflow == TASK_RUN_WORKFLOW
-            and action.task_queue == settings.task_queue
-            and await _delete(client, entry.id)
-        ):
-            removed.append(entry.id)
-            log.info("removed schedule %s: its task no longer exists", entry.id)
-    return Reconciled(applied, tuple(removed))
+    removed = await remove_orphans(
+        client,
+        settings,
+        # A deleted task, or one whose schedule was removed.
+        orphaned=lambda schedule: schedule.startswith(prefix) and schedule not in known,
+        workflow=TASK_RUN_WORKFLOW,
+        owner="task",
+    )
+    return Reconciled(applied, removed)
