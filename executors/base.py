@@ -7,11 +7,11 @@ template, tell whether a login works. Everything protocol-specific stays inside 
 from __future__ import annotations
 
 import enum
-import logging
 from dataclasses import dataclass, field
 from functools import cache
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from executors.plugins import load_plugins
 
 # Part of the plugin interface (executors import them from here); defined in executors.redaction.
 from executors.redaction import REDACTED as REDACTED
@@ -289,13 +289,7 @@ def insecure_transport(executor: object, target: Target) -> str | None:
 @cache
 def registry() -> dict[str, Executor]:
     """Installed executors by name. Keyturn's own register through the same entry points."""
-    found: dict[str, Executor] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            found[ep.name] = ep.load()()
-        except Exception:  # one broken plugin must not take every executor down with it
-            logging.getLogger("keyturn").exception("executor plugin %r failed to load", ep.name)
-    return found
+    return load_plugins(ENTRY_POINT_GROUP, "executor")
 
 
 def get_executor(name: str) -> Executor:

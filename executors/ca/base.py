@@ -7,12 +7,12 @@ revocation, and (when Keyturn holds its key) makes a CRL. Plugins register in th
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from executors.plugins import load_plugins
 
 ENTRY_POINT_GROUP = "keyturn.cas"
 
@@ -112,13 +112,7 @@ class CertificateAuthority(Protocol):
 @cache
 def registry() -> dict[str, CertificateAuthority]:
     """Installed CA plugins by name. Keyturn's own register through the same entry points."""
-    found: dict[str, CertificateAuthority] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            found[ep.name] = ep.load()()
-        except Exception:  # one broken plugin must not take every CA down with it
-            logging.getLogger("keyturn").exception("CA plugin %r failed to load", ep.name)
-    return found
+    return load_plugins(ENTRY_POINT_GROUP, "CA")
 
 
 def get_ca_plugin(name: str) -> CertificateAuthority:
