@@ -16,6 +16,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.callbacks import CallbackActivities
 from activities.certificates import CertificateActivities
@@ -46,6 +47,14 @@ from workflows.sweep import SweepWorkflow
 from workflows.task_run import TaskRunWorkflow, TaskTargetWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+# The sandbox re-imports a workflow's module for every run it starts: with 1,000 operations in
+# flight that was 1,000 copies of workflows/operation.py (about 100 MiB of the worker) and a
+# tenth of its CPU per change. Keyturn's own workflow package is imported once instead; it is
+# deterministic by construction (tests/workflows/test_determinism.py checks its imports), and
+# the sandbox's full checks still run on every recorded history (tests/workflows/test_replay.py).
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
+)
 
 
 def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
@@ -117,6 +126,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
             ],
             activity_executor=pool,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            workflow_runner=WORKFLOW_RUNNER,
         )
     ]
     workers += [
