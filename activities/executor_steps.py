@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from datetime import timedelta
 from typing import TypeVar
 
@@ -36,7 +38,7 @@ from executors.base import (
     redact,
 )
 from keyturn import failpoints
-from store import audit
+from store import audit, lockout
 from store.engine import session_scope
 from store.jobs import Job, load_job
 from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
@@ -58,6 +60,23 @@ from workflows.steps import implements
 _T = TypeVar("_T")
 _L = TypeVar("_L")
 HEARTBEAT_EVERY_SECONDS = 2.0
+
+
+@dataclasses.dataclass
+class _AttemptWrites:
+    """What an attempt's logins leave for the transaction that records the attempt's end: the
+    lockout charges to settle and the secret versions seen logging in. One commit per attempt
+    instead of one more per login: transactions were the change path's largest store cost.
+
+    A worker lost before that transaction leaves the charges in flight, as a worker lost before
+    a settle always did: they count against the budget until they leave its window."""
+
+    settlements: list[tuple[str, bool]] = dataclasses.field(default_factory=list)
+    seen_working: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # version, op
+
+
+# The running attempt's writes (set by ExecutorActivities._recorded around the attempt's body).
+_ATTEMPT_WRITES: ContextVar[_AttemptWrites | None] = ContextVar("attempt_writes", default=None)
 
 
 @contextlib.asynccontextmanager
@@ -262,12 +281,21 @@ class ExecutorActivities:
                 login=LoginProgress.UNKNOWN,
             ) from exc
         finally:
-            await asyncio.to_thread(self._ledger.settle, charge, failed=failed)
+            writes = _ATTEMPT_WRITES.get()
+            if writes is not None:
+                writes.settlements.append((charge, failed))
+            else:
+                await asyncio.to_thread(self._ledger.settle, charge, failed=failed)
 
     async def _reserve(self, budget: Budget, patience: float) -> str:
         """A charge for one login. Logins of the same account in flight elsewhere (many changes
         through one privileged account) may hold the whole budget for a moment: wait for them
         to settle, up to ``patience`` seconds, before reporting the budget spent."""
+        writes = _ATTEMPT_WRITES.get()
+        if writes is not None and writes.settlements:
+            # A second login in one attempt: its first must not hold the budget against it.
+            settled, writes.settlements = writes.settlements, []
+            await asyncio.to_thread(self._settle_now, settled)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
         pause = 0.05
@@ -336,13 +364,14 @@ class ExecutorActivities:
     ) -> _T:
         """Run one attempt and record it. ``may_have_sent``: whether an earlier attempt may
         have reached the target, which decides what a spent lockout budget means."""
+        writes = _AttemptWrites()
+        finish = functools.partial(self._finish_attempt, writes=writes)
+        entered = _ATTEMPT_WRITES.set(writes)
         try:
             async with _heartbeating():
                 transcript, outcome = await body()
         except BudgetSpent as exc:
-            await asyncio.to_thread(
-                self._finish_attempt, attempt_id, "LockoutBudgetSpent", str(exc), "", job
-            )
+            await asyncio.to_thread(finish, attempt_id, "LockoutBudgetSpent", str(exc), "", job)
             # Retryable, after the window frees a login: the wait is Temporal's, durable.
             raise ApplicationError(
                 str(exc),
@@ -351,15 +380,13 @@ class ExecutorActivities:
                 next_retry_delay=exc.retry_after,
             ) from None
         except ExecutorError as exc:
-            await asyncio.to_thread(
-                self._finish_attempt, attempt_id, exc.kind, str(exc), exc.transcript, job
-            )
+            await asyncio.to_thread(finish, attempt_id, exc.kind, str(exc), exc.transcript, job)
             raise _failure(exc, job.secrets) from None
         except asyncio.CancelledError:
             # The operation was canceled: the executor has stopped; say so before going.
             await asyncio.shield(
                 asyncio.to_thread(
-                    self._finish_attempt,
+                    finish,
                     attempt_id,
                     "canceled",
                     "the operation was canceled while this attempt ran",
@@ -370,11 +397,11 @@ class ExecutorActivities:
             raise
         except Exception as exc:
             detail = redact(f"{type(exc).__name__}: {exc}", job.secrets)
-            await asyncio.to_thread(self._finish_attempt, attempt_id, "error", detail, "", job)
+            await asyncio.to_thread(finish, attempt_id, "error", detail, "", job)
             raise ApplicationError(detail, type="InternalError") from None
-        await asyncio.to_thread(
-            self._finish_attempt, attempt_id, "succeeded", None, transcript, job
-        )
+        finally:
+            _ATTEMPT_WRITES.reset(entered)
+        await asyncio.to_thread(finish, attempt_id, "succeeded", None, transcript, job)
         return outcome
 
     def _start_attempt(self, operation_id: str, step: str, number: int) -> str:
@@ -402,8 +429,14 @@ class ExecutorActivities:
         detail: str | None,
         transcript: str,
         job: Job | None = None,  # loaded already: its ids spare the audit record's lookups
+        writes: _AttemptWrites | None = None,
     ) -> None:
         with session_scope(self._engine) as session:
+            if writes is not None:
+                for charge, failed in writes.settlements:
+                    lockout.settle(session, charge, failed=failed)
+                for version_id, operation_id in writes.seen_working:
+                    seen_working(session, version_id, operation_id)
             attempt = session.get(Attempt, attempt_id)
             assert attempt is not None
             attempt.outcome = outcome
@@ -445,12 +478,22 @@ class ExecutorActivities:
         return len(outcomes) < number - 1 or any(o != ConnectFailed.kind for o in outcomes)
 
     async def _seen_working(self, job: Job, version_id: str | None) -> None:
-        if version_id:
+        if not version_id:
+            return
+        writes = _ATTEMPT_WRITES.get()
+        if writes is not None:
+            writes.seen_working.append((version_id, job.operation.id))
+        else:
             await asyncio.to_thread(self._record_seen_working, version_id, job.operation.id)
 
     def _record_seen_working(self, version_id: str, operation_id: str) -> None:
         with session_scope(self._engine) as session:
             seen_working(session, version_id, operation_id)
+
+    def _settle_now(self, settlements: list[tuple[str, bool]]) -> None:
+        with session_scope(self._engine) as session:
+            for charge, failed in settlements:
+                lockout.settle(session, charge, failed=failed)
 
     async def _pin_learned_key(self, job: Job, key: str | None, device_id: str = "") -> None:
         if key:

@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from store.engine import session_scope
 from store.models import AccountLock, LoginCharge, as_utc, utcnow
@@ -105,14 +105,17 @@ class LockoutLedger:
             return charge.id
 
     def settle(self, charge_id: str, *, failed: bool) -> None:
-        """``failed``: the login was refused, or may have been (its verdict is unknown); its
-        charge is kept until it leaves the window. Any other login gives its charge back."""
-        # One statement each way, by id: settling is on every login's path.
-        charge = col(LoginCharge.id) == charge_id
         with session_scope(self._engine) as session:
-            if failed:
-                session.execute(
-                    update(LoginCharge).where(charge).values(state="failed", at=utcnow())
-                )
-            else:
-                session.execute(delete(LoginCharge).where(charge))
+            settle(session, charge_id, failed=failed)
+
+
+def settle(session: Session, charge_id: str, *, failed: bool) -> None:
+    """``failed``: the login was refused, or may have been (its verdict is unknown); its charge
+    is kept until it leaves the window. Any other login gives its charge back. In the caller's
+    transaction: an attempt settles its logins in the one that records its end."""
+    # One statement each way, by id: settling is on every login's path.
+    charge = col(LoginCharge.id) == charge_id
+    if failed:
+        session.execute(update(LoginCharge).where(charge).values(state="failed", at=utcnow()))
+    else:
+        session.execute(delete(LoginCharge).where(charge))
