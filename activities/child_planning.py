@@ -33,34 +33,9 @@ class ChildPlanningActivities:
 
     @implements(steps.plan_children)
     def plan_children(self, request: ChildrenRequest) -> list[ChildStart]:
-        """The chained operations to start (ABANDON). Each registers its own row when it
-        starts, so a child that could not start leaves no row behind."""
         with Session(self._engine) as session:
             parent = get_or_raise(session, Operation, request.operation_id)
-            if request.reason == "reconcile":
-                targets = [(get_or_raise(session, Credential, parent.on_credential), "reconcile")]
-            else:
-                children = session.exec(
-                    select(Credential)
-                    .where(Credential.parent_id == parent.credential_id)
-                    .order_by(col(Credential.created_at))
-                ).all()
-                targets = [(child, "change") for child in children]
-            return [
-                ChildStart(
-                    OperationInput(
-                        credential_id=credential.id,
-                        kind=kind,
-                        trigger="out-of-sync" if kind == "reconcile" else "parent-changed",
-                        operation_id=new_id(),
-                        device_id=credential.device_id,
-                        parent_operation_id=parent.id,
-                        callback=bool(callbacks.urls(session, parent.id)),
-                    ),
-                    operation_workflow_id(kind, credential.id),
-                )
-                for credential, kind in targets
-            ]
+            return children_of(session, parent, request.reason)
 
     @implements(steps.child_not_started)
     def child_not_started(self, request: ChildNotStarted) -> None:
@@ -81,3 +56,32 @@ class ChildPlanningActivities:
                 operation_id=request.operation_id,
                 reason=request.reason,
             )
+
+
+def children_of(session: Session, parent: Operation, reason: str) -> list[ChildStart]:
+    """The chained operations to start (ABANDON). Each registers its own row when it starts, so
+    a child that could not start leaves no row behind."""
+    if reason == "reconcile":
+        targets = [(get_or_raise(session, Credential, parent.on_credential), "reconcile")]
+    else:
+        children = session.exec(
+            select(Credential)
+            .where(Credential.parent_id == parent.credential_id)
+            .order_by(col(Credential.created_at))
+        ).all()
+        targets = [(child, "change") for child in children]
+    return [
+        ChildStart(
+            OperationInput(
+                credential_id=credential.id,
+                kind=kind,
+                trigger="out-of-sync" if kind == "reconcile" else "parent-changed",
+                operation_id=new_id(),
+                device_id=credential.device_id,
+                parent_operation_id=parent.id,
+                callback=bool(callbacks.urls(session, parent.id)),
+            ),
+            operation_workflow_id(kind, credential.id),
+        )
+        for credential, kind in targets
+    ]

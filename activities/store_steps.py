@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 
+from activities.child_planning import children_of
 from keyturn import failpoints
 from keyturn.settings import zone_task_queue
 from store import audit
@@ -211,9 +212,10 @@ class StoreActivities:
                 resolution=step.resolution,
                 committed_version_id=operation.pending_version_id,
             )
+            children = tuple(children_of(session, operation, "parent-changed"))
             session.flush()  # the statements are sent; the transaction is not yet committed
             failpoints.reach(failpoints.DURING_COMMIT)
-        return CommitOutcome(True)
+        return CommitOutcome(True, children=children)
 
     @implements(steps.note_late_cancel)
     def note_late_cancel(self, step: CommitInput) -> None:

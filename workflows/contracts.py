@@ -329,6 +329,10 @@ class CommitInput:
 class CommitOutcome:
     committed: bool
     detail: str = ""
+    # The chained operations a committed change starts, planned in the commit's transaction
+    # (one local activity fewer). None from a release before it, or a commit that was already
+    # done: the workflow then asks plan_children, as it did.
+    children: tuple[ChildStart, ...] | None = None
 
 
 @dataclass(frozen=True)

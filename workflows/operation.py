@@ -429,7 +429,7 @@ class OperationWorkflow:
             return None, ()
         if self._canceled or op.kind == "verify" or op.kind in CHOSEN_SECRET_KINDS:
             return None, ()  # recovery by hand moves no chained credential
-        return None, await self._start_children(op, "parent-changed")
+        return None, await self._start_children(op, "parent-changed", outcome.children)
 
     async def _after_moved_current(
         self, step: StepInput, plan: OperationPlan, detail: str, status: str
@@ -468,13 +468,17 @@ class OperationWorkflow:
             out_of_sync=True,
         )
 
-    async def _start_children(self, op: OperationInput, reason: str) -> tuple[str, ...]:
+    async def _start_children(
+        self, op: OperationInput, reason: str, planned: tuple[ChildStart, ...] | None = None
+    ) -> tuple[str, ...]:
         """Start chained operations (ABANDON): their outcome never changes this one's. Each
-        registers itself and queues at its own credential's gate."""
+        registers itself and queues at its own credential's gate. ``planned``: as the commit
+        planned them; None asks plan_children (histories of earlier releases did so)."""
         self._step = "children"
-        starts: list[ChildStart] = await self._call(
-            steps.plan_children,
-            ChildrenRequest(self._operation_id, reason),
+        starts = (
+            list(planned)
+            if planned is not None
+            else await self._call(steps.plan_children, ChildrenRequest(self._operation_id, reason))
         )
         started = []
         for child in starts:

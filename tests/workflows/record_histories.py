@@ -7,7 +7,8 @@ tests: it starts sshd and creates a throwaway user), then commit the files it wr
 
 It starts a Temporal dev server, a worker, the API, sshd and a callback receiver, runs a change,
 a change whose requester is told its outcome (and the delivery's own workflow), a verify, a
-verify that finds drift and a change whose current secret is refused, and saves each history
+change with a chained child (and the child's change), a verify that finds drift and a change
+whose current secret is refused, and saves each history
 with payloads encrypted by the key in ``histories/master_key.hex``. With a third argument
 ``lifecycle`` it records instead a deactivate, an activate, a jit-create and a jit-remove, through
 a sudo-capable admin account (``<prefix>_lifecycle_*.json``); with ``paths``, a reconcile, a
@@ -41,7 +42,12 @@ from tests.servers.ports import free_port
 from tests.servers.sshd import Sshd, Users
 from tests.servers.webhook_receiver import WebhookReceiver
 from worker import build_workers, run_workers
-from workflows.contracts import SEARCH_ATTRIBUTES, callback_workflow_id, task_target_workflow_id
+from workflows.contracts import (
+    SEARCH_ATTRIBUTES,
+    callback_workflow_id,
+    operation_workflow_id,
+    task_target_workflow_id,
+)
 
 OLD = "Rec0rd-old-pass"
 
@@ -143,6 +149,19 @@ async def record(prefix: str, out: Path, mode: str = "operations") -> None:
                 )
                 await save("callback", callback_workflow_id(told["operation_id"]))
                 await run("verify", cred["id"], "verify")
+                # A chained credential: its change starts once the parent's is committed.
+                child = await post(
+                    "/v1/credentials",
+                    {
+                        "device_id": device["id"],
+                        "username": users.create(OLD),
+                        "password": OLD,
+                        "policy_id": policy["id"],
+                        "parent_id": cred["id"],
+                    },
+                )
+                await run("change_with_child", cred["id"], "change")
+                await save("change_child", operation_workflow_id("change", child["id"]))
                 users.set_password(user, "Drifted-behind-its-back-1")
                 await run("verify_out_of_sync", cred["id"], "verify")
                 await run("change_refused", cred["id"], "change")
