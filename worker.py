@@ -93,6 +93,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
             activities=[
                 gate.register,
                 gate.leave_gate,
+                gate.depart,
                 gate.check_gate,
                 slots.request_device_slot,
                 slots.release_device_slot,

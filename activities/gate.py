@@ -1,5 +1,6 @@
-"""Activities of the credential gate (store/gate.py): register, leave, and the rare check that
-the operation ahead still lives."""
+"""Activities of the credential gate (store/gate.py): register, leave (with the callback URLs
+closed, as an operation ends: depart), and the rare check that the operation ahead still
+lives."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from keyturn.temporal import workflow_running
 from store import gate
 from store.engine import session_scope
 from workflows import steps
-from workflows.contracts import Admission, GateCheck, RegisterInput, WorkflowRef
+from workflows.contracts import Admission, Departure, GateCheck, RegisterInput, WorkflowRef
 from workflows.steps import implements
 
 
@@ -48,6 +49,15 @@ class GateActivities:
         with session_scope(self._engine) as session:
             follower = gate.leave(session, check.operation_id)
             return WorkflowRef(follower.workflow_id, follower.run_id) if follower else None
+
+    @implements(steps.depart)
+    def depart(self, check: GateCheck) -> Departure:
+        with session_scope(self._engine) as session:
+            follower = gate.leave(session, check.operation_id)
+            return Departure(
+                WorkflowRef(follower.workflow_id, follower.run_id) if follower else None,
+                gate.close_callbacks(session, check.operation_id),
+            )
 
     @implements(steps.check_gate)
     async def check_gate(self, check: GateCheck) -> bool:

@@ -227,6 +227,15 @@ class GateCheck:
 
 
 @dataclass(frozen=True)
+class Departure:
+    """An ended operation has left its credential's gate and closed its callback URLs: the
+    operation to tell its turn has come, and how many requesters to tell the outcome."""
+
+    follower: WorkflowRef | None
+    receivers: int
+
+
+@dataclass(frozen=True)
 class SlotRequest:
     """Ask the device's semaphore workflow for a slot; it signals ``slot_granted`` back."""
 

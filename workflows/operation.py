@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         ChildStart,
         CommitInput,
         CommitOutcome,
+        Departure,
         FailureKind,
         FinishInput,
         GateCheck,
@@ -98,6 +99,10 @@ VERIFY_IN_CHANGE_PATCH = "verify-in-change"
 # were a fifth of an operation's events. Histories recorded before it still call each patch.
 # The next change to this workflow adds its own patch beside this one, as before.
 ALL_PATCHES_OF_2026_11 = "all-patches-of-2026-11"
+# Its successor, the one marker of histories from this release on: every patch above, and an
+# operation that departs in one step (leaves its gate and closes its callback URLs: depart).
+# Histories with the 2026-11 marker still leave, then close, in two.
+ALL_PATCHES_OF_2026_12 = "all-patches-of-2026-12"
 # Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
 EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
@@ -121,6 +126,7 @@ class OperationWorkflow:
     def __init__(self) -> None:
         self._legacy: LegacyOperation | None = None
         self._all_patches = False  # set by run, first thing (see _patched)
+        self._departs_at_once = False  # the history has ALL_PATCHES_OF_2026_12
         self._status = "scheduled"
         self._step = "register"
         self._resolution = VERIFIED
@@ -167,7 +173,9 @@ class OperationWorkflow:
     async def run(self, op: OperationInput) -> OperationResult:
         # Asked first, in the first workflow task: a history recorded before the marker existed
         # has none here, and replays each patch's own marker below.
-        self._all_patches = workflow.patched(ALL_PATCHES_OF_2026_11)
+        # A new run records only the newest marker; a history has at most one of the two.
+        self._departs_at_once = workflow.patched(ALL_PATCHES_OF_2026_12)
+        self._all_patches = self._departs_at_once or workflow.patched(ALL_PATCHES_OF_2026_11)
         if not self._patched(GATE_PATCH):
             self._legacy = LegacyOperation()
             return await self._legacy.run(op)
@@ -197,9 +205,7 @@ class OperationWorkflow:
                     steps.finish,
                     FinishInput(self._operation_id, "canceled", "canceled before it started"),
                 )
-            await self._to_the_end(self._leave_gate)
-            if self._patched(CALLBACKS_CLOSED_PATCH):
-                await self._to_the_end(self._tell_requesters)
+            await self._leave(op, ending=False)
             raise
         self._device_id = admission.device_id
         self._order_key = admission.order_key
@@ -219,13 +225,11 @@ class OperationWorkflow:
             workflow.upsert_memo({"operation_id": self._operation_id})
         try:
             result = await self._gated(op, admission)
-        finally:
+        except BaseException:
             # Whatever happened, the next operation on the credential must be told.
             await self._to_the_end(self._leave_gate)
-        if self._patched(CALLBACKS_CLOSED_PATCH):
-            await self._to_the_end(self._tell_requesters)
-        elif op.callback and self._patched(CALLBACK_PATCH):
-            await self._to_the_end(lambda: self._start_callback(0))
+            raise
+        await self._leave(op, ending=True)
         if self._canceled:
             raise asyncio.CancelledError(result.resolution)
         return result
@@ -806,6 +810,28 @@ class OperationWorkflow:
                 task_queue=workflow.info().task_queue,
                 parent_close_policy=ParentClosePolicy.ABANDON,
             )
+
+    async def _leave(self, op: OperationInput, *, ending: bool) -> None:
+        """Leave the gate and tell the requesters, the way this history's release did: in one
+        step (depart), or in two; the first releases with callbacks told them only as the
+        operation ended (``ending``), not when it was canceled while registering."""
+        if self._departs_at_once:
+            await self._to_the_end(self._depart)
+            return
+        await self._to_the_end(self._leave_gate)
+        if self._patched(CALLBACKS_CLOSED_PATCH):
+            await self._to_the_end(self._tell_requesters)
+        elif ending and op.callback and self._patched(CALLBACK_PATCH):
+            await self._to_the_end(lambda: self._start_callback(0))
+
+    async def _depart(self) -> None:
+        """Leave the gate and close the callback URLs in one step; tell the next operation its
+        turn has come, and the requesters (if any) the outcome."""
+        departure: Departure = await self._call(steps.depart, GateCheck(self._operation_id))
+        if departure.follower is not None:
+            await self._signal(departure.follower, "gate_open")
+        if departure.receivers:
+            await self._start_callback(departure.receivers)
 
     async def _leave_gate(self) -> None:
         follower: WorkflowRef | None = await self._call(

@@ -31,6 +31,7 @@ from workflows.contracts import (
     CommitOutcome,
     DelayedOperation,
     DelayedOutcome,
+    Departure,
     DuePage,
     DueQuery,
     DueRequests,
@@ -105,6 +106,12 @@ async def register(request: RegisterInput) -> Admission:
 
 @_declare("keyturn.leave_gate")
 async def leave_gate(check: GateCheck) -> WorkflowRef | None:
+    raise NotImplementedError(DECLARATION)
+
+
+# Both of the above, as an operation ends, in one transaction (one local activity).
+@_declare("keyturn.depart")
+async def depart(check: GateCheck) -> Departure:
     raise NotImplementedError(DECLARATION)
 
 

@@ -21,7 +21,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 import worker as worker_module
-from activities.callbacks import CallbackActivities
+from activities.gate import GateActivities
 from requesting.operations import OperationRequest, Requested, request_operation
 from store import gate
 from tests.e2e.conftest import Stack, running_stack
@@ -36,7 +36,7 @@ from tests.e2e.helpers import (
 from tests.e2e.secrets_search import assert_no_secret
 from tests.servers.sshd import Sshd, Users
 from tests.servers.webhook_receiver import Delivery, WebhookReceiver
-from workflows.contracts import GateCheck, callback_workflow_id
+from workflows.contracts import Departure, GateCheck, callback_workflow_id
 
 KEY = secrets.token_bytes(32)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -261,19 +261,19 @@ async def test_every_request_that_joins_an_operation_is_told_its_outcome(
     assert_no_secret(received, OLD, current_secret(stack, first), current_secret(stack, second))
 
 
-class _HeldClose(CallbackActivities):
-    """The real close_callbacks, after which the operation waits for the test: a request can
-    join just as the operation ends."""
+class _HeldClose(GateActivities):
+    """The real depart (the gate left, the callbacks closed), after which the operation waits
+    for the test: a request can join just as the operation ends."""
 
     closed = threading.Event()
     proceed = threading.Event()
 
-    @activity.defn(name="keyturn.close_callbacks")
-    def close_callbacks(self, check: GateCheck) -> int:
-        receivers = super().close_callbacks(check)
+    @activity.defn(name="keyturn.depart")
+    def depart(self, check: GateCheck) -> Departure:
+        departure = super().depart(check)
         type(self).closed.set()
         assert type(self).proceed.wait(60)
-        return receivers
+        return departure
 
 
 async def test_a_request_that_comes_as_the_operation_ends_starts_its_own(
@@ -289,7 +289,7 @@ async def test_a_request_that_comes_as_the_operation_ends_starts_its_own(
     stack = hooked
     (cred,) = await _change_users(stack, sshd, ssh_users, 1)
     queue = f"{stack.settings.task_queue}-ending-{secrets.token_hex(4)}"
-    monkeypatch.setattr(worker_module, "CallbackActivities", _HeldClose)
+    monkeypatch.setattr(worker_module, "GateActivities", _HeldClose)
     refused = asyncio.Event()
     loop = asyncio.get_running_loop()
     join_callback = gate.join_callback

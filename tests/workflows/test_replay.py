@@ -13,9 +13,10 @@ through a privileged account, a verify retried against an unreachable device, a 
 out its lockout window (and the one that spent the budget), an operation canceled while queued
 at its gate and the change it waited behind; v7_* the same operations and paths with one patch
 marker standing for every earlier patch; v7_tasks_* a
-task's run on two credentials and its two children; v8_* the operations again, with the chained
-children planned by the commit (no plan_children step): a change with a chained child and that
-child's change. Their
+task's run on two credentials and its two children; v8_* and v8_paths_* the operations and paths
+again, with the marker that stands for every patch up to the one-step departure (leave the gate
+and close the callback URLs at once) and the chained children planned by the commit (no
+plan_children step), plus a change with a chained child and that child's change. Their
 payloads are encrypted with the throwaway key beside them. Replaying them against today's
 workflow proves an upgrade does not break an operation in flight.
 """
