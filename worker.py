@@ -128,6 +128,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
             activity_executor=pool,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             workflow_runner=WORKFLOW_RUNNER,
+            max_cached_workflows=settings.workflow_cache_size,
         )
     ]
     workers += [

@@ -39,3 +39,13 @@ async def test_each_zone_worker_runs_as_many_executor_calls_at_once_as_the_setti
     ]
     assert len(zone_workers) == 2
     assert {w.config().get("max_concurrent_activities") for w in zone_workers} == {750}
+
+
+async def test_the_worker_keeps_as_many_workflows_in_memory_as_the_setting_says(
+    stack: Stack,
+) -> None:
+    settings = stack.settings.model_copy(
+        update={"task_queue": f"{stack.settings.task_queue}-c", "workflow_cache_size": 37}
+    )
+    (main, *_) = build_workers(stack.client, settings, stack.engine)
+    assert main.config().get("workflows") and main.config().get("max_cached_workflows") == 37
