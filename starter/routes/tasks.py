@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from requesting import InvalidRequest, TemporalUnavailable
 from requesting.tasks import request_task_run
 from starter.authz import OPERATOR, READERS, Caller, allow, hidden
-from starter.deps import DB, State, StoreRoute
+from starter.deps import DB, AppState, State, StoreRoute
 from starter.pages import Cursor, Limit, Page, by_age, keyset_page
 from starter.problems import Problem, invalid, not_found, problem_response
 from starter.task_schemas import (
@@ -63,12 +63,7 @@ async def create_task(body: TaskIn, app: State, caller: Operator) -> TaskOut:
     it with its own parameters, so every required parameter must have a value here."""
     task = await in_thread(app.engine, lambda db: _checked(db, body, caller))
     if task.schedule:
-        try:
-            await task_schedules.apply(app.client, app.settings, task)
-        except task_schedules.ScheduleRefused as exc:
-            raise invalid("schedule", f"Temporal refused it: {exc}") from None
-        except TemporalUnavailable as exc:
-            raise Problem(503, str(exc)) from None
+        await _apply_schedule(app, task)
 
     def save(db: Session) -> None:
         db.add(task)
@@ -181,12 +176,7 @@ async def update_task(task_id: str, body: TaskPatch, app: State, caller: Operato
     updated = await in_thread(app.engine, lambda db: _checked(db, merged, caller, task.id))
     task.credential_ids, task.parameters = updated.credential_ids, updated.parameters
     task.schedule, task.profile = updated.schedule, updated.profile
-    try:
-        await task_schedules.apply(app.client, app.settings, task)
-    except task_schedules.ScheduleRefused as exc:
-        raise invalid("schedule", f"Temporal refused it: {exc}") from None
-    except TemporalUnavailable as exc:
-        raise Problem(503, str(exc)) from None
+    await _apply_schedule(app, task)
 
     def save(db: Session) -> Task:
         db.add(task)
@@ -329,3 +319,14 @@ def _out(task: Task) -> TaskOut:
 def _run_out(db: Session, run: TaskRun) -> TaskRunOut:
     results = [TaskResultOut(**r.model_dump()) for r in tasks.results_of(db, run.id)]
     return TaskRunOut(**run.model_dump(), results=results)
+
+
+async def _apply_schedule(app: AppState, task: Task) -> None:
+    """Create, update or remove the task's Temporal Schedule: 422 naming ``schedule`` when
+    Temporal refuses it, 503 when Temporal cannot be reached."""
+    try:
+        await task_schedules.apply(app.client, app.settings, task)
+    except task_schedules.ScheduleRefused as exc:
+        raise invalid("schedule", f"Temporal refused it: {exc}") from None
+    except TemporalUnavailable as exc:
+        raise Problem(503, str(exc)) from None
