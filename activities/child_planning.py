@@ -4,26 +4,15 @@ joined an operation already running."""
 from __future__ import annotations
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from store import audit, callbacks
+from store import audit
+from store.chains import children_of
 from store.engine import session_scope
-from store.models import (
-    Credential,
-    Operation,
-    OperationStatus,
-    new_id,
-    utcnow,
-)
+from store.models import Operation, OperationStatus, utcnow
 from store.queries import get_or_raise
 from workflows import steps
-from workflows.contracts import (
-    ChildNotStarted,
-    ChildrenRequest,
-    ChildStart,
-    OperationInput,
-    operation_workflow_id,
-)
+from workflows.contracts import ChildNotStarted, ChildrenRequest, ChildStart
 from workflows.steps import implements
 
 
@@ -56,32 +45,3 @@ class ChildPlanningActivities:
                 operation_id=request.operation_id,
                 reason=request.reason,
             )
-
-
-def children_of(session: Session, parent: Operation, reason: str) -> list[ChildStart]:
-    """The chained operations to start (ABANDON). Each registers its own row when it starts, so
-    a child that could not start leaves no row behind."""
-    if reason == "reconcile":
-        targets = [(get_or_raise(session, Credential, parent.on_credential), "reconcile")]
-    else:
-        children = session.exec(
-            select(Credential)
-            .where(Credential.parent_id == parent.credential_id)
-            .order_by(col(Credential.created_at))
-        ).all()
-        targets = [(child, "change") for child in children]
-    return [
-        ChildStart(
-            OperationInput(
-                credential_id=credential.id,
-                kind=kind,
-                trigger="out-of-sync" if kind == "reconcile" else "parent-changed",
-                operation_id=new_id(),
-                device_id=credential.device_id,
-                parent_operation_id=parent.id,
-                callback=bool(callbacks.urls(session, parent.id)),
-            ),
-            operation_workflow_id(kind, credential.id),
-        )
-        for credential, kind in targets
-    ]

@@ -74,9 +74,25 @@ class _AttemptWrites:
     settlements: list[tuple[str, bool]] = dataclasses.field(default_factory=list)
     seen_working: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # version, op
 
+    def apply(self, session: Session) -> None:
+        """Write what is waiting, in ``session``'s transaction, and forget it."""
+        for charge, failed in self.settlements:
+            lockout.settle(session, charge, failed=failed)
+        for version_id, operation_id in self.seen_working:
+            seen_working(session, version_id, operation_id)
+        self.settlements, self.seen_working = [], []
+
 
 # The running attempt's writes (set by ExecutorActivities._recorded around the attempt's body).
-_ATTEMPT_WRITES: ContextVar[_AttemptWrites | None] = ContextVar("attempt_writes", default=None)
+_ATTEMPT_WRITES: ContextVar[_AttemptWrites] = ContextVar("attempt_writes")
+
+
+def _attempt_writes() -> _AttemptWrites:
+    """The running attempt's writes: logins and their outcomes happen only inside an attempt."""
+    try:
+        return _ATTEMPT_WRITES.get()
+    except LookupError:
+        raise RuntimeError("a login outside ExecutorActivities._recorded") from None
 
 
 @contextlib.asynccontextmanager
@@ -281,21 +297,16 @@ class ExecutorActivities:
                 login=LoginProgress.UNKNOWN,
             ) from exc
         finally:
-            writes = _ATTEMPT_WRITES.get()
-            if writes is not None:
-                writes.settlements.append((charge, failed))
-            else:
-                await asyncio.to_thread(self._ledger.settle, charge, failed=failed)
+            _attempt_writes().settlements.append((charge, failed))
 
     async def _reserve(self, budget: Budget, patience: float) -> str:
         """A charge for one login. Logins of the same account in flight elsewhere (many changes
         through one privileged account) may hold the whole budget for a moment: wait for them
         to settle, up to ``patience`` seconds, before reporting the budget spent."""
-        writes = _ATTEMPT_WRITES.get()
-        if writes is not None and writes.settlements:
+        writes = _attempt_writes()
+        if writes.settlements:
             # A second login in one attempt: its first must not hold the budget against it.
-            settled, writes.settlements = writes.settlements, []
-            await asyncio.to_thread(self._settle_now, settled)
+            await asyncio.to_thread(self._apply_now, writes)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
         pause = 0.05
@@ -433,10 +444,7 @@ class ExecutorActivities:
     ) -> None:
         with session_scope(self._engine) as session:
             if writes is not None:
-                for charge, failed in writes.settlements:
-                    lockout.settle(session, charge, failed=failed)
-                for version_id, operation_id in writes.seen_working:
-                    seen_working(session, version_id, operation_id)
+                writes.apply(session)
             attempt = session.get(Attempt, attempt_id)
             assert attempt is not None
             attempt.outcome = outcome
@@ -478,22 +486,12 @@ class ExecutorActivities:
         return len(outcomes) < number - 1 or any(o != ConnectFailed.kind for o in outcomes)
 
     async def _seen_working(self, job: Job, version_id: str | None) -> None:
-        if not version_id:
-            return
-        writes = _ATTEMPT_WRITES.get()
-        if writes is not None:
-            writes.seen_working.append((version_id, job.operation.id))
-        else:
-            await asyncio.to_thread(self._record_seen_working, version_id, job.operation.id)
+        if version_id:
+            _attempt_writes().seen_working.append((version_id, job.operation.id))
 
-    def _record_seen_working(self, version_id: str, operation_id: str) -> None:
+    def _apply_now(self, writes: _AttemptWrites) -> None:
         with session_scope(self._engine) as session:
-            seen_working(session, version_id, operation_id)
-
-    def _settle_now(self, settlements: list[tuple[str, bool]]) -> None:
-        with session_scope(self._engine) as session:
-            for charge, failed in settlements:
-                lockout.settle(session, charge, failed=failed)
+            writes.apply(session)
 
     async def _pin_learned_key(self, job: Job, key: str | None, device_id: str = "") -> None:
         if key:

@@ -53,10 +53,9 @@ class GateActivities:
     @implements(steps.depart)
     def depart(self, check: GateCheck) -> Departure:
         with session_scope(self._engine) as session:
-            follower = gate.leave(session, check.operation_id)
+            follower, receivers = gate.depart(session, check.operation_id)
             return Departure(
-                WorkflowRef(follower.workflow_id, follower.run_id) if follower else None,
-                gate.close_callbacks(session, check.operation_id),
+                WorkflowRef(follower.workflow_id, follower.run_id) if follower else None, receivers
             )
 
     @implements(steps.check_gate)

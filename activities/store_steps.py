@@ -11,10 +11,10 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 
-from activities.child_planning import children_of
 from keyturn import failpoints
 from keyturn.settings import zone_task_queue
 from store import audit
+from store.chains import children_of
 from store.engine import session_scope
 from store.jobs import SSH_KEY
 from store.models import (

@@ -187,6 +187,14 @@ def close_callbacks(session: Session, operation_id: str) -> int:
     return callbacks.close(session, operation)
 
 
+def depart(session: Session, operation_id: str) -> tuple[Operation | None, int]:
+    """An ended operation leaves the gate and closes its callback URLs under one lock: the
+    operation to tell its turn has come (as ``leave``), and how many requesters to tell."""
+    follower = leave(session, operation_id)  # locked and read again under the lock
+    operation = session.get(Operation, operation_id)
+    return follower, callbacks.close(session, operation) if operation is not None else 0
+
+
 def holds(session: Session, operation_id: str) -> bool:
     operation = session.get(Operation, operation_id)
     return operation is not None and operation.gate_state == HOLDING
