@@ -63,7 +63,9 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     children = ChildPlanningActivities(engine)
     legacy_slots = LegacySlotActivities(engine)
     gate = GateActivities(engine, client)
-    slots = DeviceSlotActivities(client, settings.task_queue)
+    slots = DeviceSlotActivities(
+        engine, client, timedelta(seconds=settings.slot_holder_check_seconds)
+    )
     executor = ExecutorActivities(engine, vault)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
@@ -97,6 +99,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 gate.check_gate,
                 slots.request_device_slot,
                 slots.release_device_slot,
+                slots.check_device_slots,
                 slots.workflows_running,
                 store.prepare,
                 store.commit,

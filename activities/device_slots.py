@@ -1,24 +1,29 @@
-"""Activities that talk to a device's semaphore workflow (workflows/device_slots.py).
+"""Activities of a device's slots (store/device_slots.py), local activities of the workflows
+that act on a device: claim a slot, give it back, and, for a waiter now and then, check that
+every holder's workflow still runs.
 
-Local activities of the operation workflow: a workflow cannot signal-with-start another one
-itself, and these calls are short and idempotent (the semaphore ignores a repeated token).
+Operations started by earlier releases took their slots from the device's semaphore workflow
+(workflows/device_slots.py): a slot the store never had is given back there.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
+from sqlalchemy.engine import Engine
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from keyturn.temporal import workflow_running
+from store import device_slots
+from store.engine import session_scope
+from store.models import DeviceSlotClaim
 from workflows import steps
 from workflows.contracts import (
-    DEVICE_SLOTS_WORKFLOW,
+    SlotClaim,
     SlotRelease,
     SlotRequest,
-    SlotsState,
     WorkflowRef,
     device_slots_workflow_id,
 )
@@ -26,37 +31,94 @@ from workflows.steps import implements
 
 
 class DeviceSlotActivities:
-    def __init__(self, client: Client, task_queue: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        client: Client,
+        check_interval: timedelta,
+    ) -> None:
+        self._engine = engine
         self._client = client
-        self._task_queue = task_queue
+        # Answered with every claim: the waiter's workflow checks this often (the settings'
+        # slot_holder_check_seconds), so a changed setting needs no change to workflow code.
+        self._check_after = int(check_interval.total_seconds())
 
     @implements(steps.request_device_slot)
-    async def request_device_slot(self, request: SlotRequest) -> None:
-        """Queue for a slot, starting the device's semaphore if it is not running."""
-        await self._client.start_workflow(
-            DEVICE_SLOTS_WORKFLOW,
-            SlotsState(request.device_id, max(request.capacity, 1)),
-            id=device_slots_workflow_id(request.device_id),
-            task_queue=self._task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="acquire",
-            start_signal_args=[request],
-        )
+    async def request_device_slot(self, request: SlotRequest) -> SlotClaim:
+        held, handed = await asyncio.to_thread(self._claim, request, [])
+        await self._tell(request.device_id, handed)
+        return SlotClaim(held, self._check_after)
 
     @implements(steps.release_device_slot)
     async def release_device_slot(self, release: SlotRelease) -> None:
+        handed = await asyncio.to_thread(self._release, release.device_id, release.token)
+        if handed is None:
+            await self._release_at_semaphore(release)
+            return
+        await self._tell(release.device_id, handed)
+
+    @implements(steps.check_device_slots)
+    async def check_device_slots(self, request: SlotRequest) -> SlotClaim:
+        held = await asyncio.to_thread(self._holders, request.device_id)
+        alive = await asyncio.gather(
+            *(workflow_running(self._client, h.workflow_id, h.run_id) for h in held)
+        )
+        ended = [h.token for h, running in zip(held, alive, strict=True) if not running]
+        mine, handed = await asyncio.to_thread(self._claim, request, ended)
+        await self._tell(request.device_id, handed)
+        return SlotClaim(mine, self._check_after)
+
+    @implements(steps.workflows_running)
+    async def workflows_running(self, refs: list[WorkflowRef]) -> list[bool]:
+        """The semaphore workflow of earlier releases asks this of its holders."""
+        return list(
+            await asyncio.gather(
+                *(workflow_running(self._client, r.workflow_id, r.run_id) for r in refs)
+            )
+        )
+
+    async def _tell(self, device_id: str, handed: list[DeviceSlotClaim]) -> None:
+        """Signal each claim handed a slot. Here rather than from the workflow that gave it
+        back, whose history would record the signal and a workflow task more; if this fails,
+        the step is retried and the retried release answers the same claims. A claim whose
+        workflow has ended gives its slot back at once, to the next waiter."""
+        while handed:
+            told = await asyncio.gather(*(self._signal(claim) for claim in handed))
+            ended = [claim.token for claim, ok in zip(handed, told, strict=True) if not ok]
+            handed = []
+            for token in ended:
+                more = await asyncio.to_thread(self._release, device_id, token)
+                handed += more or []
+
+    async def _signal(self, claim: DeviceSlotClaim) -> bool:
+        handle = self._client.get_workflow_handle(claim.workflow_id, run_id=claim.run_id)
+        try:
+            await handle.signal("slot_granted", claim.token)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return False  # its workflow has ended (terminated)
+        return True
+
+    def _claim(self, request: SlotRequest, ended: list[str]) -> tuple[bool, list[DeviceSlotClaim]]:
+        with session_scope(self._engine) as session:
+            handed = device_slots.drop(session, request.device_id, ended) if ended else []
+            held, more = device_slots.claim(session, request)
+            return held, [c for c in handed if c.token != request.token] + more
+
+    def _release(self, device_id: str, token: str) -> list[DeviceSlotClaim] | None:
+        with session_scope(self._engine) as session:
+            return device_slots.release(session, device_id, token)
+
+    def _holders(self, device_id: str) -> list[DeviceSlotClaim]:
+        with session_scope(self._engine) as session:
+            return device_slots.holders(session, device_id)
+
+    async def _release_at_semaphore(self, release: SlotRelease) -> None:
         handle = self._client.get_workflow_handle(device_slots_workflow_id(release.device_id))
         try:
             await handle.signal("release", release)
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
-            # Not running: it ended after giving this slot up as its holder's, nothing to free.
-
-    @implements(steps.workflows_running)
-    async def workflows_running(self, refs: list[WorkflowRef]) -> list[bool]:
-        return list(
-            await asyncio.gather(
-                *(workflow_running(self._client, r.workflow_id, r.run_id) for r in refs)
-            )
-        )
+            # Not running: no semaphore holds it (or it was given back already).

@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # history when it next has work. Measured with 1,000 operations held at a slow target: 100
     # took the worker from 362 to 268 MiB, and ending them took twice as long.
     workflow_cache_size: int = Field(default=1000, ge=0, le=100_000)
+    # How often an operation waiting for a device slot checks that every holder's workflow still
+    # runs: a holder terminated from the Web UI keeps its slot this long at most. Waiters are
+    # signalled when their turn comes; this is the backstop, each check a few history events.
+    slot_holder_check_seconds: int = Field(default=300, ge=1, le=86_400)
     # How often each policy's expiry and verification schedules sweep for due credentials, and
     # how many credentials a sweep reads per page.
     sweep_interval_seconds: float = Field(default=60.0, ge=1.0)

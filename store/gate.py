@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from store import audit, callbacks
@@ -29,6 +27,7 @@ from store.models import (
     OperationStatus,
     utcnow,
 )
+from store.row_locks import lock_row
 from workflows.contracts import Admission
 
 QUEUED = "queued"
@@ -248,21 +247,4 @@ def _tail(session: Session, credential_id: str) -> Operation | None:
 def _lock(session: Session, credential_id: str) -> int:
     """Write first: the lock this takes makes the gate step atomic per credential. Returns the
     credential's next registration number."""
-    for _ in range(3):  # the first registration on a credential may race to create its row
-        bumped = session.execute(
-            update(CredentialGate)
-            .where(col(CredentialGate.credential_id) == credential_id)
-            .values(seq=col(CredentialGate.seq) + 1)
-        )
-        if bumped.rowcount:  # type: ignore[attr-defined]
-            gate = session.get(CredentialGate, credential_id)
-            assert gate is not None
-            session.refresh(gate)
-            return gate.seq
-        try:
-            with session.begin_nested():
-                session.add(CredentialGate(credential_id=credential_id, seq=1))
-            return 1
-        except IntegrityError:
-            continue
-    raise RuntimeError(f"could not lock the gate of credential {credential_id}")
+    return lock_row(session, CredentialGate, credential_id).seq

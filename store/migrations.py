@@ -299,6 +299,14 @@ def _drop_sqlite_not_null(conn: Connection, table: str, before: str, after: str)
 
 
 # STEPS[n] takes a store from version n + 1 to n + 2.
+
+
+def _v13_device_slots_in_the_store(conn: Connection) -> None:
+    """A device's slots are claims in the store (store/device_slots.py), granted in the step
+    that claims them when one is free, instead of by a semaphore workflow per device. The two
+    tables are new (create_all made them); nothing that exists changes."""
+
+
 STEPS: tuple[Callable[[Connection], None], ...] = (
     _v2_one_writer_per_credential,
     _v3_triggers,
@@ -311,6 +319,7 @@ STEPS: tuple[Callable[[Connection], None], ...] = (
     _v10_principals,
     _v11_tasks,
     _v12_certificates,
+    _v13_device_slots_in_the_store,
 )
 LATEST = len(STEPS) + 1
 

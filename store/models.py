@@ -399,6 +399,31 @@ class DeviceSlot(SQLModel, table=True):
     acquired_at: datetime = Field(default_factory=utcnow)
 
 
+class DeviceSlotGate(SQLModel, table=True):
+    """A row per device that slot steps update first (as ``CredentialGate`` for credentials):
+    claiming and giving back a device's slots are serialised per device. ``capacity`` is the
+    device's cap as the newest claim read it."""
+
+    device_id: str = Field(primary_key=True)
+    seq: int = 0
+    capacity: int = 1
+
+
+class DeviceSlotClaim(SQLModel, table=True):
+    """One claim on one of a device's slots (store/device_slots.py): held, or waiting its turn
+    in ``order_key`` order. Gone once given back: an idle device has no claims."""
+
+    token: str = Field(primary_key=True)
+    device_id: str = Field(index=True)
+    order_key: str
+    workflow_id: str
+    run_id: str | None = None
+    held: bool = False
+    # The claim whose release handed it its slot: a retried release answers the same claims.
+    handed_over_by: str | None = Field(default=None, index=True)
+    claimed_at: datetime = Field(default_factory=utcnow)
+
+
 class Task(SQLModel, table=True):
     """A task: a template of kind ``task``, the accounts it runs as (one credential per target,
     each naming its device), the parameter values it keeps, and its schedule, if any (a Temporal

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -38,10 +39,13 @@ with workflow.unsafe.imports_passed_through():
         PublishStep,
         PublishTarget,
         RenewalSweep,
-        SlotRelease,
         SlotRequest,
         WorkflowRef,
     )
+    from workflows.slot_holder import SlotHolder
+
+_P = TypeVar("_P")
+_R = TypeVar("_R")
 
 STORE_TIMEOUT = timedelta(seconds=30)
 # A CA call or a publish (an SSH session, a reload, a TLS check that waits for the reload).
@@ -73,12 +77,12 @@ class CertificateWorkflow:
         self._requested_by: str | None = None
         self._awaiting_approval = False
         self._approved_by: str | None = None
-        self._granted: set[str] = set()
+        self._slots = SlotHolder(_store)
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, token: str) -> None:
-        """The device's semaphore workflow: this publish may use one of its slots."""
-        self._granted.add(token)
+        """A device's slot given back to this publish (workflows/slot_holder.py)."""
+        self._slots.granted(token)
 
     @workflow.query
     def awaiting_approval(self) -> bool:
@@ -235,14 +239,10 @@ class CertificateWorkflow:
         token = f"{step.operation_id}/{target.index}"
         info = workflow.info()
         order_key = f"{workflow.now().replace(tzinfo=None).isoformat()}/{step.operation_id}"
-        await workflow.execute_local_activity(
-            steps.request_device_slot,
-            SlotRequest(target.device_id, token, WorkflowRef(info.workflow_id, info.run_id),
-                        target.device_capacity, order_key),
-            start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
-        )  # fmt: skip
+        request = SlotRequest(target.device_id, token, WorkflowRef(info.workflow_id, info.run_id),
+                              target.device_capacity, order_key)  # fmt: skip
         try:
-            await workflow.wait_condition(lambda: token in self._granted)
+            await self._slots.take(request)
             waited = timedelta()
             while True:
                 try:
@@ -262,10 +262,14 @@ class CertificateWorkflow:
                 await workflow.sleep(CREDENTIAL_RETRY)
                 waited += CREDENTIAL_RETRY
         finally:
-            await workflow.execute_local_activity(
-                steps.release_device_slot, SlotRelease(target.device_id, token),
-                start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY,
-            )  # fmt: skip
+            await self._slots.give_back(target.device_id, token)
+
+
+async def _store(activity: Callable[[_P], Awaitable[_R]], arg: _P) -> _R:
+    """A store step of a device slot (local activity)."""
+    return await workflow.execute_local_activity(
+        activity, arg, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY
+    )
 
 
 _Body = Callable[[CertStep], Awaitable[None]]

@@ -237,7 +237,9 @@ class Departure:
 
 @dataclass(frozen=True)
 class SlotRequest:
-    """Ask the device's semaphore workflow for a slot; it signals ``slot_granted`` back."""
+    """Claim one of a device's slots (store/device_slots.py): held at once if one is free, else
+    granted later by a ``slot_granted`` signal. (Operations of earlier releases asked the
+    device's semaphore workflow, workflows/device_slots.py, which always signalled.)"""
 
     device_id: str
     token: str  # unique per acquisition: releases and duplicate requests are idempotent
@@ -250,6 +252,16 @@ class SlotRequest:
 class SlotRelease:
     device_id: str
     token: str
+
+
+@dataclass(frozen=True)
+class SlotClaim:
+    """The answer to a slot request: held now, or wait for ``slot_granted`` (whoever gives a
+    slot back signals the waiter it hands it to), asking again every ``check_after_seconds`` in
+    case a holder's workflow ended without giving its slot back."""
+
+    held: bool
+    check_after_seconds: int = 300
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,10 @@
-"""A device's concurrency slots: one semaphore workflow per device, FIFO, alive only while some
-operation holds or waits for a slot.
+"""A device's concurrency slots as earlier releases kept them: one semaphore workflow per device,
+FIFO, alive only while some operation holds or waits for a slot.
+
+Slots are claims in the store now (store/device_slots.py, workflows/slot_holder.py): a free slot
+is taken in the step that asks for it, with no workflow of the device's and no signal. This
+workflow stays registered for the operations earlier releases started, which still ask it and
+give back to it; it ends once the last of them has.
 
 Operations ask for a slot with signal-with-start (so the semaphore starts if it is not running,
 and a request can never be lost to one that is just finishing: Temporal refuses to complete a

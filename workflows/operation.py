@@ -72,7 +72,6 @@ with workflow.unsafe.imports_passed_through():
         OperationResult,
         ProbeOutcome,
         RegisterInput,
-        SlotRelease,
         SlotRequest,
         StepInput,
         WorkflowRef,
@@ -80,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
         initial_search_attributes,
     )
     from workflows.legacy.operation_v1 import LegacyOperation
+    from workflows.slot_holder import SlotHolder
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
@@ -135,7 +135,7 @@ class OperationWorkflow:
         self._order_key = ""
         self._waiting_for: str | None = None
         self._gate_open = False
-        self._granted: set[str] = set()  # device slot tokens granted to this operation
+        self._slots = SlotHolder(self._call)
         self._slot: str | None = None  # the device slot token held (or asked for) now
         self._slots_asked = 0
         self._may_have_sent = False  # a change activity was started: the pending may be live
@@ -162,7 +162,7 @@ class OperationWorkflow:
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, token: str) -> None:
-        self._granted.add(token)
+        self._slots.granted(token)
 
     def _patched(self, patch_id: str) -> bool:
         """``workflow.patched``, answered True without a marker once the history has the
@@ -842,8 +842,8 @@ class OperationWorkflow:
             await self._signal(follower, "gate_open")
 
     async def _take_slot(self, plan: OperationPlan) -> None:
-        """Wait for one of the device's slots. No timer, no retry, no polling: the semaphore
-        workflow signals when it is this operation's turn."""
+        """Take one of the device's slots: at once when one is free, else when the operation
+        that gives one back signals this one's turn (workflows/slot_holder.py)."""
         if self._slot is not None:
             return
         self._slots_asked += 1
@@ -857,18 +857,19 @@ class OperationWorkflow:
             plan.device_capacity,
             self._order_key,
         )
-        await self._call(steps.request_device_slot, request)
-        if token not in self._granted:
-            step, self._step = self._step, "waiting for a device slot"
-            await workflow.wait_condition(lambda: token in self._granted)
-            self._step = step
+        step = self._step
+
+        def waiting() -> None:
+            self._step = "waiting for a device slot"
+
+        await self._slots.take(request, waiting)
+        self._step = step
 
     async def _drop_slot(self) -> None:
         if self._slot is None:
             return
         token, self._slot = self._slot, None
-        self._granted.discard(token)
-        await self._call(steps.release_device_slot, SlotRelease(self._device_id, token))
+        await self._slots.give_back(self._device_id, token)
 
     async def _commit(self, commit: CommitInput) -> CommitOutcome:
         """A regular activity, not a local one: its completion is in the history the moment it

@@ -45,6 +45,7 @@ from workflows.contracts import (
     PublishTarget,
     RegisterInput,
     RenewalSweep,
+    SlotClaim,
     SlotRelease,
     SlotRequest,
     StepInput,
@@ -120,14 +121,21 @@ async def check_gate(check: GateCheck) -> bool:
     raise NotImplementedError(DECLARATION)
 
 
-# Device slots (activities/device_slots.py), local activities.
+# Device slots (activities/device_slots.py), local activities. A request's answer is None in
+# histories of earlier releases, whose device semaphore signalled every grant.
 @_declare("keyturn.request_device_slot")
-async def request_device_slot(request: SlotRequest) -> None:
+async def request_device_slot(request: SlotRequest) -> SlotClaim | None:
     raise NotImplementedError(DECLARATION)
 
 
 @_declare("keyturn.release_device_slot")
 async def release_device_slot(release: SlotRelease) -> None:
+    raise NotImplementedError(DECLARATION)
+
+
+# A waiter's check, now and then, that every holder of the device still runs.
+@_declare("keyturn.check_device_slots")
+async def check_device_slots(request: SlotRequest) -> SlotClaim:
     raise NotImplementedError(DECLARATION)
 
 

@@ -9,7 +9,7 @@ the task (executor, on the device's zone task queue) → give the slot back → 
 the gate.
 
 So a task never runs on a credential while another operation (a change, say) acts on it, and
-never takes more of a device than its cap (workflows/device_slots.py), exactly like the
+never takes more of a device than its cap (workflows/slot_holder.py), exactly like the
 operation workflow. A task is run once: whatever it does may not be safe to repeat, so a
 failure is reported, not retried. Only the start of each output reaches the history, in its
 target's result (TASK_OUTPUT_IN_RESULT), none in the run's; the store keeps it whole.
@@ -52,7 +52,6 @@ with workflow.unsafe.imports_passed_through():
         GateCheck,
         OperationPlan,
         RegisterInput,
-        SlotRelease,
         SlotRequest,
         TaskOutcome,
         TaskRunEnd,
@@ -66,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         WorkflowRef,
         task_target_workflow_id,
     )
+    from workflows.slot_holder import SlotHolder
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
@@ -178,7 +178,7 @@ class TaskTargetWorkflow:
         self._status = "scheduled"
         self._step = "register"
         self._gate_open = False
-        self._granted: set[str] = set()
+        self._slots = SlotHolder(_local)
         self._device_id = ""
 
     @workflow.query
@@ -192,7 +192,7 @@ class TaskTargetWorkflow:
 
     @workflow.signal(name="slot_granted")
     def slot_granted(self, token: str) -> None:
-        self._granted.add(token)
+        self._slots.granted(token)
 
     @workflow.run
     async def run(self, target: TaskTargetInput) -> TaskTargetResult:
@@ -307,12 +307,11 @@ class TaskTargetWorkflow:
                     raise asyncio.CancelledError() from err
                 raise
         finally:
-            self._granted.discard(token)
-            await _local(steps.release_device_slot, SlotRelease(self._device_id, token))
+            await self._slots.give_back(self._device_id, token)
 
     async def _take_slot(self, plan: OperationPlan, token: str, order_key: str) -> None:
-        """One of the device's slots, granted by the semaphore's signal when this target's
-        turn comes."""
+        """One of the device's slots: at once if one is free, else when this target's turn
+        comes."""
         info = workflow.info()
         request = SlotRequest(
             plan.device_id or self._device_id,
@@ -321,10 +320,11 @@ class TaskTargetWorkflow:
             plan.device_capacity,
             order_key,
         )
-        await _local(steps.request_device_slot, request)
-        if token not in self._granted:
+
+        def waiting() -> None:
             self._step = "waiting for a device slot"
-            await workflow.wait_condition(lambda: token in self._granted)
+
+        await self._slots.take(request, waiting)
 
 
 def _resolution(outcome: TaskOutcome) -> str:

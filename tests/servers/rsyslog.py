@@ -23,17 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.servers.ports import free_port
+
 RSYSLOGD = "/usr/sbin/rsyslogd"
 START_DEADLINE = 20.0
 TRANSPORTS = ("udp", "tcp", "tls")
-
-
-def _free_port(kind: int) -> int:
-    # The kernel picks; a small race until rsyslogd binds it, acceptable on a test machine.
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _certificates(directory: Path) -> None:
@@ -100,9 +94,9 @@ class Rsyslog:
     def __init__(self) -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="keyturn-rsyslog-"))
         self.ports = {
-            "udp": _free_port(socket.SOCK_DGRAM),
-            "tcp": _free_port(socket.SOCK_STREAM),
-            "tls": _free_port(socket.SOCK_STREAM),
+            "udp": free_port(socket.SOCK_DGRAM),
+            "tcp": free_port(socket.SOCK_STREAM),
+            "tls": free_port(socket.SOCK_STREAM),
         }
         self.ca_file = self.directory / "ca.pem"
         self._process: subprocess.Popen[bytes] | None = None

@@ -22,7 +22,6 @@ from __future__ import annotations
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,7 @@ from ldap3.core.exceptions import LDAPException
 from ldap3.utils.dn import escape_rdn
 
 from tests.servers import tls
+from tests.servers.ports import free_port
 
 SLAPD = "/usr/sbin/slapd"
 SCHEMA_DIR = Path("/etc/ldap/schema")
@@ -89,13 +89,6 @@ access to * by * read
 """
 
 
-def _free_port() -> int:
-    # The kernel picks; a small race until slapd binds it, acceptable on a test machine.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Slapd:
     """``slapd -d 0`` (foreground) with its own config and database. ``start_seconds`` is how
     long the last start took until the server answered a bind."""
@@ -138,8 +131,8 @@ class Slapd:
         return {"start_tls": True, "ca_file": str(self.tls.ca)}
 
     def start(self) -> None:
-        self._port = self._port or _free_port()
-        self._ldaps_port = self._ldaps_port or _free_port()
+        self._port = self._port or free_port()
+        self._ldaps_port = self._ldaps_port or free_port()
         urls = f"{self.url} ldaps://127.0.0.1:{self._ldaps_port}/"
         began = time.monotonic()
         with (self._dir / "slapd.log").open("ab") as log:

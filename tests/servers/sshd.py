@@ -18,16 +18,10 @@ from pathlib import Path
 
 import asyncssh
 
+from tests.servers.ports import free_port
+
 SSHD = "/usr/sbin/sshd"
 START_DEADLINE = 15.0
-
-
-def _free_port() -> int:
-    # Binding port 0 lets the kernel pick; there is a small race until sshd binds it, acceptable
-    # on a test machine (and a failed bind shows up clearly in the log).
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers_banner(port: int) -> bool:
@@ -107,7 +101,7 @@ class Sshd:
         if self.running:
             return
         if self._port is None:
-            self._port = _free_port()
+            self._port = free_port()
         # sshd refuses to start without its privilege-separation directory.
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         os.chmod("/run/sshd", 0o755)

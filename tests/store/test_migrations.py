@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from keyturn.crypto import Cipher
 from starter.cli import main
-from store import audit, callbacks
+from store import audit, callbacks, device_slots
 from store.engine import make_engine, session_scope
 from store.migrations import (
     LATEST,
@@ -35,6 +35,7 @@ from store.models import (
 )
 from store.queries import latest_template
 from store.vault import Vault
+from workflows.contracts import SlotRequest, WorkflowRef
 
 SCHEMAS = Path(__file__).parent / "schemas"
 # A row as the previous release wrote it (enum members are stored by name).
@@ -459,5 +460,25 @@ def test_operations_of_a_store_before_certificates_keep_their_attempts(
         session.add(Attempt(id="a2", operation_id="o1", step="verify", number=2))
     with pytest.raises(IntegrityError), session_scope(engine) as session:
         session.add(Attempt(id="a3", operation_id="nowhere", step="verify", number=1))
+    assert current_version(engine) == LATEST
+    engine.dispose()
+
+
+def test_a_store_before_device_slot_claims_gets_their_tables(empty_database: str) -> None:
+    """The device-slots step: its two tables are new, and claims work on a migrated store."""
+    dialect = "postgresql" if empty_database.startswith("postgresql") else "sqlite"
+    old = create_engine(empty_database)
+    with old.begin() as conn:
+        run_sql(conn, (SCHEMAS / f"v6_{dialect}.sql").read_text())
+        conn.exec_driver_sql("INSERT INTO schemaversion (id, version) VALUES (1, 6)")
+    old.dispose()
+
+    engine = make_engine(empty_database)
+
+    tables = set(inspect(engine).get_table_names())
+    assert {"deviceslotgate", "deviceslotclaim"} <= tables
+    with session_scope(engine) as session:
+        request = SlotRequest("d1", "op/1", WorkflowRef("wf", "run"), 1, "2026-11-30/op")
+        assert device_slots.claim(session, request) == (True, [])
     assert current_version(engine) == LATEST
     engine.dispose()

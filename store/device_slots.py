@@ -1,0 +1,111 @@
+"""A device's concurrency slots: at most ``capacity`` operations act on a device at once, the
+others wait their turn in the order they were requested.
+
+A claim is granted in the transaction that makes it when a slot is free, so an operation on a
+device with room (the usual case) takes its slot in one store step, with no signal and no other
+workflow involved. Otherwise it waits; giving a slot back hands it to the first waiter in the
+same transaction, and the one who gave it back signals that waiter's workflow (``slot_granted``).
+Every step takes the device's lock row first, so claims and releases are serialised per device.
+
+A release that is retried (its first try committed, its answer was lost) answers the claims the
+first try handed slots to, so no waiter is left unsignalled. A holder whose workflow ended without
+giving its slot back (terminated from the Web UI) is found by the waiters, who ask now and then
+whether every holder still runs (``drop``): never by age, so a holder waiting out a lockout
+window keeps its slot.
+"""
+
+from __future__ import annotations
+
+from sqlmodel import Session, col, func, select
+
+from store.models import DeviceSlotClaim, DeviceSlotGate
+from store.row_locks import lock_row
+from workflows.contracts import SlotRequest
+
+
+def claim(session: Session, request: SlotRequest) -> tuple[bool, list[DeviceSlotClaim]]:
+    """Claim a slot (idempotent per token): whether it is held now, and the other waiting claims
+    this step handed a slot to (the device's cap was raised, say), whose workflows to tell."""
+    gate = lock_row(session, DeviceSlotGate, request.device_id)
+    if request.capacity > 0 and gate.capacity != request.capacity:
+        gate.capacity = request.capacity  # the device's cap as the newest claim read it
+        session.add(gate)
+    mine = session.get(DeviceSlotClaim, request.token)
+    if mine is None:
+        mine = DeviceSlotClaim(
+            token=request.token,
+            device_id=request.device_id,
+            order_key=request.order_key,
+            workflow_id=request.holder.workflow_id,
+            run_id=request.holder.run_id,
+        )
+        session.add(mine)
+        session.flush()
+    handed = _hand_out(session, request.device_id, gate.capacity, by=None)
+    return mine.held, [c for c in handed if c.token != mine.token]
+
+
+def release(session: Session, device_id: str, token: str) -> list[DeviceSlotClaim] | None:
+    """Give a claim back, held or waiting: the claims handed a slot by it, whose workflows to
+    tell; None when the store never had this claim (an earlier release's semaphore did)."""
+    gate = lock_row(session, DeviceSlotGate, device_id)
+    mine = session.get(DeviceSlotClaim, token)
+    if mine is None:
+        # Given back already: answer again what that release handed out (a lost answer).
+        handed = list(
+            session.exec(
+                select(DeviceSlotClaim).where(col(DeviceSlotClaim.handed_over_by) == token)
+            )
+        )
+        return handed or None
+    session.delete(mine)
+    session.flush()
+    return _hand_out(session, device_id, gate.capacity, by=token)
+
+
+def holders(session: Session, device_id: str) -> list[DeviceSlotClaim]:
+    return list(
+        session.exec(
+            select(DeviceSlotClaim).where(
+                DeviceSlotClaim.device_id == device_id, col(DeviceSlotClaim.held)
+            )
+        )
+    )
+
+
+def drop(session: Session, device_id: str, tokens: list[str]) -> list[DeviceSlotClaim]:
+    """Free the slots of holders whose workflows have ended; the claims handed them."""
+    gate = lock_row(session, DeviceSlotGate, device_id)
+    for token in tokens:
+        ended = session.get(DeviceSlotClaim, token)
+        if ended is not None:
+            session.delete(ended)
+    session.flush()
+    return _hand_out(session, device_id, gate.capacity, by=None)
+
+
+def _hand_out(
+    session: Session, device_id: str, capacity: int, by: str | None
+) -> list[DeviceSlotClaim]:
+    """Grant free slots to the first waiters, in request order (under the device's lock)."""
+    held = session.exec(
+        select(func.count())
+        .select_from(DeviceSlotClaim)
+        .where(DeviceSlotClaim.device_id == device_id, col(DeviceSlotClaim.held))
+    ).one()
+    free = capacity - held
+    if free <= 0:
+        return []
+    waiting = list(
+        session.exec(
+            select(DeviceSlotClaim)
+            .where(DeviceSlotClaim.device_id == device_id, col(DeviceSlotClaim.held).is_(False))
+            .order_by(col(DeviceSlotClaim.order_key), col(DeviceSlotClaim.token))
+            .limit(free)
+        )
+    )
+    for waiter in waiting:
+        waiter.held = True
+        waiter.handed_over_by = by
+        session.add(waiter)
+    return waiting
