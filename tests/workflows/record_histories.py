@@ -14,7 +14,8 @@ with payloads encrypted by the key in ``histories/master_key.hex``. With a third
 a sudo-capable admin account (``<prefix>_lifecycle_*.json``); with ``paths``, a reconcile, a
 verify retried against an unreachable device, one waiting out the lockout window and an
 operation canceled while queued
-(``<prefix>_paths_*.json``); with ``tasks``, a task's run on two credentials and its two
+(``<prefix>_paths_*.json``), and changes that give back and wait for the one slot of a
+device; with ``tasks``, a task's run on two credentials and its two
 children (``<prefix>_tasks_*.json``).
 """
 
@@ -129,6 +130,9 @@ async def record(prefix: str, out: Path, mode: str = "operations") -> None:
                     return
                 if mode == "paths":
                     await record_paths(post, run, save, users, device["id"], policy["id"])
+                    await record_slot_wait(post, save, users, sshd, policy["id"])
+                    if "slot_granted" not in (out / f"{prefix}_{SLOT_WAIT}.json").read_text():
+                        raise SystemExit("the last change did not wait for its slot: run again")
                     return
                 if mode == "tasks":
                     await record_tasks(post, save, users, device["id"], policy["id"])
@@ -281,6 +285,42 @@ async def record_paths(
     await post(f"/v1/operations/{queued['operation_id']}/cancel", {})
     await save("paths_canceled_while_queued", queued["workflow_id"])
     await save("paths_change_ahead_of_a_cancel", holding["workflow_id"])
+
+
+SLOT_WAIT = "paths_waited_for_a_device_slot"
+
+
+async def record_slot_wait(
+    post: Callable[[str, dict[str, object]], Awaitable[dict[str, str]]],
+    save: Callable[[str, str], Awaitable[None]],
+    users: Users,
+    sshd: Sshd,
+    policy_id: str,
+) -> None:
+    """Four changes requested at once on a device with one slot: the first holds it, the last
+    waits for it and is signalled its turn by the change that gives it back."""
+    capped = await post(
+        "/v1/devices",
+        {"name": "record-capped", "address": "127.0.0.1", "port": sshd.port,
+         "host_keys": [sshd.host_key_line], "max_concurrent_operations": 1},
+    )  # fmt: skip
+    creds = [
+        await post(
+            "/v1/credentials",
+            {
+                "device_id": capped["id"],
+                "username": users.create(OLD),
+                "password": OLD,
+                "policy_id": policy_id,
+            },
+        )  # fmt: skip
+        for _ in range(4)
+    ]
+    accepted = await asyncio.gather(
+        *(post(f"/v1/credentials/{c['id']}/operations", {"kind": "change"}) for c in creds)
+    )
+    await save("paths_gave_a_device_slot_back", accepted[0]["workflow_id"])
+    await save(SLOT_WAIT, accepted[-1]["workflow_id"])
 
 
 async def record_tasks(
