@@ -31,16 +31,24 @@ def claim(session: Session, request: SlotRequest) -> tuple[bool, list[DeviceSlot
         gate.capacity = request.capacity  # the device's cap as the newest claim read it
         session.add(gate)
     mine = session.get(DeviceSlotClaim, request.token)
-    if mine is None:
-        mine = DeviceSlotClaim(
-            token=request.token,
-            device_id=request.device_id,
-            order_key=request.order_key,
-            workflow_id=request.holder.workflow_id,
-            run_id=request.holder.run_id,
-        )
-        session.add(mine)
-        session.flush()
+    if mine is not None:  # claimed already (a retried step)
+        handed = _hand_out(session, request.device_id, gate.capacity, by=None)
+        return mine.held, [c for c in handed if c.token != mine.token]
+    held, waiting = _counts(session, request.device_id)
+    # Nobody waits and a slot is free (the usual case): held at once, nothing more to read.
+    free = not waiting and held < gate.capacity
+    mine = DeviceSlotClaim(
+        token=request.token,
+        device_id=request.device_id,
+        order_key=request.order_key,
+        workflow_id=request.holder.workflow_id,
+        run_id=request.holder.run_id,
+        held=free,
+    )
+    session.add(mine)
+    if free or held >= gate.capacity:
+        return free, []
+    session.flush()
     handed = _hand_out(session, request.device_id, gate.capacity, by=None)
     return mine.held, [c for c in handed if c.token != mine.token]
 
@@ -84,19 +92,27 @@ def drop(session: Session, device_id: str, tokens: list[str]) -> list[DeviceSlot
     return _hand_out(session, device_id, gate.capacity, by=None)
 
 
+def _counts(session: Session, device_id: str) -> tuple[int, int]:
+    """How many of the device's claims hold a slot, and how many wait: one statement."""
+    counts = dict(
+        session.exec(
+            select(DeviceSlotClaim.held, func.count())
+            .where(DeviceSlotClaim.device_id == device_id)
+            .group_by(col(DeviceSlotClaim.held))
+        ).all()
+    )
+    return counts.get(True, 0), counts.get(False, 0)
+
+
 def _hand_out(
     session: Session, device_id: str, capacity: int, by: str | None
 ) -> list[DeviceSlotClaim]:
     """Grant free slots to the first waiters, in request order (under the device's lock)."""
-    held = session.exec(
-        select(func.count())
-        .select_from(DeviceSlotClaim)
-        .where(DeviceSlotClaim.device_id == device_id, col(DeviceSlotClaim.held))
-    ).one()
-    free = capacity - held
+    held, waiting = _counts(session, device_id)
+    free = min(capacity - held, waiting)
     if free <= 0:
         return []
-    waiting = list(
+    first = list(
         session.exec(
             select(DeviceSlotClaim)
             .where(DeviceSlotClaim.device_id == device_id, col(DeviceSlotClaim.held).is_(False))
@@ -104,8 +120,8 @@ def _hand_out(
             .limit(free)
         )
     )
-    for waiter in waiting:
+    for waiter in first:
         waiter.held = True
         waiter.handed_over_by = by
         session.add(waiter)
-    return waiting
+    return first

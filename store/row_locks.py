@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from sqlalchemy import inspect, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from store.models import CredentialGate, DeviceSlotGate
 
@@ -24,10 +24,11 @@ def lock_row(session: Session, model: type[_Lock], key: str) -> _Lock:
             update(model).where(key_column == key).values(seq=col(model.seq) + 1)
         )
         if bumped.rowcount:  # type: ignore[attr-defined]
-            row = session.get(model, key)
-            assert row is not None
-            session.refresh(row)
-            return row
+            # Read after the lock, and fresh even if this session holds the row already: one
+            # statement (get-then-refresh was two).
+            return session.exec(
+                select(model).where(key_column == key).execution_options(populate_existing=True)
+            ).one()
         try:
             with session.begin_nested():
                 created = model.model_validate({key_column.key: key, "seq": 1})
