@@ -66,7 +66,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     slots = DeviceSlotActivities(
         engine, client, timedelta(seconds=settings.slot_holder_check_seconds)
     )
-    executor = ExecutorActivities(engine, vault)
+    executor = ExecutorActivities(engine, vault, client)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
     task_store = TaskStoreActivities(engine, settings.task_queue)

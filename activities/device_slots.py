@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.slot_grants import give_back, tell_granted
 from keyturn.temporal import workflow_running
 from store import device_slots
 from store.engine import session_scope
@@ -51,7 +52,7 @@ class DeviceSlotActivities:
 
     @implements(steps.release_device_slot)
     async def release_device_slot(self, release: SlotRelease) -> None:
-        handed = await asyncio.to_thread(self._release, release.device_id, release.token)
+        handed = await asyncio.to_thread(give_back, self._engine, release.device_id, release.token)
         if handed is None:
             await self._release_at_semaphore(release)
             return
@@ -78,37 +79,13 @@ class DeviceSlotActivities:
         )
 
     async def _tell(self, device_id: str, handed: list[DeviceSlotClaim]) -> None:
-        """Signal each claim handed a slot. Here rather than from the workflow that gave it
-        back, whose history would record the signal and a workflow task more; if this fails,
-        the step is retried and the retried release answers the same claims. A claim whose
-        workflow has ended gives its slot back at once, to the next waiter."""
-        while handed:
-            told = await asyncio.gather(*(self._signal(claim) for claim in handed))
-            ended = [claim.token for claim, ok in zip(handed, told, strict=True) if not ok]
-            handed = []
-            for token in ended:
-                more = await asyncio.to_thread(self._release, device_id, token)
-                handed += more or []
-
-    async def _signal(self, claim: DeviceSlotClaim) -> bool:
-        handle = self._client.get_workflow_handle(claim.workflow_id, run_id=claim.run_id)
-        try:
-            await handle.signal("slot_granted", claim.token)
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            return False  # its workflow has ended (terminated)
-        return True
+        await tell_granted(self._client, self._engine, device_id, handed)
 
     def _claim(self, request: SlotRequest, ended: list[str]) -> tuple[bool, list[DeviceSlotClaim]]:
         with session_scope(self._engine) as session:
             handed = device_slots.drop(session, request.device_id, ended) if ended else []
             held, more = device_slots.claim(session, request)
             return held, [c for c in handed if c.token != request.token] + more
-
-    def _release(self, device_id: str, token: str) -> list[DeviceSlotClaim] | None:
-        with session_scope(self._engine) as session:
-            return device_slots.release(session, device_id, token)
 
     def _holders(self, device_id: str) -> list[DeviceSlotClaim]:
         with session_scope(self._engine) as session:

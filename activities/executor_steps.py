@@ -19,9 +19,12 @@ from typing import TypeVar
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from activities.key_steps import KeySteps
+from activities.slot_grants import tell_granted
 from executors.base import (
     Account,
     AuthenticationFailed,
@@ -38,11 +41,11 @@ from executors.base import (
     redact,
 )
 from keyturn import failpoints
-from store import audit, lockout
+from store import audit, device_slots, lockout
 from store.engine import session_scope
 from store.jobs import Job, load_job
 from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
-from store.models import Attempt, Device, Operation, utcnow
+from store.models import Attempt, Device, DeviceSlotClaim, Operation, utcnow
 from store.queries import get_or_raise
 from store.vault import Vault
 from store.versions import seen_working
@@ -53,6 +56,7 @@ from workflows.contracts import (
     SWITCH_KINDS,
     ChangeOutcome,
     ProbeOutcome,
+    SlotRelease,
     StepInput,
 )
 from workflows.steps import implements
@@ -73,6 +77,10 @@ class _AttemptWrites:
 
     settlements: list[tuple[str, bool]] = dataclasses.field(default_factory=list)
     seen_working: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # version, op
+    # The device slot to give back with the attempt (a verified change: nothing else follows on
+    # the device), and, once given back, the claims it was handed to, whose workflows to tell.
+    slot: SlotRelease | None = None
+    handed: list[DeviceSlotClaim] | None = None
 
     def apply(self, session: Session) -> None:
         """Write what is waiting, in ``session``'s transaction, and forget it."""
@@ -80,7 +88,9 @@ class _AttemptWrites:
             lockout.settle(session, charge, failed=failed)
         for version_id, operation_id in self.seen_working:
             seen_working(session, version_id, operation_id)
-        self.settlements, self.seen_working = [], []
+        if self.slot is not None:
+            self.handed = device_slots.release(session, self.slot.device_id, self.slot.token) or []
+        self.settlements, self.seen_working, self.slot = [], [], None
 
 
 # The running attempt's writes (set by ExecutorActivities._recorded around the attempt's body).
@@ -118,10 +128,13 @@ def _attempt_number(step: StepInput) -> int:
 
 
 class ExecutorActivities:
-    def __init__(self, engine: Engine, vault: Vault) -> None:
+    def __init__(self, engine: Engine, vault: Vault, client: Client | None = None) -> None:
         self._engine = engine
         self._vault = vault
         self._ledger = LockoutLedger(engine)
+        # To tell the waiters of a device slot a verified change gives back; without it, the
+        # change leaves its slot for the workflow to give back.
+        self._client = client
 
     @implements(steps.change)
     async def change(self, step: StepInput) -> ChangeOutcome:
@@ -182,13 +195,29 @@ class ExecutorActivities:
         failpoints.reach(failpoints.AFTER_CHANGE)
         if not step.verify_after_change:
             return outcome
-        verified = await self._verify_pending(job, step, pending_account)
-        return dataclasses.replace(outcome, verified=verified)
+        writes: list[_AttemptWrites] = []  # the verify attempt's, once it ran
+        verified = await self._verify_pending(job, step, pending_account, writes)
+        handed = writes[0].handed if writes else None
+        if handed is None:
+            return dataclasses.replace(outcome, verified=verified)
+        assert self._client is not None and step.slot is not None
+        try:
+            await tell_granted(self._client, self._engine, step.slot.device_id, handed)
+        except RPCError as exc:
+            # The change is done and verified: that is this step's answer. A waiter handed the
+            # slot holds it in the store and finds out at its next check.
+            activity.logger.warning("could not tell the waiters of a device slot: %s", exc)
+        failpoints.reach(failpoints.AFTER_VERIFY)
+        return dataclasses.replace(outcome, verified=verified, slot_given_back=True)
 
-    async def _verify_pending(self, job: Job, step: StepInput, account: Account) -> bool | None:
+    async def _verify_pending(
+        self, job: Job, step: StepInput, account: Account, writes: list[_AttemptWrites]
+    ) -> bool | None:
         """The verify step, right after the change, with the job already loaded: a fresh login
         with the new secret running the verify template, charged and recorded like any other.
-        None when it could not say (unreachable, budget spent…): the workflow probes."""
+        None when it could not say (unreachable, budget spent…): the workflow probes. Once the
+        new secret logs in, the step's device slot is given back with the attempt's record
+        (``writes`` gets the attempt's writes, which then name who was handed the slot)."""
         executor = get_executor(job.device.executor)
         # The operation's first verify, whichever change attempt it follows.
         attempt_id = await asyncio.to_thread(self._start_attempt, step.operation_id, "verify", 1)
@@ -199,6 +228,10 @@ class ExecutorActivities:
             await self._pin_learned_key(job, result.learned_host_key)
             if result.ok:
                 await self._seen_working(job, job.operation.pending_version_id)
+                if step.slot is not None and self._client is not None:
+                    mine = _attempt_writes()
+                    mine.slot = step.slot
+                    writes.append(mine)
             return f"[pending] {'logs in' if result.ok else 'refused'}\n{result.transcript}", (
                 result.ok
             )

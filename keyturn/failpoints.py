@@ -18,8 +18,10 @@ from pathlib import Path
 AFTER_PREPARE = "after-prepare"
 CHANGE_SENT = "change-sent"  # the new secret is on the wire, the answer not yet read
 AFTER_CHANGE = "after-change"  # the change succeeded, verify has not started
+# The new secret logged in and the change gave its device slot back; its answer is not sent.
+AFTER_VERIFY = "after-verify"
 DURING_COMMIT = "during-commit"  # inside the commit transaction, before it is committed
-ALL = (AFTER_PREPARE, CHANGE_SENT, AFTER_CHANGE, DURING_COMMIT)
+ALL = (AFTER_PREPARE, CHANGE_SENT, AFTER_CHANGE, AFTER_VERIFY, DURING_COMMIT)
 # An ssh-key change (activities/key_steps.py) installs on each device, verifies everywhere,
 # then removes the old key; it sends no password, so CHANGE_SENT is not on its path.
 KEY_INSTALLED_ON_ONE = "key-installed-on-one-device"  # the others do not have it yet

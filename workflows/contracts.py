@@ -298,6 +298,10 @@ class StepInput:
     # A change that succeeds goes on to verify the new secret with a fresh login, in the same
     # activity: one task and one job load fewer per change. False for histories before it.
     verify_after_change: bool = False
+    # The device slot this step holds: a change that verifies gives it back in the transaction
+    # that records the verify (nothing else follows on the device), and says so in its outcome,
+    # so the workflow needs no step of its own to give it back. None: the workflow gives it back.
+    slot: SlotRelease | None = None
 
 
 @dataclass(frozen=True)
@@ -326,6 +330,8 @@ class ChangeOutcome:
     # With StepInput.verify_after_change: True when the new secret then logged in (the verify
     # step is done); None when the verify could not say (the workflow probes, as before).
     verified: bool | None = None
+    # The step gave back its device slot (StepInput.slot). False in histories before it.
+    slot_given_back: bool = False
 
 
 @dataclass(frozen=True)

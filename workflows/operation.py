@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_NAME,
         Admission,
         CallbackInput,
+        ChangeOutcome,
         ChildNotStarted,
         ChildrenRequest,
         ChildStart,
@@ -72,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         OperationResult,
         ProbeOutcome,
         RegisterInput,
+        SlotRelease,
         SlotRequest,
         StepInput,
         WorkflowRef,
@@ -738,10 +740,14 @@ class OperationWorkflow:
             sent_before = self._may_have_sent
             if activity is steps.change:
                 self._may_have_sent = True
+            # A change that verifies gives its slot back itself once the new secret logs in.
+            slot = SlotRelease(self._device_id, self._slot) if self._slot else None
             try:
                 result = await workflow.execute_activity(
                     activity,
-                    dataclasses.replace(step, attempt=attempt),
+                    dataclasses.replace(
+                        step, attempt=attempt, slot=slot if step.verify_after_change else None
+                    ),
                     task_queue=plan.zone_task_queue,
                     # A change that verifies too makes two logins: it gets two steps' time.
                     start_to_close_timeout=timedelta(
@@ -751,6 +757,9 @@ class OperationWorkflow:
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
+                if isinstance(result, ChangeOutcome) and result.slot_given_back:
+                    self._slots.given_back(self._slot or "")
+                    self._slot = None
                 self._raise_if_canceled()
                 return result
             except ActivityError as err:

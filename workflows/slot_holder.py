@@ -67,6 +67,10 @@ class SlotHolder:
             except builtins.TimeoutError:
                 claim = await self._call(steps.check_device_slots, request)
 
+    def given_back(self, token: str) -> None:
+        """A step gave the claim back itself (a change that verified)."""
+        self._granted.discard(token)
+
     async def give_back(self, device_id: str, token: str) -> None:
         """Give the claim back, held or still waiting (its step tells whoever it hands the slot
         to)."""

@@ -243,7 +243,11 @@ async def test_device_slots_are_fifo_and_waiting_costs_no_history(
             for u in users
         ]
 
-        accepted = [await _request(stack, c["id"], "change") for c in creds]
+        # The first holds the slot before the others are requested: a claim that finds the slot
+        # free takes it at once, so request order is the grant order only among those waiting.
+        accepted = [await _request(stack, creds[0]["id"], "change")]
+        await wait_for_step(stack, accepted[0]["workflow_id"], "change")
+        accepted += [await _request(stack, c["id"], "change") for c in creds[1:]]
         done = await asyncio.gather(*(_finished(stack, a, within=300) for a in accepted))
 
         assert all(d["status"] == "succeeded" for d in done), [d["error"] for d in done]
@@ -274,7 +278,8 @@ async def test_one_patch_marker_stands_for_every_patch_of_a_new_operation(
 ) -> None:
     """Three changes, two of them on a device with a cap of 1: each history records one patch
     marker (not one per patch: each costs a marker and a search-attribute upsert); a device slot
-    that is free is taken with no signal, one waited for comes by one."""
+    that is free is taken with no signal, one waited for comes by one; a change that verifies
+    gives its slot back itself."""
     capped = await ssh_device(stack, sshd, max_concurrent_operations=1)
     alone = await ssh_device(stack, sshd)
     pol = await policy(stack)
@@ -301,6 +306,14 @@ async def test_one_patch_marker_stands_for_every_patch_of_a_new_operation(
             if e.workflow_execution_signaled_event_attributes.signal_name == "slot_granted"
         ]
         grants_seen.append(len(grants))
+        # Each change verified and gave its slot back itself: no step of the workflow's did.
+        local_steps = [
+            p.data
+            for e in events
+            if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+            for p in e.marker_recorded_event_attributes.details["data"].payloads
+        ]
+        assert local_steps and not [d for d in local_steps if b"release_device_slot" in d]
     # The second on the capped device waited for a signal only if the first still held the
     # slot when it asked; the first never waits.
     assert grants_seen[2] == 0 and sum(grants_seen[:2]) <= 1, grants_seen

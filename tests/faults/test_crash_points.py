@@ -2,7 +2,8 @@
 
 Each failpoint (keyturn/failpoints.py) makes the worker SIGKILL itself at one point: after
 prepare stored the pending secret, with a secret on the wire, after the target accepted the
-change, and inside the commit transaction. The restarted worker (no failpoint) must finish the
+change, once the new secret logged in (the change had given its device slot back), and inside
+the commit transaction. The restarted worker (no failpoint) must finish the
 operation so that the vault's current secret is the one the target accepts.
 """
 
@@ -13,8 +14,10 @@ import signal
 import time
 
 import pytest
+from sqlmodel import Session, select
 
 from keyturn import failpoints
+from store.models import DeviceSlotClaim
 from tests.faults.conftest import FaultStack, WorkerProcess
 from tests.faults.helpers import (
     ALREADY_LIVE,
@@ -74,11 +77,17 @@ async def test_a_kill_at_each_protocol_step_loses_no_credential(
     )
     if point == failpoints.AFTER_PREPARE:
         assert old_still_works, "the target was touched before the change step"
-    if point in (failpoints.AFTER_CHANGE, failpoints.DURING_COMMIT):
+    if point in (failpoints.AFTER_CHANGE, failpoints.AFTER_VERIFY, failpoints.DURING_COMMIT):
         # The target had taken the new secret before the kill: only a commit can follow.
         assert not old_still_works
         assert result.status == "succeeded", result
-    if point == failpoints.AFTER_CHANGE:
+    # Every device slot taken was given back, the one the killed change gave back itself too.
+    with Session(fault_stack.engine) as session:
+        claims = session.exec(
+            select(DeviceSlotClaim).where(DeviceSlotClaim.device_id == device["id"])
+        ).all()
+        assert claims == [], claims
+    if point in (failpoints.AFTER_CHANGE, failpoints.AFTER_VERIFY):
         # The retried change asked the target first, instead of changing the secret again.
         retried = [a for a in rows if a.step == "change" and a.number > 1]
         assert any(ALREADY_LIVE in a.transcript for a in retried), describe_attempts(rows)
