@@ -9,6 +9,7 @@ Operations started by earlier releases took their slots from the device's semaph
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -65,7 +66,9 @@ class DeviceSlotActivities:
             *(workflow_running(self._client, h.workflow_id, h.run_id) for h in held)
         )
         ended = [h.token for h, running in zip(held, alive, strict=True) if not running]
-        mine, handed = await asyncio.to_thread(self._claim, request, ended)
+        # The cap the request read when it was made may be stale by now: keep the device's.
+        unchanged = dataclasses.replace(request, capacity=0)
+        mine, handed = await asyncio.to_thread(self._claim, unchanged, ended)
         await self._tell(request.device_id, handed)
         return SlotClaim(mine, self._check_after)
 

@@ -241,8 +241,10 @@ class CertificateWorkflow:
         order_key = f"{workflow.now().replace(tzinfo=None).isoformat()}/{step.operation_id}"
         request = SlotRequest(target.device_id, token, WorkflowRef(info.workflow_id, info.run_id),
                               target.device_capacity, order_key)  # fmt: skip
+        # Asked before the try, waited for inside it, as releases before slot claims did.
+        claim = await self._slots.claim(request)
         try:
-            await self._slots.take(request)
+            await self._slots.wait(request, claim)
             waited = timedelta()
             while True:
                 try:

@@ -139,6 +139,8 @@ class OperationWorkflow:
         self._gate_open = False
         self._slots = SlotHolder(self._call)
         self._slot: str | None = None  # the device slot token held (or asked for) now
+        # The slot is a claim in the store (histories of earlier releases: the semaphore's).
+        self._slot_in_store = False
         self._slots_asked = 0
         self._may_have_sent = False  # a change activity was started: the pending may be live
         self._canceled = False
@@ -740,14 +742,14 @@ class OperationWorkflow:
             sent_before = self._may_have_sent
             if activity is steps.change:
                 self._may_have_sent = True
-            # A change that verifies gives its slot back itself once the new secret logs in.
-            slot = SlotRelease(self._device_id, self._slot) if self._slot else None
+            # A change that verifies gives its slot back itself once the new secret logs in (a
+            # claim in the store only: an earlier release's semaphore must hear of it).
+            gives_back = step.verify_after_change and self._slot_in_store and bool(self._slot)
+            slot = SlotRelease(self._device_id, self._slot or "") if gives_back else None
             try:
                 result = await workflow.execute_activity(
                     activity,
-                    dataclasses.replace(
-                        step, attempt=attempt, slot=slot if step.verify_after_change else None
-                    ),
+                    dataclasses.replace(step, attempt=attempt, slot=slot),
                     task_queue=plan.zone_task_queue,
                     # A change that verifies too makes two logins: it gets two steps' time.
                     start_to_close_timeout=timedelta(
@@ -763,6 +765,10 @@ class OperationWorkflow:
                 self._raise_if_canceled()
                 return result
             except ActivityError as err:
+                if gives_back:
+                    # It may have given the slot back, to another operation now on the device,
+                    # before it failed or was canceled: the next device step takes a new one.
+                    await self._drop_slot()
                 if is_cancelled_exception(err):
                     raise asyncio.CancelledError() from err
                 self._raise_if_canceled()
@@ -871,7 +877,7 @@ class OperationWorkflow:
         def waiting() -> None:
             self._step = "waiting for a device slot"
 
-        await self._slots.take(request, waiting)
+        self._slot_in_store = await self._slots.take(request, waiting)
         self._step = step
 
     async def _drop_slot(self) -> None:

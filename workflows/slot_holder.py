@@ -19,7 +19,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows import steps
-    from workflows.contracts import SlotRelease, SlotRequest
+    from workflows.contracts import SlotClaim, SlotRelease, SlotRequest
 
 _P = TypeVar("_P")
 _R = TypeVar("_R")
@@ -44,11 +44,26 @@ class SlotHolder:
         """The workflow's ``slot_granted`` signal: the claim ``token`` holds a slot now."""
         self._granted.add(token)
 
-    async def take(self, request: SlotRequest, waiting: Callable[[], None] = _nothing) -> None:
+    async def take(self, request: SlotRequest, waiting: Callable[[], None] = _nothing) -> bool:
         """Return once ``request`` holds one of its device's slots; ``waiting`` is called first
-        if it must wait for one."""
+        if it must wait for one. True when the slot is a claim in the store (False: the device's
+        semaphore workflow granted it, in a history of an earlier release)."""
+        claim = await self.claim(request)
+        await self.wait(request, claim, waiting)
+        return claim is not None
+
+    async def claim(self, request: SlotRequest) -> SlotClaim | None:
+        """Ask for the slot (``take``'s first half: whatever follows must give it back)."""
+        return await self._call(steps.request_device_slot, request)
+
+    async def wait(
+        self,
+        request: SlotRequest,
+        claim: SlotClaim | None,
+        waiting: Callable[[], None] = _nothing,
+    ) -> None:
+        """Wait until the claim holds its slot (``take``'s second half)."""
         token = request.token
-        claim = await self._call(steps.request_device_slot, request)
         if claim is None:
             # Recorded by an earlier release: the device's semaphore workflow signals the grant.
             if token not in self._granted:
