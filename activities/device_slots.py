@@ -48,7 +48,7 @@ class DeviceSlotActivities:
     @implements(steps.request_device_slot)
     async def request_device_slot(self, request: SlotRequest) -> SlotClaim:
         held, handed = await asyncio.to_thread(self._claim, request, [])
-        await self._tell(request.device_id, handed)
+        await tell_granted(self._client, self._engine, request.device_id, handed)
         return SlotClaim(held, self._check_after)
 
     @implements(steps.release_device_slot)
@@ -57,32 +57,28 @@ class DeviceSlotActivities:
         if handed is None:
             await self._release_at_semaphore(release)
             return
-        await self._tell(release.device_id, handed)
+        await tell_granted(self._client, self._engine, release.device_id, handed)
 
     @implements(steps.check_device_slots)
     async def check_device_slots(self, request: SlotRequest) -> SlotClaim:
         held = await asyncio.to_thread(self._holders, request.device_id)
-        alive = await asyncio.gather(
-            *(workflow_running(self._client, h.workflow_id, h.run_id) for h in held)
-        )
+        alive = await self.workflows_running([WorkflowRef(h.workflow_id, h.run_id) for h in held])
         ended = [h.token for h, running in zip(held, alive, strict=True) if not running]
         # The cap the request read when it was made may be stale by now: keep the device's.
         unchanged = dataclasses.replace(request, capacity=0)
         mine, handed = await asyncio.to_thread(self._claim, unchanged, ended)
-        await self._tell(request.device_id, handed)
+        await tell_granted(self._client, self._engine, request.device_id, handed)
         return SlotClaim(mine, self._check_after)
 
     @implements(steps.workflows_running)
     async def workflows_running(self, refs: list[WorkflowRef]) -> list[bool]:
-        """The semaphore workflow of earlier releases asks this of its holders."""
+        """Whether each workflow run still runs: a waiter's check asks it of the holders (and
+        the semaphore workflow of earlier releases of its own)."""
         return list(
             await asyncio.gather(
                 *(workflow_running(self._client, r.workflow_id, r.run_id) for r in refs)
             )
         )
-
-    async def _tell(self, device_id: str, handed: list[DeviceSlotClaim]) -> None:
-        await tell_granted(self._client, self._engine, device_id, handed)
 
     def _claim(self, request: SlotRequest, ended: list[str]) -> tuple[bool, list[DeviceSlotClaim]]:
         with session_scope(self._engine) as session:

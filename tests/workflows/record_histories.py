@@ -304,18 +304,7 @@ async def record_slot_wait(
         {"name": "record-capped", "address": "127.0.0.1", "port": sshd.port,
          "host_keys": [sshd.host_key_line], "max_concurrent_operations": 1},
     )  # fmt: skip
-    creds = [
-        await post(
-            "/v1/credentials",
-            {
-                "device_id": capped["id"],
-                "username": users.create(OLD),
-                "password": OLD,
-                "policy_id": policy_id,
-            },
-        )  # fmt: skip
-        for _ in range(4)
-    ]
+    creds = await _new_credentials(post, users, capped["id"], policy_id, 4)
     accepted = await asyncio.gather(
         *(post(f"/v1/credentials/{c['id']}/operations", {"kind": "change"}) for c in creds)
     )
@@ -331,18 +320,7 @@ async def record_tasks(
     policy_id: str,
 ) -> None:
     """A task's run (ssh/uptime) on two credentials of one device: the run and each child."""
-    credentials = [
-        await post(
-            "/v1/credentials",
-            {
-                "device_id": device_id,
-                "username": users.create(OLD),
-                "password": OLD,
-                "policy_id": policy_id,
-            },
-        )  # fmt: skip
-        for _ in range(2)
-    ]
+    credentials = await _new_credentials(post, users, device_id, policy_id, 2)
     task = await post(
         "/v1/tasks",
         {"name": "record-uptime", "template": "ssh/uptime",
@@ -354,6 +332,28 @@ async def record_tasks(
         await save(
             f"tasks_target_{number}", task_target_workflow_id(accepted["run_id"], cred["id"])
         )
+
+
+async def _new_credentials(
+    post: Callable[[str, dict[str, object]], Awaitable[dict[str, str]]],
+    users: Users,
+    device_id: str,
+    policy_id: str,
+    count: int,
+) -> list[dict[str, str]]:
+    """``count`` credentials of new users (password OLD) on the device."""
+    return [
+        await post(
+            "/v1/credentials",
+            {
+                "device_id": device_id,
+                "username": users.create(OLD),
+                "password": OLD,
+                "policy_id": policy_id,
+            },
+        )  # fmt: skip
+        for _ in range(count)
+    ]
 
 
 if __name__ == "__main__":
