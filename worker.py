@@ -18,6 +18,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.begin import BeginActivities
 from activities.callbacks import CallbackActivities
 from activities.certificates import CertificateActivities
 from activities.child_planning import ChildPlanningActivities
@@ -66,6 +67,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     slots = DeviceSlotActivities(
         engine, client, timedelta(seconds=settings.slot_holder_check_seconds)
     )
+    begin = BeginActivities(engine, client, store, slots)
     executor = ExecutorActivities(engine, vault, client)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
@@ -93,6 +95,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 CertificateRenewalWorkflow,
             ],
             activities=[
+                begin.begin,
                 gate.register,
                 gate.leave_gate,
                 gate.depart,

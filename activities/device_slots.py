@@ -45,11 +45,15 @@ class DeviceSlotActivities:
         # slot_holder_check_seconds), so a changed setting needs no change to workflow code.
         self._check_after = int(check_interval.total_seconds())
 
+    def answer(self, held: bool) -> SlotClaim:
+        """A claim's answer: held now, or wait and check this often."""
+        return SlotClaim(held, self._check_after)
+
     @implements(steps.request_device_slot)
     async def request_device_slot(self, request: SlotRequest) -> SlotClaim:
         held, handed = await asyncio.to_thread(self._claim, request, [])
         await tell_granted(self._client, self._engine, request.device_id, handed)
-        return SlotClaim(held, self._check_after)
+        return self.answer(held)
 
     @implements(steps.release_device_slot)
     async def release_device_slot(self, release: SlotRelease) -> None:
@@ -68,7 +72,7 @@ class DeviceSlotActivities:
         unchanged = dataclasses.replace(request, capacity=0)
         mine, handed = await asyncio.to_thread(self._claim, unchanged, ended)
         await tell_granted(self._client, self._engine, request.device_id, handed)
-        return SlotClaim(mine, self._check_after)
+        return self.answer(mine)
 
     @implements(steps.workflows_running)
     async def workflows_running(self, refs: list[WorkflowRef]) -> list[bool]:

@@ -5,6 +5,8 @@ lives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -25,24 +27,8 @@ class GateActivities:
 
     @implements(steps.register)
     def register(self, request: RegisterInput) -> Admission:
-        try:
-            return gate.admit(
-                self._engine,
-                gate.Registration(
-                    request.operation_id,
-                    request.credential_id,
-                    request.kind,
-                    request.trigger,
-                    request.workflow_id,
-                    request.run_id or None,
-                    request.parent_operation_id,
-                    request.source_version_id or None,
-                    request.requested_by,
-                    ttl_seconds=request.ttl_seconds or None,
-                ),
-            )
-        except gate.NotRegistrable as exc:
-            raise ApplicationError(str(exc), type="NotRegistrable", non_retryable=True) from None
+        with never_registrable():
+            return gate.admit(self._engine, registration(request))
 
     @implements(steps.leave_gate)
     def leave_gate(self, check: GateCheck) -> WorkflowRef | None:
@@ -82,3 +68,28 @@ class GateActivities:
             if before is not None and before.run_id == ahead.run_id:
                 gate.abandon(session, before.id, "its workflow ended without recording an outcome")
             return gate.holds(session, operation_id)
+
+
+def registration(request: RegisterInput) -> gate.Registration:
+    """The workflow's register input as the gate takes it."""
+    return gate.Registration(
+        request.operation_id,
+        request.credential_id,
+        request.kind,
+        request.trigger,
+        request.workflow_id,
+        request.run_id or None,
+        request.parent_operation_id,
+        request.source_version_id or None,
+        request.requested_by,
+        ttl_seconds=request.ttl_seconds or None,
+    )
+
+
+@contextlib.contextmanager
+def never_registrable() -> Iterator[None]:
+    """A request that can never be registered fails its step for good: retrying cannot help."""
+    try:
+        yield
+    except gate.NotRegistrable as exc:
+        raise ApplicationError(str(exc), type="NotRegistrable", non_retryable=True) from None

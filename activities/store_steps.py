@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio.exceptions import ApplicationError
 
 from keyturn import failpoints
@@ -63,89 +64,91 @@ class StoreActivities:
         activity reuses it: the protocol's first guarantee that no credential is lost.
         """
         with session_scope(self._engine) as session:
-            operation = session.get(Operation, step.operation_id)
-            if operation is None:
-                raise _no_such_operation(step.operation_id)
-            credential = session.get(Credential, operation.credential_id)
-            assert credential is not None
-            device = session.get(Device, credential.device_id)
-            assert device is not None
-            policy = policy_for(session, credential)
-            if not credential.active and operation.kind not in LIFECYCLE_KINDS:
-                # Locked on its target: a login with any secret is refused, so a change could
-                # only end out of sync (and a Linux chpasswd would half-unlock the account).
-                raise ApplicationError(
-                    f"credential {credential.id} ({credential.username!r}) is inactive (locked "
-                    f"on its target): activate it before a {operation.kind}",
-                    type="ConfigurationError",
-                    non_retryable=True,
-                )
-            if operation.base_version_id is None:
-                # What commit compares against: the vault's current version as of now.
-                current = Vault.current(session, credential.id)
-                operation.base_version_id = current.id if current else None
-            if operation.pending_version_id is None:
-                try:
-                    chosen = chosen_version(session, operation)
-                except VersionNotUsable as exc:
-                    raise ApplicationError(
-                        str(exc), type="ConfigurationError", non_retryable=True
-                    ) from None
-                if chosen is not None:
-                    operation.pending_version_id = chosen.id
-                    audit.record(
-                        session,
-                        "secret.version_chosen",
-                        operation_id=operation.id,
-                        credential_id=credential.id,
-                        version_id=chosen.id,
-                        version_state=chosen.state,
-                    )
-            if operation.kind in SECRET_MAKING_KINDS and operation.pending_version_id is None:
-                pending = self._vault.add(
-                    session,
-                    credential.id,
-                    new_secret(credential, policy),
-                    SecretState.PENDING,
-                    operation_id=operation.id,
-                )
-                operation.pending_version_id = pending.id
-                audit.record(
-                    session,
-                    "secret.pending_created",
-                    operation_id=operation.id,
-                    credential_id=credential.id,
-                    version_id=pending.id,
-                )
-            if operation.status in (OperationStatus.SCHEDULED, OperationStatus.QUEUED):
-                operation.status = OperationStatus.RUNNING
-                audit.record(
-                    session,
-                    "operation.started",
-                    operation_id=operation.id,
-                    credential_id=credential.id,
-                    kind=operation.kind,
-                    trigger=operation.trigger,
-                )
-            session.add(operation)
-            plan = OperationPlan(
-                zone_task_queue=zone_task_queue(self._task_queue, device.zone),
-                max_attempts=policy.max_attempts,
-                retry_interval_seconds=policy.retry_interval_seconds,
-                backoff=policy.backoff,
-                # An ssh-key change logs in on each of its devices in one step.
-                step_timeout_seconds=(
-                    policy.connect_timeout_seconds + 4 * policy.read_timeout_seconds
-                )
-                * _devices_per_step(credential),
-                can_reconcile=credential.reconcile_credential_id is not None,
-                auto_reconcile=credential.auto_reconcile
-                and credential.reconcile_credential_id is not None,
-                device_id=device.id,
-                device_capacity=device.max_concurrent_operations
-                or policy.max_concurrent_operations,
-            )
+            plan = self.prepared(session, step.operation_id)
         failpoints.reach(failpoints.AFTER_PREPARE)
+        return plan
+
+    def prepared(self, session: Session, operation_id: str) -> OperationPlan:
+        """``prepare`` inside the caller's transaction (an operation's begin step uses it too)."""
+        operation = session.get(Operation, operation_id)
+        if operation is None:
+            raise _no_such_operation(operation_id)
+        credential = session.get(Credential, operation.credential_id)
+        assert credential is not None
+        device = session.get(Device, credential.device_id)
+        assert device is not None
+        policy = policy_for(session, credential)
+        if not credential.active and operation.kind not in LIFECYCLE_KINDS:
+            # Locked on its target: a login with any secret is refused, so a change could
+            # only end out of sync (and a Linux chpasswd would half-unlock the account).
+            raise ApplicationError(
+                f"credential {credential.id} ({credential.username!r}) is inactive (locked "
+                f"on its target): activate it before a {operation.kind}",
+                type="ConfigurationError",
+                non_retryable=True,
+            )
+        if operation.base_version_id is None:
+            # What commit compares against: the vault's current version as of now.
+            current = Vault.current(session, credential.id)
+            operation.base_version_id = current.id if current else None
+        if operation.pending_version_id is None:
+            try:
+                chosen = chosen_version(session, operation)
+            except VersionNotUsable as exc:
+                raise ApplicationError(
+                    str(exc), type="ConfigurationError", non_retryable=True
+                ) from None
+            if chosen is not None:
+                operation.pending_version_id = chosen.id
+                audit.record(
+                    session,
+                    "secret.version_chosen",
+                    operation_id=operation.id,
+                    credential_id=credential.id,
+                    version_id=chosen.id,
+                    version_state=chosen.state,
+                )
+        if operation.kind in SECRET_MAKING_KINDS and operation.pending_version_id is None:
+            pending = self._vault.add(
+                session,
+                credential.id,
+                new_secret(credential, policy),
+                SecretState.PENDING,
+                operation_id=operation.id,
+            )
+            operation.pending_version_id = pending.id
+            audit.record(
+                session,
+                "secret.pending_created",
+                operation_id=operation.id,
+                credential_id=credential.id,
+                version_id=pending.id,
+            )
+        if operation.status in (OperationStatus.SCHEDULED, OperationStatus.QUEUED):
+            operation.status = OperationStatus.RUNNING
+            audit.record(
+                session,
+                "operation.started",
+                operation_id=operation.id,
+                credential_id=credential.id,
+                kind=operation.kind,
+                trigger=operation.trigger,
+            )
+        session.add(operation)
+        plan = OperationPlan(
+            zone_task_queue=zone_task_queue(self._task_queue, device.zone),
+            max_attempts=policy.max_attempts,
+            retry_interval_seconds=policy.retry_interval_seconds,
+            backoff=policy.backoff,
+            # An ssh-key change logs in on each of its devices in one step.
+            step_timeout_seconds=(policy.connect_timeout_seconds + 4 * policy.read_timeout_seconds)
+            * _devices_per_step(credential),
+            can_reconcile=credential.reconcile_credential_id is not None,
+            auto_reconcile=credential.auto_reconcile
+            and credential.reconcile_credential_id is not None,
+            device_id=device.id,
+            device_capacity=device.max_concurrent_operations or policy.max_concurrent_operations,
+        )
         return plan
 
     @implements(steps.commit)

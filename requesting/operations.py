@@ -25,6 +25,7 @@ from store.models import Credential, Operation, OperationStatus, new_id
 from store.vault import Vault
 from workflows.contracts import (
     OPERATION_KINDS,
+    OPERATION_REVISION,
     TRIGGERS,
     WORKFLOW_NAME,
     OperationInput,
@@ -106,6 +107,7 @@ async def request_operation(
             callback=request.callback_url is not None,
             requested_by=request.requested_by,
             ttl_seconds=request.ttl_seconds or 0,
+            revision=OPERATION_REVISION,
         )
         try:
             handle = await client.start_workflow(
@@ -165,6 +167,7 @@ async def request_with_chosen_secret(
         version_id=version_id,
         callback=request.callback_url is not None,
         requested_by=request.requested_by,
+        revision=OPERATION_REVISION,
     )
     workflow_id = chosen_secret_workflow_id(request.kind, credential.id, operation_id)
     try:

@@ -30,6 +30,8 @@ log = logging.getLogger("keyturn.audit")
 VIEWED = "secret.viewed"
 
 GENESIS = "0" * 64
+# Where a session keeps the head its transaction locked: (the transaction, the head).
+_HEAD_HELD = "keyturn.audit.head"
 KEYTURN = "keyturn"  # the principal of what Keyturn does on its own (triggers, steps)
 _VERIFY_BATCH = 1000
 
@@ -122,6 +124,23 @@ def _naive(at: datetime) -> datetime:
 
 
 def _lock_head(session: Session) -> AuditHead:
+    """The trail's head, locked for the rest of the transaction. A transaction that records
+    several events (an operation's begin step records three) locks and reads it once: the lock
+    is held until the transaction ends, so the head it read is still the head."""
+    nested = session.in_nested_transaction()
+    held = session.info.get(_HEAD_HELD)
+    if held is not None and not nested and held[0] is session.get_transaction():
+        head: AuditHead = held[1]
+        return head
+    head = _lock_head_now(session)
+    # Not inside a savepoint: one rolled back would release the lock (PostgreSQL) and expire
+    # the row, so such a lock is taken again by the next event.
+    if not nested:
+        session.info[_HEAD_HELD] = (session.get_transaction(), head)
+    return head
+
+
+def _lock_head_now(session: Session) -> AuditHead:
     for _ in range(3):  # the first event of a store may race to create the head
         bumped = session.execute(
             update(AuditHead).where(col(AuditHead.id) == 1).values(last_id=AuditHead.last_id)

@@ -9,7 +9,12 @@ from sqlmodel import Session, col, select
 from store import callbacks
 from store.models import Credential, Operation, new_id
 from store.queries import get_or_raise
-from workflows.contracts import ChildStart, OperationInput, operation_workflow_id
+from workflows.contracts import (
+    OPERATION_REVISION,
+    ChildStart,
+    OperationInput,
+    operation_workflow_id,
+)
 
 
 def children_of(session: Session, parent: Operation, reason: str) -> list[ChildStart]:
@@ -34,6 +39,7 @@ def children_of(session: Session, parent: Operation, reason: str) -> list[ChildS
                 device_id=credential.device_id,
                 parent_operation_id=parent.id,
                 callback=bool(callbacks.urls(session, parent.id)),
+                revision=OPERATION_REVISION,
             ),
             operation_workflow_id(kind, credential.id),
         )

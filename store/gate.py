@@ -119,17 +119,22 @@ def admit(engine: Engine, request: Registration) -> Admission:
     """Register in a transaction of its own (idempotent): what the request path and the
     workflow's register step both call, so whichever comes first creates the row."""
     with session_scope(engine) as session:
-        operation = register(session, request)
-        credential = session.get(Credential, operation.credential_id)
-        assert credential is not None
-        session.flush()
-        return Admission(
-            operation_id=operation.id,
-            device_id=credential.device_id,
-            queued=operation.gate_state == QUEUED,
-            waiting_for=operation.waiting_for,
-            order_key=f"{operation.created_at.isoformat()}/{operation.id}",
-        )
+        return admitted(session, request)
+
+
+def admitted(session: Session, request: Registration) -> Admission:
+    """``admit`` inside the caller's transaction (an operation's begin step goes on in it)."""
+    operation = register(session, request)
+    credential = session.get(Credential, operation.credential_id)
+    assert credential is not None
+    session.flush()
+    return Admission(
+        operation_id=operation.id,
+        device_id=credential.device_id,
+        queued=operation.gate_state == QUEUED,
+        waiting_for=operation.waiting_for,
+        order_key=f"{operation.created_at.isoformat()}/{operation.id}",
+    )
 
 
 def leave(session: Session, operation_id: str) -> Operation | None:

@@ -156,6 +156,16 @@ class OperationInput:
     requested_by: str | None = None  # the principal who asked; None: Keyturn itself
     # jit-create: how long the account lives once created (a delayed jit-remove ends it).
     ttl_seconds: int = 0
+    # Which revision of the workflow's steps the starter asked for (OPERATION_REVISION). The
+    # start input is in the history, so the workflow can tell a new history from an old one
+    # without a patch marker (two events per operation). 0: a starter that does not say, and
+    # every history from before it; such a workflow finds out with patch markers, as before.
+    revision: int = 0
+
+
+# Revision 1: the operation begins in one step (register, prepare and its first device slot:
+# ``steps.begin``) and its history records no patch marker.
+OPERATION_REVISION = 1
 
 
 def callback_workflow_id(operation_id: str) -> str:
@@ -197,6 +207,24 @@ class Admission:
     queued: bool  # another operation on the credential is ahead: wait for its signal
     waiting_for: str | None
     order_key: str  # when it was requested: device slots are granted in this order
+
+
+@dataclass(frozen=True)
+class Beginning:
+    """The answer to ``steps.begin``: the operation as registered and, if it holds its
+    credential's gate, as prepared, with its first device slot asked for (token
+    ``slot_token(operation_id, 1)``). ``plan`` None: it is queued (or prepare refused it), and
+    the workflow prepares and claims later, one step at a time."""
+
+    admission: Admission
+    plan: OperationPlan | None = None
+    slot: SlotClaim | None = None
+
+
+def slot_token(operation_id: str, nth: int) -> str:
+    """The token of an operation's ``nth`` device-slot claim: unique, so claims and releases
+    can be retried."""
+    return f"{operation_id}/{nth}"
 
 
 @dataclass(frozen=True)

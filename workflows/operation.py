@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         NON_RETRYABLE_KINDS,
         NOTHING_SENT_DETAIL,
         NOTHING_SENT_KINDS,
+        OPERATION_REVISION,
         SA_CREDENTIAL,
         SA_DEVICE,
         SA_KIND,
@@ -56,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         SWITCH_KINDS,
         WORKFLOW_NAME,
         Admission,
+        Beginning,
         CallbackInput,
         ChangeOutcome,
         ChildNotStarted,
@@ -73,12 +75,14 @@ with workflow.unsafe.imports_passed_through():
         OperationResult,
         ProbeOutcome,
         RegisterInput,
+        SlotClaim,
         SlotRelease,
         SlotRequest,
         StepInput,
         WorkflowRef,
         callback_workflow_id,
         initial_search_attributes,
+        slot_token,
     )
     from workflows.legacy.operation_v1 import LegacyOperation
     from workflows.slot_holder import SlotHolder
@@ -142,6 +146,8 @@ class OperationWorkflow:
         # The slot is a claim in the store (histories of earlier releases: the semaphore's).
         self._slot_in_store = False
         self._slots_asked = 0
+        # The begin step's claim on the first slot, until the first device step waits for it.
+        self._begun_claim: SlotClaim | None = None
         self._may_have_sent = False  # a change activity was started: the pending may be live
         self._canceled = False
         self._committing = False  # the commit has begun: a cancel is too late
@@ -178,30 +184,33 @@ class OperationWorkflow:
         # Asked first, in the first workflow task: a history recorded before the marker existed
         # has none here, and replays each patch's own marker below.
         # A new run records only the newest marker; a history has at most one of the two.
-        self._departs_at_once = workflow.patched(ALL_PATCHES_OF_2026_12)
-        self._all_patches = self._departs_at_once or workflow.patched(ALL_PATCHES_OF_2026_11)
+        if op.revision >= OPERATION_REVISION:
+            # Its starter asked for this revision (the start input is in the history): every
+            # patch applies, and no marker is needed to say so.
+            self._departs_at_once = self._all_patches = True
+        else:
+            self._departs_at_once = workflow.patched(ALL_PATCHES_OF_2026_12)
+            self._all_patches = self._departs_at_once or workflow.patched(ALL_PATCHES_OF_2026_11)
         if not self._patched(GATE_PATCH):
             self._legacy = LegacyOperation()
             return await self._legacy.run(op)
         info = workflow.info()
         self._kind = op.kind
         self._operation_id = op.operation_id or workflow.uuid4().hex
+        registration = RegisterInput(
+            self._operation_id,
+            op.credential_id,
+            op.kind,
+            op.trigger,
+            info.workflow_id,
+            info.run_id,
+            op.parent_operation_id,
+            op.version_id,
+            op.requested_by,
+            op.ttl_seconds,
+        )
         try:
-            admission: Admission = await self._call(
-                steps.register,
-                RegisterInput(
-                    self._operation_id,
-                    op.credential_id,
-                    op.kind,
-                    op.trigger,
-                    info.workflow_id,
-                    info.run_id,
-                    op.parent_operation_id,
-                    op.version_id,
-                    op.requested_by,
-                    op.ttl_seconds,
-                ),
-            )
+            beginning = await self._begin(op, registration)
         except asyncio.CancelledError:
             # Canceled while registering: the row may exist; record it and leave the queue.
             with contextlib.suppress(ActivityError):  # no row: nothing to record
@@ -209,9 +218,18 @@ class OperationWorkflow:
                     steps.finish,
                     FinishInput(self._operation_id, "canceled", "canceled before it started"),
                 )
+            if op.revision >= OPERATION_REVISION and op.device_id:
+                # Its begin step may have claimed the first slot before the cancel.
+                await self._slots.give_back(op.device_id, slot_token(self._operation_id, 1))
             await self._leave(op, ending=False)
             raise
+        admission = beginning.admission
         self._device_id = admission.device_id
+        if beginning.slot is not None:
+            self._slots_asked = 1
+            self._slot = slot_token(self._operation_id, 1)
+            self._slot_in_store = True
+            self._begun_claim = beginning.slot
         self._order_key = admission.order_key
         self._status = "queued" if admission.queued else "running"
         # Started with the SDK alone, the workflow has no search attributes or memo yet.
@@ -228,7 +246,7 @@ class OperationWorkflow:
         if workflow.memo_value("operation_id", None, type_hint=str) != self._operation_id:
             workflow.upsert_memo({"operation_id": self._operation_id})
         try:
-            result = await self._gated(op, admission)
+            result = await self._gated(op, admission, beginning.plan)
         except BaseException:
             # Whatever happened, the next operation on the credential must be told.
             await self._to_the_end(self._leave_gate)
@@ -238,7 +256,16 @@ class OperationWorkflow:
             raise asyncio.CancelledError(result.resolution)
         return result
 
-    async def _gated(self, op: OperationInput, admission: Admission) -> OperationResult:
+    async def _begin(self, op: OperationInput, registration: RegisterInput) -> Beginning:
+        """Register; in this revision, also prepare and claim the first slot if the operation
+        holds its credential's gate (one step: steps.begin)."""
+        if op.revision >= OPERATION_REVISION:
+            return await self._call(steps.begin, registration)
+        return Beginning(await self._call(steps.register, registration))
+
+    async def _gated(
+        self, op: OperationInput, admission: Admission, prepared: OperationPlan | None
+    ) -> OperationResult:
         step = StepInput(self._operation_id, via_reconcile=op.kind == "reconcile")
         if admission.queued:
             try:
@@ -259,7 +286,8 @@ class OperationWorkflow:
         plan: OperationPlan | None = None
         finish: FinishInput | None
         try:
-            plan = await self._call(steps.prepare, step)
+            # Prepared by the begin step already, unless the operation was queued.
+            plan = prepared if prepared is not None else await self._call(steps.prepare, step)
             finish = await self._on_device(op, step, plan)
         except asyncio.CancelledError:
             self._canceled = True
@@ -859,26 +887,36 @@ class OperationWorkflow:
     async def _take_slot(self, plan: OperationPlan) -> None:
         """Take one of the device's slots: at once when one is free, else when the operation
         that gives one back signals this one's turn (workflows/slot_holder.py)."""
+        claim: SlotClaim | None
         if self._slot is not None:
-            return
-        self._slots_asked += 1
-        token = f"{self._operation_id}/{self._slots_asked}"
-        self._slot = token
+            if self._begun_claim is None:
+                return  # held already
+            # The begin step claimed it: wait for it here if it was not free.
+            claim, self._begun_claim = self._begun_claim, None
+            request = self._slot_request(plan, self._slot)
+        else:
+            self._slots_asked += 1
+            self._slot = slot_token(self._operation_id, self._slots_asked)
+            request = self._slot_request(plan, self._slot)
+            claim = await self._slots.claim(request)
+            self._slot_in_store = claim is not None
+        step = self._step
+
+        def waiting() -> None:
+            self._step = "waiting for a device slot"
+
+        await self._slots.wait(request, claim, waiting)
+        self._step = step
+
+    def _slot_request(self, plan: OperationPlan, token: str) -> SlotRequest:
         info = workflow.info()
-        request = SlotRequest(
+        return SlotRequest(
             plan.device_id or self._device_id,
             token,
             WorkflowRef(info.workflow_id, info.run_id),
             plan.device_capacity,
             self._order_key,
         )
-        step = self._step
-
-        def waiting() -> None:
-            self._step = "waiting for a device slot"
-
-        self._slot_in_store = await self._slots.take(request, waiting)
-        self._step = step
 
     async def _drop_slot(self) -> None:
         if self._slot is None:

@@ -18,6 +18,7 @@ from temporalio import activity
 
 from workflows.contracts import (
     Admission,
+    Beginning,
     CallbackInput,
     CertApproval,
     CertFinish,
@@ -107,6 +108,13 @@ async def register(request: RegisterInput) -> Admission:
 
 @_declare("keyturn.leave_gate")
 async def leave_gate(check: GateCheck) -> WorkflowRef | None:
+    raise NotImplementedError(DECLARATION)
+
+
+# An operation's first step since revision 1 (activities/begin.py): register and, if the
+# operation holds the gate, prepare and claim its first device slot, in one local activity.
+@_declare("keyturn.begin")
+async def begin(request: RegisterInput) -> Beginning:
     raise NotImplementedError(DECLARATION)
 
 

@@ -203,6 +203,18 @@ async def test_a_change_started_with_the_temporal_client_alone_is_an_operation(
     result = await handle.result()
 
     assert result.status == "succeeded" and result.operation_id == operation_id
+    # Its starter named no revision: the workflow found out with one patch marker, and took
+    # its first steps one at a time, as every release before did.
+    events = (await handle.fetch_history()).events
+    assert [e for e in events if e.marker_recorded_event_attributes.marker_name == "core_patch"]
+    local_steps = [
+        p.data
+        for e in events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+        for p in e.marker_recorded_event_attributes.details["data"].payloads
+    ]
+    assert _steps_named(local_steps, "begin") == 0
+    assert _steps_named(local_steps, "register") == _steps_named(local_steps, "prepare") == 1
     operation = await stack.get(f"/v1/operations/{result.operation_id}")
     assert operation["status"] == "succeeded" and operation["kind"] == "change"
     assert [(a["step"], a["outcome"]) for a in operation["attempts"]] == [
@@ -273,13 +285,14 @@ async def test_device_slots_are_fifo_and_waiting_costs_no_history(
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
-async def test_one_patch_marker_stands_for_every_patch_of_a_new_operation(
+async def test_an_operation_the_api_starts_begins_in_one_step_with_no_patch_marker(
     stack: Stack, sshd: Sshd, ssh_users: Users
 ) -> None:
-    """Three changes, two of them on a device with a cap of 1: each history records one patch
-    marker (not one per patch: each costs a marker and a search-attribute upsert); a device slot
-    that is free is taken with no signal, one waited for comes by one; a change that verifies
-    gives its slot back itself."""
+    """Three changes, two of them on a device with a cap of 1. The API starts each at the
+    newest revision: its history records no patch marker (each costs a marker and a
+    search-attribute upsert), and it registers, prepares and claims its first slot in one step.
+    A device slot that is free is taken with no signal, one waited for comes by one; a change
+    that verifies gives its slot back itself."""
     capped = await ssh_device(stack, sshd, max_concurrent_operations=1)
     alone = await ssh_device(stack, sshd)
     pol = await policy(stack)
@@ -299,7 +312,7 @@ async def test_one_patch_marker_stands_for_every_patch_of_a_new_operation(
         markers = [
             e for e in events if e.marker_recorded_event_attributes.marker_name == "core_patch"
         ]
-        assert len(markers) == 1, markers
+        assert markers == [], markers
         grants = [
             e
             for e in events
@@ -314,6 +327,9 @@ async def test_one_patch_marker_stands_for_every_patch_of_a_new_operation(
             for p in e.marker_recorded_event_attributes.details["data"].payloads
         ]
         assert local_steps and not [d for d in local_steps if b"release_device_slot" in d]
+        assert _steps_named(local_steps, "begin") == 1
+        for apart in ("register", "prepare", "request_device_slot"):
+            assert _steps_named(local_steps, apart) == 0, apart
     # The second on the capped device waited for a signal only if the first still held the
     # slot when it asked; the first never waits.
     assert grants_seen[2] == 0 and sum(grants_seen[:2]) <= 1, grants_seen
@@ -407,3 +423,8 @@ async def test_a_slot_whose_holder_was_terminated_goes_to_the_operation_waiting(
             select(DeviceSlotClaim).where(DeviceSlotClaim.device_id == device["id"])
         ).all()
         assert claims == []
+
+
+def _steps_named(local_steps: list[bytes], name: str) -> int:
+    """How many of a history's local-activity markers are of the step ``keyturn.<name>``."""
+    return sum(f'"keyturn.{name}"'.encode() in data for data in local_steps)

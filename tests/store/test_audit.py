@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -65,6 +66,32 @@ def test_events_chain_and_name_who_and_where(engine: Engine) -> None:
     assert all(r.principal == "admin" and r.device_id == "d1" for r in rows)
     assert rows[0].prev_hash == audit.GENESIS
     assert [r.prev_hash for r in rows[1:]] == [r.hash for r in rows[:-1]]
+
+
+def test_events_of_one_transaction_chain_among_those_of_others(engine: Engine) -> None:
+    """A transaction that records several events locks the trail's head once; transactions
+    racing it, and a session that goes on into a new transaction, still chain."""
+    _seed(engine, 0)
+
+    def writer(k: int) -> None:
+        for i in range(5):
+            with session_scope(engine) as db:
+                for j in range(3):
+                    audit.record(
+                        db, "test.event", credential_id="c1", principal="admin", k=k, i=i, j=j
+                    )
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(writer, range(4)))
+    with Session(engine) as db:
+        for n in range(2):  # one session, two transactions
+            audit.record(db, "test.event", credential_id="c1", principal="admin", n=n)
+            db.commit()
+
+    assert audit.verify(engine) == (4 * 5 * 3 + 2, None)
+    with engine.connect() as conn:
+        ids = conn.execute(text("SELECT id FROM auditevent ORDER BY id")).scalars().all()
+    assert ids == list(range(1, 4 * 5 * 3 + 2 + 1))
 
 
 def test_the_store_refuses_to_change_an_event(engine: Engine) -> None:
