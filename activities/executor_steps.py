@@ -25,6 +25,7 @@ from temporalio.service import RPCError
 
 from activities.key_steps import KeySteps
 from activities.slot_grants import tell_granted
+from activities.store_steps import commit_in
 from executors.base import (
     Account,
     AuthenticationFailed,
@@ -45,7 +46,7 @@ from store import audit, device_slots, lockout
 from store.engine import session_scope
 from store.jobs import Job, load_job
 from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
-from store.models import Attempt, Device, DeviceSlotClaim, Operation, utcnow
+from store.models import Attempt, Device, DeviceSlotClaim, Operation, OperationStatus, utcnow
 from store.queries import get_or_raise
 from store.vault import Vault
 from store.versions import seen_working
@@ -55,6 +56,8 @@ from workflows.contracts import (
     NOTHING_SENT_DETAIL,
     SWITCH_KINDS,
     ChangeOutcome,
+    CommitInput,
+    CommitOutcome,
     ProbeOutcome,
     SlotRelease,
     StepInput,
@@ -81,6 +84,9 @@ class _AttemptWrites:
     # the device), and, once given back, the claims it was handed to, whose workflows to tell.
     slot: SlotRelease | None = None
     handed: list[DeviceSlotClaim] | None = None
+    # The commit to make with the attempt (a verified change), and, once made, its outcome.
+    commit: CommitInput | None = None
+    committed: CommitOutcome | None = None
 
     def apply(self, session: Session) -> None:
         """Write what is waiting, in ``session``'s transaction, and forget it."""
@@ -90,7 +96,9 @@ class _AttemptWrites:
             seen_working(session, version_id, operation_id)
         if self.slot is not None:
             self.handed = device_slots.release(session, self.slot.device_id, self.slot.token) or []
-        self.settlements, self.seen_working, self.slot = [], [], None
+        if self.commit is not None:
+            self.committed = commit_in(session, self.commit)
+        self.settlements, self.seen_working, self.slot, self.commit = [], [], None, None
 
 
 # The running attempt's writes (set by ExecutorActivities._recorded around the attempt's body).
@@ -122,6 +130,10 @@ async def _heartbeating() -> AsyncIterator[None]:
         task.cancel()
 
 
+class _AlreadyCommitted(Exception):
+    """A change step run again after it committed (its answer was lost)."""
+
+
 def _attempt_number(step: StepInput) -> int:
     """The workflow numbers attempts; operations started before it did use Temporal's count."""
     return step.attempt or activity.info().attempt
@@ -138,9 +150,16 @@ class ExecutorActivities:
 
     @implements(steps.change)
     async def change(self, step: StepInput) -> ChangeOutcome:
-        job, attempt_id, may_have_sent = await asyncio.to_thread(
-            self._begin, step, "change", _attempt_number(step)
-        )
+        try:
+            job, attempt_id, may_have_sent = await asyncio.to_thread(
+                self._begin, step, "change", _attempt_number(step)
+            )
+        except _AlreadyCommitted:
+            # An earlier attempt committed and its answer was lost (a worker killed after
+            # the commit): the operation is done; the target is not asked again.
+            return ChangeOutcome(
+                already_applied=False, verified=True, committed=CommitOutcome(True)
+            )
         switch = job.operation.kind in SWITCH_KINDS  # runs its template; no secret changes
         if job.pending_password is None and not switch:
             raise ApplicationError("operation has no pending secret", non_retryable=True)
@@ -196,10 +215,14 @@ class ExecutorActivities:
         if not step.verify_after_change:
             return outcome
         writes: list[_AttemptWrites] = []  # the verify attempt's, once it ran
-        verified = await self._verify_pending(job, step, pending_account, writes)
+        # A change found already applied is committed by the workflow: its resolution says so.
+        commit = None if outcome.already_applied else step.commit
+        verified = await self._verify_pending(job, step, pending_account, writes, commit)
+        committed = writes[0].committed if writes else None
+        outcome = dataclasses.replace(outcome, verified=verified, committed=committed)
         handed = writes[0].handed if writes else None
         if handed is None:
-            return dataclasses.replace(outcome, verified=verified)
+            return outcome
         assert self._client is not None and step.slot is not None
         try:
             await tell_granted(self._client, self._engine, step.slot.device_id, handed)
@@ -208,16 +231,22 @@ class ExecutorActivities:
             # slot holds it in the store and finds out at its next check.
             activity.logger.warning("could not tell the waiters of a device slot: %s", exc)
         failpoints.reach(failpoints.AFTER_VERIFY)
-        return dataclasses.replace(outcome, verified=verified, slot_given_back=True)
+        return dataclasses.replace(outcome, slot_given_back=True)
 
     async def _verify_pending(
-        self, job: Job, step: StepInput, account: Account, writes: list[_AttemptWrites]
+        self,
+        job: Job,
+        step: StepInput,
+        account: Account,
+        writes: list[_AttemptWrites],
+        commit: CommitInput | None,
     ) -> bool | None:
         """The verify step, right after the change, with the job already loaded: a fresh login
         with the new secret running the verify template, charged and recorded like any other.
         None when it could not say (unreachable, budget spent…): the workflow probes. Once the
-        new secret logs in, the step's device slot is given back with the attempt's record
-        (``writes`` gets the attempt's writes, which then name who was handed the slot)."""
+        new secret logs in, the step's device slot is given back and ``commit`` made with the
+        attempt's record (``writes`` gets the attempt's writes, which then name who was handed
+        the slot and what the commit answered)."""
         executor = get_executor(job.device.executor)
         # The operation's first verify, whichever change attempt it follows.
         attempt_id = await asyncio.to_thread(self._start_attempt, step.operation_id, "verify", 1)
@@ -228,9 +257,11 @@ class ExecutorActivities:
             await self._pin_learned_key(job, result.learned_host_key)
             if result.ok:
                 await self._seen_working(job, job.operation.pending_version_id)
+                mine = _attempt_writes()
                 if step.slot is not None and self._client is not None:
-                    mine = _attempt_writes()
                     mine.slot = step.slot
+                mine.commit = commit
+                if mine.slot is not None or commit is not None:
                     writes.append(mine)
             return f"[pending] {'logs in' if result.ok else 'refused'}\n{result.transcript}", (
                 result.ok
@@ -364,7 +395,10 @@ class ExecutorActivities:
         """
         operation_id = step_input.operation_id
         with Session(self._engine) as session:
-            kind = get_or_raise(session, Operation, operation_id).kind
+            operation = get_or_raise(session, Operation, operation_id)
+            kind = operation.kind
+            if step == "change" and operation.status == OperationStatus.SUCCEEDED:
+                raise _AlreadyCommitted()
         step = step or ("probe" if kind == "verify" else "verify")
         may_have_sent = (
             step == "change" and number > 1 and self._previous_may_have_sent(operation_id, number)
@@ -445,7 +479,18 @@ class ExecutorActivities:
             raise ApplicationError(detail, type="InternalError") from None
         finally:
             _ATTEMPT_WRITES.reset(entered)
-        await asyncio.to_thread(finish, attempt_id, "succeeded", None, transcript, job)
+        recording = asyncio.ensure_future(
+            asyncio.to_thread(finish, attempt_id, "succeeded", None, transcript, job)
+        )
+        try:
+            await asyncio.shield(recording)
+        except asyncio.CancelledError:
+            if writes.committed is None and writes.commit is None:
+                raise
+            # A cancel reached the step while the record of its verify was written with the
+            # commit: that transaction goes on in its thread, so the answer must say whether it
+            # landed (a commit the workflow was not told of would be undone by no one).
+            await recording
         return outcome
 
     def _start_attempt(self, operation_id: str, step: str, number: int) -> str:

@@ -153,72 +153,10 @@ class StoreActivities:
 
     @implements(steps.commit)
     def commit(self, step: CommitInput) -> CommitOutcome:
-        """One transaction: pending → current, current → previous, operation ended.
-
-        A compare-and-set: unless ``adopt`` (a probe has just shown the target has the pending
-        secret), it commits only if the vault's current version is still the one prepare read,
-        so a newer secret is never overwritten without asking the target first.
-        """
+        """One transaction: pending → current, current → previous, operation ended (see
+        ``commit_in``)."""
         with session_scope(self._engine) as session:
-            operation = session.get(Operation, step.operation_id)
-            if operation is None:
-                raise _no_such_operation(step.operation_id)
-            status = OperationStatus(step.status)
-            credential = session.get(Credential, operation.credential_id)
-            assert credential is not None
-            current = Vault.current(session, credential.id)
-            current_id = current.id if current else None
-            if operation.finished_at is not None and (
-                operation.status == status
-                or (current_id is not None and current_id == operation.pending_version_id)
-            ):
-                return CommitOutcome(True)  # already committed by an earlier run of this step
-            if (
-                not step.adopt
-                and operation.base_version_id is not None
-                and current_id != operation.base_version_id
-            ):
-                detail = (
-                    f"the vault's current secret moved from version {operation.base_version_id} "
-                    f"to {current_id} while this operation ran"
-                )
-                audit.record(
-                    session,
-                    "operation.commit_refused",
-                    operation_id=operation.id,
-                    credential_id=credential.id,
-                    outcome="refused",
-                    expected_version_id=operation.base_version_id,
-                    current_version_id=current_id,
-                )
-                return CommitOutcome(False, detail)
-            if operation.pending_version_id:
-                Vault.promote(session, credential.id, operation.pending_version_id)
-                # The new secret was verified before the commit: both clocks restart.
-                credential.secret_changed_at = credential.verified_at = utcnow()
-            if operation.kind == "jit-create":
-                # The account exists, with the committed secret, until its time is up.
-                credential.active = True
-                credential.jit_until = utcnow() + timedelta(seconds=operation.ttl_seconds or 0)
-            credential.sync_state = SyncState.IN_SYNC
-            operation.status = status
-            operation.resolution = step.resolution
-            operation.finished_at = utcnow()
-            session.add_all([credential, operation])
-            audit.record(
-                session,
-                f"operation.{status}",
-                operation_id=operation.id,
-                credential_id=credential.id,
-                outcome=str(status),
-                kind=operation.kind,
-                resolution=step.resolution,
-                committed_version_id=operation.pending_version_id,
-            )
-            children = tuple(children_of(session, operation, "parent-changed"))
-            session.flush()  # the statements are sent; the transaction is not yet committed
-            failpoints.reach(failpoints.DURING_COMMIT)
-        return CommitOutcome(True, children=children)
+            return commit_in(session, step)
 
     @implements(steps.note_late_cancel)
     def note_late_cancel(self, step: CommitInput) -> None:
@@ -312,3 +250,72 @@ def _no_such_operation(operation_id: str) -> ApplicationError:
         type="NotRegistrable",
         non_retryable=True,
     )
+
+
+def commit_in(session: Session, step: CommitInput) -> CommitOutcome:
+    """The commit, inside the caller's transaction (a change that verifies commits in the
+    transaction that records its verify).
+
+    A compare-and-set: unless ``adopt`` (a probe has just shown the target has the pending
+    secret), it commits only if the vault's current version is still the one prepare read, so a
+    newer secret is never overwritten without asking the target first.
+    """
+    operation = session.get(Operation, step.operation_id)
+    if operation is None:
+        raise _no_such_operation(step.operation_id)
+    status = OperationStatus(step.status)
+    credential = session.get(Credential, operation.credential_id)
+    assert credential is not None
+    current = Vault.current(session, credential.id)
+    current_id = current.id if current else None
+    if operation.finished_at is not None and (
+        operation.status == status
+        or (current_id is not None and current_id == operation.pending_version_id)
+    ):
+        return CommitOutcome(True)  # already committed by an earlier run of this step
+    if (
+        not step.adopt
+        and operation.base_version_id is not None
+        and current_id != operation.base_version_id
+    ):
+        detail = (
+            f"the vault's current secret moved from version {operation.base_version_id} "
+            f"to {current_id} while this operation ran"
+        )
+        audit.record(
+            session,
+            "operation.commit_refused",
+            operation_id=operation.id,
+            credential_id=credential.id,
+            outcome="refused",
+            expected_version_id=operation.base_version_id,
+            current_version_id=current_id,
+        )
+        return CommitOutcome(False, detail)
+    if operation.pending_version_id:
+        Vault.promote(session, credential.id, operation.pending_version_id)
+        # The new secret was verified before the commit: both clocks restart.
+        credential.secret_changed_at = credential.verified_at = utcnow()
+    if operation.kind == "jit-create":
+        # The account exists, with the committed secret, until its time is up.
+        credential.active = True
+        credential.jit_until = utcnow() + timedelta(seconds=operation.ttl_seconds or 0)
+    credential.sync_state = SyncState.IN_SYNC
+    operation.status = status
+    operation.resolution = step.resolution
+    operation.finished_at = utcnow()
+    session.add_all([credential, operation])
+    audit.record(
+        session,
+        f"operation.{status}",
+        operation_id=operation.id,
+        credential_id=credential.id,
+        outcome=str(status),
+        kind=operation.kind,
+        resolution=step.resolution,
+        committed_version_id=operation.pending_version_id,
+    )
+    children = tuple(children_of(session, operation, "parent-changed"))
+    session.flush()  # the statements are sent; the transaction is not yet committed
+    failpoints.reach(failpoints.DURING_COMMIT)
+    return CommitOutcome(True, children=children)

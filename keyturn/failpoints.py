@@ -18,7 +18,8 @@ from pathlib import Path
 AFTER_PREPARE = "after-prepare"
 CHANGE_SENT = "change-sent"  # the new secret is on the wire, the answer not yet read
 AFTER_CHANGE = "after-change"  # the change succeeded, verify has not started
-# The new secret logged in and the change gave its device slot back; its answer is not sent.
+# The new secret logged in, and the change gave its device slot back and committed in the
+# transaction that recorded it; its answer is not sent.
 AFTER_VERIFY = "after-verify"
 DURING_COMMIT = "during-commit"  # inside the commit transaction, before it is committed
 ALL = (AFTER_PREPARE, CHANGE_SENT, AFTER_CHANGE, AFTER_VERIFY, DURING_COMMIT)

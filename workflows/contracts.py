@@ -330,6 +330,10 @@ class StepInput:
     # that records the verify (nothing else follows on the device), and says so in its outcome,
     # so the workflow needs no step of its own to give it back. None: the workflow gives it back.
     slot: SlotRelease | None = None
+    # A change that verifies commits too, in that same transaction, with this input, unless the
+    # change was found already applied (the workflow's resolution then says so, and it commits
+    # itself). None: the workflow commits in a step of its own, as every release before did.
+    commit: CommitInput | None = None
 
 
 @dataclass(frozen=True)
@@ -360,6 +364,9 @@ class ChangeOutcome:
     verified: bool | None = None
     # The step gave back its device slot (StepInput.slot). False in histories before it.
     slot_given_back: bool = False
+    # The commit the step made (StepInput.commit): the workflow runs no commit step of its own.
+    # None: it did not commit (or an earlier release ran it), and the workflow commits.
+    committed: CommitOutcome | None = None
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,7 @@ class OperationWorkflow:
         self._may_have_sent = False  # a change activity was started: the pending may be live
         self._canceled = False
         self._committing = False  # the commit has begun: a cancel is too late
+        self._committed: CommitOutcome | None = None  # what the change step's own commit said
         self._late_cancel = False
         self._kind = ""  # the operation's kind, once it runs
 
@@ -354,7 +355,7 @@ class OperationWorkflow:
                 return await self._try_chosen(step, plan)
             if op.kind in SWITCH_KINDS:
                 return await self._switch(op.kind, step, plan)
-            finish = await self._change(step, plan)
+            finish = await self._change(step, plan, commit_too=True)
             if (
                 finish is not None
                 and finish.error_type == FailureKind.AUTHENTICATION_FAILED
@@ -445,7 +446,8 @@ class OperationWorkflow:
     ) -> tuple[FinishInput | None, tuple[str, ...]]:
         self._step = "commit"
         status = "canceled" if self._canceled else "succeeded"
-        outcome = await self._commit(
+        # The change step may have committed already (a recorded answer says so).
+        outcome = self._committed or await self._commit(
             CommitInput(self._operation_id, self._resolution, status=status)
         )
         if not outcome.committed:
@@ -554,12 +556,17 @@ class OperationWorkflow:
                 )
         return tuple(started)
 
-    async def _change(self, step: StepInput, plan: OperationPlan) -> FinishInput | None:
-        """None means: commit. Otherwise the terminal state to record."""
+    async def _change(
+        self, step: StepInput, plan: OperationPlan, *, commit_too: bool = False
+    ) -> FinishInput | None:
+        """None means: commit (or, if the change step did, ``self._committed`` says how it
+        went). Otherwise the terminal state to record. ``commit_too``: the change step commits
+        once the new secret logs in, with the resolution of a change verified at once."""
         self._step = "change"
         change_step = step
         if self._patched(VERIFY_IN_CHANGE_PATCH):
-            change_step = dataclasses.replace(step, verify_after_change=True)
+            commit = CommitInput(self._operation_id, VERIFIED) if commit_too else None
+            change_step = dataclasses.replace(step, verify_after_change=True, commit=commit)
         try:
             outcome = await self._executor(steps.change, change_step, plan)
         except ActivityError as err:
@@ -578,6 +585,9 @@ class OperationWorkflow:
         if outcome.already_applied:
             self._resolution = "probe on retry: the new secret logs in (already live), adopted"
         self._step = "verify"
+        if outcome.committed is not None:
+            self._committed = outcome.committed
+            return None  # verified and committed inside the change activity
         if outcome.verified:
             return None  # verified inside the change activity: commit
         return await self._after_probe(step, plan, None, None)
@@ -790,6 +800,11 @@ class OperationWorkflow:
                 if isinstance(result, ChangeOutcome) and result.slot_given_back:
                     self._slots.given_back(self._slot or "")
                     self._slot = None
+                if isinstance(result, ChangeOutcome) and result.committed is not None:
+                    # It committed: from now on a cancel is too late (one asked for while it
+                    # ran was not raised, since it then completed).
+                    self._committing = True
+                    self._late_cancel = workflow.cancellation_reason() is not None
                 self._raise_if_canceled()
                 return result
             except ActivityError as err:

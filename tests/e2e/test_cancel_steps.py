@@ -8,17 +8,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import Session, col, select
-from temporalio import activity
 from temporalio.client import WorkflowFailureError
 
-import worker as worker_module
-from activities.store_steps import StoreActivities
+from activities import executor_steps, store_steps
+from activities.store_steps import commit_in
 from store.models import Attempt, Operation, SecretVersion
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
@@ -200,36 +199,31 @@ async def test_cancel_between_change_and_verify(
     assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
 
 
-class _HeldCommit(StoreActivities):
-    """The real commit, entered only when the test lets it: so a cancel can arrive mid-commit."""
+class _HeldCommit:
+    """The real commit, entered only when the test lets it: so a cancel can arrive mid-commit,
+    whether the change step commits with its verify or the commit step does."""
 
-    entered = threading.Event()
-    proceed = threading.Event()
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.proceed = threading.Event()
 
-    @activity.defn(name="keyturn.commit")
-    def commit(self, step: CommitInput) -> CommitOutcome:
-        type(self).entered.set()
-        assert type(self).proceed.wait(60)
-        return super().commit(step)
+    def __call__(self, session: Session, step: CommitInput) -> CommitOutcome:
+        self.entered.set()
+        assert self.proceed.wait(60)
+        return commit_in(session, step)
 
 
 @pytest.fixture
-async def held_commit_queue(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
-    """A worker of its own (same store, same dev server) whose commit waits for the test."""
-    queue = f"{stack.settings.task_queue}-held-commit"
-    settings = stack.settings.model_copy(update={"task_queue": queue})
-    monkeypatch.setattr(worker_module, "StoreActivities", _HeldCommit)
-    stop = asyncio.Event()
-    workers = worker_module.build_workers(stack.client, settings, stack.engine)
-    running = asyncio.create_task(worker_module.run_workers(workers, stop))
-    yield queue
-    _HeldCommit.proceed.set()
-    stop.set()
-    await running
+def held_commit(monkeypatch: pytest.MonkeyPatch) -> Iterator[_HeldCommit]:
+    held = _HeldCommit()
+    monkeypatch.setattr(store_steps, "commit_in", held)
+    monkeypatch.setattr(executor_steps, "commit_in", held)
+    yield held
+    held.proceed.set()
 
 
 async def test_cancel_during_the_commit_is_too_late(
-    stack: Stack, sshd: Sshd, ssh_users: Users, held_commit_queue: str
+    stack: Stack, sshd: Sshd, ssh_users: Users, held_commit: _HeldCommit
 ) -> None:
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
@@ -238,13 +232,13 @@ async def test_cancel_during_the_commit_is_too_late(
         WORKFLOW_NAME,
         OperationInput(credential_id=cred["id"], kind="change"),
         id=f"held-commit-{secrets.token_hex(4)}",
-        task_queue=held_commit_queue,
+        task_queue=stack.settings.task_queue,
         result_type=OperationResult,
     )
-    assert await asyncio.to_thread(_HeldCommit.entered.wait, 60)
+    assert await asyncio.to_thread(held_commit.entered.wait, 60)
 
     await handle.cancel()
-    _HeldCommit.proceed.set()
+    held_commit.proceed.set()
     result = await handle.result()
 
     assert result.status == "succeeded"
