@@ -12,6 +12,7 @@ claim made, and answers as the first try did.
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -36,6 +37,8 @@ from workflows.contracts import (
 )
 from workflows.steps import implements
 
+_T = TypeVar("_T")
+
 
 class BeginActivities:
     def __init__(
@@ -48,10 +51,19 @@ class BeginActivities:
 
     @implements(steps.begin)
     async def begin(self, request: RegisterInput) -> Beginning:
-        beginning, handed = await asyncio.to_thread(self._begin, request)
+        # A cancel does not stop the transaction's thread: the step waits for it and answers
+        # what it wrote (the workflow raises the cancel before its first device step), so the
+        # workflow never gives back, or finishes, what the thread then writes.
+        beginning, handed = await _uncancelable(
+            asyncio.ensure_future(asyncio.to_thread(self._begin, request))
+        )
         if beginning.plan is not None:
             failpoints.reach(failpoints.AFTER_PREPARE)
-        await tell_granted(self._client, self._engine, beginning.admission.device_id, handed)
+        await _uncancelable(
+            asyncio.ensure_future(
+                tell_granted(self._client, self._engine, beginning.admission.device_id, handed)
+            )
+        )
         return beginning
 
     def _begin(self, request: RegisterInput) -> tuple[Beginning, list[DeviceSlotClaim]]:
@@ -80,3 +92,11 @@ class BeginActivities:
             # was rolled back: register it alone. The workflow's own prepare step then fails
             # with the reason, the way an operation queued first does.
             return Beginning(gate.admit(self._engine, registration(request))), []
+
+
+async def _uncancelable(work: asyncio.Future[_T]) -> _T:
+    """``work``'s result, even if this step is canceled meanwhile."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        return await work

@@ -224,12 +224,20 @@ class ExecutorActivities:
         if handed is None:
             return outcome
         assert self._client is not None and step.slot is not None
+        telling = asyncio.ensure_future(
+            tell_granted(self._client, self._engine, step.slot.device_id, handed)
+        )
         try:
-            await tell_granted(self._client, self._engine, step.slot.device_id, handed)
+            await asyncio.shield(telling)
         except RPCError as exc:
             # The change is done and verified: that is this step's answer. A waiter handed the
             # slot holds it in the store and finds out at its next check.
             activity.logger.warning("could not tell the waiters of a device slot: %s", exc)
+        except asyncio.CancelledError:
+            if committed is None:
+                raise
+            # Committed: the answer must say so, whatever the cancel (it is too late). The
+            # waiters are told meanwhile, or find out at their next check.
         failpoints.reach(failpoints.AFTER_VERIFY)
         return dataclasses.replace(outcome, slot_given_back=True)
 

@@ -272,7 +272,10 @@ def commit_in(session: Session, step: CommitInput) -> CommitOutcome:
         operation.status == status
         or (current_id is not None and current_id == operation.pending_version_id)
     ):
-        return CommitOutcome(True)  # already committed by an earlier run of this step
+        # Already committed, by an earlier run of this step or by the change step.
+        return CommitOutcome(
+            True, found_status=str(operation.status), found_resolution=operation.resolution or ""
+        )
     if (
         not step.adopt
         and operation.base_version_id is not None

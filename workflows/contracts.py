@@ -395,6 +395,10 @@ class CommitOutcome:
     # (one local activity fewer). None from a release before it, or a commit that was already
     # done: the workflow then asks plan_children, as it did.
     children: tuple[ChildStart, ...] | None = None
+    # A commit that found the operation ended already: how it ended (a change step that
+    # committed, its answer lost). Empty from a release before it, or a commit made now.
+    found_status: str = ""
+    found_resolution: str = ""
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ class OperationWorkflow:
         self._committed: CommitOutcome | None = None  # what the change step's own commit said
         self._late_cancel = False
         self._kind = ""  # the operation's kind, once it runs
+        self._revision = 0  # OperationInput.revision, 0 if an earlier release began the run
 
     @workflow.query
     def status(self) -> dict[str, str | None]:
@@ -175,6 +176,16 @@ class OperationWorkflow:
     def slot_granted(self, token: str) -> None:
         self._slots.granted(token)
 
+    @staticmethod
+    def _begun_by_an_earlier_release(op: OperationInput) -> bool:
+        """Whether a start that names a revision was nevertheless begun by a worker of an
+        earlier release (during an upgrade: it ignores the field and records its patch marker
+        first). Only a replay can tell, by that marker; a first run records none, so its
+        replays find none either."""
+        if op.revision < OPERATION_REVISION or not workflow.unsafe.is_replaying():
+            return False
+        return workflow.patched(ALL_PATCHES_OF_2026_12) or workflow.patched(ALL_PATCHES_OF_2026_11)
+
     def _patched(self, patch_id: str) -> bool:
         """``workflow.patched``, answered True without a marker once the history has the
         marker that stands for all of them (ALL_PATCHES_OF_2026_11)."""
@@ -185,7 +196,8 @@ class OperationWorkflow:
         # Asked first, in the first workflow task: a history recorded before the marker existed
         # has none here, and replays each patch's own marker below.
         # A new run records only the newest marker; a history has at most one of the two.
-        if op.revision >= OPERATION_REVISION:
+        self._revision = op.revision if not self._begun_by_an_earlier_release(op) else 0
+        if self._revision >= OPERATION_REVISION:
             # Its starter asked for this revision (the start input is in the history): every
             # patch applies, and no marker is needed to say so.
             self._departs_at_once = self._all_patches = True
@@ -214,14 +226,14 @@ class OperationWorkflow:
             beginning = await self._begin(op, registration)
         except asyncio.CancelledError:
             # Canceled while registering: the row may exist; record it and leave the queue.
-            with contextlib.suppress(ActivityError):  # no row: nothing to record
-                await self._call(
-                    steps.finish,
-                    FinishInput(self._operation_id, "canceled", "canceled before it started"),
-                )
-            if op.revision >= OPERATION_REVISION and op.device_id:
-                # Its begin step may have claimed the first slot before the cancel.
-                await self._slots.give_back(op.device_id, slot_token(self._operation_id, 1))
+            if self._revision >= OPERATION_REVISION:
+                await self._canceled_while_beginning(op)
+            else:
+                with contextlib.suppress(ActivityError):  # no row: nothing to record
+                    await self._call(
+                        steps.finish,
+                        FinishInput(self._operation_id, "canceled", "canceled before it started"),
+                    )
             await self._leave(op, ending=False)
             raise
         admission = beginning.admission
@@ -257,10 +269,27 @@ class OperationWorkflow:
             raise asyncio.CancelledError(result.resolution)
         return result
 
+    async def _canceled_while_beginning(self, op: OperationInput) -> None:
+        """The begin step was canceled before it ran (or between two tries): a try that
+        committed may have claimed the first slot and stored a pending secret, never sent."""
+        if op.device_id:
+            await self._slots.give_back(op.device_id, slot_token(self._operation_id, 1))
+        # No row: nothing to record (a local activity failing for good may surface bare).
+        with contextlib.suppress(ActivityError, ApplicationError):
+            await self._call(
+                steps.finish,
+                FinishInput(
+                    self._operation_id,
+                    "canceled",
+                    "canceled before it started",
+                    pending_version_fate="failed",
+                ),
+            )
+
     async def _begin(self, op: OperationInput, registration: RegisterInput) -> Beginning:
         """Register; in this revision, also prepare and claim the first slot if the operation
         holds its credential's gate (one step: steps.begin)."""
-        if op.revision >= OPERATION_REVISION:
+        if self._revision >= OPERATION_REVISION:
             return await self._call(steps.begin, registration)
         return Beginning(await self._call(steps.register, registration))
 
@@ -270,6 +299,8 @@ class OperationWorkflow:
         step = StepInput(self._operation_id, via_reconcile=op.kind == "reconcile")
         if admission.queued:
             try:
+                if self._revision >= OPERATION_REVISION:
+                    self._raise_if_canceled()  # asked for while the begin step ran
                 await self._wait_for_turn(admission)
             except asyncio.CancelledError:
                 self._canceled = True
@@ -291,8 +322,14 @@ class OperationWorkflow:
             plan = prepared if prepared is not None else await self._call(steps.prepare, step)
             finish = await self._on_device(op, step, plan)
         except asyncio.CancelledError:
-            self._canceled = True
-            finish = await self._after_cancel(step, plan)
+            if self._committed is not None:
+                # The change step had committed (a cancel while its slot was given back):
+                # too late.
+                self._late_cancel = True
+                finish = None
+            else:
+                self._canceled = True
+                finish = await self._after_cancel(step, plan)
         except (ActivityError, ApplicationError) as err:
             # A local activity failing for good surfaces as its ApplicationError (seen with this
             # SDK), not wrapped in an ActivityError.
@@ -355,7 +392,7 @@ class OperationWorkflow:
                 return await self._try_chosen(step, plan)
             if op.kind in SWITCH_KINDS:
                 return await self._switch(op.kind, step, plan)
-            finish = await self._change(step, plan, commit_too=True)
+            finish = await self._change(step, plan, commit_too=self._revision >= OPERATION_REVISION)
             if (
                 finish is not None
                 and finish.error_type == FailureKind.AUTHENTICATION_FAILED
@@ -450,6 +487,11 @@ class OperationWorkflow:
         outcome = self._committed or await self._commit(
             CommitInput(self._operation_id, self._resolution, status=status)
         )
+        if self._canceled and outcome.found_status == "succeeded":
+            # The change step had committed before the cancel, and its answer was lost (its
+            # worker died): the store's outcome stands, and the cancel came too late.
+            self._canceled, self._late_cancel = False, True
+            self._resolution = outcome.found_resolution or self._resolution
         if not outcome.committed:
             finish = await self._after_moved_current(step, plan, outcome.detail, status)
             if finish is not None:
@@ -776,6 +818,10 @@ class OperationWorkflow:
         attempt = 0
         while True:
             attempt += 1
+            if self._revision >= OPERATION_REVISION:
+                # A cancel asked for while a store step ran that then completed is raised here,
+                # before the target is touched (earlier releases ran the step first).
+                self._raise_if_canceled()
             await self._take_slot(plan)
             sent_before = self._may_have_sent
             if activity is steps.change:

@@ -30,6 +30,7 @@ from tests.e2e.helpers import (
 )
 from tests.servers.sshd import Sshd, Users
 from workflows.contracts import (
+    OPERATION_REVISION,
     WORKFLOW_NAME,
     CommitInput,
     CommitOutcome,
@@ -206,8 +207,12 @@ class _HeldCommit:
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.proceed = threading.Event()
+        self.by_the_commit_step = False
 
     def __call__(self, session: Session, step: CommitInput) -> CommitOutcome:
+        # The commit step is a store activity, run in the worker's store threads; the change
+        # step commits from a thread of its own event loop.
+        self.by_the_commit_step = threading.current_thread().name.startswith("keyturn-store")
         self.entered.set()
         assert self.proceed.wait(60)
         return commit_in(session, step)
@@ -222,20 +227,29 @@ def held_commit(monkeypatch: pytest.MonkeyPatch) -> Iterator[_HeldCommit]:
     held.proceed.set()
 
 
+@pytest.mark.parametrize(
+    "revision", [0, OPERATION_REVISION], ids=["commit-step", "commit-in-the-change-step"]
+)
 async def test_cancel_during_the_commit_is_too_late(
-    stack: Stack, sshd: Sshd, ssh_users: Users, held_commit: _HeldCommit
+    stack: Stack, sshd: Sshd, ssh_users: Users, held_commit: _HeldCommit, revision: int
 ) -> None:
+    """Started naming no revision, the workflow commits in a step of its own; naming this
+    revision, the change step commits with its verify. A cancel mid-commit is too late either
+    way."""
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
     cred = await credential(stack, device["id"], user, OLD)
     handle = await stack.client.start_workflow(
         WORKFLOW_NAME,
-        OperationInput(credential_id=cred["id"], kind="change"),
+        OperationInput(
+            credential_id=cred["id"], kind="change", device_id=device["id"], revision=revision
+        ),
         id=f"held-commit-{secrets.token_hex(4)}",
         task_queue=stack.settings.task_queue,
         result_type=OperationResult,
     )
     assert await asyncio.to_thread(held_commit.entered.wait, 60)
+    assert held_commit.by_the_commit_step == (revision == 0)
 
     await handle.cancel()
     held_commit.proceed.set()

@@ -2,8 +2,8 @@
 
 Each failpoint (keyturn/failpoints.py) makes the worker SIGKILL itself at one point: after
 prepare stored the pending secret, with a secret on the wire, after the target accepted the
-change, once the new secret logged in (the change had given its device slot back), and inside
-the commit transaction. The restarted worker (no failpoint) must finish the
+change, once the new secret logged in (the change had given its device slot back and committed),
+and inside the commit transaction. The restarted worker (no failpoint) must finish the
 operation so that the vault's current secret is the one the target accepts.
 """
 
@@ -24,6 +24,7 @@ from tests.faults.helpers import (
     OLD,
     assert_not_lost,
     attempts,
+    credential,
     current_secret,
     describe_attempts,
     fast_policy,
@@ -35,6 +36,7 @@ from tests.faults.helpers import (
     wait_for_attempt,
 )
 from tests.servers.sshd import Sshd, Users
+from workflows.contracts import OperationResult, operation_workflow_id
 
 DIE_WITHIN = 60.0  # the failpoint is reached within seconds of the request
 # Recovery: a workflow task lost with the worker times out after 10 s, an executor activity
@@ -96,6 +98,46 @@ async def test_a_kill_at_each_protocol_step_loses_no_credential(
         # done and asked the target nothing (no attempt of its own).
         assert retried == [], describe_attempts(rows)
         assert result.resolution == "verified: the new secret logs in", result
+
+
+async def test_a_cancel_while_the_worker_lies_dead_after_the_commit_is_too_late(
+    fault_stack: FaultStack, worker: WorkerProcess, sshd: Sshd, ssh_users: Users
+) -> None:
+    """The change committed with its verify and the worker died before answering; someone
+    cancels the operation that now seems hung. The store's outcome stands: the operation ends
+    succeeded with the cancel too late (in the store and in the workflow's result alike), and
+    the chained credential's change still starts."""
+    device = await ssh_device(fault_stack, sshd)
+    policy = await fast_policy(fault_stack)
+    target = await register_target(fault_stack, ssh_users, device["id"], policy["id"])
+    child_user = ssh_users.create(OLD)
+    child = await credential(
+        fault_stack,
+        device["id"],
+        child_user,
+        OLD,
+        policy_id=policy["id"],
+        parent_id=target.credential_id,
+    )
+    await worker.start(failpoints=[failpoints.AFTER_VERIFY])
+
+    accepted = await fault_stack.request_change(target.credential_id)
+    assert await worker.wait_dead(DIE_WITHIN) == -signal.SIGKILL
+    assert worker.fired(failpoints.AFTER_VERIFY)
+    await fault_stack.client.get_workflow_handle(accepted.workflow_id).cancel()
+    await worker.restart()
+    result = await fault_stack.result(accepted, FINISH_WITHIN)
+
+    await assert_not_lost(fault_stack, ssh_users, target, accepted, result)
+    assert result.status == "succeeded" and "too late" in result.resolution, result
+    stored = await fault_stack.operation(accepted.operation_id)
+    assert stored["status"] == "succeeded" and "too late" in stored["resolution"], stored
+    child_run = fault_stack.client.get_workflow_handle(
+        operation_workflow_id("change", child["id"]), result_type=OperationResult
+    )
+    child_result = await asyncio.wait_for(child_run.result(), FINISH_WITHIN)
+    assert child_result.status == "succeeded", child_result
+    assert await ssh_users.password_works(child_user, current_secret(fault_stack, child["id"]))
 
 
 @pytest.mark.parametrize("lasting", [False, True], ids=["brief-outage", "lasting-outage"])

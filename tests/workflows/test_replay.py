@@ -16,13 +16,16 @@ marker standing for every earlier patch; v7_tasks_* a
 task's run on two credentials and its two children; v8_* and v8_paths_* the operations and paths
 again, with the marker that stands for every patch up to the one-step departure (leave the gate
 and close the callback URLs at once) and the chained children planned by the commit (no
-plan_children step), plus a change with a chained child and that child's change. Their
+plan_children step), plus a change with a chained child and that child's change; v9_* with
+the device slots claimed in the store; v10_* started by the API naming the revision of the
+steps (no patch marker, one begin step, the commit made by the change step). Their
 payloads are encrypted with the throwaway key beside them. Replaying them against today's
 workflow proves an upgrade does not break an operation in flight.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,7 @@ from temporalio.worker import Replayer
 
 from keyturn.codec import data_converter
 from workflows.callback import CallbackWorkflow
+from workflows.contracts import OPERATION_REVISION, OperationInput
 from workflows.delayed_operation import DelayedOperationWorkflow
 from workflows.device_slots import DeviceSlotsWorkflow
 from workflows.operation import OperationWorkflow
@@ -59,5 +63,28 @@ async def test_workflows_of_earlier_releases_replay(name: str) -> None:
     key = bytes.fromhex((HISTORIES / "master_key.hex").read_text().strip())
     history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
     replayer = Replayer(workflows=WORKFLOWS, data_converter=data_converter(key))
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, result.replay_failure
+
+
+@pytest.mark.parametrize("name", ["v9_change", "v9_paths_waited_for_a_device_slot"])
+async def test_a_start_naming_the_revision_that_a_worker_of_the_earlier_release_began_replays(
+    name: str,
+) -> None:
+    """During an upgrade, the API may start an operation naming the newest revision and a worker
+    of the earlier release run it (it ignores the field): its history is that release's. A
+    worker of this release that takes it over must replay it that way (it finds the earlier
+    release's patch marker), not as a new operation (begin, where register was recorded)."""
+    key = bytes.fromhex((HISTORIES / "master_key.hex").read_text().strip())
+    converter = data_converter(key)
+    history = WorkflowHistory.from_json(f"replay-{name}", (HISTORIES / f"{name}.json").read_text())
+    started = history.events[0].workflow_execution_started_event_attributes
+    [op] = await converter.decode(list(started.input.payloads), [OperationInput])
+    assert op.revision == 0
+    renamed = await converter.encode([dataclasses.replace(op, revision=OPERATION_REVISION)])
+    del started.input.payloads[:]
+    started.input.payloads.extend(renamed)
+
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=converter)
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
     assert result.replay_failure is None, result.replay_failure
