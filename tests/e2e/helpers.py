@@ -90,6 +90,18 @@ async def wait_for_step(stack: Stack, workflow_id: str, step: str, within: float
         await asyncio.sleep(0.05)
 
 
+async def cancel_requested(stack: Stack, workflow_id: str, within: float = 20) -> None:
+    """Return once the workflow's history records the cancel request."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        async for event in stack.client.get_workflow_handle(workflow_id).fetch_history_events():
+            if event.HasField("workflow_execution_cancel_requested_event_attributes"):
+                return
+        assert loop.time() < deadline, "the cancel was not recorded"
+        await asyncio.sleep(0.05)
+
+
 async def ssh_template(stack: Stack, body: str, kind: str = "change", name: str = "") -> str:
     """Save an ssh template (a new version if ``name`` exists); its name."""
     name = name or f"ssh/test-{secrets.token_hex(4)}"

@@ -17,10 +17,12 @@ from sqlmodel import Session, col, select
 from temporalio.client import WorkflowFailureError
 
 from activities import executor_steps, store_steps
+from activities.begin import BeginActivities
 from activities.store_steps import commit_in
-from store.models import Attempt, Operation, SecretVersion
+from store.models import Attempt, DeviceSlotClaim, Operation, SecretVersion
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
+    cancel_requested,
     credential,
     current_secret,
     policy,
@@ -36,6 +38,7 @@ from workflows.contracts import (
     CommitOutcome,
     OperationInput,
     OperationResult,
+    RegisterInput,
 )
 
 OLD = "Canc3l-old-pass"
@@ -261,3 +264,62 @@ async def test_cancel_during_the_commit_is_too_late(
     assert operation["status"] == "succeeded" and "too late" in operation["resolution"]
     assert "running" not in [a["outcome"] for a in operation["attempts"]]
     assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
+
+
+async def test_a_cancel_while_the_operation_begins_stops_it_before_the_target(
+    stack: Stack, sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The begin step registered, prepared and claimed the device's slot when the cancel came
+    (its answer not yet given): the operation ends canceled with nothing sent, its pending
+    secret failed, its slot given back and its credential's gate free."""
+    user = ssh_users.create(OLD)
+    device = await ssh_device(stack, sshd, max_concurrent_operations=1)
+    cred = await credential(stack, device["id"], user, OLD)
+    began, proceed = threading.Event(), threading.Event()
+    original = BeginActivities._begin
+
+    def held(self: BeginActivities, request: RegisterInput) -> Any:
+        answer = original(self, request)
+        began.set()
+        assert proceed.wait(60)
+        return answer
+
+    monkeypatch.setattr(BeginActivities, "_begin", held)
+    handle = await stack.client.start_workflow(
+        WORKFLOW_NAME,
+        OperationInput(
+            credential_id=cred["id"],
+            kind="change",
+            device_id=device["id"],
+            revision=OPERATION_REVISION,
+        ),
+        id=f"held-begin-{secrets.token_hex(4)}",
+        task_queue=stack.settings.task_queue,
+        result_type=OperationResult,
+    )
+    try:
+        assert await asyncio.to_thread(began.wait, 60)
+        await handle.cancel()
+        # The cancel is in the history before the begin step's answer is.
+        await cancel_requested(stack, handle.id)
+    finally:
+        proceed.set()
+    with pytest.raises(WorkflowFailureError):  # it ends canceled
+        await handle.result()
+    monkeypatch.undo()
+
+    with Session(stack.engine) as db:
+        operation = db.exec(select(Operation).where(col(Operation.workflow_id) == handle.id)).one()
+        pending = db.get(SecretVersion, operation.pending_version_id)
+        tried = db.exec(select(Attempt).where(col(Attempt.operation_id) == operation.id)).all()
+        claims = db.exec(
+            select(DeviceSlotClaim).where(col(DeviceSlotClaim.device_id) == device["id"])
+        ).all()
+    assert operation.status == "canceled", operation
+    assert "nothing was sent" in (operation.resolution or ""), operation.resolution
+    assert pending is not None and pending.state == "failed", pending
+    assert tried == [] and claims == [], (tried, claims)
+    assert await ssh_users.password_works(user, OLD)
+    async with asyncio.timeout(60):  # it would queue for ever behind an operation at the gate
+        changed = await stack.run_operation(cred["id"])
+    assert changed["status"] == "succeeded", changed

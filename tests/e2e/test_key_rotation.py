@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import secrets
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,7 +31,13 @@ from store.vault import Vault
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import credential, current_secret, ssh_device
 from tests.servers.sshd import Sshd, Users
-from workflows.contracts import CommitInput, CommitOutcome
+from workflows.contracts import (
+    WORKFLOW_NAME,
+    CommitInput,
+    CommitOutcome,
+    OperationInput,
+    OperationResult,
+)
 
 OLD = "R0tate-old-pass"
 
@@ -81,8 +88,14 @@ async def test_a_rotation_mid_operation_leaves_it_complete_and_no_secret_under_t
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
     cred = await credential(stack, device["id"], user, OLD)
-    accepted = await stack.post(
-        f"/v1/credentials/{cred['id']}/operations", {"kind": "change"}, expect=202
+    # Started with the Temporal client alone (naming no revision), the operation commits in
+    # a step of its own, which the test holds outside any store transaction.
+    handle = await stack.client.start_workflow(
+        WORKFLOW_NAME,
+        OperationInput(credential_id=cred["id"], kind="change"),
+        id=f"rotate-mid-operation-{secrets.token_hex(4)}",
+        task_queue=stack.settings.task_queue,
+        result_type=OperationResult,
     )
     # The target has the new secret; the commit waits: the operation is mid-flight.
     assert await asyncio.to_thread(_HeldCommit.entered.wait, 60)
@@ -96,11 +109,10 @@ async def test_a_rotation_mid_operation_leaves_it_complete_and_no_secret_under_t
         await forget_old_keys(stack.settings, stack.client)
     assert keyfile.read_text() == rotated and len(rotated.split()) == 2
     _HeldCommit.proceed.set()
-    handle = stack.client.get_workflow_handle(accepted["workflow_id"])
-    await handle.result()
+    result = await handle.result()
 
     assert rotation.keys == 2 and rotation.reencrypted == 2  # the old current and the pending
-    done = await stack.get(f"/v1/operations/{accepted['operation_id']}")
+    done = await stack.get(f"/v1/operations/{result.operation_id}")
     assert done["status"] == "succeeded", done
     new_password = current_secret(stack, cred["id"])  # decrypted with the new key alone
     assert new_password != OLD and await ssh_users.password_works(user, new_password)

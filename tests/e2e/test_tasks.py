@@ -33,6 +33,7 @@ from store.models import (
 )
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import (
+    cancel_requested,
     credential,
     current_secret,
     policy,
@@ -783,7 +784,7 @@ async def test_a_target_canceled_while_it_registers_leaves_its_credential_free(
             assert await asyncio.to_thread(_HeldRegister.registered.wait, 30)
             await handle.cancel()
             # The cancel is in the workflow's history before register's answer is.
-            await _cancel_requested(stack, handle.id)
+            await cancel_requested(stack, handle.id)
         finally:
             _HeldRegister.proceed.set()
         with pytest.raises(WorkflowFailureError):  # it ends canceled
@@ -795,17 +796,6 @@ async def test_a_target_canceled_while_it_registers_leaves_its_credential_free(
     async with asyncio.timeout(30):  # it would queue for ever behind a target still at the gate
         changed = await stack.run_operation(cred)
     assert changed["status"] == "succeeded", changed
-
-
-async def _cancel_requested(stack: Stack, workflow_id: str, within: float = 20) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        async for event in stack.client.get_workflow_handle(workflow_id).fetch_history_events():
-            if event.HasField("workflow_execution_cancel_requested_event_attributes"):
-                return
-        assert loop.time() < deadline, "the cancel was not recorded"
-        await asyncio.sleep(0.05)
 
 
 class _HeldBegin(TaskStoreActivities):
@@ -843,7 +833,7 @@ async def test_a_run_canceled_as_it_begins_ends_canceled(
             assert await asyncio.to_thread(_HeldBegin.begun.wait, 30)
             canceled = await stack.api.post(f"{path}/cancel")
             assert canceled.status_code == 202, canceled.text
-            await _cancel_requested(stack, requested.workflow_id)
+            await cancel_requested(stack, requested.workflow_id)
         finally:
             _HeldBegin.proceed.set()
         with pytest.raises(WorkflowFailureError):  # it ends canceled

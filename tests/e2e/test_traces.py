@@ -103,8 +103,8 @@ async def test_an_operation_is_a_trace(
     wanted = {
         "StartWorkflow:KeyturnOperation",
         "RunWorkflow:KeyturnOperation",
-        "RunActivity:keyturn.change",  # the attempt at the target (it verifies, too)
-        "RunActivity:keyturn.commit",
+        "RunActivity:keyturn.begin",  # register, prepare and the device slot, in one step
+        "RunActivity:keyturn.change",  # the attempt at the target (it verifies and commits)
     }
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
