@@ -154,7 +154,9 @@ class OperationWorkflow:
         self._committed: CommitOutcome | None = None  # what the change step's own commit said
         self._late_cancel = False
         self._kind = ""  # the operation's kind, once it runs
-        self._revision = 0  # OperationInput.revision, 0 if an earlier release began the run
+        # The starter named this revision and no earlier release began the run: the operation
+        # begins in one step and its change step commits (OperationInput.revision).
+        self._newest = False
 
     @workflow.query
     def status(self) -> dict[str, str | None]:
@@ -177,12 +179,12 @@ class OperationWorkflow:
         self._slots.granted(token)
 
     @staticmethod
-    def _begun_by_an_earlier_release(op: OperationInput) -> bool:
+    def _begun_by_an_earlier_release() -> bool:
         """Whether a start that names a revision was nevertheless begun by a worker of an
         earlier release (during an upgrade: it ignores the field and records its patch marker
         first). Only a replay can tell, by that marker; a first run records none, so its
         replays find none either."""
-        if op.revision < OPERATION_REVISION or not workflow.unsafe.is_replaying():
+        if not workflow.unsafe.is_replaying():
             return False
         return workflow.patched(ALL_PATCHES_OF_2026_12) or workflow.patched(ALL_PATCHES_OF_2026_11)
 
@@ -196,8 +198,8 @@ class OperationWorkflow:
         # Asked first, in the first workflow task: a history recorded before the marker existed
         # has none here, and replays each patch's own marker below.
         # A new run records only the newest marker; a history has at most one of the two.
-        self._revision = op.revision if not self._begun_by_an_earlier_release(op) else 0
-        if self._revision >= OPERATION_REVISION:
+        self._newest = op.revision >= OPERATION_REVISION and not self._begun_by_an_earlier_release()
+        if self._newest:
             # Its starter asked for this revision (the start input is in the history): every
             # patch applies, and no marker is needed to say so.
             self._departs_at_once = self._all_patches = True
@@ -226,7 +228,7 @@ class OperationWorkflow:
             beginning = await self._begin(op, registration)
         except asyncio.CancelledError:
             # Canceled while registering: the row may exist; record it and leave the queue.
-            if self._revision >= OPERATION_REVISION:
+            if self._newest:
                 await self._canceled_while_beginning(op)
             else:
                 with contextlib.suppress(ActivityError):  # no row: nothing to record
@@ -289,7 +291,7 @@ class OperationWorkflow:
     async def _begin(self, op: OperationInput, registration: RegisterInput) -> Beginning:
         """Register; in this revision, also prepare and claim the first slot if the operation
         holds its credential's gate (one step: steps.begin)."""
-        if self._revision >= OPERATION_REVISION:
+        if self._newest:
             return await self._call(steps.begin, registration)
         return Beginning(await self._call(steps.register, registration))
 
@@ -299,7 +301,7 @@ class OperationWorkflow:
         step = StepInput(self._operation_id, via_reconcile=op.kind == "reconcile")
         if admission.queued:
             try:
-                if self._revision >= OPERATION_REVISION:
+                if self._newest:
                     self._raise_if_canceled()  # asked for while the begin step ran
                 await self._wait_for_turn(admission)
             except asyncio.CancelledError:
@@ -392,7 +394,7 @@ class OperationWorkflow:
                 return await self._try_chosen(step, plan)
             if op.kind in SWITCH_KINDS:
                 return await self._switch(op.kind, step, plan)
-            finish = await self._change(step, plan, commit_too=self._revision >= OPERATION_REVISION)
+            finish = await self._change(step, plan, commit_too=self._newest)
             if (
                 finish is not None
                 and finish.error_type == FailureKind.AUTHENTICATION_FAILED
@@ -818,7 +820,7 @@ class OperationWorkflow:
         attempt = 0
         while True:
             attempt += 1
-            if self._revision >= OPERATION_REVISION:
+            if self._newest:
                 # A cancel asked for while a store step ran that then completed is raised here,
                 # before the target is touched (earlier releases ran the step first).
                 self._raise_if_canceled()
