@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -42,11 +42,11 @@ from executors.base import (
     redact,
 )
 from keyturn import failpoints
-from store import audit, device_slots, lockout
+from store import attempts, audit, device_slots, lockout
 from store.engine import session_scope
-from store.jobs import Job, load_job
+from store.jobs import Job, job_in
 from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
-from store.models import Attempt, Device, DeviceSlotClaim, Operation, OperationStatus, utcnow
+from store.models import Device, DeviceSlotClaim, Operation, OperationStatus
 from store.queries import get_or_raise
 from store.vault import Vault
 from store.versions import seen_working
@@ -87,6 +87,10 @@ class _AttemptWrites:
     # The commit to make with the attempt (a verified change), and, once made, its outcome.
     commit: CommitInput | None = None
     committed: CommitOutcome | None = None
+    # The attempt to open with this one's record (operation, step, number: the verify that
+    # follows a change), and, once open, its id.
+    then_open: tuple[str, str, int] | None = None
+    opened: str | None = None
 
     def apply(self, session: Session) -> None:
         """Write what is waiting, in ``session``'s transaction, and forget it."""
@@ -98,7 +102,10 @@ class _AttemptWrites:
             self.handed = device_slots.release(session, self.slot.device_id, self.slot.token) or []
         if self.commit is not None:
             self.committed = commit_in(session, self.commit)
+        if self.then_open is not None:
+            self.opened = attempts.open_attempt(session, *self.then_open)
         self.settlements, self.seen_working, self.slot, self.commit = [], [], None, None
+        self.then_open = None
 
 
 # The running attempt's writes (set by ExecutorActivities._recorded around the attempt's body).
@@ -132,6 +139,15 @@ async def _heartbeating() -> AsyncIterator[None]:
 
 class _AlreadyCommitted(Exception):
     """A change step run again after it committed (its answer was lost)."""
+
+
+class _LoadFailed(Exception):
+    """Loading a step's job failed for a reason other than its configuration (a bug, the
+    store): the attempt is recorded as an internal error in a transaction of its own."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        super().__init__(detail)
+        self.step, self.detail = step, detail
 
 
 def _attempt_number(step: StepInput) -> int:
@@ -174,9 +190,11 @@ class ExecutorActivities:
         executor = get_executor(job.device.executor)
         pending_account = Account(job.credential.username, job.pending_password or "")
 
+        change_writes: list[_AttemptWrites] = []  # the change attempt's, once it succeeded
+
         async def attempt() -> tuple[str, ChangeOutcome]:
             try:
-                return await attempt_once()
+                answer = await attempt_once()
             except (
                 ConnectFailed,
                 AuthenticationFailed,
@@ -189,6 +207,12 @@ class ExecutorActivities:
                 # nothing about that, so the outcome stays unknown and the workflow must probe
                 # (never conclude "nothing was sent" and fail the pending secret).
                 raise _may_have_applied(exc) from None
+            if step.verify_after_change:
+                # The verify's attempt is opened with this one's record: one transaction less.
+                mine = _attempt_writes()
+                mine.then_open = (step.operation_id, "verify", 1)
+                change_writes.append(mine)
+            return answer
 
         async def attempt_once() -> tuple[str, ChangeOutcome]:
             # A retry after an attempt that may have reached the target first asks whether the
@@ -210,14 +234,21 @@ class ExecutorActivities:
             await self._pin_learned_key(job, result.learned_host_key)
             return result.transcript, ChangeOutcome(already_applied=False)
 
-        outcome = await self._recorded(job, attempt_id, attempt, may_have_sent=may_have_sent)
+        try:
+            outcome = await self._recorded(job, attempt_id, attempt, may_have_sent=may_have_sent)
+        except asyncio.CancelledError:
+            # Canceled while the change's record was written: the verify it opened never runs.
+            if change_writes and change_writes[0].opened is not None:
+                await asyncio.shield(asyncio.to_thread(self._never_ran, change_writes[0].opened))
+            raise
         failpoints.reach(failpoints.AFTER_CHANGE)
         if not step.verify_after_change:
             return outcome
         writes: list[_AttemptWrites] = []  # the verify attempt's, once it ran
         # A change found already applied is committed by the workflow: its resolution says so.
         commit = None if outcome.already_applied else step.commit
-        verified = await self._verify_pending(job, step, pending_account, writes, commit)
+        opened = change_writes[0].opened if change_writes else None
+        verified = await self._verify_pending(job, step, pending_account, writes, commit, opened)
         committed = writes[0].committed if writes else None
         outcome = dataclasses.replace(outcome, verified=verified, committed=committed)
         handed = writes[0].handed if writes else None
@@ -248,16 +279,21 @@ class ExecutorActivities:
         account: Account,
         writes: list[_AttemptWrites],
         commit: CommitInput | None,
+        attempt_id: str | None,
     ) -> bool | None:
         """The verify step, right after the change, with the job already loaded: a fresh login
         with the new secret running the verify template, charged and recorded like any other.
         None when it could not say (unreachable, budget spent…): the workflow probes. Once the
         new secret logs in, the step's device slot is given back and ``commit`` made with the
         attempt's record (``writes`` gets the attempt's writes, which then name who was handed
-        the slot and what the commit answered)."""
+        the slot and what the commit answered). ``attempt_id``: its attempt, opened with the
+        change's record, if it was."""
         executor = get_executor(job.device.executor)
-        # The operation's first verify, whichever change attempt it follows.
-        attempt_id = await asyncio.to_thread(self._start_attempt, step.operation_id, "verify", 1)
+        if attempt_id is None:
+            # The operation's first verify, whichever change attempt it follows.
+            attempt_id = await asyncio.to_thread(
+                self._start_attempt, step.operation_id, "verify", 1
+            )
 
         async def attempt() -> tuple[str, bool]:
             request = LoginRequest(job.target, account, job.verify_template, job.context())
@@ -392,53 +428,60 @@ class ExecutorActivities:
                 pause = min(pause * 2, 1.0)
 
     def _begin(self, step_input: StepInput, step: str | None, number: int) -> tuple[Job, str, bool]:
-        """Open the attempt row and load the job, in one trip to the store's thread pool.
+        """Open the attempt row and load the job, in one transaction.
 
         Also answers, for a retried change, whether the previous attempt may have reached the
         target. A probe is recorded as "verify" within a change, "probe" in a verify operation.
-        The attempt is opened first so that a job that cannot be loaded is recorded too: a
-        ConfigurationError as such (not retried), anything else as an internal error. Before
-        a retry of a change that may have reached the target, it is OutcomeUnknown instead:
-        "nothing was sent" would fail a pending secret that may be live.
+        A job that cannot be loaded is recorded too: a ConfigurationError as such (not
+        retried), anything else as an internal error. Before a retry of a change that may have
+        reached the target, it is OutcomeUnknown instead: "nothing was sent" would fail a
+        pending secret that may be live.
         """
         operation_id = step_input.operation_id
-        with Session(self._engine) as session:
-            operation = get_or_raise(session, Operation, operation_id)
-            kind = operation.kind
-            if step == "change" and operation.status == OperationStatus.SUCCEEDED:
-                raise _AlreadyCommitted()
-        step = step or ("probe" if kind == "verify" else "verify")
-        may_have_sent = (
-            step == "change" and number > 1 and self._previous_may_have_sent(operation_id, number)
-        )
-        attempt_id = self._start_attempt(operation_id, step, number)
         try:
-            job = load_job(
-                self._engine,
-                self._vault,
-                operation_id,
-                step_input.via_reconcile,
-                for_change=step == "change",
-            )
-        except ExecutorError as exc:  # ConfigurationError (an executor's check_target may say more)
-            error: ExecutorError = _may_have_applied(exc) if may_have_sent else exc
-            self._finish_attempt(attempt_id, error.kind, str(error), "")
-            raise _failure(error, ()) from None
-        except Exception as exc:
-            detail = f"{type(exc).__name__}: {exc}"
-            self._finish_attempt(attempt_id, "error", detail, "")
-            raise ApplicationError(detail, type="InternalError") from None
-        if job.insecure_transport is not None:
             with session_scope(self._engine) as session:
-                audit.record_once(
-                    session,
-                    "transport.insecure_allowed",
-                    operation_id=operation_id,
-                    credential_id=job.credential.id,
-                    device_id=job.device.id,
-                    reason=job.insecure_transport,
+                operation = get_or_raise(session, Operation, operation_id)
+                if step == "change" and operation.status == OperationStatus.SUCCEEDED:
+                    raise _AlreadyCommitted()
+                step = step or ("probe" if operation.kind == "verify" else "verify")
+                may_have_sent = (
+                    step == "change"
+                    and number > 1
+                    and attempts.earlier_may_have_sent(session, operation_id, number)
                 )
-        return job, attempt_id, may_have_sent
+                attempt_id = attempts.open_attempt(session, operation_id, step, number)
+                try:
+                    job = job_in(
+                        session,
+                        self._vault,
+                        operation_id,
+                        step_input.via_reconcile,
+                        for_change=step == "change",
+                    )
+                except ExecutorError as exc:  # ConfigurationError (check_target may say more)
+                    error: ExecutorError = _may_have_applied(exc) if may_have_sent else exc
+                    attempts.finish_attempt(session, attempt_id, error.kind, str(error), "")
+                    refused = _failure(error, ())
+                except Exception as exc:
+                    raise _LoadFailed(step, f"{type(exc).__name__}: {exc}") from exc
+                else:
+                    if job.insecure_transport is not None:
+                        audit.record_once(
+                            session,
+                            "transport.insecure_allowed",
+                            operation_id=operation_id,
+                            credential_id=job.credential.id,
+                            device_id=job.device.id,
+                            reason=job.insecure_transport,
+                        )
+                    return job, attempt_id, may_have_sent
+        except _LoadFailed as failed:
+            # Not a refusal of the job: its transaction is rolled back; record the attempt alone.
+            with session_scope(self._engine) as session:
+                attempt_id = attempts.open_attempt(session, operation_id, failed.step, number)
+                attempts.finish_attempt(session, attempt_id, "error", failed.detail, "")
+            raise ApplicationError(failed.detail, type="InternalError") from None
+        raise refused
 
     async def _recorded(
         self,
@@ -494,6 +537,10 @@ class ExecutorActivities:
             await asyncio.shield(recording)
         except asyncio.CancelledError:
             if writes.committed is None and writes.commit is None:
+                if writes.then_open is not None or writes.opened is not None:
+                    # The record opens the next attempt: wait for its id, so the caller can
+                    # say that attempt never ran.
+                    await recording
                 raise
             # A cancel reached the step while the record of its verify was written with the
             # commit: that transaction goes on in its thread, so the answer must say whether it
@@ -503,21 +550,12 @@ class ExecutorActivities:
 
     def _start_attempt(self, operation_id: str, step: str, number: int) -> str:
         with session_scope(self._engine) as session:
-            # An earlier attempt still "running" was cut off by a lost worker: say so.
-            for lost in session.exec(
-                select(Attempt).where(
-                    Attempt.operation_id == operation_id,
-                    Attempt.step == step,
-                    Attempt.outcome == "running",
-                )
-            ):
-                lost.outcome = "WorkerLost"
-                lost.detail = "the worker running this attempt stopped before it finished"
-                lost.finished_at = utcnow()
-                session.add(lost)
-            attempt = Attempt(operation_id=operation_id, step=step, number=number)
-            session.add(attempt)
-            return attempt.id
+            return attempts.open_attempt(session, operation_id, step, number)
+
+    def _never_ran(self, attempt_id: str) -> None:
+        self._finish_attempt(
+            attempt_id, "canceled", "the operation was canceled before this attempt ran", ""
+        )
 
     def _finish_attempt(
         self,
@@ -531,45 +569,11 @@ class ExecutorActivities:
         with session_scope(self._engine) as session:
             if writes is not None:
                 writes.apply(session)
-            attempt = session.get(Attempt, attempt_id)
-            assert attempt is not None
-            attempt.outcome = outcome
-            attempt.detail = detail
-            attempt.transcript = transcript
-            attempt.finished_at = utcnow()
-            session.add(attempt)
-            # The outcome's kind only: a target's message stays in the attempt's detail.
-            audit.record(
-                session,
-                f"attempt.{attempt.step}",
-                operation_id=attempt.operation_id,
-                outcome="succeeded" if outcome == "succeeded" else "failed",
-                number=attempt.number,
-                result=outcome,
-                **(
-                    {
-                        "credential_id": job.credential.id,
-                        "device_id": job.device.id,
-                        "principal": job.operation.requested_by or audit.KEYTURN,
-                    }
-                    if job is not None
-                    else {}
-                ),
-            )
-
-    def _previous_may_have_sent(self, operation_id: str, number: int) -> bool:
-        """False only when every earlier attempt provably never reached the target.
-
-        Not just the latest: after an attempt that changed the secret and died unrecorded, a
-        ConnectFailed retry proves nothing about the attempt before it."""
-        with Session(self._engine) as session:
-            outcomes = session.exec(
-                select(Attempt.outcome)
-                .where(Attempt.operation_id == operation_id, Attempt.step == "change")
-                .where(Attempt.number < number)
-            ).all()
-        # Fewer rows than earlier attempts: one died before recording itself; assume the worst.
-        return len(outcomes) < number - 1 or any(o != ConnectFailed.kind for o in outcomes)
+            whose = None
+            if job is not None:
+                principal = job.operation.requested_by or audit.KEYTURN
+                whose = attempts.Whose(job.credential.id, job.device.id, principal)
+            attempts.finish_attempt(session, attempt_id, outcome, detail, transcript, whose)
 
     async def _seen_working(self, job: Job, version_id: str | None) -> None:
         if version_id:

@@ -155,129 +155,131 @@ def target_for(device: Device, policy: Policy) -> Target:
     )
 
 
-def load_job(
-    engine: Engine,
+def job_in(
+    session: Session,
     vault: Vault,
     operation_id: str,
     via_reconcile: bool = False,
     *,
     for_change: bool = True,
 ) -> Job:
-    """Everything one executor call needs. ``via_reconcile``: connect with the credential's
-    reconcile credential and run the executor's privileged change template, to take control
-    of an account whose current secret no longer works. ``for_change``: load (and check) the
-    change template and the connecting account too, not only what a login check needs.
+    """Everything one executor call needs, read in ``session``'s transaction, which also
+    records the secrets read (the step opens its attempt in the same one: one trip to the
+    store). ``via_reconcile``: connect with the credential's reconcile credential and run the
+    executor's privileged change template, to take control of an account whose current secret
+    no longer works. ``for_change``: load (and check) the change template and the connecting
+    account too, not only what a login check needs.
 
     Raises ConfigurationError for anything that cannot work (see the module docstring)."""
-    with Session(engine, expire_on_commit=False) as session:
-        operation = get_or_raise(session, Operation, operation_id)
-        credential = get_or_raise(session, Credential, operation.on_credential)
-        if credential.secret_type == SSH_KEY:
-            # A key probe may finish or undo a change (activities/key_steps.py): it needs the
-            # key templates and the account that runs them, like the change.
-            for_change = True
-        device = get_or_raise(session, Device, credential.device_id)
-        policy = policy_for(session, credential)
-        executor = _executor(device)
-        target = target_for(device, policy)
-        check_target(executor, target)  # refuses an insecure channel the device does not allow
-        insecure = insecure_transport(executor, target)
-        current = Vault.current(session, credential.id)
-        if current is None:
-            raise _problem(
-                device,
-                "secret",
-                f"credential {credential.id} ({credential.username!r}) has no current secret: "
-                "give it one (create the credential again with its password)",
-            )
-        pending = (
-            session.get(SecretVersion, operation.pending_version_id)
-            if operation.pending_version_id
-            else None
+    operation = get_or_raise(session, Operation, operation_id)
+    credential = get_or_raise(session, Credential, operation.on_credential)
+    if credential.secret_type == SSH_KEY:
+        # A key probe may finish or undo a change (activities/key_steps.py): it needs the
+        # key templates and the account that runs them, like the change.
+        for_change = True
+    device = get_or_raise(session, Device, credential.device_id)
+    policy = policy_for(session, credential)
+    executor = _executor(device)
+    target = target_for(device, policy)
+    check_target(executor, target)  # refuses an insecure channel the device does not allow
+    insecure = insecure_transport(executor, target)
+    current = Vault.current(session, credential.id)
+    if current is None:
+        raise _problem(
+            device,
+            "secret",
+            f"credential {credential.id} ({credential.username!r}) has no current secret: "
+            "give it one (create the credential again with its password)",
         )
-        rows = (device, credential, operation)
-        verify_body = _template_body(
-            session, executor, rows, "verify_template", credential.verify_template, "verify"
+    pending = (
+        session.get(SecretVersion, operation.pending_version_id)
+        if operation.pending_version_id
+        else None
+    )
+    rows = (device, credential, operation)
+    verify_body = _template_body(
+        session, executor, rows, "verify_template", credential.verify_template, "verify"
+    )
+    change_body = ""
+    auth_account = None
+    key_devices: tuple[KeyDevice, ...] = ()
+    if credential.secret_type == SSH_KEY:
+        key_devices = _key_devices(
+            session, executor, rows, policy, for_change=for_change, via_reconcile=via_reconcile
         )
-        change_body = ""
-        auth_account = None
-        key_devices: tuple[KeyDevice, ...] = ()
-        if credential.secret_type == SSH_KEY:
-            key_devices = _key_devices(
-                session, executor, rows, policy, for_change=for_change, via_reconcile=via_reconcile
-            )
-        if for_change:
-            change_name, field = credential.change_template, "change_template"
-            privileged_id, role = credential.auth_credential_id, "auth_credential_id"
-            if operation.kind in LIFECYCLE_KINDS:
-                change_name, field = lifecycle_template(executor, credential, operation.kind)
-                if privileged_id is None:
-                    raise _problem(
-                        device,
-                        "auth_credential_id",
-                        f"credential {credential.id} ({credential.username!r}) has no "
-                        f"auth_credential_id: {operation.kind} runs through a privileged account "
-                        "on the same device; set one",
-                    )
-            elif via_reconcile:
-                if credential.reconcile_credential_id is None:
-                    raise _problem(
-                        device,
-                        "reconcile",
-                        f"credential {credential.id} ({credential.username!r}) has no "
-                        "reconcile_credential_id: set one (a privileged account on the same "
-                        f"device) with PATCH /v1/credentials/{credential.id} to reconcile it",
-                    )
-                privileged_id, role = credential.reconcile_credential_id, "reconcile_credential_id"
-                admin_kind = "key-install" if credential.secret_type == SSH_KEY else "change"
-                change_name = executor.default_templates.get(f"{admin_kind}-as-admin", "")
-                field = "change-as-admin template"
-                if not change_name:
-                    raise _problem(
-                        device,
-                        "reconcile",
-                        f"executor {device.executor!r} names no change-as-admin template, so "
-                        f"credential {credential.id} ({credential.username!r}) cannot be "
-                        "reconciled",
-                    )
+    if for_change:
+        change_name, field = credential.change_template, "change_template"
+        privileged_id, role = credential.auth_credential_id, "auth_credential_id"
+        if operation.kind in LIFECYCLE_KINDS:
+            change_name, field = lifecycle_template(executor, credential, operation.kind)
+            if privileged_id is None:
+                raise _problem(
+                    device,
+                    "auth_credential_id",
+                    f"credential {credential.id} ({credential.username!r}) has no "
+                    f"auth_credential_id: {operation.kind} runs through a privileged account "
+                    "on the same device; set one",
+                )
+        elif via_reconcile:
+            if credential.reconcile_credential_id is None:
+                raise _problem(
+                    device,
+                    "reconcile",
+                    f"credential {credential.id} ({credential.username!r}) has no "
+                    "reconcile_credential_id: set one (a privileged account on the same "
+                    f"device) with PATCH /v1/credentials/{credential.id} to reconcile it",
+                )
+            privileged_id, role = credential.reconcile_credential_id, "reconcile_credential_id"
+            admin_kind = "key-install" if credential.secret_type == SSH_KEY else "change"
+            change_name = executor.default_templates.get(f"{admin_kind}-as-admin", "")
+            field = "change-as-admin template"
             if not change_name:
                 raise _problem(
                     device,
-                    field,
-                    f"executor {device.executor!r} ships no {operation.kind} template: name "
-                    f"one in credential {credential.id}'s lifecycle_templates",
+                    "reconcile",
+                    f"executor {device.executor!r} names no change-as-admin template, so "
+                    f"credential {credential.id} ({credential.username!r}) cannot be "
+                    "reconciled",
                 )
-            if operation.kind in LIFECYCLE_KINDS:
-                change_kind = operation.kind
-            elif credential.secret_type == SSH_KEY:
-                change_kind = "key-install"
-            else:
-                change_kind = "change"
-            change_body = _template_body(session, executor, rows, field, change_name, change_kind)
-            if privileged_id:
-                auth_account = _account(session, vault, device, credential, role, privileged_id)
-        _record_secret_read(
-            engine,
-            operation,
-            [v.id for v in (current, pending) if v is not None],
-            auth_account is not None,
-            "change" if for_change else "login check",
-        )
-        return Job(
-            operation=operation,
-            credential=credential,
-            device=device,
-            policy=policy,
-            target=target,
-            change_template=change_body,
-            verify_template=verify_body,
-            current_password=vault.reveal(current),
-            pending_password=vault.reveal(pending) if pending else None,
-            auth_account=auth_account,
-            current_version_id=current.id,
-            insecure_transport=insecure,
-            key_devices=key_devices,
-        )
+        if not change_name:
+            raise _problem(
+                device,
+                field,
+                f"executor {device.executor!r} ships no {operation.kind} template: name "
+                f"one in credential {credential.id}'s lifecycle_templates",
+            )
+        if operation.kind in LIFECYCLE_KINDS:
+            change_kind = operation.kind
+        elif credential.secret_type == SSH_KEY:
+            change_kind = "key-install"
+        else:
+            change_kind = "change"
+        change_body = _template_body(session, executor, rows, field, change_name, change_kind)
+        if privileged_id:
+            auth_account = _account(session, vault, device, credential, role, privileged_id)
+    _record_secret_read(
+        session,
+        operation,
+        device,
+        [v.id for v in (current, pending) if v is not None],
+        auth_account is not None,
+        "change" if for_change else "login check",
+    )
+    return Job(
+        operation=operation,
+        credential=credential,
+        device=device,
+        policy=policy,
+        target=target,
+        change_template=change_body,
+        verify_template=verify_body,
+        current_password=vault.reveal(current),
+        pending_password=vault.reveal(pending) if pending else None,
+        auth_account=auth_account,
+        current_version_id=current.id,
+        insecure_transport=insecure,
+        key_devices=key_devices,
+    )
 
 
 def load_task_job(
@@ -287,7 +289,7 @@ def load_task_job(
     template, the version its run's parameters were checked against; the account is the
     credential's own, with its current secret) and the run's parameters, checked when the
     run was requested. ConfigurationError for anything that cannot work, as for a change."""
-    with Session(engine, expire_on_commit=False) as session:
+    with session_scope(engine) as session:
         operation = get_or_raise(session, Operation, operation_id)
         credential = get_or_raise(session, Credential, operation.on_credential)
         device = get_or_raise(session, Device, credential.device_id)
@@ -318,7 +320,7 @@ def load_task_job(
         body = _template_body(
             session, executor, rows, "template", task.template, TASK_KIND, version
         )
-        _record_secret_read(engine, operation, [current.id], False, "task")
+        _record_secret_read(session, operation, device, [current.id], False, "task")
         job = Job(
             operation=operation,
             credential=credential,
@@ -337,19 +339,25 @@ def load_task_job(
 
 
 def _record_secret_read(
-    engine: Engine, operation: Operation, version_ids: list[str], privileged: bool, purpose: str
+    session: Session,
+    operation: Operation,
+    device: Device,
+    version_ids: list[str],
+    privileged: bool,
+    purpose: str,
 ) -> None:
     """Every decryption of a secret is an audit event: which versions, for which step."""
-    with session_scope(engine) as session:
-        audit.record(
-            session,
-            "secret.read",
-            operation_id=operation.id,
-            credential_id=operation.credential_id,
-            version_ids=version_ids,
-            privileged_account=privileged,
-            purpose=purpose,
-        )
+    audit.record(
+        session,
+        "secret.read",
+        operation_id=operation.id,
+        credential_id=operation.credential_id,
+        device_id=device.id,
+        principal=operation.requested_by or audit.KEYTURN,
+        version_ids=version_ids,
+        privileged_account=privileged,
+        purpose=purpose,
+    )
 
 
 def _problem(device: Device, step: str, cause: str) -> ConfigurationError:

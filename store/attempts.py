@@ -1,0 +1,93 @@
+"""An operation's attempts: one row per executor call (change, verify, probe, task), opened
+before the call and finished with its outcome and redacted transcript, each finish an audit
+event. In the caller's transaction: a step opens its attempt in the one that loads its job, and
+a change that verifies finishes its change attempt in the one that opens the verify's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlmodel import Session, select
+
+from executors.base import ConnectFailed
+from store import audit
+from store.models import Attempt, utcnow
+
+
+@dataclass(frozen=True)
+class Whose:
+    """The ids an attempt's audit event names, when the caller has them (the loaded job): they
+    spare the event's lookups."""
+
+    credential_id: str
+    device_id: str
+    principal: str
+
+
+def open_attempt(session: Session, operation_id: str, step: str, number: int) -> str:
+    """A running attempt; an earlier one of the step still running was cut off by a lost
+    worker, and says so."""
+    for lost in session.exec(
+        select(Attempt).where(
+            Attempt.operation_id == operation_id,
+            Attempt.step == step,
+            Attempt.outcome == "running",
+        )
+    ):
+        lost.outcome = "WorkerLost"
+        lost.detail = "the worker running this attempt stopped before it finished"
+        lost.finished_at = utcnow()
+        session.add(lost)
+    attempt = Attempt(operation_id=operation_id, step=step, number=number)
+    session.add(attempt)
+    return attempt.id
+
+
+def finish_attempt(
+    session: Session,
+    attempt_id: str,
+    outcome: str,
+    detail: str | None,
+    transcript: str,
+    whose: Whose | None = None,
+) -> None:
+    attempt = session.get(Attempt, attempt_id)
+    assert attempt is not None
+    attempt.outcome = outcome
+    attempt.detail = detail
+    attempt.transcript = transcript
+    attempt.finished_at = utcnow()
+    session.add(attempt)
+    # The outcome's kind only: a target's message stays in the attempt's detail.
+    audit.record(
+        session,
+        f"attempt.{attempt.step}",
+        operation_id=attempt.operation_id,
+        outcome="succeeded" if outcome == "succeeded" else "failed",
+        number=attempt.number,
+        result=outcome,
+        **(
+            {
+                "credential_id": whose.credential_id,
+                "device_id": whose.device_id,
+                "principal": whose.principal,
+            }
+            if whose is not None
+            else {}
+        ),
+    )
+
+
+def earlier_may_have_sent(session: Session, operation_id: str, number: int) -> bool:
+    """Whether a change attempt before ``number`` may have reached the target: False only when
+    every earlier attempt provably never did.
+
+    Not just the latest: after an attempt that changed the secret and died unrecorded, a
+    ConnectFailed retry proves nothing about the attempt before it."""
+    outcomes = session.exec(
+        select(Attempt.outcome)
+        .where(Attempt.operation_id == operation_id, Attempt.step == "change")
+        .where(Attempt.number < number)
+    ).all()
+    # Fewer rows than earlier attempts: one died before recording itself; assume the worst.
+    return len(outcomes) < number - 1 or any(o != ConnectFailed.kind for o in outcomes)
