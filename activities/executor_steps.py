@@ -21,7 +21,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.key_steps import KeySteps
 from activities.slot_grants import tell_granted
@@ -42,7 +42,7 @@ from executors.base import (
     redact,
 )
 from keyturn import failpoints
-from store import attempts, audit, device_slots, lockout
+from store import attempts, audit, device_slots, gate, lockout
 from store.engine import session_scope
 from store.jobs import Job, job_in
 from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
@@ -58,15 +58,26 @@ from workflows.contracts import (
     ChangeOutcome,
     CommitInput,
     CommitOutcome,
+    Departure,
     ProbeOutcome,
     SlotRelease,
     StepInput,
+    WorkflowRef,
 )
 from workflows.steps import implements
 
 _T = TypeVar("_T")
 _L = TypeVar("_L")
 HEARTBEAT_EVERY_SECONDS = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedAttempt:
+    """An attempt opened in the store and, if it took one with it, the charge for its first
+    login (the budget it is for, the charge)."""
+
+    attempt_id: str
+    ahead: tuple[Budget, str] | None = None
 
 
 @dataclasses.dataclass
@@ -84,13 +95,20 @@ class _AttemptWrites:
     # the device), and, once given back, the claims it was handed to, whose workflows to tell.
     slot: SlotRelease | None = None
     handed: list[DeviceSlotClaim] | None = None
-    # The commit to make with the attempt (a verified change), and, once made, its outcome.
+    # The commit to make with the attempt (a verified change), and, once made, its outcome;
+    # whether to leave the credential's gate with it, and, once left, who to tell.
     commit: CommitInput | None = None
     committed: CommitOutcome | None = None
+    depart: bool = False
+    departure: Departure | None = None
+    # Charges taken with the attempt's opening for its first login (by budget): the login
+    # takes its own; one left unused is given back.
+    ahead: dict[Budget, str] = dataclasses.field(default_factory=dict)
     # The attempt to open with this one's record (operation, step, number: the verify that
-    # follows a change), and, once open, its id.
+    # follows a change) and the budget of its first login, and, once open, the attempt.
     then_open: tuple[str, str, int] | None = None
-    opened: str | None = None
+    then_charge: Budget | None = None
+    opened: OpenedAttempt | None = None
 
     def apply(self, session: Session) -> None:
         """Write what is waiting, in ``session``'s transaction, and forget it."""
@@ -98,14 +116,36 @@ class _AttemptWrites:
             lockout.settle(session, charge, failed=failed)
         for version_id, operation_id in self.seen_working:
             seen_working(session, version_id, operation_id)
+        # The gate, the commit (which appends to the audit trail), the slot: the order in which
+        # transactions take locks (store/row_locks.py).
+        if self.commit is not None:
+            operation_id = self.commit.operation_id
+            if self.depart:
+                gate.lock_of(session, operation_id)
+            self.committed = commit_in(session, self.commit)
+            if self.depart and self.committed.committed:
+                follower, receivers = gate.depart(session, operation_id)
+                ahead = WorkflowRef(follower.workflow_id, follower.run_id) if follower else None
+                self.departure = Departure(ahead, receivers)
         if self.slot is not None:
             self.handed = device_slots.release(session, self.slot.device_id, self.slot.token) or []
-        if self.commit is not None:
-            self.committed = commit_in(session, self.commit)
-        if self.then_open is not None:
-            self.opened = attempts.open_attempt(session, *self.then_open)
+        for charge in self.ahead.values():
+            lockout.settle(session, charge, failed=False)
         self.settlements, self.seen_working, self.slot, self.commit = [], [], None, None
-        self.then_open = None
+        self.ahead, self.depart = {}, False
+
+    def after_record(self, session: Session) -> None:
+        """What goes after the attempt's record in its transaction: the attempt it opens (which
+        starts once this one has ended) and the charge for that one's first login (the record
+        locks the audit trail's head, which comes before an account's lock: store/row_locks.py).
+        """
+        if self.then_open is not None:
+            opened = attempts.open_attempt(session, *self.then_open)
+            self.opened, self.then_open = OpenedAttempt(opened), None
+            charge = lockout.reserve_ahead(session, self.then_charge) if self.then_charge else None
+            if self.then_charge is not None and charge is not None:
+                self.opened = OpenedAttempt(opened, (self.then_charge, charge))
+        self.then_charge = None
 
 
 # The running attempt's writes (set by ExecutorActivities._recorded around the attempt's body).
@@ -167,7 +207,7 @@ class ExecutorActivities:
     @implements(steps.change)
     async def change(self, step: StepInput) -> ChangeOutcome:
         try:
-            job, attempt_id, may_have_sent = await asyncio.to_thread(
+            job, opened, may_have_sent = await asyncio.to_thread(
                 self._begin, step, "change", _attempt_number(step)
             )
         except _AlreadyCommitted:
@@ -184,7 +224,7 @@ class ExecutorActivities:
             async def key_change() -> tuple[str, ChangeOutcome]:
                 return await KeySteps(self, self._engine, job).change(may_have_sent)
 
-            outcome = await self._recorded(job, attempt_id, key_change, may_have_sent=may_have_sent)
+            outcome = await self._recorded(job, opened, key_change, may_have_sent=may_have_sent)
             failpoints.reach(failpoints.AFTER_CHANGE)
             return outcome  # verified on every device inside the change (key_steps)
         executor = get_executor(job.device.executor)
@@ -211,6 +251,7 @@ class ExecutorActivities:
                 # The verify's attempt is opened with this one's record: one transaction less.
                 mine = _attempt_writes()
                 mine.then_open = (step.operation_id, "verify", 1)
+                mine.then_charge = _budget(job, pending_account.username)
                 change_writes.append(mine)
             return answer
 
@@ -235,7 +276,7 @@ class ExecutorActivities:
             return result.transcript, ChangeOutcome(already_applied=False)
 
         try:
-            outcome = await self._recorded(job, attempt_id, attempt, may_have_sent=may_have_sent)
+            outcome = await self._recorded(job, opened, attempt, may_have_sent=may_have_sent)
         except asyncio.CancelledError:
             # Canceled while the change's record was written: the verify it opened never runs.
             if change_writes and change_writes[0].opened is not None:
@@ -247,30 +288,59 @@ class ExecutorActivities:
         writes: list[_AttemptWrites] = []  # the verify attempt's, once it ran
         # A change found already applied is committed by the workflow: its resolution says so.
         commit = None if outcome.already_applied else step.commit
-        opened = change_writes[0].opened if change_writes else None
-        verified = await self._verify_pending(job, step, pending_account, writes, commit, opened)
+        verify = change_writes[0].opened if change_writes else None
+        verified = await self._verify_pending(job, step, pending_account, writes, commit, verify)
         committed = writes[0].committed if writes else None
         outcome = dataclasses.replace(outcome, verified=verified, committed=committed)
         handed = writes[0].handed if writes else None
-        if handed is None:
+        departure = writes[0].departure if writes else None
+        if departure is not None:
+            outcome = dataclasses.replace(outcome, departed=True, receivers=departure.receivers)
+        if handed is None and departure is None:
             return outcome
-        assert self._client is not None and step.slot is not None
-        telling = asyncio.ensure_future(
-            tell_granted(self._client, self._engine, step.slot.device_id, handed)
-        )
+        telling = asyncio.ensure_future(self._tell(step, handed, departure))
         try:
             await asyncio.shield(telling)
         except RPCError as exc:
             # The change is done and verified: that is this step's answer. A waiter handed the
-            # slot holds it in the store and finds out at its next check.
-            activity.logger.warning("could not tell the waiters of a device slot: %s", exc)
+            # slot holds it in the store, the next operation at the gate too: each finds out at
+            # its next check.
+            activity.logger.warning("could not tell the operations waiting: %s", exc)
         except asyncio.CancelledError:
             if committed is None:
                 raise
             # Committed: the answer must say so, whatever the cancel (it is too late). The
             # waiters are told meanwhile, or find out at their next check.
         failpoints.reach(failpoints.AFTER_VERIFY)
-        return dataclasses.replace(outcome, slot_given_back=True)
+        return dataclasses.replace(outcome, slot_given_back=handed is not None)
+
+    async def _tell(
+        self, step: StepInput, handed: list[DeviceSlotClaim] | None, departure: Departure | None
+    ) -> None:
+        """Tell the claims handed the step's device slot, and the operation that now holds the
+        credential's gate, that their turn has come: each whatever became of the other."""
+        client = self._client
+        assert client is not None
+
+        async def slot_granted() -> None:
+            if handed is not None:
+                assert step.slot is not None
+                await tell_granted(client, self._engine, step.slot.device_id, handed)
+
+        async def gate_open() -> None:
+            if departure is not None and departure.follower is not None:
+                ahead = departure.follower
+                handle = client.get_workflow_handle(ahead.workflow_id, run_id=ahead.run_id)
+                try:
+                    await handle.signal("gate_open")
+                except RPCError as exc:
+                    if exc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: it has ended
+                        raise
+
+        told = await asyncio.gather(slot_granted(), gate_open(), return_exceptions=True)
+        for failure in told:
+            if isinstance(failure, BaseException):
+                raise failure
 
     async def _verify_pending(
         self,
@@ -279,20 +349,20 @@ class ExecutorActivities:
         account: Account,
         writes: list[_AttemptWrites],
         commit: CommitInput | None,
-        attempt_id: str | None,
+        opened: OpenedAttempt | None,
     ) -> bool | None:
         """The verify step, right after the change, with the job already loaded: a fresh login
         with the new secret running the verify template, charged and recorded like any other.
         None when it could not say (unreachable, budget spent…): the workflow probes. Once the
         new secret logs in, the step's device slot is given back and ``commit`` made with the
         attempt's record (``writes`` gets the attempt's writes, which then name who was handed
-        the slot and what the commit answered). ``attempt_id``: its attempt, opened with the
+        the slot and what the commit answered). ``opened``: its attempt, opened with the
         change's record, if it was."""
         executor = get_executor(job.device.executor)
-        if attempt_id is None:
+        if opened is None:
             # The operation's first verify, whichever change attempt it follows.
-            attempt_id = await asyncio.to_thread(
-                self._start_attempt, step.operation_id, "verify", 1
+            opened = OpenedAttempt(
+                await asyncio.to_thread(self._start_attempt, step.operation_id, "verify", 1)
             )
 
         async def attempt() -> tuple[str, bool]:
@@ -305,6 +375,7 @@ class ExecutorActivities:
                 if step.slot is not None and self._client is not None:
                     mine.slot = step.slot
                 mine.commit = commit
+                mine.depart = commit is not None and step.depart
                 if mine.slot is not None or commit is not None:
                     writes.append(mine)
             return f"[pending] {'logs in' if result.ok else 'refused'}\n{result.transcript}", (
@@ -312,20 +383,20 @@ class ExecutorActivities:
             )
 
         try:
-            return await self._recorded(job, attempt_id, attempt)
+            return await self._recorded(job, opened, attempt)
         except ApplicationError:
             return None  # recorded on the attempt; the workflow's probe decides
 
     @implements(steps.probe)
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
-        job, attempt_id, _ = await asyncio.to_thread(self._begin, step, None, _attempt_number(step))
+        job, opened, _ = await asyncio.to_thread(self._begin, step, None, _attempt_number(step))
         if job.holds_key:
 
             async def key_probe() -> tuple[str, ProbeOutcome]:
                 return await KeySteps(self, self._engine, job).probe(step.login_only)
 
-            return await self._recorded(job, attempt_id, key_probe)
+            return await self._recorded(job, opened, key_probe)
         executor = get_executor(job.device.executor)
         username = job.credential.username
 
@@ -359,7 +430,7 @@ class ExecutorActivities:
                 await self._seen_working(job, job.current_version_id)
             return "\n".join(transcripts), ProbeOutcome(False, current.ok)
 
-        return await self._recorded(job, attempt_id, attempt)
+        return await self._recorded(job, opened, attempt)
 
     async def _login(
         self,
@@ -377,12 +448,7 @@ class ExecutorActivities:
         stops the step: retrying could lock the account. An exception the executor did not
         classify (or a cancellation mid-call) is such a failure.
         """
-        budget = Budget(
-            device_id or job.device.id,  # a key target is its own device
-            account.username,
-            job.policy.lockout_budget,
-            timedelta(seconds=job.policy.lockout_window_seconds),
-        )
+        budget = _budget(job, account.username, device_id)
         charge = await self._reserve(budget, job.target.connect_timeout + job.target.read_timeout)
         failed = True  # until the call's outcome says otherwise
         try:
@@ -412,6 +478,9 @@ class ExecutorActivities:
         through one privileged account) may hold the whole budget for a moment: wait for them
         to settle, up to ``patience`` seconds, before reporting the budget spent."""
         writes = _attempt_writes()
+        ahead = writes.ahead.pop(budget, None)
+        if ahead is not None:
+            return ahead  # taken when the attempt was opened
         if writes.settlements:
             # A second login in one attempt: its first must not hold the budget against it.
             await asyncio.to_thread(self._apply_now, writes)
@@ -427,8 +496,11 @@ class ExecutorActivities:
                 await asyncio.sleep(pause)  # backoff between looks at the ledger
                 pause = min(pause * 2, 1.0)
 
-    def _begin(self, step_input: StepInput, step: str | None, number: int) -> tuple[Job, str, bool]:
-        """Open the attempt row and load the job, in one transaction.
+    def _begin(
+        self, step_input: StepInput, step: str | None, number: int
+    ) -> tuple[Job, OpenedAttempt, bool]:
+        """Open the attempt row, load the job and charge the attempt's first login, in one
+        transaction.
 
         Also answers, for a retried change, whether the previous attempt may have reached the
         target. A probe is recorded as "verify" within a change, "probe" in a verify operation.
@@ -465,6 +537,8 @@ class ExecutorActivities:
                 except Exception as exc:
                     raise _LoadFailed(step, f"{type(exc).__name__}: {exc}") from exc
                 else:
+                    first = _first_login(job, step, may_have_sent)
+                    charge = lockout.reserve_ahead(session, first) if first else None
                     if job.insecure_transport is not None:
                         audit.record_once(
                             session,
@@ -474,7 +548,8 @@ class ExecutorActivities:
                             device_id=job.device.id,
                             reason=job.insecure_transport,
                         )
-                    return job, attempt_id, may_have_sent
+                    ahead = (first, charge) if first and charge else None
+                    return job, OpenedAttempt(attempt_id, ahead), may_have_sent
         except _LoadFailed as failed:
             # Not a refusal of the job: its transaction is rolled back; record the attempt alone.
             with session_scope(self._engine) as session:
@@ -486,14 +561,15 @@ class ExecutorActivities:
     async def _recorded(
         self,
         job: Job,
-        attempt_id: str,
+        opened: OpenedAttempt,
         body: Callable[[], Awaitable[tuple[str, _T]]],
         *,
         may_have_sent: bool = True,
     ) -> _T:
         """Run one attempt and record it. ``may_have_sent``: whether an earlier attempt may
         have reached the target, which decides what a spent lockout budget means."""
-        writes = _AttemptWrites()
+        writes = _AttemptWrites(ahead=dict([opened.ahead]) if opened.ahead else {})
+        attempt_id = opened.attempt_id
         finish = functools.partial(self._finish_attempt, writes=writes)
         entered = _ATTEMPT_WRITES.set(writes)
         try:
@@ -552,9 +628,13 @@ class ExecutorActivities:
         with session_scope(self._engine) as session:
             return attempts.open_attempt(session, operation_id, step, number)
 
-    def _never_ran(self, attempt_id: str) -> None:
+    def _never_ran(self, opened: OpenedAttempt) -> None:
         self._finish_attempt(
-            attempt_id, "canceled", "the operation was canceled before this attempt ran", ""
+            opened.attempt_id,
+            "canceled",
+            "the operation was canceled before this attempt ran",
+            "",
+            writes=_AttemptWrites(ahead=dict([opened.ahead]) if opened.ahead else {}),
         )
 
     def _finish_attempt(
@@ -574,6 +654,8 @@ class ExecutorActivities:
                 principal = job.operation.requested_by or audit.KEYTURN
                 whose = attempts.Whose(job.credential.id, job.device.id, principal)
             attempts.finish_attempt(session, attempt_id, outcome, detail, transcript, whose)
+            if writes is not None:
+                writes.after_record(session)
 
     async def _seen_working(self, job: Job, version_id: str | None) -> None:
         if version_id:
@@ -595,6 +677,29 @@ class ExecutorActivities:
                 device.host_keys = [key]
                 session.add(device)
                 audit.record(session, "device.host_key_pinned", device_id=device.id, key=key)
+
+
+def _budget(job: Job, username: str, device_id: str | None = None) -> Budget:
+    """The lockout budget of ``username``'s logins on the job's device (or ``device_id``: a
+    key target is its own device)."""
+    return Budget(
+        device_id or job.device.id,
+        username,
+        job.policy.lockout_budget,
+        timedelta(seconds=job.policy.lockout_window_seconds),
+    )
+
+
+def _first_login(job: Job, step: str, may_have_sent: bool) -> Budget | None:
+    """The budget of the step's first login, when it is known before the step runs: a change
+    logs in first as its connecting account (a retry that may have reached the target first
+    probes the pending secret: not known ahead), a verify or probe as the credential. A key's
+    steps log in on each of its devices: none."""
+    if job.holds_key or (step == "change" and may_have_sent):
+        return None
+    if step == "change":
+        return _budget(job, job.connecting_account.username)
+    return _budget(job, job.credential.username)
 
 
 def _failure(exc: ExecutorError, secrets: tuple[str, ...]) -> ApplicationError:

@@ -10,7 +10,7 @@ import dataclasses
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 
-from activities.executor_steps import ExecutorActivities
+from activities.executor_steps import ExecutorActivities, OpenedAttempt
 from executors.base import ExecutorError, RunRequest, RunResult, get_executor, redact
 from keyturn.settings import zone_task_queue
 from store import audit, tasks
@@ -168,7 +168,8 @@ class TaskExecutorActivities(ExecutorActivities):
             return result.transcript, result
 
         try:
-            result = await self._recorded(job, attempt_id, attempt, may_have_sent=False)
+            opened = OpenedAttempt(attempt_id)
+            result = await self._recorded(job, opened, attempt, may_have_sent=False)
         except ApplicationError as err:
             return await self._kept(step, "failed", None, "", err.type, err.message)
         # Executors redact already; again here, with every secret the job holds.

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from store.models import AuditEvent, AuditHead, Credential, Operation
+from store.models import AuditEvent, AuditHead, Credential, Operation, utcnow
 
 log = logging.getLogger("keyturn.audit")
 # A read of a secret (GET /v1/credentials/{id}/secret): what a change after a view answers.
@@ -46,9 +46,10 @@ def record(
     principal: str | None = None,
     outcome: str = "ok",
     **detail: Any,
-) -> AuditEvent:
-    """Append an event in ``session``'s transaction. ``principal`` defaults to whoever requested
-    the operation (or Keyturn itself), ``device_id`` to the credential's device."""
+) -> int:
+    """Append an event in ``session``'s transaction and answer its id. ``principal`` defaults
+    to whoever requested the operation (or Keyturn itself), ``device_id`` to the credential's
+    device."""
     # A caller that names credential, device and principal spares the lookups (hot paths do).
     known = credential_id and device_id and principal
     operation = session.get(Operation, operation_id) if operation_id and not known else None
@@ -58,34 +59,43 @@ def record(
     if credential_id and not device_id:
         credential = session.get(Credential, credential_id)
         device_id = credential.device_id if credential else None
-    # Pending writes go first, so the head's lock is the last this transaction takes.
+    # Pending writes go first: the head is locked after them (store/row_locks.py says in which
+    # order a transaction takes its locks).
     session.flush()
-    head = _lock_head(session)
-    row = AuditEvent(
-        id=head.last_id + 1,
-        event=event,
-        principal=principal or KEYTURN,
-        outcome=outcome,
-        operation_id=operation_id,
-        credential_id=credential_id,
-        device_id=device_id,
-        detail=json.loads(json.dumps(detail, default=str)),  # as the JSON column returns it
-        prev_hash=head.hash or GENESIS,
+    last_id, last_hash = _lock_head(session)
+    fields: dict[str, Any] = {
+        "id": last_id + 1,
+        "at": utcnow(),
+        "event": event,
+        "principal": principal or KEYTURN,
+        "outcome": outcome,
+        "operation_id": operation_id,
+        "credential_id": credential_id,
+        "device_id": device_id,
+        "detail": json.loads(json.dumps(detail, default=str)),  # as the JSON column returns it
+        "prev_hash": last_hash or GENESIS,
+    }
+    fields["hash"] = _digest(fields)
+    # Statements, not ORM objects: an append is on nearly every step's path, and the unit of
+    # work's bookkeeping for two rows cost more than the two statements.
+    session.execute(insert(AuditEvent).values(fields))
+    session.execute(
+        update(AuditHead)
+        .where(col(AuditHead.id) == 1)
+        .values(last_id=fields["id"], hash=fields["hash"])
     )
-    row.hash = chain_hash(row)
-    head.last_id, head.hash = row.id or 0, row.hash
-    session.add_all([row, head])
-    session.flush()
-    log.info(
-        "%s principal=%s outcome=%s operation=%s credential=%s %s",
-        event,
-        row.principal,
-        outcome,
-        operation_id,
-        credential_id,
-        " ".join(f"{k}={v}" for k, v in detail.items()),
-    )
-    return row
+    _hold_head(session, (fields["id"], fields["hash"]))
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s principal=%s outcome=%s operation=%s credential=%s %s",
+            event,
+            fields["principal"],
+            outcome,
+            operation_id,
+            credential_id,
+            " ".join(f"{k}={v}" for k, v in detail.items()),
+        )
+    return int(fields["id"])
 
 
 def record_once(session: Session, event: str, *, operation_id: str, **fields: Any) -> None:
@@ -102,19 +112,27 @@ def record_once(session: Session, event: str, *, operation_id: str, **fields: An
 
 def chain_hash(row: AuditEvent) -> str:
     """SHA-256 over the event's fields and the previous event's hash."""
-    fields = {
-        "id": row.id,
-        "at": _naive(row.at).isoformat(timespec="microseconds"),
-        "event": row.event,
-        "principal": row.principal,
-        "outcome": row.outcome,
-        "operation_id": row.operation_id,
-        "credential_id": row.credential_id,
-        "device_id": row.device_id,
-        "detail": row.detail,
-        "prev_hash": row.prev_hash,
-    }
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return _digest({name: getattr(row, name) for name in _CHAINED})
+
+
+_CHAINED = (
+    "id",
+    "at",
+    "event",
+    "principal",
+    "outcome",
+    "operation_id",
+    "credential_id",
+    "device_id",
+    "detail",
+    "prev_hash",
+)
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    chained = {name: fields[name] for name in _CHAINED}
+    chained["at"] = _naive(chained["at"]).isoformat(timespec="microseconds")
+    canonical = json.dumps(chained, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -123,36 +141,40 @@ def _naive(at: datetime) -> datetime:
     return at.replace(tzinfo=None)
 
 
-def _lock_head(session: Session) -> AuditHead:
-    """The trail's head, locked for the rest of the transaction. A transaction that records
-    several events (an operation's begin step records three) locks and reads it once: the lock
-    is held until the transaction ends, so the head it read is still the head."""
-    nested = session.in_nested_transaction()
+def _lock_head(session: Session) -> tuple[int, str]:
+    """The trail's head (last id, last hash), locked for the rest of the transaction. A
+    transaction that records several events (an operation's begin step records three) locks
+    and reads it once: the lock is held until the transaction ends, so the head it read, with
+    the events it appended since, is still the head."""
     held = session.info.get(_HEAD_HELD)
-    if held is not None and not nested and held[0] is session.get_transaction():
-        head: AuditHead = held[1]
+    if (
+        held is not None
+        and not session.in_nested_transaction()
+        and held[0] is session.get_transaction()
+    ):
+        head: tuple[int, str] = held[1]
         return head
-    head = _lock_head_now(session)
-    # Not inside a savepoint: one rolled back would release the lock (PostgreSQL) and expire
-    # the row, so such a lock is taken again by the next event.
-    if not nested:
+    return _lock_head_now(session)
+
+
+def _hold_head(session: Session, head: tuple[int, str]) -> None:
+    # Not inside a savepoint: one rolled back would release the lock (PostgreSQL) and undo
+    # the appends, so such a lock is taken again by the next event.
+    if not session.in_nested_transaction():
         session.info[_HEAD_HELD] = (session.get_transaction(), head)
-    return head
 
 
-def _lock_head_now(session: Session) -> AuditHead:
+def _lock_head_now(session: Session) -> tuple[int, str]:
     for _ in range(3):  # the first event of a store may race to create the head
-        bumped = session.execute(
-            update(AuditHead).where(col(AuditHead.id) == 1).values(last_id=AuditHead.last_id)
-        )
-        if bumped.rowcount:  # type: ignore[attr-defined]
-            # Read after the lock, and fresh even if this session holds the row already: one
-            # statement (get-then-refresh was two).
-            return session.exec(
-                select(AuditHead)
-                .where(col(AuditHead.id) == 1)
-                .execution_options(populate_existing=True)
-            ).one()
+        # Lock and read in one statement (PostgreSQL and SQLite both return the row).
+        locked = session.execute(
+            update(AuditHead)
+            .where(col(AuditHead.id) == 1)
+            .values(last_id=AuditHead.last_id)
+            .returning(col(AuditHead.last_id), col(AuditHead.hash))
+        ).first()
+        if locked is not None:
+            return int(locked[0]), str(locked[1])
         try:
             with session.begin_nested():
                 session.add(AuditHead(id=1, last_id=0, hash=GENESIS))

@@ -249,6 +249,14 @@ def _tail(session: Session, credential_id: str) -> Operation | None:
     ).first()
 
 
+def lock_of(session: Session, operation_id: str) -> None:
+    """Lock the gate of the operation's credential now: a transaction that leaves the gate
+    after appending to the audit trail takes the gate's lock first (store/row_locks.py)."""
+    operation = session.get(Operation, operation_id)
+    if operation is not None:
+        _lock(session, operation.on_credential)
+
+
 def _lock(session: Session, credential_id: str) -> int:
     """Write first: the lock this takes makes the gate step atomic per credential. Returns the
     credential's next registration number."""

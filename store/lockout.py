@@ -71,42 +71,65 @@ class LockoutLedger:
         return self._reserve(budget)
 
     def _reserve(self, budget: Budget) -> str:
-        now = utcnow()
         with session_scope(self._engine) as session:
-            # Write first: the row lock (PostgreSQL) or write lock (SQLite) this takes makes the
-            # count below and the insert one atomic step per account.
-            locked = session.execute(
-                update(AccountLock)
-                .where(
-                    col(AccountLock.device_id) == budget.device_id,
-                    col(AccountLock.username) == budget.username,
-                )
-                .values(touched=col(AccountLock.touched) + 1)
-            )
-            if locked.rowcount == 0:  # type: ignore[attr-defined]
+            if not _lock(session, budget):
                 session.add(AccountLock(device_id=budget.device_id, username=budget.username))
                 session.flush()
-            charges = session.exec(
-                select(LoginCharge).where(
-                    LoginCharge.device_id == budget.device_id,
-                    LoginCharge.username == budget.username,
-                    col(LoginCharge.at) >= now - budget.window,
-                )
-            ).all()
-            if len(charges) >= budget.limit:
-                failed = [c for c in charges if c.state == "failed"]
-                if len(failed) < budget.limit:
-                    # Full only because logins are in flight: most give their charge back.
-                    raise BudgetBusy(budget, BUSY_RETRY)
-                oldest = min(as_utc(c.at) for c in failed)
-                raise BudgetSpent(budget, max(oldest + budget.window - now, timedelta(seconds=1)))
-            charge = LoginCharge(device_id=budget.device_id, username=budget.username, at=now)
-            session.add(charge)
-            return charge.id
+            return _charge(session, budget)
 
     def settle(self, charge_id: str, *, failed: bool) -> None:
         with session_scope(self._engine) as session:
             settle(session, charge_id, failed=failed)
+
+
+def reserve_ahead(session: Session, budget: Budget) -> str | None:
+    """A charge for a login about to be tried, in the caller's transaction (the one that opens
+    the attempt: one trip to the store less), or None when the budget has no room now or the
+    account has never been charged: the login then reserves on its own, and waits if it must.
+    A worker lost before the login leaves the charge in flight, as one lost during a login."""
+    if not _lock(session, budget):
+        return None
+    try:
+        return _charge(session, budget)
+    except BudgetSpent:
+        return None
+
+
+def _lock(session: Session, budget: Budget) -> bool:
+    """Lock the account's row, if it has one. Written first: the row lock (PostgreSQL) or the
+    write lock (SQLite) this takes makes the count of its charges and the insert of one more
+    one atomic step per account."""
+    locked = session.execute(
+        update(AccountLock)
+        .where(
+            col(AccountLock.device_id) == budget.device_id,
+            col(AccountLock.username) == budget.username,
+        )
+        .values(touched=col(AccountLock.touched) + 1)
+    )
+    return bool(locked.rowcount)  # type: ignore[attr-defined]
+
+
+def _charge(session: Session, budget: Budget) -> str:
+    """Charge one login to the account whose row the transaction locked, or say why not."""
+    now = utcnow()
+    charges = session.exec(
+        select(LoginCharge).where(
+            LoginCharge.device_id == budget.device_id,
+            LoginCharge.username == budget.username,
+            col(LoginCharge.at) >= now - budget.window,
+        )
+    ).all()
+    if len(charges) >= budget.limit:
+        failed = [c for c in charges if c.state == "failed"]
+        if len(failed) < budget.limit:
+            # Full only because logins are in flight: most give their charge back.
+            raise BudgetBusy(budget, BUSY_RETRY)
+        oldest = min(as_utc(c.at) for c in failed)
+        raise BudgetSpent(budget, max(oldest + budget.window - now, timedelta(seconds=1)))
+    charge = LoginCharge(device_id=budget.device_id, username=budget.username, at=now)
+    session.add(charge)
+    return charge.id
 
 
 def settle(session: Session, charge_id: str, *, failed: bool) -> None:

@@ -1,6 +1,12 @@
 """Per-key write locks that work alike on SQLite and PostgreSQL: a step that must be atomic per
 credential or per device updates that key's lock row first, which takes the database's write
-lock (SQLite) or the row's lock (PostgreSQL) until the transaction ends."""
+lock (SQLite) or the row's lock (PostgreSQL) until the transaction ends.
+
+On PostgreSQL two transactions that take two of these locks in opposite orders can deadlock
+(one is aborted after a second). A transaction that takes several takes them in this order:
+a credential's gate, the audit trail's head (every audit event appends under it), a device's
+slots, an account's lockout row. An operation's begin step registers at the gate, records,
+and claims a slot; a verified change records its commit, then gives its slot back."""
 
 from __future__ import annotations
 

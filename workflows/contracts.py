@@ -334,6 +334,10 @@ class StepInput:
     # change was found already applied (the workflow's resolution then says so, and it commits
     # itself). None: the workflow commits in a step of its own, as every release before did.
     commit: CommitInput | None = None
+    # A change that commits also leaves the credential's gate in that transaction (the next
+    # operation on the credential is told its turn by the step) and closes its callback URLs.
+    # False: the workflow departs in a step of its own.
+    depart: bool = False
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,10 @@ class ChangeOutcome:
     # The commit the step made (StepInput.commit): the workflow runs no commit step of its own.
     # None: it did not commit (or an earlier release ran it), and the workflow commits.
     committed: CommitOutcome | None = None
+    # It left the credential's gate with the commit (StepInput.depart), and how many requesters
+    # the workflow is to tell the outcome. False: the workflow departs.
+    departed: bool = False
+    receivers: int = 0
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,8 @@ class OperationWorkflow:
         self._order_key = ""
         self._waiting_for: str | None = None
         self._gate_open = False
+        # The change step left the gate (with its commit): how many requesters to tell.
+        self._departed_telling: int | None = None
         self._slots = SlotHolder(self._call)
         self._slot: str | None = None  # the device slot token held (or asked for) now
         # The slot is a claim in the store (histories of earlier releases: the semaphore's).
@@ -610,7 +612,9 @@ class OperationWorkflow:
         change_step = step
         if self._patched(VERIFY_IN_CHANGE_PATCH):
             commit = CommitInput(self._operation_id, VERIFIED) if commit_too else None
-            change_step = dataclasses.replace(step, verify_after_change=True, commit=commit)
+            change_step = dataclasses.replace(
+                step, verify_after_change=True, commit=commit, depart=commit_too
+            )
         try:
             outcome = await self._executor(steps.change, change_step, plan)
         except ActivityError as err:
@@ -631,6 +635,8 @@ class OperationWorkflow:
         self._step = "verify"
         if outcome.committed is not None:
             self._committed = outcome.committed
+            if outcome.departed:
+                self._departed_telling = outcome.receivers
             return None  # verified and committed inside the change activity
         if outcome.verified:
             return None  # verified inside the change activity: commit
@@ -921,6 +927,12 @@ class OperationWorkflow:
         """Leave the gate and tell the requesters, the way this history's release did: in one
         step (depart), or in two; the first releases with callbacks told them only as the
         operation ended (``ending``), not when it was canceled while registering."""
+        if self._departed_telling is not None:
+            # The change step left the gate with its commit: only the requesters are left.
+            receivers = self._departed_telling
+            if receivers:
+                await self._to_the_end(lambda: self._start_callback(receivers))
+            return
         if self._departs_at_once:
             await self._to_the_end(self._depart)
             return

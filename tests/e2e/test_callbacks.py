@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from temporalio import activity
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 import worker as worker_module
-from activities.gate import GateActivities
+from activities.executor_steps import ExecutorActivities
 from requesting.operations import OperationRequest, Requested, request_operation
 from store import gate
+from store.models import DeviceSlotClaim
 from tests.e2e.conftest import Stack, running_stack
 from tests.e2e.helpers import (
     credential,
@@ -36,7 +36,7 @@ from tests.e2e.helpers import (
 from tests.e2e.secrets_search import assert_no_secret
 from tests.servers.sshd import Sshd, Users
 from tests.servers.webhook_receiver import Delivery, WebhookReceiver
-from workflows.contracts import Departure, GateCheck, callback_workflow_id
+from workflows.contracts import Departure, StepInput, callback_workflow_id
 
 KEY = secrets.token_bytes(32)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -261,19 +261,20 @@ async def test_every_request_that_joins_an_operation_is_told_its_outcome(
     assert_no_secret(received, OLD, current_secret(stack, first), current_secret(stack, second))
 
 
-class _HeldClose(GateActivities):
-    """The real depart (the gate left, the callbacks closed), after which the operation waits
-    for the test: a request can join just as the operation ends."""
+class _HeldClose(ExecutorActivities):
+    """The real change step, which leaves the gate and closes the callbacks with its commit,
+    after which the operation waits for the test: a request can join just as it ends."""
 
     closed = threading.Event()
     proceed = threading.Event()
 
-    @activity.defn(name="keyturn.depart")
-    def depart(self, check: GateCheck) -> Departure:
-        departure = super().depart(check)
-        type(self).closed.set()
-        assert type(self).proceed.wait(60)
-        return departure
+    async def _tell(
+        self, step: StepInput, handed: list[DeviceSlotClaim] | None, departure: Departure | None
+    ) -> None:
+        await super()._tell(step, handed, departure)
+        if departure is not None:
+            type(self).closed.set()
+            assert await asyncio.to_thread(type(self).proceed.wait, 60)
 
 
 async def test_a_request_that_comes_as_the_operation_ends_starts_its_own(
@@ -289,7 +290,7 @@ async def test_a_request_that_comes_as_the_operation_ends_starts_its_own(
     stack = hooked
     (cred,) = await _change_users(stack, sshd, ssh_users, 1)
     queue = f"{stack.settings.task_queue}-ending-{secrets.token_hex(4)}"
-    monkeypatch.setattr(worker_module, "GateActivities", _HeldClose)
+    monkeypatch.setattr(worker_module, "ExecutorActivities", _HeldClose)
     refused = asyncio.Event()
     loop = asyncio.get_running_loop()
     join_callback = gate.join_callback

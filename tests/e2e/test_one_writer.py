@@ -10,11 +10,13 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowFailureError
 
 from store.models import AuditEvent, DeviceSlotClaim, LoginCharge, Operation
@@ -207,14 +209,10 @@ async def test_a_change_started_with_the_temporal_client_alone_is_an_operation(
     # its first steps one at a time, as every release before did.
     events = (await handle.fetch_history()).events
     assert [e for e in events if e.marker_recorded_event_attributes.marker_name == "core_patch"]
-    local_steps = [
-        p.data
-        for e in events
-        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
-        for p in e.marker_recorded_event_attributes.details["data"].payloads
-    ]
+    local_steps = _local_steps(events)
     assert _steps_named(local_steps, "begin") == 0
     assert _steps_named(local_steps, "register") == _steps_named(local_steps, "prepare") == 1
+    assert _steps_named(local_steps, "depart") == 1  # its change step left the gate to it
     operation = await stack.get(f"/v1/operations/{result.operation_id}")
     assert operation["status"] == "succeeded" and operation["kind"] == "change"
     assert [(a["step"], a["outcome"]) for a in operation["attempts"]] == [
@@ -292,7 +290,8 @@ async def test_an_operation_the_api_starts_begins_in_one_step_with_no_patch_mark
     newest revision: its history records no patch marker (each costs a marker and a
     search-attribute upsert), and it registers, prepares and claims its first slot in one step.
     A device slot that is free is taken with no signal, one waited for comes by one; a change
-    that verifies gives its slot back itself."""
+    that verifies gives its slot back itself, and leaves the credential's gate with its
+    commit."""
     capped = await ssh_device(stack, sshd, max_concurrent_operations=1)
     alone = await ssh_device(stack, sshd)
     pol = await policy(stack)
@@ -320,19 +319,52 @@ async def test_an_operation_the_api_starts_begins_in_one_step_with_no_patch_mark
         ]
         grants_seen.append(len(grants))
         # Each change verified and gave its slot back itself: no step of the workflow's did.
-        local_steps = [
-            p.data
-            for e in events
-            if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
-            for p in e.marker_recorded_event_attributes.details["data"].payloads
-        ]
+        local_steps = _local_steps(events)
         assert local_steps and not [d for d in local_steps if b"release_device_slot" in d]
         assert _steps_named(local_steps, "begin") == 1
-        for apart in ("register", "prepare", "request_device_slot"):
+        # The change step left the credential's gate with its commit.
+        for apart in ("register", "prepare", "request_device_slot", "depart"):
             assert _steps_named(local_steps, apart) == 0, apart
     # The second on the capped device waited for a signal only if the first still held the
     # slot when it asked; the first never waits.
     assert grants_seen[2] == 0 and sum(grants_seen[:2]) <= 1, grants_seen
+
+
+async def test_a_change_hands_the_gate_on_with_its_commit(
+    stack: Stack, sshd: Sshd, ssh_users: Users
+) -> None:
+    """A verify requested while a change runs on its credential queues behind it; the change
+    step leaves the gate with its commit and tells the verify its turn (a signal from the
+    step), so the change's workflow neither departs nor signals."""
+    _, cred, user = await _admin_and_user(stack, sshd, ssh_users)
+    change = await _request(stack, cred["id"], "change")
+    verify = await _request(stack, cred["id"], "verify")
+    assert verify["status"] == "queued" and not verify["joined"]
+
+    done = [await _finished(stack, change), await _finished(stack, verify)]
+
+    assert [d["status"] for d in done] == ["succeeded", "succeeded"], done
+    assert _span(stack, change["operation_id"])[1] <= _span(stack, verify["operation_id"])[0]
+    histories = []
+    for accepted in (change, verify):
+        run_id = _run_id(stack, accepted["operation_id"])
+        handle = stack.client.get_workflow_handle(accepted["workflow_id"], run_id=run_id)
+        histories.append((await handle.fetch_history()).events)
+    changed, verified = histories
+    local_steps = _local_steps(changed)
+    assert _steps_named(local_steps, "depart") == 0
+    assert not [
+        e
+        for e in changed
+        if e.HasField("signal_external_workflow_execution_initiated_event_attributes")
+    ]
+    told = [
+        e
+        for e in verified
+        if e.workflow_execution_signaled_event_attributes.signal_name == "gate_open"
+    ]
+    assert len(told) == 1
+    assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
 
 
 async def test_an_operation_runs_the_template_versions_current_when_it_was_requested(
@@ -423,6 +455,16 @@ async def test_a_slot_whose_holder_was_terminated_goes_to_the_operation_waiting(
             select(DeviceSlotClaim).where(DeviceSlotClaim.device_id == device["id"])
         ).all()
         assert claims == []
+
+
+def _local_steps(events: Sequence[HistoryEvent]) -> list[bytes]:
+    """The payloads of a history's local-activity markers (each names its step)."""
+    return [
+        p.data
+        for e in events
+        if e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+        for p in e.marker_recorded_event_attributes.details["data"].payloads
+    ]
 
 
 def _steps_named(local_steps: list[bytes], name: str) -> int:

@@ -89,7 +89,7 @@ def test_a_store_of_the_previous_release_is_migrated(empty_database: str) -> Non
     # The events written before the chain existed are chained, and new ones follow them.
     assert audit.verify(engine) == (2, None)
     with session_scope(engine) as session:
-        assert audit.record(session, "operation.requested", operation_id="o1").id == 3
+        assert audit.record(session, "operation.requested", operation_id="o1") == 3
     assert audit.verify(engine) == (3, None)
     with Session(engine) as session:
         kept = session.get(Operation, "o1")

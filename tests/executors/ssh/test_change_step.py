@@ -1,9 +1,9 @@
 """The change step's trips to the store, and what a cancel leaves of its records.
 
-A change that verifies opens its attempt and loads its job in one transaction, records the
-change's end and opens the verify's attempt in another, and records the verify's end (with the
-lockout charges of each login in between): every trip saved is store time on every change.
-Against the session's real sshd, the activity run in Temporal's ActivityEnvironment.
+A change that verifies opens its attempt, loads its job and charges its login in one
+transaction, records the change's end, opens the verify's attempt and charges its login in
+another, and records the verify's end in a third: every trip saved is store time on every
+change. Against the session's real sshd, the activity run in Temporal's ActivityEnvironment.
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlmodel import Session
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from store import attempts, jobs
+from store.models import AccountLock, LoginCharge, utcnow
 from tests.executors.ssh.conftest import NEW, OLD, Store
 from tests.servers.sshd import Users
 
-# Opening the change's attempt with its job; the change login's charge; the change's record
-# with the verify's attempt; the verify login's charge; the verify's record.
-TRANSACTIONS_OF_A_VERIFIED_CHANGE = 5
+# Opening the change's attempt (its job, its login's charge); the change's record (the verify's
+# attempt, its login's charge); the verify's record.
+TRANSACTIONS_OF_A_VERIFIED_CHANGE = 3
 
 
 @pytest.fixture
@@ -40,19 +42,44 @@ def commits(store: Store) -> Iterator[list[int]]:
     event.remove(store.engine, "commit", count)
 
 
-async def test_a_verified_change_takes_five_transactions(
+async def test_a_verified_change_takes_three_transactions(
     store: Store, ssh_users: Users, commits: list[int]
 ) -> None:
     user = ssh_users.create(OLD)
-    operation, _ = store.operation(user, OLD, "change")
-    commits.clear()  # the operation's own
+    operation, device = store.operation(user, OLD, "change")
+    with Session(store.engine) as session:
+        # Charged before: an account's first charge ever creates its lock row on its own.
+        session.add(AccountLock(device_id=device, username=user))
+        session.commit()
+    commits.clear()  # the setup's own
 
     outcome = await store.change(operation, verify_after_change=True)
 
     assert outcome.verified is True
     assert store.attempts(operation) == [("change", "succeeded"), ("verify", "succeeded")]
     assert len(commits) == TRANSACTIONS_OF_A_VERIFIED_CHANGE
+    assert store.charges(device) == []  # both logins worked: both charges given back
     assert await ssh_users.password_works(user, NEW)
+
+
+async def test_charges_taken_ahead_count_against_the_budget(store: Store, ssh_users: Users) -> None:
+    """A login charged when its attempt opened is charged like any other: with the budget
+    full of refusals the attempt takes none ahead and its own login reports the budget spent,
+    without touching the target."""
+    user = ssh_users.create(OLD)
+    operation, device = store.operation(user, OLD, "change", lockout_budget=1)
+    with Session(store.engine) as session:
+        session.add(AccountLock(device_id=device, username=user))
+        session.add(LoginCharge(device_id=device, username=user, state="failed", at=utcnow()))
+        session.commit()
+
+    with pytest.raises(ApplicationError) as caught:
+        await store.change(operation, verify_after_change=True)
+
+    assert caught.value.type == "LockoutBudgetSpent"
+    assert store.attempts(operation) == [("change", "LockoutBudgetSpent")]
+    assert store.charges(device) == ["failed"]
+    assert await ssh_users.password_works(user, OLD)  # nothing reached the target
 
 
 async def test_a_cancel_while_the_change_is_recorded_closes_the_verify_it_opened(
@@ -61,7 +88,7 @@ async def test_a_cancel_while_the_change_is_recorded_closes_the_verify_it_opened
     """The change's record opens the verify's attempt; canceled meanwhile, the verify never
     runs, and its attempt says so instead of staying "running" for ever."""
     user = ssh_users.create(OLD)
-    operation, _ = store.operation(user, OLD, "change")
+    operation, device = store.operation(user, OLD, "change")
     entered, proceed = threading.Event(), threading.Event()
     original = attempts.open_attempt
 
@@ -84,6 +111,7 @@ async def test_a_cancel_while_the_change_is_recorded_closes_the_verify_it_opened
         await change
 
     assert store.attempts(operation) == [("change", "succeeded"), ("verify", "canceled")]
+    assert store.charges(device) == []  # the verify's charge, taken ahead, given back
     assert await ssh_users.password_works(user, NEW)  # the change itself went through
 
 
