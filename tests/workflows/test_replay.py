@@ -18,7 +18,8 @@ again, with the marker that stands for every patch up to the one-step departure 
 and close the callback URLs at once) and the chained children planned by the commit (no
 plan_children step), plus a change with a chained child and that child's change; v9_* with
 the device slots claimed in the store; v10_* started by the API naming the revision of the
-steps (no patch marker, one begin step, the commit made by the change step). Their
+steps (no patch marker, one begin step, the commit made by the change step); v11_* the same
+with the credential's gate left by the change step too (no depart step). Their
 payloads are encrypted with the throwaway key beside them. Replaying them against today's
 workflow proves an upgrade does not break an operation in flight.
 """
