@@ -116,8 +116,9 @@ class _AttemptWrites:
             lockout.settle(session, charge, failed=failed)
         for version_id, operation_id in self.seen_working:
             seen_working(session, version_id, operation_id)
-        # The gate, the commit (which appends to the audit trail), the slot: the order in which
-        # transactions take locks (store/row_locks.py).
+        # The gate, then the commit (which appends to the audit trail); the slot is given back
+        # after the attempt's record: the order in which transactions take locks
+        # (store/row_locks.py).
         if self.commit is not None:
             operation_id = self.commit.operation_id
             if self.depart:
@@ -127,18 +128,19 @@ class _AttemptWrites:
                 follower, receivers = gate.depart(session, operation_id)
                 ahead = WorkflowRef(follower.workflow_id, follower.run_id) if follower else None
                 self.departure = Departure(ahead, receivers)
-        if self.slot is not None:
-            self.handed = device_slots.release(session, self.slot.device_id, self.slot.token) or []
         for charge in self.ahead.values():
             lockout.settle(session, charge, failed=False)
-        self.settlements, self.seen_working, self.slot, self.commit = [], [], None, None
+        self.settlements, self.seen_working, self.commit = [], [], None
         self.ahead, self.depart = {}, False
 
     def after_record(self, session: Session) -> None:
-        """What goes after the attempt's record in its transaction: the attempt it opens (which
-        starts once this one has ended) and the charge for that one's first login (the record
-        locks the audit trail's head, which comes before an account's lock: store/row_locks.py).
-        """
+        """What goes after the attempt's record in its transaction: the device slot given back,
+        the attempt it opens (which starts once this one has ended) and the charge for that
+        one's first login. After, because the record locks the audit trail's head, which comes
+        before a device's and an account's locks (store/row_locks.py)."""
+        if self.slot is not None:
+            self.handed = device_slots.release(session, self.slot.device_id, self.slot.token) or []
+            self.slot = None
         if self.then_open is not None:
             opened = attempts.open_attempt(session, *self.then_open)
             self.opened, self.then_open = OpenedAttempt(opened), None
@@ -178,7 +180,8 @@ async def _heartbeating() -> AsyncIterator[None]:
 
 
 class _AlreadyCommitted(Exception):
-    """A change step run again after it committed (its answer was lost)."""
+    """A change step run again after it committed (its answer was lost), or a probe of the
+    change after that: the store has the answer, the target is not asked."""
 
 
 class _LoadFailed(Exception):
@@ -207,9 +210,7 @@ class ExecutorActivities:
     @implements(steps.change)
     async def change(self, step: StepInput) -> ChangeOutcome:
         try:
-            job, opened, may_have_sent = await asyncio.to_thread(
-                self._begin, step, "change", _attempt_number(step)
-            )
+            job, opened, may_have_sent = await self._opening(step, "change")
         except _AlreadyCommitted:
             # An earlier attempt committed and its answer was lost (a worker killed after
             # the commit): the operation is done; the target is not asked again.
@@ -218,7 +219,9 @@ class ExecutorActivities:
             )
         switch = job.operation.kind in SWITCH_KINDS  # runs its template; no secret changes
         if job.pending_password is None and not switch:
-            raise ApplicationError("operation has no pending secret", non_retryable=True)
+            detail = "operation has no pending secret"
+            await asyncio.to_thread(self._never_ran, opened, "error", detail)
+            raise ApplicationError(detail, non_retryable=True)
         if job.holds_key:
 
             async def key_change() -> tuple[str, ChangeOutcome]:
@@ -375,7 +378,8 @@ class ExecutorActivities:
                 if step.slot is not None and self._client is not None:
                     mine.slot = step.slot
                 mine.commit = commit
-                mine.depart = commit is not None and step.depart
+                # Leaving the gate means telling the next operation: only with a client.
+                mine.depart = commit is not None and step.depart and self._client is not None
                 if mine.slot is not None or commit is not None:
                     writes.append(mine)
             return f"[pending] {'logs in' if result.ok else 'refused'}\n{result.transcript}", (
@@ -390,7 +394,12 @@ class ExecutorActivities:
     @implements(steps.probe)
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
-        job, opened, _ = await asyncio.to_thread(self._begin, step, None, _attempt_number(step))
+        try:
+            job, opened, _ = await self._opening(step, None)
+        except _AlreadyCommitted:
+            # The change committed and its answer was lost: the store knows the new secret is
+            # the target's (and the credential may be in another operation's hands by now).
+            return ProbeOutcome(pending_works=True, current_works=None)
         if job.holds_key:
 
             async def key_probe() -> tuple[str, ProbeOutcome]:
@@ -513,7 +522,8 @@ class ExecutorActivities:
         try:
             with session_scope(self._engine) as session:
                 operation = get_or_raise(session, Operation, operation_id)
-                if step == "change" and operation.status == OperationStatus.SUCCEEDED:
+                done = operation.status == OperationStatus.SUCCEEDED
+                if done and (step == "change" or (step is None and operation.kind != "verify")):
                     raise _AlreadyCommitted()
                 step = step or ("probe" if operation.kind == "verify" else "verify")
                 may_have_sent = (
@@ -628,11 +638,32 @@ class ExecutorActivities:
         with session_scope(self._engine) as session:
             return attempts.open_attempt(session, operation_id, step, number)
 
-    def _never_ran(self, opened: OpenedAttempt) -> None:
+    async def _opening(self, step: StepInput, name: str | None) -> tuple[Job, OpenedAttempt, bool]:
+        """``_begin`` in a thread. A cancel cannot stop the thread's transaction: the attempt
+        it opened is then closed as never run (its login's charge given back) before the
+        cancel goes on."""
+        beginning = asyncio.ensure_future(
+            asyncio.to_thread(self._begin, step, name, _attempt_number(step))
+        )
+        try:
+            return await asyncio.shield(beginning)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # it failed: nothing was opened
+                _, opened, _ = await beginning
+                await asyncio.to_thread(self._never_ran, opened)
+            raise
+
+    def _never_ran(
+        self,
+        opened: OpenedAttempt,
+        outcome: str = "canceled",
+        detail: str = "the operation was canceled before this attempt ran",
+    ) -> None:
+        """Close an attempt whose body never ran, giving back its login's charge."""
         self._finish_attempt(
             opened.attempt_id,
-            "canceled",
-            "the operation was canceled before this attempt ran",
+            outcome,
+            detail,
             "",
             writes=_AttemptWrites(ahead=dict([opened.ahead]) if opened.ahead else {}),
         )

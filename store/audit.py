@@ -158,9 +158,12 @@ def _lock_head(session: Session) -> tuple[int, str]:
 
 
 def _hold_head(session: Session, head: tuple[int, str]) -> None:
-    # Not inside a savepoint: one rolled back would release the lock (PostgreSQL) and undo
-    # the appends, so such a lock is taken again by the next event.
-    if not session.in_nested_transaction():
+    # Not inside a savepoint: one rolled back would release the lock (PostgreSQL) and undo its
+    # appends, one released would leave the head held outside it behind. Either way the next
+    # event outside reads the head again.
+    if session.in_nested_transaction():
+        session.info.pop(_HEAD_HELD, None)
+    else:
         session.info[_HEAD_HELD] = (session.get_transaction(), head)
 
 

@@ -223,6 +223,7 @@ def abandon(session: Session, operation_id: str, reason: str) -> Operation | Non
     operation = session.get(Operation, operation_id)
     if operation is None:
         return None
+    _lock(session, operation.on_credential)  # before its event: the order of store/row_locks.py
     if not OperationStatus(operation.status).terminal:
         operation.status = OperationStatus.FAILED
         operation.error_type = "WorkflowEnded"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import subprocess
 import sys
@@ -147,3 +148,24 @@ def test_verify_on_a_store_file(tmp_path: Path) -> None:
     make_engine(url).dispose()
     result = _verify_cli(url)
     assert result.returncode == 0 and "intact: 0 events" in result.stdout
+
+
+@pytest.mark.parametrize("savepoint", ["released", "rolled-back"])
+def test_events_inside_and_after_a_savepoint_keep_the_chain(engine: Engine, savepoint: str) -> None:
+    """A transaction appends, appends inside a savepoint (released or rolled back), and appends
+    again: the last append reads the head the savepoint left, not the one held before it."""
+    _seed(engine, 1)
+    with session_scope(engine) as db:
+        audit.record(db, "test.before", credential_id="c1", principal="admin")
+        with contextlib.suppress(_RolledBack), db.begin_nested():
+            audit.record(db, "test.inside", credential_id="c1", principal="admin")
+            if savepoint == "rolled-back":
+                raise _RolledBack()
+        last = audit.record(db, "test.after", credential_id="c1", principal="admin")
+
+    assert last == (4 if savepoint == "released" else 3)
+    assert audit.verify(engine) == (last, None)
+
+
+class _RolledBack(Exception):
+    pass

@@ -3,8 +3,8 @@ where two transactions taking two locks in opposite orders deadlock. SQLite seri
 writer on one lock, so it has no order to keep and is not run here.
 
 An operation's begin step locks the audit trail's head (its events) before its device's slots
-(its claim); a verified change's record must do the same: it commits (events) before it gives
-its slot back. Kept, a change's record that waits for the head holds no device lock meanwhile.
+(its claim); a verify's record must do the same: it commits and records (events) before it
+gives its slot back. Kept, a record that waits for the head holds no device lock meanwhile.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from activities.executor_steps import _AttemptWrites
+from activities.executor_steps import ExecutorActivities, _AttemptWrites
 from activities.store_steps import StoreActivities
-from store import audit, device_slots, gate
+from store import attempts, audit, device_slots, gate
 from store.engine import make_engine, session_scope
 from store.models import Credential, DeviceSlotGate, SecretState
 from store.row_locks import lock_row
@@ -61,17 +61,23 @@ def _verified_change_holding_a_slot(engine: Engine) -> tuple[str, str, str]:
     return operation_id, device_id, token
 
 
-def test_a_verified_change_waiting_for_the_audit_trail_holds_no_device_lock(
-    engine: Engine,
+@pytest.mark.parametrize("commits", [True, False], ids=["committing", "leaving-the-commit"])
+def test_a_verify_record_waiting_for_the_audit_trail_holds_no_device_lock(
+    engine: Engine, commits: bool
 ) -> None:
+    """The verify's record, which gives the slot back, with the commit or without (a change a
+    retry found already applied is committed by the workflow's own step)."""
     operation_id, device_id, token = _verified_change_holding_a_slot(engine)
+    with session_scope(engine) as session:
+        attempt_id = attempts.open_attempt(session, operation_id, "verify", 1)
     writes = _AttemptWrites(
-        slot=SlotRelease(device_id, token), commit=CommitInput(operation_id, "verified")
+        slot=SlotRelease(device_id, token),
+        commit=CommitInput(operation_id, "verified") if commits else None,
     )
+    steps = ExecutorActivities(engine, Vault(secrets.token_bytes(32)))
 
     def record_the_verify() -> None:
-        with session_scope(engine) as session:
-            writes.apply(session)
+        steps._finish_attempt(attempt_id, "succeeded", None, "", writes=writes)
 
     with Session(engine) as holding_the_head, ThreadPoolExecutor(1) as pool:
         audit.record(holding_the_head, "test.holds_the_head")  # locked until it ends
@@ -88,7 +94,7 @@ def test_a_verified_change_waiting_for_the_audit_trail_holds_no_device_lock(
             holding_the_head.rollback()
         recording.result(timeout=30)
 
-    assert writes.committed is not None and writes.committed.committed
+    assert (writes.committed is not None and writes.committed.committed) == commits
     assert writes.handed == []
 
 

@@ -20,9 +20,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from store import attempts, jobs
-from store.models import AccountLock, LoginCharge, utcnow
+from store.models import AccountLock, LoginCharge, Operation, OperationStatus, utcnow
 from tests.executors.ssh.conftest import NEW, OLD, Store
 from tests.servers.sshd import Users
+from workflows.contracts import ProbeOutcome
 
 # Opening the change's attempt (its job, its login's charge); the change's record (the verify's
 # attempt, its login's charge); the verify's record.
@@ -132,3 +133,50 @@ async def test_a_job_that_fails_to_load_unexpectedly_is_recorded_as_an_internal_
     assert "RuntimeError: the store went away" in caught.value.message
     # The transaction that opened the attempt was rolled back; the attempt is recorded alone.
     assert store.attempts(operation) == [("change", "error")]
+
+
+async def test_a_probe_of_an_operation_already_committed_answers_from_the_store(
+    store: Store, ssh_users: Users
+) -> None:
+    """A change that committed (and handed its credential on) lost its answer, and the
+    workflow probes: the store's outcome is the answer, and the target, perhaps in another
+    operation's hands by now, is not asked."""
+    user = ssh_users.create(OLD)
+    operation, device = store.operation(user, OLD, "change")
+    with Session(store.engine) as session:
+        row = session.get(Operation, operation)
+        assert row is not None
+        row.status = OperationStatus.SUCCEEDED
+        session.add(row)
+        session.commit()
+
+    outcome = await store.probe(operation)
+
+    assert outcome == ProbeOutcome(pending_works=True, current_works=None)
+    assert store.attempts(operation) == [] and store.charges(device) == []
+    assert _logins(store, user) == 0
+
+
+def _logins(store: Store, user: str) -> int:
+    return store.sshd.log_path.read_text(errors="replace").count(f"password for {user} ")
+
+
+async def test_a_change_with_no_pending_secret_gives_its_charge_back(
+    store: Store, ssh_users: Users
+) -> None:
+    user = ssh_users.create(OLD)
+    operation, device = store.operation(user, OLD, "change")
+    with Session(store.engine) as session:
+        session.add(AccountLock(device_id=device, username=user))  # charged ahead from now on
+        row = session.get(Operation, operation)
+        assert row is not None
+        row.pending_version_id = None
+        session.add(row)
+        session.commit()
+
+    with pytest.raises(ApplicationError) as caught:
+        await store.change(operation)
+
+    assert caught.value.non_retryable and "no pending secret" in caught.value.message
+    assert store.attempts(operation) == [("change", "error")]
+    assert store.charges(device) == [] and _logins(store, user) == 0
