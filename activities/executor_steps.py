@@ -143,11 +143,14 @@ class _AttemptWrites:
             self.slot = None
         if self.then_open is not None:
             opened = attempts.open_attempt(session, *self.then_open)
-            self.opened, self.then_open = OpenedAttempt(opened), None
-            charge = lockout.reserve_ahead(session, self.then_charge) if self.then_charge else None
-            if self.then_charge is not None and charge is not None:
-                self.opened = OpenedAttempt(opened, (self.then_charge, charge))
+            ahead = _charged_ahead(session, self.then_charge)
+            self.opened, self.then_open = OpenedAttempt(opened, ahead), None  # opened first
         self.then_charge = None
+
+    @classmethod
+    def of(cls, opened: OpenedAttempt) -> _AttemptWrites:
+        """The writes of an attempt just opened, holding the charge its opening took."""
+        return cls(ahead=dict([opened.ahead]) if opened.ahead else {})
 
 
 # The running attempt's writes (set by ExecutorActivities._recorded around the attempt's body).
@@ -547,8 +550,7 @@ class ExecutorActivities:
                 except Exception as exc:
                     raise _LoadFailed(step, f"{type(exc).__name__}: {exc}") from exc
                 else:
-                    first = _first_login(job, step, may_have_sent)
-                    charge = lockout.reserve_ahead(session, first) if first else None
+                    ahead = _charged_ahead(session, _first_login(job, step, may_have_sent))
                     if job.insecure_transport is not None:
                         audit.record_once(
                             session,
@@ -558,7 +560,6 @@ class ExecutorActivities:
                             device_id=job.device.id,
                             reason=job.insecure_transport,
                         )
-                    ahead = (first, charge) if first and charge else None
                     return job, OpenedAttempt(attempt_id, ahead), may_have_sent
         except _LoadFailed as failed:
             # Not a refusal of the job: its transaction is rolled back; record the attempt alone.
@@ -578,7 +579,7 @@ class ExecutorActivities:
     ) -> _T:
         """Run one attempt and record it. ``may_have_sent``: whether an earlier attempt may
         have reached the target, which decides what a spent lockout budget means."""
-        writes = _AttemptWrites(ahead=dict([opened.ahead]) if opened.ahead else {})
+        writes = _AttemptWrites.of(opened)
         attempt_id = opened.attempt_id
         finish = functools.partial(self._finish_attempt, writes=writes)
         entered = _ATTEMPT_WRITES.set(writes)
@@ -665,7 +666,7 @@ class ExecutorActivities:
             outcome,
             detail,
             "",
-            writes=_AttemptWrites(ahead=dict([opened.ahead]) if opened.ahead else {}),
+            writes=_AttemptWrites.of(opened),
         )
 
     def _finish_attempt(
@@ -719,6 +720,13 @@ def _budget(job: Job, username: str, device_id: str | None = None) -> Budget:
         job.policy.lockout_budget,
         timedelta(seconds=job.policy.lockout_window_seconds),
     )
+
+
+def _charged_ahead(session: Session, budget: Budget | None) -> tuple[Budget, str] | None:
+    """A charge for a login of ``budget`` taken in ``session``'s transaction, with its budget
+    (what the login looks for), or None: the login then reserves on its own."""
+    charge = lockout.reserve_ahead(session, budget) if budget is not None else None
+    return (budget, charge) if budget is not None and charge is not None else None
 
 
 def _first_login(job: Job, step: str, may_have_sent: bool) -> Budget | None:
