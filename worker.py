@@ -60,7 +60,7 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 
 def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
     vault = Vault(settings.keyring)
-    store = StoreActivities(engine, vault, settings.task_queue)
+    store = StoreActivities(engine, vault, settings.task_queue, settings.lost_worker_seconds)
     children = ChildPlanningActivities(engine)
     legacy_slots = LegacySlotActivities(engine)
     gate = GateActivities(engine, client)
@@ -71,7 +71,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     executor = ExecutorActivities(engine, vault, client)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
-    task_store = TaskStoreActivities(engine, settings.task_queue)
+    task_store = TaskStoreActivities(engine, settings.task_queue, settings.lost_worker_seconds)
     task_executor = TaskExecutorActivities(engine, vault)
     certificates = CertificateActivities(engine, vault, settings, client)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
@@ -135,6 +135,9 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             workflow_runner=WORKFLOW_RUNNER,
             max_cached_workflows=settings.workflow_cache_size,
+            # A workflow's next task goes to the worker that ran its last one, if it answers
+            # within this; a lost worker's go to another after it.
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.lost_worker_seconds),
         )
     ]
     workers += [
@@ -148,6 +151,9 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 certificates.cert_publish,
             ],
             max_concurrent_activities=settings.max_concurrent_executor_calls,
+            # A step heartbeats every 2 s at most (activities/executor_steps.py); the SDK sends
+            # one on at most this often, well inside the step's heartbeat timeout.
+            max_heartbeat_throttle_interval=timedelta(seconds=settings.lost_worker_seconds / 3),
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
         for zone in settings.zones

@@ -170,10 +170,14 @@ async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat while an executor call runs, so a worker that dies mid-call is noticed within
     the heartbeat timeout rather than the whole step timeout, and the attempt is retried."""
 
+    timeout = activity.info().heartbeat_timeout
+    # Often enough for a short timeout (settings.lost_worker_seconds) to hold on a busy host.
+    every = min(HEARTBEAT_EVERY_SECONDS, timeout.total_seconds() / 4) if timeout else None
+
     async def beat() -> None:
         while True:
             activity.heartbeat()
-            await asyncio.sleep(HEARTBEAT_EVERY_SECONDS)
+            await asyncio.sleep(every or HEARTBEAT_EVERY_SECONDS)
 
     task = asyncio.create_task(beat())
     try:

@@ -51,10 +51,13 @@ SECRET_MAKING_KINDS = ("change", "reconcile", "jit-create")
 
 
 class StoreActivities:
-    def __init__(self, engine: Engine, vault: Vault, task_queue: str) -> None:
+    def __init__(
+        self, engine: Engine, vault: Vault, task_queue: str, heartbeat_seconds: float = 10.0
+    ) -> None:
         self._engine = engine
         self._vault = vault
         self._task_queue = task_queue
+        self._heartbeat_seconds = heartbeat_seconds  # settings.lost_worker_seconds
 
     @implements(steps.prepare)
     def prepare(self, step: StepInput) -> OperationPlan:
@@ -148,6 +151,7 @@ class StoreActivities:
             and credential.reconcile_credential_id is not None,
             device_id=device.id,
             device_capacity=device.max_concurrent_operations or policy.max_concurrent_operations,
+            heartbeat_timeout_seconds=self._heartbeat_seconds,
         )
         return plan
 

@@ -47,9 +47,10 @@ OUTPUT_KEPT = 1_000_000
 
 
 class TaskStoreActivities:
-    def __init__(self, engine: Engine, task_queue: str) -> None:
+    def __init__(self, engine: Engine, task_queue: str, heartbeat_seconds: float = 10.0) -> None:
         self._engine = engine
         self._task_queue = task_queue
+        self._heartbeat_seconds = heartbeat_seconds  # settings.lost_worker_seconds
 
     @implements(steps.begin_task_run)
     def begin_task_run(self, start: TaskRunStart) -> TaskRunPlan:
@@ -125,6 +126,7 @@ class TaskStoreActivities:
                 device_id=device.id,
                 device_capacity=device.max_concurrent_operations
                 or policy.max_concurrent_operations,
+                heartbeat_timeout_seconds=self._heartbeat_seconds,
             )
 
     @implements(steps.end_task_run)

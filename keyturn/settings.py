@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     # target; the device caps, not this, keep targets from being crowded. Temporal's default
     # (100) held a thousand operations on five hundred devices to a tenth of what the caps allow.
     max_concurrent_executor_calls: int = Field(default=1000, ge=1, le=100_000)
+    # How long a worker may go silent before Temporal gives its work to another: a worker
+    # killed mid-step (OOM, a lost host) is noticed this late. It is the heartbeat timeout of
+    # executor steps (a change, a probe, a task) and how long a workflow's next task waits for
+    # the worker that ran its last one. Shorter notices sooner; each running step then tells
+    # Temporal it is alive more often (a third of this). A workflow task the lost worker was
+    # running waits for the namespace's workflow task timeout (Temporal's, 10 s by default).
+    lost_worker_seconds: float = Field(default=10.0, ge=1.0, le=600.0)
     # Running workflows a worker keeps in memory (Temporal's sticky cache; its default, 1000).
     # Fewer: less memory, and a workflow evicted while its operation waits is replayed from
     # history when it next has work. Measured with 1,000 operations held at a slow target: 100

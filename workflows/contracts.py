@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import timedelta
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
@@ -315,6 +316,13 @@ class OperationPlan:
     auto_reconcile: bool = False  # ... and the credential asks for it to be used on its own
     device_id: str = ""
     device_capacity: int = 0  # operations allowed on the device at once (0: not known)
+    # How long an executor step may go without a heartbeat (settings.lost_worker_seconds).
+    # 0: a plan made before the setting, whose steps used the 10 s the workflows name.
+    heartbeat_timeout_seconds: float = 0.0
+
+    @property
+    def heartbeat_timeout(self) -> timedelta:
+        return timedelta(seconds=self.heartbeat_timeout_seconds or 10.0)
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,6 @@ ALL_PATCHES_OF_2026_11 = "all-patches-of-2026-11"
 # operation that departs in one step (leaves its gate and closes its callback URLs: depart).
 # Histories with the 2026-11 marker still leave, then close, in two.
 ALL_PATCHES_OF_2026_12 = "all-patches-of-2026-12"
-# Executor activities heartbeat every 2 s: a worker lost mid-call is noticed after this long.
-EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 STORE_TIMEOUT = timedelta(seconds=30)
 COMMIT_TIMEOUT = timedelta(seconds=10)
 # Store steps are local activities: short, idempotent, and on the workflow's own worker, so they
@@ -847,7 +845,7 @@ class OperationWorkflow:
                     start_to_close_timeout=timedelta(
                         seconds=plan.step_timeout_seconds * (2 if step.verify_after_change else 1)
                     ),
-                    heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
+                    heartbeat_timeout=plan.heartbeat_timeout,
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )

@@ -75,7 +75,6 @@ STORE_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     non_retryable_error_types=["NotRegistrable", "ConfigurationError"],
 )
-EXECUTOR_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 GATE_CHECK_INTERVAL = timedelta(minutes=5)
 
 
@@ -295,7 +294,7 @@ class TaskTargetWorkflow:
                     step,
                     task_queue=plan.zone_task_queue,
                     start_to_close_timeout=timedelta(seconds=plan.step_timeout_seconds),
-                    heartbeat_timeout=EXECUTOR_HEARTBEAT_TIMEOUT,
+                    heartbeat_timeout=plan.heartbeat_timeout,
                     # Once: a task may not be safe to repeat. Its failure is the answer.
                     retry_policy=RetryPolicy(maximum_attempts=1),
                     # A cancel waits for the executor to stop (the attempt is recorded), so the

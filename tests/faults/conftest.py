@@ -34,6 +34,11 @@ ADMIN_TOKEN = "fault-test-admin-token"
 READY_LINE = "worker serving"  # worker.py logs it once connected, just before it polls
 START_WITHIN = 60.0  # seconds for a worker to import, connect and log READY_LINE (2 busy cores)
 STOP_GRACE = 20.0  # SIGTERM, then SIGKILL after this long (teardown only)
+# A killed worker's steps are noticed by Temporal's timeouts alone: a workflow task it held by
+# the workflow task timeout, an executor step by its heartbeat timeout (10 s each by default).
+# Shorter here, so each kill costs seconds, not tens: the server's default workflow task timeout
+# and Keyturn's lost_worker_seconds, the settings an operator would shorten for the same.
+LOST_WORKER_SECONDS = 4
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class FaultStack:
             KEYTURN_TASK_QUEUE=self.settings.task_queue,
             KEYTURN_SWEEP_INTERVAL_SECONDS=str(self.settings.sweep_interval_seconds),
             KEYTURN_SWEEP_PAGE_SIZE=str(self.settings.sweep_page_size),
+            KEYTURN_LOST_WORKER_SECONDS=str(self.settings.lost_worker_seconds),
             KEYTURN_DATA_DIR=str(self.settings.data_dir),
             KEYTURN_FAILPOINTS_DIR=str(failpoints_dir),
             KEYTURN_TEST_MODE="1",  # failpoints are compiled out otherwise
@@ -255,6 +261,10 @@ async def fault_temporal() -> AsyncIterator[TemporalServer]:
         search_attributes=SEARCH_ATTRIBUTES,
         data_converter=data_converter(key),
         ui=False,
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            f'history.defaultWorkflowTaskTimeout="{LOST_WORKER_SECONDS}s"',
+        ],
     )
     try:
         yield TemporalServer(env, key)
@@ -275,6 +285,7 @@ async def fault_stack(
         task_queue=f"keyturn-faults-{secrets.token_hex(4)}",
         sweep_interval_seconds=1.0,
         sweep_page_size=2,  # a sweep of a few credentials has pages to be interrupted between
+        lost_worker_seconds=LOST_WORKER_SECONDS,
     )
     engine = make_engine(settings.resolved_database_url)
     app = create_app(settings, engine, fault_temporal.env.client)

@@ -43,7 +43,7 @@ CHANGES_PER_ACCOUNT = 9  # 54 changes
 CONCURRENCY = 3
 KILLS = (4, 6)  # inclusive bounds of how many times the worker is killed
 KILL_JITTER = 1.5  # seconds after a kill's trigger, at random, so it lands anywhere in a change
-CHANGE_WITHIN = 150.0  # one change, through a kill and its recovery (10-20 s)
+CHANGE_WITHIN = 150.0  # one change, through a kill and its recovery (5-20 s)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from keyturn import failpoints
 from store.models import DeviceSlotClaim
-from tests.faults.conftest import FaultStack, WorkerProcess
+from tests.faults.conftest import LOST_WORKER_SECONDS, Accepted, FaultStack, WorkerProcess
 from tests.faults.helpers import (
     ALREADY_LIVE,
     OLD,
@@ -39,8 +39,8 @@ from tests.servers.sshd import Sshd, Users
 from workflows.contracts import OperationResult, operation_workflow_id
 
 DIE_WITHIN = 60.0  # the failpoint is reached within seconds of the request
-# Recovery: a workflow task lost with the worker times out after 10 s, an executor activity
-# after its 10 s heartbeat timeout; then the step runs again (retries 0.5 s apart).
+# Recovery: a workflow task lost with the worker times out, an executor activity misses its
+# heartbeat (LOST_WORKER_SECONDS each); then the step runs again (retries 0.5 s apart).
 FINISH_WITHIN = 120.0
 
 
@@ -71,6 +71,8 @@ async def test_a_kill_at_each_protocol_step_loses_no_credential(
     result = await fault_stack.result(accepted, FINISH_WITHIN)
 
     await assert_not_lost(fault_stack, ssh_users, target, accepted, result)
+    # The worker's setting reached the workflow: its executor steps are noticed lost this soon.
+    assert await _heartbeat_timeouts(fault_stack, accepted) == {LOST_WORKER_SECONDS}
     rows = attempts(fault_stack, [accepted.operation_id])
     print(
         f"\n[{point}/{'admin' if privileged else 'self'}] {result.status} ({result.resolution}) "
@@ -205,3 +207,14 @@ async def test_a_kill_after_the_change_then_a_target_outage_loses_no_credential(
     finally:
         users.cleanup()
         flaky.close()
+
+
+async def _heartbeat_timeouts(stack: FaultStack, accepted: Accepted) -> set[float]:
+    """The heartbeat timeouts the operation's executor steps were scheduled with, in seconds."""
+    handle = stack.client.get_workflow_handle(accepted.workflow_id)
+    return {
+        event.activity_task_scheduled_event_attributes.heartbeat_timeout.ToTimedelta().total_seconds()
+        async for event in handle.fetch_history_events()
+        if event.HasField("activity_task_scheduled_event_attributes")
+        and event.activity_task_scheduled_event_attributes.HasField("heartbeat_timeout")
+    }

@@ -139,6 +139,19 @@ def test_a_bad_siem_destination_is_refused(
         Settings()
 
 
+@pytest.mark.parametrize("seconds", ["0.5", "601", "soon"])
+def test_a_lost_worker_window_out_of_range_is_refused(
+    monkeypatch: pytest.MonkeyPatch, seconds: str
+) -> None:
+    # Below a second, a busy worker's own steps would be taken for lost; above ten minutes, a
+    # killed worker's would wait longer than most of a step's timeout.
+    monkeypatch.setenv("KEYTURN_LOST_WORKER_SECONDS", seconds)
+    with pytest.raises(ValueError, match="lost_worker_seconds"):
+        Settings()
+    monkeypatch.setenv("KEYTURN_LOST_WORKER_SECONDS", "4")
+    assert Settings().lost_worker_seconds == 4.0
+
+
 def test_the_webhook_secret_is_a_standard_webhooks_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     key = b"k" * 24
     monkeypatch.setenv("KEYTURN_WEBHOOK_SECRET", "whsec_" + base64.b64encode(key).decode())
