@@ -16,7 +16,6 @@ import base64
 import contextlib
 import html
 import json
-import re
 import shlex
 from urllib.parse import quote, quote_plus
 
@@ -37,8 +36,24 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     if not forms:
         return text
     forms.add(REDACTED)
-    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
-    return re.sub(pattern, REDACTED, text)
+    # Only the forms the text holds (most text holds none): no pattern is built, so none is
+    # compiled for each secret (the costliest part of a change's redaction) or kept, secret and
+    # all, in the regular expression module's cache.
+    present = sorted((form for form in forms if form in text), key=len, reverse=True)
+    return _masked(text, present) if present else text
+
+
+def _masked(text: str, forms: list[str]) -> str:
+    """``text`` with each of ``forms`` (longest first) masked, left to right as an alternation
+    of them would match: at the first place any starts, the longest that starts there."""
+    pieces: list[str] = []
+    start = 0
+    while found := [(at, -len(form)) for form in forms if (at := text.find(form, start)) >= 0]:
+        at, minus_length = min(found)
+        pieces += (text[start:at], REDACTED)
+        start = at - minus_length
+    pieces.append(text[start:])
+    return "".join(pieces)
 
 
 def redact_cut(text: str, secrets: tuple[str, ...]) -> str:

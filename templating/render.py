@@ -165,17 +165,26 @@ def check_syntax(text: str, first_line: int = 1, context: str | None = None) -> 
         raise TemplateSyntaxProblem(exc.message, line) from None
     if context is None:
         return
-    source = _translate_segura_tags(text)
-    for node in _environment(None).parse(source).find_all(nodes.Filter):
-        escaped_for = FILTER_CONTEXTS.get(node.name)
+    for name, lineno in _filters(text):
+        escaped_for = FILTER_CONTEXTS.get(name)
         if escaped_for is not None and not fits(escaped_for, context):
             usable = sorted(n for n, c in FILTER_CONTEXTS.items() if fits(c, context))
             hint = f"use {' or '.join(usable)}, or" if usable else "use"
             raise TemplateSyntaxProblem(
-                f"the {node.name} filter escapes for {escaped_for}, but this text is escaped "
+                f"the {name} filter escapes for {escaped_for}, but this text is escaped "
                 f"for {context}: {hint} no filter ({context} escaping applies by itself)",
-                node.lineno + first_line - 1,
+                lineno + first_line - 1,
             )
+
+
+@lru_cache(maxsize=1024)
+def _filters(text: str) -> tuple[tuple[str, int], ...]:
+    """The filters ``text`` uses and their lines. Cached like ``_compile``: the script of every
+    attempt is checked again, and templates hold tags, never a secret."""
+    source = _translate_segura_tags(text)
+    return tuple(
+        (node.name, node.lineno) for node in _environment(None).parse(source).find_all(nodes.Filter)
+    )
 
 
 def render(text: str, context: TemplateContext, line: int = 1, escape: Escape | None = None) -> str:

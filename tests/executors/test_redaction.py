@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from executors.base import REDACTED, redact
-from executors.redaction import redact_cut
+from executors.redaction import redact_cut, secret_forms
 from tests.executors.encodings import ENCODINGS, encodings_present, secrets_strategy
 
 
@@ -55,3 +57,23 @@ def test_a_text_cut_inside_a_secret_keeps_no_piece_of_it(secret: str) -> None:
             redacted = redact_cut(f"kept: {secret} then {form[:cut]}", (secret,))
             assert redacted.startswith(f"kept: {REDACTED} then"), (form, cut, redacted)
             assert len(redacted) <= len(f"kept: {REDACTED} then "), (form, cut, redacted)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    secrets=st.lists(st.text("ab*'\"", min_size=1, max_size=4), min_size=1, max_size=3),
+    text=st.text("ab*'\" x", max_size=24),
+)
+def test_masking_matches_an_alternation_of_every_form(secrets: list[str], text: str) -> None:
+    """The forms are masked as one regular expression of all of them, longest first, would:
+    at the first place any starts, the longest one there (a small alphabet makes overlaps)."""
+    forms = {form for secret in secrets for form in secret_forms(secret)} | {REDACTED}
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    assert redact(text, tuple(secrets)) == re.sub(pattern, REDACTED, text)
+
+
+def test_no_secret_is_left_in_the_regular_expression_cache() -> None:
+    secret = "hunter2" + "x" * 12  # nothing re.escape() would change
+    redact(f"echo {secret} | {json.dumps(secret)}", (secret,))
+    cached = {**getattr(re, "_cache", {}), **getattr(re, "_cache2", {})}  # CPython's, by version
+    assert not [key for key in cached if secret in repr(key)]
