@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -34,6 +34,22 @@ GENESIS = "0" * 64
 _HEAD_HELD = "keyturn.audit.head"
 KEYTURN = "keyturn"  # the principal of what Keyturn does on its own (triggers, steps)
 _VERIFY_BATCH = 1000
+# An append's statements, built once on the tables (Core, not the ORM): each append only binds
+# its values, where building them (and their cache keys) cost about as much as running them.
+_EVENTS, _HEAD = AuditEvent.__table__, AuditHead.__table__  # type: ignore[attr-defined]
+_APPEND = insert(_EVENTS)
+_MOVE_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(last_id=bindparam("to_id"), hash=bindparam("to_hash"))
+)
+# Lock and read in one statement (PostgreSQL and SQLite both return the row).
+_LOCK_HEAD = (
+    update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(last_id=_HEAD.c.last_id)
+    .returning(_HEAD.c.last_id, _HEAD.c.hash)
+)
 
 
 def record(
@@ -78,12 +94,8 @@ def record(
     fields["hash"] = _digest(fields)
     # Statements, not ORM objects: an append is on nearly every step's path, and the unit of
     # work's bookkeeping for two rows cost more than the two statements.
-    session.execute(insert(AuditEvent).values(fields))
-    session.execute(
-        update(AuditHead)
-        .where(col(AuditHead.id) == 1)
-        .values(last_id=fields["id"], hash=fields["hash"])
-    )
+    session.execute(_APPEND, fields)
+    session.execute(_MOVE_HEAD, {"to_id": fields["id"], "to_hash": fields["hash"]})
     _hold_head(session, (fields["id"], fields["hash"]))
     if log.isEnabledFor(logging.INFO):
         log.info(
@@ -169,13 +181,7 @@ def _hold_head(session: Session, head: tuple[int, str]) -> None:
 
 def _lock_head_now(session: Session) -> tuple[int, str]:
     for _ in range(3):  # the first event of a store may race to create the head
-        # Lock and read in one statement (PostgreSQL and SQLite both return the row).
-        locked = session.execute(
-            update(AuditHead)
-            .where(col(AuditHead.id) == 1)
-            .values(last_id=AuditHead.last_id)
-            .returning(col(AuditHead.last_id), col(AuditHead.hash))
-        ).first()
+        locked = session.execute(_LOCK_HEAD).first()
         if locked is not None:
             return int(locked[0]), str(locked[1])
         try:

@@ -10,11 +10,13 @@ and claims a slot; a verified change records its commit, then gives its slot bac
 
 from __future__ import annotations
 
-from typing import TypeVar
+import functools
+from typing import Any, TypeVar
 
-from sqlalchemy import inspect, update
+from sqlalchemy import bindparam, inspect, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlalchemy.sql import Select, Update
+from sqlmodel import Session, select
 
 from store.models import CredentialGate, DeviceSlotGate
 
@@ -24,22 +26,35 @@ _Lock = TypeVar("_Lock", CredentialGate, DeviceSlotGate)
 def lock_row(session: Session, model: type[_Lock], key: str) -> _Lock:
     """Bump ``key``'s ``seq`` (creating its row the first time) and return the row, read under
     the lock."""
-    key_column = inspect(model).primary_key[0]
+    bump, read = _statements(model)
+    session.flush()  # pending writes first, as an ORM statement would (audit.record does too)
     for _ in range(3):  # the first step on a key may race another to create its row
-        bumped = session.execute(
-            update(model).where(key_column == key).values(seq=col(model.seq) + 1)
-        )
+        bumped = session.execute(bump, {"key": key})
         if bumped.rowcount:  # type: ignore[attr-defined]
             # Read after the lock, and fresh even if this session holds the row already: one
             # statement (get-then-refresh was two).
-            return session.exec(
-                select(model).where(key_column == key).execution_options(populate_existing=True)
-            ).one()
+            row: _Lock = session.execute(read, {"key": key}).scalar_one()
+            return row
         try:
             with session.begin_nested():
-                created = model.model_validate({key_column.key: key, "seq": 1})
+                key_name = inspect(model).primary_key[0].key
+                created = model.model_validate({key_name: key, "seq": 1})
                 session.add(created)
             return created
         except IntegrityError:
             continue
     raise RuntimeError(f"could not lock {model.__name__} {key}")
+
+
+@functools.cache
+def _statements(model: type[Any]) -> tuple[Update, Select[Any]]:
+    """The bump (on the table: the read that follows refreshes the row, so the ORM has nothing
+    to bring up to date) and the read, built once per model: a lock is on every step's path."""
+    key_column = inspect(model).primary_key[0]
+    table = model.__table__
+    bump = update(table).where(table.c[key_column.key] == bindparam("key"))
+    read = select(model).where(key_column == bindparam("key"))
+    return (
+        bump.values(seq=table.c.seq + 1),
+        read.execution_options(populate_existing=True),
+    )
