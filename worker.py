@@ -30,6 +30,7 @@ from activities.store_steps import StoreActivities
 from activities.task_steps import TaskExecutorActivities, TaskStoreActivities
 from activities.triggers import TriggerActivities
 from governance.siem import SiemEcho
+from keyturn.logs import configure_logging
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
 from requesting.restored import request_verifies_after_restore
@@ -227,5 +228,5 @@ async def main(settings: Settings | None = None) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     asyncio.run(main())

@@ -16,6 +16,7 @@ from typing import NoReturn
 
 import uvicorn
 
+from keyturn.logs import configure_logging
 from keyturn.settings import Settings
 from requesting.chosen import SecretChoice
 from workflows.contracts import CLIENT_TRIGGERS, OPERATION_KINDS
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first break")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     settings = Settings()
     if args.command == "audit":
         raise SystemExit(_verify_audit(settings))
