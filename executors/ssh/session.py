@@ -138,9 +138,12 @@ class ScriptRunner:
         """Run the steps; ``wait_for_exit`` (a task): then wait for the last command to end
         (unless an exit: read its status already) and keep its exit status, whatever it is."""
         try:
-            for step in steps:
+            # Rendering is CPU work with a budget (templating.budget): off the event loop, every
+            # step's in one trip (a trip a step cost more than most steps' rendering).
+            arguments = await asyncio.to_thread(lambda: [self._render(step) for step in steps])
+            for step, argument in zip(steps, arguments, strict=True):
                 try:
-                    await self._step(step)
+                    await self._step(step, argument)
                 except (asyncssh.Error, OSError) as exc:
                     raise self._lost_error(step, f"the connection failed: {exc}") from None
             if wait_for_exit and steps and self._process is not None and not self._exited:
@@ -157,9 +160,11 @@ class ScriptRunner:
 
     # -- steps -----------------------------------------------------------------------------
 
-    async def _step(self, step: Step) -> None:
-        # Rendering is CPU work with a budget (templating.budget): off the event loop.
-        value, shown = await asyncio.to_thread(self._render, step)
+    async def _step(self, step: Step, argument: tuple[str, str] | TemplateSyntaxProblem) -> None:
+        if isinstance(argument, TemplateSyntaxProblem):
+            # Rendered ahead, failed when the run reaches it: the steps before it ran.
+            raise self._error(TemplateFailed, step, f"cannot render: {argument.message}")
+        value, shown = argument
         match step.directive:
             case "timeout":
                 self._timeout = self._parsed(step, lambda: parse_timeout(value, step.line))
@@ -331,15 +336,16 @@ class ScriptRunner:
             f"the target said {said!r}{waiting}",
         )
 
-    def _render(self, step: Step) -> tuple[str, str]:
-        """The argument as sent, and as shown in the transcript (secrets masked)."""
+    def _render(self, step: Step) -> tuple[str, str] | TemplateSyntaxProblem:
+        """The argument as sent, and as shown in the transcript (secrets masked); or why it
+        cannot be rendered."""
         if not step.argument:
             return "", ""
         escape = escape_for(step.directive)
         try:
             value = render(step.argument, self._context, line=step.line, escape=escape)
         except TemplateSyntaxProblem as exc:
-            raise self._error(TemplateFailed, step, f"cannot render: {exc.message}") from None
+            return exc
         try:
             shown = render(step.argument, self._masked_context, line=step.line, escape=escape)
         except TemplateSyntaxProblem:

@@ -535,7 +535,7 @@ async def test_run_rejects_a_bad_template_before_connecting(sshd: Sshd) -> None:
 async def test_undefined_tag_at_run_time_names_the_line(sshd: Sshd, ssh_users: Users) -> None:
     password = "Current-pass-1234"
     user = ssh_users.create(password)
-    with pytest.raises(TemplateFailed, match="line 2"):
+    with pytest.raises(TemplateFailed, match="line 2") as caught:
         await EXECUTOR.run(
             RunRequest(
                 target(sshd),
@@ -544,6 +544,8 @@ async def test_undefined_tag_at_run_time_names_the_line(sshd: Sshd, ssh_users: U
                 context(sshd, user, password, "x"),
             )
         )
+    # Every step is rendered before the first runs; the one that cannot be fails in its turn.
+    assert "$ cat" in caught.value.transcript, caught.value.transcript
 
 
 @settings(
