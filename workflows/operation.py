@@ -890,8 +890,13 @@ class OperationWorkflow:
     async def _to_the_end(self, steps: Callable[[], Coroutine[Any, Any, _R]]) -> _R:
         """Run ``steps()`` to completion whatever cancel arrives meanwhile (noted as too late).
         Takes the function, not a coroutine: a workflow evicted before this runs leaves no
-        coroutine unawaited."""
-        task = asyncio.ensure_future(steps())
+        coroutine unawaited; nor does one torn down outside its event loop as this begins."""
+        coroutine = steps()
+        try:
+            task = asyncio.ensure_future(coroutine)
+        except BaseException:
+            coroutine.close()  # no loop to run it on: the workflow is being torn down
+            raise
         while True:
             try:
                 return await asyncio.shield(task)
