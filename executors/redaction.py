@@ -48,7 +48,16 @@ def _masked(text: str, forms: list[str]) -> str:
     of them would match: at the first place any starts, the longest that starts there."""
     pieces: list[str] = []
     start = 0
-    while found := [(at, -len(form)) for form in forms if (at := text.find(form, start)) >= 0]:
+    # Where each form occurs next (-1: nowhere after ``start``), searched for again only once
+    # a mask has passed it: each form's search moves through the text once.
+    upcoming = {form: text.find(form) for form in forms}
+    while True:
+        for form, at in upcoming.items():
+            if 0 <= at < start:
+                upcoming[form] = text.find(form, start)
+        found = [(at, -len(form)) for form, at in upcoming.items() if at >= 0]
+        if not found:
+            break
         at, minus_length = min(found)
         pieces += (text[start:at], REDACTED)
         start = at - minus_length

@@ -186,7 +186,9 @@ def _lock_head_now(session: Session) -> tuple[int, str]:
             return int(locked[0]), str(locked[1])
         try:
             with session.begin_nested():
-                session.add(AuditHead(id=1, last_id=0, hash=GENESIS))
+                # A statement too: an ORM object of the head would keep its first values in
+                # this session while the appends move the row on.
+                session.execute(insert(_HEAD).values(id=1, last_id=0, hash=GENESIS))
         except IntegrityError:
             continue
     raise RuntimeError("could not lock the audit trail's head")

@@ -160,10 +160,12 @@ class ScriptRunner:
 
     # -- steps -----------------------------------------------------------------------------
 
-    async def _step(self, step: Step, argument: tuple[str, str] | TemplateSyntaxProblem) -> None:
+    async def _step(self, step: Step, argument: tuple[str, str] | Exception) -> None:
+        # Rendered ahead; one that failed fails when the run reaches it, after the steps before.
         if isinstance(argument, TemplateSyntaxProblem):
-            # Rendered ahead, failed when the run reaches it: the steps before it ran.
             raise self._error(TemplateFailed, step, f"cannot render: {argument.message}")
+        if isinstance(argument, Exception):
+            raise argument  # what rendering raised that it does not name (as it did in place)
         value, shown = argument
         match step.directive:
             case "timeout":
@@ -336,7 +338,7 @@ class ScriptRunner:
             f"the target said {said!r}{waiting}",
         )
 
-    def _render(self, step: Step) -> tuple[str, str] | TemplateSyntaxProblem:
+    def _render(self, step: Step) -> tuple[str, str] | Exception:
         """The argument as sent, and as shown in the transcript (secrets masked); or why it
         cannot be rendered."""
         if not step.argument:
@@ -344,7 +346,7 @@ class ScriptRunner:
         escape = escape_for(step.directive)
         try:
             value = render(step.argument, self._context, line=step.line, escape=escape)
-        except TemplateSyntaxProblem as exc:
+        except Exception as exc:  # raised by the step, in its turn
             return exc
         try:
             shown = render(step.argument, self._masked_context, line=step.line, escape=escape)

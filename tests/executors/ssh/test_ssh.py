@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import string
 import time
+from pathlib import Path
 
 import asyncssh
 import pytest
@@ -546,6 +548,25 @@ async def test_undefined_tag_at_run_time_names_the_line(sshd: Sshd, ssh_users: U
         )
     # Every step is rendered before the first runs; the one that cannot be fails in its turn.
     assert "$ cat" in caught.value.transcript, caught.value.transcript
+
+
+async def test_a_tag_that_raises_at_run_time_raises_in_its_turn(
+    sshd: Sshd, ssh_users: Users
+) -> None:
+    # Rendering raises what it does not name as a template problem (a division by zero) where
+    # the run reaches the step, whatever it rendered ahead: the step before it ran first.
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+    with pytest.raises(ZeroDivisionError):
+        await EXECUTOR.run(
+            RunRequest(
+                target(sshd),
+                Account(user, password),
+                "exec: touch ran-first\nexit: 0\nexec: echo {{ 1 // 0 }}\n",
+                context(sshd, user, password, "x"),
+            )
+        )
+    assert await asyncio.to_thread(Path(f"/home/{user}/ran-first").exists)
 
 
 @settings(
