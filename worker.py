@@ -152,8 +152,8 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 certificates.cert_publish,
             ],
             max_concurrent_activities=settings.max_concurrent_executor_calls,
-            # A step heartbeats every 2 s at most (activities/executor_steps.py); the SDK sends
-            # one on at most this often, well inside the step's heartbeat timeout.
+            # A step beats every 2 s, or every quarter of its heartbeat timeout if shorter
+            # (activities/executor_steps.py); the SDK sends a beat on within a third of it.
             max_heartbeat_throttle_interval=timedelta(seconds=settings.lost_worker_seconds / 3),
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )

@@ -172,12 +172,16 @@ async def _heartbeating() -> AsyncIterator[None]:
 
     timeout = activity.info().heartbeat_timeout
     # Often enough for a short timeout (settings.lost_worker_seconds) to hold on a busy host.
-    every = min(HEARTBEAT_EVERY_SECONDS, timeout.total_seconds() / 4) if timeout else None
+    every = (
+        min(HEARTBEAT_EVERY_SECONDS, timeout.total_seconds() / 4)
+        if timeout
+        else HEARTBEAT_EVERY_SECONDS
+    )
 
     async def beat() -> None:
         while True:
             activity.heartbeat()
-            await asyncio.sleep(every or HEARTBEAT_EVERY_SECONDS)
+            await asyncio.sleep(every)
 
     task = asyncio.create_task(beat())
     try:

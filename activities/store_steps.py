@@ -52,7 +52,7 @@ SECRET_MAKING_KINDS = ("change", "reconcile", "jit-create")
 
 class StoreActivities:
     def __init__(
-        self, engine: Engine, vault: Vault, task_queue: str, heartbeat_seconds: float = 10.0
+        self, engine: Engine, vault: Vault, task_queue: str, heartbeat_seconds: float
     ) -> None:
         self._engine = engine
         self._vault = vault

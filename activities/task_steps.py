@@ -47,7 +47,7 @@ OUTPUT_KEPT = 1_000_000
 
 
 class TaskStoreActivities:
-    def __init__(self, engine: Engine, task_queue: str, heartbeat_seconds: float = 10.0) -> None:
+    def __init__(self, engine: Engine, task_queue: str, heartbeat_seconds: float) -> None:
         self._engine = engine
         self._task_queue = task_queue
         self._heartbeat_seconds = heartbeat_seconds  # settings.lost_worker_seconds

@@ -26,7 +26,7 @@ _Lock = TypeVar("_Lock", CredentialGate, DeviceSlotGate)
 def lock_row(session: Session, model: type[_Lock], key: str) -> _Lock:
     """Bump ``key``'s ``seq`` (creating its row the first time) and return the row, read under
     the lock."""
-    bump, read = _statements(model)
+    bump, read, key_name = _statements(model)
     session.flush()  # pending writes first, as an ORM statement would (audit.record does too)
     for _ in range(3):  # the first step on a key may race another to create its row
         bumped = session.execute(bump, {"key": key})
@@ -37,7 +37,6 @@ def lock_row(session: Session, model: type[_Lock], key: str) -> _Lock:
             return row
         try:
             with session.begin_nested():
-                key_name = inspect(model).primary_key[0].key
                 created = model.model_validate({key_name: key, "seq": 1})
                 session.add(created)
             return created
@@ -47,9 +46,10 @@ def lock_row(session: Session, model: type[_Lock], key: str) -> _Lock:
 
 
 @functools.cache
-def _statements(model: type[Any]) -> tuple[Update, Select[Any]]:
+def _statements(model: type[Any]) -> tuple[Update, Select[Any], str]:
     """The bump (on the table: the read that follows refreshes the row, so the ORM has nothing
-    to bring up to date) and the read, built once per model: a lock is on every step's path."""
+    to bring up to date), the read, and the key's name, made once per model: a lock is on
+    every step's path."""
     key_column = inspect(model).primary_key[0]
     table = model.__table__
     bump = update(table).where(table.c[key_column.key] == bindparam("key"))
@@ -57,4 +57,5 @@ def _statements(model: type[Any]) -> tuple[Update, Select[Any]]:
     return (
         bump.values(seq=table.c.seq + 1),
         read.execution_options(populate_existing=True),
+        key_column.key,
     )

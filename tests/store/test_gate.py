@@ -81,7 +81,7 @@ def test_commit_never_overwrites_a_current_secret_that_moved(engine: Engine) -> 
     vault = Vault(KEY)
     with session_scope(engine) as session:
         vault.add(session, credential_id, "first", SecretState.CURRENT)
-    steps = StoreActivities(engine, vault, "queue")
+    steps = StoreActivities(engine, vault, "queue", heartbeat_seconds=10.0)
     operation_id = _register(engine, credential_id)
     steps.prepare(StepInput(operation_id))
     with session_scope(engine) as session:  # another writer moves current meanwhile

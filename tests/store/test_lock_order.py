@@ -54,7 +54,9 @@ def _verified_change_holding_a_slot(engine: Engine) -> tuple[str, str, str]:
         vault.add(session, credential_id, "Old-secret-1", SecretState.CURRENT)
         request = gate.Registration(operation_id, credential_id, "change", "manual", "wf", None)
         gate.admitted(session, request)
-        StoreActivities(engine, vault, "keyturn").prepared(session, operation_id)
+        StoreActivities(engine, vault, "keyturn", heartbeat_seconds=10.0).prepared(
+            session, operation_id
+        )
         holder = WorkflowRef("wf", "run")
         held, _ = device_slots.claim(session, SlotRequest(device_id, token, holder, 1, "1"))
         assert held
