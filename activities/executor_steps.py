@@ -125,7 +125,7 @@ class _AttemptWrites:
                 gate.lock_of(session, operation_id)
             self.committed = commit_in(session, self.commit)
             if self.depart and self.committed.committed:
-                follower, receivers = gate.depart(session, operation_id)
+                follower, receivers = gate.depart(session, operation_id, locked=True)
                 ahead = WorkflowRef(follower.workflow_id, follower.run_id) if follower else None
                 self.departure = Departure(ahead, receivers)
         for charge in self.ahead.values():
@@ -179,9 +179,11 @@ async def _heartbeating() -> AsyncIterator[None]:
     )
 
     async def beat() -> None:
+        # The heartbeat timeout counts from the step's start: a beat at once would tell
+        # Temporal nothing, and costs it a write (most steps end before the first beat).
         while True:
-            activity.heartbeat()
             await asyncio.sleep(every)
+            activity.heartbeat()
 
     task = asyncio.create_task(beat())
     try:

@@ -399,6 +399,7 @@ async def temporal_timeline(client: Client, samples: Sequence[KeyturnSample]) ->
     if len(runs) != len(wanted):
         return [f"temporal history: found {len(runs)} of {len(wanted)} runs; skipped"]
     events = 0
+    kinds: Counter[str] = Counter()
     wft_wait: list[float] = []
     wft_run: list[float] = []
     wft_count = 0
@@ -408,6 +409,9 @@ async def temporal_timeline(client: Client, samples: Sequence[KeyturnSample]) ->
     for workflow_id, run_id in runs:
         history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         events += len(history.events)
+        kinds.update(
+            EventType.Name(e.event_type).removeprefix("EVENT_TYPE_") for e in history.events
+        )
         at: dict[int, datetime] = {}
         names: dict[int, str] = {}
         first = last = None
@@ -439,6 +443,8 @@ async def temporal_timeline(client: Client, samples: Sequence[KeyturnSample]) ->
     lines = [
         f"temporal, per operation: {events / n:.1f} history events, {wft_count / n:.1f} workflow "
         f"tasks, {activities / n:.1f} activities",
+        "  events: "
+        + ", ".join(f"{kind.lower()} {count / n:.1f}" for kind, count in kinds.items()),
         "  (ms)" + HEADER[len("  (ms)") :],
         row("  workflow started → completed (history)", workflow_wall),
         row("  workflow task: scheduled → picked up", wft_wait),

@@ -78,6 +78,18 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+_HELD = "keyturn.store.held"
+
+
+def hold(session: Session, *rows: object) -> None:
+    """Keep ``rows`` in ``session``'s identity map until the session closes. SQLAlchemy holds
+    what a session loaded weakly: once no variable refers to a row, the next ``get`` of it in
+    the same transaction reads it again. A step whose parts each look a row up by its id (the
+    begin step registers, then prepares) holds what it read under its lock, and the later
+    parts find it without a statement."""
+    session.info.setdefault(_HELD, []).extend(rows)
+
+
 _T = TypeVar("_T")
 
 

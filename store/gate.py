@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from store import audit, callbacks
-from store.engine import session_scope
+from store.engine import hold, session_scope
 from store.models import (
     Credential,
     CredentialGate,
@@ -65,6 +65,8 @@ def register(session: Session, request: Registration) -> Operation:
     seq = _lock(session, credential.id)
     existing = session.get(Operation, request.operation_id)
     if existing is not None:
+        # Read under the lock: the begin step's prepare looks it up again.
+        hold(session, existing)
         if existing.run_id is None and request.run_id:
             existing.run_id = request.run_id
             session.add(existing)
@@ -102,11 +104,16 @@ def register(session: Session, request: Registration) -> Operation:
     operation.waiting_for = ahead.id if ahead else None
     operation.status = OperationStatus.QUEUED if ahead else OperationStatus.SCHEDULED
     session.add(operation)
+    hold(session, operation)
     audit.record(
         session,
         "operation.requested",
         operation_id=operation.id,
+        # All three named: the new row is not in the session's identity map until flushed,
+        # so looking it up for them would cost a statement.
         credential_id=credential.id,
+        device_id=credential.device_id,
+        principal=operation.requested_by or audit.KEYTURN,
         kind=operation.kind,
         trigger=operation.trigger,
         waiting_for=operation.waiting_for,
@@ -125,8 +132,11 @@ def admit(engine: Engine, request: Registration) -> Admission:
 def admitted(session: Session, request: Registration) -> Admission:
     """``admit`` inside the caller's transaction (an operation's begin step goes on in it)."""
     operation = register(session, request)
-    credential = session.get(Credential, operation.credential_id)
+    # Read again now that the gate is locked (a lifecycle operation ahead may have just
+    # deactivated it), and held for the begin step's prepare.
+    credential = session.get(Credential, operation.credential_id, populate_existing=True)
     assert credential is not None
+    hold(session, credential)
     session.flush()
     return Admission(
         operation_id=operation.id,
@@ -137,8 +147,10 @@ def admitted(session: Session, request: Registration) -> Admission:
     )
 
 
-def leave(session: Session, operation_id: str) -> Operation | None:
-    """Leave the gate; the operation that now holds it and must be told, if any.
+def leave(session: Session, operation_id: str, *, locked: bool = False) -> Operation | None:
+    """Leave the gate; the operation that now holds it and must be told, if any. ``locked``:
+    this transaction holds the gate's lock already and read the operation under it
+    (``lock_of``).
 
     Idempotent: leaving again answers the same follower, so a retried step signals it again
     (harmless) rather than never.
@@ -146,9 +158,11 @@ def leave(session: Session, operation_id: str) -> Operation | None:
     operation = session.get(Operation, operation_id)
     if operation is None:
         return None
-    _lock(session, operation.on_credential)
-    # Read again under the lock: the operation ahead may have just handed this one the gate.
-    session.refresh(operation)
+    if not locked:
+        _lock(session, operation.on_credential)
+        # Read again under the lock: the operation ahead may have just handed this one the
+        # gate.
+        session.refresh(operation)
     follower = session.exec(
         select(Operation).where(
             Operation.waiting_for == operation.id, col(Operation.gate_state).is_not(None)
@@ -191,10 +205,12 @@ def close_callbacks(session: Session, operation_id: str) -> int:
     return callbacks.close(session, operation)
 
 
-def depart(session: Session, operation_id: str) -> tuple[Operation | None, int]:
+def depart(
+    session: Session, operation_id: str, *, locked: bool = False
+) -> tuple[Operation | None, int]:
     """An ended operation leaves the gate and closes its callback URLs under one lock: the
     operation to tell its turn has come (as ``leave``), and how many requesters to tell."""
-    follower = leave(session, operation_id)  # locked and read again under the lock
+    follower = leave(session, operation_id, locked=locked)  # read under the lock
     operation = session.get(Operation, operation_id)
     return follower, callbacks.close(session, operation) if operation is not None else 0
 
@@ -250,12 +266,18 @@ def _tail(session: Session, credential_id: str) -> Operation | None:
     ).first()
 
 
-def lock_of(session: Session, operation_id: str) -> None:
+def lock_of(session: Session, operation_id: str) -> Operation | None:
     """Lock the gate of the operation's credential now: a transaction that leaves the gate
-    after appending to the audit trail takes the gate's lock first (store/row_locks.py)."""
+    after appending to the audit trail takes the gate's lock first (store/row_locks.py). The
+    operation, read again under the lock and held for the rest of the transaction: its commit
+    and its departure (``depart(..., locked=True)``) find it there."""
     operation = session.get(Operation, operation_id)
-    if operation is not None:
-        _lock(session, operation.on_credential)
+    if operation is None:
+        return None
+    _lock(session, operation.on_credential)
+    session.refresh(operation)
+    hold(session, operation)
+    return operation
 
 
 def _lock(session: Session, credential_id: str) -> int:

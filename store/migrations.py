@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from store.audit import GENESIS, chain_hash
 from store.models import AuditEvent, SchemaVersion
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def _v2_one_writer_per_credential(conn: Connection) -> None:
@@ -332,12 +333,8 @@ def migrate(engine: Engine) -> int:
         if conn.dialect.name == "postgresql":
             # Two processes starting together (worker and API) migrate one after the other.
             conn.execute(text("SELECT pg_advisory_xact_lock(7419)"))
-        alembic = alembic_config(conn)
-        if MigrationContext.configure(conn).get_current_revision() is None:
-            row = conn.execute(text("SELECT version FROM schemaversion WHERE id = 1")).first()
-            version = int(row[0]) if row else (1 if existed else LATEST)
-            command.stamp(alembic, revision_of(version))
-        command.upgrade(alembic, "head")
+        if _recorded_revision(conn) != revision_of(LATEST):
+            _upgrade(conn, existed)
         _append_only_audit(conn)
         # Kept for the backup format and for tools of earlier releases, which read the version
         # there; Alembic's own table is where migrations look.
@@ -347,10 +344,31 @@ def migrate(engine: Engine) -> int:
     return LATEST
 
 
+def _upgrade(conn: Connection, existed: bool) -> None:
+    """Alembic, from where the store stands to the newest revision. Imported here: a store
+    already up to date (every start but the first after an upgrade) needs none of it, and each
+    process that makes an engine, the worker and the API, would otherwise hold its ~11 MiB."""
+    from alembic import command
+
+    alembic = alembic_config(conn)
+    if _recorded_revision(conn) is None:
+        row = conn.execute(text("SELECT version FROM schemaversion WHERE id = 1")).first()
+        version = int(row[0]) if row else (1 if existed else LATEST)
+        command.stamp(alembic, revision_of(version))
+    command.upgrade(alembic, "head")
+
+
+def _recorded_revision(conn: Connection) -> str | None:
+    """The revision Alembic recorded in its table (a linear history: one row), if any."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
+
+
 def current_version(engine: Engine) -> int:
     """The schema version the store is at, as Alembic recorded it."""
     with engine.connect() as conn:
-        revision = MigrationContext.configure(conn).get_current_revision()
+        revision = _recorded_revision(conn)
     return int(revision) if revision is not None else 0
 
 
@@ -361,6 +379,8 @@ def revision_of(version: int) -> str:
 
 def alembic_config(conn: Connection | None = None) -> Config:
     """Alembic's configuration for the store, running on ``conn`` (``store/schema/env.py``)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "schema"))
     config.attributes["connection"] = conn

@@ -19,8 +19,6 @@ import shlex
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ldap3.utils.conv import escape_filter_chars
-
 
 class Escaped(str):
     """Text already escaped for ``context``: the automatic escape of that context (or of one
@@ -140,6 +138,10 @@ _DN_SPECIAL = frozenset(',+"\\<>;=#')
 @_escaped
 def ldap_filter(value: str) -> str:
     """An assertion value inside an LDAP search filter (RFC 4515)."""
+    # Imported on first use, as the LDAP executor imports ldap3: a worker that never renders
+    # an LDAP template does not hold the library (~5 MiB).
+    from ldap3.utils.conv import escape_filter_chars
+
     return str(escape_filter_chars(value))
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from activities.store_steps import StoreActivities
+from activities.store_steps import StoreActivities, commit_in
 from store import callbacks, gate
 from store.engine import session_scope
 from store.models import Operation, OperationStatus, SecretState
@@ -151,3 +152,62 @@ def test_a_url_given_twice_is_told_once_and_a_join_may_come_before_the_row(
     with session_scope(engine) as session:
         assert callbacks.urls(session, operation_id) == [url, "https://hooks.example.test/b"]
         assert gate.close_callbacks(session, operation_id) == 2
+
+
+class _Statements:
+    """The statements an engine runs while counted, normalised to one line each."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.seen = engine, list[str]()
+
+    def __enter__(self) -> _Statements:
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
+        self.seen.append(" ".join(statement.split()))
+
+    def count(self, start: str, *parts: str) -> int:
+        return sum(s.startswith(start) and all(p in s for p in parts) for s in self.seen)
+
+
+def test_the_begin_step_reads_its_rows_once_under_the_lock(engine: Engine) -> None:
+    """Register and prepare share a transaction: the operation is read once (after the lock),
+    the credential once before the lock (does it exist?) and once under it (a lifecycle
+    operation ahead may have just deactivated it); prepare looks both up again for free."""
+    credential_id = a_credential(engine)
+    steps = StoreActivities(engine, Vault(KEY), "queue", heartbeat_seconds=10.0)
+    operation_id = _register(engine, credential_id)  # the API's registration
+    registration = gate.Registration(
+        operation_id, credential_id, "change", "manual", f"wf-{operation_id}", "run"
+    )
+    with _Statements(engine) as statements, session_scope(engine) as session:
+        admission = gate.admitted(session, registration)
+        plan = steps.prepared(session, admission.operation_id)
+    assert not admission.queued and plan.device_id == admission.device_id
+    assert statements.count("SELECT operation.", "WHERE operation.id =") == 1
+    assert statements.count("SELECT credential.", "WHERE credential.id =") == 2
+    assert statements.count("UPDATE credentialgate") == 1
+
+
+def test_a_committed_departure_locks_the_gate_once_and_hands_it_on(engine: Engine) -> None:
+    """What a verified change's record does in one transaction: lock the gate and read the
+    operation under it, commit, leave (locked already) and close its callbacks."""
+    credential_id = a_credential(engine)
+    steps = StoreActivities(engine, Vault(KEY), "queue", heartbeat_seconds=10.0)
+    first, second = (_register(engine, credential_id) for _ in range(2))
+    steps.prepare(StepInput(first))
+    with _Statements(engine) as statements, session_scope(engine) as session:
+        operation = gate.lock_of(session, first)
+        assert operation is not None and operation.gate_state == "holding"
+        assert commit_in(session, CommitInput(first, "verified")).committed
+        follower, receivers = gate.depart(session, first, locked=True)
+    assert follower is not None and follower.id == second and receivers == 0
+    assert statements.count("UPDATE credentialgate") == 1
+    assert statements.count("SELECT operation.", "WHERE operation.id =") == 2  # read, then locked
+    assert _row(engine, second).gate_state == "holding"
+    left = _row(engine, first)
+    assert left.gate_state is None and left.status == OperationStatus.SUCCEEDED

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from store.vault import Vault
 from workflows.contracts import SlotRequest, WorkflowRef
 
 SCHEMAS = Path(__file__).parent / "schemas"
+REPO = Path(__file__).parents[2]
 # A row as the previous release wrote it (enum members are stored by name).
 ROWS = """
 INSERT INTO device (id, name, address, port, executor, zone, profile, host_keys,
@@ -244,6 +247,43 @@ def test_a_store_of_the_release_before_alembic_is_stamped_and_keeps_every_secret
         vault = Vault(master_key)
         assert {row.id: vault.reveal(row) for row in rows} == kept
     make_engine(empty_database).dispose()  # starting again runs nothing and changes nothing
+    engine.dispose()
+
+
+ALEMBIC_LOADED = """
+import sys
+from store.engine import make_engine
+make_engine(sys.argv[1]).dispose()
+print(sorted(name for name in sys.modules if name.partition(".")[0] == "alembic"))
+"""
+
+
+def test_a_store_up_to_date_starts_without_alembic(tmp_path: Path) -> None:
+    """Every start but the first after an upgrade finds the store at the newest revision: the
+    worker and the API then never load Alembic (it would stay in each process's memory)."""
+    url = f"sqlite:///{tmp_path / 'keyturn.db'}"
+
+    def start() -> str:
+        ran = subprocess.run(
+            [sys.executable, "-c", ALEMBIC_LOADED, url],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return ran.stdout.strip()
+
+    assert start() != "[]"  # a new store is stamped by Alembic
+    assert start() == "[]"
+    engine = create_engine(url)
+    with engine.begin() as conn:  # a store one revision behind is upgraded by it again
+        conn.execute(
+            text("UPDATE alembic_version SET version_num = :v"), {"v": revision_of(LATEST - 1)}
+        )
+    engine.dispose()
+    assert start() != "[]"
+    engine = make_engine(url)
+    assert current_version(engine) == LATEST
     engine.dispose()
 
 
