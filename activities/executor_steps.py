@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
@@ -165,25 +166,45 @@ def _attempt_writes() -> _AttemptWrites:
         raise RuntimeError("a login outside ExecutorActivities._recorded") from None
 
 
+# When the running activity last told Temporal it is alive (time.monotonic()), shared by its
+# attempts: one activity runs several (a change, then its verify), and the silence between
+# them counts towards the heartbeat timeout as much as the silence within one.
+_LAST_BEAT: ContextVar[list[float]] = ContextVar("last_beat")
+
+
 @contextlib.asynccontextmanager
 async def _heartbeating() -> AsyncIterator[None]:
     """Heartbeat while an executor call runs, so a worker that dies mid-call is noticed within
-    the heartbeat timeout rather than the whole step timeout, and the attempt is retried."""
+    the heartbeat timeout rather than the whole step timeout, and the attempt is retried.
 
-    timeout = activity.info().heartbeat_timeout
+    A beat is due one interval after the activity started or last beat: an activity that ends
+    sooner sends none (each is a write on the Temporal server, and most steps are shorter
+    than an interval), and an attempt that starts when one is due beats at once."""
+
+    info = activity.info()
+    timeout = info.heartbeat_timeout
     # Often enough for a short timeout (settings.lost_worker_seconds) to hold on a busy host.
     every = (
         min(HEARTBEAT_EVERY_SECONDS, timeout.total_seconds() / 4)
         if timeout
         else HEARTBEAT_EVERY_SECONDS
     )
+    try:
+        last = _LAST_BEAT.get()
+    except LookupError:
+        # The activity's first attempt: Temporal's timer started with the activity (its clock;
+        # a worker clock behind it counts from now).
+        running = (datetime.now(UTC) - info.started_time).total_seconds()
+        last = [time.monotonic() - max(0.0, running)]
+        _LAST_BEAT.set(last)
 
     async def beat() -> None:
-        # The heartbeat timeout counts from the step's start: a beat at once would tell
-        # Temporal nothing, and costs it a write (most steps end before the first beat).
         while True:
-            await asyncio.sleep(every)
+            due = last[0] + every - time.monotonic()
+            if due > 0:
+                await asyncio.sleep(due)
             activity.heartbeat()
+            last[0] = time.monotonic()
 
     task = asyncio.create_task(beat())
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from executors.plugins import load_plugins
+from executors.plugins import Plugins
 
 # Part of the plugin interface (executors import them from here); defined in executors.redaction.
 from executors.redaction import REDACTED as REDACTED
@@ -287,9 +287,9 @@ def insecure_transport(executor: object, target: Target) -> str | None:
 
 
 @cache
-def registry() -> dict[str, Executor]:
+def registry() -> Plugins[Executor]:
     """Installed executors by name. Keyturn's own register through the same entry points."""
-    return load_plugins(ENTRY_POINT_GROUP, "executor")
+    return Plugins(ENTRY_POINT_GROUP, "executor")
 
 
 def get_executor(name: str) -> Executor:

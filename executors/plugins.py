@@ -4,18 +4,55 @@ authorities (``keyturn.cas``) are found the same way."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Generic, TypeVar
+
+_P = TypeVar("_P")
 
 
-def load_plugins(group: str, what: str) -> dict[str, Any]:
-    """Each installed plugin of ``group``, instantiated, by name. ``what`` names the kind of
-    plugin in the log line of one that fails to load: a broken plugin must not take the
-    others down with it."""
-    found: dict[str, Any] = {}
-    for ep in entry_points(group=group):
-        try:
-            found[ep.name] = ep.load()()
-        except Exception:
-            logging.getLogger("keyturn").exception("%s plugin %r failed to load", what, ep.name)
-    return found
+class Plugins(Mapping[str, _P], Generic[_P]):
+    """The installed plugins of an entry-point group by name, each imported and instantiated
+    the first time it is asked for: a process holds the protocol libraries it uses and no
+    others (a worker that changes SSH passwords never imports a database driver, ~20 MiB).
+    A plugin that fails to load is logged once and is then as if not installed: a broken
+    plugin must not take the others down with it. ``what`` names the kind of plugin in that
+    log line."""
+
+    def __init__(self, group: str, what: str) -> None:
+        self._what = what
+        self._points = {point.name: point for point in entry_points(group=group)}
+        self._loaded: dict[str, _P] = {}
+        self._broken: set[str] = set()
+        self._lock = threading.RLock()  # activities ask from several threads at once
+
+    def __getitem__(self, name: str) -> _P:
+        with self._lock:
+            if name in self._loaded:
+                return self._loaded[name]
+            point = self._points.get(name)
+            if point is None or name in self._broken:
+                raise KeyError(name)
+            try:
+                plugin: _P = point.load()()
+            except Exception:
+                logging.getLogger("keyturn").exception(
+                    "%s plugin %r failed to load", self._what, name
+                )
+                self._broken.add(name)
+                raise KeyError(name) from None
+            self._loaded[name] = plugin
+            return plugin
+
+    def __iter__(self) -> Iterator[str]:
+        """The names of the plugins that load: listing them loads each one."""
+        return iter([name for name in self._points if name in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def packages(self) -> dict[str, str]:
+        """Each installed plugin's top-level package by name, read from its entry point
+        without importing it (where its package data, such as shipped templates, lives)."""
+        return {name: point.module.split(".")[0] for name, point in self._points.items()}

@@ -32,8 +32,7 @@ def shipped_templates() -> list[ShippedTemplate]:
     found the same way. A file without a kind header is a packaging bug.
     """
     found: list[ShippedTemplate] = []
-    for name, executor in registry().items():
-        package = type(executor).__module__.split(".")[0]
+    for name, package in registry().packages().items():
         directory = files(package).joinpath("templates", name)
         if not directory.is_dir():
             continue

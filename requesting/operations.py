@@ -83,15 +83,17 @@ async def request_operation(
         raise InvalidRequest("kind", f"{request.kind!r} is not one of {', '.join(OPERATION_KINDS)}")
     if request.trigger not in TRIGGERS:
         raise InvalidRequest("trigger", f"{request.trigger!r} is not one of {', '.join(TRIGGERS)}")
-    credential = await in_thread(engine, lambda db: db.get(Credential, request.credential_id))
-    if credential is None:
-        raise CredentialNotFound(request.credential_id)
-    await in_thread(
-        engine, lambda db: check_secret_choice(db, credential, request.kind, request.choice)
-    )
-    await in_thread(
-        engine, lambda db: check_lifecycle(db, credential, request.kind, request.ttl_seconds)
-    )
+
+    def checked(db: Session) -> Credential:
+        credential = db.get(Credential, request.credential_id)
+        if credential is None:
+            raise CredentialNotFound(request.credential_id)
+        check_secret_choice(db, credential, request.kind, request.choice)
+        check_lifecycle(db, credential, request.kind, request.ttl_seconds)
+        return credential
+
+    # One trip to the store for the three reads: each trip is a thread hop and a session.
+    credential = await in_thread(engine, checked)
     if request.choice.names_a_secret:
         return await request_with_chosen_secret(
             engine, client, task_queue, credential, request, vault

@@ -12,7 +12,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from executors.plugins import load_plugins
+from executors.plugins import Plugins
 
 ENTRY_POINT_GROUP = "keyturn.cas"
 
@@ -110,9 +110,9 @@ class CertificateAuthority(Protocol):
 
 
 @cache
-def registry() -> dict[str, CertificateAuthority]:
+def registry() -> Plugins[CertificateAuthority]:
     """Installed CA plugins by name. Keyturn's own register through the same entry points."""
-    return load_plugins(ENTRY_POINT_GROUP, "CA")
+    return Plugins(ENTRY_POINT_GROUP, "CA")
 
 
 def get_ca_plugin(name: str) -> CertificateAuthority:

@@ -1,12 +1,14 @@
-"""An executor step's heartbeats: none for a step that ends before its first beat is due (each
-beat is a write on the Temporal server), and steady beats for one that runs on (what tells
-Temporal the worker still runs it, and brings it a cancel)."""
+"""An executor step's heartbeats: a beat is due one interval after the activity started or
+last beat. An activity that ends sooner sends none (each beat is a write on the Temporal
+server); one that runs on beats steadily (what tells Temporal the worker still runs it, and
+brings it a cancel); and the silence between two attempts of one activity counts as much as
+the silence within one."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from temporalio.testing import ActivityEnvironment
 
@@ -14,41 +16,77 @@ from activities.executor_steps import _heartbeating
 
 # A quarter of it between beats: 0.1 s.
 HEARTBEAT_TIMEOUT = timedelta(seconds=0.4)
+EVERY = HEARTBEAT_TIMEOUT.total_seconds() / 4
 
 
-def _environment(beats: list[object], enough: asyncio.Event, wanted: int) -> ActivityEnvironment:
+class Beats:
+    def __init__(self, wanted: int = 1) -> None:
+        self.count, self.wanted, self.enough = 0, wanted, asyncio.Event()
+
+    def __call__(self, *_details: object) -> None:
+        self.count += 1
+        if self.count >= self.wanted:
+            self.enough.set()
+
+
+def _environment(beats: Beats, started_ago: float = 0.0) -> ActivityEnvironment:
     env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, heartbeat_timeout=HEARTBEAT_TIMEOUT)
-
-    def beat(*details: object) -> None:
-        beats.append(details)
-        if len(beats) >= wanted:
-            enough.set()
-
-    env.on_heartbeat = beat
+    started = datetime.now(UTC) - timedelta(seconds=started_ago)
+    env.info = dataclasses.replace(
+        env.info, heartbeat_timeout=HEARTBEAT_TIMEOUT, started_time=started
+    )
+    env.on_heartbeat = beats
     return env
 
 
 async def test_a_step_shorter_than_a_beat_sends_none() -> None:
-    beats: list[object] = []
-    env = _environment(beats, asyncio.Event(), wanted=1)
+    beats = Beats()
 
     async def step() -> None:
         async with _heartbeating():
             await asyncio.sleep(0)  # the beating task gets its first turn
 
-    await env.run(step)
-    assert beats == []
+    await _environment(beats).run(step)
+    assert beats.count == 0
 
 
 async def test_a_step_that_runs_on_beats_until_it_ends() -> None:
-    beats: list[object] = []
-    enough = asyncio.Event()
-    env = _environment(beats, enough, wanted=3)
+    beats = Beats(wanted=3)
 
-    async def step() -> int:
+    async def step() -> None:
         async with _heartbeating():
-            await asyncio.wait_for(enough.wait(), timeout=10)
-        return len(beats)
+            await asyncio.wait_for(beats.enough.wait(), timeout=10)
 
-    assert await env.run(step) == 3
+    await _environment(beats).run(step)
+    assert beats.count >= 3
+
+
+async def test_an_attempt_that_starts_when_a_beat_is_due_beats_at_once() -> None:
+    """The activity began an interval ago (its job loaded, a first attempt recorded): the
+    next attempt tells Temporal at once, not an interval later."""
+    beats = Beats()
+
+    async def step() -> None:
+        async with _heartbeating():
+            await asyncio.sleep(0)
+            assert beats.count == 1
+
+    await _environment(beats, started_ago=2 * EVERY).run(step)
+    assert beats.count == 1
+
+
+async def test_the_silence_between_two_attempts_counts() -> None:
+    """A change shorter than an interval, then its record (store work, here an interval and a
+    half): the verify that follows beats as it starts."""
+    beats = Beats()
+
+    async def step() -> None:
+        async with _heartbeating():  # the change
+            await asyncio.sleep(0)
+        assert beats.count == 0
+        await asyncio.sleep(1.5 * EVERY)  # stands for the change's record, outside any attempt
+        async with _heartbeating():  # the verify
+            await asyncio.sleep(0)
+            assert beats.count == 1
+
+    await _environment(beats).run(step)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import event
+import pytest
+from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
+from sqlmodel import col
+from temporalio.exceptions import ApplicationError
 
 from activities.store_steps import StoreActivities, commit_in
 from store import callbacks, gate
 from store.engine import session_scope
-from store.models import Operation, OperationStatus, SecretState
+from store.models import Credential, Operation, OperationStatus, SecretState
 from store.vault import Vault
 from tests.store.helpers import a_credential
 from workflows.contracts import CommitInput, StepInput
@@ -201,8 +204,8 @@ def test_a_committed_departure_locks_the_gate_once_and_hands_it_on(engine: Engin
     first, second = (_register(engine, credential_id) for _ in range(2))
     steps.prepare(StepInput(first))
     with _Statements(engine) as statements, session_scope(engine) as session:
-        operation = gate.lock_of(session, first)
-        assert operation is not None and operation.gate_state == "holding"
+        # As the record does: what lock_of returns is not kept (the session holds it).
+        assert gate.lock_of(session, first) is not None
         assert commit_in(session, CommitInput(first, "verified")).committed
         follower, receivers = gate.depart(session, first, locked=True)
     assert follower is not None and follower.id == second and receivers == 0
@@ -211,3 +214,26 @@ def test_a_committed_departure_locks_the_gate_once_and_hands_it_on(engine: Engin
     assert _row(engine, second).gate_state == "holding"
     left = _row(engine, first)
     assert left.gate_state is None and left.status == OperationStatus.SUCCEEDED
+
+
+def test_a_credential_deactivated_as_its_operation_registers_is_seen_inactive(
+    engine: Engine,
+) -> None:
+    """The begin step reads the credential again once the gate is locked: a lifecycle
+    operation ahead may have just deactivated it, and a change must then be refused."""
+    credential_id = a_credential(engine)
+    steps = StoreActivities(engine, Vault(KEY), "queue", heartbeat_seconds=10.0)
+    operation_id = _register(engine, credential_id)
+    registration = gate.Registration(
+        operation_id, credential_id, "change", "manual", f"wf-{operation_id}", "run"
+    )
+    with session_scope(engine) as session:
+        seen = session.get(Credential, credential_id)  # read before, and kept by this session
+        assert seen is not None and seen.active
+        with engine.begin() as other:  # the operation ahead commits the deactivation
+            other.execute(
+                update(Credential).where(col(Credential.id) == credential_id).values(active=False)
+            )
+        admission = gate.admitted(session, registration)
+        with pytest.raises(ApplicationError, match="inactive"):
+            steps.prepared(session, admission.operation_id)
