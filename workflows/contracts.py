@@ -1,9 +1,12 @@
 """Workflow and activity inputs and outputs, shared with the starter.
 
 They carry ids and outcomes only, never a secret (DESIGN.md invariant 1).
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: the SDK reads a dataclass's field types with
+``typing.get_type_hints`` for every payload it decodes, and string annotations were compiled
+and evaluated again each time (about 2% of the worker's CPU). A class is therefore defined
+before the classes whose fields name it.
+"""
 
 import enum
 from dataclasses import dataclass
@@ -211,6 +214,38 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class OperationPlan:
+    """What prepare decided: where executor calls run and how they retry."""
+
+    zone_task_queue: str
+    max_attempts: int
+    retry_interval_seconds: float
+    backoff: float
+    step_timeout_seconds: float
+    can_reconcile: bool = False  # a reconcile credential is set
+    auto_reconcile: bool = False  # ... and the credential asks for it to be used on its own
+    device_id: str = ""
+    device_capacity: int = 0  # operations allowed on the device at once (0: not known)
+    # How long an executor step may go without a heartbeat (settings.lost_worker_seconds).
+    # 0: a plan made before the setting, whose steps used the 10 s the workflows name.
+    heartbeat_timeout_seconds: float = 0.0
+
+    @property
+    def heartbeat_timeout(self) -> timedelta:
+        return timedelta(seconds=self.heartbeat_timeout_seconds or 10.0)
+
+
+@dataclass(frozen=True)
+class SlotClaim:
+    """The answer to a slot request: held now, or wait for ``slot_granted`` (whoever gives a
+    slot back signals the waiter it hands it to), asking again every ``check_after_seconds`` in
+    case a holder's workflow ended without giving its slot back."""
+
+    held: bool
+    check_after_seconds: int = 300
+
+
+@dataclass(frozen=True)
 class Beginning:
     """The answer to ``steps.begin``: the operation as registered and, if it holds its
     credential's gate, as prepared, with its first device slot asked for (token
@@ -284,16 +319,6 @@ class SlotRelease:
 
 
 @dataclass(frozen=True)
-class SlotClaim:
-    """The answer to a slot request: held now, or wait for ``slot_granted`` (whoever gives a
-    slot back signals the waiter it hands it to), asking again every ``check_after_seconds`` in
-    case a holder's workflow ended without giving its slot back."""
-
-    held: bool
-    check_after_seconds: int = 300
-
-
-@dataclass(frozen=True)
 class SlotsState:
     """The semaphore's whole state, carried across continue-as-new."""
 
@@ -304,25 +329,13 @@ class SlotsState:
 
 
 @dataclass(frozen=True)
-class OperationPlan:
-    """What prepare decided: where executor calls run and how they retry."""
-
-    zone_task_queue: str
-    max_attempts: int
-    retry_interval_seconds: float
-    backoff: float
-    step_timeout_seconds: float
-    can_reconcile: bool = False  # a reconcile credential is set
-    auto_reconcile: bool = False  # ... and the credential asks for it to be used on its own
-    device_id: str = ""
-    device_capacity: int = 0  # operations allowed on the device at once (0: not known)
-    # How long an executor step may go without a heartbeat (settings.lost_worker_seconds).
-    # 0: a plan made before the setting, whose steps used the 10 s the workflows name.
-    heartbeat_timeout_seconds: float = 0.0
-
-    @property
-    def heartbeat_timeout(self) -> timedelta:
-        return timedelta(seconds=self.heartbeat_timeout_seconds or 10.0)
+class CommitInput:
+    operation_id: str
+    resolution: str
+    # Compare-and-set: commit only if the vault's current version is still the one prepare
+    # read. ``adopt``: a probe has just shown the pending secret is what the target has.
+    adopt: bool = False
+    status: str = "succeeded"  # "canceled" when a cancel came after the change was sent
 
 
 @dataclass(frozen=True)
@@ -369,6 +382,20 @@ class ChildNotStarted:
 
 
 @dataclass(frozen=True)
+class CommitOutcome:
+    committed: bool
+    detail: str = ""
+    # The chained operations a committed change starts, planned in the commit's transaction
+    # (one local activity fewer). None from a release before it, or a commit that was already
+    # done: the workflow then asks plan_children, as it did.
+    children: tuple[ChildStart, ...] | None = None
+    # A commit that found the operation ended already: how it ended (a change step that
+    # committed, its answer lost). Empty from a release before it, or a commit made now.
+    found_status: str = ""
+    found_resolution: str = ""
+
+
+@dataclass(frozen=True)
 class ChangeOutcome:
     already_applied: bool  # a retry found the pending secret already live (probe)
     # With StepInput.verify_after_change: True when the new secret then logged in (the verify
@@ -391,30 +418,6 @@ class ProbeOutcome:
 
     pending_works: bool
     current_works: bool | None  # None: not asked, because pending worked
-
-
-@dataclass(frozen=True)
-class CommitInput:
-    operation_id: str
-    resolution: str
-    # Compare-and-set: commit only if the vault's current version is still the one prepare
-    # read. ``adopt``: a probe has just shown the pending secret is what the target has.
-    adopt: bool = False
-    status: str = "succeeded"  # "canceled" when a cancel came after the change was sent
-
-
-@dataclass(frozen=True)
-class CommitOutcome:
-    committed: bool
-    detail: str = ""
-    # The chained operations a committed change starts, planned in the commit's transaction
-    # (one local activity fewer). None from a release before it, or a commit that was already
-    # done: the workflow then asks plan_children, as it did.
-    children: tuple[ChildStart, ...] | None = None
-    # A commit that found the operation ended already: how it ended (a change step that
-    # committed, its answer lost). Empty from a release before it, or a commit made now.
-    found_status: str = ""
-    found_resolution: str = ""
 
 
 @dataclass(frozen=True)
