@@ -8,7 +8,10 @@ without asking anyone for a passphrase, and the vault encrypts it at rest alread
 
 from __future__ import annotations
 
-import asyncssh
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncssh
 
 KEY_TYPES = {"ed25519": "ssh-ed25519", "rsa": "ssh-rsa"}
 RSA_BITS = (2048, 8192)  # the sizes a policy may ask for (inclusive)
@@ -41,6 +44,8 @@ def generate_private_key(key_type: str, key_bits: int | None) -> str:
     problem = key_bits_problem(key_type, key_bits)
     if problem:
         raise KeyProblem(problem)
+    import asyncssh  # the SSH library, in the API too, only where a key is made or read
+
     if key_type == "rsa":
         key = asyncssh.generate_private_key("ssh-rsa", key_size=key_bits or DEFAULT_RSA_BITS)
     else:
@@ -55,6 +60,8 @@ def parse_private_key(text: str) -> asyncssh.SSHKey:
             f"not an OpenSSH private key (it must start with {_OPENSSH_HEADER!r}; "
             "`ssh-keygen -p -f KEY` rewrites a PEM key in that format)"
         )
+    import asyncssh
+
     try:
         return asyncssh.import_private_key(text.strip() + "\n")
     except asyncssh.KeyImportError as exc:

@@ -1,0 +1,31 @@
+"""The HTTP starter knows no protocol library: a process that serves the API imports none of
+them until a request needs one (making or reading an SSH key, say), so it does not hold them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).parents[2]
+PROTOCOLS = ("asyncssh", "psycopg", "pymysql", "winrm", "ldap3")
+
+IMPORTED = """
+import json, sys
+import starter.app, starter.cli
+from executors.shipped import shipped_templates
+shipped_templates()  # what create_app seeds
+print(json.dumps([name for name in sys.argv[1:] if name in sys.modules]))
+"""
+
+
+def test_the_api_imports_no_protocol_library() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-c", IMPORTED, *PROTOCOLS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(ran.stdout) == []
