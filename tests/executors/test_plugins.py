@@ -5,17 +5,14 @@ is logged once and left out without taking the others down."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from importlib.metadata import EntryPoint
-from pathlib import Path
 
 import pytest
 
 from executors import plugins
 from executors.plugins import Plugins
+from tests.python_process import run_python
 
-REPO = Path(__file__).parents[2]
 GROUP = "keyturn.executors"
 DRIVERS = ("psycopg", "pymysql", "winrm", "ldap3")
 
@@ -36,14 +33,7 @@ print(json.dumps({"steps": steps, "executors": sorted(names)}))
 
 
 def test_a_process_imports_the_protocol_libraries_it_uses_only() -> None:
-    ran = subprocess.run(
-        [sys.executable, "-c", LOADED, *DRIVERS],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = json.loads(ran.stdout)
+    found = json.loads(run_python(LOADED, *DRIVERS).stdout)
     assert {"ssh", "postgresql", "mysql", "ldap", "http", "winrm"} <= set(found["executors"])
     # One package, executors.sql, serves PostgreSQL and MySQL: it brings both drivers.
     sql = ["psycopg", "pymysql"]

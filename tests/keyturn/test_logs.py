@@ -3,11 +3,8 @@ Keyturn's own INFO lines are not."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+from tests.python_process import run_python
 
-REPO = Path(__file__).resolve().parents[2]
 # A process configured as worker.py and the keyturn command configure theirs.
 PROGRAM = """
 import logging
@@ -20,9 +17,7 @@ logging.getLogger("keyturn.audit").info("audit line")
 
 
 def test_asyncssh_says_only_its_warnings() -> None:
-    ran = subprocess.run(
-        [sys.executable, "-c", PROGRAM], cwd=REPO, capture_output=True, text=True, check=True
-    )
+    ran = run_python(PROGRAM)
     assert "ssh step" not in ran.stderr
     assert "WARNING asyncssh ssh warning" in ran.stderr
     assert "INFO keyturn.audit audit line" in ran.stderr

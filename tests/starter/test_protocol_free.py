@@ -4,11 +4,9 @@ them until a request needs one (making or reading an SSH key, say), so it does n
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).parents[2]
+from tests.python_process import run_python
+
 PROTOCOLS = ("asyncssh", "psycopg", "pymysql", "winrm", "ldap3")
 
 IMPORTED = """
@@ -21,11 +19,4 @@ print(json.dumps([name for name in sys.argv[1:] if name in sys.modules]))
 
 
 def test_the_api_imports_no_protocol_library() -> None:
-    ran = subprocess.run(
-        [sys.executable, "-c", IMPORTED, *PROTOCOLS],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(ran.stdout) == []
+    assert json.loads(run_python(IMPORTED, *PROTOCOLS).stdout) == []

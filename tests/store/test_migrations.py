@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -37,10 +35,10 @@ from store.models import (
 )
 from store.queries import latest_template
 from store.vault import Vault
+from tests.python_process import run_python
 from workflows.contracts import SlotRequest, WorkflowRef
 
 SCHEMAS = Path(__file__).parent / "schemas"
-REPO = Path(__file__).parents[2]
 # A row as the previous release wrote it (enum members are stored by name).
 ROWS = """
 INSERT INTO device (id, name, address, port, executor, zone, profile, host_keys,
@@ -264,14 +262,7 @@ def test_a_store_up_to_date_starts_without_alembic(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'keyturn.db'}"
 
     def start() -> str:
-        ran = subprocess.run(
-            [sys.executable, "-c", ALEMBIC_LOADED, url],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return ran.stdout.strip()
+        return run_python(ALEMBIC_LOADED, url).stdout.strip()
 
     assert start() != "[]"  # a new store is stamped by Alembic
     assert start() == "[]"
