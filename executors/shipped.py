@@ -6,12 +6,14 @@ starts with a ``# kind: <operation kind>`` header line (``-- kind:`` in SQL temp
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from importlib.resources import files
 
 from executors.base import registry
 
+log = logging.getLogger("keyturn")
 _SUFFIX = ".tpl"
 _KIND = re.compile(r"^(?:#|--)\s*kind:\s*(\S+)\s*$", re.MULTILINE)  # "#" or SQL "--"
 
@@ -33,7 +35,12 @@ def shipped_templates() -> list[ShippedTemplate]:
     """
     found: list[ShippedTemplate] = []
     for name, package in registry().packages().items():
-        directory = files(package).joinpath("templates", name)
+        try:
+            directory = files(package).joinpath("templates", name)  # imports the package
+        except Exception:
+            # A plugin whose package cannot even be imported ships nothing; the others do.
+            log.exception("executor plugin %r: its templates could not be read", name)
+            continue
         if not directory.is_dir():
             continue
         for entry in directory.iterdir():
