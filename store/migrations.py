@@ -333,8 +333,9 @@ def migrate(engine: Engine) -> int:
         if conn.dialect.name == "postgresql":
             # Two processes starting together (worker and API) migrate one after the other.
             conn.execute(text("SELECT pg_advisory_xact_lock(7419)"))
-        if _recorded_revision(conn) != revision_of(LATEST):
-            _upgrade(conn, existed)
+        recorded = _recorded_revision(conn)
+        if recorded != revision_of(LATEST):
+            _upgrade(conn, existed, recorded)
         _append_only_audit(conn)
         # Kept for the backup format and for tools of earlier releases, which read the version
         # there; Alembic's own table is where migrations look.
@@ -344,14 +345,15 @@ def migrate(engine: Engine) -> int:
     return LATEST
 
 
-def _upgrade(conn: Connection, existed: bool) -> None:
-    """Alembic, from where the store stands to the newest revision. Imported here: a store
+def _upgrade(conn: Connection, existed: bool, recorded: str | None) -> None:
+    """Alembic, from where the store stands (``recorded``: the revision it records, None for
+    none) to the newest revision. Imported here: a store
     already up to date (every start but the first after an upgrade) needs none of it, and each
     process that makes an engine, the worker and the API, would otherwise hold its ~11 MiB."""
     from alembic import command
 
     alembic = alembic_config(conn)
-    if _recorded_revision(conn) is None:
+    if recorded is None:
         row = conn.execute(text("SELECT version FROM schemaversion WHERE id = 1")).first()
         version = int(row[0]) if row else (1 if existed else LATEST)
         command.stamp(alembic, revision_of(version))

@@ -73,15 +73,15 @@ def context(
     )
 
 
-async def self_change(sshd: Sshd, user: str, current: str, new: str) -> str:
-    result = await EXECUTOR.run(
-        RunRequest(
-            target(sshd),
-            Account(user, current),
-            TEMPLATES["ssh/linux-passwd"],
-            context(sshd, user, current, new),
-        )
+def as_user(sshd: Sshd, user: str, password: str, template: str, new: str = "x") -> RunRequest:
+    """A request to run ``template`` logged in as ``user`` itself; ``new``: its new secret."""
+    return RunRequest(
+        target(sshd), Account(user, password), template, context(sshd, user, password, new)
     )
+
+
+async def self_change(sshd: Sshd, user: str, current: str, new: str) -> str:
+    result = await EXECUTOR.run(as_user(sshd, user, current, TEMPLATES["ssh/linux-passwd"], new))
     return result.transcript
 
 
@@ -371,11 +371,7 @@ async def test_expect_that_never_matches_times_out_naming_the_line(
 
     started = time.monotonic()
     with pytest.raises(TemplateFailed) as caught:
-        await EXECUTOR.run(
-            RunRequest(
-                target(sshd), Account(user, password), template, context(sshd, user, password, "")
-            )
-        )
+        await EXECUTOR.run(as_user(sshd, user, password, template, ""))
 
     assert time.monotonic() - started < 5
     assert caught.value.step == "line 4 (expect)"
@@ -392,11 +388,7 @@ async def test_timeout_after_a_secret_was_sent_is_outcome_unknown(
     template = "timeout: 1\nexec: cat\nsend: {{ new_password }}\nexpect: never-printed\n"
 
     with pytest.raises(OutcomeUnknown) as caught:
-        await EXECUTOR.run(
-            RunRequest(
-                target(sshd), Account(user, password), template, context(sshd, user, password, new)
-            )
-        )
+        await EXECUTOR.run(as_user(sshd, user, password, template, new))
 
     assert "< ***" in caught.value.transcript
     assert_no_secret(error_texts(caught.value), password, new)
@@ -455,11 +447,7 @@ async def test_secrets_in_commands_are_masked_even_when_quoted(
         "exit: 0\n"
     )
 
-    result = await EXECUTOR.run(
-        RunRequest(
-            target(sshd), Account(user, password), template, context(sshd, user, password, new)
-        )
-    )
+    result = await EXECUTOR.run(as_user(sshd, user, password, template, new))
 
     assert "$ printf '%s\\n' '***'" in result.transcript
     assert "< ***" in result.transcript
@@ -476,11 +464,7 @@ async def test_secret_with_directive_syntax_is_sent_literally(sshd: Sshd, ssh_us
         "exit: 0\n"
     )
 
-    await EXECUTOR.run(
-        RunRequest(
-            target(sshd), Account(user, password), template, context(sshd, user, password, new)
-        )
-    )
+    await EXECUTOR.run(as_user(sshd, user, password, template, new))
 
 
 # --- validate() and the parser -------------------------------------------------------------------
@@ -538,14 +522,7 @@ async def test_undefined_tag_at_run_time_names_the_line(sshd: Sshd, ssh_users: U
     password = "Current-pass-1234"
     user = ssh_users.create(password)
     with pytest.raises(TemplateFailed, match="line 2") as caught:
-        await EXECUTOR.run(
-            RunRequest(
-                target(sshd),
-                Account(user, password),
-                "exec: cat\nsend: {{ new_pasword }}\n",
-                context(sshd, user, password, "x"),
-            )
-        )
+        await EXECUTOR.run(as_user(sshd, user, password, "exec: cat\nsend: {{ new_pasword }}\n"))
     # Every step is rendered before the first runs; the one that cannot be fails in its turn.
     assert "$ cat" in caught.value.transcript, caught.value.transcript
 
@@ -559,11 +536,8 @@ async def test_a_tag_that_raises_at_run_time_raises_in_its_turn(
     user = ssh_users.create(password)
     with pytest.raises(ZeroDivisionError):
         await EXECUTOR.run(
-            RunRequest(
-                target(sshd),
-                Account(user, password),
-                "exec: touch ran-first\nexit: 0\nexec: echo {{ 1 // 0 }}\n",
-                context(sshd, user, password, "x"),
+            as_user(
+                sshd, user, password, "exec: touch ran-first\nexit: 0\nexec: echo {{ 1 // 0 }}\n"
             )
         )
     assert await asyncio.to_thread(Path(f"/home/{user}/ran-first").exists)
@@ -586,9 +560,7 @@ async def test_exec_arguments_are_shell_quoted_by_default(
     # the digest would mask those too, which is right but not what this test looks at.
     assume(word not in f"$ printf %s '' | sha256sum\n< {digest}  -\n= exit 0")
     template = f"exec: printf %s {{{{ new_password }}}} | sha256sum\nexpect: {digest}\nexit: 0\n"
-    request = RunRequest(
-        target(sshd), Account(user, password), template, context(sshd, user, password, word)
-    )
+    request = as_user(sshd, user, password, template, word)
     result = await EXECUTOR.run(request)
     assert "$ printf %s '***' | sha256sum" in result.transcript
 
@@ -600,9 +572,7 @@ async def test_rendering_runs_off_the_event_loop(
     password = "Current-pass-1234"
     user = ssh_users.create(password)
     template = "exec: echo {{ username }}\nexpect: {{ username }}\nexit: 0\n"
-    request = RunRequest(
-        target(sshd), Account(user, password), template, context(sshd, user, password, "x")
-    )
+    request = as_user(sshd, user, password, template)
     await EXECUTOR.run(request)
     assert calls and not any(calls)
 
@@ -623,9 +593,7 @@ async def test_an_echoed_secret_is_in_no_encoding_in_the_error(
         "echo; printf %s \"$p\" | od -An -tx1 | tr -d ' \\n'; echo; exit 3\n"
         "exit: 0\n"
     )
-    request = RunRequest(
-        target(sshd), Account(user, password), template, context(sshd, user, password, secret)
-    )
+    request = as_user(sshd, user, password, template, secret)
     with pytest.raises(ExecutorError) as caught:
         await EXECUTOR.run(request)
     assert "***" in caught.value.transcript  # it was echoed
