@@ -101,6 +101,7 @@ class _AttemptWrites:
     commit: CommitInput | None = None
     committed: CommitOutcome | None = None
     depart: bool = False
+    credential_id: str | None = None  # the committing operation's: whose gate to lock
     departure: Departure | None = None
     # Charges taken with the attempt's opening for its first login (by budget): the login
     # takes its own; one left unused is given back.
@@ -123,7 +124,7 @@ class _AttemptWrites:
         if self.commit is not None:
             operation_id = self.commit.operation_id
             if self.depart:
-                gate.lock_of(session, operation_id)
+                gate.lock_of(session, operation_id, self.credential_id)
             self.committed = commit_in(session, self.commit)
             if self.depart and self.committed.committed:
                 follower, receivers = gate.depart(session, operation_id, locked=True)
@@ -411,7 +412,7 @@ class ExecutorActivities:
                 mine = _attempt_writes()
                 if step.slot is not None and self._client is not None:
                     mine.slot = step.slot
-                mine.commit = commit
+                mine.commit, mine.credential_id = commit, job.credential.id
                 # Leaving the gate means telling the next operation: only with a client.
                 mine.depart = commit is not None and step.depart and self._client is not None
                 if mine.slot is not None or commit is not None:

@@ -16,6 +16,7 @@ window keeps its slot.
 
 from __future__ import annotations
 
+from sqlalchemy import update
 from sqlmodel import Session, col, func, select
 
 from store.models import DeviceSlotClaim, DeviceSlotGate
@@ -26,17 +27,21 @@ from workflows.contracts import SlotRequest
 def claim(session: Session, request: SlotRequest) -> tuple[bool, list[DeviceSlotClaim]]:
     """Claim a slot (idempotent per token): whether it is held now, and the other waiting claims
     this step handed a slot to (the device's cap was raised, say), whose workflows to tell."""
-    gate = lock_row(session, DeviceSlotGate, request.device_id)
-    if request.capacity > 0 and gate.capacity != request.capacity:
-        gate.capacity = request.capacity  # the device's cap as the newest claim read it
-        session.add(gate)
+    capacity = lock_row(session, DeviceSlotGate, request.device_id).capacity
+    if request.capacity > 0 and capacity != request.capacity:
+        capacity = request.capacity  # the device's cap as the newest claim read it
+        session.execute(
+            update(DeviceSlotGate)
+            .where(col(DeviceSlotGate.device_id) == request.device_id)
+            .values(capacity=capacity)
+        )
     mine = session.get(DeviceSlotClaim, request.token)
     if mine is not None:  # claimed already (a retried step)
-        handed = _hand_out(session, request.device_id, gate.capacity, by=None)
+        handed = _hand_out(session, request.device_id, capacity, by=None)
         return mine.held, [c for c in handed if c.token != mine.token]
     held, waiting = _counts(session, request.device_id)
     # Nobody waits and a slot is free (the usual case): held at once, nothing more to read.
-    free = not waiting and held < gate.capacity
+    free = not waiting and held < capacity
     mine = DeviceSlotClaim(
         token=request.token,
         device_id=request.device_id,
@@ -46,17 +51,17 @@ def claim(session: Session, request: SlotRequest) -> tuple[bool, list[DeviceSlot
         held=free,
     )
     session.add(mine)
-    if free or held >= gate.capacity:
+    if free or held >= capacity:
         return free, []
     session.flush()
-    handed = _hand_out(session, request.device_id, gate.capacity, by=None)
+    handed = _hand_out(session, request.device_id, capacity, by=None)
     return mine.held, [c for c in handed if c.token != mine.token]
 
 
 def release(session: Session, device_id: str, token: str) -> list[DeviceSlotClaim] | None:
     """Give a claim back, held or waiting: the claims handed a slot by it, whose workflows to
     tell; None when the store never had this claim (an earlier release's semaphore did)."""
-    gate = lock_row(session, DeviceSlotGate, device_id)
+    capacity = lock_row(session, DeviceSlotGate, device_id).capacity
     mine = session.get(DeviceSlotClaim, token)
     if mine is None:
         # Given back already: answer again what that release handed out (a lost answer).
@@ -68,7 +73,7 @@ def release(session: Session, device_id: str, token: str) -> list[DeviceSlotClai
         return handed or None
     session.delete(mine)
     session.flush()
-    return _hand_out(session, device_id, gate.capacity, by=token)
+    return _hand_out(session, device_id, capacity, by=token)
 
 
 def holders(session: Session, device_id: str) -> list[DeviceSlotClaim]:
@@ -83,13 +88,13 @@ def holders(session: Session, device_id: str) -> list[DeviceSlotClaim]:
 
 def drop(session: Session, device_id: str, tokens: list[str]) -> list[DeviceSlotClaim]:
     """Free the slots of holders whose workflows have ended; the claims handed them."""
-    gate = lock_row(session, DeviceSlotGate, device_id)
+    capacity = lock_row(session, DeviceSlotGate, device_id).capacity
     for token in tokens:
         ended = session.get(DeviceSlotClaim, token)
         if ended is not None:
             session.delete(ended)
     session.flush()
-    return _hand_out(session, device_id, gate.capacity, by=None)
+    return _hand_out(session, device_id, capacity, by=None)
 
 
 def _counts(session: Session, device_id: str) -> tuple[int, int]:

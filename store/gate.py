@@ -59,10 +59,15 @@ def register(session: Session, request: Registration) -> Operation:
     Idempotent: the API and the workflow both register (whichever comes first creates the row),
     so a request is never an operation without its workflow, nor a workflow without its row.
     """
-    credential = session.get(Credential, request.credential_id)
+    seq = _lock(session, request.credential_id)
+    # Read under the lock, fresh even if this session held it: a lifecycle operation ahead may
+    # have just deactivated it (the begin step's prepare then refuses). Held for prepare. A
+    # gate row locked for a credential that does not exist goes with the rolled-back
+    # transaction.
+    credential = session.get(Credential, request.credential_id, populate_existing=True)
     if credential is None:
         raise NotRegistrable(f"credential {request.credential_id} does not exist")
-    seq = _lock(session, credential.id)
+    hold(session, credential)
     existing = session.get(Operation, request.operation_id)
     if existing is not None:
         # Read under the lock: the begin step's prepare looks it up again.
@@ -132,11 +137,8 @@ def admit(engine: Engine, request: Registration) -> Admission:
 def admitted(session: Session, request: Registration) -> Admission:
     """``admit`` inside the caller's transaction (an operation's begin step goes on in it)."""
     operation = register(session, request)
-    # Read again now that the gate is locked (a lifecycle operation ahead may have just
-    # deactivated it), and held for the begin step's prepare.
-    credential = session.get(Credential, operation.credential_id, populate_existing=True)
+    credential = session.get(Credential, operation.credential_id)  # held by register
     assert credential is not None
-    hold(session, credential)
     session.flush()
     return Admission(
         operation_id=operation.id,
@@ -266,16 +268,26 @@ def _tail(session: Session, credential_id: str) -> Operation | None:
     ).first()
 
 
-def lock_of(session: Session, operation_id: str) -> Operation | None:
+def lock_of(
+    session: Session, operation_id: str, credential_id: str | None = None
+) -> Operation | None:
     """Lock the gate of the operation's credential now: a transaction that leaves the gate
     after appending to the audit trail takes the gate's lock first (store/row_locks.py). The
-    operation, read again under the lock and held for the rest of the transaction: its commit
-    and its departure (``depart(..., locked=True)``) find it there."""
-    operation = session.get(Operation, operation_id)
+    operation, read under the lock and held for the rest of the transaction: its commit and
+    its departure (``depart(..., locked=True)``) find it there. ``credential_id``: the
+    operation's credential, when the caller knows it (it loaded the job): the operation is then
+    read once, after the lock, instead of before it to learn whose gate and again under it."""
+    if credential_id is None:
+        known = session.get(Operation, operation_id)
+        if known is None:
+            return None
+        credential_id = known.on_credential
+    _lock(session, credential_id)
+    operation = session.get(Operation, operation_id, populate_existing=True)
     if operation is None:
         return None
-    _lock(session, operation.on_credential)
-    session.refresh(operation)
+    if operation.credential_id != credential_id:
+        raise ValueError(f"operation {operation_id} does not act on credential {credential_id}")
     hold(session, operation)
     return operation
 
@@ -283,4 +295,4 @@ def lock_of(session: Session, operation_id: str) -> Operation | None:
 def _lock(session: Session, credential_id: str) -> int:
     """Write first: the lock this takes makes the gate step atomic per credential. Returns the
     credential's next registration number."""
-    return lock_row(session, CredentialGate, credential_id).seq
+    return int(lock_row(session, CredentialGate, credential_id).seq)

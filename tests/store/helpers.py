@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 
+from store import gate
 from store.engine import session_scope
 from store.models import Credential, Device
+
+_Row = TypeVar("_Row")
 
 
 def a_credential(engine: Engine) -> str:
@@ -29,3 +33,21 @@ def a_credential(engine: Engine) -> str:
         )
         session.add(credential)
         return credential.id
+
+
+def registered(engine: Engine, credential_id: str, kind: str = "change") -> str:
+    """An operation registered at the credential's gate, as the API registers one."""
+    operation_id = secrets.token_hex(8)
+    gate.admit(
+        engine,
+        gate.Registration(operation_id, credential_id, kind, "manual", f"wf-{operation_id}", "run"),
+    )
+    return operation_id
+
+
+def row_of(engine: Engine, model: type[_Row], key: Any) -> _Row:
+    """The row as committed, read in a transaction of its own."""
+    with session_scope(engine) as session:
+        row = session.get(model, key)
+        assert row is not None
+        return row

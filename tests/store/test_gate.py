@@ -14,28 +14,20 @@ from temporalio.exceptions import ApplicationError
 from activities.store_steps import StoreActivities, commit_in
 from store import callbacks, gate
 from store.engine import session_scope
-from store.models import Credential, Operation, OperationStatus, SecretState
+from store.models import Credential, CredentialGate, Operation, OperationStatus, SecretState
 from store.vault import Vault
-from tests.store.helpers import a_credential
+from tests.store.helpers import a_credential, registered, row_of
 from workflows.contracts import CommitInput, StepInput
 
 KEY = secrets.token_bytes(32)
 
 
 def _register(engine: Engine, credential_id: str, kind: str = "change") -> str:
-    operation_id = secrets.token_hex(8)
-    gate.admit(
-        engine,
-        gate.Registration(operation_id, credential_id, kind, "manual", f"wf-{operation_id}", "run"),
-    )
-    return operation_id
+    return registered(engine, credential_id, kind)
 
 
 def _row(engine: Engine, operation_id: str) -> Operation:
-    with session_scope(engine) as session:
-        row = session.get(Operation, operation_id)
-        assert row is not None
-        return row
+    return row_of(engine, Operation, operation_id)
 
 
 def test_concurrent_registrations_form_one_queue(engine: Engine) -> None:
@@ -176,11 +168,15 @@ class _Statements:
     def count(self, start: str, *parts: str) -> int:
         return sum(s.startswith(start) and all(p in s for p in parts) for s in self.seen)
 
+    def first(self, start: str) -> int:
+        return next(i for i, s in enumerate(self.seen) if s.startswith(start))
+
 
 def test_the_begin_step_reads_its_rows_once_under_the_lock(engine: Engine) -> None:
-    """Register and prepare share a transaction: the operation is read once (after the lock),
-    the credential once before the lock (does it exist?) and once under it (a lifecycle
-    operation ahead may have just deactivated it); prepare looks both up again for free."""
+    """Register and prepare share a transaction: the gate is locked first, in one statement
+    that answers its row; then the operation and the credential are read once each, under the
+    lock (a lifecycle operation ahead may have just deactivated the credential); prepare looks
+    both up again for free."""
     credential_id = a_credential(engine)
     steps = StoreActivities(engine, Vault(KEY), "queue", heartbeat_seconds=10.0)
     operation_id = _register(engine, credential_id)  # the API's registration
@@ -192,25 +188,37 @@ def test_the_begin_step_reads_its_rows_once_under_the_lock(engine: Engine) -> No
         plan = steps.prepared(session, admission.operation_id)
     assert not admission.queued and plan.device_id == admission.device_id
     assert statements.count("SELECT operation.", "WHERE operation.id =") == 1
-    assert statements.count("SELECT credential.", "WHERE credential.id =") == 2
-    assert statements.count("UPDATE credentialgate") == 1
+    assert statements.count("SELECT credential.", "WHERE credential.id =") == 1
+    assert statements.count("UPDATE credentialgate", "RETURNING") == 1
+    assert statements.count("SELECT credentialgate") == 0
+    assert statements.first("UPDATE credentialgate") < statements.first("SELECT credential.")
 
 
-def test_a_committed_departure_locks_the_gate_once_and_hands_it_on(engine: Engine) -> None:
+@pytest.mark.parametrize("credential_known", [True, False], ids=["credential-known", "unknown"])
+def test_a_committed_departure_locks_the_gate_once_and_hands_it_on(
+    engine: Engine, credential_known: bool
+) -> None:
     """What a verified change's record does in one transaction: lock the gate and read the
-    operation under it, commit, leave (locked already) and close its callbacks."""
+    operation under it, commit, leave (locked already) and close its callbacks. The record
+    knows the credential (it loaded the job): the operation is read once, after the lock;
+    without it, once to learn whose gate and again under the lock."""
     credential_id = a_credential(engine)
     steps = StoreActivities(engine, Vault(KEY), "queue", heartbeat_seconds=10.0)
     first, second = (_register(engine, credential_id) for _ in range(2))
     steps.prepare(StepInput(first))
+    whose = credential_id if credential_known else None
     with _Statements(engine) as statements, session_scope(engine) as session:
         # As the record does: what lock_of returns is not kept (the session holds it).
-        assert gate.lock_of(session, first) is not None
+        assert gate.lock_of(session, first, whose) is not None
         assert commit_in(session, CommitInput(first, "verified")).committed
         follower, receivers = gate.depart(session, first, locked=True)
     assert follower is not None and follower.id == second and receivers == 0
-    assert statements.count("UPDATE credentialgate") == 1
-    assert statements.count("SELECT operation.", "WHERE operation.id =") == 2  # read, then locked
+    assert statements.count("UPDATE credentialgate", "RETURNING") == 1
+    assert statements.count("SELECT credentialgate") == 0
+    reads = statements.count("SELECT operation.", "WHERE operation.id =")
+    assert reads == (1 if credential_known else 2)
+    if credential_known:
+        assert statements.first("UPDATE credentialgate") < statements.first("SELECT operation.")
     assert _row(engine, second).gate_state == "holding"
     left = _row(engine, first)
     assert left.gate_state is None and left.status == OperationStatus.SUCCEEDED
@@ -237,3 +245,21 @@ def test_a_credential_deactivated_as_its_operation_registers_is_seen_inactive(
         admission = gate.admitted(session, registration)
         with pytest.raises(ApplicationError, match="inactive"):
             steps.prepared(session, admission.operation_id)
+
+
+def test_an_unknown_credential_is_not_registrable_and_leaves_no_gate_row(engine: Engine) -> None:
+    """The gate is locked before the credential is read: for a credential that does not exist
+    the lock row it made goes with the rolled-back transaction."""
+    missing = secrets.token_hex(8)
+    with pytest.raises(gate.NotRegistrable, match=missing):
+        gate.admit(engine, gate.Registration("op", missing, "change", "manual", "wf", "run"))
+    with session_scope(engine) as session:
+        assert session.get(CredentialGate, missing) is None
+        assert session.get(Operation, "op") is None
+
+
+def test_locking_the_gate_of_another_credential_is_refused(engine: Engine) -> None:
+    operation_id = _register(engine, a_credential(engine))
+    other = a_credential(engine)
+    with pytest.raises(ValueError, match="does not act on"), session_scope(engine) as session:
+        gate.lock_of(session, operation_id, other)
