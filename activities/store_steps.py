@@ -7,6 +7,7 @@ Each is idempotent, because Temporal may run an activity again after a crash.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -94,6 +95,9 @@ class StoreActivities:
             # What commit compares against: the vault's current version as of now.
             current = Vault.current(session, credential.id)
             operation.base_version_id = current.id if current else None
+        # Recorded once the operation's row has all its changes: each event flushes what is
+        # pending, so recording as they happen wrote the row once per event.
+        events: list[tuple[str, dict[str, Any]]] = []
         if operation.pending_version_id is None:
             try:
                 chosen = chosen_version(session, operation)
@@ -103,13 +107,11 @@ class StoreActivities:
                 ) from None
             if chosen is not None:
                 operation.pending_version_id = chosen.id
-                audit.record(
-                    session,
-                    "secret.version_chosen",
-                    operation_id=operation.id,
-                    credential_id=credential.id,
-                    version_id=chosen.id,
-                    version_state=chosen.state,
+                events.append(
+                    (
+                        "secret.version_chosen",
+                        {"version_id": chosen.id, "version_state": chosen.state},
+                    )
                 )
         if operation.kind in SECRET_MAKING_KINDS and operation.pending_version_id is None:
             pending = self._vault.add(
@@ -120,24 +122,23 @@ class StoreActivities:
                 operation_id=operation.id,
             )
             operation.pending_version_id = pending.id
-            audit.record(
-                session,
-                "secret.pending_created",
-                operation_id=operation.id,
-                credential_id=credential.id,
-                version_id=pending.id,
-            )
+            events.append(("secret.pending_created", {"version_id": pending.id}))
         if operation.status in (OperationStatus.SCHEDULED, OperationStatus.QUEUED):
             operation.status = OperationStatus.RUNNING
-            audit.record(
-                session,
-                "operation.started",
-                operation_id=operation.id,
-                credential_id=credential.id,
-                kind=operation.kind,
-                trigger=operation.trigger,
+            events.append(
+                ("operation.started", {"kind": operation.kind, "trigger": operation.trigger})
             )
         session.add(operation)
+        for name, detail in events:
+            audit.record(
+                session,
+                name,
+                operation_id=operation.id,
+                credential_id=credential.id,
+                device_id=device.id,
+                principal=operation.requested_by or audit.KEYTURN,
+                **detail,
+            )
         plan = OperationPlan(
             zone_task_queue=zone_task_queue(self._task_queue, device.zone),
             max_attempts=policy.max_attempts,

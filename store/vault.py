@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -113,23 +114,30 @@ class Vault:
 
     @staticmethod
     def promote(session: Session, credential_id: str, pending_id: str) -> None:
-        """pending → current and current → previous, in the caller's transaction."""
+        """pending → current and current → previous, in the caller's transaction: two UPDATEs
+        (a commit is on every change's path; reading the rows first was two more statements).
+        Versions the session holds are brought up to date in memory."""
         now = utcnow()
-        for version in session.exec(
-            select(SecretVersion).where(
-                SecretVersion.credential_id == credential_id,
-                SecretVersion.state == SecretState.CURRENT,
+        session.execute(
+            update(SecretVersion)
+            .where(
+                col(SecretVersion.credential_id) == credential_id,
+                col(SecretVersion.state) == SecretState.CURRENT,
             )
-        ):
-            version.state = SecretState.PREVIOUS
-            version.changed_at = now
-            session.add(version)
-        pending = session.get(SecretVersion, pending_id)
-        if pending is None or pending.credential_id != credential_id:
+            .values(state=SecretState.PREVIOUS, changed_at=now)
+            .execution_options(synchronize_session="evaluate")
+        )
+        promoted = session.execute(
+            update(SecretVersion)
+            .where(
+                col(SecretVersion.id) == pending_id,
+                col(SecretVersion.credential_id) == credential_id,
+            )
+            .values(state=SecretState.CURRENT, changed_at=now)
+            .execution_options(synchronize_session="evaluate")
+        )
+        if not promoted.rowcount:  # type: ignore[attr-defined]
             raise LookupError(f"pending secret version {pending_id} not found")
-        pending.state = SecretState.CURRENT
-        pending.changed_at = now
-        session.add(pending)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,18 @@ from store.vault import Vault, certificate_owner, reencrypt_all
 from tests.store.helpers import a_credential
 
 
-def test_versions_move_pending_to_current_to_previous(engine: Engine) -> None:
+def _current_and_pending(engine: Engine) -> tuple[Vault, str, SecretVersion, SecretVersion]:
+    """A vault and a credential with a current and a pending version."""
     vault = Vault(secrets.token_bytes(32))
     credential_id = a_credential(engine)
     with session_scope(engine) as session:
         first = vault.add(session, credential_id, "first-secret", SecretState.CURRENT)
         second = vault.add(session, credential_id, "second-secret", SecretState.PENDING)
+    return vault, credential_id, first, second
+
+
+def test_versions_move_pending_to_current_to_previous(engine: Engine) -> None:
+    vault, credential_id, first, second = _current_and_pending(engine)
     with session_scope(engine) as session:
         Vault.promote(session, credential_id, second.id)
     with Session(engine) as session:
@@ -30,6 +36,34 @@ def test_versions_move_pending_to_current_to_previous(engine: Engine) -> None:
         current = Vault.current(session, credential_id)
         assert current is not None and vault.reveal(current) == "second-secret"
     assert states == {first.id: SecretState.PREVIOUS, second.id: SecretState.CURRENT}
+
+
+def test_a_promotion_in_a_transaction_that_holds_the_versions_updates_them(
+    engine: Engine,
+) -> None:
+    """The commit reads the current version, then promotes in the same transaction: what the
+    session holds says what the store now says."""
+    _, credential_id, first, second = _current_and_pending(engine)
+    with session_scope(engine) as session:
+        held = Vault.current(session, credential_id)
+        assert held is not None and held.id == first.id
+        Vault.promote(session, credential_id, second.id)
+        assert held.state == SecretState.PREVIOUS
+        now = Vault.current(session, credential_id)
+        assert now is not None and now.id == second.id and now.state == SecretState.CURRENT
+
+
+def test_promoting_a_version_of_another_credential_changes_nothing(engine: Engine) -> None:
+    vault = Vault(secrets.token_bytes(32))
+    credential_id, other_id = a_credential(engine), a_credential(engine)
+    with session_scope(engine) as session:
+        first = vault.add(session, credential_id, "first-secret", SecretState.CURRENT)
+        foreign = vault.add(session, other_id, "other-secret", SecretState.PENDING)
+    with pytest.raises(LookupError, match=foreign.id), session_scope(engine) as session:
+        Vault.promote(session, credential_id, foreign.id)
+    with Session(engine) as session:
+        states = {v.id: v.state for v in session.exec(select(SecretVersion))}
+    assert states == {first.id: SecretState.CURRENT, foreign.id: SecretState.PENDING}
 
 
 def test_ciphertext_is_bound_to_its_row_and_key(engine: Engine) -> None:
