@@ -7,6 +7,7 @@ thread, between the awaits, so a burst of requests never exhausts the pool.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -70,6 +71,7 @@ async def request_operation(
     task_queue: str,
     request: OperationRequest,
     vault: Vault | None = None,
+    authorize: Callable[[Session], Credential] | None = None,
 ) -> Requested:
     """Start an operation, or join the one of this kind already in flight on the credential.
 
@@ -77,7 +79,9 @@ async def request_operation(
     one starts a workflow. The started one is registered at the credential's gate before this
     returns, so requests are queued in the order they were answered. A request that names its
     secret (``request.choice``) is checked first (InvalidRequest) and never joins; ``vault``
-    stores a supplied value and is needed only then.
+    stores a supplied value and is needed only then. ``authorize`` reads the credential for a
+    caller who may be refused it (its exception goes up as it is), in the trip to the store
+    that checks the request.
     """
     if request.kind not in OPERATION_KINDS:
         raise InvalidRequest("kind", f"{request.kind!r} is not one of {', '.join(OPERATION_KINDS)}")
@@ -85,14 +89,16 @@ async def request_operation(
         raise InvalidRequest("trigger", f"{request.trigger!r} is not one of {', '.join(TRIGGERS)}")
 
     def checked(db: Session) -> Credential:
-        credential = db.get(Credential, request.credential_id)
+        credential = (
+            authorize(db) if authorize is not None else db.get(Credential, request.credential_id)
+        )
         if credential is None:
             raise CredentialNotFound(request.credential_id)
         check_secret_choice(db, credential, request.kind, request.choice)
         check_lifecycle(db, credential, request.kind, request.ttl_seconds)
         return credential
 
-    # One trip to the store for the three reads: each trip is a thread hop and a session.
+    # One trip to the store for the reads: each trip is a thread hop and a session.
     credential = await in_thread(engine, checked)
     if request.choice.names_a_secret:
         return await request_with_chosen_secret(

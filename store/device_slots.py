@@ -16,7 +16,7 @@ window keeps its slot.
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlmodel import Session, col, func, select
 
 from store.models import DeviceSlotClaim, DeviceSlotGate
@@ -62,8 +62,14 @@ def release(session: Session, device_id: str, token: str) -> list[DeviceSlotClai
     """Give a claim back, held or waiting: the claims handed a slot by it, whose workflows to
     tell; None when the store never had this claim (an earlier release's semaphore did)."""
     capacity = lock_row(session, DeviceSlotGate, device_id).capacity
-    mine = session.get(DeviceSlotClaim, token)
-    if mine is None:
+    # One statement (giving back is on every operation's path; reading the claim first was
+    # two); a claim the session holds is marked deleted.
+    given_back = session.execute(
+        delete(DeviceSlotClaim)
+        .where(col(DeviceSlotClaim.token) == token)
+        .execution_options(synchronize_session="evaluate")
+    )
+    if not given_back.rowcount:  # type: ignore[attr-defined]
         # Given back already: answer again what that release handed out (a lost answer).
         handed = list(
             session.exec(
@@ -71,8 +77,6 @@ def release(session: Session, device_id: str, token: str) -> list[DeviceSlotClai
             )
         )
         return handed or None
-    session.delete(mine)
-    session.flush()
     return _hand_out(session, device_id, capacity, by=token)
 
 

@@ -78,15 +78,19 @@ async def create_operation(
         raise Problem(403, f"{caller.name} is an app: it requests change with trigger a2a only")
     if caller.role == OPERATOR and body.trigger == "a2a":
         raise invalid("trigger", "a2a is an application's trigger: an app principal claims it")
-    credential = await in_thread(app.engine, lambda db: credential_for(db, caller, credential_id))
-    if body.kind == "reconcile" and not credential.reconcile_credential_id:
-        raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
     if body.callback_url is not None:
         refused = webhooks.refusal(body.callback_url, app.settings.webhook_allow_http)
         if refused is None and app.settings.webhook_key is None:
             refused = "callbacks need KEYTURN_WEBHOOK_SECRET (whsec_<base64>) set to sign them"
         if refused is not None:
             raise invalid("callback_url", refused)
+
+    def authorized(db: Session) -> Credential:
+        credential = credential_for(db, caller, credential_id)
+        if body.kind == "reconcile" and not credential.reconcile_credential_id:
+            raise invalid("kind", "reconcile needs the credential's reconcile_credential_id set")
+        return credential
+
     choice = SecretChoice(
         version_id=body.version_id,
         password=_value(body.password),
@@ -108,6 +112,7 @@ async def create_operation(
                 ttl_seconds=body.ttl_seconds,
             ),
             app.vault,
+            authorized,
         )
     except CredentialNotFound:
         raise not_found("credential", credential_id) from None

@@ -87,3 +87,17 @@ def test_the_slot_of_an_ended_holder_goes_to_the_next_waiter(engine: Engine) -> 
         handed = device_slots.drop(session, device, [dead.token])
         assert [c.token for c in handed] == [waiting.token]
         assert [h.token for h in device_slots.holders(session, device)] == [waiting.token]
+
+
+def test_a_claim_given_back_in_the_transaction_that_made_it_is_gone(engine: Engine) -> None:
+    """Giving back is one DELETE: a claim the session still holds (not yet written, even) is
+    written, deleted and not written again at commit."""
+    device = secrets.token_hex(4)
+    mine = _request(device, 1, capacity=1)
+    with session_scope(engine) as session:
+        held, _ = device_slots.claim(session, mine)
+        assert held
+        assert device_slots.release(session, device, mine.token) == []
+    with session_scope(engine) as session:
+        assert session.get(DeviceSlotClaim, mine.token) is None
+    assert _claim(engine, _request(device, 2, capacity=1))[0]  # the slot is free
