@@ -11,7 +11,9 @@ import asyncio
 import concurrent.futures
 import logging
 import signal
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -33,6 +35,7 @@ from governance.siem import SiemEcho
 from keyturn.logs import configure_logging
 from keyturn.settings import Settings
 from keyturn.temporal import connect, ensure_search_attributes
+from keyturn.zones import zone_task_queue
 from requesting.restored import request_verifies_after_restore
 from store.engine import STORE_ACTIVITY_THREADS, in_thread, make_engine
 from store.seed import seed_shipped_templates
@@ -49,6 +52,8 @@ from workflows.sweep import SweepWorkflow
 from workflows.task_run import TaskRunWorkflow, TaskTargetWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
+# Activities the main queue's worker runs at once (Temporal's default), executor steps aside.
+MAIN_QUEUE_ACTIVITIES = 100
 # The sandbox re-imports a workflow's module for every run it starts: with 1,000 operations in
 # flight that was 1,000 copies of workflows/operation.py (about 100 MiB of the worker) and a
 # tenth of its CPU per change. Keyturn's own workflow package is imported once instead; it is
@@ -61,7 +66,13 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 
 def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
     vault = Vault(settings.keyring)
-    store = StoreActivities(engine, vault, settings.task_queue, settings.lost_worker_seconds)
+    store = StoreActivities(
+        engine,
+        vault,
+        settings.task_queue,
+        settings.lost_worker_seconds,
+        settings.default_zone_on_main_queue,
+    )
     children = ChildPlanningActivities(engine)
     legacy_slots = LegacySlotActivities(engine)
     gate = GateActivities(engine, client)
@@ -72,13 +83,32 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     executor = ExecutorActivities(engine, vault, client)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
-    task_store = TaskStoreActivities(engine, settings.task_queue, settings.lost_worker_seconds)
+    task_store = TaskStoreActivities(
+        engine,
+        settings.task_queue,
+        settings.lost_worker_seconds,
+        settings.default_zone_on_main_queue,
+    )
     task_executor = TaskExecutorActivities(engine, vault)
     certificates = CertificateActivities(engine, vault, settings, client)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.
     # Their count is part of the store's pool sizing (store/engine.py).
     pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=STORE_ACTIVITY_THREADS, thread_name_prefix="keyturn-store"
+    )
+    executor_steps: list[Callable[..., Any]] = [
+        executor.change,
+        executor.probe,
+        task_executor.run_task,
+        certificates.cert_publish,
+    ]
+    # A step beats every 2 s, or every quarter of its heartbeat timeout if shorter
+    # (activities/executor_steps.py); the SDK sends a beat on within a third of it.
+    heartbeat_throttle = timedelta(seconds=settings.lost_worker_seconds / 3)
+    # The default zone's steps on the main queue (settings.default_zone_on_main_queue): there
+    # as many at once as on a zone's queue, besides the store's.
+    on_main: list[Callable[..., Any]] = (
+        executor_steps if settings.default_zone_on_main_queue else []
     )
     workers = [
         Worker(
@@ -131,8 +161,12 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
                 legacy_slots.release_slot,
+                *on_main,
             ],
             activity_executor=pool,
+            max_concurrent_activities=MAIN_QUEUE_ACTIVITIES
+            + (settings.max_concurrent_executor_calls if on_main else 0),
+            max_heartbeat_throttle_interval=heartbeat_throttle,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             workflow_runner=WORKFLOW_RUNNER,
             max_cached_workflows=settings.workflow_cache_size,
@@ -144,19 +178,14 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     workers += [
         Worker(
             client,
-            task_queue=settings.zone_task_queue(zone),
-            activities=[
-                executor.change,
-                executor.probe,
-                task_executor.run_task,
-                certificates.cert_publish,
-            ],
+            task_queue=zone_task_queue(settings.task_queue, zone),
+            activities=executor_steps,
             max_concurrent_activities=settings.max_concurrent_executor_calls,
-            # A step beats every 2 s, or every quarter of its heartbeat timeout if shorter
-            # (activities/executor_steps.py); the SDK sends a beat on within a third of it.
-            max_heartbeat_throttle_interval=timedelta(seconds=settings.lost_worker_seconds / 3),
+            max_heartbeat_throttle_interval=heartbeat_throttle,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
+        # The default zone's queue too when its steps are on the main queue: steps planned
+        # before (or by a worker without it) are still sent there.
         for zone in settings.zones
     ]
     return workers

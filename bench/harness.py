@@ -7,6 +7,7 @@ because figures of a run with failures would mean nothing.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -568,6 +569,20 @@ async def temporal_dev_server(key: bytes) -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
+def add_main_queue_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--main-queue",
+        action="store_true",
+        help="the default zone's executor steps on the main task queue, as keyturn dev runs them "
+        "(KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE)",
+    )
+
+
+def steps_queue_line(main_queue: bool) -> str:
+    where = "the main task queue" if main_queue else "the default zone's task queue"
+    return f"executor steps on {where}"
+
+
 def bench_settings(data_dir: Path, key: bytes, **overrides: Any) -> Settings:
     """A SQLite store in ``data_dir``, a fresh admin token and a task queue of this run's own."""
     return Settings(
@@ -650,6 +665,7 @@ def _process_env(settings: Settings, temporal_address: str, api_port: int) -> di
             "KEYTURN_ADMIN_TOKEN": settings.admin_token,
             "KEYTURN_TASK_QUEUE": settings.task_queue,
             "KEYTURN_API_PORT": str(api_port),
+            "KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE": str(settings.default_zone_on_main_queue).lower(),
             "TEMPORAL_ADDRESS": temporal_address,
             "TEMPORAL_NAMESPACE": "default",
             "PYTHONPATH": str(REPO),

@@ -53,6 +53,7 @@ from bench.harness import (  # noqa: E402
     BenchFailed,
     Figures,
     KeyturnProcesses,
+    add_main_queue_option,
     bench_settings,
     check_vault,
     keyturn_processes,
@@ -62,6 +63,7 @@ from bench.harness import (  # noqa: E402
     register_credentials,
     register_policy,
     ssh_device,
+    steps_queue_line,
     temporal_dev_server,
     temporal_server_pids,
 )
@@ -230,7 +232,7 @@ async def run(args: argparse.Namespace) -> Figures:
         stack.push_async_callback(peer.close)
         env = await stack.enter_async_context(temporal_dev_server(key))
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyturn-bench-")))
-        settings = bench_settings(data_dir, key)
+        settings = bench_settings(data_dir, key, default_zone_on_main_queue=args.main_queue)
         engine = make_engine(settings.resolved_database_url)
         stack.callback(engine.dispose)
         seed_shipped_templates(engine)
@@ -288,6 +290,7 @@ async def run(args: argparse.Namespace) -> Figures:
         f"in flight: {running} operation workflows running, {held} passwd sessions held at the "
         f"peer (of {expected} the device caps allow), {attempting} change attempts begun in the "
         "store; the others wait for a device slot or for the worker to take their activity",
+        steps_queue_line(args.main_queue),
         f"peer: {peer.logins} logins, {peer.changes} changes, {peer.refused} refused, "
         f"at most {peer.most_held} held at once",
         *(f"{label:<40}{seconds:8.1f} s" for label, seconds in timings),
@@ -309,6 +312,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--operations", type=int, default=DEFAULT_OPERATIONS)
     parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES)
+    add_main_queue_option(parser)
     args = parser.parse_args(argv)
     if min(args.operations, args.devices) < 1:
         parser.error("--operations and --devices must be at least 1")

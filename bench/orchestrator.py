@@ -47,6 +47,7 @@ from bench.harness import (  # noqa: E402
     Figures,
     KeyturnRotator,
     ProcessMeter,
+    add_main_queue_option,
     bench_settings,
     check_vault,
     expect_template,
@@ -59,6 +60,7 @@ from bench.harness import (  # noqa: E402
     register_policy,
     run_phase,
     ssh_device,
+    steps_queue_line,
     temporal_dev_server,
     temporal_server_pids,
     temporal_timeline,
@@ -126,7 +128,7 @@ async def run(args: argparse.Namespace) -> Figures:
         stack.push_async_callback(peer.close)
         env = await stack.enter_async_context(temporal_dev_server(key))
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyturn-bench-")))
-        settings = bench_settings(data_dir, key)
+        settings = bench_settings(data_dir, key, default_zone_on_main_queue=args.main_queue)
         engine = make_engine(settings.resolved_database_url)  # migrates before the processes start
         stack.callback(engine.dispose)
         seed_shipped_templates(engine)
@@ -175,6 +177,7 @@ async def run(args: argparse.Namespace) -> Figures:
         f"template {args.template}"
         + (f" through the sudo account {admin}" if admin else "")
         + f" against the in-process asyncssh peer; aim ≤ {AIM_EVENTS:g} history events per change",
+        steps_queue_line(args.main_queue),
         f"N={n} changes, M={args.users} credentials on one device, C={c} in flight, "
         f"warm-up {args.warmup}, {os.cpu_count()} CPUs, load average at start {figures.load:.2f}",
         f"keyturn against the peer: {seconds:7.2f} s  {rate:6.2f} changes/s",
@@ -208,6 +211,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "takes CPU too: compare figures of runs without it",
     )
     parser.add_argument("--profile-top", type=int, default=15, metavar="K")
+    add_main_queue_option(parser)
     args = parser.parse_args(argv)
     if min(args.changes, args.users, args.concurrency) < 1:
         parser.error("--changes, --users and --concurrency must be at least 1")

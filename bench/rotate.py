@@ -77,6 +77,7 @@ from bench.harness import (  # noqa: E402
     KeyturnRotator,
     KeyturnSample,
     StoreCounter,
+    add_main_queue_option,
     bench_settings,
     expect_template,
     keyturn_in_process,
@@ -89,6 +90,7 @@ from bench.harness import (  # noqa: E402
     run_phase,
     split,
     ssh_device,
+    steps_queue_line,
     temporal_dev_server,
     temporal_timeline,
 )
@@ -308,7 +310,7 @@ async def run(args: argparse.Namespace, sshd: Sshd, users: Users) -> Figures:
     async with contextlib.AsyncExitStack() as stack:
         env = await stack.enter_async_context(temporal_dev_server(key))
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyturn-bench-")))
-        settings = bench_settings(data_dir, key)
+        settings = bench_settings(data_dir, key, default_zone_on_main_queue=args.main_queue)
         engine = make_engine(settings.resolved_database_url)
         stack.callback(engine.dispose)
         seed_shipped_templates(engine)
@@ -385,6 +387,7 @@ async def run(args: argparse.Namespace, sshd: Sshd, users: Users) -> Figures:
         "",
         f"template {args.template}"
         + (f" through the sudo account {admins[1][0]} (raw: {admins[0][0]})" if admins else ""),
+        steps_queue_line(args.main_queue),
         f"N={n} changes, M={args.users} users per path, C={c} in flight, "
         f"warm-up {args.warmup} per path, {args.rounds} alternating rounds, "
         f"password length {RULES.length}, "
@@ -420,6 +423,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="R",
         help="measure in R alternating rounds of N/R changes per path (raw, keyturn, raw, …)",
     )
+    add_main_queue_option(parser)
     args = parser.parse_args(argv)
     if min(args.changes, args.users, args.concurrency, args.rounds) < 1:
         parser.error("--changes, --users, --concurrency and --rounds must be at least 1")

@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from keyturn.crypto import derived_token
 from keyturn.keyring import Keyring, parse
 from keyturn.temporal_config import ClientConnectConfig, temporal_connection
+from keyturn.zones import DEFAULT_ZONE, zone_task_queue
 
 MASTER_KEY_FILE = "master.key"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -94,11 +95,17 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    zones: list[str] = Field(default_factory=lambda: ["default"])
+    zones: list[str] = Field(default_factory=lambda: [DEFAULT_ZONE])
     # Executor calls (change, probe) a worker runs at once, per zone. Each mostly waits on its
     # target; the device caps, not this, keep targets from being crowded. Temporal's default
     # (100) held a thousand operations on five hundred devices to a tenth of what the caps allow.
     max_concurrent_executor_calls: int = Field(default=1000, ge=1, le=100_000)
+    # The default zone's executor steps on the main task queue, where Temporal hands a step to
+    # the worker whose workflow task scheduled it, in its answer to that task (eager activity
+    # execution): no dispatch by the server. Only when every worker serves the default zone
+    # (set it on all of them): a worker on the main queue without it could be handed a step it
+    # does not run. ``keyturn dev`` (one worker) turns it on.
+    default_zone_on_main_queue: bool = False
     # How long a worker may go silent before Temporal gives its work to another: a worker
     # killed mid-step (OOM, a lost host) is noticed this late. It is the heartbeat timeout of
     # executor steps (a change, a probe, a task) and how long a workflow's next task waits for
@@ -143,6 +150,15 @@ class Settings(BaseSettings):
             api_key=self.temporal_api_key,
             tls=self.temporal_tls,
         )
+        return self
+
+    @model_validator(mode="after")
+    def _default_zone_served(self) -> Settings:
+        if self.default_zone_on_main_queue and DEFAULT_ZONE not in self.zones:
+            raise ValueError(
+                "KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE needs the default zone in KEYTURN_ZONES: "
+                "the main queue's workers would run its steps"
+            )
         return self
 
     @property
@@ -242,7 +258,7 @@ class Settings(BaseSettings):
         ] + self.codec_cors_origins
 
     def zone_task_queue(self, zone: str) -> str:
-        return zone_task_queue(self.task_queue, zone)
+        return zone_task_queue(self.task_queue, zone, self.default_zone_on_main_queue)
 
 
 def webhook_key(secret: str) -> bytes:
@@ -257,11 +273,6 @@ def webhook_key(secret: str) -> bytes:
     if len(key) < 16:
         raise ValueError("the webhook secret must decode to at least 16 bytes")
     return key
-
-
-def zone_task_queue(task_queue: str, zone: str) -> str:
-    """Executor activities of a device run on its zone's queue, so workers can sit near targets."""
-    return f"{task_queue}-zone-{zone}"
 
 
 def _write_private(path: Path, data: bytes) -> None:

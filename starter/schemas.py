@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from keyturn.zones import DEFAULT_ZONE
 from store.passwords import PasswordRules
 from store.ssh_keys import DEFAULT_RSA_BITS, MAX_PRIVATE_KEY, RSA_BITS, key_bits_problem
 from triggers.window import DAYS, ChangeWindow, InvalidWindow
@@ -87,7 +88,9 @@ class DeviceIn(_In):
     address: Address
     port: int | None = Field(default=None, ge=1, le=65535, description="executor's default")
     executor: str = Field(default="ssh", min_length=1, max_length=50)
-    zone: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$")
+    zone: str = Field(
+        default=DEFAULT_ZONE, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-]+$"
+    )
     profile: str = Field(default="default", min_length=1, max_length=100)
     host_keys: list[str] = Field(default_factory=list, max_length=20)
     trust_on_first_use: bool = False

@@ -52,6 +52,7 @@ def finish_attempt(
     transcript: str,
     whose: Whose | None = None,
 ) -> None:
+    session.flush()  # an attempt opened in this transaction is written first
     finished = session.execute(
         _FINISH,
         {"attempt_id": attempt_id, "outcome": outcome, "detail": detail,
@@ -80,8 +81,8 @@ def finish_attempt(
 # Finishing is on every attempt's path: one statement on the table, answering what the audit
 # event names (an ORM read and flush were two statements and the unit of work's bookkeeping).
 # A row this session holds as an object is not brought up to date: nothing reads an attempt
-# again in the transaction that finishes it. (Executed by an ORM session, a statement on a
-# table flushes what is pending first, so an attempt opened in the same transaction is there.)
+# again in the transaction that finishes it. (SQLAlchemy 2.0 does not flush before a statement
+# on a table, 2.1 does: finish_attempt flushes itself.)
 _ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
 _FINISH = (
     update(_ATTEMPTS)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from keyturn.zones import DEFAULT_ZONE
 from store.passwords import PasswordRules
 
 
@@ -75,7 +76,7 @@ class Device(SQLModel, table=True):
     address: str
     port: int
     executor: str
-    zone: str = "default"
+    zone: str = DEFAULT_ZONE
     profile: str = "default"
     host_keys: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     trust_on_first_use: bool = False

@@ -4,9 +4,10 @@ implementation of every one, under the declared name."""
 from __future__ import annotations
 
 from temporalio import activity
+from temporalio.worker import Worker
 
 from tests.e2e.conftest import Stack
-from worker import build_workers
+from worker import MAIN_QUEUE_ACTIVITIES, build_workers
 from workflows import steps
 
 
@@ -49,3 +50,36 @@ async def test_the_worker_keeps_as_many_workflows_in_memory_as_the_setting_says(
     )
     (main, *_) = build_workers(stack.client, settings, stack.engine)
     assert main.config().get("workflows") and main.config().get("max_cached_workflows") == 37
+
+
+async def test_with_the_default_zone_on_the_main_queue_its_worker_runs_the_executor_steps(
+    stack: Stack,
+) -> None:
+    """As many at once there as on a zone's queue, besides the store's; the default zone's own
+    queue is still served (steps planned before, or by a worker without the setting)."""
+    settings = stack.settings.model_copy(
+        update={
+            "task_queue": f"{stack.settings.task_queue}-m",
+            "zones": ["default", "dmz"],
+            "max_concurrent_executor_calls": 750,
+            "default_zone_on_main_queue": True,
+        }
+    )
+    main, *zone_workers = build_workers(stack.client, settings, stack.engine)
+    assert {"keyturn.change", "keyturn.probe"} <= _names(main)
+    assert main.config().get("max_concurrent_activities") == MAIN_QUEUE_ACTIVITIES + 750
+    assert {w.config()["task_queue"] for w in zone_workers} == {
+        settings.zone_task_queue("dmz"),
+        f"{settings.task_queue}-zone-default",
+    }
+    without = settings.model_copy(
+        update={"default_zone_on_main_queue": False, "task_queue": f"{settings.task_queue}-z"}
+    )
+    (plain, *_) = build_workers(stack.client, without, stack.engine)
+    assert "keyturn.change" not in _names(plain)
+
+
+def _names(worker: Worker) -> set[str]:
+    return {
+        str(activity._Definition.must_from_callable(f).name) for f in worker.config()["activities"]
+    }

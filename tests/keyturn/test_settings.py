@@ -6,9 +6,11 @@ import base64
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from temporalio.service import TLSConfig
 
 from keyturn.settings import Settings
+from starter.devstack import one_worker
 
 
 def test_temporal_environment_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,3 +182,27 @@ def test_a_master_key_file_others_may_read_is_refused(tmp_path: Path, mode: int)
     key_file.chmod(mode)
     with pytest.raises(PermissionError, match="chmod 600"):
         Settings(data_dir=tmp_path / "var").ensure_local_files()
+
+
+def test_the_default_zone_on_the_main_queue_needs_the_default_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE", "true")
+    assert Settings().zone_task_queue("default") == Settings().task_queue
+    assert Settings().zone_task_queue("dmz") == f"{Settings().task_queue}-zone-dmz"
+    monkeypatch.setenv("KEYTURN_ZONES", '["dmz"]')
+    with pytest.raises(ValidationError, match="needs the default zone in KEYTURN_ZONES"):
+        Settings()
+
+
+def test_keyturn_dev_puts_the_default_zone_on_the_main_queue_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its one worker serves every zone it lists."""
+    assert not Settings().default_zone_on_main_queue  # a worker of many: the operator says
+    assert one_worker(Settings()).default_zone_on_main_queue
+    monkeypatch.setenv("KEYTURN_ZONES", '["dmz"]')
+    assert not one_worker(Settings()).default_zone_on_main_queue
+    monkeypatch.setenv("KEYTURN_ZONES", '["default", "dmz"]')
+    monkeypatch.setenv("KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE", "false")
+    assert not one_worker(Settings()).default_zone_on_main_queue

@@ -14,7 +14,8 @@ from keyturn.keyring import Keyring
 from store.engine import session_scope
 from store.models import Certificate, CertificateAuthority, SecretState, SecretVersion
 from store.vault import Vault, certificate_owner, reencrypt_all
-from tests.store.helpers import a_credential
+from store.versions import seen_working
+from tests.store.helpers import a_credential, registered
 
 
 def _current_and_pending(engine: Engine) -> tuple[Vault, str, SecretVersion, SecretVersion]:
@@ -150,3 +151,17 @@ def test_a_rotation_reseals_certificate_and_ca_keys(engine: Engine) -> None:
     assert only_new.unseal(owner, row.pending_key_id, row.pending_key_ciphertext) == "next-key"
     with pytest.raises(InvalidTag):  # bound to its owner: another's ciphertext does not open
         only_new.unseal("ca/x", row.key_id, row.key_ciphertext)
+
+
+def test_a_version_seen_working_in_a_transaction_that_holds_it_is_updated(engine: Engine) -> None:
+    _, credential_id, _, pending = _current_and_pending(engine)
+    operation_id = registered(engine, credential_id)
+    with session_scope(engine) as session:
+        held = session.get(SecretVersion, pending.id)
+        assert held is not None and held.last_login_ok_at is None
+        seen_working(session, pending.id, operation_id)
+        assert held.last_login_ok_at is not None
+        assert held.last_login_ok_operation_id == operation_id
+    with Session(engine) as session:
+        stored = session.get(SecretVersion, pending.id)
+        assert stored is not None and stored.last_login_ok_operation_id == operation_id
