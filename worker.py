@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import signal
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -53,6 +54,8 @@ from workflows.task_run import TaskRunWorkflow, TaskTargetWorkflow
 
 GRACEFUL_SHUTDOWN = timedelta(seconds=30)
 # Activities the main queue's worker runs at once (Temporal's default), executor steps aside.
+# Its synchronous (store) activities beyond the pool's threads wait for one, as they do with
+# Temporal's default: set explicitly, the SDK warns of it at each start.
 MAIN_QUEUE_ACTIVITIES = 100
 # The sandbox re-imports a workflow's module for every run it starts: with 1,000 operations in
 # flight that was 1,000 copies of workflows/operation.py (about 100 MiB of the worker) and a
@@ -105,13 +108,19 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     # A step beats every 2 s, or every quarter of its heartbeat timeout if shorter
     # (activities/executor_steps.py); the SDK sends a beat on within a third of it.
     heartbeat_throttle = timedelta(seconds=settings.lost_worker_seconds / 3)
-    # The default zone's steps on the main queue (settings.default_zone_on_main_queue): there
-    # as many at once as on a zone's queue, besides the store's.
-    on_main: list[Callable[..., Any]] = (
-        executor_steps if settings.default_zone_on_main_queue else []
+    # The main queue serves the executor steps too, whatever the setting: steps planned on it
+    # (settings.default_zone_on_main_queue) by a worker with the setting on still run once it
+    # is turned off, or on a worker started without it. With the setting, as many at once
+    # there as on a zone's queue, besides the store's; otherwise Temporal's default.
+    main_queue_activities = (
+        MAIN_QUEUE_ACTIVITIES + settings.max_concurrent_executor_calls
+        if settings.default_zone_on_main_queue
+        else None
     )
-    workers = [
-        Worker(
+    with warnings.catch_warnings():
+        # Said once here (MAIN_QUEUE_ACTIVITIES) rather than at every start.
+        warnings.filterwarnings("ignore", "Worker max_concurrent_activities", UserWarning)
+        main = Worker(
             client,
             task_queue=settings.task_queue,
             workflows=[
@@ -161,11 +170,10 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
                 # Only operations started before the gate and device-slot workflows use these.
                 legacy_slots.acquire_slot,
                 legacy_slots.release_slot,
-                *on_main,
+                *executor_steps,
             ],
             activity_executor=pool,
-            max_concurrent_activities=MAIN_QUEUE_ACTIVITIES
-            + (settings.max_concurrent_executor_calls if on_main else 0),
+            max_concurrent_activities=main_queue_activities,
             max_heartbeat_throttle_interval=heartbeat_throttle,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
             workflow_runner=WORKFLOW_RUNNER,
@@ -174,7 +182,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
             # within this; a lost worker's go to another after it.
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=settings.lost_worker_seconds),
         )
-    ]
+    workers = [main]
     workers += [
         Worker(
             client,

@@ -70,7 +70,7 @@ async def forget_old_keys(settings: Settings, client: Client) -> str:
         raise RotationRefused("the keys come from KEYTURN_MASTER_KEY: keep only the newest there")
     keys = settings.keyring.keys
     newest = settings.keyring.cipher(PAYLOADS).key_id
-    # This Keyturn's workflows all run on its task queue (executor activities alone use the
+    # This Keyturn's workflows all run on its task queue (only executor activities may use the
     # zone queues): another deployment's, sealed with other keys, is not its concern.
     query = f"ExecutionStatus = 'Running' AND TaskQueue = '{settings.task_queue}'"
     async for execution in client.list_workflows(query):

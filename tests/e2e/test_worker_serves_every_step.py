@@ -52,11 +52,13 @@ async def test_the_worker_keeps_as_many_workflows_in_memory_as_the_setting_says(
     assert main.config().get("workflows") and main.config().get("max_cached_workflows") == 37
 
 
-async def test_with_the_default_zone_on_the_main_queue_its_worker_runs_the_executor_steps(
+async def test_the_main_queue_s_worker_runs_the_executor_steps_with_the_setting_or_without(
     stack: Stack,
 ) -> None:
-    """As many at once there as on a zone's queue, besides the store's; the default zone's own
-    queue is still served (steps planned before, or by a worker without the setting)."""
+    """With the default zone on the main queue, as many steps at once there as on a zone's
+    queue, besides the store's; the default zone's own queue is still served (steps planned
+    before). Without it, the main queue serves the steps too, at Temporal's default: steps
+    planned on it by a worker with the setting still run once it is turned off."""
     settings = stack.settings.model_copy(
         update={
             "task_queue": f"{stack.settings.task_queue}-m",
@@ -66,7 +68,7 @@ async def test_with_the_default_zone_on_the_main_queue_its_worker_runs_the_execu
         }
     )
     main, *zone_workers = build_workers(stack.client, settings, stack.engine)
-    assert {"keyturn.change", "keyturn.probe"} <= _names(main)
+    assert {"keyturn.change", "keyturn.probe", "keyturn.run_task"} <= _names(main)
     assert main.config().get("max_concurrent_activities") == MAIN_QUEUE_ACTIVITIES + 750
     assert {w.config()["task_queue"] for w in zone_workers} == {
         settings.zone_task_queue("dmz"),
@@ -76,7 +78,8 @@ async def test_with_the_default_zone_on_the_main_queue_its_worker_runs_the_execu
         update={"default_zone_on_main_queue": False, "task_queue": f"{settings.task_queue}-z"}
     )
     (plain, *_) = build_workers(stack.client, without, stack.engine)
-    assert "keyturn.change" not in _names(plain)
+    assert {"keyturn.change", "keyturn.probe"} <= _names(plain)
+    assert plain.config().get("max_concurrent_activities") is None  # Temporal's default
 
 
 def _names(worker: Worker) -> set[str]:
