@@ -573,7 +573,7 @@ def add_main_queue_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--main-queue",
         action="store_true",
-        help="the default zone's executor steps on the main task queue, as keyturn dev runs them "
+        help="the default zone's executor steps on the main task queue "
         "(KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE)",
     )
 

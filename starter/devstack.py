@@ -20,7 +20,6 @@ from temporalio.client import Client
 
 from keyturn.settings import Settings
 from keyturn.temporal import connect
-from keyturn.zones import DEFAULT_ZONE
 from starter.app import create_app
 from store.engine import make_engine
 from store.seed import seed_shipped_templates
@@ -108,22 +107,10 @@ class _Server(uvicorn.Server):
         yield  # the dev stack handles Ctrl-C itself, to stop every part in order
 
 
-def one_worker(settings: Settings) -> Settings:
-    """``keyturn dev`` runs one worker, which serves every zone it lists: the default zone's
-    steps go on the main queue (handed over with the workflow task that schedules them), unless
-    the settings say otherwise."""
-    if "default_zone_on_main_queue" in settings.model_fields_set or DEFAULT_ZONE not in (
-        settings.zones
-    ):
-        return settings
-    return settings.model_copy(update={"default_zone_on_main_queue": True})
-
-
 async def run_dev(settings: Settings) -> None:
     # Everything this process and the Temporal server create (their databases, WAL files)
     # is private to the user running them.
     os.umask(0o077)
-    settings = one_worker(settings)
     settings.ensure_local_files()
     server = await asyncio.create_subprocess_exec(
         *dev_server_command(settings), preexec_fn=_die_with_parent

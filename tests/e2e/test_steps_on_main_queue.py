@@ -1,7 +1,7 @@
-"""The default zone's executor steps on the main task queue (KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE,
-what ``keyturn dev`` runs): Temporal hands a step to the worker in its answer to the workflow
-task that scheduled it. Operations behave as on a zone's queue: several at once on one
-credential and its device, each vault secret the one the target has. Real sshd, real dev server.
+"""The default zone's executor steps on the main task queue (KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE):
+Temporal hands a step to the worker in its answer to the workflow task that scheduled it.
+Operations behave as on a zone's queue: several at once on one credential and its device, each
+vault secret the one the target has. Real sshd, real dev server.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from temporalio.service import TLSConfig
 
 from keyturn.settings import Settings
-from starter.devstack import one_worker
 
 
 def test_temporal_environment_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,16 +192,3 @@ def test_the_default_zone_on_the_main_queue_needs_the_default_zone(
     monkeypatch.setenv("KEYTURN_ZONES", '["dmz"]')
     with pytest.raises(ValidationError, match="needs the default zone in KEYTURN_ZONES"):
         Settings()
-
-
-def test_keyturn_dev_puts_the_default_zone_on_the_main_queue_unless_told_not_to(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Its one worker serves every zone it lists."""
-    assert not Settings().default_zone_on_main_queue  # a worker of many: the operator says
-    assert one_worker(Settings()).default_zone_on_main_queue
-    monkeypatch.setenv("KEYTURN_ZONES", '["dmz"]')
-    assert not one_worker(Settings()).default_zone_on_main_queue
-    monkeypatch.setenv("KEYTURN_ZONES", '["default", "dmz"]')
-    monkeypatch.setenv("KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE", "false")
-    assert not one_worker(Settings()).default_zone_on_main_queue
