@@ -69,13 +69,7 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 
 def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Worker]:
     vault = Vault(settings.keyring)
-    store = StoreActivities(
-        engine,
-        vault,
-        settings.task_queue,
-        settings.lost_worker_seconds,
-        settings.default_zone_on_main_queue,
-    )
+    store = StoreActivities(engine, vault, settings.step_queues, settings.lost_worker_seconds)
     children = ChildPlanningActivities(engine)
     legacy_slots = LegacySlotActivities(engine)
     gate = GateActivities(engine, client)
@@ -86,12 +80,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
     executor = ExecutorActivities(engine, vault, client)
     triggers = TriggerActivities(engine, client, settings.task_queue)
     callbacks = CallbackActivities(engine, settings)
-    task_store = TaskStoreActivities(
-        engine,
-        settings.task_queue,
-        settings.lost_worker_seconds,
-        settings.default_zone_on_main_queue,
-    )
+    task_store = TaskStoreActivities(engine, settings.step_queues, settings.lost_worker_seconds)
     task_executor = TaskExecutorActivities(engine, vault)
     certificates = CertificateActivities(engine, vault, settings, client)
     # Store activities are synchronous (SQLModel); they run in this pool, off the event loop.

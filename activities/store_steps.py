@@ -14,7 +14,7 @@ from sqlmodel import Session
 from temporalio.exceptions import ApplicationError
 
 from keyturn import failpoints
-from keyturn.zones import zone_task_queue
+from keyturn.zones import StepQueues
 from store import audit
 from store.chains import children_of
 from store.engine import session_scope
@@ -53,17 +53,11 @@ SECRET_MAKING_KINDS = ("change", "reconcile", "jit-create")
 
 class StoreActivities:
     def __init__(
-        self,
-        engine: Engine,
-        vault: Vault,
-        task_queue: str,
-        heartbeat_seconds: float,
-        default_zone_on_main_queue: bool = False,
+        self, engine: Engine, vault: Vault, queues: StepQueues, heartbeat_seconds: float
     ) -> None:
         self._engine = engine
         self._vault = vault
-        self._task_queue = task_queue
-        self._default_zone_on_main_queue = default_zone_on_main_queue  # settings: where steps run
+        self._queues = queues
         self._heartbeat_seconds = heartbeat_seconds  # settings.lost_worker_seconds
 
     @implements(steps.prepare)
@@ -146,9 +140,7 @@ class StoreActivities:
                 **detail,
             )
         plan = OperationPlan(
-            zone_task_queue=zone_task_queue(
-                self._task_queue, device.zone, self._default_zone_on_main_queue
-            ),
+            zone_task_queue=self._queues.of(device.zone),
             max_attempts=policy.max_attempts,
             retry_interval_seconds=policy.retry_interval_seconds,
             backoff=policy.backoff,

@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.executor_steps import ExecutorActivities, OpenedAttempt
 from executors.base import ExecutorError, RunRequest, RunResult, get_executor, redact
-from keyturn.zones import zone_task_queue
+from keyturn.zones import StepQueues
 from store import audit, tasks
 from store.engine import session_scope
 from store.jobs import load_task_job
@@ -47,16 +47,9 @@ OUTPUT_KEPT = 1_000_000
 
 
 class TaskStoreActivities:
-    def __init__(
-        self,
-        engine: Engine,
-        task_queue: str,
-        heartbeat_seconds: float,
-        default_zone_on_main_queue: bool = False,
-    ) -> None:
+    def __init__(self, engine: Engine, queues: StepQueues, heartbeat_seconds: float) -> None:
         self._engine = engine
-        self._task_queue = task_queue
-        self._default_zone_on_main_queue = default_zone_on_main_queue  # settings: where steps run
+        self._queues = queues
         self._heartbeat_seconds = heartbeat_seconds  # settings.lost_worker_seconds
 
     @implements(steps.begin_task_run)
@@ -124,9 +117,7 @@ class TaskStoreActivities:
                 result.status = OperationStatus.RUNNING
                 session.add(result)
             return OperationPlan(
-                zone_task_queue=zone_task_queue(
-                    self._task_queue, device.zone, self._default_zone_on_main_queue
-                ),
+                zone_task_queue=self._queues.of(device.zone),
                 max_attempts=1,
                 retry_interval_seconds=0,
                 backoff=1,

@@ -29,7 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from keyturn.crypto import derived_token
 from keyturn.keyring import Keyring, parse
 from keyturn.temporal_config import ClientConnectConfig, temporal_connection
-from keyturn.zones import DEFAULT_ZONE, zone_task_queue
+from keyturn.zones import DEFAULT_ZONE, StepQueues
 
 MASTER_KEY_FILE = "master.key"
 ADMIN_TOKEN_FILE = "admin.token"
@@ -257,8 +257,12 @@ class Settings(BaseSettings):
             f"http://{host}:{self.temporal_ui_port}" for host in ("127.0.0.1", "localhost")
         ] + self.codec_cors_origins
 
+    @property
+    def step_queues(self) -> StepQueues:
+        return StepQueues(self.task_queue, self.default_zone_on_main_queue)
+
     def zone_task_queue(self, zone: str) -> str:
-        return zone_task_queue(self.task_queue, zone, self.default_zone_on_main_queue)
+        return self.step_queues.of(zone)
 
 
 def webhook_key(secret: str) -> bytes:

@@ -3,6 +3,8 @@ targets they reach."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 DEFAULT_ZONE = "default"  # a device's zone unless it names one
 
 
@@ -12,3 +14,14 @@ def zone_task_queue(task_queue: str, zone: str, default_zone_on_main_queue: bool
     if default_zone_on_main_queue and zone == DEFAULT_ZONE:
         return task_queue
     return f"{task_queue}-zone-{zone}"
+
+
+@dataclass(frozen=True)
+class StepQueues:
+    """Where the steps planned by a worker of ``task_queue`` run (settings.step_queues)."""
+
+    task_queue: str
+    default_zone_on_main_queue: bool = False
+
+    def of(self, zone: str) -> str:
+        return zone_task_queue(self.task_queue, zone, self.default_zone_on_main_queue)

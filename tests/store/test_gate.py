@@ -12,6 +12,7 @@ from sqlmodel import col
 from temporalio.exceptions import ApplicationError
 
 from activities.store_steps import StoreActivities, commit_in
+from keyturn.zones import StepQueues
 from store import callbacks, gate
 from store.engine import session_scope
 from store.models import Credential, CredentialGate, Operation, OperationStatus, SecretState
@@ -77,7 +78,7 @@ def test_commit_never_overwrites_a_current_secret_that_moved(engine: Engine) -> 
     vault = Vault(KEY)
     with session_scope(engine) as session:
         vault.add(session, credential_id, "first", SecretState.CURRENT)
-    steps = StoreActivities(engine, vault, "queue", heartbeat_seconds=10.0)
+    steps = StoreActivities(engine, vault, StepQueues("queue"), heartbeat_seconds=10.0)
     operation_id = _register(engine, credential_id)
     steps.prepare(StepInput(operation_id))
     with session_scope(engine) as session:  # another writer moves current meanwhile
@@ -178,7 +179,7 @@ def test_the_begin_step_reads_its_rows_once_under_the_lock(engine: Engine) -> No
     lock (a lifecycle operation ahead may have just deactivated the credential); prepare looks
     both up again for free."""
     credential_id = a_credential(engine)
-    steps = StoreActivities(engine, Vault(KEY), "queue", heartbeat_seconds=10.0)
+    steps = StoreActivities(engine, Vault(KEY), StepQueues("queue"), heartbeat_seconds=10.0)
     operation_id = _register(engine, credential_id)  # the API's registration
     registration = gate.Registration(
         operation_id, credential_id, "change", "manual", f"wf-{operation_id}", "run"
@@ -203,7 +204,7 @@ def test_a_committed_departure_locks_the_gate_once_and_hands_it_on(
     knows the credential (it loaded the job): the operation is read once, after the lock;
     without it, once to learn whose gate and again under the lock."""
     credential_id = a_credential(engine)
-    steps = StoreActivities(engine, Vault(KEY), "queue", heartbeat_seconds=10.0)
+    steps = StoreActivities(engine, Vault(KEY), StepQueues("queue"), heartbeat_seconds=10.0)
     first, second = (_register(engine, credential_id) for _ in range(2))
     steps.prepare(StepInput(first))
     whose = credential_id if credential_known else None
@@ -230,7 +231,7 @@ def test_a_credential_deactivated_as_its_operation_registers_is_seen_inactive(
     """The begin step reads the credential again once the gate is locked: a lifecycle
     operation ahead may have just deactivated it, and a change must then be refused."""
     credential_id = a_credential(engine)
-    steps = StoreActivities(engine, Vault(KEY), "queue", heartbeat_seconds=10.0)
+    steps = StoreActivities(engine, Vault(KEY), StepQueues("queue"), heartbeat_seconds=10.0)
     operation_id = _register(engine, credential_id)
     registration = gate.Registration(
         operation_id, credential_id, "change", "manual", f"wf-{operation_id}", "run"

@@ -21,6 +21,7 @@ from sqlmodel import Session
 
 from activities.executor_steps import ExecutorActivities, _AttemptWrites
 from activities.store_steps import StoreActivities
+from keyturn.zones import StepQueues
 from store import attempts, audit, device_slots, gate
 from store.engine import make_engine, session_scope
 from store.models import Credential, DeviceSlotGate, SecretState
@@ -54,7 +55,7 @@ def _verified_change_holding_a_slot(engine: Engine) -> tuple[str, str, str]:
         vault.add(session, credential_id, "Old-secret-1", SecretState.CURRENT)
         request = gate.Registration(operation_id, credential_id, "change", "manual", "wf", None)
         gate.admitted(session, request)
-        StoreActivities(engine, vault, "keyturn", heartbeat_seconds=10.0).prepared(
+        StoreActivities(engine, vault, StepQueues("keyturn"), heartbeat_seconds=10.0).prepared(
             session, operation_id
         )
         holder = WorkflowRef("wf", "run")
