@@ -11,10 +11,9 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.engine import Engine
@@ -24,6 +23,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.heartbeats import beats_while_running
 from activities.key_steps import KeySteps
 from activities.slot_grants import tell_granted
 from activities.store_steps import commit_in
@@ -69,7 +69,6 @@ from workflows.steps import implements
 
 _T = TypeVar("_T")
 _L = TypeVar("_L")
-HEARTBEAT_EVERY_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,53 +166,6 @@ def _attempt_writes() -> _AttemptWrites:
         raise RuntimeError("a login outside ExecutorActivities._recorded") from None
 
 
-# When the running activity last told Temporal it is alive (time.monotonic()), shared by its
-# attempts: one activity runs several (a change, then its verify), and the silence between
-# them counts towards the heartbeat timeout as much as the silence within one.
-_LAST_BEAT: ContextVar[list[float]] = ContextVar("last_beat")
-
-
-@contextlib.asynccontextmanager
-async def _heartbeating() -> AsyncIterator[None]:
-    """Heartbeat while an executor call runs, so a worker that dies mid-call is noticed within
-    the heartbeat timeout rather than the whole step timeout, and the attempt is retried.
-
-    A beat is due one interval after the activity started or last beat: an activity that ends
-    sooner sends none (each is a write on the Temporal server, and most steps are shorter
-    than an interval), and an attempt that starts when one is due beats at once."""
-
-    info = activity.info()
-    timeout = info.heartbeat_timeout
-    # Often enough for a short timeout (settings.lost_worker_seconds) to hold on a busy host.
-    every = (
-        min(HEARTBEAT_EVERY_SECONDS, timeout.total_seconds() / 4)
-        if timeout
-        else HEARTBEAT_EVERY_SECONDS
-    )
-    try:
-        last = _LAST_BEAT.get()
-    except LookupError:
-        # The activity's first attempt: Temporal's timer started with the activity (its clock;
-        # a worker clock behind it counts from now).
-        running = (datetime.now(UTC) - info.started_time).total_seconds()
-        last = [time.monotonic() - max(0.0, running)]
-        _LAST_BEAT.set(last)
-
-    async def beat() -> None:
-        while True:
-            due = last[0] + every - time.monotonic()
-            if due > 0:
-                await asyncio.sleep(due)
-            activity.heartbeat()
-            last[0] = time.monotonic()
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-
-
 class _AlreadyCommitted(Exception):
     """A change step run again after it committed (its answer was lost), or a probe of the
     change after that: the store has the answer, the target is not asked."""
@@ -243,6 +195,7 @@ class ExecutorActivities:
         self._client = client
 
     @implements(steps.change)
+    @beats_while_running
     async def change(self, step: StepInput) -> ChangeOutcome:
         try:
             job, opened, may_have_sent = await self._opening(step, "change")
@@ -427,6 +380,7 @@ class ExecutorActivities:
             return None  # recorded on the attempt; the workflow's probe decides
 
     @implements(steps.probe)
+    @beats_while_running
     async def probe(self, step: StepInput) -> ProbeOutcome:
         """Does the pending secret log in? If not, the current one? (how an outcome is known)"""
         try:
@@ -616,8 +570,7 @@ class ExecutorActivities:
         finish = functools.partial(self._finish_attempt, writes=writes)
         entered = _ATTEMPT_WRITES.set(writes)
         try:
-            async with _heartbeating():
-                transcript, outcome = await body()
+            transcript, outcome = await body()
         except BudgetSpent as exc:
             await asyncio.to_thread(finish, attempt_id, "LockoutBudgetSpent", str(exc), "", job)
             # Retryable, after the window frees a login: the wait is Temporal's, durable.

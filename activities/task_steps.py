@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 
 from activities.executor_steps import ExecutorActivities, OpenedAttempt
+from activities.heartbeats import beats_while_running
 from executors.base import ExecutorError, RunRequest, RunResult, get_executor, redact
 from keyturn.zones import StepQueues
 from store import audit, tasks
@@ -145,6 +146,7 @@ class TaskExecutorActivities(ExecutorActivities):
     for a template of kind task run as the credential itself."""
 
     @implements(steps.run_task)
+    @beats_while_running
     async def run_task(self, step: TaskStep) -> TaskOutcome:
         attempt_id = await asyncio.to_thread(self._start_attempt, step.operation_id, TASK_STEP, 1)
         try:

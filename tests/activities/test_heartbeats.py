@@ -1,18 +1,19 @@
 """An executor step's heartbeats: a beat is due one interval after the activity started or
 last beat. An activity that ends sooner sends none (each beat is a write on the Temporal
 server); one that runs on beats steadily (what tells Temporal the worker still runs it, and
-brings it a cancel); and the silence between two attempts of one activity counts as much as
-the silence within one."""
+brings it a cancel), while its store work waits for a thread as much as while a target
+answers."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from datetime import UTC, datetime, timedelta
 
 from temporalio.testing import ActivityEnvironment
 
-from activities.executor_steps import _heartbeating
+from activities.heartbeats import beats_while_running, heartbeating
 
 # A quarter of it between beats: 0.1 s where beats are awaited, 1 s where a test checks none
 # came (a margin for a loaded host).
@@ -44,7 +45,7 @@ async def test_a_step_shorter_than_a_beat_sends_none() -> None:
     beats = Beats()
 
     async def step() -> None:
-        async with _heartbeating():
+        async with heartbeating():
             await asyncio.sleep(0)  # the beating task gets its first turn
 
     await _environment(beats, SLOW).run(step)
@@ -55,7 +56,7 @@ async def test_a_step_that_runs_on_beats_until_it_ends() -> None:
     beats = Beats(wanted=3)
 
     async def step() -> None:
-        async with _heartbeating():
+        async with heartbeating():
             await asyncio.wait_for(beats.enough.wait(), timeout=10)
 
     await _environment(beats, QUICK).run(step)
@@ -68,7 +69,7 @@ async def test_an_attempt_that_starts_when_a_beat_is_due_beats_at_once() -> None
     beats = Beats()
 
     async def step() -> None:
-        async with _heartbeating():
+        async with heartbeating():
             await asyncio.sleep(0)
             assert beats.count == 1
 
@@ -76,18 +77,32 @@ async def test_an_attempt_that_starts_when_a_beat_is_due_beats_at_once() -> None
     assert beats.count == 1
 
 
-async def test_the_silence_between_two_attempts_counts() -> None:
-    """A change shorter than an interval, then its record (store work, here half an interval
-    more than one): the verify that follows beats as it starts."""
-    beats = Beats()
+class _Step:
+    """Stands for an executor step whose store work waits in a thread."""
 
-    async def step() -> None:
-        async with _heartbeating():  # the change
-            await asyncio.sleep(0)
-        assert beats.count == 0
-        await asyncio.sleep(1.5)  # stands for the change's record, outside any attempt
-        async with _heartbeating():  # the verify
-            await asyncio.sleep(0)
-            assert beats.count == 1
+    def __init__(self, beats: Beats) -> None:
+        self.beats = beats
+        self.recorded = threading.Event()
 
-    await _environment(beats, SLOW).run(step)
+    @beats_while_running
+    async def run(self, patience: float) -> bool:
+        # The "record" is done once the step has beaten: it cannot be, unless the beats go on
+        # while this coroutine waits for the thread.
+        return await asyncio.to_thread(self.recorded.wait, patience)
+
+
+async def test_a_step_beats_while_its_store_work_waits_for_a_thread() -> None:
+    """A thousand steps released at once wait for threads to record them; a step silent all
+    that time would be declared lost, and run again, while its worker was recording it."""
+    beats = Beats(wanted=2)
+    step = _Step(beats)
+
+    async def release_when_beaten() -> None:
+        await beats.enough.wait()
+        step.recorded.set()
+
+    releasing = asyncio.ensure_future(release_when_beaten())
+    recorded = await _environment(beats, QUICK).run(step.run, 10.0)
+    releasing.cancel()
+    assert recorded, "the step went silent while its store work waited"
+    assert beats.count >= 2
