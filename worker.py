@@ -95,7 +95,7 @@ def build_workers(client: Client, settings: Settings, engine: Engine) -> list[Wo
         certificates.cert_publish,
     ]
     # A step beats every 2 s, or every quarter of its heartbeat timeout if shorter
-    # (activities/executor_steps.py); the SDK sends a beat on within a third of it.
+    # (activities/heartbeats.py); the SDK sends a beat on within a third of it.
     heartbeat_throttle = timedelta(seconds=settings.lost_worker_seconds / 3)
     # The main queue serves the executor steps too, whatever the setting: steps planned on it
     # (settings.default_zone_on_main_queue) by a worker with the setting on still run once it
