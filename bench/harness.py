@@ -666,6 +666,7 @@ def _process_env(settings: Settings, temporal_address: str, api_port: int) -> di
             "KEYTURN_TASK_QUEUE": settings.task_queue,
             "KEYTURN_API_PORT": str(api_port),
             "KEYTURN_DEFAULT_ZONE_ON_MAIN_QUEUE": str(settings.default_zone_on_main_queue).lower(),
+            "KEYTURN_WORKFLOW_CACHE_SIZE": str(settings.workflow_cache_size),
             "TEMPORAL_ADDRESS": temporal_address,
             "TEMPORAL_NAMESPACE": "default",
             "PYTHONPATH": str(REPO),

@@ -1,6 +1,7 @@
 """Worker memory with many operations in flight, held at a slow target.
 
     .venv/bin/python bench/inflight.py [--operations 1000] [--devices 500]
+                                       [--workflow-cache-size N] [--main-queue]
 
 The target is the in-process asyncssh peer (``bench/peer.py``) listening on one port per device;
 each ``passwd`` session waits on an event before its first prompt, so every change that reaches
@@ -68,6 +69,7 @@ from bench.harness import (  # noqa: E402
     temporal_server_pids,
 )
 from bench.peer import Peer  # noqa: E402
+from keyturn.settings import Settings  # noqa: E402
 from store.engine import make_engine  # noqa: E402
 from store.models import Attempt  # noqa: E402
 from store.passwords import generate_password  # noqa: E402
@@ -232,7 +234,12 @@ async def run(args: argparse.Namespace) -> Figures:
         stack.push_async_callback(peer.close)
         env = await stack.enter_async_context(temporal_dev_server(key))
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keyturn-bench-")))
-        settings = bench_settings(data_dir, key, default_zone_on_main_queue=args.main_queue)
+        settings = bench_settings(
+            data_dir,
+            key,
+            default_zone_on_main_queue=args.main_queue,
+            workflow_cache_size=args.workflow_cache_size,
+        )
         engine = make_engine(settings.resolved_database_url)
         stack.callback(engine.dispose)
         seed_shipped_templates(engine)
@@ -291,6 +298,8 @@ async def run(args: argparse.Namespace) -> Figures:
         f"peer (of {expected} the device caps allow), {attempting} change attempts begun in the "
         "store; the others wait for a device slot or for the worker to take their activity",
         steps_queue_line(args.main_queue),
+        f"the worker keeps up to {args.workflow_cache_size} running workflows in memory "
+        "(KEYTURN_WORKFLOW_CACHE_SIZE)",
         f"peer: {peer.logins} logins, {peer.changes} changes, {peer.refused} refused, "
         f"at most {peer.most_held} held at once",
         *(f"{label:<40}{seconds:8.1f} s" for label, seconds in timings),
@@ -312,8 +321,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--operations", type=int, default=DEFAULT_OPERATIONS)
     parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES)
+    parser.add_argument(
+        "--workflow-cache-size",
+        type=int,
+        default=Settings.model_fields["workflow_cache_size"].default,
+        metavar="N",
+        help="running workflows the worker keeps in memory (KEYTURN_WORKFLOW_CACHE_SIZE; "
+        "default: the setting's): what they weigh is the in-flight figure at the default "
+        "less the one at a small N",
+    )
     add_main_queue_option(parser)
     args = parser.parse_args(argv)
+    if args.workflow_cache_size < 0:
+        parser.error("--workflow-cache-size must be at least 0")
     if min(args.operations, args.devices) < 1:
         parser.error("--operations and --devices must be at least 1")
     if args.devices > args.operations:
