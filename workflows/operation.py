@@ -125,6 +125,11 @@ GATE_CHECK_INTERVAL = timedelta(minutes=5)
 VERIFIED = "verified: the new secret logs in"
 
 
+class NewerRevision(RuntimeError):
+    """A start naming a revision newer than this worker's: it fails the workflow task, not the
+    workflow (not a Temporal FailureError), so the operation waits for a newer worker."""
+
+
 @workflow.defn(name=WORKFLOW_NAME)
 class OperationWorkflow:
     def __init__(self) -> None:
@@ -195,6 +200,15 @@ class OperationWorkflow:
 
     @workflow.run
     async def run(self, op: OperationInput) -> OperationResult:
+        if op.revision > OPERATION_REVISION:
+            # A starter of a newer release asked for steps this worker does not know. Running
+            # this release's steps would write a history the newer release cannot replay, so
+            # the workflow task fails instead: Temporal tries it again, and a worker of that
+            # release runs it. This is what lets a later revision drop or reorder a command.
+            raise NewerRevision(
+                f"operation revision {op.revision} is newer than this worker's "
+                f"({OPERATION_REVISION}): a worker of a newer Keyturn runs it"
+            )
         # Asked first, in the first workflow task: a history recorded before the marker existed
         # has none here, and replays each patch's own marker below.
         # A new run records only the newest marker; a history has at most one of the two.
