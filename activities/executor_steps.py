@@ -352,9 +352,7 @@ class ExecutorActivities:
         executor = get_executor(job.device.executor)
         if opened is None:
             # The operation's first verify, whichever change attempt it follows.
-            opened = OpenedAttempt(
-                await asyncio.to_thread(self._start_attempt, step.operation_id, "verify", 1)
-            )
+            opened = await self._open_attempt(step.operation_id, "verify", 1)
 
         async def attempt() -> tuple[str, bool]:
             request = LoginRequest(job.target, account, job.verify_template, job.context())
@@ -623,6 +621,19 @@ class ExecutorActivities:
     def _start_attempt(self, operation_id: str, step: str, number: int) -> str:
         with session_scope(self._engine) as session:
             return attempts.open_attempt(session, operation_id, step, number)
+
+    async def _open_attempt(self, operation_id: str, step: str, number: int) -> OpenedAttempt:
+        """``_start_attempt`` in a thread. A step beats (and so can be canceled) while it waits
+        for one: the attempt the thread opens anyway is then closed as never run."""
+        opening = asyncio.ensure_future(
+            asyncio.to_thread(self._start_attempt, operation_id, step, number)
+        )
+        try:
+            return OpenedAttempt(await asyncio.shield(opening))
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # it failed: nothing was opened
+                await asyncio.to_thread(self._never_ran, OpenedAttempt(await opening))
+            raise
 
     async def _opening(self, step: StepInput, name: str | None) -> tuple[Job, OpenedAttempt, bool]:
         """``_begin`` in a thread. A cancel cannot stop the thread's transaction: the attempt

@@ -10,7 +10,7 @@ import dataclasses
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 
-from activities.executor_steps import ExecutorActivities, OpenedAttempt
+from activities.executor_steps import ExecutorActivities
 from activities.heartbeats import beats_while_running
 from executors.base import ExecutorError, RunRequest, RunResult, get_executor, redact
 from keyturn.zones import StepQueues
@@ -148,19 +148,25 @@ class TaskExecutorActivities(ExecutorActivities):
     @implements(steps.run_task)
     @beats_while_running
     async def run_task(self, step: TaskStep) -> TaskOutcome:
-        attempt_id = await asyncio.to_thread(self._start_attempt, step.operation_id, TASK_STEP, 1)
+        opened = await self._open_attempt(step.operation_id, TASK_STEP, 1)
+        attempt_id = opened.attempt_id
         try:
             job, parameters = await asyncio.to_thread(
                 load_task_job, self._engine, self._vault, step.operation_id, step.run_id
             )
+            if job.insecure_transport is not None:
+                await asyncio.to_thread(
+                    self._insecure_allowed, job.operation.id, job.insecure_transport
+                )
         except (ExecutorError, LookupError) as exc:
             kind = exc.kind if isinstance(exc, ExecutorError) else "ConfigurationError"
             await asyncio.to_thread(self._finish_attempt, attempt_id, kind, str(exc), "")
             return await self._kept(step, "failed", None, "", kind, str(exc))
-        if job.insecure_transport is not None:
-            await asyncio.to_thread(
-                self._insecure_allowed, job.operation.id, job.insecure_transport
-            )
+        except asyncio.CancelledError:
+            # Canceled while its job loaded (the step beats, so a cancel reaches it there):
+            # the target was not asked.
+            await asyncio.to_thread(self._never_ran, opened)
+            raise
         executor = get_executor(job.device.executor)
         account = job.connecting_account
         context = dataclasses.replace(job.context(), params=parameters)
@@ -172,7 +178,6 @@ class TaskExecutorActivities(ExecutorActivities):
             return result.transcript, result
 
         try:
-            opened = OpenedAttempt(attempt_id)
             result = await self._recorded(job, opened, attempt, may_have_sent=False)
         except ApplicationError as err:
             return await self._kept(step, "failed", None, "", err.type, err.message)

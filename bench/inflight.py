@@ -332,8 +332,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_main_queue_option(parser)
     args = parser.parse_args(argv)
-    if args.workflow_cache_size < 0:
-        parser.error("--workflow-cache-size must be at least 0")
+    cache = Settings.model_fields["workflow_cache_size"].metadata
+    least, most = (next(getattr(m, b) for m in cache if hasattr(m, b)) for b in ("ge", "le"))
+    if not least <= args.workflow_cache_size <= most:
+        parser.error(f"--workflow-cache-size must be from {least} to {most}")
     if min(args.operations, args.devices) < 1:
         parser.error("--operations and --devices must be at least 1")
     if args.devices > args.operations:

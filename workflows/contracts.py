@@ -164,7 +164,8 @@ class OperationInput:
     # start input is in the history, so the workflow can tell a new history from an old one
     # without a patch marker (two events per operation). 0: a starter that does not say, and
     # every history from before it; such a workflow finds out with patch markers, as before.
-    # Newer than the worker's: its workflow task fails until a newer worker takes it.
+    # Newer than the worker's: its workflow task fails until a newer worker takes it (which
+    # protects a later revision only once every worker runs a release with this guard).
     revision: int = 0
 
 

@@ -13,7 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 from temporalio.testing import ActivityEnvironment
 
+from activities.executor_steps import ExecutorActivities
 from activities.heartbeats import beats_while_running, heartbeating
+from activities.task_steps import TaskExecutorActivities
 
 # A quarter of it between beats: 0.1 s where beats are awaited, 1 s where a test checks none
 # came (a margin for a loaded host).
@@ -63,9 +65,9 @@ async def test_a_step_that_runs_on_beats_until_it_ends() -> None:
     assert beats.count >= 3
 
 
-async def test_an_attempt_that_starts_when_a_beat_is_due_beats_at_once() -> None:
-    """The activity began an interval ago (its job loaded, a first attempt recorded): the
-    next attempt tells Temporal at once, not an interval later."""
+async def test_a_step_that_starts_when_a_beat_is_due_beats_at_once() -> None:
+    """The activity began an interval ago by Temporal's clock (it waited for this worker's
+    event loop, say): it tells Temporal at once, not an interval later."""
     beats = Beats()
 
     async def step() -> None:
@@ -106,3 +108,14 @@ async def test_a_step_beats_while_its_store_work_waits_for_a_thread() -> None:
     releasing.cancel()
     assert recorded, "the step went silent while its store work waited"
     assert beats.count >= 2
+
+
+def test_every_step_that_acts_on_a_target_beats_for_its_whole_run() -> None:
+    """The change (with its verify), the probe and the task step: each is wrapped whole."""
+    for step in (
+        ExecutorActivities.change,
+        ExecutorActivities.probe,
+        TaskExecutorActivities.run_task,
+    ):
+        # Every wrapper runs the decorator's one code object; an unwrapped step runs its own.
+        assert step.__code__ is beats_while_running(_Step.run).__code__, step

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,9 +20,11 @@ from temporalio.client import ScheduleActionStartWorkflow, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 import worker as worker_module
+from activities import task_steps
 from activities.gate import GateActivities
 from activities.task_steps import TaskStoreActivities
 from requesting.tasks import request_task_run
+from store import jobs
 from store.models import (
     Attempt,
     AuditEvent,
@@ -598,6 +601,55 @@ async def test_a_target_canceled_while_running_stops_and_frees_its_credential(
     # The gate and the device's slot were given back: a change runs at once.
     changed = await stack.run_operation(cred)
     assert changed["status"] == "succeeded", changed
+
+
+async def test_a_target_canceled_while_its_job_loads_closes_its_attempt_as_never_run(
+    stack: Stack, sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task step beats while it waits for its store work, so a cancel reaches it there
+    too: the attempt it had opened is closed as canceled (not left running) and the target is
+    not asked. A change of the same credential, requested meanwhile, waits at its gate and
+    then runs; another task run goes on beside it."""
+    (cred, other) = await _ssh_credentials(stack, sshd, ssh_users, 2)
+    echo = await ssh_template(stack, ECHO_TASK, kind="task")
+    held_task, other_task = await _task(stack, echo, [cred]), await _task(stack, echo, [other])
+    loading, saw_cancel = threading.Event(), threading.Event()
+    original = jobs.load_task_job
+
+    def held(engine: Any, vault: Any, operation_id: str, run_id: str) -> Any:
+        if run_id == held_run.get("run_id"):  # other runs load as usual
+            loading.set()
+            deadline = time.monotonic() + 60
+            while not activity.is_cancelled():  # the cancel comes with a heartbeat's answer
+                assert time.monotonic() < deadline, "the cancel never reached the step"
+                time.sleep(0.05)
+            saw_cancel.set()
+        return original(engine, vault, operation_id, run_id)
+
+    held_run: dict[str, Any] = {}
+    monkeypatch.setattr(task_steps, "load_task_job", held)
+    held_run.update(
+        await stack.post(f"/v1/tasks/{held_task['id']}/runs", {"parameters": {"word": "w"}}, 202)
+    )
+    assert await asyncio.to_thread(loading.wait, 30)
+    run = await stack.get(f"/v1/tasks/{held_task['id']}/runs/{held_run['run_id']}")
+    operation_id = run["results"][0]["operation_id"]
+    changed, beside, canceled = await asyncio.gather(
+        stack.run_operation(cred),
+        _run(stack, other_task["id"], {"word": "w"}),
+        stack.api.post(f"/v1/operations/{operation_id}/cancel"),
+    )
+    assert canceled.status_code == 202, canceled.text
+    async with asyncio.timeout(30):
+        await stack.client.get_workflow_handle(held_run["workflow_id"]).result()
+
+    assert saw_cancel.is_set()
+    op = await stack.get(f"/v1/operations/{operation_id}")
+    assert op["status"] == "canceled", op
+    assert [(a["step"], a["outcome"]) for a in op["attempts"]] == [("task", "canceled")]
+    assert (changed["status"], beside["status"]) == ("succeeded", "succeeded"), (changed, beside)
+    username = (await stack.get(f"/v1/credentials/{cred}"))["username"]
+    assert await ssh_users.password_works(username, current_secret(stack, cred))
 
 
 async def test_a_run_takes_no_more_of_a_device_than_its_cap(
