@@ -1,14 +1,15 @@
 """A start naming a revision of the operation's steps newer than the worker's (an API of a newer
 Keyturn during an upgrade): the worker fails its workflow task rather than run its own steps
 into a history the newer release could not replay. The operation waits for a newer worker and
-touches nothing meanwhile: no row, no gate held, so other operations on its credential go on.
-Real sshd, real Temporal dev server."""
+touches nothing meanwhile: no row, no gate held, so other operations on its credential go on;
+once a newer worker serves the queue, it runs. Real sshd, real Temporal dev server."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 
+import pytest
 from sqlmodel import Session, col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
@@ -17,7 +18,13 @@ from store.models import Operation
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import credential, current_secret, ssh_device
 from tests.servers.sshd import Sshd, Users
-from workflows.contracts import OPERATION_REVISION, WORKFLOW_NAME, OperationInput
+from workflows import operation as operation_module
+from workflows.contracts import (
+    OPERATION_REVISION,
+    WORKFLOW_NAME,
+    OperationInput,
+    OperationResult,
+)
 
 OLD = "N3wer-rev-old-pass"
 
@@ -38,8 +45,8 @@ async def _failed_task_message(
         await asyncio.sleep(0.05)
 
 
-async def test_a_start_of_a_newer_revision_waits_and_blocks_nothing_on_its_credential(
-    stack: Stack, sshd: Sshd, ssh_users: Users
+async def test_a_start_of_a_newer_revision_waits_for_a_newer_worker_and_blocks_nothing(
+    stack: Stack, sshd: Sshd, ssh_users: Users, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
@@ -54,6 +61,7 @@ async def test_a_start_of_a_newer_revision_waits_and_blocks_nothing_on_its_crede
         ),
         id=f"newer-revision-{secrets.token_hex(4)}",
         task_queue=stack.settings.task_queue,
+        result_type=OperationResult,
     )
     try:
         # A change and a verify through the API on the same credential and device, at once (a
@@ -63,13 +71,23 @@ async def test_a_start_of_a_newer_revision_waits_and_blocks_nothing_on_its_crede
         )
         message = await _failed_task_message(stack.client, newer)
         described = await newer.describe()
-    finally:
-        await newer.terminate("test over")
+        with Session(stack.engine) as db:
+            rows = db.exec(select(Operation).where(col(Operation.workflow_id) == newer.id)).all()
 
-    assert f"revision {OPERATION_REVISION + 1} is newer" in message, message
-    assert described.status == WorkflowExecutionStatus.RUNNING
-    assert [c["status"] for c in changes] == ["succeeded", "succeeded"], changes
+        assert f"revision {OPERATION_REVISION + 1} is newer" in message, message
+        assert described.status == WorkflowExecutionStatus.RUNNING
+        assert rows == [], "the refused start wrote to the store"
+        assert [c["status"] for c in changes] == ["succeeded", "succeeded"], changes
+        assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
+
+        # The worker is now of the newer release (the workflow module is shared with the
+        # sandbox): the task's next try, a workflow task timeout later, runs the operation.
+        monkeypatch.setattr(operation_module, "OPERATION_REVISION", OPERATION_REVISION + 1)
+        async with asyncio.timeout(60):
+            result = await newer.result()
+    finally:
+        if (await newer.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await newer.terminate("test over")
+
+    assert result.status == "succeeded", result
     assert await ssh_users.password_works(user, current_secret(stack, cred["id"]))
-    with Session(stack.engine) as db:
-        rows = db.exec(select(Operation).where(col(Operation.workflow_id) == newer.id)).all()
-    assert rows == [], "the refused start wrote to the store"
