@@ -174,19 +174,30 @@ class KeyturnRotator:
         )
 
 
+# The table a statement is about: the first one it names after its verb.
+_TABLE = re.compile(
+    r"^\s*(?:SELECT\b.*?\bFROM|INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(\w+)", re.I | re.S
+)
+
+
 class StoreCounter:
-    """Counts SQL statements and transactions on the store engine (all threads)."""
+    """Counts SQL statements and transactions on the store engine (all threads), by verb and
+    by table and verb ("audithead UPDATE")."""
 
     def __init__(self, engine: Engine) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.tables: Counter[str] = Counter()
         event.listen(engine, "before_cursor_execute", self._statement)
         event.listen(engine, "commit", self._commit)
 
     def _statement(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
+        table = _TABLE.match(statement)
         with self._lock:
             self.counts[verb] += 1
+            if table:
+                self.tables[f"{table.group(1)} {verb}"] += 1
 
     def _commit(self, _conn: Any) -> None:
         with self._lock:
@@ -195,6 +206,10 @@ class StoreCounter:
     def snapshot(self) -> Counter[str]:
         with self._lock:
             return Counter(self.counts)
+
+    def tables_snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.tables)
 
 
 # -- CPU accounting (Linux /proc) ---------------------------------------------------------------
