@@ -14,7 +14,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -154,6 +154,20 @@ class _AttemptWrites:
         return cls(ahead=dict([opened.ahead]) if opened.ahead else {})
 
 
+async def in_thread_to_the_end(work: Callable[..., _T], *args: Any) -> _T:
+    """``work(*args)`` in a thread, run to its end even if the step is canceled meanwhile; the
+    cancel goes on once it is done. A step beats for its whole run, so a cancel can reach it
+    while its store work waits for a thread, and a canceled await of work still queued would
+    drop it (an attempt left open, a result not kept)."""
+    running = asyncio.ensure_future(asyncio.to_thread(work, *args))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):  # the cancel, not the work's error, is the answer
+            await asyncio.shield(running)
+        raise
+
+
 # The running attempt's writes (set by ExecutorActivities._recorded around the attempt's body).
 _ATTEMPT_WRITES: ContextVar[_AttemptWrites] = ContextVar("attempt_writes")
 
@@ -208,7 +222,7 @@ class ExecutorActivities:
         switch = job.operation.kind in SWITCH_KINDS  # runs its template; no secret changes
         if job.pending_password is None and not switch:
             detail = "operation has no pending secret"
-            await asyncio.to_thread(self._never_ran, opened, "error", detail)
+            await in_thread_to_the_end(self._never_ran, opened, "error", detail)
             raise ApplicationError(detail, non_retryable=True)
         if job.holds_key:
 
@@ -570,7 +584,7 @@ class ExecutorActivities:
         try:
             transcript, outcome = await body()
         except BudgetSpent as exc:
-            await asyncio.to_thread(finish, attempt_id, "LockoutBudgetSpent", str(exc), "", job)
+            await in_thread_to_the_end(finish, attempt_id, "LockoutBudgetSpent", str(exc), "", job)
             # Retryable, after the window frees a login: the wait is Temporal's, durable.
             raise ApplicationError(
                 str(exc),
@@ -579,24 +593,22 @@ class ExecutorActivities:
                 next_retry_delay=exc.retry_after,
             ) from None
         except ExecutorError as exc:
-            await asyncio.to_thread(finish, attempt_id, exc.kind, str(exc), exc.transcript, job)
+            await in_thread_to_the_end(finish, attempt_id, exc.kind, str(exc), exc.transcript, job)
             raise _failure(exc, job.secrets) from None
         except asyncio.CancelledError:
             # The operation was canceled: the executor has stopped; say so before going.
-            await asyncio.shield(
-                asyncio.to_thread(
-                    finish,
-                    attempt_id,
-                    "canceled",
-                    "the operation was canceled while this attempt ran",
-                    "",
-                    job,
-                )
+            await in_thread_to_the_end(
+                finish,
+                attempt_id,
+                "canceled",
+                "the operation was canceled while this attempt ran",
+                "",
+                job,
             )
             raise
         except Exception as exc:
             detail = redact(f"{type(exc).__name__}: {exc}", job.secrets)
-            await asyncio.to_thread(finish, attempt_id, "error", detail, "", job)
+            await in_thread_to_the_end(finish, attempt_id, "error", detail, "", job)
             raise ApplicationError(detail, type="InternalError") from None
         finally:
             _ATTEMPT_WRITES.reset(entered)
@@ -632,7 +644,8 @@ class ExecutorActivities:
             return OpenedAttempt(await asyncio.shield(opening))
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # it failed: nothing was opened
-                await asyncio.to_thread(self._never_ran, OpenedAttempt(await opening))
+                opened = OpenedAttempt(await asyncio.shield(opening))
+                await in_thread_to_the_end(self._never_ran, opened)
             raise
 
     async def _opening(self, step: StepInput, name: str | None) -> tuple[Job, OpenedAttempt, bool]:
@@ -646,8 +659,8 @@ class ExecutorActivities:
             return await asyncio.shield(beginning)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # it failed: nothing was opened
-                _, opened, _ = await beginning
-                await asyncio.to_thread(self._never_ran, opened)
+                _, opened, _ = await asyncio.shield(beginning)
+                await in_thread_to_the_end(self._never_ran, opened)
             raise
 
     def _never_ran(

@@ -5,12 +5,13 @@ queue, recorded as an attempt like a change, with its login charged to the locko
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 
 from sqlalchemy.engine import Engine
 from temporalio.exceptions import ApplicationError
 
-from activities.executor_steps import ExecutorActivities
+from activities.executor_steps import ExecutorActivities, in_thread_to_the_end
 from activities.heartbeats import beats_while_running
 from executors.base import ExecutorError, RunRequest, RunResult, get_executor, redact
 from keyturn.zones import StepQueues
@@ -160,12 +161,13 @@ class TaskExecutorActivities(ExecutorActivities):
                 )
         except (ExecutorError, LookupError) as exc:
             kind = exc.kind if isinstance(exc, ExecutorError) else "ConfigurationError"
-            await asyncio.to_thread(self._finish_attempt, attempt_id, kind, str(exc), "")
+            await in_thread_to_the_end(self._finish_attempt, attempt_id, kind, str(exc), "")
             return await self._kept(step, "failed", None, "", kind, str(exc))
         except asyncio.CancelledError:
             # Canceled while its job loaded (the step beats, so a cancel reaches it there):
             # the target was not asked.
-            await asyncio.to_thread(self._never_ran, opened)
+            with contextlib.suppress(Exception):  # the cancel is the answer
+                await in_thread_to_the_end(self._never_ran, opened)
             raise
         executor = get_executor(job.device.executor)
         account = job.connecting_account
@@ -206,7 +208,9 @@ class TaskExecutorActivities(ExecutorActivities):
                     exit_status=exit_status, output=output, error_type=error_type, error=error,
                 )  # fmt: skip
 
-        await asyncio.to_thread(keep)
+        # The task has run (or failed) on its target: its result is kept even if the step is
+        # canceled meanwhile.
+        await in_thread_to_the_end(keep)
         return TaskOutcome(
             status,
             exit_status,

@@ -617,7 +617,8 @@ async def test_a_target_canceled_while_its_job_loads_closes_its_attempt_as_never
     original = jobs.load_task_job
 
     def held(engine: Any, vault: Any, operation_id: str, run_id: str) -> Any:
-        if run_id == held_run.get("run_id"):  # other runs load as usual
+        # The first load is the held task's: no other run starts before it is held.
+        if not loading.is_set():
             loading.set()
             deadline = time.monotonic() + 60
             while not activity.is_cancelled():  # the cancel comes with a heartbeat's answer
@@ -626,10 +627,9 @@ async def test_a_target_canceled_while_its_job_loads_closes_its_attempt_as_never
             saw_cancel.set()
         return original(engine, vault, operation_id, run_id)
 
-    held_run: dict[str, Any] = {}
     monkeypatch.setattr(task_steps, "load_task_job", held)
-    held_run.update(
-        await stack.post(f"/v1/tasks/{held_task['id']}/runs", {"parameters": {"word": "w"}}, 202)
+    held_run = await stack.post(
+        f"/v1/tasks/{held_task['id']}/runs", {"parameters": {"word": "w"}}, 202
     )
     assert await asyncio.to_thread(loading.wait, 30)
     run = await stack.get(f"/v1/tasks/{held_task['id']}/runs/{held_run['run_id']}")
