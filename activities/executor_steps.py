@@ -69,6 +69,7 @@ from workflows.steps import implements
 
 _T = TypeVar("_T")
 _L = TypeVar("_L")
+_O = TypeVar("_O")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -635,31 +636,31 @@ class ExecutorActivities:
             return attempts.open_attempt(session, operation_id, step, number)
 
     async def _open_attempt(self, operation_id: str, step: str, number: int) -> OpenedAttempt:
-        """``_start_attempt`` in a thread. A step beats (and so can be canceled) while it waits
-        for one: the attempt the thread opens anyway is then closed as never run."""
-        opening = asyncio.ensure_future(
-            asyncio.to_thread(self._start_attempt, operation_id, step, number)
+        """``_start_attempt`` in a thread (see ``_opened``)."""
+        return await self._opened(
+            lambda: OpenedAttempt(self._start_attempt(operation_id, step, number)),
+            lambda opened: opened,
         )
-        try:
-            return OpenedAttempt(await asyncio.shield(opening))
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):  # it failed: nothing was opened
-                opened = OpenedAttempt(await asyncio.shield(opening))
-                await in_thread_to_the_end(self._never_ran, opened)
-            raise
 
     async def _opening(self, step: StepInput, name: str | None) -> tuple[Job, OpenedAttempt, bool]:
-        """``_begin`` in a thread. A cancel cannot stop the thread's transaction: the attempt
+        """``_begin`` in a thread (see ``_opened``)."""
+        return await self._opened(
+            lambda: self._begin(step, name, _attempt_number(step)), lambda begun: begun[1]
+        )
+
+    async def _opened(
+        self, opening: Callable[[], _O], attempt_of: Callable[[_O], OpenedAttempt]
+    ) -> _O:
+        """What ``opening`` answers, run in a thread. A step beats (and so can be canceled)
+        while it waits for one, and a cancel cannot stop the thread's transaction: the attempt
         it opened is then closed as never run (its login's charge given back) before the
         cancel goes on."""
-        beginning = asyncio.ensure_future(
-            asyncio.to_thread(self._begin, step, name, _attempt_number(step))
-        )
+        running = asyncio.ensure_future(asyncio.to_thread(opening))
         try:
-            return await asyncio.shield(beginning)
+            return await asyncio.shield(running)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # it failed: nothing was opened
-                _, opened, _ = await asyncio.shield(beginning)
+                opened = attempt_of(await asyncio.shield(running))
                 await in_thread_to_the_end(self._never_ran, opened)
             raise
 

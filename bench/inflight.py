@@ -332,10 +332,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_main_queue_option(parser)
     args = parser.parse_args(argv)
-    cache = Settings.model_fields["workflow_cache_size"].metadata
-    least, most = (next(getattr(m, b) for m in cache if hasattr(m, b)) for b in ("ge", "le"))
-    if not least <= args.workflow_cache_size <= most:
-        parser.error(f"--workflow-cache-size must be from {least} to {most}")
+    # The setting's own bounds (its Field's ge and le): refused here rather than by the worker.
+    bounds = {
+        name: getattr(rule, name)
+        for rule in Settings.model_fields["workflow_cache_size"].metadata
+        for name in ("ge", "le")
+        if hasattr(rule, name)
+    }
+    if not bounds["ge"] <= args.workflow_cache_size <= bounds["le"]:
+        parser.error(f"--workflow-cache-size must be from {bounds['ge']} to {bounds['le']}")
     if min(args.operations, args.devices) < 1:
         parser.error("--operations and --devices must be at least 1")
     if args.devices > args.operations:

@@ -10,12 +10,14 @@ from typing import Any
 
 import httpx
 from sqlmodel import Session, select
+from temporalio.client import WorkflowHandle
 
 from store.models import Attempt, SecretVersion
 from store.vault import Vault
 from tests.e2e.conftest import Stack
 from tests.servers.sshd import Sshd
 from worker import build_workers, run_workers
+from workflows.contracts import WORKFLOW_NAME, OperationInput, OperationResult
 
 FAST_RETRIES = {"max_attempts": 3, "retry_interval_seconds": 0.3, "backoff": 1.0}
 
@@ -100,6 +102,22 @@ async def cancel_requested(stack: Stack, workflow_id: str, within: float = 20) -
                 return
         assert loop.time() < deadline, "the cancel was not recorded"
         await asyncio.sleep(0.05)
+
+
+async def start_change(
+    stack: Stack, cred: dict[str, Any], device: dict[str, Any], revision: int, name: str
+) -> WorkflowHandle[Any, OperationResult]:
+    """A change's workflow started with the Temporal client alone (not the API), naming the
+    revision of its steps; its id begins with ``name``."""
+    return await stack.client.start_workflow(
+        WORKFLOW_NAME,
+        OperationInput(
+            credential_id=cred["id"], kind="change", device_id=device["id"], revision=revision
+        ),
+        id=f"{name}-{secrets.token_hex(4)}",
+        task_queue=stack.settings.task_queue,
+        result_type=OperationResult,
+    )
 
 
 async def ssh_template(stack: Stack, body: str, kind: str = "change", name: str = "") -> str:

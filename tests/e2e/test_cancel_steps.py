@@ -28,16 +28,14 @@ from tests.e2e.helpers import (
     policy,
     ssh_device,
     ssh_template,
+    start_change,
     wait_for_step,
 )
 from tests.servers.sshd import Sshd, Users
 from workflows.contracts import (
     OPERATION_REVISION,
-    WORKFLOW_NAME,
     CommitInput,
     CommitOutcome,
-    OperationInput,
-    OperationResult,
     RegisterInput,
 )
 
@@ -242,15 +240,7 @@ async def test_cancel_during_the_commit_is_too_late(
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
     cred = await credential(stack, device["id"], user, OLD)
-    handle = await stack.client.start_workflow(
-        WORKFLOW_NAME,
-        OperationInput(
-            credential_id=cred["id"], kind="change", device_id=device["id"], revision=revision
-        ),
-        id=f"held-commit-{secrets.token_hex(4)}",
-        task_queue=stack.settings.task_queue,
-        result_type=OperationResult,
-    )
+    handle = await start_change(stack, cred, device, revision, "held-commit")
     assert await asyncio.to_thread(held_commit.entered.wait, 60)
     assert held_commit.by_the_commit_step == (revision == 0)
 
@@ -285,18 +275,7 @@ async def test_a_cancel_while_the_operation_begins_stops_it_before_the_target(
         return answer
 
     monkeypatch.setattr(BeginActivities, "_begin", held)
-    handle = await stack.client.start_workflow(
-        WORKFLOW_NAME,
-        OperationInput(
-            credential_id=cred["id"],
-            kind="change",
-            device_id=device["id"],
-            revision=OPERATION_REVISION,
-        ),
-        id=f"held-begin-{secrets.token_hex(4)}",
-        task_queue=stack.settings.task_queue,
-        result_type=OperationResult,
-    )
+    handle = await start_change(stack, cred, device, OPERATION_REVISION, "held-begin")
     try:
         assert await asyncio.to_thread(began.wait, 60)
         await handle.cancel()

@@ -7,7 +7,6 @@ once a newer worker serves the queue, it runs. Real sshd, real Temporal dev serv
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 import pytest
 from sqlmodel import Session, col, select
@@ -16,14 +15,11 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from store.models import Operation
 from tests.e2e.conftest import Stack
-from tests.e2e.helpers import credential, current_secret, ssh_device
+from tests.e2e.helpers import credential, current_secret, ssh_device, start_change
 from tests.servers.sshd import Sshd, Users
 from workflows import operation as operation_module
 from workflows.contracts import (
     OPERATION_REVISION,
-    WORKFLOW_NAME,
-    OperationInput,
-    OperationResult,
 )
 
 OLD = "N3wer-rev-old-pass"
@@ -51,18 +47,7 @@ async def test_a_start_of_a_newer_revision_waits_for_a_newer_worker_and_blocks_n
     user = ssh_users.create(OLD)
     device = await ssh_device(stack, sshd)
     cred = await credential(stack, device["id"], user, OLD)
-    newer = await stack.client.start_workflow(
-        WORKFLOW_NAME,
-        OperationInput(
-            credential_id=cred["id"],
-            kind="change",
-            device_id=device["id"],
-            revision=OPERATION_REVISION + 1,
-        ),
-        id=f"newer-revision-{secrets.token_hex(4)}",
-        task_queue=stack.settings.task_queue,
-        result_type=OperationResult,
-    )
+    newer = await start_change(stack, cred, device, OPERATION_REVISION + 1, "newer-revision")
     try:
         # A change and a verify through the API on the same credential and device, at once (a
         # second change would join the first).
