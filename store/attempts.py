@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, insert, update
 from sqlmodel import Session, select
 
 from executors.base import ConnectFailed
 from store import audit
-from store.models import Attempt, utcnow
+from store.models import Attempt, new_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,15 @@ class Whose:
 def open_attempt(session: Session, operation_id: str, step: str, number: int) -> str:
     """A running attempt; an earlier one of the step still running was cut off by a lost
     worker, and says so."""
-    for lost in session.exec(
-        select(Attempt).where(
-            Attempt.operation_id == operation_id,
-            Attempt.step == step,
-            Attempt.outcome == "running",
-        )
-    ):
-        lost.outcome = "WorkerLost"
-        lost.detail = "the worker running this attempt stopped before it finished"
-        lost.finished_at = utcnow()
-        session.add(lost)
-    attempt = Attempt(operation_id=operation_id, step=step, number=number)
-    session.add(attempt)
-    return attempt.id
+    now, attempt_id = utcnow(), new_id()
+    session.execute(_CUT_OFF, {"of_operation": operation_id, "of_step": step, "at": now})
+    session.execute(
+        _OPEN,
+        {"id": attempt_id, "operation_id": operation_id, "step": step, "number": number,
+         "started_at": now, "finished_at": None, "outcome": "running", "detail": None,
+         "transcript": ""},
+    )  # fmt: skip
+    return attempt_id
 
 
 def finish_attempt(
@@ -78,12 +73,26 @@ def finish_attempt(
     )
 
 
-# Finishing is on every attempt's path: one statement on the table, answering what the audit
-# event names (an ORM read and flush were two statements and the unit of work's bookkeeping).
-# A row this session holds as an object is not brought up to date: nothing reads an attempt
-# again in the transaction that finishes it. (SQLAlchemy 2.0 does not flush before a statement
-# on a table, 2.1 does: finish_attempt flushes itself.)
+# Opening and finishing are on every attempt's path: statements on the table, made once (ORM
+# reads, objects and flushes cost several times as much); finishing answers what its audit
+# event names. No store step loads an attempt as an object, so none can be stale. (SQLAlchemy
+# 2.0 does not flush before a statement on a table, 2.1 does: finish_attempt flushes itself.)
 _ATTEMPTS = Attempt.__table__  # type: ignore[attr-defined]
+_OPEN = insert(_ATTEMPTS)
+# An earlier attempt of the step still running was cut off by a lost worker: closed as such.
+_CUT_OFF = (
+    update(_ATTEMPTS)
+    .where(
+        _ATTEMPTS.c.operation_id == bindparam("of_operation"),
+        _ATTEMPTS.c.step == bindparam("of_step"),
+        _ATTEMPTS.c.outcome == "running",
+    )
+    .values(
+        outcome="WorkerLost",
+        detail="the worker running this attempt stopped before it finished",
+        finished_at=bindparam("at"),
+    )
+)
 _FINISH = (
     update(_ATTEMPTS)
     .where(_ATTEMPTS.c.id == bindparam("attempt_id"))

@@ -9,6 +9,7 @@ request then knows the operation has ended and starts a new one. Nothing is lost
 
 from __future__ import annotations
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from store.models import Operation, OperationCallback
@@ -45,13 +46,15 @@ def close(session: Session, operation: Operation) -> int:
 
 
 def urls(session: Session, operation_id: str) -> list[str]:
-    return list(
-        session.exec(
-            select(OperationCallback.url)
-            .where(OperationCallback.operation_id == operation_id)
-            .order_by(col(OperationCallback.position))
-        ).all()
-    )
+    return list(session.exec(_URLS, params={"of_operation": operation_id}).all())
+
+
+# Made once: every operation reads its list as it ends.
+_URLS = (
+    select(OperationCallback.url)
+    .where(OperationCallback.operation_id == bindparam("of_operation"))
+    .order_by(col(OperationCallback.position))
+)
 
 
 def url_at(session: Session, operation_id: str, position: int) -> str | None:

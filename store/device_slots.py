@@ -16,12 +16,27 @@ window keeps its slot.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, update
+from sqlalchemy import bindparam, delete, insert, update
+from sqlalchemy import select as select_columns
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, func, select
 
-from store.models import DeviceSlotClaim, DeviceSlotGate
+from store.models import DeviceSlotClaim, DeviceSlotGate, utcnow
 from store.row_locks import lock_row
 from workflows.contracts import SlotRequest
+
+# Statements on the table, made once: every operation claims and gives back a slot, and an ORM
+# statement built per call cost several times as much. Parameters are named apart from the
+# columns (an insert's or update's own columns are its parameters).
+_CLAIMS = DeviceSlotClaim.__table__  # type: ignore[attr-defined]
+_HELD = select_columns(_CLAIMS.c.held).where(_CLAIMS.c.token == bindparam("of_token"))
+_COUNTS = (
+    select_columns(_CLAIMS.c.held, func.count())
+    .where(_CLAIMS.c.device_id == bindparam("on_device"))
+    .group_by(_CLAIMS.c.held)
+)
+_ADD = insert(_CLAIMS)
+_GIVE_BACK = delete(_CLAIMS).where(_CLAIMS.c.token == bindparam("of_token"))
 
 
 def claim(session: Session, request: SlotRequest) -> tuple[bool, list[DeviceSlotClaim]]:
@@ -35,27 +50,30 @@ def claim(session: Session, request: SlotRequest) -> tuple[bool, list[DeviceSlot
             .where(col(DeviceSlotGate.device_id) == request.device_id)
             .values(capacity=capacity)
         )
-    mine = session.get(DeviceSlotClaim, request.token)
-    if mine is not None:  # claimed already (a retried step)
-        handed = _hand_out(session, request.device_id, capacity, by=None)
-        return mine.held, [c for c in handed if c.token != mine.token]
-    held, waiting = _counts(session, request.device_id)
-    # Nobody waits and a slot is free (the usual case): held at once, nothing more to read.
-    free = not waiting and held < capacity
-    mine = DeviceSlotClaim(
-        token=request.token,
-        device_id=request.device_id,
-        order_key=request.order_key,
-        workflow_id=request.holder.workflow_id,
-        run_id=request.holder.run_id,
-        held=free,
-    )
-    session.add(mine)
-    if free or held >= capacity:
-        return free, []
-    session.flush()
+    held_before = session.execute(_HELD, {"of_token": request.token}).scalar_one_or_none()
+    if held_before is None:  # a new claim, not a retried step's
+        held, waiting = _counts(session, request.device_id)
+        # Nobody waits and a slot is free (the usual case): held at once, nothing more to read.
+        free = not waiting and held < capacity
+        session.execute(
+            _ADD,
+            {
+                "token": request.token,
+                "device_id": request.device_id,
+                "order_key": request.order_key,
+                "workflow_id": request.holder.workflow_id,
+                "run_id": request.holder.run_id,
+                "held": free,
+                "handed_over_by": None,
+                "claimed_at": utcnow(),
+            },
+        )
+        if free or held >= capacity:
+            return free, []
+        held_before = False
     handed = _hand_out(session, request.device_id, capacity, by=None)
-    return mine.held, [c for c in handed if c.token != mine.token]
+    mine_handed = any(c.token == request.token for c in handed)
+    return bool(held_before) or mine_handed, [c for c in handed if c.token != request.token]
 
 
 def release(session: Session, device_id: str, token: str) -> list[DeviceSlotClaim] | None:
@@ -63,12 +81,12 @@ def release(session: Session, device_id: str, token: str) -> list[DeviceSlotClai
     tell; None when the store never had this claim (an earlier release's semaphore did)."""
     capacity = lock_row(session, DeviceSlotGate, device_id).capacity
     # One statement (giving back is on every operation's path; reading the claim first was
-    # two); a claim the session holds is marked deleted.
-    given_back = session.execute(
-        delete(DeviceSlotClaim)
-        .where(col(DeviceSlotClaim.token) == token)
-        .execution_options(synchronize_session="evaluate")
-    )
+    # two). A claim the session holds is let go, so no flush can write it back (lock_row has
+    # flushed: it has no changes to lose).
+    stale = session.identity_map.get(identity_key(DeviceSlotClaim, token))
+    if stale is not None:
+        session.expunge(stale)
+    given_back = session.execute(_GIVE_BACK, {"of_token": token})
     if not given_back.rowcount:  # type: ignore[attr-defined]
         # Given back already: answer again what that release handed out (a lost answer).
         handed = list(
@@ -103,13 +121,9 @@ def drop(session: Session, device_id: str, tokens: list[str]) -> list[DeviceSlot
 
 def _counts(session: Session, device_id: str) -> tuple[int, int]:
     """How many of the device's claims hold a slot, and how many wait: one statement."""
-    counts = dict(
-        session.exec(
-            select(DeviceSlotClaim.held, func.count())
-            .where(DeviceSlotClaim.device_id == device_id)
-            .group_by(col(DeviceSlotClaim.held))
-        ).all()
-    )
+    counts = {
+        bool(held): count for held, count in session.execute(_COUNTS, {"on_device": device_id})
+    }
     return counts.get(True, 0), counts.get(False, 0)
 
 

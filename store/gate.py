@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import bindparam
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -165,11 +166,7 @@ def leave(session: Session, operation_id: str, *, locked: bool = False) -> Opera
         # Read again under the lock: the operation ahead may have just handed this one the
         # gate.
         session.refresh(operation)
-    follower = session.exec(
-        select(Operation).where(
-            Operation.waiting_for == operation.id, col(Operation.gate_state).is_not(None)
-        )
-    ).first()
+    follower = session.exec(_FOLLOWER, params={"of_operation": operation.id}).first()
     was = operation.gate_state
     if was is not None:
         operation.gate_state = None
@@ -261,11 +258,22 @@ def abandon(session: Session, operation_id: str, reason: str) -> Operation | Non
 
 def _tail(session: Session, credential_id: str) -> Operation | None:
     """The last operation in the credential's queue: the one a new request waits for."""
-    return session.exec(
-        select(Operation)
-        .where(Operation.credential_id == credential_id, col(Operation.gate_state).is_not(None))
-        .order_by(col(Operation.gate_seq).desc())
-    ).first()
+    return session.exec(_TAIL, params={"of_credential": credential_id}).first()
+
+
+# Made once: every request reads its credential's tail and every operation its follower (an ORM
+# statement built per call cost twice as much to run).
+_TAIL = (
+    select(Operation)
+    .where(
+        Operation.credential_id == bindparam("of_credential"),
+        col(Operation.gate_state).is_not(None),
+    )
+    .order_by(col(Operation.gate_seq).desc())
+)
+_FOLLOWER = select(Operation).where(
+    Operation.waiting_for == bindparam("of_operation"), col(Operation.gate_state).is_not(None)
+)
 
 
 def lock_of(

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from store.engine import session_scope
-from store.models import AccountLock, LoginCharge, as_utc, utcnow
+from store.models import AccountLock, LoginCharge, as_utc, new_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,27 @@ class BudgetBusy(BudgetSpent):
 # How soon to try again when the budget is busy with logins in flight.
 BUSY_RETRY = timedelta(seconds=1)
 
+# Statements on the tables, made once: every login reserves and settles (two of each per
+# change), and an ORM statement built per call cost several times as much as these. No ORM
+# object of a lock row or a charge is ever loaded, so none can be stale.
+_LOCKS = AccountLock.__table__  # type: ignore[attr-defined]
+_CHARGES = LoginCharge.__table__  # type: ignore[attr-defined]
+# Parameters named apart from the columns: an update's own columns are its SET parameters.
+_LOCK = (
+    update(_LOCKS)
+    .where(_LOCKS.c.device_id == bindparam("on_device"), _LOCKS.c.username == bindparam("as_user"))
+    .values(touched=_LOCKS.c.touched + 1)
+)
+_CREATE_LOCK = insert(_LOCKS)
+_IN_WINDOW = select(_CHARGES.c.state, _CHARGES.c.at).where(
+    _CHARGES.c.device_id == bindparam("on_device"),
+    _CHARGES.c.username == bindparam("as_user"),
+    _CHARGES.c.at >= bindparam("since"),
+)
+_CHARGE = insert(_CHARGES)
+_KEEP = update(_CHARGES).where(_CHARGES.c.id == bindparam("charge_id"))
+_GIVE_BACK = delete(_CHARGES).where(_CHARGES.c.id == bindparam("charge_id"))
+
 
 class LockoutLedger:
     def __init__(self, engine: Engine) -> None:
@@ -73,8 +94,10 @@ class LockoutLedger:
     def _reserve(self, budget: Budget) -> str:
         with session_scope(self._engine) as session:
             if not _lock(session, budget):
-                session.add(AccountLock(device_id=budget.device_id, username=budget.username))
-                session.flush()
+                session.execute(
+                    _CREATE_LOCK,
+                    {"device_id": budget.device_id, "username": budget.username, "touched": 0},
+                )
             return _charge(session, budget)
 
     def settle(self, charge_id: str, *, failed: bool) -> None:
@@ -99,37 +122,38 @@ def _lock(session: Session, budget: Budget) -> bool:
     """Lock the account's row, if it has one. Written first: the row lock (PostgreSQL) or the
     write lock (SQLite) this takes makes the count of its charges and the insert of one more
     one atomic step per account."""
-    locked = session.execute(
-        update(AccountLock)
-        .where(
-            col(AccountLock.device_id) == budget.device_id,
-            col(AccountLock.username) == budget.username,
-        )
-        .values(touched=col(AccountLock.touched) + 1)
-    )
+    locked = session.execute(_LOCK, _account(budget))
     return bool(locked.rowcount)  # type: ignore[attr-defined]
+
+
+def _account(budget: Budget) -> dict[str, str]:
+    """The parameters that name the budget's account in _LOCK and _IN_WINDOW."""
+    return {"on_device": budget.device_id, "as_user": budget.username}
 
 
 def _charge(session: Session, budget: Budget) -> str:
     """Charge one login to the account whose row the transaction locked, or say why not."""
     now = utcnow()
-    charges = session.exec(
-        select(LoginCharge).where(
-            LoginCharge.device_id == budget.device_id,
-            LoginCharge.username == budget.username,
-            col(LoginCharge.at) >= now - budget.window,
-        )
-    ).all()
+    charges = session.execute(_IN_WINDOW, {**_account(budget), "since": now - budget.window}).all()
     if len(charges) >= budget.limit:
-        failed = [c for c in charges if c.state == "failed"]
+        failed = [at for state, at in charges if state == "failed"]
         if len(failed) < budget.limit:
             # Full only because logins are in flight: most give their charge back.
             raise BudgetBusy(budget, BUSY_RETRY)
-        oldest = min(as_utc(c.at) for c in failed)
+        oldest = min(as_utc(at) for at in failed)
         raise BudgetSpent(budget, max(oldest + budget.window - now, timedelta(seconds=1)))
-    charge = LoginCharge(device_id=budget.device_id, username=budget.username, at=now)
-    session.add(charge)
-    return charge.id
+    charge_id = new_id()
+    session.execute(
+        _CHARGE,
+        {
+            "id": charge_id,
+            "device_id": budget.device_id,
+            "username": budget.username,
+            "state": "reserved",
+            "at": now,
+        },
+    )
+    return charge_id
 
 
 def settle(session: Session, charge_id: str, *, failed: bool) -> None:
@@ -137,8 +161,7 @@ def settle(session: Session, charge_id: str, *, failed: bool) -> None:
     is kept until it leaves the window. Any other login gives its charge back. In the caller's
     transaction: an attempt settles its logins in the one that records its end."""
     # One statement each way, by id: settling is on every login's path.
-    charge = col(LoginCharge.id) == charge_id
     if failed:
-        session.execute(update(LoginCharge).where(charge).values(state="failed", at=utcnow()))
+        session.execute(_KEEP, {"charge_id": charge_id, "state": "failed", "at": utcnow()})
     else:
-        session.execute(delete(LoginCharge).where(charge))
+        session.execute(_GIVE_BACK, {"charge_id": charge_id})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -105,12 +105,7 @@ class Vault:
 
     @staticmethod
     def current(session: Session, credential_id: str) -> SecretVersion | None:
-        return session.exec(
-            select(SecretVersion).where(
-                SecretVersion.credential_id == credential_id,
-                SecretVersion.state == SecretState.CURRENT,
-            )
-        ).first()
+        return session.exec(_CURRENT, params={"of_credential": credential_id}).first()
 
     @staticmethod
     def promote(session: Session, credential_id: str, pending_id: str) -> None:
@@ -138,6 +133,15 @@ class Vault:
         )
         if not promoted.rowcount:  # type: ignore[attr-defined]
             raise LookupError(f"pending secret version {pending_id} not found")
+
+
+# Made once: every change reads the current version (an ORM statement built per call cost
+# about twice as much). Not so promote's updates: the session's versions are brought up to date
+# by evaluating their statements in memory, which needs the values in the statement itself.
+_CURRENT = select(SecretVersion).where(
+    SecretVersion.credential_id == bindparam("of_credential"),
+    SecretVersion.state == SecretState.CURRENT,
+)
 
 
 @dataclass(frozen=True)

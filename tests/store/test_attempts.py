@@ -65,3 +65,30 @@ def test_an_attempt_opened_and_finished_in_one_transaction(engine: Engine) -> No
         attempts.finish_attempt(session, attempt_id, "ConfigurationError", "no template", "")
     finished = _finished(engine, attempt_id)
     assert (finished.step, finished.outcome) == ("change", "ConfigurationError")
+
+
+def test_opening_an_attempt_closes_one_of_the_step_a_lost_worker_left_running(
+    engine: Engine,
+) -> None:
+    """A worker lost mid-attempt leaves it running; the step's next attempt says it was cut
+    off. A running attempt of another step of the operation is left alone."""
+    operation_id = _operation(engine)
+    with session_scope(engine) as session:
+        lost_id = attempts.open_attempt(session, operation_id, "change", 1)
+        other_id = attempts.open_attempt(session, operation_id, "probe", 1)
+    with session_scope(engine) as session:
+        next_id = attempts.open_attempt(session, operation_id, "change", 2)
+    lost = _finished(engine, lost_id)
+    assert (lost.outcome, lost.detail) == (
+        "WorkerLost",
+        "the worker running this attempt stopped before it finished",
+    )
+    assert lost.finished_at is not None and lost.finished_at >= lost.started_at
+    assert _finished(engine, other_id).outcome == "running"
+    opened = _finished(engine, next_id)
+    assert (opened.step, opened.number, opened.outcome, opened.finished_at) == (
+        "change",
+        2,
+        "running",
+        None,
+    )
