@@ -4,6 +4,7 @@ of earlier releases still ask."""
 
 from __future__ import annotations
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from store import callbacks
@@ -23,11 +24,7 @@ def children_of(session: Session, parent: Operation, reason: str) -> list[ChildS
     if reason == "reconcile":
         targets = [(get_or_raise(session, Credential, parent.on_credential), "reconcile")]
     else:
-        children = session.exec(
-            select(Credential)
-            .where(Credential.parent_id == parent.credential_id)
-            .order_by(col(Credential.created_at))
-        ).all()
+        children = session.exec(_CHILDREN, params={"of_parent": parent.credential_id}).all()
         targets = [(child, "change") for child in children]
     return [
         ChildStart(
@@ -45,3 +42,11 @@ def children_of(session: Session, parent: Operation, reason: str) -> list[ChildS
         )
         for credential, kind in targets
     ]
+
+
+# Made once: every commit asks for the credential's children (most have none).
+_CHILDREN = (
+    select(Credential)
+    .where(Credential.parent_id == bindparam("of_parent"))
+    .order_by(col(Credential.created_at))
+)
