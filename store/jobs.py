@@ -36,7 +36,7 @@ from store.models import (
     Template,
     utcnow,
 )
-from store.queries import get_or_raise, latest_template, policy_for
+from store.queries import get_or_raise, latest_template, operation_on_device
 from store.vault import Vault
 from templating import TemplateContext, TemplateSyntaxProblem
 from workflows.contracts import LIFECYCLE_KINDS, TASK_KIND
@@ -171,14 +171,11 @@ def job_in(
     account too, not only what a login check needs.
 
     Raises ConfigurationError for anything that cannot work (see the module docstring)."""
-    operation = get_or_raise(session, Operation, operation_id)
-    credential = get_or_raise(session, Credential, operation.on_credential)
+    operation, credential, device, policy = operation_on_device(session, operation_id)
     if credential.secret_type == SSH_KEY:
         # A key probe may finish or undo a change (activities/key_steps.py): it needs the
         # key templates and the account that runs them, like the change.
         for_change = True
-    device = get_or_raise(session, Device, credential.device_id)
-    policy = policy_for(session, credential)
     executor = _executor(device)
     target = target_for(device, policy)
     check_target(executor, target)  # refuses an insecure channel the device does not allow
@@ -290,9 +287,7 @@ def load_task_job(
     credential's own, with its current secret) and the run's parameters, checked when the
     run was requested. ConfigurationError for anything that cannot work, as for a change."""
     with session_scope(engine) as session:
-        operation = get_or_raise(session, Operation, operation_id)
-        credential = get_or_raise(session, Credential, operation.on_credential)
-        device = get_or_raise(session, Device, credential.device_id)
+        operation, credential, device, policy = operation_on_device(session, operation_id)
         run = get_or_raise(session, TaskRun, run_id)
         task = get_or_raise(session, Task, run.task_id)
         if not credential.active:
@@ -302,7 +297,6 @@ def load_task_job(
                 f"credential {credential.id} ({credential.username!r}) is inactive (locked on "
                 "its target): activate it before a task runs as it",
             )
-        policy = policy_for(session, credential)
         executor = _executor(device)
         target = target_for(device, policy)
         check_target(executor, target)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from sqlalchemy import ColumnElement, bindparam, true
 from sqlmodel import Session, col, select
 
-from store.models import Credential, Policy, Template
+from store.models import Credential, Device, Operation, Policy, Template
 
 DEFAULT_POLICY = Policy(name="(default)")
 _Row = TypeVar("_Row")
@@ -54,6 +54,31 @@ def policy_for(session: Session, credential: Credential) -> Policy:
         if policy is not None:
             return policy
     return DEFAULT_POLICY
+
+
+def operation_on_device(
+    session: Session, operation_id: str
+) -> tuple[Operation, Credential, Device, Policy]:
+    """An operation with its credential, the credential's device and its policy, in one
+    statement (every executor step loads all four); a LookupError that names what is missing,
+    as ``get_or_raise`` would, when one is."""
+    row = session.exec(_ON_DEVICE, params={"of_operation": operation_id}).first()
+    if row is None:  # something is missing: name it, one lookup at a time
+        operation = get_or_raise(session, Operation, operation_id)
+        credential = get_or_raise(session, Credential, operation.on_credential)
+        get_or_raise(session, Device, credential.device_id)
+        raise LookupError(f"operation {operation_id} not found")  # removed meanwhile
+    operation, credential, device, policy = row
+    return operation, credential, device, policy or DEFAULT_POLICY
+
+
+_ON_DEVICE = (
+    select(Operation, Credential, Device, Policy)
+    .join(Credential, col(Credential.id) == col(Operation.credential_id))
+    .join(Device, col(Device.id) == col(Credential.device_id))
+    .outerjoin(Policy, col(Policy.id) == col(Credential.policy_id))
+    .where(Operation.id == bindparam("of_operation"))
+)
 
 
 def get_or_raise(session: Session, model: type[_Row], key: str) -> _Row:
