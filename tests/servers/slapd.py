@@ -163,9 +163,18 @@ class Slapd:
             self._process = None
 
     def pause(self) -> None:
-        """SIGSTOP: the kernel still accepts connections, but nothing answers (a hung server)."""
-        if self._process is not None:
-            self._process.send_signal(signal.SIGSTOP)
+        """SIGSTOP: the kernel still accepts connections, but nothing answers (a hung server).
+        Returns once every thread of slapd has stopped: the signal is delivered to each thread
+        on its own, and one still running could answer a request sent right after."""
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGSTOP)
+        tasks = Path(f"/proc/{self._process.pid}/task")
+        deadline = time.monotonic() + 10
+        while not all(_stopped(stat) for stat in tasks.glob("*/stat")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("slapd did not stop within 10 s of SIGSTOP")
+            time.sleep(0.005)
 
     def resume(self) -> None:
         if self._process is not None:
@@ -323,3 +332,13 @@ def users_on(server: Slapd) -> Iterator[Users]:
         yield users
     finally:
         users.cleanup()
+
+
+def _stopped(stat: Path) -> bool:
+    """Whether the thread whose /proc stat file this is has stopped (state T); a thread that
+    has exited since the listing counts as stopped."""
+    try:
+        text = stat.read_text()
+    except OSError:
+        return True
+    return text[text.rindex(")") + 2] == "T"  # the state follows the command's closing paren
