@@ -28,12 +28,12 @@ class Whose:
 def open_attempt(session: Session, operation_id: str, step: str, number: int) -> str:
     """A running attempt; an earlier one of the step still running was cut off by a lost
     worker, and says so."""
-    now, attempt_id = utcnow(), new_id()
-    session.execute(_CUT_OFF, {"of_operation": operation_id, "of_step": step, "at": now})
+    attempt_id = new_id()
+    session.execute(_CUT_OFF, {"of_operation": operation_id, "of_step": step, "at": utcnow()})
+    # The table's defaults fill in the rest (running, started now); the id is the caller's.
     session.execute(
         _OPEN,
         {"id": attempt_id, "operation_id": operation_id, "step": step, "number": number,
-         "started_at": now, "finished_at": None, "outcome": "running", "detail": None,
          "transcript": ""},
     )  # fmt: skip
     return attempt_id

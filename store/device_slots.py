@@ -17,11 +17,10 @@ window keeps its slot.
 from __future__ import annotations
 
 from sqlalchemy import bindparam, delete, insert, update
-from sqlalchemy import select as select_columns
 from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, col, func, select
 
-from store.models import DeviceSlotClaim, DeviceSlotGate, utcnow
+from store.models import DeviceSlotClaim, DeviceSlotGate
 from store.row_locks import lock_row
 from workflows.contracts import SlotRequest
 
@@ -29,9 +28,9 @@ from workflows.contracts import SlotRequest
 # statement built per call cost several times as much. Parameters are named apart from the
 # columns (an insert's or update's own columns are its parameters).
 _CLAIMS = DeviceSlotClaim.__table__  # type: ignore[attr-defined]
-_HELD = select_columns(_CLAIMS.c.held).where(_CLAIMS.c.token == bindparam("of_token"))
+_HELD = select(_CLAIMS.c.held).where(_CLAIMS.c.token == bindparam("of_token"))
 _COUNTS = (
-    select_columns(_CLAIMS.c.held, func.count())
+    select(_CLAIMS.c.held, func.count())
     .where(_CLAIMS.c.device_id == bindparam("on_device"))
     .group_by(_CLAIMS.c.held)
 )
@@ -64,8 +63,6 @@ def claim(session: Session, request: SlotRequest) -> tuple[bool, list[DeviceSlot
                 "workflow_id": request.holder.workflow_id,
                 "run_id": request.holder.run_id,
                 "held": free,
-                "handed_over_by": None,
-                "claimed_at": utcnow(),
             },
         )
         if free or held >= capacity:

@@ -96,7 +96,7 @@ class LockoutLedger:
             if not _lock(session, budget):
                 session.execute(
                     _CREATE_LOCK,
-                    {"device_id": budget.device_id, "username": budget.username, "touched": 0},
+                    {"device_id": budget.device_id, "username": budget.username},
                 )
             return _charge(session, budget)
 
@@ -149,7 +149,6 @@ def _charge(session: Session, budget: Budget) -> str:
             "id": charge_id,
             "device_id": budget.device_id,
             "username": budget.username,
-            "state": "reserved",
             "at": now,
         },
     )
