@@ -94,6 +94,7 @@ from bench.harness import (  # noqa: E402
     temporal_dev_server,
     temporal_timeline,
 )
+from executors.ssh.executor import CIPHERS as SSH_CIPHERS  # noqa: E402
 from store.engine import make_engine  # noqa: E402
 from store.passwords import generate_password  # noqa: E402
 from store.seed import seed_shipped_templates  # noqa: E402
@@ -197,7 +198,8 @@ class RawRotator:
         self._admin = admin
 
     def _login(self, user: str, password: str) -> Any:
-        # The options Keyturn's ssh executor uses: pinned host key, only this password.
+        # The options Keyturn's ssh executor uses: pinned host key, only this password, its
+        # cipher preference (the same work per packet on both paths).
         return asyncssh.connect(
             "127.0.0.1",
             port=self._port,
@@ -207,6 +209,7 @@ class RawRotator:
             client_keys=None,
             agent_path=None,
             config=None,
+            encryption_algs=SSH_CIPHERS,
             preferred_auth="password,keyboard-interactive",
             connect_timeout=STEP_TIMEOUT,
         )

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncssh
@@ -37,10 +38,14 @@ class Sshd:
     """``sshd -D`` with its own host key and config in a temp dir. Restartable on the same port.
 
     ``authorized_keys_file``: sshd's AuthorizedKeysFile (relative to the home). Two servers with
-    different files are two hosts as far as keys go, though they share the local accounts."""
+    different files are two hosts as far as keys go, though they share the local accounts.
+    ``extra_config``: more sshd_config lines (``Ciphers …``: a server that offers less)."""
 
-    def __init__(self, authorized_keys_file: str = ".ssh/authorized_keys") -> None:
+    def __init__(
+        self, authorized_keys_file: str = ".ssh/authorized_keys", extra_config: Sequence[str] = ()
+    ) -> None:
         self.authorized_keys_file = authorized_keys_file
+        self.extra_config = tuple(extra_config)
         self._dir = Path(tempfile.mkdtemp(prefix="keyturn-sshd-"))
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -91,6 +96,7 @@ class Sshd:
                     # Throwaway home directories are not worth getting permissions right for.
                     "StrictModes no",
                     "PrintMotd no",
+                    *self.extra_config,
                     "",
                 ]
             )

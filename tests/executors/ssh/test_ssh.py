@@ -32,6 +32,7 @@ from executors.base import (
 )
 from executors.shipped import shipped_templates
 from executors.ssh import SshExecutor
+from executors.ssh import executor as ssh_executor
 from executors.ssh import session as session_module
 from executors.ssh.script import Step, parse_script
 from templating import TemplateContext, TemplateSyntaxProblem
@@ -344,6 +345,39 @@ async def test_check_login(sshd: Sshd, ssh_users: Users) -> None:
     assert good.ok
     assert good.learned_host_key is None  # a pinned key is not "learned"
     assert not bad.ok
+
+
+async def test_aes_gcm_is_preferred_where_the_target_offers_it(
+    sshd: Sshd, ssh_users: Users
+) -> None:
+    password = "Current-pass-1234"
+    user = ssh_users.create(password)
+
+    conn, _ = await ssh_executor._connect(target(sshd), Account(user, password), (password,))
+    async with conn:
+        assert conn.get_extra_info("send_cipher") == "aes128-gcm@openssh.com"
+        assert conn.get_extra_info("recv_cipher") == "aes128-gcm@openssh.com"
+
+
+@pytest.mark.parametrize("cipher", ["chacha20-poly1305@openssh.com", "aes256-ctr"])
+async def test_a_target_offering_one_other_cipher_still_logs_in(
+    ssh_users: Users, cipher: str
+) -> None:
+    # A second real sshd, of its own config: the shared one offers OpenSSH's defaults.
+    only = Sshd(extra_config=[f"Ciphers {cipher}"])
+    only.start()
+    try:
+        password = "Current-pass-1234"
+        user = ssh_users.create(password)
+        account = Account(user, password)
+        request = LoginRequest(target(only), account)
+
+        assert (await EXECUTOR.check_login(request)).ok
+        conn, _ = await ssh_executor._connect(target(only), account, (password,))
+        async with conn:
+            assert conn.get_extra_info("send_cipher") == cipher
+    finally:
+        only.close()
 
 
 async def test_stopped_server_is_connect_failed(sshd: Sshd, ssh_users: Users) -> None:
