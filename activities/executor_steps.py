@@ -48,7 +48,7 @@ from store.engine import session_scope
 from store.jobs import Job, job_in
 from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
 from store.models import Device, DeviceSlotClaim, Operation, OperationStatus
-from store.queries import get_or_raise
+from store.queries import OperationRows, get_or_raise, operation_on_device
 from store.vault import Vault
 from store.versions import seen_working
 from workflows import steps
@@ -193,6 +193,14 @@ class _LoadFailed(Exception):
     def __init__(self, step: str, detail: str) -> None:
         super().__init__(detail)
         self.step, self.detail = step, detail
+
+
+def _rows_if_whole(session: Session, operation_id: str) -> OperationRows | None:
+    """The operation with its credential, device and policy; None if one of them is missing."""
+    try:
+        return operation_on_device(session, operation_id)
+    except LookupError:
+        return None
 
 
 def _attempt_number(step: StepInput) -> int:
@@ -523,7 +531,10 @@ class ExecutorActivities:
         operation_id = step_input.operation_id
         try:
             with session_scope(self._engine) as session:
-                operation = get_or_raise(session, Operation, operation_id)
+                # The job's rows in one statement, read once: job_in takes them. If one is
+                # missing, job_in looks them up again to name it, on the attempt's record.
+                rows = _rows_if_whole(session, operation_id)
+                operation = rows[0] if rows else get_or_raise(session, Operation, operation_id)
                 done = operation.status == OperationStatus.SUCCEEDED
                 if done and (step == "change" or (step is None and operation.kind != "verify")):
                     raise _AlreadyCommitted()
@@ -541,6 +552,7 @@ class ExecutorActivities:
                         operation_id,
                         step_input.via_reconcile,
                         for_change=step == "change",
+                        loaded=rows,
                     )
                 except ExecutorError as exc:  # ConfigurationError (check_target may say more)
                     error: ExecutorError = _may_have_applied(exc) if may_have_sent else exc

@@ -21,7 +21,6 @@ from store.engine import session_scope
 from store.jobs import SSH_KEY
 from store.models import (
     Credential,
-    Device,
     Operation,
     OperationStatus,
     Policy,
@@ -31,7 +30,7 @@ from store.models import (
     utcnow,
 )
 from store.passwords import generate_password
-from store.queries import policy_for
+from store.queries import operation_on_device
 from store.ssh_keys import generate_private_key
 from store.vault import Vault
 from store.versions import VersionNotUsable, chosen_version, fail_unsent_supplied
@@ -74,14 +73,13 @@ class StoreActivities:
 
     def prepared(self, session: Session, operation_id: str) -> OperationPlan:
         """``prepare`` inside the caller's transaction (an operation's begin step uses it too)."""
-        operation = session.get(Operation, operation_id)
-        if operation is None:
-            raise _no_such_operation(operation_id)
-        credential = session.get(Credential, operation.credential_id)
-        assert credential is not None
-        device = session.get(Device, credential.device_id)
-        assert device is not None
-        policy = policy_for(session, credential)
+        # One statement for the four rows (the begin step holds the first two already).
+        try:
+            operation, credential, device, policy = operation_on_device(session, operation_id)
+        except LookupError:
+            if session.get(Operation, operation_id) is None:
+                raise _no_such_operation(operation_id) from None
+            raise  # its credential or device is gone: the error names which
         if not credential.active and operation.kind not in LIFECYCLE_KINDS:
             # Locked on its target: a login with any secret is refused, so a change could
             # only end out of sync (and a Linux chpasswd would half-unlock the account).

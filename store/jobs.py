@@ -36,7 +36,7 @@ from store.models import (
     Template,
     utcnow,
 )
-from store.queries import get_or_raise, latest_template, operation_on_device
+from store.queries import OperationRows, get_or_raise, latest_template, operation_on_device
 from store.vault import Vault
 from templating import TemplateContext, TemplateSyntaxProblem
 from workflows.contracts import LIFECYCLE_KINDS, TASK_KIND
@@ -162,16 +162,18 @@ def job_in(
     via_reconcile: bool = False,
     *,
     for_change: bool = True,
+    loaded: OperationRows | None = None,
 ) -> Job:
     """Everything one executor call needs, read in ``session``'s transaction, which also
     records the secrets read (the step opens its attempt in the same one: one trip to the
     store). ``via_reconcile``: connect with the credential's reconcile credential and run the
     executor's privileged change template, to take control of an account whose current secret
     no longer works. ``for_change``: load (and check) the change template and the connecting
-    account too, not only what a login check needs.
+    account too, not only what a login check needs. ``loaded``: the operation's rows
+    (``operation_on_device``), if the caller read them in this transaction.
 
     Raises ConfigurationError for anything that cannot work (see the module docstring)."""
-    operation, credential, device, policy = operation_on_device(session, operation_id)
+    operation, credential, device, policy = loaded or operation_on_device(session, operation_id)
     if credential.secret_type == SSH_KEY:
         # A key probe may finish or undo a change (activities/key_steps.py): it needs the
         # key templates and the account that runs them, like the change.

@@ -56,9 +56,11 @@ def policy_for(session: Session, credential: Credential) -> Policy:
     return DEFAULT_POLICY
 
 
-def operation_on_device(
-    session: Session, operation_id: str
-) -> tuple[Operation, Credential, Device, Policy]:
+# An operation, its credential, the credential's device and its policy.
+OperationRows = tuple[Operation, Credential, Device, Policy]
+
+
+def operation_on_device(session: Session, operation_id: str) -> OperationRows:
     """An operation with its credential, the credential's device and its policy, in one
     statement (every executor step loads all four); a LookupError that names what is missing,
     as ``get_or_raise`` would, when one is."""

@@ -176,8 +176,8 @@ class _Statements:
 def test_the_begin_step_reads_its_rows_once_under_the_lock(engine: Engine) -> None:
     """Register and prepare share a transaction: the gate is locked first, in one statement
     that answers its row; then the operation and the credential are read once each, under the
-    lock (a lifecycle operation ahead may have just deactivated the credential); prepare looks
-    both up again for free."""
+    lock (a lifecycle operation ahead may have just deactivated the credential); prepare reads
+    the device and the policy with them in one statement, which keeps the two already held."""
     credential_id = a_credential(engine)
     steps = StoreActivities(engine, Vault(KEY), StepQueues("queue"), heartbeat_seconds=10.0)
     operation_id = _register(engine, credential_id)  # the API's registration
@@ -188,11 +188,21 @@ def test_the_begin_step_reads_its_rows_once_under_the_lock(engine: Engine) -> No
         admission = gate.admitted(session, registration)
         plan = steps.prepared(session, admission.operation_id)
     assert not admission.queued and plan.device_id == admission.device_id
-    assert statements.count("SELECT operation.", "WHERE operation.id =") == 1
+    joined = statements.count("SELECT operation.", "JOIN device", "WHERE operation.id =")
+    assert joined == 1
+    assert statements.count("SELECT operation.", "WHERE operation.id =") == 1 + joined
     assert statements.count("SELECT credential.", "WHERE credential.id =") == 1
+    assert statements.count("SELECT device.") == statements.count("SELECT policy.") == 0
     assert statements.count("UPDATE credentialgate", "RETURNING") == 1
     assert statements.count("SELECT credentialgate") == 0
     assert statements.first("UPDATE credentialgate") < statements.first("SELECT credential.")
+
+
+def test_preparing_an_operation_not_in_the_store_fails_for_good(engine: Engine) -> None:
+    steps = StoreActivities(engine, Vault(KEY), StepQueues("queue"), heartbeat_seconds=10.0)
+    with pytest.raises(ApplicationError, match="operation nope is not in the store") as caught:
+        steps.prepare(StepInput("nope"))
+    assert caught.value.type == "NotRegistrable" and caught.value.non_retryable
 
 
 @pytest.mark.parametrize("credential_known", [True, False], ids=["credential-known", "unknown"])

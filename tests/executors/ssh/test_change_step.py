@@ -63,6 +63,37 @@ async def test_a_verified_change_takes_three_transactions(
     assert await ssh_users.password_works(user, NEW)
 
 
+async def test_the_change_reads_its_operation_once_when_it_opens(
+    store: Store, ssh_users: Users
+) -> None:
+    """The opening's first read brings the job's operation, credential, device and policy in
+    one statement, and the job is loaded from it: no second read of the operation."""
+    user = ssh_users.create(OLD)
+    operation, _ = store.operation(user, OLD, "change")
+    opening: list[str] = []  # the statements of the first transaction
+    committed = threading.Event()
+
+    def seen(_conn: Connection, _cursor: object, statement: str, *_: object) -> None:
+        if not committed.is_set():
+            opening.append(" ".join(statement.split()))
+
+    def stop(_conn: Connection) -> None:
+        committed.set()
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    event.listen(store.engine, "commit", stop)
+    try:
+        outcome = await store.change(operation, verify_after_change=True)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+        event.remove(store.engine, "commit", stop)
+
+    assert outcome.verified is True
+    by_id = [s for s in opening if s.startswith("SELECT operation.") and "operation.id =" in s]
+    assert len(by_id) == 1 and "JOIN device" in by_id[0], by_id
+    assert not [s for s in opening if s.startswith(("SELECT credential.", "SELECT device."))]
+
+
 async def test_charges_taken_ahead_count_against_the_budget(store: Store, ssh_users: Users) -> None:
     """A login charged when its attempt opened is charged like any other: with the budget
     full of refusals the attempt takes none ahead and its own login reports the budget spent,
