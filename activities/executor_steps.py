@@ -48,7 +48,7 @@ from store.engine import session_scope
 from store.jobs import Job, job_in
 from store.lockout import Budget, BudgetBusy, BudgetSpent, LockoutLedger
 from store.models import Device, DeviceSlotClaim, Operation, OperationStatus
-from store.queries import OperationRows, get_or_raise, operation_on_device
+from store.queries import get_or_raise, operation_rows
 from store.vault import Vault
 from store.versions import seen_working
 from workflows import steps
@@ -193,14 +193,6 @@ class _LoadFailed(Exception):
     def __init__(self, step: str, detail: str) -> None:
         super().__init__(detail)
         self.step, self.detail = step, detail
-
-
-def _rows_if_whole(session: Session, operation_id: str) -> OperationRows | None:
-    """The operation with its credential, device and policy; None if one of them is missing."""
-    try:
-        return operation_on_device(session, operation_id)
-    except LookupError:
-        return None
 
 
 def _attempt_number(step: StepInput) -> int:
@@ -533,7 +525,7 @@ class ExecutorActivities:
             with session_scope(self._engine) as session:
                 # The job's rows in one statement, read once: job_in takes them. If one is
                 # missing, job_in looks them up again to name it, on the attempt's record.
-                rows = _rows_if_whole(session, operation_id)
+                rows = operation_rows(session, operation_id)
                 operation = rows[0] if rows else get_or_raise(session, Operation, operation_id)
                 done = operation.status == OperationStatus.SUCCEEDED
                 if done and (step == "change" or (step is None and operation.kind != "verify")):

@@ -60,18 +60,26 @@ def policy_for(session: Session, credential: Credential) -> Policy:
 OperationRows = tuple[Operation, Credential, Device, Policy]
 
 
-def operation_on_device(session: Session, operation_id: str) -> OperationRows:
+def operation_rows(session: Session, operation_id: str) -> OperationRows | None:
     """An operation with its credential, the credential's device and its policy, in one
-    statement (every executor step loads all four); a LookupError that names what is missing,
-    as ``get_or_raise`` would, when one is."""
+    statement (every executor step loads all four); None when one of them is missing."""
     row = session.exec(_ON_DEVICE, params={"of_operation": operation_id}).first()
-    if row is None:  # something is missing: name it, one lookup at a time
+    if row is None:
+        return None
+    operation, credential, device, policy = row
+    return operation, credential, device, policy or DEFAULT_POLICY
+
+
+def operation_on_device(session: Session, operation_id: str) -> OperationRows:
+    """``operation_rows``, or a LookupError that names what is missing, as ``get_or_raise``
+    would."""
+    rows = operation_rows(session, operation_id)
+    if rows is None:  # something is missing: name it, one lookup at a time
         operation = get_or_raise(session, Operation, operation_id)
         credential = get_or_raise(session, Credential, operation.on_credential)
         get_or_raise(session, Device, credential.device_id)
         raise LookupError(f"operation {operation_id} not found")  # removed meanwhile
-    operation, credential, device, policy = row
-    return operation, credential, device, policy or DEFAULT_POLICY
+    return rows
 
 
 _ON_DEVICE = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Any, TypeVar
 
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from store import gate
@@ -51,3 +52,36 @@ def row_of(engine: Engine, model: type[_Row], key: Any) -> _Row:
         row = session.get(model, key)
         assert row is not None
         return row
+
+
+class Statements:
+    """The statements an engine runs while counted, normalised to one line each; ``commits``:
+    how many had been seen at each commit, so a test can take one transaction's."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine, self.seen, self.commits = engine, list[str](), list[int]()
+
+    def __enter__(self) -> Statements:
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+        event.listen(self.engine, "commit", self._committed)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+        event.remove(self.engine, "commit", self._committed)
+
+    def _seen(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
+        self.seen.append(" ".join(statement.split()))
+
+    def _committed(self, _conn: object) -> None:
+        self.commits.append(len(self.seen))
+
+    def first_transaction(self) -> list[str]:
+        """The statements up to the first commit."""
+        return self.seen[: self.commits[0]] if self.commits else list(self.seen)
+
+    def count(self, start: str, *parts: str) -> int:
+        return sum(s.startswith(start) and all(p in s for p in parts) for s in self.seen)
+
+    def first(self, start: str) -> int:
+        return next(i for i, s in enumerate(self.seen) if s.startswith(start))

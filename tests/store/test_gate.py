@@ -6,7 +6,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 from temporalio.exceptions import ApplicationError
@@ -17,7 +17,7 @@ from store import callbacks, gate
 from store.engine import session_scope
 from store.models import Credential, CredentialGate, Operation, OperationStatus, SecretState
 from store.vault import Vault
-from tests.store.helpers import a_credential, registered, row_of
+from tests.store.helpers import Statements, a_credential, registered, row_of
 from workflows.contracts import CommitInput, StepInput
 
 KEY = secrets.token_bytes(32)
@@ -150,29 +150,6 @@ def test_a_url_given_twice_is_told_once_and_a_join_may_come_before_the_row(
         assert gate.close_callbacks(session, operation_id) == 2
 
 
-class _Statements:
-    """The statements an engine runs while counted, normalised to one line each."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine, self.seen = engine, list[str]()
-
-    def __enter__(self) -> _Statements:
-        event.listen(self.engine, "before_cursor_execute", self._seen)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, _conn: object, _cursor: object, statement: str, *_: object) -> None:
-        self.seen.append(" ".join(statement.split()))
-
-    def count(self, start: str, *parts: str) -> int:
-        return sum(s.startswith(start) and all(p in s for p in parts) for s in self.seen)
-
-    def first(self, start: str) -> int:
-        return next(i for i, s in enumerate(self.seen) if s.startswith(start))
-
-
 def test_the_begin_step_reads_its_rows_once_under_the_lock(engine: Engine) -> None:
     """Register and prepare share a transaction: the gate is locked first, in one statement
     that answers its row; then the operation and the credential are read once each, under the
@@ -184,7 +161,7 @@ def test_the_begin_step_reads_its_rows_once_under_the_lock(engine: Engine) -> No
     registration = gate.Registration(
         operation_id, credential_id, "change", "manual", f"wf-{operation_id}", "run"
     )
-    with _Statements(engine) as statements, session_scope(engine) as session:
+    with Statements(engine) as statements, session_scope(engine) as session:
         admission = gate.admitted(session, registration)
         plan = steps.prepared(session, admission.operation_id)
     assert not admission.queued and plan.device_id == admission.device_id
@@ -218,7 +195,7 @@ def test_a_committed_departure_locks_the_gate_once_and_hands_it_on(
     first, second = (_register(engine, credential_id) for _ in range(2))
     steps.prepare(StepInput(first))
     whose = credential_id if credential_known else None
-    with _Statements(engine) as statements, session_scope(engine) as session:
+    with Statements(engine) as statements, session_scope(engine) as session:
         # As the record does: what lock_of returns is not kept (the session holds it).
         assert gate.lock_of(session, first, whose) is not None
         assert commit_in(session, CommitInput(first, "verified")).committed

@@ -23,6 +23,7 @@ from store import attempts, jobs
 from store.models import AccountLock, LoginCharge, Operation, OperationStatus, utcnow
 from tests.executors.ssh.conftest import NEW, OLD, Store
 from tests.servers.sshd import Users
+from tests.store.helpers import Statements
 from workflows.contracts import ProbeOutcome
 
 # Opening the change's attempt (its job, its login's charge); the change's record (the verify's
@@ -70,23 +71,9 @@ async def test_the_change_reads_its_operation_once_when_it_opens(
     one statement, and the job is loaded from it: no second read of the operation."""
     user = ssh_users.create(OLD)
     operation, _ = store.operation(user, OLD, "change")
-    opening: list[str] = []  # the statements of the first transaction
-    committed = threading.Event()
-
-    def seen(_conn: Connection, _cursor: object, statement: str, *_: object) -> None:
-        if not committed.is_set():
-            opening.append(" ".join(statement.split()))
-
-    def stop(_conn: Connection) -> None:
-        committed.set()
-
-    event.listen(store.engine, "before_cursor_execute", seen)
-    event.listen(store.engine, "commit", stop)
-    try:
+    with Statements(store.engine) as statements:
         outcome = await store.change(operation, verify_after_change=True)
-    finally:
-        event.remove(store.engine, "before_cursor_execute", seen)
-        event.remove(store.engine, "commit", stop)
+    opening = statements.first_transaction()
 
     assert outcome.verified is True
     by_id = [s for s in opening if s.startswith("SELECT operation.") and "operation.id =" in s]
